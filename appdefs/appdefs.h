@@ -1,0 +1,164 @@
+#pragma once
+/* appdefs: release.yaml and app.yaml (with appups) -> definitions.
+ *
+ * Pure: parses buffers the caller has read, does no I/O and no logging.
+ * The release store (store/) reads the files and checks what only the file
+ * system can tell (does a module file exist, where does a symlink lead).
+ *
+ * Every problem is reported, not only the first, as one line
+ * "file:line:col: message" in a Diag. A function that found any error
+ * returns -EINVAL and leaves *ret untouched; on success it returns 0 and
+ * hands *ret to the caller, who frees it with the matching *_free().
+ *
+ * Definitions hold their source positions so that later steps (the relup
+ * engine, the daemon) can point at the line that caused a problem. */
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "util.h"
+
+typedef struct SrcPos {
+    const char *file; /* borrowed from the definition that holds it */
+    int line, col;    /* 1-based; 0 when unknown */
+} SrcPos;
+
+typedef enum PurgeMethod { PURGE_BRUTAL = 0, PURGE_SOFT } PurgeMethod;
+const char *purge_method_name(PurgeMethod p); /* "brutal_purge" | "soft_purge" */
+
+typedef enum RestartPolicy { RESTART_PERMANENT = 0, RESTART_TRANSIENT, RESTART_TEMPORARY } RestartPolicy;
+
+/* A timeout of a suspend: TIMEOUT_DEFAULT, TIMEOUT_INFINITY or a positive
+ * number of milliseconds. */
+#define TIMEOUT_DEFAULT 0L
+#define TIMEOUT_INFINITY (-1L)
+
+/* The high-level appup instructions of SPEC.md, with OTP's defaults applied
+ * by the parser. */
+typedef enum AppupOp {
+    APPUP_UPDATE,
+    APPUP_LOAD_MODULE,
+    APPUP_ADD_MODULE,
+    APPUP_DELETE_MODULE,
+    APPUP_ADD_APPLICATION,
+    APPUP_REMOVE_APPLICATION,
+    APPUP_RESTART_APPLICATION,
+    APPUP_RESTART,
+} AppupOp;
+const char *appup_op_name(AppupOp op);
+
+typedef struct AppupInstr {
+    AppupOp op;
+    char *target;          /* the module, or the application for *_APPLICATION */
+    bool advanced;         /* update: change is {advanced: extra}, else soft */
+    json_t *extra;         /* update, advanced: the EXTRA value, owned */
+    PurgeMethod pre_purge, post_purge;
+    long timeout_ms;       /* update: TIMEOUT_DEFAULT, TIMEOUT_INFINITY or > 0 */
+    StrVec dep_mods;       /* update, load_module, add_module, delete_module */
+    SrcPos *dep_mods_pos;  /* where each dep_mods item stands, n = dep_mods.n */
+    StrVec modules;        /* restart: the modules whose processes restart */
+    SrcPos pos;
+} AppupInstr;
+
+/* One appup entry: a version pattern and its instructions. */
+typedef struct AppupEntry {
+    char *version;         /* exact version, or NULL when regex is set */
+    char *regex;           /* POSIX ERE matched against the whole version */
+    AppupInstr *instrs;
+    size_t n_instrs;
+    SrcPos pos;
+} AppupEntry;
+
+typedef struct Appup {
+    AppupEntry *entries;
+    size_t n_entries;
+} Appup;
+
+typedef struct ModuleDef {
+    char *name;
+    char *file;            /* relative to the application's directory */
+    SrcPos pos;
+} ModuleDef;
+
+typedef struct SocketDef {
+    char *name;
+    char *listen;          /* "host:port", "[v6]:port" or "unix:/path" */
+    SrcPos pos;
+} SocketDef;
+
+typedef struct ProcessDef {
+    char *name;
+    char *exec;            /* relative to the application's directory, or absolute */
+    StrVec args;
+    StrVec modules;        /* the modules this process runs */
+    RestartPolicy restart;
+    long shutdown_ms;
+    SocketDef *sockets;
+    size_t n_sockets;
+    SrcPos pos;
+} ProcessDef;
+
+typedef struct AppDef {
+    char *file;            /* the name used in messages, e.g. lib/web-2.0.1/app.yaml */
+    char *name, *vsn, *description;
+    StrVec applications;   /* dependencies */
+    SrcPos *application_pos; /* position of each dependency, n = applications.n */
+    ModuleDef *modules;
+    size_t n_modules;
+    ProcessDef *processes;
+    size_t n_processes;
+    Appup up, down;        /* up entries match "from", down entries match "to" */
+} AppDef;
+
+typedef struct ReleaseAppRef {
+    char *name, *vsn;
+    SrcPos pos;
+    AppDef *app;           /* filled by the loader (store/), owned */
+} ReleaseAppRef;
+
+typedef struct ReleaseDef {
+    char *file;
+    char *name, *vsn;
+    ReleaseAppRef *apps;   /* in release.yaml order */
+    size_t n_apps;
+} ReleaseDef;
+
+/* Parses app.yaml from buf (len bytes). file names the input in messages.
+ * Checks everything one file can tell: types, unknown keys, names and
+ * versions, duplicates, module and executable paths that leave the
+ * application's directory, dep_mods naming modules the appup entry and the
+ * application do not know, regular expressions that do not compile. */
+int appdefs_parse_app(const char *file, const char *buf, size_t len, AppDef **ret, Diag *diag);
+
+/* Parses release.yaml. */
+int appdefs_parse_release(const char *file, const char *buf, size_t len, ReleaseDef **ret,
+                          Diag *diag);
+
+/* Checks what needs the whole release, once every ReleaseAppRef has its
+ * AppDef: each app's name/vsn matches the reference, dependencies are in
+ * the release, no dependency cycle (the cycle is named), no module in two
+ * applications, dep_mods resolve within the application or those it depends
+ * on. Returns 0 or -EINVAL. */
+int appdefs_validate_release(const ReleaseDef *rel, Diag *diag);
+
+/* Indices into rel->apps in dependency order: every application after the
+ * applications it depends on; where dependencies do not decide, release.yaml
+ * order (OTP's sort_appls). The release must be valid (no cycle). Returns a
+ * new array of rel->n_apps indices. */
+size_t *appdefs_release_order(const ReleaseDef *rel);
+
+const ReleaseAppRef *appdefs_release_find(const ReleaseDef *rel, const char *app);
+const ModuleDef *appdefs_app_find_module(const AppDef *app, const char *module);
+/* True when a process of app declares that it runs module. */
+bool appdefs_app_runs_module(const AppDef *app, const char *module);
+
+/* Finds the first entry of appup whose version or regex matches vsn, as
+ * OTP's appup_search_for_version. NULL when none does. */
+const AppupEntry *appdefs_appup_find(const Appup *appup, const char *vsn);
+
+/* Does the whole string s match the POSIX ERE re? -EINVAL when re is bad. */
+int appdefs_regex_full_match(const char *re, const char *s);
+
+AppDef *appdef_free(AppDef *a);
+ReleaseDef *release_def_free(ReleaseDef *r);
+void appup_instr_clear(AppupInstr *i);

@@ -1,0 +1,266 @@
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_DEFINITION_SIZE (64UL << 20)
+
+int store_read_file(const char *path, char **ret_buf, size_t *ret_len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int r = 0;
+    if (fstat(fd, &st) < 0)
+        r = -errno;
+    else if (S_ISDIR(st.st_mode))
+        r = -EISDIR;
+    else if (!S_ISREG(st.st_mode))
+        r = -EINVAL;
+    else if ((size_t)st.st_size > MAX_DEFINITION_SIZE)
+        r = -EFBIG;
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    size_t cap = (size_t)st.st_size + 1, len = 0;
+    char *buf = xmalloc(cap);
+    for (;;) {
+        if (len + 1 >= cap) {
+            if (cap > MAX_DEFINITION_SIZE) {
+                free(buf);
+                close(fd);
+                return -EFBIG;
+            }
+            buf = xrealloc(buf, cap *= 2);
+        }
+        ssize_t n = read(fd, buf + len, cap - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = -errno;
+            free(buf);
+            close(fd);
+            return r;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    buf[len] = 0;
+    *ret_buf = buf;
+    *ret_len = len;
+    return 0;
+}
+
+static char *app_dir(const char *root, const char *name, const char *vsn)
+{
+    return xasprintf("%s/lib/%s-%s", root, name, vsn);
+}
+
+/* path (relative to dir) must exist and, symlinks followed, stay in dir. */
+static void check_inside(const char *dir, const char *rel, const char *what, const AppDef *a, SrcPos pos,
+                         Diag *diag)
+{
+    char *path = xasprintf("%s/%s", dir, rel);
+    char real_dir[PATH_MAX], real[PATH_MAX];
+    if (!realpath(path, real)) {
+        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' is missing: %s", what, rel, strerror(errno));
+    } else if (!realpath(dir, real_dir) || strncmp(real, real_dir, strlen(real_dir)) != 0 ||
+               real[strlen(real_dir)] != '/') {
+        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' resolves outside the application's directory",
+                      what, rel);
+    } else {
+        struct stat st;
+        if (stat(real, &st) == 0 && !S_ISREG(st.st_mode))
+            diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' is not a regular file", what, rel);
+    }
+    free(path);
+}
+
+static int load_app(const char *root, ReleaseAppRef *ref, Diag *diag)
+{
+    char *dir = app_dir(root, ref->name, ref->vsn);
+    char *path = xasprintf("%s/app.yaml", dir);
+    char *shown = xasprintf("lib/%s-%s/app.yaml", ref->name, ref->vsn);
+    char *buf = NULL;
+    size_t len = 0;
+    int r = store_read_file(path, &buf, &len);
+    if (r < 0) {
+        diag_error(diag, "%s: cannot read: %s (release %s wants %s %s)", shown, strerror(-r), ref->pos.file,
+                   ref->name, ref->vsn);
+    } else if ((r = appdefs_parse_app(shown, buf, len, &ref->app, diag)) == 0) {
+        const AppDef *a = ref->app;
+        for (size_t m = 0; m < a->n_modules; m++)
+            check_inside(dir, a->modules[m].file, "module file", a, a->modules[m].pos, diag);
+        for (size_t p = 0; p < a->n_processes; p++)
+            if (a->processes[p].exec[0] != '/')
+                check_inside(dir, a->processes[p].exec, "executable", a, a->processes[p].pos, diag);
+    }
+    free(buf);
+    free(dir);
+    free(path);
+    free(shown);
+    return r;
+}
+
+int store_load_release(const char *root, const char *vsn, ReleaseDef **ret, Diag *diag)
+{
+    size_t before = diag_n_errors(diag);
+    if (!version_is_valid(vsn)) {
+        diag_error(diag, "bad release version '%s'", vsn);
+        return -EINVAL;
+    }
+    char *path = xasprintf("%s/releases/%s/release.yaml", root, vsn);
+    char *shown = xasprintf("releases/%s/release.yaml", vsn);
+    char *buf = NULL;
+    size_t len = 0;
+    ReleaseDef *rel = NULL;
+    int r = store_read_file(path, &buf, &len);
+    if (r == -ENOENT)
+        diag_error(diag, "release %s is not in %s (no %s)", vsn, root, shown);
+    else if (r < 0)
+        diag_error(diag, "%s: cannot read: %s", shown, strerror(-r));
+    else if (appdefs_parse_release(shown, buf, len, &rel, diag) == 0) {
+        if (strcmp(rel->vsn, vsn) != 0)
+            diag_error_at(diag, shown, 1, 1, "defines release version %s but lies in releases/%s", rel->vsn, vsn);
+        for (size_t i = 0; i < rel->n_apps; i++)
+            load_app(root, &rel->apps[i], diag);
+        bool all = true;
+        for (size_t i = 0; i < rel->n_apps; i++)
+            all = all && rel->apps[i].app;
+        if (all)
+            appdefs_validate_release(rel, diag);
+    }
+    free(buf);
+    free(path);
+    free(shown);
+    if (diag_n_errors(diag) > before) {
+        release_def_free(rel);
+        return r < 0 ? r : -EINVAL;
+    }
+    *ret = rel;
+    return 0;
+}
+
+int store_module_changed(void *root, const AppDef *old_app, const AppDef *new_app, const char *module)
+{
+    const ModuleDef *om = appdefs_app_find_module(old_app, module), *nm = appdefs_app_find_module(new_app, module);
+    if (!om || !nm)
+        return 1;
+    char *op = xasprintf("%s/lib/%s-%s/%s", (const char *)root, old_app->name, old_app->vsn, om->file);
+    char *np = xasprintf("%s/lib/%s-%s/%s", (const char *)root, new_app->name, new_app->vsn, nm->file);
+    int r = 0;
+    FILE *a = fopen(op, "rbe"), *b = fopen(np, "rbe");
+    if (!a || !b) {
+        r = -errno;
+    } else {
+        char ba[65536], bb[65536];
+        for (;;) {
+            size_t na = fread(ba, 1, sizeof(ba), a), nb = fread(bb, 1, sizeof(bb), b);
+            if (na != nb || memcmp(ba, bb, na) != 0) {
+                r = 1;
+                break;
+            }
+            if (na == 0) {
+                r = ferror(a) || ferror(b) ? -EIO : 0;
+                break;
+            }
+        }
+    }
+    if (a)
+        fclose(a);
+    if (b)
+        fclose(b);
+    free(op);
+    free(np);
+    return r;
+}
+
+int store_relup(const char *root, const char *from, const char *to, bool derive, Relup **ret, bool *ret_stored,
+                Diag *diag)
+{
+    ReleaseDef *a = NULL, *b = NULL;
+    int r = store_load_release(root, from, &a, diag);
+    int r2 = store_load_release(root, to, &b, diag);
+    if (r < 0 || r2 < 0) {
+        release_def_free(a);
+        release_def_free(b);
+        return r < 0 ? r : r2;
+    }
+    char *path = xasprintf("%s/releases/%s/relup.yaml", root, to);
+    char *shown = xasprintf("releases/%s/relup.yaml", to);
+    char *buf = NULL;
+    size_t len = 0;
+    Relup *stored = NULL;
+    bool use_stored = false;
+    r = store_read_file(path, &buf, &len);
+    if (r == 0) {
+        r = relup_parse(shown, buf, len, &stored, diag);
+        use_stored = r == 0 && strcmp(stored->from, from) == 0 && strcmp(stored->to, to) == 0;
+    } else if (r == -ENOENT) {
+        r = 0;
+    } else {
+        diag_error(diag, "%s: cannot read: %s", shown, strerror(-r));
+    }
+    if (r == 0 && use_stored) {
+        *ret = TAKE_PTR(stored);
+        *ret_stored = true;
+    } else if (r == 0) {
+        RelupOptions opts = {.derive_missing = derive, .module_changed = store_module_changed,
+                             .userdata = (void *)root};
+        r = relup_compute(a, b, &opts, ret, diag);
+        *ret_stored = false;
+    }
+    relup_free(stored);
+    free(buf);
+    free(path);
+    free(shown);
+    release_def_free(a);
+    release_def_free(b);
+    return r;
+}
+
+int store_write_relup(const char *root, const Relup *r, Diag *diag)
+{
+    char *path = xasprintf("%s/releases/%s/relup.yaml", root, r->to);
+    char *tmp = xasprintf("%s.tmp.%ld", path, (long)getpid());
+    json_t *j = relup_to_json(r);
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    int rc = 0;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = -errno;
+    } else {
+        size_t len = strlen(text), off = 0;
+        while (off < len && rc == 0) {
+            ssize_t n = write(fd, text + off, len - off);
+            if (n < 0 && errno != EINTR)
+                rc = -errno;
+            else if (n > 0)
+                off += (size_t)n;
+        }
+        if (rc == 0 && (write(fd, "\n", 1) != 1 || fsync(fd) < 0))
+            rc = -errno;
+        if (close(fd) < 0 && rc == 0)
+            rc = -errno;
+        if (rc == 0 && rename(tmp, path) < 0)
+            rc = -errno;
+        if (rc < 0)
+            unlink(tmp);
+    }
+    if (rc < 0)
+        diag_error(diag, "releases/%s/relup.yaml: cannot write: %s", r->to, strerror(-rc));
+    free(text);
+    free(path);
+    free(tmp);
+    return rc;
+}

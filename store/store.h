@@ -1,0 +1,38 @@
+#pragma once
+/* store: the release root on disk (SPEC.md "Release tarball" layout):
+ *
+ *   ROOT/releases/<vsn>/release.yaml
+ *   ROOT/releases/<vsn>/relup.yaml      optional, a stored relup
+ *   ROOT/lib/<app>-<appvsn>/app.yaml, modules/, bin/, priv/
+ *
+ * This is where file-system facts are checked: a module file or a relative
+ * executable must exist and, after following symlinks, stay inside its
+ * application's directory. Messages name files relative to the root
+ * ("lib/web-2.0.1/app.yaml:14:7: ...").
+ *
+ * Errors: 0 on success; -EINVAL when the definitions are wrong (the
+ * reasons are in diag); another negative errno when the file system failed
+ * (also described in diag). *ret is untouched on failure. */
+#include "appdefs.h"
+#include "relup.h"
+
+/* Reads a whole file (at most 64 MiB) into a new NUL-terminated buffer. */
+int store_read_file(const char *path, char **ret_buf, size_t *ret_len);
+
+/* Loads release vsn from root with every application, and validates it
+ * completely (appdefs_validate_release and the file checks above). */
+int store_load_release(const char *root, const char *vsn, ReleaseDef **ret, Diag *diag);
+
+/* RelupModuleChangedFn for a root: userdata is the root path. Compares the
+ * two module files byte by byte. */
+int store_module_changed(void *root, const AppDef *old_app, const AppDef *new_app, const char *module);
+
+/* The relup from -> to for a root: the stored releases/<to>/relup.yaml when
+ * it exists and is for `from` (*ret_stored is set true), else computed
+ * (deriving missing appup entries when derive is true). */
+int store_relup(const char *root, const char *from, const char *to, bool derive, Relup **ret, bool *ret_stored,
+                Diag *diag);
+
+/* Writes r as releases/<r->to>/relup.yaml, atomically (temporary file,
+ * fsync, rename). */
+int store_write_relup(const char *root, const Relup *r, Diag *diag);
