@@ -565,49 +565,30 @@ static bool find_cycle(const ReleaseDef *rel, size_t i, int *color, size_t *stac
     return false;
 }
 
-/* Modules an appup entry of app may name in dep_mods: the app's own, those
- * of every application it depends on (transitively), and those the entry's
- * own instructions name. */
-static void collect_known_modules(const ReleaseDef *rel, const AppDef *a, bool *seen, StrVec *known)
+/* Modules a dep_mods list may name: any module of the release, and any
+ * module an appup instruction of the release names (a module being deleted
+ * or added back is in no module list). OTP allows dependencies across
+ * applications, so this is release-wide. */
+static void add_appup_targets(const Appup *u, StrMap *known)
 {
-    ssize_t self = release_index(rel, a->name);
-    if (self >= 0) {
-        if (seen[self])
-            return;
-        seen[self] = true;
-    }
-    for (size_t m = 0; m < a->n_modules; m++)
-        strvec_push(known, a->modules[m].name);
-    for (size_t d = 0; d < a->applications.n; d++) {
-        ssize_t j = release_index(rel, a->applications.v[d]);
-        if (j >= 0 && rel->apps[j].app)
-            collect_known_modules(rel, rel->apps[j].app, seen, known);
-    }
+    for (size_t e = 0; e < u->n_entries; e++)
+        for (size_t i = 0; i < u->entries[e].n_instrs; i++) {
+            const AppupInstr *in = &u->entries[e].instrs[i];
+            if (in->target && in->op <= APPUP_DELETE_MODULE)
+                strmap_put(known, in->target, 0);
+        }
 }
 
-static void check_dep_mods(const ReleaseDef *rel, const AppDef *a, const Appup *appup, Diag *diag)
+static void check_dep_mods(const AppDef *a, const Appup *appup, const StrMap *known, Diag *diag)
 {
-    StrVec known = {0};
-    bool *seen = xcalloc(rel->n_apps + 1, sizeof(bool));
-    collect_known_modules(rel, a, seen, &known);
-    free(seen);
-    size_t base = known.n;
-    for (size_t e = 0; e < appup->n_entries; e++) {
-        const AppupEntry *en = &appup->entries[e];
-        for (size_t i = 0; i < en->n_instrs; i++)
-            if (en->instrs[i].target && en->instrs[i].op <= APPUP_DELETE_MODULE)
-                strvec_push(&known, en->instrs[i].target);
-        for (size_t i = 0; i < en->n_instrs; i++) {
-            const AppupInstr *in = &en->instrs[i];
+    for (size_t e = 0; e < appup->n_entries; e++)
+        for (size_t i = 0; i < appup->entries[e].n_instrs; i++) {
+            const AppupInstr *in = &appup->entries[e].instrs[i];
             for (size_t k = 0; k < in->dep_mods.n; k++)
-                if (!strvec_contains(&known, in->dep_mods.v[k]))
+                if (!strmap_get(known, in->dep_mods.v[k], NULL))
                     diag_error_at(diag, a->file, in->dep_mods_pos[k].line, in->dep_mods_pos[k].col,
                                   "unknown module '%s' in dep_mods", in->dep_mods.v[k]);
         }
-        while (known.n > base)
-            free(known.v[--known.n]);
-    }
-    strvec_clear(&known);
 }
 
 int appdefs_validate_release(const ReleaseDef *rel, Diag *diag)
@@ -646,10 +627,19 @@ int appdefs_validate_release(const ReleaseDef *rel, Diag *diag)
             break;
     free(color);
     free(stack);
+    StrMap known = {0};
     for (size_t i = 0; i < rel->n_apps; i++) {
-        check_dep_mods(rel, rel->apps[i].app, &rel->apps[i].app->up, diag);
-        check_dep_mods(rel, rel->apps[i].app, &rel->apps[i].app->down, diag);
+        const AppDef *a = rel->apps[i].app;
+        for (size_t m = 0; m < a->n_modules; m++)
+            strmap_put(&known, a->modules[m].name, 0);
+        add_appup_targets(&a->up, &known);
+        add_appup_targets(&a->down, &known);
     }
+    for (size_t i = 0; i < rel->n_apps; i++) {
+        check_dep_mods(rel->apps[i].app, &rel->apps[i].app->up, &known, diag);
+        check_dep_mods(rel->apps[i].app, &rel->apps[i].app->down, &known, diag);
+    }
+    strmap_clear(&known);
     return diag_n_errors(diag) > before ? -EINVAL : 0;
 }
 

@@ -126,8 +126,7 @@ typedef struct ReleaseDef {
 /* Parses app.yaml from buf (len bytes). file names the input in messages.
  * Checks everything one file can tell: types, unknown keys, names and
  * versions, duplicates, module and executable paths that leave the
- * application's directory, dep_mods naming modules the appup entry and the
- * application do not know, regular expressions that do not compile. */
+ * application's directory, regular expressions that do not compile. */
 int appdefs_parse_app(const char *file, const char *buf, size_t len, AppDef **ret, Diag *diag);
 
 /* Parses release.yaml. */
@@ -137,8 +136,8 @@ int appdefs_parse_release(const char *file, const char *buf, size_t len, Release
 /* Checks what needs the whole release, once every ReleaseAppRef has its
  * AppDef: each app's name/vsn matches the reference, dependencies are in
  * the release, no dependency cycle (the cycle is named), no module in two
- * applications, dep_mods resolve within the application or those it depends
- * on. Returns 0 or -EINVAL. */
+ * applications, dep_mods name a module of the release or one an appup
+ * instruction of the release names. Returns 0 or -EINVAL. */
 int appdefs_validate_release(const ReleaseDef *rel, Diag *diag);
 
 /* Indices into rel->apps in dependency order: every application after the
