@@ -30,7 +30,7 @@ typedef enum RestartPolicy { RESTART_PERMANENT = 0, RESTART_TRANSIENT, RESTART_T
 
 /* A timeout of a suspend: TIMEOUT_DEFAULT, TIMEOUT_INFINITY or a positive
  * number of milliseconds. */
-#define TIMEOUT_DEFAULT 0L
+#define TIMEOUT_DEFAULT  0L
 #define TIMEOUT_INFINITY (-1L)
 
 /* The high-level appup instructions of SPEC.md, with OTP's defaults applied
@@ -49,21 +49,21 @@ const char *appup_op_name(AppupOp op);
 
 typedef struct AppupInstr {
     AppupOp op;
-    char *target;          /* the module, or the application for *_APPLICATION */
-    bool advanced;         /* update: change is {advanced: extra}, else soft */
-    json_t *extra;         /* update, advanced: the EXTRA value, owned */
+    char *target;  /* the module, or the application for *_APPLICATION */
+    bool advanced; /* update: change is {advanced: extra}, else soft */
+    json_t *extra; /* update, advanced: the EXTRA value, owned */
     PurgeMethod pre_purge, post_purge;
-    long timeout_ms;       /* update: TIMEOUT_DEFAULT, TIMEOUT_INFINITY or > 0 */
-    StrVec dep_mods;       /* update, load_module, add_module, delete_module */
-    SrcPos *dep_mods_pos;  /* where each dep_mods item stands, n = dep_mods.n */
-    StrVec modules;        /* restart: the modules whose processes restart */
+    long timeout_ms;      /* update: TIMEOUT_DEFAULT, TIMEOUT_INFINITY or > 0 */
+    StrVec dep_mods;      /* update, load_module, add_module, delete_module */
+    SrcPos *dep_mods_pos; /* where each dep_mods item stands, n = dep_mods.n */
+    StrVec modules;       /* restart: the modules whose processes restart */
     SrcPos pos;
 } AppupInstr;
 
 /* One appup entry: a version pattern and its instructions. */
 typedef struct AppupEntry {
-    char *version;         /* exact version, or NULL when regex is set */
-    char *regex;           /* POSIX ERE matched against the whole version */
+    char *version; /* exact version, or NULL when regex is set */
+    char *regex;   /* POSIX ERE matched against the whole version */
     AppupInstr *instrs;
     size_t n_instrs;
     SrcPos pos;
@@ -76,21 +76,21 @@ typedef struct Appup {
 
 typedef struct ModuleDef {
     char *name;
-    char *file;            /* relative to the application's directory */
+    char *file; /* relative to the application's directory */
     SrcPos pos;
 } ModuleDef;
 
 typedef struct SocketDef {
     char *name;
-    char *listen;          /* "host:port", "[v6]:port" or "unix:/path" */
+    char *listen; /* "host:port", "[v6]:port" or "unix:/path" */
     SrcPos pos;
 } SocketDef;
 
 typedef struct ProcessDef {
     char *name;
-    char *exec;            /* relative to the application's directory, or absolute */
+    char *exec; /* relative to the application's directory, or absolute */
     StrVec args;
-    StrVec modules;        /* the modules this process runs */
+    StrVec modules; /* the modules this process runs */
     RestartPolicy restart;
     long shutdown_ms;
     SocketDef *sockets;
@@ -99,28 +99,29 @@ typedef struct ProcessDef {
 } ProcessDef;
 
 typedef struct AppDef {
-    char *file;            /* the name used in messages, e.g. lib/web-2.0.1/app.yaml */
+    char *file; /* the name used in messages, e.g. lib/web-2.0.1/app.yaml */
     char *name, *vsn, *description;
-    StrVec applications;   /* dependencies */
+    StrVec applications;     /* dependencies */
     SrcPos *application_pos; /* position of each dependency, n = applications.n */
     ModuleDef *modules;
     size_t n_modules;
     ProcessDef *processes;
     size_t n_processes;
-    Appup up, down;        /* up entries match "from", down entries match "to" */
+    Appup up, down; /* up entries match "from", down entries match "to" */
 } AppDef;
 
 typedef struct ReleaseAppRef {
     char *name, *vsn;
     SrcPos pos;
-    AppDef *app;           /* filled by the loader (store/), owned */
+    AppDef *app; /* filled by the loader (store/), owned */
 } ReleaseAppRef;
 
 typedef struct ReleaseDef {
     char *file;
     char *name, *vsn;
-    ReleaseAppRef *apps;   /* in release.yaml order */
+    ReleaseAppRef *apps; /* in release.yaml order */
     size_t n_apps;
+    StrMap by_name; /* application name -> index into apps */
 } ReleaseDef;
 
 /* Parses app.yaml from buf (len bytes). file names the input in messages.
@@ -130,8 +131,7 @@ typedef struct ReleaseDef {
 int appdefs_parse_app(const char *file, const char *buf, size_t len, AppDef **ret, Diag *diag);
 
 /* Parses release.yaml. */
-int appdefs_parse_release(const char *file, const char *buf, size_t len, ReleaseDef **ret,
-                          Diag *diag);
+int appdefs_parse_release(const char *file, const char *buf, size_t len, ReleaseDef **ret, Diag *diag);
 
 /* Checks what needs the whole release, once every ReleaseAppRef has its
  * AppDef: each app's name/vsn matches the reference, dependencies are in

@@ -15,8 +15,8 @@ yaml_node_t *yaml_ctx_load(YamlCtx *c, const char *file, const char *buf, size_t
     if (!yaml_parser_load(&parser, &c->doc)) {
         yaml_mark_t m = parser.problem_mark;
         diag_error_at(diag, file, (int)m.line + 1, (int)m.column + 1, "%s%s%s",
-                      parser.problem ? parser.problem : "malformed YAML",
-                      parser.context ? " " : "", parser.context ? parser.context : "");
+                      parser.problem ? parser.problem : "malformed YAML", parser.context ? " " : "",
+                      parser.context ? parser.context : "");
         yaml_parser_delete(&parser);
         return NULL;
     }
@@ -39,8 +39,7 @@ SrcPos yaml_pos(const YamlCtx *c, const yaml_node_t *n)
 {
     if (!n)
         return (SrcPos){.file = c->file};
-    return (SrcPos){.file = c->file, .line = (int)n->start_mark.line + 1,
-                    .col = (int)n->start_mark.column + 1};
+    return (SrcPos){.file = c->file, .line = (int)n->start_mark.line + 1, .col = (int)n->start_mark.column + 1};
 }
 
 void yaml_error(YamlCtx *c, const yaml_node_t *n, const char *fmt, ...)
@@ -54,7 +53,10 @@ void yaml_error(YamlCtx *c, const yaml_node_t *n, const char *fmt, ...)
     free(msg);
 }
 
-yaml_node_t *yaml_child(YamlCtx *c, int idx) { return yaml_document_get_node(&c->doc, idx); }
+yaml_node_t *yaml_child(YamlCtx *c, int idx)
+{
+    return yaml_document_get_node(&c->doc, idx);
+}
 
 const char *yaml_kind(const yaml_node_t *n)
 {

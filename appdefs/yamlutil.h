@@ -23,7 +23,7 @@ SrcPos yaml_pos(const YamlCtx *c, const yaml_node_t *n);
 void yaml_error(YamlCtx *c, const yaml_node_t *n, const char *fmt, ...) UTIL_PRINTF(3, 4);
 
 yaml_node_t *yaml_child(YamlCtx *c, int idx);
-const char *yaml_kind(const yaml_node_t *n); /* "a string", "a list", "a mapping" */
+const char *yaml_kind(const yaml_node_t *n);   /* "a string", "a list", "a mapping" */
 const char *yaml_scalar(const yaml_node_t *n); /* NULL unless a scalar */
 
 /* Looks key up in a mapping; NULL when absent or when m is no mapping. */

@@ -12,7 +12,7 @@
 #include "store.h"
 
 #define EXIT_REFUSED 1
-#define EXIT_USAGE 2
+#define EXIT_USAGE   2
 
 static void print_diag(const Diag *d)
 {
@@ -49,9 +49,8 @@ static void print_script(const char *title, const RelupScript *s)
 static int cmd_relup(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"root", required_argument, NULL, 'r'}, {"json", no_argument, NULL, 'j'},
-        {"write", no_argument, NULL, 'w'},      {"no-derive", no_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},       {0},
+        {"root", required_argument, NULL, 'r'}, {"json", no_argument, NULL, 'j'}, {"write", no_argument, NULL, 'w'},
+        {"no-derive", no_argument, NULL, 'n'},  {"help", no_argument, NULL, 'h'}, {0},
     };
     const char *root = getenv("RELD_ROOT") ? getenv("RELD_ROOT") : "/var/lib/reld";
     bool json = false, write = false, derive = true;

@@ -7,7 +7,10 @@
 #include "relup.h"
 #include "yamlutil.h"
 
-static bool has_module_field(RelupOp op) { return op == RELUP_LOAD || op == RELUP_REMOVE; }
+static bool has_module_field(RelupOp op)
+{
+    return op == RELUP_LOAD || op == RELUP_REMOVE;
+}
 static bool has_app_field(RelupOp op)
 {
     return op == RELUP_LOAD_OBJECT_CODE || op == RELUP_START_APPLICATION || op == RELUP_STOP_APPLICATION ||
@@ -15,8 +18,8 @@ static bool has_app_field(RelupOp op)
 }
 static bool has_modules_field(RelupOp op)
 {
-    return op == RELUP_LOAD_OBJECT_CODE || op == RELUP_SUSPEND || op == RELUP_CODE_CHANGE ||
-           op == RELUP_RESUME || op == RELUP_PURGE || op == RELUP_STOP || op == RELUP_START;
+    return op == RELUP_LOAD_OBJECT_CODE || op == RELUP_SUSPEND || op == RELUP_CODE_CHANGE || op == RELUP_RESUME ||
+           op == RELUP_PURGE || op == RELUP_STOP || op == RELUP_START;
 }
 
 static json_t *timeout_json(long t)
@@ -44,11 +47,11 @@ static json_t *instr_json(const RelupInstr *i)
         for (size_t k = 0; k < i->n_mods; k++) {
             const RelupModule *m = &i->mods[k];
             if (i->op == RELUP_CODE_CHANGE)
-                json_array_append_new(mods, json_pack("{s:s, s:O}", "module", m->module, "extra",
-                                                      m->extra ? m->extra : json_null()));
+                json_array_append_new(
+                    mods, json_pack("{s:s, s:O}", "module", m->module, "extra", m->extra ? m->extra : json_null()));
             else if (i->op == RELUP_SUSPEND && m->timeout_ms != TIMEOUT_DEFAULT)
-                json_array_append_new(mods, json_pack("{s:s, s:o}", "module", m->module, "timeout_ms",
-                                                      timeout_json(m->timeout_ms)));
+                json_array_append_new(
+                    mods, json_pack("{s:s, s:o}", "module", m->module, "timeout_ms", timeout_json(m->timeout_ms)));
             else
                 json_array_append_new(mods, json_string(m->module));
         }
@@ -198,8 +201,7 @@ static bool parse_instr(YamlCtx *c, yaml_node_t *m, RelupInstr *out)
         else if (mods->type != YAML_SEQUENCE_NODE)
             yaml_error(c, mods, "modules must be a list, not %s", yaml_kind(mods));
         else
-            for (yaml_node_item_t *it = mods->data.sequence.items.start; it < mods->data.sequence.items.top;
-                 it++) {
+            for (yaml_node_item_t *it = mods->data.sequence.items.start; it < mods->data.sequence.items.top; it++) {
                 RelupModule rm;
                 if (!parse_module_item(c, op, yaml_child(c, *it), &rm))
                     continue;
@@ -300,8 +302,8 @@ char *relup_instr_format(const RelupInstr *i)
         break;
     case RELUP_LOAD:
     case RELUP_REMOVE:
-        line = xasprintf("%s %s (pre %s, post %s)", relup_op_name(i->op), i->module,
-                         purge_method_name(i->pre_purge), purge_method_name(i->post_purge));
+        line = xasprintf("%s %s (pre %s, post %s)", relup_op_name(i->op), i->module, purge_method_name(i->pre_purge),
+                         purge_method_name(i->post_purge));
         break;
     case RELUP_CODE_CHANGE:
         line = xasprintf("code_change %s: %s", i->down ? "down" : "up", mods);
@@ -315,7 +317,7 @@ char *relup_instr_format(const RelupInstr *i)
         line = xstrdup("point_of_no_return");
         break;
     default:
-        line = xasprintf("%s %s", relup_op_name(i->op), mods);
+        line = i->n_mods ? xasprintf("%s %s", relup_op_name(i->op), mods) : xstrdup(relup_op_name(i->op));
     }
     free(mods);
     return line;

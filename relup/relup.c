@@ -23,7 +23,10 @@ static const char *const op_names[RELUP_N_OPS] = {
     [RELUP_UNLOAD_APPLICATION] = "unload_application",
 };
 
-const char *relup_op_name(RelupOp op) { return op < RELUP_N_OPS ? op_names[op] : "?"; }
+const char *relup_op_name(RelupOp op)
+{
+    return op < RELUP_N_OPS ? op_names[op] : "?";
+}
 
 /* An item of the script being translated: either a high-level dependent
  * instruction (update, load_module, add_module, delete_module), borrowed
@@ -81,8 +84,8 @@ Relup *relup_free(Relup *r)
 static void push_mod(RelupInstr *i, const char *module, long timeout, json_t *extra)
 {
     i->mods = xrealloc(i->mods, (i->n_mods + 1) * sizeof(*i->mods));
-    i->mods[i->n_mods++] = (RelupModule){.module = xstrdup(module), .timeout_ms = timeout,
-                                         .extra = extra ? json_incref(extra) : NULL};
+    i->mods[i->n_mods++] =
+        (RelupModule){.module = xstrdup(module), .timeout_ms = timeout, .extra = extra ? json_incref(extra) : NULL};
 }
 
 static void script_push(RelupScript *s, RelupInstr i)
@@ -113,7 +116,10 @@ static AppupInstr *synth(Ctx *c, AppupOp op, const char *target)
     return i;
 }
 
-static RelupInstr low_app(RelupOp op, const char *app) { return (RelupInstr){.op = op, .app = xstrdup(app)}; }
+static RelupInstr low_app(RelupOp op, const char *app)
+{
+    return (RelupInstr){.op = op, .app = xstrdup(app)};
+}
 
 static void pos_str(char *buf, size_t n, const SrcPos *p)
 {
@@ -135,8 +141,10 @@ static void expand_instr(Ctx *c, const AppupInstr *in)
 {
     char where[512];
     pos_str(where, sizeof(where), &in->pos);
-    const AppDef *pre = in->target ? app_of(c->from, in->target) : NULL;
-    const AppDef *post = in->target ? app_of(c->to, in->target) : NULL;
+    bool app_op =
+        in->op == APPUP_ADD_APPLICATION || in->op == APPUP_REMOVE_APPLICATION || in->op == APPUP_RESTART_APPLICATION;
+    const AppDef *pre = app_op ? app_of(c->from, in->target) : NULL;
+    const AppDef *post = app_op ? app_of(c->to, in->target) : NULL;
 
     switch (in->op) {
     case APPUP_UPDATE:
@@ -147,8 +155,8 @@ static void expand_instr(Ctx *c, const AppupInstr *in)
         return;
     case APPUP_ADD_APPLICATION:
         if (!post) {
-            diag_error(c->diag, "%s: add_application of '%s', which release %s does not include%s", c->what,
-                       in->target, c->to->vsn, where);
+            diag_error(c->diag, "%s: add_application of '%s', which release %s does not include%s", c->what, in->target,
+                       c->to->vsn, where);
             return;
         }
         for (size_t m = 0; m < post->n_modules; m++)
@@ -163,8 +171,8 @@ static void expand_instr(Ctx *c, const AppupInstr *in)
             return;
         }
         if (!pre || (in->op == APPUP_RESTART_APPLICATION && !post)) {
-            diag_error(c->diag, "%s: %s of '%s', which release %s does not include%s", c->what,
-                       appup_op_name(in->op), in->target, pre ? c->to->vsn : c->from->vsn, where);
+            diag_error(c->diag, "%s: %s of '%s', which release %s does not include%s", c->what, appup_op_name(in->op),
+                       in->target, pre ? c->to->vsn : c->from->vsn, where);
             return;
         }
         push_low(c, low_app(RELUP_STOP_APPLICATION, in->target));
@@ -197,6 +205,22 @@ static void expand_instr(Ctx *c, const AppupInstr *in)
 
 /* ---- derived appup entries -------------------------------------------- */
 
+/* Adds one derived instruction to the script and to the list the warning
+ * shows. A derived update converts state with {advanced: null}. */
+static void add_derived(Ctx *c, AppupOp op, const char *module, char **list)
+{
+    AppupInstr *i = synth(c, op, module);
+    if (op == APPUP_UPDATE) {
+        i->advanced = true;
+        i->extra = json_null();
+    }
+    push_hl(c, i);
+    char *l = xasprintf("%s%s%s %s%s", *list, **list ? "; " : "", appup_op_name(op), module,
+                        op == APPUP_UPDATE ? " {advanced: null}" : "");
+    free(*list);
+    *list = l;
+}
+
 static bool derive_entry(Ctx *c, const AppDef *old_app, const AppDef *new_app)
 {
     const char *dir = c->up ? "up from" : "down to";
@@ -207,42 +231,29 @@ static bool derive_entry(Ctx *c, const AppDef *old_app, const AppDef *new_app)
         return false;
     }
     char *list = xstrdup("");
-#define DERIVED(op, mod, text)                                                                             \
-    do {                                                                                                   \
-        AppupInstr *d_ = synth(c, (op), (mod));                                                            \
-        if ((op) == APPUP_UPDATE) {                                                                        \
-            d_->advanced = true;                                                                           \
-            d_->extra = json_null();                                                                       \
-        }                                                                                                  \
-        push_hl(c, d_);                                                                                    \
-        char *l_ = xasprintf("%s%s%s %s%s", list, *list ? "; " : "", appup_op_name(op), (mod), (text));  \
-        free(list);                                                                                        \
-        list = l_;                                                                                         \
-    } while (0)
     for (size_t m = 0; m < new_app->n_modules; m++) {
         const char *mod = new_app->modules[m].name;
         if (!appdefs_app_find_module(old_app, mod)) {
-            DERIVED(APPUP_ADD_MODULE, mod, "");
+            add_derived(c, APPUP_ADD_MODULE, mod, &list);
             continue;
         }
         int changed = c->opts->module_changed(c->opts->userdata, old_app, new_app, mod);
         if (changed < 0) {
-            diag_error(c->diag, "%s: cannot compare module '%s' of %s %s and %s: %s", c->what, mod,
-                       new_app->name, old_app->vsn, new_app->vsn, strerror(-changed));
+            diag_error(c->diag, "%s: cannot compare module '%s' of %s %s and %s: %s", c->what, mod, new_app->name,
+                       old_app->vsn, new_app->vsn, strerror(-changed));
             free(list);
             return false;
         }
         if (!changed)
             continue;
         if (appdefs_app_runs_module(new_app, mod) || appdefs_app_runs_module(old_app, mod))
-            DERIVED(APPUP_UPDATE, mod, " {advanced: null}");
+            add_derived(c, APPUP_UPDATE, mod, &list);
         else
-            DERIVED(APPUP_LOAD_MODULE, mod, "");
+            add_derived(c, APPUP_LOAD_MODULE, mod, &list);
     }
     for (size_t m = 0; m < old_app->n_modules; m++)
         if (!appdefs_app_find_module(new_app, old_app->modules[m].name))
-            DERIVED(APPUP_DELETE_MODULE, old_app->modules[m].name, "");
-#undef DERIVED
+            add_derived(c, APPUP_DELETE_MODULE, old_app->modules[m].name, &list);
     diag_warning(c->diag, "%s: %s has no appup entry for %s %s; derived: %s", c->what, holder->file, dir, other,
                  *list ? list : "(nothing changed)");
     free(list);
@@ -289,12 +300,12 @@ static void collect_scripts(Ctx *c)
 /* ---- systools_rc:translate_dependent_instrs --------------------------- */
 
 typedef struct Graph {
-    size_t n;           /* vertices: the dependent instructions, in order */
-    size_t *work;       /* vertex -> index into Ctx.work */
-    size_t **out;       /* vertex -> its dep_mods as vertices */
+    size_t n;     /* vertices: the dependent instructions, in order */
+    size_t *work; /* vertex -> index into Ctx.work */
+    size_t **out; /* vertex -> its dep_mods as vertices */
     size_t *n_out;
-    size_t *wc;         /* vertex -> weak component (union-find root) */
-    size_t *scc;        /* vertex -> strong component id */
+    size_t *wc;  /* vertex -> weak component (union-find root) */
+    size_t *scc; /* vertex -> strong component id */
     size_t n_scc;
 } Graph;
 
@@ -435,8 +446,7 @@ static bool build_graph(Ctx *c, Graph *g, StrMap *vertex_of)
             if (!strmap_get(vertex_of, hl->dep_mods.v[d], &t)) {
                 char a[512];
                 pos_str(a, sizeof(a), &hl->pos);
-                diag_error(c->diag,
-                           "%s: %s of '%s' names '%s' in dep_mods, but '%s' has no instruction of its own%s",
+                diag_error(c->diag, "%s: %s of '%s' names '%s' in dep_mods, but '%s' has no instruction of its own%s",
                            c->what, appup_op_name(hl->op), hl->target, hl->dep_mods.v[d], hl->dep_mods.v[d], a);
                 ok = false;
                 continue;
@@ -464,8 +474,8 @@ static void graph_free(Graph *g)
 /* The vertices of weak component wc in OTP's order: strong components in
  * topological order of the condensation (a module before the modules it
  * depends on), vertices of one strong component in appup order. */
-static size_t order_component(const Graph *g, const size_t *members, size_t n_members, size_t *scc_first,
-                              size_t *indeg, size_t **scc_members, size_t *scc_n, size_t *out)
+static size_t order_component(const Graph *g, const size_t *members, size_t n_members, size_t *scc_first, size_t *indeg,
+                              size_t **scc_members, size_t *scc_n, size_t *out)
 {
     /* Strong component ids of this weak component, their first vertex,
      * their member lists and the in-degrees of the condensation. */
@@ -515,8 +525,8 @@ static size_t order_component(const Graph *g, const size_t *members, size_t n_me
 /* systools_rc:translate_dep_to_low for one ordered group of dependent
  * instructions. Appends the low-level instructions to *after and the
  * load_object_code instructions to *before. */
-static void translate_dep_to_low(Ctx *c, const AppupInstr *const *is, size_t n, RelupScript *before,
-                                 RelupScript *after, const StrMap *app_of_module)
+static void translate_dep_to_low(Ctx *c, const AppupInstr *const *is, size_t n, RelupScript *before, RelupScript *after,
+                                 const StrMap *app_of_module)
 {
     RelupInstr suspend = {.op = RELUP_SUSPEND}, resume = {.op = RELUP_RESUME};
     RelupInstr pre_cc = {.op = RELUP_CODE_CHANGE, .down = true}, cc_up = {.op = RELUP_CODE_CHANGE};
@@ -540,8 +550,10 @@ static void translate_dep_to_low(Ctx *c, const AppupInstr *const *is, size_t n, 
         } else {
             /* add_module is load_module with brutal purges (OTP: "the
              * module is new"); a synthesized instruction has the defaults. */
-            script_push(&load_remove, (RelupInstr){.op = RELUP_LOAD, .module = xstrdup(i->target),
-                                                   .pre_purge = i->pre_purge, .post_purge = i->post_purge});
+            script_push(&load_remove, (RelupInstr){.op = RELUP_LOAD,
+                                                   .module = xstrdup(i->target),
+                                                   .pre_purge = i->pre_purge,
+                                                   .post_purge = i->post_purge});
         }
         if (i->op == APPUP_UPDATE && i->advanced) {
             push_mod(&cc_up, i->target, 0, i->extra);
@@ -558,8 +570,8 @@ static void translate_dep_to_low(Ctx *c, const AppupInstr *const *is, size_t n, 
                        l->module, c->to->vsn);
             continue;
         }
-        RelupInstr loc = {.op = RELUP_LOAD_OBJECT_CODE, .app = xstrdup(c->to->apps[a].name),
-                          .vsn = xstrdup(c->to->apps[a].vsn)};
+        RelupInstr loc = {
+            .op = RELUP_LOAD_OBJECT_CODE, .app = xstrdup(c->to->apps[a].name), .vsn = xstrdup(c->to->apps[a].vsn)};
         push_mod(&loc, l->module, 0, NULL);
         script_push(before, loc);
     }
@@ -616,8 +628,8 @@ static void merge_load_object_code(Ctx *c, RelupScript *before, RelupScript *mer
         }
         RelupInstr *into = &merged->v[m];
         if (strcmp(into->vsn, l->vsn) != 0)
-            diag_error(c->diag, "%s: conflicting versions for application '%s': %s and %s", c->what, l->app,
-                       into->vsn, l->vsn);
+            diag_error(c->diag, "%s: conflicting versions for application '%s': %s and %s", c->what, l->app, into->vsn,
+                       l->vsn);
         for (size_t j = 0; j < l->n_mods; j++) {
             bool dup = false;
             for (size_t q = 0; q < into->n_mods; q++)
@@ -680,8 +692,8 @@ static int translate(Ctx *c, RelupScript *out)
             if (done[wc])
                 continue;
             done[wc] = true;
-            size_t n = order_component(&g, members + wc_start[wc], wc_start[wc + 1] - wc_start[wc], scc_first,
-                                       indeg, scc_members, scc_n, ordered);
+            size_t n = order_component(&g, members + wc_start[wc], wc_start[wc + 1] - wc_start[wc], scc_first, indeg,
+                                       scc_members, scc_n, ordered);
             for (size_t k = 0; k < n; k++)
                 group[k] = c->work[g.work[ordered[k]]].hl;
             translate_dep_to_low(c, group, n, &before, &after, &app_of_module);
@@ -762,8 +774,7 @@ static bool mods_contain(const RelupInstr *i, const char *m)
 
 /* Every module of an instruction of kind a appears in some instruction of
  * kind b in s, else an error "<label>: m". */
-static void check_paired(const RelupScript *s, RelupOp a, RelupOp b, const char *what, const char *label,
-                         Diag *diag)
+static void check_paired(const RelupScript *s, RelupOp a, RelupOp b, const char *what, const char *label, Diag *diag)
 {
     for (size_t i = 0; i < s->n; i++) {
         if (s->v[i].op != a)
@@ -796,8 +807,7 @@ int relup_check_script(const RelupScript *s, const char *what, Diag *diag)
     for (size_t i = 0; i < s->n; i++) {
         const RelupInstr *in = &s->v[i];
         if (i < ponr && in->op != RELUP_LOAD_OBJECT_CODE)
-            diag_error(diag, "%s: instruction %zu: %s before point_of_no_return", what, i + 1,
-                       relup_op_name(in->op));
+            diag_error(diag, "%s: instruction %zu: %s before point_of_no_return", what, i + 1, relup_op_name(in->op));
         if (in->op != RELUP_LOAD)
             continue;
         bool found = false;

@@ -54,12 +54,12 @@ typedef struct RelupModule {
 
 typedef struct RelupInstr {
     RelupOp op;
-    char *app, *vsn;                  /* load_object_code; app also for *_application */
-    char *module;                     /* load, remove */
+    char *app, *vsn;                   /* load_object_code; app also for *_application */
+    char *module;                      /* load, remove */
     PurgeMethod pre_purge, post_purge; /* load, remove */
-    bool down;                        /* code_change: mode down, else up */
-    RelupModule *mods;                /* load_object_code, suspend, code_change, resume, */
-    size_t n_mods;                    /* purge, stop, start */
+    bool down;                         /* code_change: mode down, else up */
+    RelupModule *mods;                 /* load_object_code, suspend, code_change, resume, */
+    size_t n_mods;                     /* purge, stop, start */
 } RelupInstr;
 
 typedef struct RelupScript {
@@ -74,8 +74,7 @@ typedef struct Relup {
 
 /* Answers whether module's file differs between old_app and new_app:
  * 1 changed, 0 same, negative errno when it cannot tell. */
-typedef int (*RelupModuleChangedFn)(void *userdata, const AppDef *old_app, const AppDef *new_app,
-                                    const char *module);
+typedef int (*RelupModuleChangedFn)(void *userdata, const AppDef *old_app, const AppDef *new_app, const char *module);
 
 typedef struct RelupOptions {
     /* When an application changed version and its appup has no entry for
@@ -91,8 +90,7 @@ typedef struct RelupOptions {
 /* Computes the relup from -> to. Both releases must be valid
  * (appdefs_validate_release) with every AppDef loaded. On success *ret is a
  * new Relup owned by the caller (relup_free()). */
-int relup_compute(const ReleaseDef *from, const ReleaseDef *to, const RelupOptions *opts, Relup **ret,
-                  Diag *diag);
+int relup_compute(const ReleaseDef *from, const ReleaseDef *to, const RelupOptions *opts, Relup **ret, Diag *diag);
 
 /* Checks a script as OTP's systools_rc checks one: one point_of_no_return
  * with only load_object_code before it, every load preceded by the

@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -65,24 +67,53 @@ static char *app_dir(const char *root, const char *name, const char *vsn)
     return xasprintf("%s/lib/%s-%s", root, name, vsn);
 }
 
-/* path (relative to dir) must exist and, symlinks followed, stay in dir. */
-static void check_inside(const char *dir, const char *rel, const char *what, const AppDef *a, SrcPos pos,
-                         Diag *diag)
+/* Opens rel beneath the directory dirfd: the kernel refuses any path that
+ * would leave it, through "..", an absolute symlink or a magic link
+ * (openat2 RESOLVE_BENEATH, Linux 5.6). O_PATH opens nothing for reading.
+ * Returns an fd or -errno; -EXDEV means "leaves the directory". */
+static int open_beneath(int dirfd, const char *rel)
 {
-    char *path = xasprintf("%s/%s", dir, rel);
-    char real_dir[PATH_MAX], real[PATH_MAX];
-    if (!realpath(path, real)) {
-        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' is missing: %s", what, rel, strerror(errno));
-    } else if (!realpath(dir, real_dir) || strncmp(real, real_dir, strlen(real_dir)) != 0 ||
-               real[strlen(real_dir)] != '/') {
-        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' resolves outside the application's directory",
-                      what, rel);
-    } else {
-        struct stat st;
-        if (stat(real, &st) == 0 && !S_ISREG(st.st_mode))
-            diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' is not a regular file", what, rel);
-    }
-    free(path);
+    struct open_how how = {.flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
+    int fd = (int)syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
+    if (fd >= 0 || (errno != ENOSYS && errno != EPERM))
+        return fd < 0 ? -errno : fd;
+
+    /* No openat2 (an old kernel, a seccomp filter, valgrind): resolve the
+     * path in user space and compare it with the directory's. */
+    char dir[PATH_MAX], path[PATH_MAX], *proc = xasprintf("/proc/self/fd/%d", dirfd);
+    ssize_t n = readlink(proc, dir, sizeof(dir) - 1);
+    free(proc);
+    if (n < 0)
+        return -errno;
+    dir[n] = 0;
+    char *joined = xasprintf("%s/%s", dir, rel);
+    char *real = realpath(joined, path);
+    int r = real ? 0 : -errno;
+    free(joined);
+    if (r < 0)
+        return r;
+    size_t dn = strlen(dir);
+    if (strncmp(path, dir, dn) != 0 || path[dn] != '/')
+        return -EXDEV;
+    fd = open(path, O_PATH | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+/* rel (relative to the application's directory dirfd) must exist, stay in
+ * the directory with symlinks followed, and be a regular file. */
+static void check_inside(int dirfd, const char *rel, const char *what, const AppDef *a, SrcPos pos, Diag *diag)
+{
+    int fd = open_beneath(dirfd, rel);
+    struct stat st;
+    if (fd == -EXDEV || fd == -ELOOP)
+        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' resolves outside the application's directory", what,
+                      rel);
+    else if (fd < 0)
+        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' is missing: %s", what, rel, strerror(-fd));
+    else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' is not a regular file", what, rel);
+    if (fd >= 0)
+        close(fd);
 }
 
 static int load_app(const char *root, ReleaseAppRef *ref, Diag *diag)
@@ -94,15 +125,20 @@ static int load_app(const char *root, ReleaseAppRef *ref, Diag *diag)
     size_t len = 0;
     int r = store_read_file(path, &buf, &len);
     if (r < 0) {
-        diag_error(diag, "%s: cannot read: %s (release %s wants %s %s)", shown, strerror(-r), ref->pos.file,
-                   ref->name, ref->vsn);
+        diag_error(diag, "%s: cannot read: %s (release %s wants %s %s)", shown, strerror(-r), ref->pos.file, ref->name,
+                   ref->vsn);
     } else if ((r = appdefs_parse_app(shown, buf, len, &ref->app, diag)) == 0) {
         const AppDef *a = ref->app;
-        for (size_t m = 0; m < a->n_modules; m++)
-            check_inside(dir, a->modules[m].file, "module file", a, a->modules[m].pos, diag);
-        for (size_t p = 0; p < a->n_processes; p++)
+        int dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (dirfd < 0)
+            diag_error(diag, "lib/%s-%s: cannot open: %s", ref->name, ref->vsn, strerror(errno));
+        for (size_t m = 0; dirfd >= 0 && m < a->n_modules; m++)
+            check_inside(dirfd, a->modules[m].file, "module file", a, a->modules[m].pos, diag);
+        for (size_t p = 0; dirfd >= 0 && p < a->n_processes; p++)
             if (a->processes[p].exec[0] != '/')
-                check_inside(dir, a->processes[p].exec, "executable", a, a->processes[p].pos, diag);
+                check_inside(dirfd, a->processes[p].exec, "executable", a, a->processes[p].pos, diag);
+        if (dirfd >= 0)
+            close(dirfd);
     }
     free(buf);
     free(dir);
@@ -214,8 +250,8 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
         *ret = TAKE_PTR(stored);
         *ret_stored = true;
     } else if (r == 0) {
-        RelupOptions opts = {.derive_missing = derive, .module_changed = store_module_changed,
-                             .userdata = (void *)root};
+        RelupOptions opts = {
+            .derive_missing = derive, .module_changed = store_module_changed, .userdata = (void *)root};
         r = relup_compute(a, b, &opts, ret, diag);
         *ret_stored = false;
     }

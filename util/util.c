@@ -1,4 +1,3 @@
-#define _GNU_SOURCE
 #include "util.h"
 
 #include <stdio.h>
@@ -87,7 +86,10 @@ void strvec_push_take(StrVec *s, char *str)
     s->v[s->n++] = str;
 }
 
-void strvec_push(StrVec *s, const char *str) { strvec_push_take(s, xstrdup(str)); }
+void strvec_push(StrVec *s, const char *str)
+{
+    strvec_push_take(s, xstrdup(str));
+}
 
 ssize_t strvec_index(const StrVec *s, const char *str)
 {
@@ -97,7 +99,10 @@ ssize_t strvec_index(const StrVec *s, const char *str)
     return -1;
 }
 
-bool strvec_contains(const StrVec *s, const char *str) { return strvec_index(s, str) >= 0; }
+bool strvec_contains(const StrVec *s, const char *str)
+{
+    return strvec_index(s, str) >= 0;
+}
 
 void strvec_clear(StrVec *s)
 {
@@ -139,8 +144,14 @@ void diag_clear(Diag *d)
     strvec_clear(&d->warnings);
 }
 
-static bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+static bool is_alpha(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
 
 bool name_is_valid(const char *s)
 {

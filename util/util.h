@@ -21,7 +21,7 @@
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
-char *xstrdup(const char *s);             /* NULL in, NULL out */
+char *xstrdup(const char *s); /* NULL in, NULL out */
 char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) UTIL_PRINTF(1, 2);
 char *xvasprintf(const char *fmt, va_list ap) UTIL_PRINTF(1, 0);
@@ -31,15 +31,18 @@ char *xvasprintf(const char *fmt, va_list ap) UTIL_PRINTF(1, 0);
 void grow_array(void **v, size_t *cap, size_t need, size_t elem);
 #define GROW(v, cap, need) grow_array((void **)&(v), &(cap), (need), sizeof(*(v)))
 
-static inline void freep(void *p) { free(*(void **)p); }
+static inline void freep(void *p)
+{
+    free(*(void **)p);
+}
 #define _cleanup_free_ __attribute__((cleanup(freep)))
 
 /* Takes ownership out of a cleanup variable. */
-#define TAKE_PTR(p)                                                                                \
-    ({                                                                                             \
-        __typeof__(p) _p = (p);                                                                    \
-        (p) = NULL;                                                                                \
-        _p;                                                                                        \
+#define TAKE_PTR(p)                                                                                                    \
+    ({                                                                                                                 \
+        __typeof__(p) _p = (p);                                                                                        \
+        (p) = NULL;                                                                                                    \
+        _p;                                                                                                            \
     })
 
 /* A growable list of owned strings. Zero-initialised is empty. */
@@ -48,11 +51,11 @@ typedef struct StrVec {
     size_t n, cap;
 } StrVec;
 
-void strvec_push(StrVec *s, const char *str);     /* copies str */
-void strvec_push_take(StrVec *s, char *str);      /* takes ownership of str */
+void strvec_push(StrVec *s, const char *str); /* copies str */
+void strvec_push_take(StrVec *s, char *str);  /* takes ownership of str */
 bool strvec_contains(const StrVec *s, const char *str);
 ssize_t strvec_index(const StrVec *s, const char *str); /* -1 when absent */
-void strvec_clear(StrVec *s);                     /* frees the strings, leaves s empty */
+void strvec_clear(StrVec *s);                           /* frees the strings, leaves s empty */
 
 /* Diagnostics: the messages a parse, validation or computation produced,
  * each one line, in the order they were found. Errors make an operation
@@ -65,10 +68,12 @@ typedef struct Diag {
 void diag_error(Diag *d, const char *fmt, ...) UTIL_PRINTF(2, 3);
 void diag_warning(Diag *d, const char *fmt, ...) UTIL_PRINTF(2, 3);
 /* "file:line:col: message"; file may be NULL ("<input>"). */
-void diag_error_at(Diag *d, const char *file, int line, int col, const char *fmt, ...)
-    UTIL_PRINTF(5, 6);
+void diag_error_at(Diag *d, const char *file, int line, int col, const char *fmt, ...) UTIL_PRINTF(5, 6);
 void diag_clear(Diag *d);
-static inline size_t diag_n_errors(const Diag *d) { return d ? d->errors.n : 0; }
+static inline size_t diag_n_errors(const Diag *d)
+{
+    return d ? d->errors.n : 0;
+}
 
 /* Syntax rules shared by every definition, documented in docs/formats.md. */
 bool name_is_valid(const char *s);    /* [A-Za-z_][A-Za-z0-9_]{0,63} */

@@ -1,0 +1,210 @@
+/* store: a release root on a real file system in a temporary directory. */
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store.h"
+
+static char root[] = "/tmp/reld-test-store-XXXXXX";
+static Diag d;
+
+static void put(const char *rel, const char *content)
+{
+    char *path = xasprintf("%s/%s", root, rel);
+    for (char *p = strchr(path + strlen(root) + 1, '/'); p; p = strchr(p + 1, '/')) {
+        *p = 0;
+        mkdir(path, 0755);
+        *p = '/';
+    }
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(content, f);
+    fclose(f);
+    free(path);
+}
+
+static void setup(void)
+{
+    strcpy(root, "/tmp/reld-test-store-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(root));
+    d = (Diag){0};
+    put("releases/1/release.yaml", "release: r\nvsn: \"1\"\napplications: [{name: a, vsn: \"1\"}]\n");
+    put("releases/2/release.yaml", "release: r\nvsn: \"2\"\napplications: [{name: a, vsn: \"2\"}]\n");
+    put("lib/a-1/app.yaml",
+        "name: a\nvsn: \"1\"\nmodules: [m, n]\nprocesses: [{name: p, exec: bin/p, modules: [m]}]\n");
+    put("lib/a-1/modules/m.so", "m version 1");
+    put("lib/a-1/modules/n.so", "n");
+    put("lib/a-1/bin/p", "#!/bin/sh\n");
+    put("lib/a-2/app.yaml",
+        "name: a\nvsn: \"2\"\nmodules: [m, n]\nprocesses: [{name: p, exec: bin/p, modules: [m]}]\n");
+    put("lib/a-2/modules/m.so", "m version 2");
+    put("lib/a-2/modules/n.so", "n");
+    put("lib/a-2/bin/p", "#!/bin/sh\n");
+}
+
+static void teardown(void)
+{
+    char *cmd = xasprintf("rm -rf '%s'", root);
+    ck_assert_int_eq(system(cmd), 0);
+    free(cmd);
+    diag_clear(&d);
+}
+
+static bool has_error(const char *part)
+{
+    for (size_t i = 0; i < d.errors.n; i++)
+        if (strstr(d.errors.v[i], part))
+            return true;
+    return false;
+}
+
+#define ck_assert_error(part)                                                                                          \
+    ck_assert_msg(has_error(part), "expected '%s' in %zu errors: %s", part, d.errors.n, d.errors.n ? d.errors.v[0] : "")
+
+START_TEST(load_release_good)
+{
+    ReleaseDef *rel = NULL;
+    ck_assert_int_eq(store_load_release(root, "1", &rel, &d), 0);
+    ck_assert_int_eq(rel->n_apps, 1);
+    ck_assert_str_eq(rel->apps[0].app->file, "lib/a-1/app.yaml");
+    release_def_free(rel);
+}
+END_TEST
+
+START_TEST(load_release_missing)
+{
+    ReleaseDef *rel = NULL;
+    ck_assert_int_eq(store_load_release(root, "9", &rel, &d), -ENOENT);
+    ck_assert_error("release 9 is not in");
+    ck_assert_int_eq(store_load_release(root, "../1", &rel, &d), -EINVAL);
+    ck_assert_error("bad release version '../1'");
+    ck_assert_ptr_null(rel);
+}
+END_TEST
+
+START_TEST(load_release_missing_files_and_symlinks_out)
+{
+    char *p = xasprintf("%s/lib/a-1/modules/m.so", root);
+    unlink(p);
+    ck_assert_int_eq(symlink("/etc/passwd", p), 0);
+    free(p);
+    p = xasprintf("%s/lib/a-1/modules/n.so", root);
+    unlink(p);
+    free(p);
+    ReleaseDef *rel = NULL;
+    ck_assert_int_eq(store_load_release(root, "1", &rel, &d), -EINVAL);
+    ck_assert_error("lib/a-1/app.yaml:3:11: module file 'modules/m.so' resolves outside the application's directory");
+    ck_assert_error("lib/a-1/app.yaml:3:14: module file 'modules/n.so' is missing");
+}
+END_TEST
+
+START_TEST(load_release_version_mismatch)
+{
+    put("releases/3/release.yaml", "release: r\nvsn: \"1\"\napplications: [{name: a, vsn: \"1\"}]\n");
+    ReleaseDef *rel = NULL;
+    ck_assert_int_eq(store_load_release(root, "3", &rel, &d), -EINVAL);
+    ck_assert_error("releases/3/release.yaml:1:1: defines release version 1 but lies in releases/3");
+}
+END_TEST
+
+START_TEST(load_release_bad_app_yaml)
+{
+    put("lib/a-1/app.yaml", "name: a\nvsn: \"1\"\nmodules: [m, n]\nprocesses: {}\n");
+    ReleaseDef *rel = NULL;
+    ck_assert_int_eq(store_load_release(root, "1", &rel, &d), -EINVAL);
+    ck_assert_error("lib/a-1/app.yaml:4:12: processes must be a list, not a mapping");
+}
+END_TEST
+
+START_TEST(module_changed_compares_bytes)
+{
+    ReleaseDef *a = NULL, *b = NULL;
+    ck_assert_int_eq(store_load_release(root, "1", &a, &d), 0);
+    ck_assert_int_eq(store_load_release(root, "2", &b, &d), 0);
+    ck_assert_int_eq(store_module_changed(root, a->apps[0].app, b->apps[0].app, "m"), 1);
+    ck_assert_int_eq(store_module_changed(root, a->apps[0].app, b->apps[0].app, "n"), 0);
+    release_def_free(a);
+    release_def_free(b);
+}
+END_TEST
+
+START_TEST(relup_derives_then_stored_relup_is_used)
+{
+    Relup *r = NULL;
+    bool stored = true;
+    ck_assert_int_eq(store_relup(root, "1", "2", true, &r, &stored, &d), 0);
+    ck_assert(!stored);
+    ck_assert_int_eq(d.warnings.n, 2);
+    ck_assert_int_eq(r->up.n, 6); /* load_object_code, ponr, suspend, load, code_change, resume */
+    ck_assert_int_eq(store_write_relup(root, r, &d), 0);
+    relup_free(r);
+    r = NULL;
+    ck_assert_int_eq(store_relup(root, "1", "2", false, &r, &stored, &d), 0);
+    ck_assert(stored);
+    ck_assert_int_eq(r->up.n, 6);
+    relup_free(r);
+}
+END_TEST
+
+START_TEST(relup_without_derive_refuses)
+{
+    Relup *r = NULL;
+    bool stored;
+    ck_assert_int_eq(store_relup(root, "1", "2", false, &r, &stored, &d), -EINVAL);
+    ck_assert_error("has no appup entry for up from 1");
+    ck_assert_ptr_null(r);
+}
+END_TEST
+
+START_TEST(relup_broken_stored_relup_is_an_error)
+{
+    put("releases/2/relup.yaml", "{from: \"1\", to: \"2\", up: [{op: nope}], down: []}\n");
+    Relup *r = NULL;
+    bool stored;
+    ck_assert_int_eq(store_relup(root, "1", "2", true, &r, &stored, &d), -EINVAL);
+    ck_assert_error("releases/2/relup.yaml:1:32: unknown op 'nope'");
+}
+END_TEST
+
+START_TEST(read_file_refuses_directories)
+{
+    char *buf;
+    size_t len;
+    ck_assert_int_eq(store_read_file(root, &buf, &len), -EISDIR);
+    ck_assert_int_eq(store_read_file("/nonexistent/x", &buf, &len), -ENOENT);
+}
+END_TEST
+
+static Suite *store_suite(void)
+{
+    Suite *s = suite_create("store");
+    TCase *tc = tcase_create("store_load_release");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, load_release_good);
+    tcase_add_test(tc, load_release_missing);
+    tcase_add_test(tc, load_release_missing_files_and_symlinks_out);
+    tcase_add_test(tc, load_release_version_mismatch);
+    tcase_add_test(tc, load_release_bad_app_yaml);
+    tcase_add_test(tc, read_file_refuses_directories);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("store_relup");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, module_changed_compares_bytes);
+    tcase_add_test(tc, relup_derives_then_stored_relup_is_used);
+    tcase_add_test(tc, relup_without_derive_refuses);
+    tcase_add_test(tc, relup_broken_stored_relup_is_an_error);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(store_suite());
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
