@@ -139,13 +139,14 @@ static const AppDef *app_of(const ReleaseDef *rel, const char *name)
 
 static void expand_instr(Ctx *c, const AppupInstr *in)
 {
-    char where[512];
-    pos_str(where, sizeof(where), &in->pos);
+    char where[512] = "";
     bool app_op =
         in->op == APPUP_ADD_APPLICATION || in->op == APPUP_REMOVE_APPLICATION || in->op == APPUP_RESTART_APPLICATION;
     const AppDef *pre = app_op ? app_of(c->from, in->target) : NULL;
     const AppDef *post = app_op ? app_of(c->to, in->target) : NULL;
 
+    if (app_op) /* only these can fail here; formatting costs in large releases */
+        pos_str(where, sizeof(where), &in->pos);
     switch (in->op) {
     case APPUP_UPDATE:
     case APPUP_LOAD_MODULE:

@@ -1,9 +1,11 @@
 #include "store.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/openat2.h>
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <stdio.h>
 #include <string.h>
@@ -54,6 +56,8 @@ int store_read_file(const char *path, char **ret_buf, size_t *ret_len)
         if (n == 0)
             break;
         len += (size_t)n;
+        if (len == (size_t)st.st_size)
+            break; /* all of it: spare the read that would say end of file */
     }
     close(fd);
     buf[len] = 0;
@@ -69,11 +73,11 @@ static char *app_dir(const char *root, const char *name, const char *vsn)
 
 /* Opens rel beneath the directory dirfd: the kernel refuses any path that
  * would leave it, through "..", an absolute symlink or a magic link
- * (openat2 RESOLVE_BENEATH, Linux 5.6). O_PATH opens nothing for reading.
- * Returns an fd or -errno; -EXDEV means "leaves the directory". */
-static int open_beneath(int dirfd, const char *rel)
+ * (openat2 RESOLVE_BENEATH, Linux 5.6). Returns an fd or -errno; -EXDEV
+ * means "leaves the directory". */
+static int open_beneath(int dirfd, const char *rel, int flags)
 {
-    struct open_how how = {.flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
+    struct open_how how = {.flags = flags | O_CLOEXEC, .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
     int fd = (int)syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
     if (fd >= 0 || (errno != ENOSYS && errno != EPERM))
         return fd < 0 ? -errno : fd;
@@ -95,25 +99,105 @@ static int open_beneath(int dirfd, const char *rel)
     size_t dn = strlen(dir);
     if (strncmp(path, dir, dn) != 0 || path[dn] != '/')
         return -EXDEV;
-    fd = open(path, O_PATH | O_CLOEXEC);
+    fd = open(path, flags | O_CLOEXEC);
     return fd < 0 ? -errno : fd;
 }
 
-/* rel (relative to the application's directory dirfd) must exist, stay in
- * the directory with symlinks followed, and be a regular file. */
-static void check_inside(int dirfd, const char *rel, const char *what, const AppDef *a, SrcPos pos, Diag *diag)
+static void report_path(int r, const char *rel, const char *what, const AppDef *a, SrcPos pos, Diag *diag)
 {
-    int fd = open_beneath(dirfd, rel);
-    struct stat st;
-    if (fd == -EXDEV || fd == -ELOOP)
-        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' resolves outside the application's directory", what,
-                      rel);
-    else if (fd < 0)
-        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' is missing: %s", what, rel, strerror(-fd));
-    else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+    if (r == -EXDEV || r == -ELOOP)
+        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' resolves outside the application's directory",
+                      what, rel);
+    else if (r == -EISDIR || r == -EINVAL)
         diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' is not a regular file", what, rel);
-    if (fd >= 0)
-        close(fd);
+    else if (r < 0)
+        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' is missing: %s", what, rel, strerror(-r));
+}
+
+/* One file, the slow way: open it beneath the application's directory and
+ * look at what it is. 0 or -errno as report_path() takes it. */
+static int check_one(int appfd, const char *rel)
+{
+    int fd = open_beneath(appfd, rel, O_PATH);
+    if (fd < 0)
+        return fd;
+    struct stat st;
+    int r = fstat(fd, &st) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EINVAL;
+    close(fd);
+    return r;
+}
+
+/* A directory of an application, listed once: the names of its entries
+ * and whether each is a regular file. */
+typedef struct DirListing {
+    char *path;  /* relative to the application's directory, "." for itself */
+    int error;   /* -errno from opening it, else 0 */
+    StrVec names;
+    bool *regular;
+    StrMap index; /* name -> position; keys borrowed from names */
+} DirListing;
+
+static void listing_load(int appfd, DirListing *l)
+{
+    int fd = open_beneath(appfd, l->path, O_RDONLY | O_DIRECTORY);
+    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!dir) {
+        l->error = fd < 0 ? fd : -errno;
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    size_t cap = 0;
+    for (struct dirent *e; (e = readdir(dir));) {
+        strvec_push(&l->names, e->d_name);
+        GROW(l->regular, cap, l->names.n);
+        /* DT_REG straight from a directory that is itself beneath the
+         * application's: inside by construction, no symlink involved. */
+        l->regular[l->names.n - 1] = e->d_type == DT_REG;
+    }
+    for (size_t i = 0; i < l->names.n; i++)
+        strmap_put(&l->index, l->names.v[i], i);
+    closedir(dir);
+}
+
+static void listing_clear(DirListing *l)
+{
+    free(l->path);
+    strvec_clear(&l->names);
+    free(l->regular);
+    strmap_clear(&l->index);
+}
+
+/* Checks that rel exists beneath the application's directory (symlinks
+ * followed) and is a regular file, listing each directory only once. */
+static void check_inside(int appfd, DirListing **dirs, size_t *n_dirs, const char *rel, const char *what,
+                         const AppDef *a, SrcPos pos, Diag *diag)
+{
+    const char *slash = strrchr(rel, '/');
+    char *dir = slash ? xstrndup(rel, (size_t)(slash - rel)) : xstrdup(".");
+    const char *base = slash ? slash + 1 : rel;
+    DirListing *l = NULL;
+    for (size_t i = 0; i < *n_dirs && !l; i++)
+        if (strcmp((*dirs)[i].path, dir) == 0)
+            l = &(*dirs)[i];
+    if (!l) {
+        *dirs = xrealloc(*dirs, (*n_dirs + 1) * sizeof(**dirs));
+        l = &(*dirs)[(*n_dirs)++];
+        *l = (DirListing){.path = TAKE_PTR(dir)};
+        listing_load(appfd, l);
+    }
+    free(dir);
+    size_t i;
+    int r;
+    if (l->error == -ENOENT)
+        r = -ENOENT;
+    else if (!l->error && strmap_get(&l->index, base, &i) && l->regular[i])
+        r = 0;
+    else if (!l->error && !strmap_get(&l->index, base, NULL))
+        r = -ENOENT;
+    else
+        r = check_one(appfd, rel); /* a symlink, or a directory we could not list */
+    report_path(r, rel, what, a, pos, diag);
 }
 
 static int load_app(const char *root, ReleaseAppRef *ref, Diag *diag)
@@ -132,11 +216,17 @@ static int load_app(const char *root, ReleaseAppRef *ref, Diag *diag)
         int dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (dirfd < 0)
             diag_error(diag, "lib/%s-%s: cannot open: %s", ref->name, ref->vsn, strerror(errno));
+        DirListing *dirs = NULL;
+        size_t n_dirs = 0;
         for (size_t m = 0; dirfd >= 0 && m < a->n_modules; m++)
-            check_inside(dirfd, a->modules[m].file, "module file", a, a->modules[m].pos, diag);
+            check_inside(dirfd, &dirs, &n_dirs, a->modules[m].file, "module file", a, a->modules[m].pos, diag);
         for (size_t p = 0; dirfd >= 0 && p < a->n_processes; p++)
             if (a->processes[p].exec[0] != '/')
-                check_inside(dirfd, a->processes[p].exec, "executable", a, a->processes[p].pos, diag);
+                check_inside(dirfd, &dirs, &n_dirs, a->processes[p].exec, "executable", a, a->processes[p].pos,
+                             diag);
+        for (size_t i = 0; i < n_dirs; i++)
+            listing_clear(&dirs[i]);
+        free(dirs);
         if (dirfd >= 0)
             close(dirfd);
     }
@@ -220,12 +310,53 @@ int store_module_changed(void *root, const AppDef *old_app, const AppDef *new_ap
     return r;
 }
 
+typedef struct LoadJob {
+    const char *root, *vsn;
+    ReleaseDef *rel;
+    int r;
+    Diag diag;
+} LoadJob;
+
+static void *load_job(void *p)
+{
+    LoadJob *j = p;
+    j->r = store_load_release(j->root, j->vsn, &j->rel, &j->diag);
+    return NULL;
+}
+
+/* Loads two releases at once, one on a second thread: loading is most of
+ * a relup's time in large releases and the two are independent. The
+ * messages are merged in order, first release first. */
+static void load_two_releases(const char *root, const char *v1, const char *v2, ReleaseDef **ret1,
+                              ReleaseDef **ret2, int *r1, int *r2, Diag *diag)
+{
+    LoadJob j1 = {.root = root, .vsn = v1}, j2 = {.root = root, .vsn = v2};
+    pthread_t t;
+    bool threaded = pthread_create(&t, NULL, load_job, &j2) == 0;
+    load_job(&j1);
+    if (threaded)
+        pthread_join(t, NULL);
+    else
+        load_job(&j2);
+    for (LoadJob *j = &j1; j; j = j == &j1 ? &j2 : NULL) {
+        for (size_t i = 0; i < j->diag.errors.n; i++)
+            strvec_push_take(&diag->errors, TAKE_PTR(j->diag.errors.v[i]));
+        for (size_t i = 0; i < j->diag.warnings.n; i++)
+            strvec_push_take(&diag->warnings, TAKE_PTR(j->diag.warnings.v[i]));
+        diag_clear(&j->diag);
+    }
+    *ret1 = j1.rel;
+    *ret2 = j2.rel;
+    *r1 = j1.r;
+    *r2 = j2.r;
+}
+
 int store_relup(const char *root, const char *from, const char *to, bool derive, Relup **ret, bool *ret_stored,
                 Diag *diag)
 {
     ReleaseDef *a = NULL, *b = NULL;
-    int r = store_load_release(root, from, &a, diag);
-    int r2 = store_load_release(root, to, &b, diag);
+    int r = 0, r2 = 0;
+    load_two_releases(root, from, to, &a, &b, &r, &r2, diag);
     if (r < 0 || r2 < 0) {
         release_def_free(a);
         release_def_free(b);
