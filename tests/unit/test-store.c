@@ -101,6 +101,49 @@ START_TEST(load_release_missing_files_and_symlinks_out)
 }
 END_TEST
 
+START_TEST(load_release_symlink_within_the_app_is_fine)
+{
+    char *p = xasprintf("%s/lib/a-1/modules/m.so", root);
+    unlink(p);
+    ck_assert_int_eq(symlink("n.so", p), 0);
+    free(p);
+    ReleaseDef *rel = NULL;
+    ck_assert_int_eq(store_load_release(root, "1", &rel, &d), 0);
+    release_def_free(rel);
+}
+END_TEST
+
+START_TEST(load_release_directory_symlinked_out_is_refused)
+{
+    /* modules/ itself leads out of the application's directory. */
+    put("elsewhere/m.so", "x");
+    put("elsewhere/n.so", "x");
+    char *mods = xasprintf("%s/lib/a-1/modules", root), *cmd = xasprintf("rm -rf '%s'", mods);
+    ck_assert_int_eq(system(cmd), 0);
+    char *target = xasprintf("%s/elsewhere", root);
+    ck_assert_int_eq(symlink(target, mods), 0);
+    ReleaseDef *rel = NULL;
+    ck_assert_int_eq(store_load_release(root, "1", &rel, &d), -EINVAL);
+    ck_assert_error("lib/a-1/app.yaml:3:11: module file 'modules/m.so' resolves outside the application's directory");
+    ck_assert_error("lib/a-1/app.yaml:3:14: module file 'modules/n.so' resolves outside the application's directory");
+    free(mods);
+    free(cmd);
+    free(target);
+}
+END_TEST
+
+START_TEST(load_release_module_that_is_a_directory_is_refused)
+{
+    char *p = xasprintf("%s/lib/a-1/modules/n.so", root);
+    unlink(p);
+    ck_assert_int_eq(mkdir(p, 0755), 0);
+    free(p);
+    ReleaseDef *rel = NULL;
+    ck_assert_int_eq(store_load_release(root, "1", &rel, &d), -EINVAL);
+    ck_assert_error("lib/a-1/app.yaml:3:14: module file 'modules/n.so' is not a regular file");
+}
+END_TEST
+
 START_TEST(load_release_version_mismatch)
 {
     put("releases/3/release.yaml", "release: r\nvsn: \"1\"\napplications: [{name: a, vsn: \"1\"}]\n");
@@ -186,6 +229,9 @@ static Suite *store_suite(void)
     tcase_add_test(tc, load_release_good);
     tcase_add_test(tc, load_release_missing);
     tcase_add_test(tc, load_release_missing_files_and_symlinks_out);
+    tcase_add_test(tc, load_release_symlink_within_the_app_is_fine);
+    tcase_add_test(tc, load_release_directory_symlinked_out_is_refused);
+    tcase_add_test(tc, load_release_module_that_is_a_directory_is_refused);
     tcase_add_test(tc, load_release_version_mismatch);
     tcase_add_test(tc, load_release_bad_app_yaml);
     tcase_add_test(tc, read_file_refuses_directories);
