@@ -106,8 +106,8 @@ static int open_beneath(int dirfd, const char *rel, int flags)
 static void report_path(int r, const char *rel, const char *what, const AppDef *a, SrcPos pos, Diag *diag)
 {
     if (r == -EXDEV || r == -ELOOP)
-        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' resolves outside the application's directory",
-                      what, rel);
+        diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' resolves outside the application's directory", what,
+                      rel);
     else if (r == -EISDIR || r == -EINVAL)
         diag_error_at(diag, a->file, pos.line, pos.col, "%s '%s' is not a regular file", what, rel);
     else if (r < 0)
@@ -130,8 +130,8 @@ static int check_one(int appfd, const char *rel)
 /* A directory of an application, listed once: the names of its entries
  * and whether each is a regular file. */
 typedef struct DirListing {
-    char *path;  /* relative to the application's directory, "." for itself */
-    int error;   /* -errno from opening it, else 0 */
+    char *path; /* relative to the application's directory, "." for itself */
+    int error;  /* -errno from opening it, else 0 */
     StrVec names;
     bool *regular;
     StrMap index; /* name -> position; keys borrowed from names */
@@ -222,8 +222,7 @@ static int load_app(const char *root, ReleaseAppRef *ref, Diag *diag)
             check_inside(dirfd, &dirs, &n_dirs, a->modules[m].file, "module file", a, a->modules[m].pos, diag);
         for (size_t p = 0; dirfd >= 0 && p < a->n_processes; p++)
             if (a->processes[p].exec[0] != '/')
-                check_inside(dirfd, &dirs, &n_dirs, a->processes[p].exec, "executable", a, a->processes[p].pos,
-                             diag);
+                check_inside(dirfd, &dirs, &n_dirs, a->processes[p].exec, "executable", a, a->processes[p].pos, diag);
         for (size_t i = 0; i < n_dirs; i++)
             listing_clear(&dirs[i]);
         free(dirs);
@@ -327,8 +326,8 @@ static void *load_job(void *p)
 /* Loads two releases at once, one on a second thread: loading is most of
  * a relup's time in large releases and the two are independent. The
  * messages are merged in order, first release first. */
-static void load_two_releases(const char *root, const char *v1, const char *v2, ReleaseDef **ret1,
-                              ReleaseDef **ret2, int *r1, int *r2, Diag *diag)
+static void load_two_releases(const char *root, const char *v1, const char *v2, ReleaseDef **ret1, ReleaseDef **ret2,
+                              int *r1, int *r2, Diag *diag)
 {
     LoadJob j1 = {.root = root, .vsn = v1}, j2 = {.root = root, .vsn = v2};
     pthread_t t;
