@@ -1,0 +1,699 @@
+/* The runtime library of managed processes: module versions, and the
+ * control protocol of docs/runtime.md. Single-threaded by design: every
+ * command runs inside rel_runtime_dispatch(), at the host's safe points. */
+#include "reld-runtime.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_LINE 65536
+
+struct RelVersion {
+    RelModule *owner;
+    void *dl;
+    const RelModuleDesc *desc;
+    unsigned pins;
+};
+
+struct RelModule {
+    char *name;
+    RelVersion *current; /* NULL after remove */
+    RelVersion *old;     /* the previous current, until purged */
+    RelVersion *staged;  /* loaded object code, not yet current */
+    void *state;
+    bool removed;
+};
+
+struct RelRuntime {
+    int fd;
+    RelModule **mods;
+    size_t n_mods;
+    bool suspended;
+    char *in;
+    size_t in_len;
+    bool discarding; /* skipping the rest of an over-long line */
+    RelHost host;
+};
+
+/* The host table's callbacks need the runtime; a process has one. */
+static RelRuntime *the_runtime;
+
+static void say(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void say(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- modules and versions ---------------------------------------------- */
+
+RelModule *rel_runtime_module(RelRuntime *rt, const char *name)
+{
+    for (size_t i = 0; rt && i < rt->n_mods; i++)
+        if (strcmp(rt->mods[i]->name, name) == 0)
+            return rt->mods[i]->removed ? NULL : rt->mods[i];
+    return NULL;
+}
+
+static RelModule *find_any(RelRuntime *rt, const char *name)
+{
+    for (size_t i = 0; i < rt->n_mods; i++)
+        if (strcmp(rt->mods[i]->name, name) == 0)
+            return rt->mods[i];
+    return NULL;
+}
+
+const void *rel_module_api(const RelModule *m)
+{
+    return m && m->current ? m->current->desc->api : NULL;
+}
+void *rel_module_state(const RelModule *m)
+{
+    return m ? m->state : NULL;
+}
+const char *rel_module_version(const RelModule *m)
+{
+    return m && m->current ? m->current->desc->version : NULL;
+}
+
+RelVersion *rel_module_pin(RelModule *m)
+{
+    if (!m || !m->current)
+        return NULL;
+    m->current->pins++;
+    return m->current;
+}
+
+void rel_version_unpin(RelVersion *v)
+{
+    if (v && v->pins)
+        v->pins--;
+}
+
+const void *rel_version_api(const RelVersion *v)
+{
+    return v ? v->desc->api : NULL;
+}
+
+static const void *host_module_api(const char *name)
+{
+    return rel_module_api(rel_runtime_module(the_runtime, name));
+}
+static void *host_module_state(const char *name)
+{
+    return rel_module_state(rel_runtime_module(the_runtime, name));
+}
+
+/* Opens a shared object and checks its descriptor. Nothing of it runs but
+ * its ELF constructors (which a module should not have). */
+static int version_open(RelRuntime *rt, const char *name, const char *path, const char *want_version, RelVersion **ret,
+                        const char **code, char *err, size_t errlen)
+{
+    void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        *code = "dlopen";
+        say(err, errlen, "cannot load %s: %s", path, dlerror());
+        return -ENOEXEC;
+    }
+    const RelModuleDesc *d = dlsym(dl, "reld_module");
+    int r = 0;
+    if (!d) {
+        *code = "no_descriptor";
+        say(err, errlen, "%s exports no reld_module descriptor", path);
+        r = -ENOEXEC;
+    } else if (d->abi != RELD_MODULE_ABI) {
+        *code = "abi";
+        say(err, errlen, "%s has module ABI %u, this runtime speaks %d", path, d->abi, RELD_MODULE_ABI);
+        r = -EPROTO;
+    } else if (!d->name || strcmp(d->name, name) != 0) {
+        *code = "name";
+        say(err, errlen, "%s is module '%s', not '%s'", path, d->name ? d->name : "(null)", name);
+        r = -EINVAL;
+    } else if (!d->version || (want_version && strcmp(d->version, want_version) != 0)) {
+        *code = "version";
+        say(err, errlen, "%s is version %s of %s, not %s", path, d->version ? d->version : "(null)", name,
+            want_version);
+        r = -EINVAL;
+    } else {
+        RelModule *m = find_any(rt, name);
+        if (m && ((m->current && m->current->dl == dl) || (m->old && m->old->dl == dl))) {
+            /* dlopen hands back the mapping it already has for that file. */
+            *code = "same_object";
+            say(err, errlen, "%s is the object already loaded for %s", path, name);
+            dlclose(dl); /* drops only our extra reference */
+            return -EEXIST;
+        }
+    }
+    if (r < 0) {
+        dlclose(dl);
+        return r;
+    }
+    RelVersion *v = calloc(1, sizeof(*v));
+    if (!v) {
+        dlclose(dl);
+        return -ENOMEM;
+    }
+    v->dl = dl;
+    v->desc = d;
+    if (d->attach)
+        d->attach(&rt->host);
+    *ret = v;
+    return 0;
+}
+
+static void version_close(RelVersion *v)
+{
+    if (!v)
+        return;
+    dlclose(v->dl);
+    free(v);
+}
+
+static RelModule *module_add(RelRuntime *rt, const char *name)
+{
+    RelModule *m = find_any(rt, name);
+    if (m) {
+        m->removed = false;
+        return m;
+    }
+    RelModule **mods = realloc(rt->mods, (rt->n_mods + 1) * sizeof(*mods));
+    m = calloc(1, sizeof(*m));
+    char *n = strdup(name);
+    if (!mods || !m || !n) {
+        if (mods)
+            rt->mods = mods;
+        free(m);
+        free(n);
+        return NULL;
+    }
+    rt->mods = mods;
+    m->name = n;
+    rt->mods[rt->n_mods++] = m;
+    return m;
+}
+
+/* Makes v the current version of a module that has none, with a fresh
+ * state from init. */
+static int module_start(RelModule *m, RelVersion *v, char *err, size_t errlen)
+{
+    void *state = NULL;
+    if (v->desc->init) {
+        int r = v->desc->init(&state);
+        if (r < 0) {
+            say(err, errlen, "init of %s %s failed: %s", m->name, v->desc->version, strerror(-r));
+            return r;
+        }
+    }
+    v->owner = m;
+    m->current = v;
+    m->state = state;
+    return 0;
+}
+
+int rel_runtime_load(RelRuntime *rt, const char *name, const char *path, char *err, size_t errlen)
+{
+    RelModule *m = rel_runtime_module(rt, name);
+    if (m && m->current) {
+        say(err, errlen, "module %s is already loaded", name);
+        return -EEXIST;
+    }
+    RelVersion *v;
+    const char *code;
+    int r = version_open(rt, name, path, NULL, &v, &code, err, errlen);
+    if (r < 0)
+        return r;
+    if (!(m = module_add(rt, name))) {
+        version_close(v);
+        return -ENOMEM;
+    }
+    r = module_start(m, v, err, errlen);
+    if (r < 0)
+        version_close(v);
+    return r;
+}
+
+/* ---- the control channel ----------------------------------------------- */
+
+static void send_json(RelRuntime *rt, json_t *msg)
+{
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (!text || rt->fd < 0) {
+        free(text);
+        return;
+    }
+    size_t len = strlen(text);
+    text[len++] = '\n'; /* json_dumps leaves room: it allocated len + 1 */
+    for (size_t off = 0; off < len;) {
+        ssize_t n = send(rt->fd, text + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            struct pollfd p = {.fd = rt->fd, .events = POLLOUT};
+            poll(&p, 1, 1000);
+            continue;
+        }
+        if (n <= 0)
+            break; /* reld is gone; the read side notices */
+        off += (size_t)n;
+    }
+    free(text);
+}
+
+static void reply_ok(RelRuntime *rt, json_t *id, json_t *fields)
+{
+    json_t *m = fields ? fields : json_object();
+    json_object_set(m, "id", id ? id : json_null());
+    json_object_set_new(m, "ok", json_true());
+    send_json(rt, m);
+}
+
+static void reply_error(RelRuntime *rt, json_t *id, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void reply_error(RelRuntime *rt, json_t *id, const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    send_json(rt,
+              json_pack("{s:O, s:b, s:s, s:s}", "id", id ? id : json_null(), "ok", 0, "error", code, "message", msg));
+}
+
+static json_t *version_json(const RelVersion *v)
+{
+    return v ? json_string(v->desc->version) : json_null();
+}
+
+static json_t *status_json(RelRuntime *rt)
+{
+    json_t *mods = json_array();
+    for (size_t i = 0; i < rt->n_mods; i++) {
+        RelModule *m = rt->mods[i];
+        if (m->removed && !m->old)
+            continue;
+        json_array_append_new(
+            mods, json_pack("{s:s, s:o, s:o, s:o, s:i, s:i}", "name", m->name, "version", version_json(m->current),
+                            "old_version", version_json(m->old), "staged_version", version_json(m->staged), "pins",
+                            m->current ? (int)m->current->pins : 0, "old_pins", m->old ? (int)m->old->pins : 0));
+    }
+    return json_pack("{s:i, s:i, s:b, s:o}", "protocol", RELD_PROTOCOL_VERSION, "pid", (int)getpid(), "suspended",
+                     rt->suspended, "modules", mods);
+}
+
+/* Drops a module's old version. Returns 0, -EBUSY (soft, in use), or does
+ * not return (brutal, in use: the process ends, as OTP kills processes
+ * still running old code; its supervisor restarts it). */
+static int purge_old(RelRuntime *rt, RelModule *m, bool brutal, json_t *id)
+{
+    if (!m->old)
+        return 0;
+    if (m->old->pins) {
+        if (!brutal)
+            return -EBUSY;
+        reply_ok(rt, id, json_pack("{s:b, s:b}", "purged", 1, "killed", 1));
+        kill(getpid(), SIGKILL);
+        _exit(137); /* not reached */
+    }
+    version_close(m->old);
+    m->old = NULL;
+    return 0;
+}
+
+static bool parse_purge(json_t *req, const char *key, bool *brutal)
+{
+    json_t *p = json_object_get(req, key);
+    if (!p) {
+        *brutal = true; /* OTP's default */
+        return true;
+    }
+    const char *s = json_string_value(p);
+    if (s && strcmp(s, "brutal_purge") == 0)
+        *brutal = true;
+    else if (s && strcmp(s, "soft_purge") == 0)
+        *brutal = false;
+    else
+        return false;
+    return true;
+}
+
+static void cmd_load_object_code(RelRuntime *rt, json_t *id, json_t *req, const char *name)
+{
+    const char *path = json_string_value(json_object_get(req, "path"));
+    const char *want = json_string_value(json_object_get(req, "version"));
+    if (!path)
+        return reply_error(rt, id, "bad_request", "load_object_code needs a path");
+    RelModule *m = find_any(rt, name);
+    if (m && m->staged)
+        return reply_error(rt, id, "already_staged", "%s already has new code waiting (version %s)", name,
+                           m->staged->desc->version);
+    RelVersion *v;
+    const char *code = "dlopen";
+    char err[512];
+    if (version_open(rt, name, path, want, &v, &code, err, sizeof(err)) < 0)
+        return reply_error(rt, id, code, "%s", err);
+    if (!(m = module_add(rt, name))) {
+        version_close(v);
+        return reply_error(rt, id, "no_memory", "out of memory");
+    }
+    if (!m->current)
+        m->removed = true; /* a new module: not visible before its load */
+    v->owner = m;
+    m->staged = v;
+    reply_ok(rt, id, json_pack("{s:s}", "version", v->desc->version));
+}
+
+static void cmd_load(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
+{
+    bool brutal;
+    if (!parse_purge(req, "pre_purge", &brutal))
+        return reply_error(rt, id, "bad_request", "pre_purge must be soft_purge or brutal_purge");
+    if (!m->staged)
+        return reply_error(rt, id, "no_object_code", "no new code of %s was loaded (load_object_code)", m->name);
+    if (!m->current) { /* add_module: a fresh start */
+        char err[512];
+        RelVersion *v = m->staged;
+        m->staged = NULL;
+        if (module_start(m, v, err, sizeof(err)) < 0) {
+            version_close(v);
+            return reply_error(rt, id, "init_failed", "%s", err);
+        }
+        m->removed = false;
+        return reply_ok(rt, id, json_pack("{s:s}", "version", v->desc->version));
+    }
+    if (purge_old(rt, m, brutal, id) == -EBUSY)
+        return reply_error(rt, id, "in_use", "old code of %s (version %s) is still in use; soft_purge refused", m->name,
+                           m->old->desc->version);
+    m->old = m->current;
+    m->current = m->staged;
+    m->staged = NULL;
+    reply_ok(rt, id,
+             json_pack("{s:s, s:s}", "version", m->current->desc->version, "old_version", m->old->desc->version));
+}
+
+static void cmd_code_change(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
+{
+    const char *mode = json_string_value(json_object_get(req, "mode"));
+    bool up = mode && strcmp(mode, "up") == 0;
+    if (!mode || (!up && strcmp(mode, "down") != 0))
+        return reply_error(rt, id, "bad_request", "mode must be up or down");
+    if (!rt->suspended)
+        return reply_error(rt, id, "not_suspended", "code_change needs the process suspended");
+    /* Up: the new code is current and the old one is what we came from.
+     * Down: the newer code is still current and converts to the staged,
+     * older version before that one loads. */
+    RelVersion *other = up ? m->old : m->staged;
+    if (!m->current || !other)
+        return reply_error(rt, id, "no_object_code", "%s: nothing to convert %s to (%s)", m->name, up ? "from" : "to",
+                           up ? "no old version: load first" : "no staged version");
+    json_t *extra = json_object_get(req, "extra");
+    char *extra_json = json_dumps(extra ? extra : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+    void *state = m->state;
+    char err[512] = "";
+    int r = 0;
+    if (m->current->desc->code_change)
+        r = m->current->desc->code_change(up ? REL_UP : REL_DOWN, other->desc->version, m->state,
+                                          extra_json ? extra_json : "null", &state, err, sizeof(err));
+    free(extra_json);
+    if (r < 0) {
+        /* Reply before closing anything: the version string lives in the
+         * failed object's own memory. */
+        reply_error(rt, id, "code_change_failed", "code_change %s of %s %s failed: %s%s%s", mode, m->name,
+                    m->current->desc->version, strerror(-r), *err ? ": " : "", err);
+        if (up) {
+            /* Back to the old code with the old state, which code_change
+             * left untouched; the new code goes. */
+            RelVersion *bad = m->current;
+            m->current = m->old;
+            m->old = NULL;
+            version_close(bad);
+        }
+        return;
+    }
+    m->state = state;
+    reply_ok(rt, id, json_pack("{s:s}", "version", m->current->desc->version));
+}
+
+static void cmd_purge(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
+{
+    bool brutal;
+    if (!parse_purge(req, "method", &brutal))
+        return reply_error(rt, id, "bad_request", "method must be soft_purge or brutal_purge");
+    bool had = m->old != NULL;
+    if (purge_old(rt, m, brutal, id) == -EBUSY)
+        return reply_error(rt, id, "in_use", "old code of %s (version %s) is still in use; soft_purge refused", m->name,
+                           m->old->desc->version);
+    reply_ok(rt, id, json_pack("{s:b}", "purged", had));
+}
+
+/* The inverse of load_object_code: a relup abandoned before its point of
+ * no return drops the new code it staged. */
+static void cmd_drop_object_code(RelRuntime *rt, json_t *id, RelModule *m)
+{
+    if (!m->staged)
+        return reply_error(rt, id, "no_object_code", "no new code of %s is staged", m->name);
+    version_close(m->staged);
+    m->staged = NULL;
+    reply_ok(rt, id, NULL);
+}
+
+static void cmd_remove(RelRuntime *rt, json_t *id, RelModule *m)
+{
+    if (!m->current)
+        return reply_error(rt, id, "no_module", "%s is not loaded", m->name);
+    if (m->old && !m->old->pins) {
+        version_close(m->old);
+        m->old = NULL;
+    }
+    if (m->old)
+        return reply_error(rt, id, "in_use", "old code of %s is still in use; purge it first", m->name);
+    if (m->current->desc->terminate)
+        m->current->desc->terminate(m->state);
+    m->state = NULL;
+    m->old = m->current; /* dropped by the purge that follows, as OTP */
+    m->current = NULL;
+    m->removed = true;
+    reply_ok(rt, id, NULL);
+}
+
+/* The modules of a suspend/resume request that this process runs. */
+static bool names_any_module(RelRuntime *rt, json_t *mods)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(mods, i, v)
+    {
+        const char *n = json_is_object(v) ? json_string_value(json_object_get(v, "module")) : json_string_value(v);
+        if (n && rel_runtime_module(rt, n))
+            return true;
+    }
+    return false;
+}
+
+static void handle_line(RelRuntime *rt, const char *line, size_t len)
+{
+    json_error_t jerr;
+    json_t *req = json_loadb(line, len, 0, &jerr);
+    if (!req || !json_is_object(req)) {
+        reply_error(rt, NULL, "bad_request", "not a JSON object: %s", req ? "wrong type" : jerr.text);
+        json_decref(req);
+        return;
+    }
+    json_t *id = json_object_get(req, "id");
+    const char *cmd = json_string_value(json_object_get(req, "cmd"));
+    const char *name = json_string_value(json_object_get(req, "module"));
+    json_t *mods = json_object_get(req, "modules");
+    RelModule *m = name ? find_any(rt, name) : NULL;
+
+    if (!cmd) {
+        reply_error(rt, id, "bad_request", "no cmd");
+    } else if (strcmp(cmd, "status") == 0) {
+        reply_ok(rt, id, status_json(rt));
+    } else if (strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0) {
+        if (!json_is_array(mods)) {
+            reply_error(rt, id, "bad_request", "%s needs a modules list", cmd);
+        } else {
+            bool suspend = cmd[0] == 's';
+            bool ours = names_any_module(rt, mods);
+            if (ours)
+                rt->suspended = suspend;
+            reply_ok(rt, id, json_pack("{s:b}", "suspended", rt->suspended));
+        }
+    } else if (!name) {
+        if (strcmp(cmd, "load_object_code") == 0 || strcmp(cmd, "drop_object_code") == 0 || strcmp(cmd, "load") == 0 ||
+            strcmp(cmd, "code_change") == 0 || strcmp(cmd, "purge") == 0 || strcmp(cmd, "remove") == 0)
+            reply_error(rt, id, "bad_request", "%s needs a module", cmd);
+        else
+            reply_error(rt, id, "unknown_command", "unknown command '%s'", cmd);
+    } else if (strcmp(cmd, "load_object_code") == 0) {
+        cmd_load_object_code(rt, id, req, name);
+    } else if (!m) {
+        reply_error(rt, id, "no_module", "this process has no module %s", name);
+    } else if (strcmp(cmd, "load") == 0) {
+        cmd_load(rt, id, req, m);
+    } else if (strcmp(cmd, "code_change") == 0) {
+        cmd_code_change(rt, id, req, m);
+    } else if (strcmp(cmd, "purge") == 0) {
+        cmd_purge(rt, id, req, m);
+    } else if (strcmp(cmd, "drop_object_code") == 0) {
+        cmd_drop_object_code(rt, id, m);
+    } else if (strcmp(cmd, "remove") == 0) {
+        cmd_remove(rt, id, m);
+    } else {
+        reply_error(rt, id, "unknown_command", "unknown command '%s'", cmd);
+    }
+    json_decref(req);
+}
+
+/* Reads what is there (blocking when wait), handles complete lines.
+ * Returns 0, or -ECONNRESET when reld closed the channel. */
+static int pump(RelRuntime *rt, bool wait)
+{
+    if (wait) {
+        struct pollfd p = {.fd = rt->fd, .events = POLLIN};
+        while (poll(&p, 1, -1) < 0 && errno == EINTR)
+            ;
+    }
+    char buf[16384];
+    ssize_t n = recv(rt->fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (n <= 0)
+        return -ECONNRESET;
+    for (ssize_t i = 0; i < n; i++) {
+        char c = buf[i];
+        if (c == '\n') {
+            if (!rt->discarding && rt->in_len)
+                handle_line(rt, rt->in, rt->in_len);
+            rt->in_len = 0;
+            rt->discarding = false;
+        } else if (rt->discarding) {
+            continue;
+        } else if (rt->in_len == MAX_LINE) {
+            reply_error(rt, NULL, "bad_request", "message longer than %d bytes", MAX_LINE);
+            rt->in_len = 0;
+            rt->discarding = true;
+        } else {
+            rt->in[rt->in_len++] = c;
+        }
+    }
+    return 0;
+}
+
+int rel_runtime_dispatch(RelRuntime *rt)
+{
+    if (!rt || rt->fd < 0)
+        return -ECONNRESET;
+    int r = pump(rt, false);
+    while (r == 0 && rt->suspended)
+        r = pump(rt, true); /* suspended: wait here, at the safe point */
+    if (r < 0) {
+        /* reld went away: go on unmanaged rather than stay suspended. */
+        close(rt->fd);
+        rt->fd = -1;
+        rt->suspended = false;
+    }
+    return r;
+}
+
+int rel_runtime_fd(const RelRuntime *rt)
+{
+    return rt ? rt->fd : -1;
+}
+
+/* ---- life ---------------------------------------------------------------- */
+
+int rel_runtime_new(RelRuntime **ret, char *err, size_t errlen)
+{
+    RelRuntime *rt = calloc(1, sizeof(*rt));
+    if (!rt || !(rt->in = malloc(MAX_LINE))) {
+        free(rt);
+        return -ENOMEM;
+    }
+    rt->fd = -1;
+    rt->host = (RelHost){.abi = RELD_MODULE_ABI, .module_api = host_module_api, .module_state = host_module_state};
+    the_runtime = rt;
+
+    const char *fd = getenv("RELD_CONTROL_FD");
+    if (fd && *fd) {
+        char *end;
+        long v = strtol(fd, &end, 10);
+        if (*end || v < 0 || v > 65535) {
+            say(err, errlen, "RELD_CONTROL_FD='%s' is not a file descriptor", fd);
+            rel_runtime_free(rt);
+            return -EINVAL;
+        }
+        rt->fd = (int)v;
+    }
+    const char *mods = getenv("RELD_MODULES");
+    if (mods && *mods) {
+        char *list = strdup(mods), *save = NULL;
+        if (!list) {
+            rel_runtime_free(rt);
+            return -ENOMEM;
+        }
+        for (char *item = strtok_r(list, ":", &save); item; item = strtok_r(NULL, ":", &save)) {
+            char *eq = strchr(item, '=');
+            int r = eq ? 0 : -EINVAL;
+            if (eq) {
+                *eq = 0;
+                r = rel_runtime_load(rt, item, eq + 1, err, errlen);
+            } else {
+                say(err, errlen, "RELD_MODULES item '%s' is not name=path", item);
+            }
+            if (r < 0) {
+                free(list);
+                rel_runtime_free(rt);
+                return r;
+            }
+        }
+        free(list);
+    }
+    if (rt->fd >= 0) {
+        json_t *hello = status_json(rt);
+        json_object_set_new(hello, "event", json_string("hello"));
+        const char *proc = getenv("RELD_PROCESS");
+        json_object_set_new(hello, "process", json_string(proc ? proc : ""));
+        send_json(rt, hello);
+    }
+    *ret = rt;
+    return 0;
+}
+
+RelRuntime *rel_runtime_free(RelRuntime *rt)
+{
+    if (!rt)
+        return NULL;
+    for (size_t i = 0; i < rt->n_mods; i++) {
+        RelModule *m = rt->mods[i];
+        if (m->current && m->current->desc->terminate)
+            m->current->desc->terminate(m->state);
+        version_close(m->current);
+        version_close(m->old);
+        version_close(m->staged);
+        free(m->name);
+        free(m);
+    }
+    free(rt->mods);
+    if (rt->fd >= 0)
+        close(rt->fd);
+    free(rt->in);
+    if (the_runtime == rt)
+        the_runtime = NULL;
+    free(rt);
+    return NULL;
+}

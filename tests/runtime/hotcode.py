@@ -1,0 +1,416 @@
+#!/usr/bin/env python3
+"""Hot code in C, without the daemon: this driver plays reld's side of the
+control protocol (docs/runtime.md) against the real example process
+(kv-host with kv_server modules) while the load generator sends requests.
+Prints TAP.
+
+Usage: hotcode.py --bin BUILD/examples --bad DIR_WITH_BAD_MODULES
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ARGS = None
+N = 0
+FAILED = 0
+SANITIZER_REPORTS = []  # stderr of any kv-host that reported a sanitizer error
+
+
+def tap(ok, name, detail=""):
+    global N, FAILED
+    N += 1
+    if not ok:
+        FAILED += 1
+    print(f"{'ok' if ok else 'not ok'} {N} - {name}")
+    if not ok and detail:
+        for line in str(detail).splitlines():
+            print(f"  # {line}")
+    sys.stdout.flush()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def module(name):
+    return os.path.join(ARGS.bin, f"{name}.so")
+
+
+class Proc:
+    """A kv-host process with a control channel, as reld would start it."""
+
+    def __init__(self, version="1", extra_modules=()):
+        self.port = free_port()
+        ours, theirs = socket.socketpair()
+        mods = [f"kv_server={module('kv_server-' + version)}"] + list(extra_modules)
+        env = dict(os.environ, RELD_CONTROL_FD=str(theirs.fileno()), RELD_PROCESS="kv",
+                   RELD_MODULES=":".join(mods))
+        self.p = subprocess.Popen([os.path.join(ARGS.bin, "kv-host"), "--listen", f"127.0.0.1:{self.port}"],
+                                  env=env, pass_fds=[theirs.fileno()], stderr=subprocess.PIPE, text=True)
+        theirs.close()
+        self.ctl = ours
+        self.buf = b""
+        self.next_id = 1
+        self.hello = self.read(5)
+        self.wait_listening()
+
+    def wait_listening(self):
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError("kv-host does not listen")
+
+    def read(self, timeout):
+        """One message from the process, or None on timeout."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.ctl.settimeout(left)
+            try:
+                chunk = self.ctl.recv(65536)
+            except socket.timeout:
+                return None
+            if not chunk:
+                raise EOFError("control channel closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def send_raw(self, data):
+        self.ctl.sendall(data)
+
+    def cmd(self, cmd, timeout=5, **fields):
+        i = self.next_id
+        self.next_id += 1
+        self.send_raw((json.dumps(dict(fields, id=i, cmd=cmd)) + "\n").encode())
+        reply = self.read(timeout)
+        if reply is not None and reply.get("id") != i:
+            raise RuntimeError(f"reply for {reply.get('id')}, expected {i}: {reply}")
+        return reply
+
+    def request(self, line):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall((line + "\n").encode())
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return data.decode().strip()
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self):
+        if self.alive():
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.ctl.close()
+        err = self.p.stderr.read()
+        if "Sanitizer" in err or "runtime error:" in err:
+            SANITIZER_REPORTS.append(err)
+        return err
+
+
+class Load:
+    """The load generator, running while an upgrade happens."""
+
+    def __init__(self, port, seconds=2.0, rate=2000, prefix=None):
+        cmd = [os.path.join(ARGS.bin, "loadgen"), "--port", str(port), "--rate", str(rate), "--duration",
+               str(seconds), "--conns", "8", "--json"]
+        if prefix:
+            cmd += ["--prefix", prefix]
+        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result(self):
+        out, err = self.p.communicate(timeout=60)
+        r = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"failed": -1}
+        r["stderr"] = err
+        return r
+
+
+def upgrade(proc, module_name, new_version, extra, down=False):
+    """The relup of one updated module: load_object_code, then (after the
+    point of no return) suspend, load and code_change in OTP's order for
+    the direction, resume, purge. Returns (replies, suspend->resume seconds)."""
+    replies = [proc.cmd("load_object_code", module=module_name, path=module(f"{module_name}-{new_version}"),
+                        version=new_version)]
+    t0 = time.monotonic()
+    replies.append(proc.cmd("suspend", modules=[module_name]))
+    if down:
+        replies.append(proc.cmd("code_change", module=module_name, mode="down", extra=extra))
+        replies.append(proc.cmd("load", module=module_name, pre_purge="brutal_purge"))
+    else:
+        replies.append(proc.cmd("load", module=module_name, pre_purge="brutal_purge"))
+        replies.append(proc.cmd("code_change", module=module_name, mode="up", extra=extra))
+    replies.append(proc.cmd("resume", modules=[module_name]))
+    window = time.monotonic() - t0
+    replies.append(proc.cmd("purge", module=module_name, method="brutal_purge"))
+    return replies, window
+
+
+def all_ok(replies):
+    return all(r is not None and r.get("ok") for r in replies)
+
+
+def check_load(name, load):
+    r = load.result()
+    tap(r.get("failed") == 0 and r.get("final_mismatches") == 0 and r.get("ok", 0) > 0,
+        f"{name}: every request answered right under load ({r.get('ok')} ok, {r.get('failed')} failed)",
+        json.dumps(r))
+
+
+def test_upgrades_under_load():
+    p = Proc("1")
+    h = p.hello
+    tap(h and h.get("event") == "hello" and h.get("protocol") == 1 and
+        h.get("modules", [{}])[0].get("version") == "1", "hello names protocol 1 and kv_server 1", h)
+    # Counts from before any upgrade, checked after each one.
+    for _ in range(5):
+        p.request("INCR before")
+
+    load = Load(p.port, seconds=2.5)
+    time.sleep(0.5)
+    replies, window = upgrade(p, "kv_server", "2", "v1-to-v2")
+    tap(all_ok(replies), "1 -> 2: load_object_code, suspend, load, code_change up, resume, purge", replies)
+    check_load("1 -> 2", load)
+    tap(p.request("VERSION") == "OK kv_server 2", "1 -> 2: version 2 serves", p.request("VERSION"))
+    tap(p.request("GET before") == "OK before 5", "1 -> 2: state converted, counts kept", p.request("GET before"))
+    total = p.request("TOTAL")
+    tap(total.startswith("OK total ") and int(total.split()[2]) > 5, "1 -> 2: v2's new state (running total)", total)
+    tap(window < 0.5, f"1 -> 2: suspended for {window * 1000:.2f} ms")
+
+    load = Load(p.port, seconds=2.0)
+    time.sleep(0.4)
+    replies, _ = upgrade(p, "kv_server", "1", "v1-to-v2", down=True)
+    tap(all_ok(replies), "2 -> 1: suspend, code_change down (by v2), load, resume", replies)
+    check_load("2 -> 1", load)
+    tap(p.request("VERSION") == "OK kv_server 1" and p.request("GET before") == "OK before 5",
+        "2 -> 1: version 1 serves with the counts", p.request("GET before"))
+
+    replies, _ = upgrade(p, "kv_server", "2", "again")
+    tap(all_ok(replies), "1 -> 2 again", replies)
+
+    # 2 -> 3: a new library module (add_module) that kv_server 3 names in
+    # dep_mods: load it first, then the server, as the relup orders them.
+    load = Load(p.port, seconds=2.0)
+    time.sleep(0.4)
+    r = [p.cmd("load_object_code", module="kv_lib", path=module("kv_lib-1"), version="1"),
+         p.cmd("load_object_code", module="kv_server", path=module("kv_server-3"), version="3"),
+         p.cmd("suspend", modules=["kv_server"]),
+         p.cmd("load", module="kv_lib"),
+         p.cmd("load", module="kv_server"),
+         p.cmd("code_change", module="kv_server", mode="up", extra=None),
+         p.cmd("resume", modules=["kv_server"]),
+         p.cmd("purge", module="kv_server", method="soft_purge")]
+    tap(all_ok(r), "2 -> 3: kv_lib added, kv_server 3 loaded after it", r)
+    check_load("2 -> 3", load)
+    top = p.request("TOP 1")
+    tap(top.startswith("OK ") and "=" in top, "2 -> 3: the new TOP command works through kv_lib", top)
+    tap(p.request("GET before") == "OK before 5", "2 -> 3: counts kept", p.request("GET before"))
+    st = p.cmd("status")
+    names = {m["name"]: m["version"] for m in st.get("modules", [])}
+    tap(names == {"kv_server": "3", "kv_lib": "1"} and not st.get("suspended"),
+        "status: kv_server 3 and kv_lib 1, not suspended", st)
+    err = p.stop()
+    tap("ERROR" not in err and "Sanitizer" not in err, "kv-host exits cleanly", err[-2000:])
+
+
+def test_failing_code_change():
+    p = Proc("1")
+    for _ in range(7):
+        p.request("INCR kept")
+    r = [p.cmd("load_object_code", module="kv_server", path=module("kv_server-2b"), version="2b"),
+         p.cmd("suspend", modules=["kv_server"]),
+         p.cmd("load", module="kv_server")]
+    cc = p.cmd("code_change", module="kv_server", mode="up", extra=None)
+    res = p.cmd("resume", modules=["kv_server"])
+    tap(all_ok(r) and cc and not cc["ok"] and cc["error"] == "code_change_failed" and
+        "fails on purpose" in cc["message"], "failing code_change is refused and says why", cc)
+    tap(res["ok"] and p.request("VERSION") == "OK kv_server 1", "the old version is current again",
+        p.request("VERSION"))
+    tap(p.request("GET kept") == "OK kept 7" and p.request("INCR kept") == "OK kept 8",
+        "the old state is untouched and serves", p.request("GET kept"))
+    st = p.cmd("status")["modules"][0]
+    tap(st["version"] == "1" and st["old_version"] is None and st["staged_version"] is None,
+        "no trace of the broken version", st)
+    p.stop()
+
+    # Down: the newer code converts before the older loads; when that
+    # fails nothing has loaded, and the staged older code can be dropped.
+    p = Proc("2b")
+    for _ in range(3):
+        p.request("INCR kept")
+    r = [p.cmd("load_object_code", module="kv_server", path=module("kv_server-1"), version="1"),
+         p.cmd("suspend", modules=["kv_server"])]
+    cc = p.cmd("code_change", module="kv_server", mode="down", extra=None)
+    r += [p.cmd("resume", modules=["kv_server"]), p.cmd("drop_object_code", module="kv_server")]
+    tap(all_ok(r) and not cc["ok"] and cc["error"] == "code_change_failed",
+        "failing code_change down is refused; the staged code is dropped", [cc] + r)
+    st = p.cmd("status")["modules"][0]
+    tap(p.request("GET kept") == "OK kept 3" and st["version"] == "2b" and st["staged_version"] is None,
+        "version 2b still serves its untouched state", st)
+    p.stop()
+
+
+def test_suspend_timeout():
+    p = Proc("1")
+    with socket.create_connection(("127.0.0.1", p.port)) as busy:
+        busy.sendall(b"SLEEP 1500\n")
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        reply = p.cmd("suspend", timeout=0.3, modules=["kv_server"], timeout_ms=300)
+        waited = time.monotonic() - t0
+        tap(reply is None and 0.25 < waited < 1.0,
+            f"suspend of a busy process is not acknowledged within its 300 ms ({waited * 1000:.0f} ms)")
+        late = p.read(5)  # the process reaches its safe point and acknowledges
+        tap(late and late.get("ok") and late.get("suspended"), "the late acknowledgement arrives", late)
+        tap(p.cmd("resume", modules=["kv_server"])["ok"], "resume after the timeout")
+        busy.recv(100)
+    tap(p.request("INCR t") == "OK t 1", "the process serves again")
+    p.stop()
+
+
+def test_purge_in_use():
+    p = Proc("1")
+    with socket.create_connection(("127.0.0.1", p.port)) as c:
+        c.sendall(b"HOLD 1000\n")  # a long request pins version 1
+        tap(c.recv(100) == b"OK held\n", "HOLD pins kv_server 1")
+        r = [p.cmd("load_object_code", module="kv_server", path=module("kv_server-2"), version="2"),
+             p.cmd("suspend", modules=["kv_server"]), p.cmd("load", module="kv_server"),
+             p.cmd("code_change", module="kv_server", mode="up", extra=None),
+             p.cmd("resume", modules=["kv_server"])]
+        soft = p.cmd("purge", module="kv_server", method="soft_purge")
+        tap(all_ok(r) and not soft["ok"] and soft["error"] == "in_use",
+            "soft_purge of old code still in use is refused", soft)
+        tap(p.request("VERSION") == "OK kv_server 2", "the new code serves meanwhile")
+        time.sleep(1.2)  # the hold ends
+        soft = p.cmd("purge", module="kv_server", method="soft_purge")
+        tap(soft["ok"] and soft["purged"], "soft_purge succeeds once the old code is free", soft)
+    p.stop()
+
+    p = Proc("1")
+    with socket.create_connection(("127.0.0.1", p.port)) as c:
+        c.sendall(b"HOLD 5000\n")
+        c.recv(100)
+        [p.cmd("load_object_code", module="kv_server", path=module("kv_server-2"), version="2"),
+         p.cmd("suspend", modules=["kv_server"]), p.cmd("load", module="kv_server"),
+         p.cmd("code_change", module="kv_server", mode="up", extra=None), p.cmd("resume", modules=["kv_server"])]
+        brutal = p.cmd("purge", module="kv_server", method="brutal_purge")
+        try:
+            p.p.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        tap(brutal and brutal.get("killed") and p.p.returncode == -signal.SIGKILL,
+            "brutal_purge of old code in use ends the process (SIGKILL), for its supervisor to restart",
+            f"{brutal} rc={p.p.returncode}")
+    p.stop()
+
+
+def test_bad_objects():
+    p = Proc("1")
+    p.request("INCR x")
+    notelf = tempfile.NamedTemporaryFile("w", suffix=".so", delete=False)
+    notelf.write("this is not an ELF file\n")
+    notelf.close()
+    cases = [
+        ("no descriptor", os.path.join(ARGS.bad, "bad-no_desc.so"), None, "no_descriptor", "exports no reld_module"),
+        ("wrong ABI", os.path.join(ARGS.bad, "bad-bad_abi.so"), None, "abi", "module ABI 99"),
+        ("wrong name", os.path.join(ARGS.bad, "bad-bad_name.so"), None, "name", "is module 'other', not 'kv_server'"),
+        ("not an ELF file", notelf.name, None, "dlopen", "cannot load"),
+        ("missing file", "/nonexistent/kv.so", None, "dlopen", "cannot load"),
+        ("wrong version", module("kv_server-2"), "3", "version", "is version 2 of kv_server, not 3"),
+        ("the object already loaded", module("kv_server-1"), None, "same_object", "already loaded"),
+    ]
+    for name, path, version, code, text in cases:
+        fields = {"module": "kv_server", "path": path}
+        if version:
+            fields["version"] = version
+        r = p.cmd("load_object_code", **fields)
+        tap(r and not r["ok"] and r["error"] == code and text in r["message"],
+            f"bad object refused: {name} ({code})", r)
+    os.unlink(notelf.name)
+    st = p.cmd("status")["modules"]
+    tap(st == [{"name": "kv_server", "version": "1", "old_version": None, "staged_version": None, "pins": 0,
+                "old_pins": 0}], "the process is unharmed: kv_server 1 alone", st)
+    tap(p.request("INCR x") == "OK x 2", "and serves with its state")
+    p.stop()
+
+
+def test_malformed_messages():
+    p = Proc("1")
+    cases = [
+        (b"not json\n", "bad_request"),
+        (b"[1, 2]\n", "bad_request"),
+        (b'{"id": 1}\n', "bad_request"),
+        (b'{"id": 2, "cmd": 5}\n', "bad_request"),
+        (b'{"id": 3, "cmd": "teleport"}\n', "unknown_command"),
+        (b'{"id": 4, "cmd": "load"}\n', "bad_request"),
+        (b'{"id": 5, "cmd": "load", "module": "nope"}\n', "no_module"),
+        (b'{"id": 6, "cmd": "suspend", "modules": "kv_server"}\n', "bad_request"),
+        (b'{"id": 7, "cmd": "code_change", "module": "kv_server", "mode": "up"}\n', "not_suspended"),
+        (b'{"id": 8, "cmd": "load", "module": "kv_server"}\n', "no_object_code"),
+        (b'{"id": 9, "cmd": "purge", "module": "kv_server", "method": "gentle"}\n', "bad_request"),
+        (b'{"id": 10, "cmd": "drop_object_code", "module": "kv_server"}\n', "no_object_code"),
+        (b"\xff\xfe\x00garbage\n", "bad_request"),
+        (b"x" * 70000 + b"\n", "bad_request"),
+    ]
+    for data, code in cases:
+        p.send_raw(data)
+        r = p.read(5)
+        tap(r is not None and r.get("ok") is False and r.get("error") == code,
+            f"malformed message refused ({code}): {data[:40]!r}", r)
+    tap(p.alive() and p.request("INCR m") == "OK m 1", "the process is alive and serves")
+    tap(p.cmd("status")["suspended"] is False, "and still answers the protocol")
+    p.stop()
+
+
+def test_reld_gone_while_suspended():
+    p = Proc("1")
+    tap(p.cmd("suspend", modules=["kv_server"])["suspended"], "suspended")
+    p.ctl.close()
+    time.sleep(0.2)
+    tap(p.alive() and p.request("INCR g") == "OK g 1", "reld gone while suspended: the process resumes, unmanaged")
+    p.stop()
+
+
+def main():
+    global ARGS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--bad", required=True)
+    ARGS = ap.parse_args()
+    print("TAP version 13")
+    for t in (test_upgrades_under_load, test_failing_code_change, test_suspend_timeout, test_purge_in_use,
+              test_bad_objects, test_malformed_messages, test_reld_gone_while_suspended):
+        try:
+            t()
+        except Exception as e:  # a crash of the driver is a failed check, not a silent pass
+            tap(False, f"{t.__name__} crashed", repr(e))
+    tap(not SANITIZER_REPORTS, "no kv-host reported a sanitizer error", "\n".join(SANITIZER_REPORTS)[-3000:])
+    print(f"1..{N}")
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
