@@ -222,7 +222,9 @@ int main(int argc, char **argv)
                 fprintf(stderr, "loadgen: no reply within 2 s on connection %zu\n", i);
                 conn_fail(c, &s);
             }
-            if (!c->busy && c->next_ns <= t && c->next_ns < end) {
+            /* Due, and the run not over (by the clock too: a saturated
+             * run falls behind its schedule). */
+            if (!c->busy && c->next_ns <= t && c->next_ns < end && t < end) {
                 if (c->fd < 0 && (c->fd = dial()) < 0) {
                     s.sent++;
                     s.failed++;
