@@ -27,24 +27,13 @@ static int parse(const char *yaml)
     return appdefs_parse_app("app.yaml", yaml, strlen(yaml), &app, &d);
 }
 
-/* The diagnostics contain a line equal to (or starting with) want. */
 static bool has_error(const char *want)
 {
-    for (size_t i = 0; i < d.errors.n; i++)
-        if (strncmp(d.errors.v[i], want, strlen(want)) == 0)
-            return true;
-    return false;
+    return test_diag_has(&d, want, true);
 }
-
 static const char *all_errors(void)
 {
-    static char buf[8192];
-    buf[0] = 0;
-    for (size_t i = 0; i < d.errors.n; i++) {
-        strncat(buf, d.errors.v[i], sizeof(buf) - strlen(buf) - 2);
-        strncat(buf, " | ", sizeof(buf) - strlen(buf) - 1);
-    }
-    return buf;
+    return test_diag_text(&d);
 }
 
 #define ck_assert_error(want) ck_assert_msg(has_error(want), "expected '%s' in: %s", want, all_errors())
@@ -494,9 +483,5 @@ static Suite *appdefs_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(appdefs_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(appdefs_suite());
 }

@@ -31,13 +31,7 @@ static void teardown(void)
 
 static const char *diag_text(void)
 {
-    static char buf[8192];
-    buf[0] = 0;
-    for (size_t i = 0; i < d.errors.n; i++) {
-        strncat(buf, d.errors.v[i], sizeof(buf) - strlen(buf) - 2);
-        strncat(buf, " | ", sizeof(buf) - strlen(buf) - 1);
-    }
-    return buf;
+    return test_diag_text(&d);
 }
 
 /* Relup from release 1 to 2. */
@@ -76,10 +70,7 @@ static char *text(const RelupScript *s)
 
 static bool has_error(const char *part)
 {
-    for (size_t i = 0; i < d.errors.n; i++)
-        if (strstr(d.errors.v[i], part))
-            return true;
-    return false;
+    return test_diag_has(&d, part, false);
 }
 
 #define ck_assert_error(part) ck_assert_msg(has_error(part), "expected '%s' in: %s", part, diag_text())
@@ -590,9 +581,5 @@ static Suite *relup_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(relup_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(relup_suite());
 }

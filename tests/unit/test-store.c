@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "store.h"
+#include "testlib.h"
 
 static char root[] = "/tmp/reld-test-store-XXXXXX";
 static Diag d;
@@ -55,10 +56,7 @@ static void teardown(void)
 
 static bool has_error(const char *part)
 {
-    for (size_t i = 0; i < d.errors.n; i++)
-        if (strstr(d.errors.v[i], part))
-            return true;
-    return false;
+    return test_diag_has(&d, part, false);
 }
 
 #define ck_assert_error(part)                                                                                          \
@@ -248,9 +246,5 @@ static Suite *store_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(store_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(store_suite());
 }

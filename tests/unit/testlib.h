@@ -1,5 +1,7 @@
 #pragma once
 /* Helpers for the unit suites: releases built from YAML text in memory. */
+#include <check.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "appdefs.h"
@@ -24,4 +26,36 @@ static inline int test_release(const char *rel_yaml, const char *const *apps, Re
     }
     *ret = rel;
     return 0;
+}
+
+/* Does d hold an error that starts with want (prefix) or contains it? */
+static inline bool test_diag_has(const Diag *d, const char *want, bool prefix)
+{
+    for (size_t i = 0; i < d->errors.n; i++)
+        if (prefix ? strncmp(d->errors.v[i], want, strlen(want)) == 0 : strstr(d->errors.v[i], want) != NULL)
+            return true;
+    return false;
+}
+
+/* Every error of d on one line (TAP wants one), for failure messages. */
+static inline const char *test_diag_text(const Diag *d)
+{
+    static char buf[8192];
+    buf[0] = 0;
+    for (size_t i = 0; i < d->errors.n; i++) {
+        strncat(buf, d->errors.v[i], sizeof(buf) - strlen(buf) - 4);
+        strncat(buf, " | ", sizeof(buf) - strlen(buf) - 1);
+    }
+    return buf;
+}
+
+/* Runs a suite the way every unit test binary does; the exit status says
+ * whether anything failed. */
+static inline int test_run_suite(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
 }
