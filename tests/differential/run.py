@@ -361,10 +361,9 @@ def main():
         print(f"{'ok' if ok else 'not ok'} {n} - case{n - 1:04d} {mode}{' (error expected)' if c.errors_expected else ''}")
         if not ok:
             failed += 1
-            print("  ---")
             for line in detail.splitlines():
-                print("  # " + line)
-            print(f"  # case kept in {d}")
+                print("# " + line)
+            print(f"# case kept in {d}")
     print(f"# compared {kinds['full']} make_relup cases, {kinds['ordered']} translate_scripts cases, "
           f"{kinds['error']} refused by both")
     if not failed and not args.keep:

@@ -8,7 +8,7 @@ work=$(mktemp -d /tmp/reld-e2e-relup-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 n=0 failed=0
 ok() { n=$((n + 1)); echo "ok $n - $1"; }
-fail() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do echo "  # $l"; done; }
+fail() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
 
 # run NAME WANT_STATUS ARGS...: runs relctl, keeps stdout/stderr in $out/$err
 run() {

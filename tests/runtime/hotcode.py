@@ -30,7 +30,7 @@ def tap(ok, name, detail=""):
     print(f"{'ok' if ok else 'not ok'} {N} - {name}")
     if not ok and detail:
         for line in str(detail).splitlines():
-            print(f"  # {line}")
+            print(f"# {line}")
     sys.stdout.flush()
 
 
