@@ -4,12 +4,17 @@
  * definitions, no such release, ...); 2 usage error. Errors are printed on
  * stderr, one line each, prefixed "relctl: ". */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include "relup.h"
 #include "store.h"
+#include "util.h"
 
 #define EXIT_REFUSED 1
 #define EXIT_USAGE   2
@@ -24,16 +29,280 @@ static void print_diag(const Diag *d)
 
 static void usage(FILE *f)
 {
-    fputs("Usage: relctl [--socket PATH] COMMAND [ARGS]\n"
+    fputs("Usage: relctl [--socket PATH] COMMAND [--json] [ARGS]\n"
           "\n"
-          "Commands:\n"
-          "  relup [--root DIR] [--json] [--write] [--no-derive] FROM TO\n"
-          "        print the relup that takes release FROM to TO (and back); changes\n"
-          "        nothing unless --write stores it as releases/TO/relup.yaml\n"
+          "Commands (the socket is --socket, else $RELD_SOCKET, else /run/reld/reld.sock):\n"
+          "  unpack TARBALL|-          hand a release tarball (or standard input) to reld\n"
+          "  releases                  the releases reld knows, with their states\n"
+          "  make-permanent [VSN]      make the current release (or VSN) permanent\n"
+          "  remove VSN                remove a release that is neither permanent nor running\n"
+          "  history [--limit N]       state changes, unpacks, attempts and their instructions\n"
+          "  status                    what reld runs now\n"
+          "  relup [--root DIR] [--write] [--no-derive] FROM TO\n"
+          "                            the plan from FROM to TO (and back); with --root offline,\n"
+          "                            --write stores it as releases/TO/relup.yaml\n"
           "\n"
           "Every command takes --json and --help. Exit status: 0 success, 1 refused or\n"
-          "failed, 2 usage error.\n",
+          "failed (one line per reason on stderr), 2 usage error.\n",
           f);
+}
+
+/* ---- talking to reld ----------------------------------------------------- */
+
+static const char *socket_path(void)
+{
+    const char *s = getenv("RELD_SOCKET");
+    return s && *s ? s : "/run/reld/reld.sock";
+}
+
+/* Sends one request (with fd, when not -1) and reads the one reply.
+ * Returns 0 and the reply; -errno when reld cannot be reached. */
+static int call(json_t *req, int fd, json_t **ret)
+{
+    const char *path = socket_path();
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(a.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(a.sun_path, path);
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        int r = -errno;
+        if (s >= 0)
+            close(s);
+        return r;
+    }
+    char *text = json_dumps(req, JSON_COMPACT);
+    size_t len = strlen(text);
+    text = xrealloc(text, len + 2);
+    text[len++] = '\n';
+    struct iovec iov = {.iov_base = text, .iov_len = len};
+    char cbuf[CMSG_SPACE(sizeof(int))] = {0};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd >= 0) {
+        mh.msg_control = cbuf;
+        mh.msg_controllen = sizeof(cbuf);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    }
+    ssize_t n = sendmsg(s, &mh, MSG_NOSIGNAL);
+    free(text);
+    if (n != (ssize_t)len) {
+        int r = n < 0 ? -errno : -EIO;
+        close(s);
+        return r;
+    }
+    char *buf = NULL;
+    size_t blen = 0, cap = 0;
+    for (;;) {
+        GROW(buf, cap, blen + 65536);
+        n = read(s, buf + blen, cap - blen);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        blen += (size_t)n;
+    }
+    close(s);
+    json_error_t jerr;
+    *ret = buf ? json_loadb(buf, blen, 0, &jerr) : NULL;
+    free(buf);
+    return *ret ? 0 : -EPROTO;
+}
+
+/* Calls reld; on failure prints why (one line per reason) and returns
+ * EXIT_REFUSED; on success returns 0 with the reply. */
+static int call_or_report(json_t *req, int fd, json_t **ret)
+{
+    int r = call(req, fd, ret);
+    json_decref(req);
+    if (r < 0) {
+        fprintf(stderr, "relctl: cannot reach reld at %s: %s\n", socket_path(),
+                r == -EPROTO ? "no reply" : strerror(-r));
+        return EXIT_REFUSED;
+    }
+    json_t *warnings = json_object_get(*ret, "warnings");
+    size_t i;
+    json_t *w;
+    json_array_foreach(warnings, i, w) fprintf(stderr, "relctl: warning: %s\n", json_string_value(w));
+    if (json_is_true(json_object_get(*ret, "ok")))
+        return 0;
+    json_t *errors = json_object_get(*ret, "errors");
+    if (json_array_size(errors))
+        json_array_foreach(errors, i, w) fprintf(stderr, "relctl: %s\n", json_string_value(w));
+    else
+        fprintf(stderr, "relctl: %s\n", json_string_value(json_object_get(*ret, "error")));
+    json_decref(*ret);
+    *ret = NULL;
+    return EXIT_REFUSED;
+}
+
+static void print_json(json_t *j)
+{
+    json_object_del(j, "ok");
+    json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    putchar('\n');
+}
+
+/* Options every daemon command takes: --json, --help. Returns -1 to go
+ * on, else the exit status. */
+static int common_opts(int argc, char **argv, bool *json, const char *usage_line)
+{
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'j')
+            *json = true;
+        else if (c == 'h') {
+            printf("Usage: relctl %s\n", usage_line);
+            return 0;
+        } else
+            return EXIT_USAGE;
+    }
+    return -1;
+}
+
+static int cmd_unpack(int argc, char **argv)
+{
+    bool json = false;
+    int r = common_opts(argc, argv, &json, "unpack [--json] TARBALL|-");
+    if (r >= 0)
+        return r;
+    if (argc - optind != 1) {
+        fprintf(stderr, "relctl: unpack takes one tarball (or - for standard input)\n");
+        return EXIT_USAGE;
+    }
+    const char *file = argv[optind];
+    int fd = strcmp(file, "-") == 0 ? STDIN_FILENO : open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "relctl: %s: %s\n", file, strerror(errno));
+        return EXIT_REFUSED;
+    }
+    json_t *rep;
+    r = call_or_report(json_pack("{s:s}", "cmd", "unpack"), fd, &rep);
+    if (fd != STDIN_FILENO)
+        close(fd);
+    if (r)
+        return r;
+    if (json)
+        print_json(rep);
+    else
+        printf("unpacked release %s %s\n", json_string_value(json_object_get(rep, "name")),
+               json_string_value(json_object_get(rep, "release")));
+    json_decref(rep);
+    return 0;
+}
+
+static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_line, int n_args)
+{
+    bool json = false;
+    int r = common_opts(argc, argv, &json, usage_line);
+    if (r >= 0)
+        return r;
+    if (argc - optind > n_args || (n_args == 1 && strcmp(cmd, "remove") == 0 && argc - optind != 1)) {
+        fprintf(stderr, "relctl: usage: relctl %s\n", usage_line);
+        return EXIT_USAGE;
+    }
+    json_t *req = json_pack("{s:s}", "cmd", cmd), *rep;
+    if (argc - optind == 1)
+        json_object_set_new(req, "vsn", json_string(argv[optind]));
+    if ((r = call_or_report(req, -1, &rep)))
+        return r;
+    if (json) {
+        print_json(rep);
+    } else if (strcmp(cmd, "releases") == 0) {
+        size_t i;
+        json_t *rel;
+        json_t *rels = json_object_get(rep, "releases");
+        if (!json_array_size(rels))
+            puts("no releases");
+        json_array_foreach(rels, i, rel)
+            printf("%-12s %-16s %-10s unpacked %s\n", json_string_value(json_object_get(rel, "vsn")),
+                   json_string_value(json_object_get(rel, "name")), json_string_value(json_object_get(rel, "state")),
+                   json_string_value(json_object_get(rel, "unpacked_at")));
+    } else if (strcmp(cmd, "status") == 0) {
+        json_t *cur = json_object_get(rep, "current"), *perm = json_object_get(rep, "permanent");
+        printf("root %s\npermanent %s\ncurrent %s\nreleases %zu\nprocesses %zu\n",
+               json_string_value(json_object_get(rep, "root")), json_is_string(perm) ? json_string_value(perm) : "-",
+               json_is_string(cur) ? json_string_value(cur) : "-", json_array_size(json_object_get(rep, "releases")),
+               json_array_size(json_object_get(rep, "processes")));
+    } else if (strcmp(cmd, "remove") == 0) {
+        printf("removed release %s\n", json_string_value(json_object_get(rep, "removed")));
+    } else if (strcmp(cmd, "make-permanent") == 0) {
+        printf("release %s is permanent\n", json_string_value(json_object_get(rep, "permanent")));
+    }
+    json_decref(rep);
+    return 0;
+}
+
+static int cmd_history(int argc, char **argv)
+{
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
+                                         {"limit", required_argument, NULL, 'l'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {0}};
+    bool json = false;
+    long limit = 50;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'j')
+            json = true;
+        else if (c == 'l')
+            limit = atol(optarg);
+        else if (c == 'h') {
+            puts("Usage: relctl history [--json] [--limit N]");
+            return 0;
+        } else
+            return EXIT_USAGE;
+    }
+    if (limit <= 0 || optind != argc) {
+        fprintf(stderr, "relctl: usage: relctl history [--json] [--limit N]\n");
+        return EXIT_USAGE;
+    }
+    json_t *rep;
+    int r = call_or_report(json_pack("{s:s, s:i}", "cmd", "history", "limit", (int)limit), -1, &rep);
+    if (r)
+        return r;
+    if (json) {
+        print_json(rep);
+        json_decref(rep);
+        return 0;
+    }
+    size_t i, k;
+    json_t *e, *in;
+    json_array_foreach(json_object_get(rep, "events"), i, e)
+    {
+        char *detail = json_dumps(json_object_get(e, "detail"), JSON_COMPACT | JSON_ENCODE_ANY);
+        printf("%s  %-14s %-8s %s  by %s\n", json_string_value(json_object_get(e, "at")),
+               json_string_value(json_object_get(e, "kind")),
+               json_is_string(json_object_get(e, "release")) ? json_string_value(json_object_get(e, "release")) : "-",
+               detail && strcmp(detail, "null") ? detail : "", json_string_value(json_object_get(e, "who")));
+        free(detail);
+    }
+    json_array_foreach(json_object_get(rep, "attempts"), i, e)
+    {
+        printf("attempt %lld: %s %s -> %s by %s: %s (%.1f ms)\n",
+               (long long)json_integer_value(json_object_get(e, "id")), json_string_value(json_object_get(e, "kind")),
+               json_string_value(json_object_get(e, "from_vsn")), json_string_value(json_object_get(e, "to_vsn")),
+               json_string_value(json_object_get(e, "who")),
+               json_is_string(json_object_get(e, "result")) ? json_string_value(json_object_get(e, "result"))
+                                                            : "unfinished",
+               json_number_value(json_object_get(e, "duration_ms")));
+        json_array_foreach(json_object_get(e, "instructions"), k, in)
+        {
+            char *instr = json_dumps(json_object_get(in, "instr"), JSON_COMPACT);
+            printf("  %3lld  %-8s %8.3f ms  %s\n", (long long)json_integer_value(json_object_get(in, "idx")),
+                   json_string_value(json_object_get(in, "outcome")),
+                   (double)json_integer_value(json_object_get(in, "duration_us")) / 1000.0, instr);
+            free(instr);
+        }
+    }
+    json_decref(rep);
+    return 0;
 }
 
 static void print_script(const char *title, const RelupScript *s)
@@ -46,13 +315,32 @@ static void print_script(const char *title, const RelupScript *s)
     }
 }
 
+static void print_relup(const Relup *r, bool json, bool stored, bool written)
+{
+    if (json) {
+        json_t *j = relup_to_json(r);
+        json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        putchar('\n');
+        json_decref(j);
+        return;
+    }
+    if (stored)
+        printf("relup %s -> %s (stored in releases/%s/relup.yaml)\n", r->from, r->to, r->to);
+    else
+        printf("relup %s -> %s\n", r->from, r->to);
+    print_script("up", &r->up);
+    print_script("down", &r->down);
+    if (written)
+        printf("written to releases/%s/relup.yaml\n", r->to);
+}
+
 static int cmd_relup(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"root", required_argument, NULL, 'r'}, {"json", no_argument, NULL, 'j'}, {"write", no_argument, NULL, 'w'},
         {"no-derive", no_argument, NULL, 'n'},  {"help", no_argument, NULL, 'h'}, {0},
     };
-    const char *root = getenv("RELD_ROOT") ? getenv("RELD_ROOT") : "/var/lib/reld";
+    const char *root = getenv("RELD_ROOT"); /* NULL: ask the daemon */
     bool json = false, write = false, derive = true;
     int c;
     optind = 1;
@@ -82,6 +370,29 @@ static int cmd_relup(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *from = argv[optind], *to = argv[optind + 1];
+    if (!root) {
+        if (write) {
+            fprintf(stderr, "relctl: --write needs --root (the daemon's root is written by the daemon)\n");
+            return EXIT_USAGE;
+        }
+        json_t *rep;
+        int rc = call_or_report(json_pack("{s:s, s:s, s:s}", "cmd", "relup", "from", from, "to", to), -1, &rep);
+        if (rc)
+            return rc;
+        Diag pd = {0};
+        Relup *r = NULL;
+        char *text = json_dumps(json_object_get(rep, "relup"), JSON_COMPACT);
+        rc = text && relup_parse("reply", text, strlen(text), &r, &pd) == 0 ? 0 : EXIT_REFUSED;
+        free(text);
+        if (rc)
+            fprintf(stderr, "relctl: reld's relup cannot be read: %s\n", pd.errors.n ? pd.errors.v[0] : "?");
+        else
+            print_relup(r, json, json_is_true(json_object_get(rep, "stored")), false);
+        relup_free(r);
+        diag_clear(&pd);
+        json_decref(rep);
+        return rc;
+    }
     Diag d = {0};
     Relup *r = NULL;
     bool stored = false;
@@ -92,21 +403,7 @@ static int cmd_relup(int argc, char **argv)
     diag_clear(&d);
     if (rc < 0)
         return EXIT_REFUSED;
-    if (json) {
-        json_t *j = relup_to_json(r);
-        json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-        putchar('\n');
-        json_decref(j);
-    } else {
-        if (stored)
-            printf("relup %s -> %s (stored in releases/%s/relup.yaml)\n", from, to, to);
-        else
-            printf("relup %s -> %s\n", from, to);
-        print_script("up", &r->up);
-        print_script("down", &r->down);
-        if (write && !stored)
-            printf("written to releases/%s/relup.yaml\n", to);
-    }
+    print_relup(r, json, stored, write && !stored);
     relup_free(r);
     return 0;
 }
@@ -132,8 +429,22 @@ int main(int argc, char **argv)
         usage(stderr);
         return EXIT_USAGE;
     }
+    int n = argc - i;
+    char **a = argv + i;
     if (strcmp(argv[i], "relup") == 0)
-        return cmd_relup(argc - i, argv + i);
+        return cmd_relup(n, a);
+    if (strcmp(argv[i], "unpack") == 0)
+        return cmd_unpack(n, a);
+    if (strcmp(argv[i], "history") == 0)
+        return cmd_history(n, a);
+    if (strcmp(argv[i], "releases") == 0)
+        return cmd_simple(n, a, "releases", "releases [--json]", 0);
+    if (strcmp(argv[i], "status") == 0)
+        return cmd_simple(n, a, "status", "status [--json]", 0);
+    if (strcmp(argv[i], "remove") == 0)
+        return cmd_simple(n, a, "remove", "remove [--json] VSN", 1);
+    if (strcmp(argv[i], "make-permanent") == 0)
+        return cmd_simple(n, a, "make-permanent", "make-permanent [--json] [VSN]", 1);
     fprintf(stderr, "relctl: unknown command '%s' (see relctl --help)\n", argv[i]);
     return EXIT_USAGE;
 }

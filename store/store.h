@@ -13,6 +13,8 @@
  * Errors: 0 on success; -EINVAL when the definitions are wrong (the
  * reasons are in diag); another negative errno when the file system failed
  * (also described in diag). *ret is untouched on failure. */
+#include <stdint.h>
+
 #include "appdefs.h"
 #include "relup.h"
 
@@ -36,3 +38,18 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
 /* Writes r as releases/<r->to>/relup.yaml, atomically (temporary file,
  * fsync, rename). */
 int store_write_relup(const char *root, const Relup *r, Diag *diag);
+
+/* Unpacks a release tarball read from fd (any format libarchive reads) into
+ * root: extracted into ROOT/tmp/unpack-*, refused on absolute paths, "..",
+ * links leading outside, device files, FIFOs, setuid/setgid bits, more than
+ * limit bytes, corrupt, truncated or empty archives; then validated
+ * completely (store_load_release on the staged tree, every lib/ directory
+ * part of the release, the version not yet present, application versions
+ * already installed identical); only then moved into place. On failure
+ * nothing is left: returns -EINVAL (reasons in diag) or -errno. On success
+ * *ret_vsn and *ret_name name the release (caller frees). Thread-safe for
+ * different tarballs; the final move is atomic per directory. */
+int store_unpack(const char *root, int fd, uint64_t limit, char **ret_vsn, char **ret_name, Diag *diag);
+
+/* Removes a directory tree without following symlinks (best effort). */
+void store_remove_tree(const char *path);

@@ -1,0 +1,720 @@
+/* reld's control socket, its clients and their commands. */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "history.h"
+#include "store.h"
+
+#define MAX_REQUEST 65536
+#define MAX_FDS     4
+
+typedef struct Client Client;
+typedef struct Job Job;
+
+struct Daemon {
+    DaemonConfig cfg;
+    sd_event *ev;
+    int listen_fd;
+    History *hist;
+    gid_t writer_gid, reader_gid;
+    bool have_writer_gid, have_reader_gid;
+    Client *clients;
+    /* Finished unpack jobs, handed from worker threads to the main thread. */
+    int job_efd;
+    pthread_mutex_t job_lock;
+    Job *done;
+    unsigned jobs_running; /* main thread only */
+    int lock_fd;           /* flock on ROOT/reld.lock: one reld per root */
+};
+
+struct Client {
+    Daemon *d;
+    int fd;
+    sd_event_source *src;
+    struct ucred cred;
+    bool writer, reader;
+    char *who;
+    char in[MAX_REQUEST];
+    size_t in_len;
+    int fds[MAX_FDS];
+    size_t n_fds;
+    char *out;
+    size_t out_len, out_off;
+    bool answered;
+    Job *job; /* an unpack under way for this client */
+    Client *next;
+};
+
+struct Job {
+    Daemon *d;
+    Client *client; /* NULL once the client went away */
+    int fd;
+    char *root, *who;
+    uint64_t limit;
+    int r;
+    char *vsn, *name;
+    Diag diag;
+    Job *next;
+};
+
+void log_info(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("reld: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+void log_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("reld: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---- clients ------------------------------------------------------------- */
+
+static void client_free(Client *c)
+{
+    Daemon *d = c->d;
+    for (Client **p = &d->clients; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    if (c->job)
+        c->job->client = NULL; /* the job finishes and records; nobody to tell */
+    sd_event_source_disable_unref(c->src);
+    close(c->fd);
+    for (size_t i = 0; i < c->n_fds; i++)
+        close(c->fds[i]);
+    free(c->out);
+    free(c->who);
+    free(c);
+}
+
+static int client_io(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+
+/* Queues the reply and closes the connection once it is written. */
+static void reply(Client *c, json_t *msg)
+{
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (!text)
+        return;
+    size_t len = strlen(text);
+    c->out = xrealloc(c->out, c->out_len + len + 1);
+    memcpy(c->out + c->out_len, text, len);
+    c->out[c->out_len + len] = '\n';
+    c->out_len += len + 1;
+    free(text);
+    c->answered = true;
+    sd_event_source_set_io_events(c->src, EPOLLOUT);
+}
+
+static void reply_ok(Client *c, json_t *fields)
+{
+    json_t *m = fields ? fields : json_object();
+    json_object_set_new(m, "ok", json_true());
+    reply(c, m);
+}
+
+static void reply_error(Client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reply_error(Client *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = xvasprintf(fmt, ap);
+    va_end(ap);
+    reply(c, json_pack("{s:b, s:s}", "ok", 0, "error", msg));
+    free(msg);
+}
+
+/* The reasons of a Diag as the reply: "error" the first, "errors" all. */
+static void reply_diag(Client *c, const Diag *diag, const char *fallback)
+{
+    json_t *errors = json_array();
+    for (size_t i = 0; i < diag->errors.n; i++)
+        json_array_append_new(errors, json_string(diag->errors.v[i]));
+    json_t *warnings = json_array();
+    for (size_t i = 0; i < diag->warnings.n; i++)
+        json_array_append_new(warnings, json_string(diag->warnings.v[i]));
+    reply(c, json_pack("{s:b, s:s, s:o, s:o}", "ok", 0, "error", diag->errors.n ? diag->errors.v[0] : fallback,
+                       "errors", errors, "warnings", warnings));
+}
+
+static bool in_group(const Client *c, gid_t g)
+{
+    if (c->cred.gid == g)
+        return true;
+    gid_t groups[256];
+    socklen_t len = sizeof(groups);
+    if (getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+        return false;
+    for (size_t i = 0; i < len / sizeof(gid_t); i++)
+        if (groups[i] == g)
+            return true;
+    return false;
+}
+
+static int on_connect(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+    Daemon *d = userdata;
+    for (;;) {
+        int cfd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0)
+            return 0;
+        Client *c = xcalloc(1, sizeof(*c));
+        c->d = d;
+        c->fd = cfd;
+        socklen_t len = sizeof(c->cred);
+        if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0) {
+            close(cfd);
+            free(c);
+            continue;
+        }
+        c->writer = c->cred.uid == 0 || c->cred.uid == geteuid() || (d->have_writer_gid && in_group(c, d->writer_gid));
+        c->reader = c->writer || d->cfg.readers_all || (d->have_reader_gid && in_group(c, d->reader_gid));
+        struct passwd pw, *res = NULL;
+        char buf[1024];
+        getpwuid_r(c->cred.uid, &pw, buf, sizeof(buf), &res);
+        c->who = xasprintf("%s (uid %u, pid %d)", res ? res->pw_name : "?", (unsigned)c->cred.uid, (int)c->cred.pid);
+        if (sd_event_add_io(d->ev, &c->src, cfd, EPOLLIN, client_io, c) < 0) {
+            close(cfd);
+            free(c->who);
+            free(c);
+            continue;
+        }
+        c->next = d->clients;
+        d->clients = c;
+    }
+}
+
+/* ---- commands ---------------------------------------------------------- */
+
+static void *unpack_thread(void *p)
+{
+    Job *j = p;
+    j->r = store_unpack(j->root, j->fd, j->limit, &j->vsn, &j->name, &j->diag);
+    close(j->fd);
+    j->fd = -1;
+    pthread_mutex_lock(&j->d->job_lock);
+    j->next = j->d->done;
+    j->d->done = j;
+    pthread_mutex_unlock(&j->d->job_lock);
+    uint64_t one = 1;
+    if (write(j->d->job_efd, &one, sizeof(one)) < 0) {
+        /* the counter cannot overflow in practice; the main loop also polls */
+    }
+    return NULL;
+}
+
+static void cmd_unpack(Client *c)
+{
+    if (c->n_fds != 1)
+        return reply_error(c, "unpack needs the tarball's file descriptor passed with the request");
+    Job *j = xcalloc(1, sizeof(*j));
+    j->d = c->d;
+    j->client = c;
+    j->fd = c->fds[0];
+    c->n_fds = 0;
+    j->root = xstrdup(c->d->cfg.root);
+    j->who = xstrdup(c->who);
+    j->limit = c->d->cfg.max_unpacked;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, unpack_thread, j) != 0) {
+        close(j->fd);
+        free(j->root);
+        free(j->who);
+        free(j);
+        pthread_attr_destroy(&attr);
+        return reply_error(c, "cannot start the unpack: %s", strerror(errno));
+    }
+    pthread_attr_destroy(&attr);
+    c->job = j;
+    c->d->jobs_running++;
+}
+
+static void job_finish(Job *j)
+{
+    Daemon *d = j->d;
+    d->jobs_running--;
+    if (j->r == 0) {
+        int r = history_release_add(d->hist, j->vsn, j->name, j->who);
+        if (r < 0) {
+            /* The files are in place; the database refused (a version it
+             * already knows). Take them back out so both agree. */
+            char *path = xasprintf("%s/releases/%s", d->cfg.root, j->vsn);
+            store_remove_tree(path);
+            free(path);
+            diag_error(&j->diag, "release %s is already present", j->vsn);
+            j->r = r;
+        } else {
+            log_info("unpacked release %s %s for %s", j->name, j->vsn, j->who);
+        }
+    } else {
+        log_info("unpack for %s refused: %s", j->who, j->diag.errors.n ? j->diag.errors.v[0] : strerror(-j->r));
+    }
+    if (j->client) {
+        j->client->job = NULL;
+        if (j->r == 0)
+            reply_ok(j->client, json_pack("{s:s, s:s}", "release", j->vsn, "name", j->name));
+        else
+            reply_diag(j->client, &j->diag, strerror(-j->r));
+    }
+    diag_clear(&j->diag);
+    free(j->root);
+    free(j->who);
+    free(j->vsn);
+    free(j->name);
+    free(j);
+}
+
+static int on_job_done(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+    Daemon *d = userdata;
+    uint64_t n;
+    if (read(fd, &n, sizeof(n)) < 0) {
+        /* nothing to read: another wakeup took it */
+    }
+    pthread_mutex_lock(&d->job_lock);
+    Job *list = d->done;
+    d->done = NULL;
+    pthread_mutex_unlock(&d->job_lock);
+    while (list) {
+        Job *next = list->next;
+        job_finish(list);
+        list = next;
+    }
+    return 0;
+}
+
+static json_t *status_json(Daemon *d)
+{
+    json_t *rels = NULL;
+    if (history_releases(d->hist, &rels) < 0)
+        rels = json_array();
+    char *cur = NULL, *perm = NULL;
+    history_release_in_state(d->hist, RELEASE_CURRENT, &cur);
+    history_release_in_state(d->hist, RELEASE_PERMANENT, &perm);
+    json_t *s =
+        json_pack("{s:s, s:o, s:o, s:o, s:[]}", "root", d->cfg.root, "current", cur ? json_string(cur) : json_null(),
+                  "permanent", perm ? json_string(perm) : json_null(), "releases", rels, "processes");
+    free(cur);
+    free(perm);
+    return s;
+}
+
+/* Removes a release's files: its releases/<vsn> and the application
+ * directories no other release uses. */
+static void remove_release_files(Daemon *d, const char *vsn)
+{
+    Diag diag = {0};
+    ReleaseDef *rel = NULL;
+    if (store_load_release(d->cfg.root, vsn, &rel, &diag) == 0) {
+        json_t *all = NULL;
+        history_releases(d->hist, &all);
+        for (size_t a = 0; a < rel->n_apps; a++) {
+            bool shared = false;
+            size_t i;
+            json_t *r;
+            json_array_foreach(all, i, r)
+            {
+                const char *other = json_string_value(json_object_get(r, "vsn"));
+                ReleaseDef *o = NULL;
+                Diag od = {0};
+                if (strcmp(other, vsn) != 0 && store_load_release(d->cfg.root, other, &o, &od) == 0) {
+                    const ReleaseAppRef *ref = appdefs_release_find(o, rel->apps[a].name);
+                    shared = shared || (ref && strcmp(ref->vsn, rel->apps[a].vsn) == 0);
+                }
+                release_def_free(o);
+                diag_clear(&od);
+            }
+            if (!shared) {
+                char *p = xasprintf("%s/lib/%s-%s", d->cfg.root, rel->apps[a].name, rel->apps[a].vsn);
+                store_remove_tree(p);
+                free(p);
+            }
+        }
+        json_decref(all);
+    }
+    release_def_free(rel);
+    diag_clear(&diag);
+    char *p = xasprintf("%s/releases/%s", d->cfg.root, vsn);
+    store_remove_tree(p);
+    free(p);
+}
+
+static void cmd_remove(Client *c, const char *vsn)
+{
+    Daemon *d = c->d;
+    char *state = NULL;
+    if (!vsn)
+        return reply_error(c, "remove needs a release version");
+    int r = history_release_state(d->hist, vsn, &state);
+    if (r == -ENOENT)
+        return reply_error(c, "release %s is not known", vsn);
+    if (r < 0)
+        return reply_error(c, "cannot read the release database: %s", strerror(-r));
+    if (strcmp(state, RELEASE_PERMANENT) == 0 || strcmp(state, RELEASE_CURRENT) == 0) {
+        reply_error(c, "release %s is %s; it cannot be removed", vsn,
+                    strcmp(state, RELEASE_PERMANENT) == 0 ? "permanent" : "running");
+        free(state);
+        return;
+    }
+    free(state);
+    /* Database first: a crash after it leaves files the next start cleans. */
+    if ((r = history_release_remove(d->hist, vsn, c->who)) < 0)
+        return reply_error(c, "cannot record the removal: %s", strerror(-r));
+    remove_release_files(d, vsn);
+    log_info("removed release %s for %s", vsn, c->who);
+    reply_ok(c, json_pack("{s:s}", "removed", vsn));
+}
+
+static void cmd_make_permanent(Client *c, const char *vsn)
+{
+    Daemon *d = c->d;
+    char *cur = NULL, *perm = NULL, *state = NULL;
+    history_release_in_state(d->hist, RELEASE_CURRENT, &cur);
+    history_release_in_state(d->hist, RELEASE_PERMANENT, &perm);
+    if (!vsn)
+        vsn = cur;
+    if (!vsn) {
+        reply_error(c, "no release is current (installed and not yet permanent)");
+    } else if (history_release_state(d->hist, vsn, &state) < 0) {
+        reply_error(c, "release %s is not known", vsn);
+    } else if (strcmp(state, RELEASE_PERMANENT) == 0) {
+        reply_ok(c, json_pack("{s:s}", "permanent", vsn));
+    } else if (strcmp(state, RELEASE_CURRENT) != 0) {
+        reply_error(c, "release %s is %s; only the current release can be made permanent", vsn, state);
+    } else {
+        int r = perm ? history_release_set_state(d->hist, perm, RELEASE_OLD, c->who) : 0;
+        if (r == 0)
+            r = history_release_set_state(d->hist, vsn, RELEASE_PERMANENT, c->who);
+        if (r < 0)
+            reply_error(c, "cannot record the change: %s", strerror(-r));
+        else
+            reply_ok(c, json_pack("{s:s}", "permanent", vsn));
+    }
+    free(cur);
+    free(perm);
+    free(state);
+}
+
+static void cmd_relup(Client *c, const char *from, const char *to)
+{
+    if (!from || !to)
+        return reply_error(c, "relup needs FROM and TO");
+    Diag diag = {0};
+    Relup *r = NULL;
+    bool stored = false;
+    if (store_relup(c->d->cfg.root, from, to, true, &r, &stored, &diag) < 0) {
+        reply_diag(c, &diag, "cannot compute the relup");
+    } else {
+        json_t *warnings = json_array();
+        for (size_t i = 0; i < diag.warnings.n; i++)
+            json_array_append_new(warnings, json_string(diag.warnings.v[i]));
+        reply_ok(c, json_pack("{s:o, s:b, s:o}", "relup", relup_to_json(r), "stored", stored, "warnings", warnings));
+    }
+    relup_free(r);
+    diag_clear(&diag);
+}
+
+static void handle_request(Client *c, const char *line, size_t len)
+{
+    Daemon *d = c->d;
+    json_error_t jerr;
+    json_t *req = json_loadb(line, len, 0, &jerr);
+    const char *cmd = json_string_value(json_object_get(req, "cmd"));
+    const char *vsn = json_string_value(json_object_get(req, "vsn"));
+    static const char *const writes[] = {"unpack", "remove", "make-permanent", NULL};
+    bool write = false;
+    for (const char *const *w = writes; cmd && *w; w++)
+        write = write || strcmp(cmd, *w) == 0;
+    if (!req || !cmd) {
+        reply_error(c, "bad request: %s", req ? "no cmd" : jerr.text);
+    } else if (write ? !c->writer : !c->reader) {
+        log_info("refused %s for %s", cmd, c->who);
+        reply_error(c, "permission denied: %s may not %s (see writer_group/reader_group in reld's config)", c->who,
+                    write ? "change releases" : "read reld's state");
+    } else if (strcmp(cmd, "unpack") == 0) {
+        cmd_unpack(c);
+    } else if (strcmp(cmd, "releases") == 0) {
+        json_t *rels = NULL;
+        if (history_releases(d->hist, &rels) < 0)
+            reply_error(c, "cannot read the release database");
+        else
+            reply_ok(c, json_pack("{s:o}", "releases", rels));
+    } else if (strcmp(cmd, "history") == 0) {
+        json_int_t limit = json_integer_value(json_object_get(req, "limit"));
+        json_t *h = NULL;
+        if (history_list(d->hist, limit > 0 ? (int)limit : 50, &h) < 0)
+            reply_error(c, "cannot read the history");
+        else
+            reply_ok(c, h);
+    } else if (strcmp(cmd, "status") == 0) {
+        reply_ok(c, status_json(d));
+    } else if (strcmp(cmd, "remove") == 0) {
+        cmd_remove(c, vsn);
+    } else if (strcmp(cmd, "make-permanent") == 0) {
+        cmd_make_permanent(c, vsn);
+    } else if (strcmp(cmd, "relup") == 0) {
+        cmd_relup(c, json_string_value(json_object_get(req, "from")), json_string_value(json_object_get(req, "to")));
+    } else {
+        reply_error(c, "unknown command '%s'", cmd);
+    }
+    json_decref(req);
+}
+
+/* Reads a request (and any file descriptors with it); writes the reply. */
+static int client_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+    Client *c = userdata;
+    if (revents & EPOLLOUT) {
+        while (c->out_off < c->out_len) {
+            ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+            if (n < 0 && errno == EAGAIN)
+                return 0;
+            if (n <= 0)
+                break;
+            c->out_off += (size_t)n;
+        }
+        client_free(c); /* one request, one reply */
+        return 0;
+    }
+    char cbuf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+    struct iovec iov = {.iov_base = c->in + c->in_len, .iov_len = sizeof(c->in) - c->in_len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+    ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0 && errno == EAGAIN)
+        return 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            int *fds = (int *)CMSG_DATA(cm);
+            for (size_t i = 0; i < k; i++) {
+                if (c->n_fds < MAX_FDS)
+                    c->fds[c->n_fds++] = fds[i];
+                else
+                    close(fds[i]);
+            }
+        }
+    if (n <= 0) {
+        if (!c->job)
+            client_free(c); /* gone before asking; an unpack under way finishes anyway */
+        else
+            sd_event_source_set_enabled(c->src, SD_EVENT_OFF);
+        return 0;
+    }
+    c->in_len += (size_t)n;
+    char *nl = memchr(c->in, '\n', c->in_len);
+    if (nl && !c->answered && !c->job) {
+        sd_event_source_set_io_events(c->src, 0);
+        handle_request(c, c->in, (size_t)(nl - c->in));
+    } else if (c->in_len == sizeof(c->in)) {
+        reply_error(c, "request longer than %d bytes", MAX_REQUEST);
+    }
+    return 0;
+}
+
+/* ---- life ---------------------------------------------------------------- */
+
+static int listen_on(Daemon *d)
+{
+    const char *path = d->cfg.socket_path;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(a.sun_path)) {
+        log_error("socket path too long: %s", path);
+        return -ENAMETOOLONG;
+    }
+    strcpy(a.sun_path, path);
+    char *dir = xstrdup(path), *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = 0;
+        mkdir(dir, 0755);
+    }
+    free(dir);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+        unlink(path); /* a previous reld's; we hold the root's lock */
+    mode_t old = umask(0117);
+    int r = bind(fd, (struct sockaddr *)&a, sizeof(a));
+    umask(old);
+    if (r < 0 || chmod(path, 0660) < 0 || (d->have_writer_gid && chown(path, (uid_t)-1, d->writer_gid) < 0) ||
+        listen(fd, 128) < 0) {
+        r = -errno;
+        log_error("cannot listen on %s: %s", path, strerror(errno));
+        close(fd);
+        return r;
+    }
+    d->listen_fd = fd;
+    return 0;
+}
+
+static bool lookup_group(const char *name, gid_t *ret)
+{
+    struct group g, *res = NULL;
+    char buf[4096];
+    if (getgrnam_r(name, &g, buf, sizeof(buf), &res) != 0 || !res)
+        return false;
+    *ret = res->gr_gid;
+    return true;
+}
+
+/* Brings the database and the files into agreement after a crash. */
+static void reconcile(Daemon *d)
+{
+    char *tmp = xasprintf("%s/tmp", d->cfg.root);
+    store_remove_tree(tmp); /* staging directories of unpacks a crash interrupted */
+    free(tmp);
+    json_t *rels = NULL;
+    if (history_releases(d->hist, &rels) < 0)
+        return;
+    size_t i;
+    json_t *r;
+    json_array_foreach(rels, i, r)
+    {
+        const char *vsn = json_string_value(json_object_get(r, "vsn"));
+        const char *state = json_string_value(json_object_get(r, "state"));
+        char *path = xasprintf("%s/releases/%s/release.yaml", d->cfg.root, vsn);
+        if (access(path, F_OK) < 0) {
+            log_error("release %s is in the database but not in %s; forgetting it", vsn, d->cfg.root);
+            history_release_remove(d->hist, vsn, "reld (start)");
+        } else if (strcmp(state, RELEASE_CURRENT) == 0) {
+            /* Installed but never made permanent: rolled back, as OTP. */
+            log_info("release %s was current but never made permanent: rolled back", vsn);
+            history_release_set_state(d->hist, vsn, RELEASE_UNPACKED, "reld (start)");
+        }
+        free(path);
+    }
+    json_decref(rels);
+}
+
+int daemon_new(const DaemonConfig *cfg, Daemon **ret)
+{
+    Daemon *d = xcalloc(1, sizeof(*d));
+    d->cfg = (DaemonConfig){.root = xstrdup(cfg->root),
+                            .socket_path = xstrdup(cfg->socket_path),
+                            .writer_group = xstrdup(cfg->writer_group),
+                            .reader_group = xstrdup(cfg->reader_group),
+                            .readers_all = cfg->readers_all,
+                            .max_unpacked = cfg->max_unpacked};
+    d->listen_fd = d->job_efd = d->lock_fd = -1;
+    pthread_mutex_init(&d->job_lock, NULL);
+    int r = 0;
+    if (d->cfg.writer_group && !(d->have_writer_gid = lookup_group(d->cfg.writer_group, &d->writer_gid)))
+        log_error("writer_group '%s' does not exist", d->cfg.writer_group), r = -ENOENT;
+    if (d->cfg.reader_group && !(d->have_reader_gid = lookup_group(d->cfg.reader_group, &d->reader_gid)))
+        log_error("reader_group '%s' does not exist", d->cfg.reader_group), r = -ENOENT;
+    if (r == 0 && mkdir(d->cfg.root, 0755) < 0 && errno != EEXIST)
+        log_error("cannot create %s: %s", d->cfg.root, strerror(errno)), r = -errno;
+    char *lock = xasprintf("%s/reld.lock", d->cfg.root);
+    if (r == 0 && ((d->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0 ||
+                   flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0)) {
+        r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+        log_error("%s: %s", lock, r == -EBUSY ? "another reld runs on this root" : strerror(-r));
+    }
+    free(lock);
+    char *db = xasprintf("%s/reld.db", d->cfg.root), *err = NULL;
+    if (r == 0 && (r = history_open(db, &d->hist, &err)) < 0)
+        log_error("%s", err ? err : "cannot open the database");
+    free(db);
+    free(err);
+    if (r == 0)
+        reconcile(d);
+    if (r == 0 && (r = sd_event_default(&d->ev)) < 0) /* 1 when it made a new loop */
+        log_error("cannot create the event loop: %s", strerror(-r));
+    r = r > 0 ? 0 : r;
+    if (r == 0)
+        r = listen_on(d);
+    if (r == 0 && (r = sd_event_add_io(d->ev, NULL, d->listen_fd, EPOLLIN, on_connect, d)) < 0)
+        log_error("cannot watch the socket: %s", strerror(-r));
+    if (r == 0 && (d->job_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        r = -errno;
+    if (r == 0)
+        r = sd_event_add_io(d->ev, NULL, d->job_efd, EPOLLIN, on_job_done, d);
+    if (r < 0) {
+        daemon_free(d);
+        return r;
+    }
+    *ret = d;
+    return 0;
+}
+
+int daemon_run(Daemon *d)
+{
+    sigset_t ss;
+    sigemptyset(&ss);
+    sigaddset(&ss, SIGTERM);
+    sigaddset(&ss, SIGINT);
+    sigprocmask(SIG_BLOCK, &ss, NULL);
+    sd_event_add_signal(d->ev, NULL, SIGTERM, NULL, NULL);
+    sd_event_add_signal(d->ev, NULL, SIGINT, NULL, NULL);
+    sd_event_set_watchdog(d->ev, true); /* WATCHDOG=1 at half of WatchdogSec=, when systemd asks */
+    char *perm = NULL;
+    history_release_in_state(d->hist, RELEASE_PERMANENT, &perm);
+    log_info("ready: root %s, socket %s, permanent release %s", d->cfg.root, d->cfg.socket_path,
+             perm ? perm : "(none)");
+    sd_notifyf(false, "READY=1\nSTATUS=root %s, permanent release %s", d->cfg.root, perm ? perm : "(none)");
+    free(perm);
+    int r = sd_event_loop(d->ev);
+    sd_notify(false, "STOPPING=1");
+    return r < 0 ? 1 : 0;
+}
+
+Daemon *daemon_free(Daemon *d)
+{
+    if (!d)
+        return NULL;
+    if (d->jobs_running) {
+        /* An unpack thread still reads its tarball and will touch d: the
+         * process is about to exit, which ends it; freeing d would not. */
+        log_info("exiting with %u unpack(s) under way; their staging directories go at the next start",
+                 d->jobs_running);
+        return NULL;
+    }
+    while (d->clients)
+        client_free(d->clients);
+    if (d->listen_fd >= 0) {
+        close(d->listen_fd);
+        unlink(d->cfg.socket_path);
+    }
+    if (d->job_efd >= 0)
+        close(d->job_efd);
+    if (d->lock_fd >= 0)
+        close(d->lock_fd);
+    sd_event_unref(d->ev);
+    history_close(d->hist);
+    daemon_config_clear(&d->cfg);
+    pthread_mutex_destroy(&d->job_lock);
+    free(d);
+    return NULL;
+}
