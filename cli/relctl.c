@@ -33,6 +33,7 @@ static void usage(FILE *f)
           "\n"
           "Commands (the socket is --socket, else $RELD_SOCKET, else /run/reld/reld.sock):\n"
           "  unpack TARBALL|-          hand a release tarball (or standard input) to reld\n"
+          "  install TARBALL|VSN       unpack if needed and start the release (the first one)\n"
           "  releases                  the releases reld knows, with their states\n"
           "  make-permanent [VSN]      make the current release (or VSN) permanent\n"
           "  remove VSN                remove a release that is neither permanent nor running\n"
@@ -196,6 +197,47 @@ static int cmd_unpack(int argc, char **argv)
     return 0;
 }
 
+/* install TARBALL|VSN: a file is unpacked first. */
+static int cmd_install(int argc, char **argv)
+{
+    bool json = false;
+    int r = common_opts(argc, argv, &json, "install [--json] TARBALL|VSN");
+    if (r >= 0)
+        return r;
+    if (argc - optind != 1) {
+        fprintf(stderr, "relctl: install takes one tarball or release version\n");
+        return EXIT_USAGE;
+    }
+    const char *arg = argv[optind];
+    char *vsn = NULL;
+    json_t *rep;
+    int fd = strcmp(arg, "-") == 0 ? STDIN_FILENO : open(arg, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        r = call_or_report(json_pack("{s:s}", "cmd", "unpack"), fd, &rep);
+        if (fd != STDIN_FILENO)
+            close(fd);
+        if (r)
+            return r;
+        vsn = xstrdup(json_string_value(json_object_get(rep, "release")));
+        if (!json)
+            printf("unpacked release %s\n", vsn);
+        json_decref(rep);
+    } else {
+        vsn = xstrdup(arg);
+    }
+    r = call_or_report(json_pack("{s:s, s:s}", "cmd", "install", "vsn", vsn), -1, &rep);
+    free(vsn);
+    if (r)
+        return r;
+    if (json)
+        print_json(rep);
+    else
+        printf("installed release %s (current; relctl make-permanent to keep it)\n",
+               json_string_value(json_object_get(rep, "installed")));
+    json_decref(rep);
+    return 0;
+}
+
 static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_line, int n_args)
 {
     bool json = false;
@@ -225,10 +267,23 @@ static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_
                    json_string_value(json_object_get(rel, "unpacked_at")));
     } else if (strcmp(cmd, "status") == 0) {
         json_t *cur = json_object_get(rep, "current"), *perm = json_object_get(rep, "permanent");
-        printf("root %s\npermanent %s\ncurrent %s\nreleases %zu\nprocesses %zu\n",
-               json_string_value(json_object_get(rep, "root")), json_is_string(perm) ? json_string_value(perm) : "-",
-               json_is_string(cur) ? json_string_value(cur) : "-", json_array_size(json_object_get(rep, "releases")),
-               json_array_size(json_object_get(rep, "processes")));
+        printf("root %s\npermanent %s\ncurrent %s\nreleases %zu\n", json_string_value(json_object_get(rep, "root")),
+               json_is_string(perm) ? json_string_value(perm) : "-", json_is_string(cur) ? json_string_value(cur) : "-",
+               json_array_size(json_object_get(rep, "releases")));
+        size_t i, k;
+        json_t *p, *m;
+        json_array_foreach(json_object_get(rep, "processes"), i, p)
+        {
+            printf("process %s/%s (%s %s): %s, pid %lld, %lld restarts;", json_string_value(json_object_get(p, "app")),
+                   json_string_value(json_object_get(p, "process")), json_string_value(json_object_get(p, "app")),
+                   json_string_value(json_object_get(p, "vsn")), json_string_value(json_object_get(p, "state")),
+                   (long long)json_integer_value(json_object_get(p, "pid")),
+                   (long long)json_integer_value(json_object_get(p, "restarts")));
+            json_array_foreach(json_object_get(p, "modules"), k, m)
+                printf(" %s %s", json_string_value(json_object_get(m, "name")),
+                       json_string_value(json_object_get(m, "version")));
+            putchar('\n');
+        }
     } else if (strcmp(cmd, "remove") == 0) {
         printf("removed release %s\n", json_string_value(json_object_get(rep, "removed")));
     } else if (strcmp(cmd, "make-permanent") == 0) {
@@ -435,6 +490,8 @@ int main(int argc, char **argv)
         return cmd_relup(n, a);
     if (strcmp(argv[i], "unpack") == 0)
         return cmd_unpack(n, a);
+    if (strcmp(argv[i], "install") == 0)
+        return cmd_install(n, a);
     if (strcmp(argv[i], "history") == 0)
         return cmd_history(n, a);
     if (strcmp(argv[i], "releases") == 0)

@@ -41,3 +41,41 @@ Daemon *daemon_free(Daemon *d);
 
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- supervision (supervisor.c) -------------------------------------------
+ *
+ * The processes of the running release. Applications start in dependency
+ * order, each application's processes in declared order, with the
+ * environment of docs/runtime.md: RELD_CONTROL_FD (reld keeps the other
+ * end), RELD_MODULES, RELD_PROCESS, and the listening sockets the process
+ * declares, opened once by reld and passed systemd-style (LISTEN_FDS,
+ * LISTEN_PID, LISTEN_FDNAMES), so they stay open across its restarts and
+ * no connection is refused. stdout and stderr lines go to reld's log as
+ * "app/process[pid]: line". Restarts follow `restart` (permanent,
+ * transient, temporary) under a restart intensity per application (at most
+ * SUPERVISOR_MAX_RESTARTS in SUPERVISOR_PERIOD_MS; beyond it the
+ * application is stopped, logged and recorded). Stops go in reverse order:
+ * SIGTERM, shutdown_ms, SIGKILL. Starts, exits and restarts are recorded in
+ * the history. */
+#include <jansson.h>
+#include <systemd/sd-event.h>
+
+#include "appdefs.h"
+#include "history.h"
+
+#define SUPERVISOR_MAX_RESTARTS 5
+#define SUPERVISOR_PERIOD_MS    10000
+
+typedef struct Supervisor Supervisor;
+
+int supervisor_new(sd_event *ev, History *hist, const char *root, Supervisor **ret);
+/* Stops every process (blocking, at most the sum of their shutdown_ms) and
+ * frees s; keeps the listening sockets closed afterwards. */
+Supervisor *supervisor_free(Supervisor *s);
+/* Starts every process of rel (version vsn), which must be valid. On a
+ * failure to start, stops what it started and returns -errno with a
+ * reason in diag. */
+int supervisor_start_release(Supervisor *s, const ReleaseDef *rel, Diag *diag);
+bool supervisor_running(const Supervisor *s);
+/* [{app, vsn, process, pid, state, restarts, modules}] */
+json_t *supervisor_status(const Supervisor *s);

@@ -42,6 +42,8 @@ struct Daemon {
     Job *done;
     unsigned jobs_running; /* main thread only */
     int lock_fd;           /* flock on ROOT/reld.lock: one reld per root */
+    Supervisor *sup;
+    ReleaseDef *running; /* the definitions of the running release; sup points into them */
 };
 
 struct Client {
@@ -322,9 +324,9 @@ static json_t *status_json(Daemon *d)
     char *cur = NULL, *perm = NULL;
     history_release_in_state(d->hist, RELEASE_CURRENT, &cur);
     history_release_in_state(d->hist, RELEASE_PERMANENT, &perm);
-    json_t *s =
-        json_pack("{s:s, s:o, s:o, s:o, s:[]}", "root", d->cfg.root, "current", cur ? json_string(cur) : json_null(),
-                  "permanent", perm ? json_string(perm) : json_null(), "releases", rels, "processes");
+    json_t *s = json_pack("{s:s, s:o, s:o, s:o, s:o}", "root", d->cfg.root, "current",
+                          cur ? json_string(cur) : json_null(), "permanent", perm ? json_string(perm) : json_null(),
+                          "releases", rels, "processes", supervisor_status(d->sup));
     free(cur);
     free(perm);
     return s;
@@ -426,6 +428,54 @@ static void cmd_make_permanent(Client *c, const char *vsn)
     free(state);
 }
 
+/* Starts release vsn's processes with nothing running before. */
+static int boot_release(Daemon *d, const char *vsn, Diag *diag)
+{
+    ReleaseDef *rel = NULL;
+    int r = store_load_release(d->cfg.root, vsn, &rel, diag);
+    if (r < 0)
+        return r;
+    if ((r = supervisor_start_release(d->sup, rel, diag)) < 0) {
+        release_def_free(rel);
+        return r;
+    }
+    release_def_free(d->running);
+    d->running = rel;
+    return 0;
+}
+
+static void cmd_install(Client *c, const char *vsn)
+{
+    Daemon *d = c->d;
+    char *cur = NULL, *perm = NULL, *state = NULL;
+    history_release_in_state(d->hist, RELEASE_CURRENT, &cur);
+    history_release_in_state(d->hist, RELEASE_PERMANENT, &perm);
+    const char *running = cur ? cur : perm;
+    Diag diag = {0};
+    if (!vsn) {
+        reply_error(c, "install needs a release version or tarball");
+    } else if (history_release_state(d->hist, vsn, &state) < 0) {
+        reply_error(c, "release %s is not known (relctl unpack it first)", vsn);
+    } else if (running && strcmp(running, vsn) == 0) {
+        reply_error(c, "release %s is already running", vsn);
+    } else if (running) {
+        reply_error(c,
+                    "release %s is running: going from it to %s means executing the relup against the live "
+                    "processes, which this reld cannot do yet",
+                    running, vsn);
+    } else if (boot_release(d, vsn, &diag) < 0) {
+        reply_diag(c, &diag, "cannot start the release");
+    } else {
+        history_release_set_state(d->hist, vsn, RELEASE_CURRENT, c->who);
+        log_info("installed release %s for %s", vsn, c->who);
+        reply_ok(c, json_pack("{s:s}", "installed", vsn));
+    }
+    diag_clear(&diag);
+    free(cur);
+    free(perm);
+    free(state);
+}
+
 static void cmd_relup(Client *c, const char *from, const char *to)
 {
     if (!from || !to)
@@ -452,7 +502,7 @@ static void handle_request(Client *c, const char *line, size_t len)
     json_t *req = json_loadb(line, len, 0, &jerr);
     const char *cmd = json_string_value(json_object_get(req, "cmd"));
     const char *vsn = json_string_value(json_object_get(req, "vsn"));
-    static const char *const writes[] = {"unpack", "remove", "make-permanent", NULL};
+    static const char *const writes[] = {"unpack", "install", "remove", "make-permanent", NULL};
     bool write = false;
     for (const char *const *w = writes; cmd && *w; w++)
         write = write || strcmp(cmd, *w) == 0;
@@ -479,6 +529,8 @@ static void handle_request(Client *c, const char *line, size_t len)
             reply_ok(c, h);
     } else if (strcmp(cmd, "status") == 0) {
         reply_ok(c, status_json(d));
+    } else if (strcmp(cmd, "install") == 0) {
+        cmd_install(c, vsn);
     } else if (strcmp(cmd, "remove") == 0) {
         cmd_remove(c, vsn);
     } else if (strcmp(cmd, "make-permanent") == 0) {
@@ -620,6 +672,14 @@ static void reconcile(Daemon *d)
 
 int daemon_new(const DaemonConfig *cfg, Daemon **ret)
 {
+    /* Before any thread exists: sd-event's child sources need SIGCHLD
+     * blocked everywhere, and SIGTERM/SIGINT arrive as events. */
+    sigset_t ss;
+    sigemptyset(&ss);
+    sigaddset(&ss, SIGCHLD);
+    sigaddset(&ss, SIGTERM);
+    sigaddset(&ss, SIGINT);
+    sigprocmask(SIG_BLOCK, &ss, NULL);
     Daemon *d = xcalloc(1, sizeof(*d));
     d->cfg = (DaemonConfig){.root = xstrdup(cfg->root),
                             .socket_path = xstrdup(cfg->socket_path),
@@ -661,6 +721,18 @@ int daemon_new(const DaemonConfig *cfg, Daemon **ret)
         r = -errno;
     if (r == 0)
         r = sd_event_add_io(d->ev, NULL, d->job_efd, EPOLLIN, on_job_done, d);
+    if (r == 0)
+        r = supervisor_new(d->ev, d->hist, d->cfg.root, &d->sup);
+    char *perm = NULL;
+    if (r == 0 && history_release_in_state(d->hist, RELEASE_PERMANENT, &perm) == 0) {
+        Diag diag = {0};
+        if (boot_release(d, perm, &diag) < 0) /* keep serving relctl: the operator must see why */
+            log_error("cannot boot permanent release %s: %s", perm, diag.errors.n ? diag.errors.v[0] : "?");
+        else
+            history_event(d->hist, "boot", "reld", perm, NULL);
+        diag_clear(&diag);
+    }
+    free(perm);
     if (r < 0) {
         daemon_free(d);
         return r;
@@ -671,11 +743,6 @@ int daemon_new(const DaemonConfig *cfg, Daemon **ret)
 
 int daemon_run(Daemon *d)
 {
-    sigset_t ss;
-    sigemptyset(&ss);
-    sigaddset(&ss, SIGTERM);
-    sigaddset(&ss, SIGINT);
-    sigprocmask(SIG_BLOCK, &ss, NULL);
     sd_event_add_signal(d->ev, NULL, SIGTERM, NULL, NULL);
     sd_event_add_signal(d->ev, NULL, SIGINT, NULL, NULL);
     sd_event_set_watchdog(d->ev, true); /* WATCHDOG=1 at half of WatchdogSec=, when systemd asks */
@@ -703,6 +770,8 @@ Daemon *daemon_free(Daemon *d)
     }
     while (d->clients)
         client_free(d->clients);
+    d->sup = supervisor_free(d->sup); /* stops the processes, in reverse order */
+    d->running = release_def_free(d->running);
     if (d->listen_fd >= 0) {
         close(d->listen_fd);
         unlink(d->cfg.socket_path);
