@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""End to end: reld supervising real processes. Prints TAP.
+
+Usage: supervise.py --reld PATH --relctl PATH --kvroot KVCOUNTER_ROOT --loadgen PATH
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemon as d  # noqa: E402  (its Reld, tap and counters)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def kv_tarball(work, vsn, port):
+    """Release vsn of the kvcounter example, listening on port."""
+    src = os.path.join(work, f"kvsrc-{vsn}")
+    shutil.copytree(A.kvroot, src)
+    app = os.path.join(src, "lib", f"kvcounter-{vsn}.0.0", "app.yaml")
+    text = open(app).read().replace("127.0.0.1:17411", f"127.0.0.1:{port}")
+    open(app, "w").write(text)
+    path = os.path.join(work, f"kv-{vsn}.tar.gz")
+    with tarfile.open(path, "w:gz") as t:
+        t.add(os.path.join(src, "releases", vsn), f"releases/{vsn}")
+        t.add(os.path.join(src, "lib", f"kvcounter-{vsn}.0.0"), f"lib/kvcounter-{vsn}.0.0")
+    return path
+
+
+def request(port, line):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall((line + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode().strip()
+
+
+def status(r):
+    rc, out, err = r.relctl("status", "--json")
+    return json.loads(out) if rc == 0 else {"processes": []}
+
+
+def wait_for(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    return pred()
+
+
+def test_kvcounter(work):
+    port = free_port()
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", kv_tarball(work, "1", port))
+    d.tap(rc == 0 and "installed release 1" in out, "install a tarball: unpacked and started", err)
+    procs = wait_for(lambda: [p for p in status(r)["processes"] if p["modules"]])
+    p = procs[0] if procs else {}
+    mods = [(m["name"], m["version"]) for m in p.get("modules") or []]
+    d.tap(p.get("state") == "running" and mods == [("kv_server", "1")],
+          "status: kvcounter/kv running kv_server 1", p)
+    d.tap(request(port, "INCR a") == "OK a 1", "the service answers on the socket reld holds")
+
+    load = subprocess.Popen([A.loadgen, "--port", str(port), "--rate", "1000", "--duration", "2.5", "--conns", "4",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)
+    os.kill(p["pid"], signal.SIGKILL)
+    out, _ = load.communicate(timeout=30)
+    res = json.loads(out.strip().splitlines()[-1])
+    after = wait_for(lambda: [x for x in status(r)["processes"] if x["pid"] and x["pid"] != p["pid"]])
+    d.tap(after and after[0]["restarts"] == 1, "kill -9: the permanent process is restarted", after)
+    d.tap(res["refused"] == 0 and res["ok"] > 1500,
+          f"no connection refused across the restart ({res['ok']} ok, {res['failed']} failed in flight, "
+          f"{res['refused']} refused)", res)
+
+    rc, out, err = r.relctl("make-permanent")
+    d.tap(rc == 0, "make-permanent", err)
+    r.stop()
+    log = open(os.path.join(work, "reld.log")).read()
+    d.tap(re.search(r"kvcounter/kv\[\d+\] stopped", log) is not None, "reld stops its processes when it stops")
+
+    r = d.Reld(work)
+    booted = wait_for(lambda: [x for x in status(r)["processes"] if x["state"] == "running" and x["modules"]])
+    d.tap(booted and request(port, "VERSION") == "OK kv_server 1", "restarted reld boots the permanent release")
+    rc, out, err = r.relctl("history", "--json")
+    kinds = [e["kind"] for e in json.loads(out)["events"]]
+    d.tap("boot" in kinds and "process_exit" in kinds and "process_restart" in kinds,
+          "history: starts, exits, restarts and the boot", kinds)
+    rc, out, err = r.relctl("install", "1")
+    d.tap(rc == 1 and "release 1 is already running" in err, "install of the running release is refused", err)
+    rc, out, err = r.relctl("install", kv_tarball(work, "2", port))
+    d.tap(rc == 1 and "release 1 is running" in err, "replacing a running release is refused (no executor yet)", err)
+
+    # Restart intensity: too many crashes, and the application is stopped.
+    for _ in range(8):
+        cur = wait_for(lambda: [x for x in status(r)["processes"] if x["pid"]], timeout=2)
+        if not cur:
+            break
+        os.kill(cur[0]["pid"], signal.SIGKILL)
+        time.sleep(0.15)
+    st = wait_for(lambda: [x for x in status(r)["processes"] if x["state"] == "stopped"], timeout=5)
+    rc, out, err = r.relctl("history", "--json")
+    limit = [e for e in json.loads(out)["events"] if e["kind"] == "restart_limit"]
+    d.tap(st and limit and "more than 5 restarts" in limit[0]["detail"]["reason"],
+          "beyond the restart intensity the application is stopped and it is recorded", limit or st)
+    r.stop()
+
+
+def plain_tarball(work):
+    """Two applications of /bin/sh processes: front depends on back."""
+    src = os.path.join(work, "plain")
+    os.makedirs(os.path.join(src, "releases", "1"))
+    with open(os.path.join(src, "releases", "1", "release.yaml"), "w") as f:
+        f.write('release: plain\nvsn: "1"\napplications:\n  - {name: front, vsn: "1"}\n  - {name: back, vsn: "1"}\n')
+    apps = {
+        "back": "processes:\n"
+                "  - {name: db, exec: /bin/sh, args: [-c, 'echo back db up; exec sleep 60'], restart: permanent}\n",
+        "front": "applications: [back]\nprocesses:\n"
+                 "  - {name: web, exec: /bin/sh, args: [-c, 'echo hello from sh; exec sleep 60'], restart: transient}\n"
+                 "  - {name: once, exec: /bin/sh, args: [-c, 'echo once; exit 0'], restart: transient}\n"
+                 "  - {name: temp, exec: /bin/sh, args: [-c, 'exec sleep 60'], restart: temporary}\n"
+                 "  - {name: trans, exec: /bin/sh, args: [-c, 'exec sleep 60'], restart: transient, shutdown_ms: 300}\n",
+    }
+    for name, body in apps.items():
+        os.makedirs(os.path.join(src, "lib", f"{name}-1"))
+        with open(os.path.join(src, "lib", f"{name}-1", "app.yaml"), "w") as f:
+            f.write(f'name: {name}\nvsn: "1"\n{body}')
+    path = os.path.join(work, "plain.tar")
+    with tarfile.open(path, "w") as t:
+        t.add(os.path.join(src, "releases"), "releases")
+        t.add(os.path.join(src, "lib"), "lib")
+    return path
+
+
+def test_policies(work):
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", plain_tarball(work))
+    d.tap(rc == 0, "install a release of plain processes (no runtime)", err)
+    procs = {p["process"]: p for p in wait_for(lambda: status(r)["processes"])}
+    time.sleep(0.5)
+    log = open(os.path.join(work, "reld.log")).read()
+    started = re.findall(r"(\w+/\w+)\[\d+\] started", log)
+    d.tap(started[:5] == ["back/db", "front/web", "front/once", "front/temp", "front/trans"],
+          "dependencies first, then each application's processes in declared order", started)
+    d.tap(re.search(r"front/web\[\d+\]: hello from sh", log) is not None,
+          "a process's output lines go to reld's log with its name")
+    st = {p["process"]: p for p in status(r)["processes"]}
+    d.tap(st["once"]["state"] == "exited" and st["once"]["restarts"] == 0,
+          "transient: a clean exit is not restarted", st["once"])
+    os.kill(st["temp"]["pid"], signal.SIGKILL)
+    os.kill(st["trans"]["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    st = {p["process"]: p for p in status(r)["processes"]}
+    d.tap(st["temp"]["state"] == "exited" and st["temp"]["restarts"] == 0, "temporary: never restarted", st["temp"])
+    d.tap(st["trans"]["state"] == "running" and st["trans"]["restarts"] == 1,
+          "transient: an abnormal exit is restarted", st["trans"])
+    r.stop()
+    log = open(os.path.join(work, "reld.log")).read()
+    stopped = re.findall(r"(\w+/\w+)\[\d+\] stopped", log)
+    d.tap(stopped == ["front/trans", "front/web", "back/db"], "stops go in reverse order", stopped)
+
+
+def main():
+    global A
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reld", required=True)
+    ap.add_argument("--relctl", required=True)
+    ap.add_argument("--kvroot", required=True)
+    ap.add_argument("--loadgen", required=True)
+    A = ap.parse_args()
+    d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
+    print("TAP version 13")
+    for t in (test_kvcounter, test_policies):
+        work = tempfile.mkdtemp(prefix="reld-sup-")
+        try:
+            t(work)
+        except Exception:
+            import traceback
+            d.tap(False, f"{t.__name__} crashed", traceback.format_exc())
+        finally:
+            subprocess.run(["pkill", "-f", f"reld --root {work}"], capture_output=True)
+            shutil.rmtree(work, ignore_errors=True)
+    d.tap(not d.UNCLEAN, "every reld stopped cleanly, with no sanitizer report", "\n".join(d.UNCLEAN))
+    print(f"1..{d.N}")
+    return 1 if d.FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
