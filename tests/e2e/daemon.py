@@ -371,6 +371,27 @@ def test_crash(work):
     r.stop()
 
 
+def test_pack(work):
+    r = Reld(work)
+    d = os.path.join(work, "dir")
+    os.makedirs(os.path.join(d, "releases"))
+    os.makedirs(os.path.join(d, "lib"))
+    shutil.copytree(os.path.join(A.shop, "releases", "1.0"), os.path.join(d, "releases", "1.0"))
+    for a in REL1[1]:
+        shutil.copytree(os.path.join(A.shop, "lib", a), os.path.join(d, "lib", a))
+    out = os.path.join(work, "packed.tar.xz")
+    rc, o, err = r.relctl("pack", d, "-o", out)
+    tap(rc == 0 and os.path.exists(out), "pack validates a directory and writes its tarball", err)
+    rc, o, err = r.relctl("unpack", out)
+    tap(rc == 0 and "shop 1.0" in o, "reld accepts what pack wrote", err)
+    os.unlink(os.path.join(d, "lib", "web-1.0.0", "app.yaml"))
+    bad = os.path.join(work, "bad.tar.gz")
+    rc, o, err = r.relctl("pack", d, "-o", bad)
+    tap(rc == 1 and "lib/web-1.0.0/app.yaml: cannot read" in err and not os.path.exists(bad) and
+        not os.path.exists(bad + ".tmp"), "pack refuses an invalid release and writes nothing", err)
+    r.stop()
+
+
 def test_config_errors(work):
     r = Reld(work, config="writer_grop: ops\n")
     r.p.wait(5)
@@ -404,7 +425,8 @@ def main():
     ap.add_argument("--shop", required=True)
     A = ap.parse_args()
     print("TAP version 13")
-    for t in (test_unpack_and_states, test_hostile, test_clients, test_crash, test_config_errors, test_notify):
+    for t in (test_unpack_and_states, test_hostile, test_clients, test_crash, test_pack, test_config_errors,
+              test_notify):
         work = tempfile.mkdtemp(prefix="reld-e2e-")
         try:
             t(work)
