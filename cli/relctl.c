@@ -38,7 +38,8 @@ static void usage(FILE *f)
           "\n"
           "Commands (the socket is --socket, else $RELD_SOCKET, else /run/reld/reld.sock):\n"
           "  unpack TARBALL|-          hand a release tarball (or standard input) to reld\n"
-          "  install TARBALL|VSN       unpack if needed and start the release (the first one)\n"
+          "  install TARBALL|VSN       unpack if needed; start it, or go to it from the running release\n"
+          "  upgrade VSN / downgrade VSN   go to a newer / older release by its relup, live\n"
           "  releases                  the releases reld knows, with their states\n"
           "  make-permanent [VSN]      make the current release (or VSN) permanent\n"
           "  remove VSN                remove a release that is neither permanent nor running\n"
@@ -399,6 +400,12 @@ static int cmd_install(int argc, char **argv)
         return r;
     if (json)
         print_json(rep);
+    else if (json_is_string(json_object_get(rep, "from")))
+        printf("%s from %s to %s: %lld instructions in %.3f ms (current; relctl make-permanent to keep it)\n",
+               json_string_value(json_object_get(rep, "direction")), json_string_value(json_object_get(rep, "from")),
+               json_string_value(json_object_get(rep, "installed")),
+               (long long)json_integer_value(json_object_get(rep, "instructions")),
+               json_number_value(json_object_get(rep, "ms")));
     else
         printf("installed release %s (current; relctl make-permanent to keep it)\n",
                json_string_value(json_object_get(rep, "installed")));
@@ -680,6 +687,31 @@ int main(int argc, char **argv)
         return cmd_install(n, a);
     if (strcmp(argv[i], "pack") == 0)
         return cmd_pack(n, a);
+    if (strcmp(argv[i], "upgrade") == 0 || strcmp(argv[i], "downgrade") == 0) {
+        bool json = false;
+        char *usage_line = xasprintf("%s [--json] VSN", argv[i]);
+        int r = common_opts(n, a, &json, usage_line);
+        free(usage_line);
+        if (r >= 0)
+            return r;
+        if (n - optind != 1) {
+            fprintf(stderr, "relctl: %s takes one release version\n", argv[i]);
+            return EXIT_USAGE;
+        }
+        json_t *rep;
+        if ((r = call_or_report(json_pack("{s:s, s:s}", "cmd", argv[i], "vsn", a[optind]), -1, &rep)))
+            return r;
+        if (json)
+            print_json(rep);
+        else
+            printf("%s from %s to %s: %lld instructions in %.3f ms\n", argv[i],
+                   json_string_value(json_object_get(rep, "from")),
+                   json_string_value(json_object_get(rep, "installed")),
+                   (long long)json_integer_value(json_object_get(rep, "instructions")),
+                   json_number_value(json_object_get(rep, "ms")));
+        json_decref(rep);
+        return 0;
+    }
     if (strcmp(argv[i], "history") == 0)
         return cmd_history(n, a);
     if (strcmp(argv[i], "releases") == 0)

@@ -77,5 +77,15 @@ Supervisor *supervisor_free(Supervisor *s);
  * reason in diag. */
 int supervisor_start_release(Supervisor *s, const ReleaseDef *rel, Diag *diag);
 bool supervisor_running(const Supervisor *s);
+/* Executes script, a relup from the running release `from` to `to`,
+ * against the processes (docs/daemon.md), recording each instruction under
+ * attempt. On success every application runs its `to` version (to must
+ * then outlive the processes). On failure before the point of no return
+ * the new code is dropped; after it, the changed applications are
+ * restarted on `from`. Returns 0 or -errno; what happened is in diag
+ * (errors, and a warning saying which recovery was done). */
+struct RelupScript;
+int supervisor_execute(Supervisor *s, const ReleaseDef *from, const ReleaseDef *to, const struct RelupScript *script,
+                       int64_t attempt, Diag *diag);
 /* [{app, vsn, process, pid, state, restarts, modules}] */
 json_t *supervisor_status(const Supervisor *s);

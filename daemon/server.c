@@ -14,12 +14,14 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 #include <unistd.h>
 
 #include "daemon.h"
 #include "history.h"
+#include "relup.h"
 #include "store.h"
 
 #define MAX_REQUEST 65536
@@ -444,7 +446,64 @@ static int boot_release(Daemon *d, const char *vsn, Diag *diag)
     return 0;
 }
 
-static void cmd_install(Client *c, const char *vsn)
+/* Goes from the running release to vsn by executing the relup against the
+ * live processes: up with the newer release's relup up, down with its down
+ * (as OTP keeps both in the newer release). direction: NULL (install:
+ * decided by the versions), "upgrade" or "downgrade" (checked). */
+static void change_release(Client *c, const char *running, const char *vsn, bool running_is_current,
+                           const char *direction)
+{
+    Daemon *d = c->d;
+    bool up = strverscmp(vsn, running) > 0;
+    if (direction && up != (strcmp(direction, "upgrade") == 0))
+        return reply_error(c, "release %s is %s than the running %s: use %s", vsn, up ? "newer" : "older", running,
+                           up ? "upgrade" : "downgrade");
+    Diag diag = {0};
+    Relup *relup = NULL;
+    ReleaseDef *to = NULL;
+    bool stored = false;
+    int64_t attempt = 0;
+    long long t0 = 0;
+    struct timespec ts;
+    if (store_relup(d->cfg.root, up ? running : vsn, up ? vsn : running, true, &relup, &stored, &diag) < 0 ||
+        store_load_release(d->cfg.root, vsn, &to, &diag) < 0) {
+        reply_diag(c, &diag, "cannot compute the relup");
+        goto done;
+    }
+    history_attempt_begin(d->hist, c->who, up ? "upgrade" : "downgrade", running, vsn, &attempt);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    t0 = ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+    log_info("%s from %s to %s for %s (%zu instructions)", up ? "upgrade" : "downgrade", running, vsn, c->who,
+             (up ? &relup->up : &relup->down)->n);
+    int r = supervisor_execute(d->sup, d->running, to, up ? &relup->up : &relup->down, attempt, &diag);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double ms = (double)(ts.tv_sec * 1000000LL + ts.tv_nsec / 1000 - t0) / 1000.0;
+    if (r < 0) {
+        char *why = xasprintf("%s%s%s", diag.errors.n ? diag.errors.v[0] : "failed", diag.warnings.n ? "; " : "",
+                              diag.warnings.n ? diag.warnings.v[0] : "");
+        history_attempt_end(d->hist, attempt, "failed", why);
+        log_error("%s to %s failed: %s", up ? "upgrade" : "downgrade", vsn, why);
+        free(why);
+        reply_diag(c, &diag, "the upgrade failed");
+        goto done;
+    }
+    history_attempt_end(d->hist, attempt, "ok", NULL);
+    if (running_is_current)
+        history_release_set_state(d->hist, running, RELEASE_UNPACKED, c->who);
+    history_release_set_state(d->hist, vsn, RELEASE_CURRENT, c->who);
+    release_def_free(d->running);
+    d->running = TAKE_PTR(to);
+    log_info("release %s is current (%.3f ms)", vsn, ms);
+    reply_ok(c, json_pack("{s:s, s:s, s:s, s:i, s:f}", "installed", vsn, "from", running, "direction",
+                          up ? "upgrade" : "downgrade", "instructions", (int)(up ? relup->up.n : relup->down.n), "ms",
+                          ms));
+done:
+    relup_free(relup);
+    release_def_free(to);
+    diag_clear(&diag);
+}
+
+static void cmd_install(Client *c, const char *vsn, const char *direction)
 {
     Daemon *d = c->d;
     char *cur = NULL, *perm = NULL, *state = NULL;
@@ -459,10 +518,9 @@ static void cmd_install(Client *c, const char *vsn)
     } else if (running && strcmp(running, vsn) == 0) {
         reply_error(c, "release %s is already running", vsn);
     } else if (running) {
-        reply_error(c,
-                    "release %s is running: going from it to %s means executing the relup against the live "
-                    "processes, which this reld cannot do yet",
-                    running, vsn);
+        change_release(c, running, vsn, cur != NULL, direction);
+    } else if (direction) {
+        reply_error(c, "no release is running to %s from", direction);
     } else if (boot_release(d, vsn, &diag) < 0) {
         reply_diag(c, &diag, "cannot start the release");
     } else {
@@ -502,7 +560,7 @@ static void handle_request(Client *c, const char *line, size_t len)
     json_t *req = json_loadb(line, len, 0, &jerr);
     const char *cmd = json_string_value(json_object_get(req, "cmd"));
     const char *vsn = json_string_value(json_object_get(req, "vsn"));
-    static const char *const writes[] = {"unpack", "install", "remove", "make-permanent", NULL};
+    static const char *const writes[] = {"unpack", "install", "upgrade", "downgrade", "remove", "make-permanent", NULL};
     bool write = false;
     for (const char *const *w = writes; cmd && *w; w++)
         write = write || strcmp(cmd, *w) == 0;
@@ -530,7 +588,9 @@ static void handle_request(Client *c, const char *line, size_t len)
     } else if (strcmp(cmd, "status") == 0) {
         reply_ok(c, status_json(d));
     } else if (strcmp(cmd, "install") == 0) {
-        cmd_install(c, vsn);
+        cmd_install(c, vsn, NULL);
+    } else if (strcmp(cmd, "upgrade") == 0 || strcmp(cmd, "downgrade") == 0) {
+        cmd_install(c, vsn, cmd);
     } else if (strcmp(cmd, "remove") == 0) {
         cmd_remove(c, vsn);
     } else if (strcmp(cmd, "make-permanent") == 0) {

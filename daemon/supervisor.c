@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "relup.h"
 
 extern char **environ;
 
@@ -168,19 +170,35 @@ static void watch_output(Proc *p, int fd)
 /* The control channel: for now reld reads the process's hello (its
  * modules, shown by status); the executor (docs/runtime.md) sends the
  * commands of a relup over the same channel. */
+static void control_take_events(Proc *p);
+
 static int on_control(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
     Proc *p = userdata;
     ssize_t n = read(fd, p->ctl_buf + p->ctl_len, sizeof(p->ctl_buf) - p->ctl_len);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0; /* the executor read it first */
     if (n <= 0) {
         sd_event_source_set_enabled(src, SD_EVENT_OFF);
         return 0;
     }
     p->ctl_len += (size_t)n;
+    control_take_events(p);
+    return 0;
+}
+
+/* Handles the complete event lines (hello) at the front of the control
+ * buffer; stops at a reply, which belongs to the executor. */
+static void control_take_events(Proc *p)
+{
     char *nl;
     while ((nl = memchr(p->ctl_buf, '\n', p->ctl_len))) {
         json_t *m = json_loadb(p->ctl_buf, (size_t)(nl - p->ctl_buf), 0, NULL);
         const char *ev = json_string_value(json_object_get(m, "event"));
+        if (!ev && m && json_object_get(m, "id")) {
+            json_decref(m);
+            break;
+        }
         if (ev && strcmp(ev, "hello") == 0) {
             json_decref(p->modules);
             p->modules = json_incref(json_object_get(m, "modules"));
@@ -191,7 +209,6 @@ static int on_control(sd_event_source *src, int fd, uint32_t revents, void *user
     }
     if (p->ctl_len == sizeof(p->ctl_buf))
         p->ctl_len = 0; /* an over-long line from a process: dropped */
-    return 0;
 }
 
 static void proc_close_channels(Proc *p)
@@ -239,8 +256,9 @@ static int on_exit_(sd_event_source *src, const siginfo_t *si, void *userdata)
     if (a->n_restarts >= SUPERVISOR_MAX_RESTARTS) {
         char *why = xasprintf("more than %d restarts in %d ms", SUPERVISOR_MAX_RESTARTS, SUPERVISOR_PERIOD_MS);
         log_error("application %s: %s; stopping it", a->name, why);
-        history_event(a->s->hist, "restart_limit", "reld", a->vsn,
-                      json_pack("{s:s, s:s}", "app", a->name, "reason", why));
+        json_t *detail = json_pack("{s:s, s:s}", "app", a->name, "reason", why);
+        history_event(a->s->hist, "restart_limit", "reld", a->vsn, detail); /* borrows detail */
+        json_decref(detail);
         app_stop(a, why);
         free(why);
         return 0;
@@ -354,6 +372,7 @@ static int proc_spawn(Proc *p)
     }
     p->pid = pid;
     p->ctl_fd = ctl[0];
+    fcntl(p->ctl_fd, F_SETFL, O_NONBLOCK); /* shared by the event source and the executor's calls */
     sd_event_add_child(p->app->s->ev, &p->child_src, pid, WEXITED, on_exit_, p);
     watch_output(p, out[0]);
     watch_output(p, err[0]);
@@ -539,4 +558,411 @@ json_t *supervisor_status(const Supervisor *s)
                                             "restarts", p->restarts, "modules", p->modules ? p->modules : json_null()));
         }
     return a;
+}
+
+/* ---- executing a relup ------------------------------------------------------
+ *
+ * Synchronous: each command goes to the processes that run the module and
+ * the executor waits for every answer (with a timeout) before the next
+ * instruction. An upgrade of the example takes about a millisecond; while
+ * it runs, reld answers no other request. */
+
+static long long now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000LL + t.tv_nsec / 1000;
+}
+
+/* One request on a process's control channel and its reply. 0, or
+ * -ETIMEDOUT, -ECONNRESET, -EPROTO (the process refused: *err says why). */
+static int proc_call_reply(Proc *p, json_t *req, int timeout_ms, char **err, json_t **ret_reply)
+{
+    static long long next_id;
+    long long id = ++next_id;
+    json_object_set_new(req, "id", json_integer(id));
+    char *text = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    size_t len = strlen(text);
+    text = xrealloc(text, len + 2);
+    text[len++] = '\n';
+    long long deadline = now_ms() + timeout_ms;
+    for (size_t off = 0; off < len;) {
+        ssize_t n = write(p->ctl_fd, text + off, len - off);
+        if (n > 0) {
+            off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN && now_ms() < deadline) {
+            struct pollfd pf = {.fd = p->ctl_fd, .events = POLLOUT};
+            poll(&pf, 1, 10);
+            continue;
+        }
+        free(text);
+        return -ECONNRESET;
+    }
+    free(text);
+    for (;;) {
+        control_take_events(p);
+        char *nl = memchr(p->ctl_buf, '\n', p->ctl_len);
+        if (nl) {
+            json_t *m = json_loadb(p->ctl_buf, (size_t)(nl - p->ctl_buf), 0, NULL);
+            p->ctl_len -= (size_t)(nl + 1 - p->ctl_buf);
+            memmove(p->ctl_buf, nl + 1, p->ctl_len);
+            if (json_integer_value(json_object_get(m, "id")) != id) {
+                json_decref(m); /* a late answer to an earlier, timed-out request */
+                continue;
+            }
+            int r = json_is_true(json_object_get(m, "ok")) ? 0 : -EPROTO;
+            if (r < 0 && err)
+                *err = xasprintf("%s: %s", json_string_value(json_object_get(m, "error")),
+                                 json_string_value(json_object_get(m, "message")));
+            if (ret_reply)
+                *ret_reply = json_incref(m);
+            json_decref(m);
+            return r;
+        }
+        long long left = deadline - now_ms();
+        if (left <= 0)
+            return -ETIMEDOUT;
+        struct pollfd pf = {.fd = p->ctl_fd, .events = POLLIN};
+        poll(&pf, 1, (int)left);
+        ssize_t n = read(p->ctl_fd, p->ctl_buf + p->ctl_len, sizeof(p->ctl_buf) - p->ctl_len);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+            return -ECONNRESET;
+        if (n > 0)
+            p->ctl_len += (size_t)n;
+    }
+}
+
+static int proc_call(Proc *p, json_t *req, int timeout_ms, char **err)
+{
+    return proc_call_reply(p, req, timeout_ms, err, NULL);
+}
+
+/* The new definition of a running process: same application and process
+ * name in release `to`; NULL when it has none. */
+static const ProcessDef *new_def(const ReleaseDef *to, const Proc *p, const AppDef **ret_app)
+{
+    const ReleaseAppRef *ref = appdefs_release_find(to, p->app->name);
+    for (size_t i = 0; ref && i < ref->app->n_processes; i++)
+        if (strcmp(ref->app->processes[i].name, p->def->name) == 0) {
+            if (ret_app)
+                *ret_app = ref->app;
+            return &ref->app->processes[i];
+        }
+    return NULL;
+}
+
+/* Does the process run module (by its current or its new definition) and
+ * speak the protocol (it said hello)? */
+static bool runs(const ReleaseDef *to, const Proc *p, const char *module)
+{
+    if (!p->pid || !p->modules || p->ctl_fd < 0)
+        return false;
+    const ProcessDef *nd = new_def(to, p, NULL);
+    return strvec_contains(&p->def->modules, module) || (nd && strvec_contains(&nd->modules, module));
+}
+
+typedef struct Exec {
+    Supervisor *s;
+    const ReleaseDef *to;
+    Diag *diag;
+    Proc **staged; /* (process, module) pairs with code loaded before the point of no return */
+    char **staged_mod;
+    size_t n_staged;
+    Proc **suspended;
+    size_t n_suspended;
+} Exec;
+
+/* Sends a command for module to every process that runs it. */
+static int send_to_runners(Exec *x, const char *module, json_t *req, int timeout_ms)
+{
+    int r = 0;
+    for (size_t i = 0; i < x->s->n_apps && r == 0; i++)
+        for (size_t k = 0; k < x->s->apps[i]->n_procs && r == 0; k++) {
+            Proc *p = x->s->apps[i]->procs[k];
+            if (!runs(x->to, p, module))
+                continue;
+            char *err = NULL;
+            r = proc_call(p, json_deep_copy(req), timeout_ms, &err);
+            if (r < 0)
+                diag_error(x->diag, "%s[%d]: %s %s: %s", p->label, (int)p->pid,
+                           json_string_value(json_object_get(req, "cmd")), module,
+                           err               ? err
+                           : r == -ETIMEDOUT ? "no answer in time"
+                                             : strerror(-r));
+            else if (strcmp(json_string_value(json_object_get(req, "cmd")), "load_object_code") == 0) {
+                x->staged = xrealloc(x->staged, (x->n_staged + 1) * sizeof(*x->staged));
+                x->staged_mod = xrealloc(x->staged_mod, (x->n_staged + 1) * sizeof(*x->staged_mod));
+                x->staged[x->n_staged] = p;
+                x->staged_mod[x->n_staged++] = xstrdup(module);
+            }
+            free(err);
+        }
+    json_decref(req);
+    return r;
+}
+
+static int mods_timeout(const RelupInstr *in)
+{
+    long t = 5000;
+    for (size_t k = 0; k < in->n_mods; k++)
+        if (in->mods[k].timeout_ms > 0)
+            t = in->mods[k].timeout_ms > t ? in->mods[k].timeout_ms : t;
+        else if (in->mods[k].timeout_ms == TIMEOUT_INFINITY)
+            t = 3600000;
+    return (int)t;
+}
+
+static int exec_instr(Exec *x, const RelupInstr *in)
+{
+    int r = 0;
+    switch (in->op) {
+    case RELUP_LOAD_OBJECT_CODE: {
+        const ReleaseAppRef *ref = appdefs_release_find(x->to, in->app);
+        for (size_t k = 0; r == 0 && k < in->n_mods; k++) {
+            const ModuleDef *md = ref ? appdefs_app_find_module(ref->app, in->mods[k].module) : NULL;
+            if (!md) {
+                diag_error(x->diag, "release %s has no module %s in %s", x->to->vsn, in->mods[k].module, in->app);
+                return -EINVAL;
+            }
+            char *path = xasprintf("%s/lib/%s-%s/%s", x->s->root, in->app, in->vsn, md->file);
+            r = send_to_runners(
+                x, md->name, json_pack("{s:s, s:s, s:s}", "cmd", "load_object_code", "module", md->name, "path", path),
+                5000);
+            free(path);
+        }
+        return r;
+    }
+    case RELUP_POINT_OF_NO_RETURN:
+        return 0;
+    case RELUP_SUSPEND:
+    case RELUP_RESUME: {
+        bool suspend = in->op == RELUP_SUSPEND;
+        json_t *names = json_array();
+        for (size_t k = 0; k < in->n_mods; k++)
+            json_array_append_new(names, json_string(in->mods[k].module));
+        for (size_t i = 0; i < x->s->n_apps && r == 0; i++)
+            for (size_t k = 0; k < x->s->apps[i]->n_procs && r == 0; k++) {
+                Proc *p = x->s->apps[i]->procs[k];
+                bool any = false;
+                for (size_t m = 0; m < in->n_mods; m++)
+                    any = any || runs(x->to, p, in->mods[m].module);
+                if (!any)
+                    continue;
+                char *err = NULL;
+                r = proc_call(p, json_pack("{s:s, s:O}", "cmd", suspend ? "suspend" : "resume", "modules", names),
+                              suspend ? mods_timeout(in) : 5000, &err);
+                if (r < 0)
+                    diag_error(x->diag, "%s[%d]: %s: %s", p->label, (int)p->pid, suspend ? "suspend" : "resume",
+                               err               ? err
+                               : r == -ETIMEDOUT ? "no answer in time"
+                                                 : strerror(-r));
+                else if (suspend) {
+                    x->suspended = xrealloc(x->suspended, (x->n_suspended + 1) * sizeof(*x->suspended));
+                    x->suspended[x->n_suspended++] = p;
+                }
+                free(err);
+            }
+        json_decref(names);
+        return r;
+    }
+    case RELUP_LOAD:
+        return send_to_runners(x, in->module,
+                               json_pack("{s:s, s:s, s:s}", "cmd", "load", "module", in->module, "pre_purge",
+                                         purge_method_name(in->pre_purge)),
+                               5000);
+    case RELUP_CODE_CHANGE:
+        for (size_t k = 0; r == 0 && k < in->n_mods; k++)
+            r = send_to_runners(x, in->mods[k].module,
+                                json_pack("{s:s, s:s, s:s, s:O}", "cmd", "code_change", "module", in->mods[k].module,
+                                          "mode", in->down ? "down" : "up", "extra",
+                                          in->mods[k].extra ? in->mods[k].extra : json_null()),
+                                10000);
+        return r;
+    case RELUP_PURGE:
+        for (size_t k = 0; r == 0 && k < in->n_mods; k++)
+            r = send_to_runners(
+                x, in->mods[k].module,
+                json_pack("{s:s, s:s, s:s}", "cmd", "purge", "module", in->mods[k].module, "method", "brutal_purge"),
+                5000);
+        return r;
+    case RELUP_REMOVE:
+        return send_to_runners(x, in->module, json_pack("{s:s, s:s}", "cmd", "remove", "module", in->module), 5000);
+    default:
+        /* stop/start and application starts and stops: done by the
+         * switch-over below, which restarts or starts what changed. */
+        return 0;
+    }
+}
+
+/* After a successful script: every application runs its `to` version.
+ * Processes that speak the protocol keep running with new definitions
+ * (restarts use the new code); those that do not are restarted; processes
+ * the new release drops are stopped; new ones are started. */
+static void switch_over(Supervisor *s, const ReleaseDef *to, const ReleaseDef *from)
+{
+    size_t *order = appdefs_release_order(to);
+    App **apps = xcalloc(to->n_apps + 1, sizeof(*apps));
+    size_t n = 0;
+    for (size_t i = s->n_apps; i-- > 0;) { /* applications the new release lacks stop first */
+        if (!appdefs_release_find(to, s->apps[i]->name)) {
+            app_stop(s->apps[i], "removed");
+            app_free(s->apps[i]);
+            s->apps[i] = NULL;
+        }
+    }
+    for (size_t k = 0; k < to->n_apps; k++) {
+        const ReleaseAppRef *ref = &to->apps[order[k]];
+        App *a = NULL;
+        for (size_t i = 0; i < s->n_apps && !a; i++)
+            if (s->apps[i] && strcmp(s->apps[i]->name, ref->name) == 0) {
+                a = s->apps[i];
+                s->apps[i] = NULL;
+            }
+        if (!a) { /* an added application */
+            a = xcalloc(1, sizeof(*a));
+            a->s = s;
+            a->name = xstrdup(ref->name);
+            a->vsn = xstrdup(ref->vsn);
+            a->procs = xcalloc(ref->app->n_processes + 1, sizeof(Proc *));
+            Diag d = {0};
+            for (size_t i = 0; i < ref->app->n_processes; i++) {
+                Proc *p = proc_new(s, a, ref->app, &ref->app->processes[i], &d);
+                if (p && proc_spawn(p) == 0)
+                    a->procs[a->n_procs++] = p;
+                else if (p)
+                    proc_free(p);
+            }
+            for (size_t e = 0; e < d.errors.n; e++)
+                log_error("%s", d.errors.v[e]);
+            diag_clear(&d);
+            apps[n++] = a;
+            continue;
+        }
+        bool changed = strcmp(a->vsn, ref->vsn) != 0;
+        free(a->vsn);
+        a->vsn = xstrdup(ref->vsn);
+        for (size_t i = 0; i < a->n_procs; i++) {
+            Proc *p = a->procs[i];
+            const AppDef *napp = NULL;
+            const ProcessDef *nd = new_def(to, p, &napp);
+            if (!nd)
+                continue;
+            p->def = nd;
+            free(p->path);
+            p->path = nd->exec[0] == '/' ? xstrdup(nd->exec)
+                                         : xasprintf("%s/lib/%s-%s/%s", s->root, a->name, a->vsn, nd->exec);
+            strvec_clear(&p->modules_env);
+            for (size_t m = 0; m < nd->modules.n; m++) {
+                const ModuleDef *md = appdefs_app_find_module(napp, nd->modules.v[m]);
+                strvec_push_take(&p->modules_env,
+                                 xasprintf("%s=%s/lib/%s-%s/%s", md->name, s->root, a->name, a->vsn, md->file));
+            }
+            if (changed && p->pid && !p->modules) { /* no runtime: restarted on the new version */
+                proc_stop(p);
+                p->stopping = false;
+                proc_spawn(p);
+            } else if (p->pid && p->modules && p->ctl_fd >= 0) { /* what it runs now, for status */
+                json_t *rep = NULL;
+                if (proc_call_reply(p, json_pack("{s:s}", "cmd", "status"), 2000, NULL, &rep) == 0) {
+                    json_decref(p->modules);
+                    p->modules = json_incref(json_object_get(rep, "modules"));
+                }
+                json_decref(rep);
+            }
+        }
+        apps[n++] = a;
+    }
+    for (size_t i = 0; i < s->n_apps; i++)
+        if (s->apps[i]) { /* not in `to` and not stopped above: cannot happen */
+            app_stop(s->apps[i], "gone");
+            app_free(s->apps[i]);
+        }
+    free(s->apps);
+    s->apps = apps;
+    s->n_apps = n;
+    free(order);
+    (void)from;
+}
+
+int supervisor_execute(Supervisor *s, const ReleaseDef *from, const ReleaseDef *to, const RelupScript *script,
+                       int64_t attempt, Diag *diag)
+{
+    Exec x = {.s = s, .to = to, .diag = diag};
+    bool past_ponr = false;
+    int r = 0;
+    size_t i;
+    for (i = 0; i < script->n && r == 0; i++) {
+        const RelupInstr *in = &script->v[i];
+        long long t0 = now_us();
+        r = exec_instr(&x, in);
+        past_ponr = past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;
+        json_t *j = relup_to_json(&(Relup){.from = "", .to = "", .up = {.v = (RelupInstr *)in, .n = 1}});
+        char *outcome =
+            r == 0 ? xstrdup("ok") : xasprintf("failed: %s", diag->errors.n ? diag->errors.v[diag->errors.n - 1] : "?");
+        history_attempt_instruction(s->hist, attempt, (int)i + 1, json_array_get(json_object_get(j, "up"), 0), outcome,
+                                    now_us() - t0);
+        free(outcome);
+        json_decref(j);
+    }
+    if (r < 0 && !past_ponr) {
+        /* Nothing has changed yet: drop the staged code, the old release runs on. */
+        for (size_t k = 0; k < x.n_staged; k++)
+            proc_call(x.staged[k], json_pack("{s:s, s:s}", "cmd", "drop_object_code", "module", x.staged_mod[k]), 2000,
+                      NULL);
+        diag_warning(diag,
+                     "failed before the point of no return: the new code was dropped, release %s runs "
+                     "untouched",
+                     from->vsn);
+    } else if (r < 0) {
+        /* Past the point of no return: bring every changed application back
+         * on the old release by restarting it there. */
+        for (size_t k = 0; k < x.n_suspended; k++)
+            if (x.suspended[k]->pid)
+                proc_call(x.suspended[k], json_pack("{s:s, s:[]}", "cmd", "resume", "modules"), 1000, NULL);
+        StrVec restarted = {0};
+        for (size_t a = 0; a < s->n_apps; a++) {
+            const ReleaseAppRef *ref = appdefs_release_find(to, s->apps[a]->name);
+            if (ref && strcmp(ref->vsn, s->apps[a]->vsn) == 0)
+                continue;
+            strvec_push(&restarted, s->apps[a]->name);
+            App *app = s->apps[a];
+            for (size_t k = app->n_procs; k-- > 0;) {
+                proc_stop(app->procs[k]);
+                app->procs[k]->stopping = false;
+            }
+            for (size_t k = 0; k < app->n_procs; k++)
+                proc_spawn(app->procs[k]);
+        }
+        char *list = xstrdup("");
+        for (size_t k = 0; k < restarted.n; k++) {
+            char *l = xasprintf("%s%s%s", list, k ? ", " : "", restarted.v[k]);
+            free(list);
+            list = l;
+        }
+        diag_warning(diag,
+                     "failed after the point of no return: restarted %s on release %s (their in-memory state "
+                     "is lost)",
+                     *list ? list : "nothing", from->vsn);
+        free(list);
+        strvec_clear(&restarted);
+    } else {
+        /* The old code goes (OTP's post_purge). */
+        for (size_t k = 0; k < script->n; k++)
+            if (script->v[k].op == RELUP_LOAD)
+                send_to_runners(&x, script->v[k].module,
+                                json_pack("{s:s, s:s, s:s}", "cmd", "purge", "module", script->v[k].module, "method",
+                                          purge_method_name(script->v[k].post_purge)),
+                                5000);
+        diag_clear(diag); /* a refused soft post-purge is not a failure */
+        switch_over(s, to, from);
+    }
+    for (size_t k = 0; k < x.n_staged; k++)
+        free(x.staged_mod[k]);
+    free(x.staged);
+    free(x.staged_mod);
+    free(x.suspended);
+    return r;
 }

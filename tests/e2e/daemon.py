@@ -86,7 +86,7 @@ class Reld:
         self.log.close()
         log = open(os.path.join(self.work, "reld.log"), errors="replace").read()
         if "Sanitizer" in log or "runtime error:" in log:
-            UNCLEAN.append(log[-3000:])
+            UNCLEAN.append(log[log.find("=="):][:6000])
         return self.p.returncode
 
 

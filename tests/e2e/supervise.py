@@ -109,7 +109,8 @@ def test_kvcounter(work):
     rc, out, err = r.relctl("install", "1")
     d.tap(rc == 1 and "release 1 is already running" in err, "install of the running release is refused", err)
     rc, out, err = r.relctl("install", kv_tarball(work, "2", port))
-    d.tap(rc == 1 and "release 1 is running" in err, "replacing a running release is refused (no executor yet)", err)
+    d.tap(rc == 0 and "upgrade from 1 to 2" in out and request(port, "VERSION") == "OK kv_server 2",
+          "install of a tarball over a running release is a live upgrade", out + err)
 
     # Restart intensity: too many crashes, and the application is stopped.
     for _ in range(8):
@@ -123,6 +124,93 @@ def test_kvcounter(work):
     limit = [e for e in json.loads(out)["events"] if e["kind"] == "restart_limit"]
     d.tap(st and limit and "more than 5 restarts" in limit[0]["detail"]["reason"],
           "beyond the restart intensity the application is stopped and it is recorded", limit or st)
+    r.stop()
+
+
+def variant_tarball(work, port, vsn, module_file):
+    """Release vsn (e.g. "2.1"): kvcounter 2.0.0's definitions as version
+    vsn.0, with kv_server.so replaced by module_file (bytes or a path)."""
+    src = os.path.join(work, f"var-{vsn}")
+    app = f"kvcounter-{vsn}.0"
+    shutil.copytree(os.path.join(A.kvroot, "lib", "kvcounter-2.0.0"), os.path.join(src, "lib", app))
+    y = os.path.join(src, "lib", app, "app.yaml")
+    text = open(y).read().replace('vsn: "2.0.0"', f'vsn: "{vsn}.0"').replace("127.0.0.1:17411", f"127.0.0.1:{port}")
+    open(y, "w").write(text)
+    so = os.path.join(src, "lib", app, "modules", "kv_server.so")
+    if isinstance(module_file, bytes):
+        open(so, "wb").write(module_file)
+    else:
+        shutil.copy(module_file, so)
+    os.makedirs(os.path.join(src, "releases", vsn))
+    with open(os.path.join(src, "releases", vsn, "release.yaml"), "w") as f:
+        f.write(f'release: kv\nvsn: "{vsn}"\napplications:\n  - {{name: kvcounter, vsn: "{vsn}.0"}}\n')
+    path = os.path.join(work, f"kv-{vsn}.tar")
+    with tarfile.open(path, "w") as t:
+        t.add(os.path.join(src, "releases"), "releases")
+        t.add(os.path.join(src, "lib"), "lib")
+    return path
+
+
+def versions(r):
+    st = status(r)["processes"]
+    return [(m["name"], m["version"]) for m in (st[0]["modules"] or [])] if st else []
+
+
+def test_upgrades(work):
+    port = free_port()
+    r = d.Reld(work)
+    r.relctl("install", kv_tarball(work, "1", port))
+    for v in ("2", "3"):
+        r.relctl("unpack", kv_tarball(work, v, port))
+    wait_for(lambda: versions(r))
+    for _ in range(5):
+        request(port, "INCR kept")
+    steps = [("upgrade", "2", [("kv_server", "2")]), ("downgrade", "1", [("kv_server", "1")]),
+             ("upgrade", "2", [("kv_server", "2")]), ("install", "3", [("kv_server", "3"), ("kv_lib", "1")]),
+             ("downgrade", "1", [("kv_server", "1")])]
+    for verb, vsn, mods in steps:
+        load = subprocess.Popen([A.loadgen, "--port", str(port), "--rate", "2000", "--duration", "1.5", "--conns",
+                                 "8", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        rc, out, err = r.relctl(verb, vsn)
+        res = json.loads(load.communicate(timeout=30)[0].strip().splitlines()[-1])
+        d.tap(rc == 0 and res["failed"] == 0 and res["final_mismatches"] == 0 and res["ok"] > 2500,
+              f"{verb} to {vsn} under load: {res['ok']} requests, 0 failed, counts kept ({out.strip()})",
+              f"{out}{err}{res}")
+        d.tap(versions(r) == mods and request(port, "GET kept") == "OK kept 5",
+              f"{verb} to {vsn}: status shows {mods}; the counter from before every upgrade is kept", versions(r))
+    d.tap(status(r)["current"] == "1" and status(r)["processes"][0]["restarts"] == 0,
+          "no process was restarted; release 1 is current", status(r))
+    rc, out, err = r.relctl("history", "--json")
+    attempts = json.loads(out)["attempts"]
+    d.tap(len(attempts) == 5 and all(a["result"] == "ok" and a["instructions"] and
+                                     all(i["outcome"] == "ok" for i in a["instructions"]) for a in attempts),
+          "history: five attempts, every instruction ok with its duration", attempts[-1] if attempts else out)
+
+    # A module that cannot load: refused before the point of no return.
+    bad = variant_tarball(work, port, "2.1", b"not an ELF file\n")
+    r.relctl("unpack", bad)
+    rc, out, err = r.relctl("upgrade", "2.1")
+    d.tap(rc == 1 and "cannot load" in err and "before the point of no return" in err,
+          "a bad object fails the upgrade before the point of no return", err)
+    st = status(r)["processes"][0]
+    d.tap(versions(r) == [("kv_server", "1")] and request(port, "GET kept") == "OK kept 5" and st["restarts"] == 0,
+          "the old release runs untouched, state intact, nothing restarted", st)
+    d.tap(status(r)["current"] == "1", "release 1 is still current")
+
+    # A code_change that fails: after the point of no return.
+    broken = os.path.join(os.path.dirname(A.kvroot), "kv_server-2b.so")
+    r.relctl("unpack", variant_tarball(work, port, "2.2", broken))
+    rc, out, err = r.relctl("upgrade", "2.2")
+    d.tap(rc == 1 and "code_change_failed" in err and "restarted kvcounter on release 1" in err,
+          "a failing code_change after the point of no return: the application is restarted on release 1", err)
+    ok = wait_for(lambda: versions(r) == [("kv_server", "1")] and request(port, "VERSION") == "OK kv_server 1")
+    d.tap(ok and status(r)["current"] == "1", "release 1 serves again, and is current", status(r))
+    rc, out, err = r.relctl("history", "--json")
+    last = json.loads(out)["attempts"][-1]
+    d.tap(last["result"] == "failed" and "restarted kvcounter" in last["detail"] and
+          any(i["outcome"].startswith("failed") for i in last["instructions"]),
+          "history: the failed attempt, the failed instruction and what was done", last)
     r.stop()
 
 
@@ -190,7 +278,7 @@ def main():
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     print("TAP version 13")
-    for t in (test_kvcounter, test_policies):
+    for t in (test_kvcounter, test_policies, test_upgrades):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
