@@ -490,7 +490,11 @@ static void change_release(Client *c, const char *running, const char *vsn, bool
     history_attempt_end(d->hist, attempt, "ok", NULL);
     if (running_is_current)
         history_release_set_state(d->hist, running, RELEASE_UNPACKED, c->who);
-    history_release_set_state(d->hist, vsn, RELEASE_CURRENT, c->who);
+    char *target_state = NULL;
+    history_release_state(d->hist, vsn, &target_state);
+    if (!target_state || strcmp(target_state, RELEASE_PERMANENT) != 0) /* back to the permanent one: it stays so */
+        history_release_set_state(d->hist, vsn, RELEASE_CURRENT, c->who);
+    free(target_state);
     release_def_free(d->running);
     d->running = TAKE_PTR(to);
     log_info("release %s is current (%.3f ms)", vsn, ms);

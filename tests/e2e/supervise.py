@@ -186,6 +186,12 @@ def test_upgrades(work):
     d.tap(len(attempts) == 5 and all(a["result"] == "ok" and a["instructions"] and
                                      all(i["outcome"] == "ok" for i in a["instructions"]) for a in attempts),
           "history: five attempts, every instruction ok with its duration", attempts[-1] if attempts else out)
+    rc, out, err = r.relctl("make-permanent")
+    r.relctl("upgrade", "2")
+    r.relctl("downgrade", "1")
+    st = status(r)
+    d.tap(rc == 0 and st["permanent"] == "1" and st["current"] is None,
+          "back to the permanent release: it stays permanent, nothing is current", st)
 
     # A module that cannot load: refused before the point of no return.
     bad = variant_tarball(work, port, "2.1", b"not an ELF file\n")
@@ -196,7 +202,7 @@ def test_upgrades(work):
     st = status(r)["processes"][0]
     d.tap(versions(r) == [("kv_server", "1")] and request(port, "GET kept") == "OK kept 5" and st["restarts"] == 0,
           "the old release runs untouched, state intact, nothing restarted", st)
-    d.tap(status(r)["current"] == "1", "release 1 is still current")
+    d.tap(status(r)["permanent"] == "1", "release 1 is still the permanent, running release")
 
     # A code_change that fails: after the point of no return.
     broken = os.path.join(os.path.dirname(A.kvroot), "kv_server-2b.so")
@@ -205,7 +211,7 @@ def test_upgrades(work):
     d.tap(rc == 1 and "code_change_failed" in err and "restarted kvcounter on release 1" in err,
           "a failing code_change after the point of no return: the application is restarted on release 1", err)
     ok = wait_for(lambda: versions(r) == [("kv_server", "1")] and request(port, "VERSION") == "OK kv_server 1")
-    d.tap(ok and status(r)["current"] == "1", "release 1 serves again, and is current", status(r))
+    d.tap(ok and status(r)["permanent"] == "1", "release 1 serves again, still permanent", status(r))
     rc, out, err = r.relctl("history", "--json")
     last = json.loads(out)["attempts"][-1]
     d.tap(last["result"] == "failed" and "restarted kvcounter" in last["detail"] and
