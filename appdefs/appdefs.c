@@ -27,25 +27,11 @@ const char *appup_op_name(AppupOp op)
     return appup_op_names[op];
 }
 
-/* A relative path that never climbs above its starting directory. */
+/* A relative path that never climbs above its starting directory and
+ * names something below it. */
 static bool path_stays_inside(const char *p)
 {
-    if (!p || !*p || p[0] == '/')
-        return false;
-    int depth = 0;
-    while (*p) {
-        size_t n = strcspn(p, "/");
-        if (n == 2 && p[0] == '.' && p[1] == '.') {
-            if (--depth < 0)
-                return false;
-        } else if (n > 0 && !(n == 1 && p[0] == '.')) {
-            depth++;
-        }
-        p += n;
-        while (*p == '/')
-            p++;
-    }
-    return depth > 0;
+    return path_walk_depth(p, 0) > 0;
 }
 
 int appdefs_regex_full_match(const char *re, const char *s)

@@ -199,10 +199,11 @@ int history_release_add(History *h, const char *vsn, const char *name, const cha
     return IN_TRANSACTION(h, release_add(h, vsn, name, who));
 }
 
-int history_release_state(History *h, const char *vsn, char **ret)
+/* The text of the first column of the first row of sql (one argument):
+ * 0 and *ret (caller frees), -ENOENT without a row, -EIO. */
+static int query_text(History *h, const char *sql, const char *arg, char **ret)
 {
-    const char *args[] = {vsn};
-    sqlite3_stmt *st = prep(h, "SELECT state FROM releases WHERE vsn = ?", 1, args);
+    sqlite3_stmt *st = prep(h, sql, 1, &arg);
     if (!st)
         return -EIO;
     int rc = sqlite3_step(st), r = -ENOENT;
@@ -216,21 +217,14 @@ int history_release_state(History *h, const char *vsn, char **ret)
     return r;
 }
 
+int history_release_state(History *h, const char *vsn, char **ret)
+{
+    return query_text(h, "SELECT state FROM releases WHERE vsn = ?", vsn, ret);
+}
+
 int history_release_in_state(History *h, const char *state, char **ret_vsn)
 {
-    const char *args[] = {state};
-    sqlite3_stmt *st = prep(h, "SELECT vsn FROM releases WHERE state = ?", 1, args);
-    if (!st)
-        return -EIO;
-    int rc = sqlite3_step(st), r = -ENOENT;
-    if (rc == SQLITE_ROW) {
-        *ret_vsn = strdup((const char *)sqlite3_column_text(st, 0));
-        r = *ret_vsn ? 0 : -ENOMEM;
-    } else if (rc != SQLITE_DONE) {
-        r = -EIO;
-    }
-    sqlite3_finalize(st);
-    return r;
+    return query_text(h, "SELECT vsn FROM releases WHERE state = ?", state, ret_vsn);
 }
 
 static int set_state(History *h, const char *vsn, const char *state, const char *who)

@@ -59,24 +59,10 @@ static char *clean_path(const char *p)
 /* Does a symlink at `path` with target `target` point inside the tree? */
 static bool link_target_inside(const char *path, const char *target)
 {
-    if (!target || !*target || target[0] == '/')
-        return false;
     int depth = 0;
     for (const char *p = path; (p = strchr(p, '/')); p++)
         depth++; /* the directories the link lies in */
-    for (const char *p = target; *p;) {
-        size_t n = strcspn(p, "/");
-        if (n == 2 && p[0] == '.' && p[1] == '.') {
-            if (--depth < 0)
-                return false;
-        } else if (n > 0 && !(n == 1 && p[0] == '.')) {
-            depth++;
-        }
-        p += n;
-        while (*p == '/')
-            p++;
-    }
-    return true;
+    return path_walk_depth(target, depth) >= 0;
 }
 
 /* Creates the parent directories of path beneath root_fd and returns an fd

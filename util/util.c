@@ -144,6 +144,25 @@ void diag_clear(Diag *d)
     strvec_clear(&d->warnings);
 }
 
+int path_walk_depth(const char *p, int depth)
+{
+    if (!p || !*p || p[0] == '/')
+        return -1;
+    while (*p) {
+        size_t n = strcspn(p, "/");
+        if (n == 2 && p[0] == '.' && p[1] == '.') {
+            if (--depth < 0)
+                return -1;
+        } else if (n > 0 && !(n == 1 && p[0] == '.')) {
+            depth++;
+        }
+        p += n;
+        while (*p == '/')
+            p++;
+    }
+    return depth;
+}
+
 static bool is_alpha(char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');

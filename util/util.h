@@ -75,6 +75,11 @@ static inline size_t diag_n_errors(const Diag *d)
     return d ? d->errors.n : 0;
 }
 
+/* Walks the relative path p from a directory `depth` levels below some
+ * top directory: returns the depth where p ends, or -1 when p climbs above
+ * the top (through ".."), or p is absolute or empty. Purely lexical. */
+int path_walk_depth(const char *p, int depth);
+
 /* Syntax rules shared by every definition, documented in docs/formats.md. */
 bool name_is_valid(const char *s);    /* [A-Za-z_][A-Za-z0-9_]{0,63} */
 bool version_is_valid(const char *s); /* [A-Za-z0-9][A-Za-z0-9._+~-]{0,63} */
