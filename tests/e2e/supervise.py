@@ -80,6 +80,9 @@ def test_kvcounter(work):
     d.tap(p.get("state") == "running" and mods == [("kv_server", "1")],
           "status: kvcounter/kv running kv_server 1", p)
     d.tap(request(port, "INCR a") == "OK a 1", "the service answers on the socket reld holds")
+    rc, out, err = r.relctl("remove", "1")
+    d.tap(rc == 1 and err.strip() == "relctl: release 1 is running; it cannot be removed",
+          "remove of the running release is refused", err)
 
     load = subprocess.Popen([A.loadgen, "--port", str(port), "--rate", "1000", "--duration", "2.5", "--conns", "4",
                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
