@@ -708,6 +708,11 @@ static bool lookup_group(const char *name, gid_t *ret)
 /* Brings the database and the files into agreement after a crash. */
 static void reconcile(Daemon *d)
 {
+    int n = history_attempts_interrupted(d->hist);
+    if (n > 0) {
+        log_info("%d upgrade attempt(s) were interrupted by reld stopping; booting the permanent release", n);
+        history_event(d->hist, "interrupted", "reld (start)", NULL, NULL);
+    }
     char *tmp = xasprintf("%s/tmp", d->cfg.root);
     store_remove_tree(tmp); /* staging directories of unpacks a crash interrupted */
     free(tmp);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -349,6 +350,11 @@ static int proc_spawn(Proc *p)
         sigset_t all;
         sigemptyset(&all);
         sigprocmask(SIG_SETMASK, &all, NULL);
+        /* A managed process dies with reld (as processes die with their
+         * VM): a restarted reld then boots one consistent release. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() == 1)
+            _exit(125); /* reld died before the line above */
         signal(SIGPIPE, SIG_DFL);
         setpgid(0, 0);
         if (chdir(appdir) < 0)
@@ -894,8 +900,14 @@ int supervisor_execute(Supervisor *s, const ReleaseDef *from, const ReleaseDef *
     bool past_ponr = false;
     int r = 0;
     size_t i;
+    /* Fault injection for the crash tests (docs/daemon.md): reld kills
+     * itself before instruction k. */
+    const char *crash = getenv("RELD_TEST_CRASH_BEFORE");
+    long crash_at = crash ? atol(crash) : 0;
     for (i = 0; i < script->n && r == 0; i++) {
         const RelupInstr *in = &script->v[i];
+        if ((long)i + 1 == crash_at)
+            kill(getpid(), SIGKILL);
         long long t0 = now_us();
         r = exec_instr(&x, in);
         past_ponr = past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;

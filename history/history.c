@@ -407,3 +407,12 @@ int history_list(History *h, int limit, json_t **ret)
     *ret = json_pack("{s:o, s:o}", "events", events, "attempts", attempts);
     return 0;
 }
+
+int history_attempts_interrupted(History *h)
+{
+    int r = run(h,
+                "UPDATE attempts SET result = 'interrupted', detail = 'reld stopped during the attempt; it restarted "
+                "on the permanent release', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE result IS NULL",
+                0, NULL);
+    return r < 0 ? r : sqlite3_changes(h->db);
+}

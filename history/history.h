@@ -53,6 +53,10 @@ int history_attempt_instruction(History *h, int64_t attempt, int idx, json_t *in
                                 int64_t duration_us);
 int history_attempt_end(History *h, int64_t attempt, const char *result, const char *detail);
 
+/* Closes every attempt left without a result (reld died during it) as
+ * "interrupted"; returns how many, or -errno. */
+int history_attempts_interrupted(History *h);
+
 /* The newest events and attempts (with their instructions), newest last:
  * {"events": [...], "attempts": [{..., "instructions": [...]}]}. */
 int history_list(History *h, int limit, json_t **ret);

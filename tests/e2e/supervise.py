@@ -223,6 +223,44 @@ def test_upgrades(work):
     r.stop()
 
 
+def test_crash_during_upgrade(work):
+    port = free_port()
+    t1, t2 = kv_tarball(work, "1", port), kv_tarball(work, "2", port)
+    # The 1 -> 2 script: 1 load_object_code, 2 point_of_no_return,
+    # 3 suspend, 4 load, 5 code_change, 6 resume.
+    for k in (1, 2, 3, 4, 5, 6):
+        root = os.path.join(work, f"crash{k}")
+        os.makedirs(root)
+        os.environ["RELD_TEST_CRASH_BEFORE"] = str(k)
+        try:
+            r = d.Reld(root)
+        finally:
+            del os.environ["RELD_TEST_CRASH_BEFORE"]
+        r.relctl("install", t1)
+        r.relctl("make-permanent")
+        r.relctl("unpack", t2)
+        pid = wait_for(lambda: [p["pid"] for p in status(r)["processes"] if p["modules"]])[0]
+        rc, out, err = r.relctl("upgrade", "2")
+        r.p.wait(10)
+        gone = wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
+                        open(f"/proc/{pid}/stat").read().split()[2] == "Z", timeout=5)
+        d.tap(rc == 1 and r.p.returncode == -signal.SIGKILL and gone,
+              f"kill -9 of reld before instruction {k}: relctl fails, the process dies with reld", (rc, err))
+        r.log.close()
+        r = d.Reld(root)
+        ok = wait_for(lambda: [p for p in status(r)["processes"] if p["modules"]], timeout=5)
+        st = status(r)
+        rc, out, err = r.relctl("history", "--json")
+        h = json.loads(out)
+        a = h["attempts"][-1] if h["attempts"] else {}
+        d.tap(ok and request(port, "VERSION") == "OK kv_server 1" and st["permanent"] == "1" and
+              st["current"] is None and a.get("result") == "interrupted" and len(a.get("instructions", [])) == k - 1
+              and any(e["kind"] == "interrupted" for e in h["events"]),
+              f"restarted: release 1 serves, permanent; the attempt is 'interrupted' after {k - 1} instructions",
+              (st, a))
+        r.stop()
+
+
 def plain_tarball(work):
     """Two applications of /bin/sh processes: front depends on back."""
     src = os.path.join(work, "plain")
@@ -287,7 +325,7 @@ def main():
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     print("TAP version 13")
-    for t in (test_kvcounter, test_policies, test_upgrades):
+    for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
