@@ -796,9 +796,17 @@ static int exec_instr(Exec *x, const RelupInstr *in)
         return r;
     case RELUP_REMOVE:
         return send_to_runners(x, in->module, json_pack("{s:s, s:s}", "cmd", "remove", "module", in->module), 5000);
+    case RELUP_STOP_APPLICATION:
+        /* At its place in the script: a removed application stops before
+         * anything it depends on changes. */
+        for (size_t a = 0; a < x->s->n_apps; a++)
+            if (strcmp(x->s->apps[a]->name, in->app) == 0)
+                app_stop(x->s->apps[a], "stop_application");
+        return 0;
     default:
-        /* stop/start and application starts and stops: done by the
-         * switch-over below, which restarts or starts what changed. */
+        /* Starts (start_application, start, the new versions of processes
+         * without the runtime): in the switch-over, in dependency order,
+         * after the script upgraded and resumed everything. */
         return 0;
     }
 }
@@ -866,7 +874,10 @@ static void switch_over(Supervisor *s, const ReleaseDef *to, const ReleaseDef *f
                 strvec_push_take(&p->modules_env,
                                  xasprintf("%s=%s/lib/%s-%s/%s", md->name, s->root, a->name, a->vsn, md->file));
             }
-            if (changed && p->pid && !p->modules) { /* no runtime: restarted on the new version */
+            if (a->stopped) { /* stopped by the script (restart_application): starts again, new code */
+                p->stopping = false;
+                proc_spawn(p);
+            } else if (changed && p->pid && !p->modules) { /* no runtime: restarted on the new version */
                 proc_stop(p);
                 p->stopping = false;
                 proc_spawn(p);
@@ -879,6 +890,7 @@ static void switch_over(Supervisor *s, const ReleaseDef *to, const ReleaseDef *f
                 json_decref(rep);
             }
         }
+        a->stopped = false;
         apps[n++] = a;
     }
     for (size_t i = 0; i < s->n_apps; i++)

@@ -287,6 +287,47 @@ def plain_tarball(work):
     return path
 
 
+def plain_release(work, vsn, apps):
+    """A release of /bin/sh processes: apps is {name: (app_vsn, deps)}."""
+    src = os.path.join(work, f"plain{vsn}")
+    os.makedirs(os.path.join(src, "releases", vsn))
+    refs = "".join(f'  - {{name: {a}, vsn: "{v}"}}\n' for a, (v, _) in apps.items())
+    with open(os.path.join(src, "releases", vsn, "release.yaml"), "w") as f:
+        f.write(f'release: plain\nvsn: "{vsn}"\napplications:\n{refs}')
+    for a, (v, deps) in apps.items():
+        os.makedirs(os.path.join(src, "lib", f"{a}-{v}"))
+        with open(os.path.join(src, "lib", f"{a}-{v}", "app.yaml"), "w") as f:
+            f.write(f'name: {a}\nvsn: "{v}"\napplications: [{", ".join(deps)}]\nprocesses:\n'
+                    f'  - {{name: p, exec: /bin/sh, args: [-c, "exec sleep 60"], shutdown_ms: 500}}\n')
+    path = os.path.join(work, f"plain-{vsn}.tar")
+    with tarfile.open(path, "w") as t:
+        t.add(os.path.join(src, "releases"), "releases")
+        t.add(os.path.join(src, "lib"), "lib")
+    return path
+
+
+def test_added_and_removed(work):
+    r = d.Reld(work)
+    one = plain_release(work, "1", {"front": ("1", ["back"]), "old": ("1", ["back"]), "back": ("1", [])})
+    two = plain_release(work, "2", {"front": ("1", ["back"]), "new": ("1", ["back"]), "back": ("2", [])})
+    rc, out, err = r.relctl("install", one)
+    wait_for(lambda: len([p for p in status(r)["processes"] if p["pid"]]) == 3)
+    rc, out, err = r.relctl("install", two)
+    d.tap(rc == 0 and "upgrade from 1 to 2" in out, "upgrade: one application removed, one added, one changed",
+          out + err)
+    st = wait_for(lambda: {p["app"]: p["vsn"] for p in status(r)["processes"] if p["pid"]} ==
+                  {"back": "2", "front": "1", "new": "1"}, timeout=5)
+    d.tap(st, "status: back 2, front 1, new 1 run; old is gone", status(r)["processes"])
+    log = open(os.path.join(work, "reld.log")).read()
+    after = log[log.index("upgrade from 1 to 2"):]
+    events = re.findall(r"(\w+)/p\[\d+\] (stopped|started)", after)
+    d.tap(events.index(("old", "stopped")) < events.index(("back", "stopped")) and
+          events.index(("back", "started")) < events.index(("new", "started")),
+          "the removed application stops before back changes; the added one starts after back is upgraded",
+          events)
+    r.stop()
+
+
 def test_policies(work):
     r = d.Reld(work)
     rc, out, err = r.relctl("install", plain_tarball(work))
@@ -325,7 +366,7 @@ def main():
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     print("TAP version 13")
-    for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade):
+    for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
