@@ -916,6 +916,19 @@ int supervisor_execute(Supervisor *s, const ReleaseDef *from, const ReleaseDef *
      * itself before instruction k. */
     const char *crash = getenv("RELD_TEST_CRASH_BEFORE");
     long crash_at = crash ? atol(crash) : 0;
+    /* Records wait in memory while a process is suspended: no disk write
+     * (a commit, a WAL checkpoint) may lengthen the pause. They are written
+     * right after the resume, and at the end. */
+    typedef struct Pending {
+        int idx;
+        json_t *instr;
+        char *outcome;
+        long long start, dur;
+    } Pending;
+    Pending *pending = xcalloc(script->n + 1, sizeof(*pending));
+    size_t n_pending = 0;
+    bool suspended = false;
+    long long start = now_us();
     for (i = 0; i < script->n && r == 0; i++) {
         const RelupInstr *in = &script->v[i];
         if ((long)i + 1 == crash_at)
@@ -923,14 +936,28 @@ int supervisor_execute(Supervisor *s, const ReleaseDef *from, const ReleaseDef *
         long long t0 = now_us();
         r = exec_instr(&x, in);
         past_ponr = past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;
+        suspended = (suspended || in->op == RELUP_SUSPEND) && in->op != RELUP_RESUME;
         json_t *j = relup_to_json(&(Relup){.from = "", .to = "", .up = {.v = (RelupInstr *)in, .n = 1}});
-        char *outcome =
-            r == 0 ? xstrdup("ok") : xasprintf("failed: %s", diag->errors.n ? diag->errors.v[diag->errors.n - 1] : "?");
-        history_attempt_instruction(s->hist, attempt, (int)i + 1, json_array_get(json_object_get(j, "up"), 0), outcome,
-                                    now_us() - t0);
-        free(outcome);
+        pending[n_pending++] = (Pending){
+            .idx = (int)i + 1,
+            .instr = json_incref(json_array_get(json_object_get(j, "up"), 0)),
+            .outcome = r == 0 ? xstrdup("ok")
+                              : xasprintf("failed: %s", diag->errors.n ? diag->errors.v[diag->errors.n - 1] : "?"),
+            .start = t0 - start,
+            .dur = now_us() - t0,
+        };
         json_decref(j);
+        if (!suspended || r < 0 || i + 1 == script->n) {
+            for (size_t k = 0; k < n_pending; k++) {
+                history_attempt_instruction(s->hist, attempt, pending[k].idx, pending[k].instr, pending[k].outcome,
+                                            pending[k].start, pending[k].dur);
+                json_decref(pending[k].instr);
+                free(pending[k].outcome);
+            }
+            n_pending = 0;
+        }
     }
+    free(pending);
     if (r < 0 && !past_ponr) {
         /* Nothing has changed yet: drop the staged code, the old release runs on. */
         for (size_t k = 0; k < x.n_staged; k++)

@@ -47,6 +47,10 @@ static const char *const migrations[] = {
     "  outcome TEXT NOT NULL,"
     "  duration_us INTEGER NOT NULL,"
     "  PRIMARY KEY (attempt_id, idx));",
+    /* 1 -> 2: when each instruction started, in microseconds after the
+     * attempt's first, so that windows (suspend .. resume) include the
+     * time between instructions. */
+    "ALTER TABLE instructions ADD COLUMN start_us INTEGER;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -112,7 +116,11 @@ int history_open(const char *path, History **ret, char **err)
         return -EIO;
     }
     sqlite3_busy_timeout(h->db, 5000);
-    int r = exec(h, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;");
+    /* WAL with synchronous=NORMAL: every transaction is atomic and survives
+     * a crash of reld (kill -9); only the last ones may be lost if the
+     * machine loses power. FULL would fsync on every commit, and the
+     * executor commits between suspend and resume. */
+    int r = exec(h, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;");
     int v = r == 0 ? history_schema_version(h) : -1;
     if (v > SCHEMA_VERSION) {
         if (err && asprintf(err, "%s: schema version %d is newer than this reld (%d)", path, v, SCHEMA_VERSION) < 0)
@@ -326,12 +334,12 @@ int history_attempt_begin(History *h, const char *who, const char *kind, const c
 }
 
 int history_attempt_instruction(History *h, int64_t attempt, int idx, json_t *instr, const char *outcome,
-                                int64_t duration_us)
+                                int64_t start_us, int64_t duration_us)
 {
     char *text = json_dumps(instr, JSON_COMPACT);
     sqlite3_stmt *st = prep(h,
-                            "INSERT INTO instructions(attempt_id, idx, instr, outcome, duration_us) "
-                            "VALUES (?, ?, ?, ?, ?)",
+                            "INSERT INTO instructions(attempt_id, idx, instr, outcome, duration_us, start_us) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
                             0, NULL);
     int r = -EIO;
     if (st && text) {
@@ -340,6 +348,7 @@ int history_attempt_instruction(History *h, int64_t attempt, int idx, json_t *in
         sqlite3_bind_text(st, 3, text, -1, SQLITE_TRANSIENT);
         sqlite3_bind_text(st, 4, outcome, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 5, duration_us);
+        sqlite3_bind_int64(st, 6, start_us);
         r = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
     }
     sqlite3_finalize(st);
@@ -394,10 +403,11 @@ int history_list(History *h, int limit, json_t **ret)
     json_t *a;
     json_array_foreach(attempts, i, a)
     {
-        sqlite3_stmt *in = prep(h,
-                                "SELECT idx, instr, outcome, duration_us FROM instructions WHERE attempt_id = ? "
-                                "ORDER BY idx",
-                                0, NULL);
+        sqlite3_stmt *in =
+            prep(h,
+                 "SELECT idx, instr, outcome, start_us, duration_us FROM instructions WHERE attempt_id = ? "
+                 "ORDER BY idx",
+                 0, NULL);
         if (!in)
             continue;
         sqlite3_bind_int64(in, 1, json_integer_value(json_object_get(a, "id")));

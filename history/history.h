@@ -3,8 +3,9 @@
  * states, every upgrade or downgrade attempt, each executed instruction,
  * and events (state changes, unpacks, removals, process starts and exits).
  *
- * One file, WAL mode, synchronous=FULL: a crash at any moment leaves the
- * last committed transaction. Every function that changes more than one
+ * One file, WAL mode, synchronous=NORMAL: a crash of reld at any moment
+ * leaves the last committed transaction (a power loss may lose the last
+ * few commits, never consistency). Every function that changes more than one
  * row does so in one transaction. The schema is versioned with
  * PRAGMA user_version and migrated forward on open (docs/history.md).
  *
@@ -49,8 +50,9 @@ int history_event(History *h, const char *kind, const char *who, const char *rel
 /* Attempts: begin, one row per instruction, end. */
 int history_attempt_begin(History *h, const char *who, const char *kind, const char *from, const char *to,
                           int64_t *ret_id);
+/* start_us: when the instruction started, after the attempt's first. */
 int history_attempt_instruction(History *h, int64_t attempt, int idx, json_t *instr, const char *outcome,
-                                int64_t duration_us);
+                                int64_t start_us, int64_t duration_us);
 int history_attempt_end(History *h, int64_t attempt, const char *result, const char *detail);
 
 /* Closes every attempt left without a result (reld died during it) as

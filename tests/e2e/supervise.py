@@ -254,9 +254,12 @@ def test_crash_during_upgrade(work):
         h = json.loads(out)
         a = h["attempts"][-1] if h["attempts"] else {}
         d.tap(ok and request(port, "VERSION") == "OK kv_server 1" and st["permanent"] == "1" and
-              st["current"] is None and a.get("result") == "interrupted" and len(a.get("instructions", [])) == k - 1
-              and any(e["kind"] == "interrupted" for e in h["events"]),
-              f"restarted: release 1 serves, permanent; the attempt is 'interrupted' after {k - 1} instructions",
+              st["current"] is None and a.get("result") == "interrupted" and
+              # records of a suspended window are written at its resume
+              len(a.get("instructions", [])) == (k - 1 if k <= 3 else 2) and
+              any(e["kind"] == "interrupted" for e in h["events"]),
+              f"restarted: release 1 serves, permanent; the attempt is 'interrupted', "
+              f"{k - 1 if k <= 3 else 2} instructions recorded",
               (st, a))
         r.stop()
 
