@@ -5,6 +5,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -749,6 +750,7 @@ int daemon_new(const DaemonConfig *cfg, Daemon **ret)
     sigaddset(&ss, SIGTERM);
     sigaddset(&ss, SIGINT);
     sigprocmask(SIG_BLOCK, &ss, NULL);
+    signal(SIGPIPE, SIG_IGN); /* a client or process that vanishes is an error to handle, not our death */
     Daemon *d = xcalloc(1, sizeof(*d));
     d->cfg = (DaemonConfig){.root = xstrdup(cfg->root),
                             .socket_path = xstrdup(cfg->socket_path),

@@ -594,7 +594,7 @@ static int proc_call_reply(Proc *p, json_t *req, int timeout_ms, char **err, jso
     text[len++] = '\n';
     long long deadline = now_ms() + timeout_ms;
     for (size_t off = 0; off < len;) {
-        ssize_t n = write(p->ctl_fd, text + off, len - off);
+        ssize_t n = send(p->ctl_fd, text + off, len - off, MSG_NOSIGNAL); /* a dead process must not kill reld */
         if (n > 0) {
             off += (size_t)n;
             continue;
@@ -912,10 +912,11 @@ int supervisor_execute(Supervisor *s, const ReleaseDef *from, const ReleaseDef *
     bool past_ponr = false;
     int r = 0;
     size_t i;
-    /* Fault injection for the crash tests (docs/daemon.md): reld kills
-     * itself before instruction k. */
-    const char *crash = getenv("RELD_TEST_CRASH_BEFORE");
-    long crash_at = crash ? atol(crash) : 0;
+    /* Fault injection for the tests (docs/daemon.md): reld kills itself
+     * before instruction k, or pauses there for ms milliseconds ("k:ms"). */
+    const char *crash = getenv("RELD_TEST_CRASH_BEFORE"), *pause = getenv("RELD_TEST_PAUSE_BEFORE");
+    long crash_at = crash ? atol(crash) : 0, pause_at = pause ? atol(pause) : 0;
+    long pause_ms = pause && strchr(pause, ':') ? atol(strchr(pause, ':') + 1) : 0;
     /* Records wait in memory while a process is suspended: no disk write
      * (a commit, a WAL checkpoint) may lengthen the pause. They are written
      * right after the resume, and at the end. */
@@ -933,6 +934,10 @@ int supervisor_execute(Supervisor *s, const ReleaseDef *from, const ReleaseDef *
         const RelupInstr *in = &script->v[i];
         if ((long)i + 1 == crash_at)
             kill(getpid(), SIGKILL);
+        if ((long)i + 1 == pause_at) {
+            struct timespec t = {pause_ms / 1000, pause_ms % 1000 * 1000000L};
+            nanosleep(&t, NULL);
+        }
         long long t0 = now_us();
         r = exec_instr(&x, in);
         past_ponr = past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;

@@ -264,6 +264,37 @@ def test_crash_during_upgrade(work):
         r.stop()
 
 
+def test_process_killed_mid_upgrade(work):
+    port = free_port()
+    t1, t2 = kv_tarball(work, "1", port), kv_tarball(work, "2", port)
+    # Killed before load_object_code (before the point of no return), and
+    # before code_change (after it): 1 load_object_code, 2 point_of_no_return,
+    # 3 suspend, 4 load, 5 code_change, 6 resume.
+    for k, after in ((1, False), (5, True)):
+        root = os.path.join(work, f"mid{k}")
+        os.makedirs(root)
+        os.environ["RELD_TEST_PAUSE_BEFORE"] = f"{k}:700"
+        try:
+            r = d.Reld(root)
+        finally:
+            del os.environ["RELD_TEST_PAUSE_BEFORE"]
+        r.relctl("install", t1)
+        r.relctl("unpack", t2)
+        pid = wait_for(lambda: [p["pid"] for p in status(r)["processes"] if p["modules"]])[0]
+        up = subprocess.Popen([A.relctl, "upgrade", "2"], env=dict(os.environ, RELD_SOCKET=r.sock),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        out, err = up.communicate(timeout=30)
+        want = "restarted kvcounter on release 1" if after else "before the point of no return"
+        d.tap(up.returncode == 1 and want in err,
+              f"process killed before instruction {k}: the upgrade fails and reld says what it did", err)
+        served = wait_for(lambda: [p for p in status(r)["processes"] if p["pid"] and p["pid"] != pid and p["modules"]])
+        d.tap(served and request(port, "VERSION") == "OK kv_server 1" and status(r)["current"] == "1",
+              f"process killed before instruction {k}: release 1 serves again, still current", status(r))
+        r.stop()
+
+
 def plain_tarball(work):
     """Two applications of /bin/sh processes: front depends on back."""
     src = os.path.join(work, "plain")
@@ -369,7 +400,8 @@ def main():
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     print("TAP version 13")
-    for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed):
+    for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed,
+              test_process_killed_mid_upgrade):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
