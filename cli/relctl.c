@@ -102,20 +102,41 @@ static int call(json_t *req, int fd, json_t **ret)
         close(s);
         return r;
     }
+    /* Lines until the reply: progress lines ({"progress": k, ...}) go to
+     * stderr as they come, so a long upgrade shows where it is. */
     char *buf = NULL;
     size_t blen = 0, cap = 0;
-    for (;;) {
+    *ret = NULL;
+    while (!*ret) {
+        char *nl = buf ? memchr(buf, '\n', blen) : NULL;
+        if (nl) {
+            json_t *m = json_loadb(buf, (size_t)(nl - buf), 0, NULL);
+            blen -= (size_t)(nl + 1 - buf);
+            memmove(buf, nl + 1, blen);
+            if (m && json_object_get(m, "progress")) {
+                fprintf(stderr, "relctl: [%lld/%lld] %s\n",
+                        (long long)json_integer_value(json_object_get(m, "progress")),
+                        (long long)json_integer_value(json_object_get(m, "of")),
+                        json_string_value(json_object_get(m, "instruction")));
+                json_decref(m);
+                continue;
+            }
+            *ret = m;
+            if (!m)
+                break;
+            continue;
+        }
         GROW(buf, cap, blen + 65536);
         n = read(s, buf + blen, cap - blen);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0)
+        if (n <= 0) {
+            *ret = blen ? json_loadb(buf, blen, 0, NULL) : NULL; /* a last line without newline */
             break;
+        }
         blen += (size_t)n;
     }
     close(s);
-    json_error_t jerr;
-    *ret = buf ? json_loadb(buf, blen, 0, &jerr) : NULL;
     free(buf);
     return *ret ? 0 : -EPROTO;
 }

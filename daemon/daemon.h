@@ -77,15 +77,26 @@ Supervisor *supervisor_free(Supervisor *s);
  * reason in diag. */
 int supervisor_start_release(Supervisor *s, const ReleaseDef *rel, Diag *diag);
 bool supervisor_running(const Supervisor *s);
-/* Executes script, a relup from the running release `from` to `to`,
- * against the processes (docs/daemon.md), recording each instruction under
- * attempt. On success every application runs its `to` version (to must
- * then outlive the processes). On failure before the point of no return
- * the new code is dropped; after it, the changed applications are
- * restarted on `from`. Returns 0 or -errno; what happened is in diag
- * (errors, and a warning saying which recovery was done). */
+/* Executing script, a relup from the running release `from` to `to`,
+ * against the processes (docs/daemon.md), each instruction recorded under
+ * attempt. Stepwise, so that reld serves other requests between steps:
+ * supervisor_exec_step() runs one instruction, or a whole suspend..resume
+ * group (a paused process waits for nothing else), and returns 1 while
+ * instructions remain, 0 when done (every application then runs its `to`
+ * version; to must outlive the processes), or -errno on failure, after the
+ * recovery: before the point of no return the new code is dropped; after
+ * it, the changed applications are restarted on `from`. What happened is in
+ * diag (errors, and a warning naming the recovery). from, to and script
+ * must outlive the Execution. */
 struct RelupScript;
-int supervisor_execute(Supervisor *s, const ReleaseDef *from, const ReleaseDef *to, const struct RelupScript *script,
-                       int64_t attempt, Diag *diag);
+typedef struct Execution Execution;
+int supervisor_exec_begin(Supervisor *s, const ReleaseDef *from, const ReleaseDef *to, const struct RelupScript *script,
+                          int64_t attempt, Execution **ret);
+int supervisor_exec_step(Execution *e, Diag *diag);
+size_t supervisor_exec_position(const Execution *e, size_t *ret_n); /* instructions done, of *ret_n */
+/* Test hook RELD_TEST_DELAY_BEFORE=k:ms: once, before instruction k, how
+ * long to wait (on the event loop) before the next step; else 0. */
+long supervisor_exec_delay_ms(Execution *e);
+Execution *supervisor_exec_free(Execution *e);
 /* [{app, vsn, process, pid, state, restarts, modules}] */
 json_t *supervisor_status(const Supervisor *s);

@@ -30,6 +30,7 @@
 
 typedef struct Client Client;
 typedef struct Job Job;
+typedef struct Upgrade Upgrade;
 
 struct Daemon {
     DaemonConfig cfg;
@@ -47,6 +48,23 @@ struct Daemon {
     int lock_fd;           /* flock on ROOT/reld.lock: one reld per root */
     Supervisor *sup;
     ReleaseDef *running; /* the definitions of the running release; sup points into them */
+    Upgrade *upgrade;    /* the one under way, or NULL */
+};
+
+/* An upgrade or downgrade under way: the executor runs a step per turn of
+ * the event loop, so that status and history answer meanwhile. */
+struct Upgrade {
+    Daemon *d;
+    Client *client; /* who asked; NULL once gone */
+    char *from, *to_vsn, *who;
+    bool up, running_is_current;
+    Relup *relup;
+    ReleaseDef *to;
+    int64_t attempt;
+    long long t0_us;
+    Execution *ex;
+    sd_event_source *step;
+    Diag diag;
 };
 
 struct Client {
@@ -63,7 +81,8 @@ struct Client {
     char *out;
     size_t out_len, out_off;
     bool answered;
-    Job *job; /* an unpack under way for this client */
+    Job *job;       /* an unpack under way for this client */
+    bool upgrading; /* waiting for the upgrade it asked for */
     Client *next;
 };
 
@@ -109,7 +128,9 @@ static void client_free(Client *c)
             *p = c->next;
             break;
         }
-    if (c->job)
+    if (d->upgrade && d->upgrade->client == c)
+        d->upgrade->client = NULL; /* the upgrade goes on; nobody to tell */
+    else if (c->job)
         c->job->client = NULL; /* the job finishes and records; nobody to tell */
     sd_event_source_disable_unref(c->src);
     close(c->fd);
@@ -121,6 +142,22 @@ static void client_free(Client *c)
 }
 
 static int client_io(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+
+/* Queues a line; the connection stays open. */
+static void send_line(Client *c, json_t *msg)
+{
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (!text)
+        return;
+    size_t len = strlen(text);
+    c->out = xrealloc(c->out, c->out_len + len + 1);
+    memcpy(c->out + c->out_len, text, len);
+    c->out[c->out_len + len] = '\n';
+    c->out_len += len + 1;
+    free(text);
+    sd_event_source_set_io_events(c->src, EPOLLOUT);
+}
 
 /* Queues the reply and closes the connection once it is written. */
 static void reply(Client *c, json_t *msg)
@@ -330,6 +367,15 @@ static json_t *status_json(Daemon *d)
     json_t *s = json_pack("{s:s, s:o, s:o, s:o, s:o}", "root", d->cfg.root, "current",
                           cur ? json_string(cur) : json_null(), "permanent", perm ? json_string(perm) : json_null(),
                           "releases", rels, "processes", supervisor_status(d->sup));
+    if (d->upgrade) {
+        size_t n, k = supervisor_exec_position(d->upgrade->ex, &n);
+        json_object_set_new(s, "upgrade",
+                            json_pack("{s:s, s:s, s:s, s:i, s:i}", "from", d->upgrade->from, "to", d->upgrade->to_vsn,
+                                      "direction", d->upgrade->up ? "upgrade" : "downgrade", "done", (int)k, "of",
+                                      (int)n));
+    } else {
+        json_object_set_new(s, "upgrade", json_null());
+    }
     free(cur);
     free(perm);
     return s;
@@ -404,6 +450,9 @@ static void cmd_remove(Client *c, const char *vsn)
 static void cmd_make_permanent(Client *c, const char *vsn)
 {
     Daemon *d = c->d;
+    if (d->upgrade)
+        return reply_error(c, "an upgrade from %s to %s is under way; make it permanent when it is done",
+                           d->upgrade->from, d->upgrade->to_vsn);
     char *cur = NULL, *perm = NULL, *state = NULL;
     history_release_in_state(d->hist, RELEASE_CURRENT, &cur);
     history_release_in_state(d->hist, RELEASE_PERMANENT, &perm);
@@ -447,10 +496,102 @@ static int boot_release(Daemon *d, const char *vsn, Diag *diag)
     return 0;
 }
 
+static long long mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+static void upgrade_free(Upgrade *u)
+{
+    supervisor_exec_free(u->ex);
+    sd_event_source_disable_unref(u->step);
+    relup_free(u->relup);
+    release_def_free(u->to);
+    diag_clear(&u->diag);
+    free(u->from);
+    free(u->to_vsn);
+    free(u->who);
+    free(u);
+}
+
+static const RelupScript *upgrade_script(const Upgrade *u)
+{
+    return u->up ? &u->relup->up : &u->relup->down;
+}
+
+/* The end of an upgrade: states, history, reply. */
+static void upgrade_done(Upgrade *u, int r)
+{
+    Daemon *d = u->d;
+    double ms = (double)(mono_us() - u->t0_us) / 1000.0;
+    const char *verb = u->up ? "upgrade" : "downgrade";
+    if (r < 0) {
+        char *why = xasprintf("%s%s%s", u->diag.errors.n ? u->diag.errors.v[0] : "failed",
+                              u->diag.warnings.n ? "; " : "", u->diag.warnings.n ? u->diag.warnings.v[0] : "");
+        history_attempt_end(d->hist, u->attempt, "failed", why);
+        log_error("%s to %s failed: %s", verb, u->to_vsn, why);
+        free(why);
+        if (u->client)
+            reply_diag(u->client, &u->diag, "the upgrade failed");
+    } else {
+        history_attempt_end(d->hist, u->attempt, "ok", NULL);
+        if (u->running_is_current)
+            history_release_set_state(d->hist, u->from, RELEASE_UNPACKED, u->who);
+        char *target_state = NULL;
+        history_release_state(d->hist, u->to_vsn, &target_state);
+        if (!target_state || strcmp(target_state, RELEASE_PERMANENT) != 0) /* back to the permanent one: stays so */
+            history_release_set_state(d->hist, u->to_vsn, RELEASE_CURRENT, u->who);
+        free(target_state);
+        release_def_free(d->running);
+        d->running = TAKE_PTR(u->to);
+        log_info("release %s is current (%.3f ms)", u->to_vsn, ms);
+        if (u->client)
+            reply_ok(u->client, json_pack("{s:s, s:s, s:s, s:i, s:f}", "installed", u->to_vsn, "from", u->from,
+                                          "direction", verb, "instructions", (int)upgrade_script(u)->n, "ms", ms));
+    }
+    if (u->client)
+        u->client->upgrading = false;
+    d->upgrade = NULL;
+    upgrade_free(u);
+}
+
+static int on_upgrade_step(sd_event_source *src, void *userdata);
+
+static int on_upgrade_timer(sd_event_source *src, uint64_t usec, void *userdata)
+{
+    sd_event_source_disable_unref(src);
+    return on_upgrade_step(((Upgrade *)userdata)->step, userdata);
+}
+
+static int on_upgrade_step(sd_event_source *src, void *userdata)
+{
+    Upgrade *u = userdata;
+    long delay = supervisor_exec_delay_ms(u->ex);
+    if (delay > 0) /* a test's delay: the event loop runs meanwhile */
+        return sd_event_add_time_relative(u->d->ev, NULL, CLOCK_MONOTONIC, (uint64_t)delay * 1000, 0, on_upgrade_timer,
+                                          u);
+    size_t n, before = supervisor_exec_position(u->ex, &n);
+    int r = supervisor_exec_step(u->ex, &u->diag);
+    size_t done = supervisor_exec_position(u->ex, &n);
+    for (size_t k = before; u->client && k < done && r >= 0; k++) {
+        char *line = relup_instr_format(&upgrade_script(u)->v[k]);
+        send_line(u->client, json_pack("{s:i, s:i, s:s}", "progress", (int)k + 1, "of", (int)n, "instruction", line));
+        free(line);
+    }
+    if (r <= 0)
+        upgrade_done(u, r);
+    else
+        sd_event_source_set_enabled(src, SD_EVENT_ONESHOT); /* the next step, after other events */
+    return 0;
+}
+
 /* Goes from the running release to vsn by executing the relup against the
  * live processes: up with the newer release's relup up, down with its down
  * (as OTP keeps both in the newer release). direction: NULL (install:
- * decided by the versions), "upgrade" or "downgrade" (checked). */
+ * decided by the versions), "upgrade" or "downgrade" (checked). One at a
+ * time; the reply comes when it is done, progress lines before. */
 static void change_release(Client *c, const char *running, const char *vsn, bool running_is_current,
                            const char *direction)
 {
@@ -459,53 +600,36 @@ static void change_release(Client *c, const char *running, const char *vsn, bool
     if (direction && up != (strcmp(direction, "upgrade") == 0))
         return reply_error(c, "release %s is %s than the running %s: use %s", vsn, up ? "newer" : "older", running,
                            up ? "upgrade" : "downgrade");
-    Diag diag = {0};
-    Relup *relup = NULL;
-    ReleaseDef *to = NULL;
+    Upgrade *u = xcalloc(1, sizeof(*u));
+    *u = (Upgrade){.d = d,
+                   .client = c,
+                   .from = xstrdup(running),
+                   .to_vsn = xstrdup(vsn),
+                   .who = xstrdup(c->who),
+                   .up = up,
+                   .running_is_current = running_is_current};
     bool stored = false;
-    int64_t attempt = 0;
-    long long t0 = 0;
-    struct timespec ts;
-    if (store_relup(d->cfg.root, up ? running : vsn, up ? vsn : running, true, &relup, &stored, &diag) < 0 ||
-        store_load_release(d->cfg.root, vsn, &to, &diag) < 0) {
-        reply_diag(c, &diag, "cannot compute the relup");
-        goto done;
+    if (store_relup(d->cfg.root, up ? running : vsn, up ? vsn : running, true, &u->relup, &stored, &u->diag) < 0 ||
+        store_load_release(d->cfg.root, vsn, &u->to, &u->diag) < 0) {
+        reply_diag(c, &u->diag, "cannot compute the relup");
+        upgrade_free(u);
+        return;
     }
-    history_attempt_begin(d->hist, c->who, up ? "upgrade" : "downgrade", running, vsn, &attempt);
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    t0 = ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+    diag_clear(&u->diag); /* derivation warnings were for relctl relup */
+    history_attempt_begin(d->hist, c->who, up ? "upgrade" : "downgrade", running, vsn, &u->attempt);
+    u->t0_us = mono_us();
     log_info("%s from %s to %s for %s (%zu instructions)", up ? "upgrade" : "downgrade", running, vsn, c->who,
-             (up ? &relup->up : &relup->down)->n);
-    int r = supervisor_execute(d->sup, d->running, to, up ? &relup->up : &relup->down, attempt, &diag);
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double ms = (double)(ts.tv_sec * 1000000LL + ts.tv_nsec / 1000 - t0) / 1000.0;
-    if (r < 0) {
-        char *why = xasprintf("%s%s%s", diag.errors.n ? diag.errors.v[0] : "failed", diag.warnings.n ? "; " : "",
-                              diag.warnings.n ? diag.warnings.v[0] : "");
-        history_attempt_end(d->hist, attempt, "failed", why);
-        log_error("%s to %s failed: %s", up ? "upgrade" : "downgrade", vsn, why);
-        free(why);
-        reply_diag(c, &diag, "the upgrade failed");
-        goto done;
+             upgrade_script(u)->n);
+    supervisor_exec_begin(d->sup, d->running, u->to, upgrade_script(u), u->attempt, &u->ex);
+    if (sd_event_add_defer(d->ev, &u->step, on_upgrade_step, u) < 0) {
+        history_attempt_end(d->hist, u->attempt, "failed", "cannot schedule the upgrade");
+        reply_error(c, "cannot schedule the upgrade");
+        upgrade_free(u);
+        return;
     }
-    history_attempt_end(d->hist, attempt, "ok", NULL);
-    if (running_is_current)
-        history_release_set_state(d->hist, running, RELEASE_UNPACKED, c->who);
-    char *target_state = NULL;
-    history_release_state(d->hist, vsn, &target_state);
-    if (!target_state || strcmp(target_state, RELEASE_PERMANENT) != 0) /* back to the permanent one: it stays so */
-        history_release_set_state(d->hist, vsn, RELEASE_CURRENT, c->who);
-    free(target_state);
-    release_def_free(d->running);
-    d->running = TAKE_PTR(to);
-    log_info("release %s is current (%.3f ms)", vsn, ms);
-    reply_ok(c, json_pack("{s:s, s:s, s:s, s:i, s:f}", "installed", vsn, "from", running, "direction",
-                          up ? "upgrade" : "downgrade", "instructions", (int)(up ? relup->up.n : relup->down.n), "ms",
-                          ms));
-done:
-    relup_free(relup);
-    release_def_free(to);
-    diag_clear(&diag);
+    sd_event_source_set_enabled(u->step, SD_EVENT_ONESHOT);
+    d->upgrade = u;
+    c->upgrading = true; /* it waits for its reply, with progress lines before */
 }
 
 static void cmd_install(Client *c, const char *vsn, const char *direction)
@@ -518,6 +642,8 @@ static void cmd_install(Client *c, const char *vsn, const char *direction)
     Diag diag = {0};
     if (!vsn) {
         reply_error(c, "install needs a release version or tarball");
+    } else if (d->upgrade) {
+        reply_error(c, "an upgrade from %s to %s is under way; one at a time", d->upgrade->from, d->upgrade->to_vsn);
     } else if (history_release_state(d->hist, vsn, &state) < 0) {
         reply_error(c, "release %s is not known (relctl unpack it first)", vsn);
     } else if (running && strcmp(running, vsn) == 0) {
@@ -621,7 +747,13 @@ static int client_io(sd_event_source *s, int fd, uint32_t revents, void *userdat
                 break;
             c->out_off += (size_t)n;
         }
-        client_free(c); /* one request, one reply */
+        if (c->answered) {
+            client_free(c); /* one request, one reply */
+            return 0;
+        }
+        /* Progress lines written; the reply comes later. */
+        c->out_len = c->out_off = 0;
+        sd_event_source_set_io_events(c->src, 0);
         return 0;
     }
     char cbuf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
@@ -643,14 +775,14 @@ static int client_io(sd_event_source *s, int fd, uint32_t revents, void *userdat
         }
     if (n <= 0) {
         if (!c->job)
-            client_free(c); /* gone before asking; an unpack under way finishes anyway */
+            client_free(c); /* gone; an unpack or upgrade under way finishes anyway */
         else
             sd_event_source_set_enabled(c->src, SD_EVENT_OFF);
         return 0;
     }
     c->in_len += (size_t)n;
     char *nl = memchr(c->in, '\n', c->in_len);
-    if (nl && !c->answered && !c->job) {
+    if (nl && !c->answered && !c->job && !c->upgrading) {
         sd_event_source_set_io_events(c->src, 0);
         handle_request(c, c->in, (size_t)(nl - c->in));
     } else if (c->in_len == sizeof(c->in)) {
@@ -838,6 +970,10 @@ Daemon *daemon_free(Daemon *d)
         log_info("exiting with %u unpack(s) under way; their staging directories go at the next start",
                  d->jobs_running);
         return NULL;
+    }
+    if (d->upgrade) { /* stopped mid-upgrade: the attempt shows as interrupted at the next start */
+        upgrade_free(d->upgrade);
+        d->upgrade = NULL;
     }
     while (d->clients)
         client_free(d->clients);

@@ -905,82 +905,103 @@ static void switch_over(Supervisor *s, const ReleaseDef *to, const ReleaseDef *f
     (void)from;
 }
 
-int supervisor_execute(Supervisor *s, const ReleaseDef *from, const ReleaseDef *to, const RelupScript *script,
-                       int64_t attempt, Diag *diag)
-{
-    Exec x = {.s = s, .to = to, .diag = diag};
-    bool past_ponr = false;
-    int r = 0;
+typedef struct Pending {
+    int idx;
+    json_t *instr;
+    char *outcome;
+    long long start, dur;
+} Pending;
+
+struct Execution {
+    Supervisor *s;
+    const ReleaseDef *from, *to;
+    const RelupScript *script;
+    int64_t attempt;
+    Exec x;
     size_t i;
-    /* Fault injection for the tests (docs/daemon.md): reld kills itself
-     * before instruction k, or pauses there for ms milliseconds ("k:ms"). */
-    const char *crash = getenv("RELD_TEST_CRASH_BEFORE"), *pause = getenv("RELD_TEST_PAUSE_BEFORE");
-    long crash_at = crash ? atol(crash) : 0, pause_at = pause ? atol(pause) : 0;
-    long pause_ms = pause && strchr(pause, ':') ? atol(strchr(pause, ':') + 1) : 0;
+    bool past_ponr, suspended;
+    long long start;
     /* Records wait in memory while a process is suspended: no disk write
      * (a commit, a WAL checkpoint) may lengthen the pause. They are written
      * right after the resume, and at the end. */
-    typedef struct Pending {
-        int idx;
-        json_t *instr;
-        char *outcome;
-        long long start, dur;
-    } Pending;
-    Pending *pending = xcalloc(script->n + 1, sizeof(*pending));
-    size_t n_pending = 0;
-    bool suspended = false;
-    long long start = now_us();
-    for (i = 0; i < script->n && r == 0; i++) {
-        const RelupInstr *in = &script->v[i];
-        if ((long)i + 1 == crash_at)
-            kill(getpid(), SIGKILL);
-        if ((long)i + 1 == pause_at) {
-            struct timespec t = {pause_ms / 1000, pause_ms % 1000 * 1000000L};
-            nanosleep(&t, NULL);
-        }
-        long long t0 = now_us();
-        r = exec_instr(&x, in);
-        past_ponr = past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;
-        suspended = (suspended || in->op == RELUP_SUSPEND) && in->op != RELUP_RESUME;
-        json_t *j = relup_to_json(&(Relup){.from = "", .to = "", .up = {.v = (RelupInstr *)in, .n = 1}});
-        pending[n_pending++] = (Pending){
-            .idx = (int)i + 1,
-            .instr = json_incref(json_array_get(json_object_get(j, "up"), 0)),
-            .outcome = r == 0 ? xstrdup("ok")
-                              : xasprintf("failed: %s", diag->errors.n ? diag->errors.v[diag->errors.n - 1] : "?"),
-            .start = t0 - start,
-            .dur = now_us() - t0,
-        };
-        json_decref(j);
-        if (!suspended || r < 0 || i + 1 == script->n) {
-            for (size_t k = 0; k < n_pending; k++) {
-                history_attempt_instruction(s->hist, attempt, pending[k].idx, pending[k].instr, pending[k].outcome,
-                                            pending[k].start, pending[k].dur);
-                json_decref(pending[k].instr);
-                free(pending[k].outcome);
-            }
-            n_pending = 0;
-        }
+    Pending *pending;
+    size_t n_pending;
+    /* Fault injection for the tests (docs/daemon.md): reld kills itself
+     * before instruction k, or pauses there for ms milliseconds ("k:ms"). */
+    long crash_at, pause_at, pause_ms, delay_at, delay_ms;
+    bool delayed;
+};
+
+int supervisor_exec_begin(Supervisor *s, const ReleaseDef *from, const ReleaseDef *to, const RelupScript *script,
+                          int64_t attempt, Execution **ret)
+{
+    Execution *e = xcalloc(1, sizeof(*e));
+    *e = (Execution){.s = s,
+                     .from = from,
+                     .to = to,
+                     .script = script,
+                     .attempt = attempt,
+                     .x = {.s = s, .to = to},
+                     .start = now_us()};
+    e->pending = xcalloc(script->n + 1, sizeof(*e->pending));
+    const char *crash = getenv("RELD_TEST_CRASH_BEFORE"), *pause = getenv("RELD_TEST_PAUSE_BEFORE");
+    e->crash_at = crash ? atol(crash) : 0;
+    e->pause_at = pause ? atol(pause) : 0;
+    e->pause_ms = pause && strchr(pause, ':') ? atol(strchr(pause, ':') + 1) : 0;
+    const char *delay = getenv("RELD_TEST_DELAY_BEFORE");
+    e->delay_at = delay ? atol(delay) : 0;
+    e->delay_ms = delay && strchr(delay, ':') ? atol(strchr(delay, ':') + 1) : 0;
+    *ret = e;
+    return 0;
+}
+
+long supervisor_exec_delay_ms(Execution *e)
+{
+    if (e->i + 1 != (size_t)e->delay_at || e->delayed)
+        return 0;
+    e->delayed = true;
+    return e->delay_ms;
+}
+
+size_t supervisor_exec_position(const Execution *e, size_t *ret_n)
+{
+    *ret_n = e->script->n;
+    return e->i;
+}
+
+static void flush_records(Execution *e)
+{
+    for (size_t k = 0; k < e->n_pending; k++) {
+        history_attempt_instruction(e->s->hist, e->attempt, e->pending[k].idx, e->pending[k].instr,
+                                    e->pending[k].outcome, e->pending[k].start, e->pending[k].dur);
+        json_decref(e->pending[k].instr);
+        free(e->pending[k].outcome);
     }
-    free(pending);
-    if (r < 0 && !past_ponr) {
+    e->n_pending = 0;
+}
+
+/* What is left to do after the script failed or ended. */
+static int finish(Execution *e, int r)
+{
+    Supervisor *s = e->s;
+    if (r < 0 && !e->past_ponr) {
         /* Nothing has changed yet: drop the staged code, the old release runs on. */
-        for (size_t k = 0; k < x.n_staged; k++)
-            proc_call(x.staged[k], json_pack("{s:s, s:s}", "cmd", "drop_object_code", "module", x.staged_mod[k]), 2000,
-                      NULL);
-        diag_warning(diag,
+        for (size_t k = 0; k < e->x.n_staged; k++)
+            proc_call(e->x.staged[k], json_pack("{s:s, s:s}", "cmd", "drop_object_code", "module", e->x.staged_mod[k]),
+                      2000, NULL);
+        diag_warning(e->x.diag,
                      "failed before the point of no return: the new code was dropped, release %s runs "
                      "untouched",
-                     from->vsn);
+                     e->from->vsn);
     } else if (r < 0) {
         /* Past the point of no return: bring every changed application back
          * on the old release by restarting it there. */
-        for (size_t k = 0; k < x.n_suspended; k++)
-            if (x.suspended[k]->pid)
-                proc_call(x.suspended[k], json_pack("{s:s, s:[]}", "cmd", "resume", "modules"), 1000, NULL);
+        for (size_t k = 0; k < e->x.n_suspended; k++)
+            if (e->x.suspended[k]->pid)
+                proc_call(e->x.suspended[k], json_pack("{s:s, s:[]}", "cmd", "resume", "modules"), 1000, NULL);
         StrVec restarted = {0};
         for (size_t a = 0; a < s->n_apps; a++) {
-            const ReleaseAppRef *ref = appdefs_release_find(to, s->apps[a]->name);
+            const ReleaseAppRef *ref = appdefs_release_find(e->to, s->apps[a]->name);
             if (ref && strcmp(ref->vsn, s->apps[a]->vsn) == 0)
                 continue;
             strvec_push(&restarted, s->apps[a]->name);
@@ -998,27 +1019,74 @@ int supervisor_execute(Supervisor *s, const ReleaseDef *from, const ReleaseDef *
             free(list);
             list = l;
         }
-        diag_warning(diag,
+        diag_warning(e->x.diag,
                      "failed after the point of no return: restarted %s on release %s (their in-memory state "
                      "is lost)",
-                     *list ? list : "nothing", from->vsn);
+                     *list ? list : "nothing", e->from->vsn);
         free(list);
         strvec_clear(&restarted);
     } else {
         /* The old code goes (OTP's post_purge). */
-        for (size_t k = 0; k < script->n; k++)
-            if (script->v[k].op == RELUP_LOAD)
-                send_to_runners(&x, script->v[k].module,
-                                json_pack("{s:s, s:s, s:s}", "cmd", "purge", "module", script->v[k].module, "method",
-                                          purge_method_name(script->v[k].post_purge)),
+        for (size_t k = 0; k < e->script->n; k++)
+            if (e->script->v[k].op == RELUP_LOAD)
+                send_to_runners(&e->x, e->script->v[k].module,
+                                json_pack("{s:s, s:s, s:s}", "cmd", "purge", "module", e->script->v[k].module, "method",
+                                          purge_method_name(e->script->v[k].post_purge)),
                                 5000);
-        diag_clear(diag); /* a refused soft post-purge is not a failure */
-        switch_over(s, to, from);
+        diag_clear(e->x.diag); /* a refused soft post-purge is not a failure */
+        switch_over(s, e->to, e->from);
     }
-    for (size_t k = 0; k < x.n_staged; k++)
-        free(x.staged_mod[k]);
-    free(x.staged);
-    free(x.staged_mod);
-    free(x.suspended);
     return r;
+}
+
+int supervisor_exec_step(Execution *e, Diag *diag)
+{
+    e->x.diag = diag;
+    int r = 0;
+    do {
+        const RelupInstr *in = &e->script->v[e->i];
+        if ((long)e->i + 1 == e->crash_at)
+            kill(getpid(), SIGKILL);
+        if ((long)e->i + 1 == e->pause_at) {
+            struct timespec t = {e->pause_ms / 1000, e->pause_ms % 1000 * 1000000L};
+            nanosleep(&t, NULL);
+        }
+        long long t0 = now_us();
+        r = exec_instr(&e->x, in);
+        e->past_ponr = e->past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;
+        e->suspended = (e->suspended || in->op == RELUP_SUSPEND) && in->op != RELUP_RESUME;
+        json_t *j = relup_to_json(&(Relup){.from = "", .to = "", .up = {.v = (RelupInstr *)in, .n = 1}});
+        e->pending[e->n_pending++] = (Pending){
+            .idx = (int)e->i + 1,
+            .instr = json_incref(json_array_get(json_object_get(j, "up"), 0)),
+            .outcome = r == 0 ? xstrdup("ok")
+                              : xasprintf("failed: %s", diag->errors.n ? diag->errors.v[diag->errors.n - 1] : "?"),
+            .start = t0 - e->start,
+            .dur = now_us() - t0,
+        };
+        json_decref(j);
+        e->i++;
+        if (!e->suspended || r < 0 || e->i == e->script->n)
+            flush_records(e);
+        /* A suspended process's group runs to its resume without yielding:
+         * nothing else reld does may lengthen the pause. */
+    } while (r == 0 && e->suspended && e->i < e->script->n);
+    if (r < 0 || e->i == e->script->n)
+        return finish(e, r);
+    return 1;
+}
+
+Execution *supervisor_exec_free(Execution *e)
+{
+    if (!e)
+        return NULL;
+    flush_records(e);
+    for (size_t k = 0; k < e->x.n_staged; k++)
+        free(e->x.staged_mod[k]);
+    free(e->x.staged);
+    free(e->x.staged_mod);
+    free(e->x.suspended);
+    free(e->pending);
+    free(e);
+    return NULL;
 }

@@ -295,6 +295,35 @@ def test_process_killed_mid_upgrade(work):
         r.stop()
 
 
+def test_status_during_upgrade(work):
+    port = free_port()
+    os.environ["RELD_TEST_DELAY_BEFORE"] = "3:1500"  # before suspend: a long upgrade, the loop running
+    try:
+        r = d.Reld(work)
+    finally:
+        del os.environ["RELD_TEST_DELAY_BEFORE"]
+    r.relctl("install", kv_tarball(work, "1", port))
+    r.relctl("unpack", kv_tarball(work, "2", port))
+    wait_for(lambda: versions(r))
+    up = subprocess.Popen([A.relctl, "upgrade", "2"], env=dict(os.environ, RELD_SOCKET=r.sock),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    st = status(r)
+    took = time.monotonic() - t0
+    d.tap(st.get("upgrade") == {"from": "1", "to": "2", "direction": "upgrade", "done": 2, "of": 6} and took < 0.5,
+          f"status answers during an upgrade ({took * 1000:.0f} ms) and shows instruction 2 of 6 done", st)
+    rc, out, err = r.relctl("history", "--json")
+    d.tap(rc == 0 and json.loads(out)["attempts"][-1]["result"] is None, "history answers during it, unfinished")
+    rc, out, err = r.relctl("downgrade", "1")
+    d.tap(rc == 1 and "under way; one at a time" in err, "a second upgrade is refused meanwhile", err)
+    out, err = up.communicate(timeout=30)
+    d.tap(up.returncode == 0 and "relctl: [3/6] suspend kv_server" in err and "relctl: [6/6] resume" in err,
+          "the relctl that asked shows the progress, instruction by instruction", err)
+    d.tap(status(r).get("upgrade") is None and versions(r) == [("kv_server", "2")], "done: release 2 runs")
+    r.stop()
+
+
 def plain_tarball(work):
     """Two applications of /bin/sh processes: front depends on back."""
     src = os.path.join(work, "plain")
@@ -401,7 +430,7 @@ def main():
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     print("TAP version 13")
     for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed,
-              test_process_killed_mid_upgrade):
+              test_process_killed_mid_upgrade, test_status_during_upgrade):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
