@@ -575,7 +575,7 @@ static int on_upgrade_step(sd_event_source *src, void *userdata)
     size_t n, before = supervisor_exec_position(u->ex, &n);
     int r = supervisor_exec_step(u->ex, &u->diag);
     size_t done = supervisor_exec_position(u->ex, &n);
-    for (size_t k = before; u->client && k < done && r >= 0; k++) {
+    for (size_t k = before; u->client && k < done; k++) { /* a failed step too: where it stopped */
         char *line = relup_instr_format(&upgrade_script(u)->v[k]);
         send_line(u->client, json_pack("{s:i, s:i, s:s}", "progress", (int)k + 1, "of", (int)n, "instruction", line));
         free(line);

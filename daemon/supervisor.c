@@ -679,7 +679,30 @@ typedef struct Exec {
     size_t n_staged;
     Proc **suspended;
     size_t n_suspended;
+    /* What this upgrade changed in each process, in order, to undo it. */
+    struct Done {
+        Proc *p;
+        char *module;
+        bool converted; /* code_change up ran */
+        json_t *extra;
+    } * done;
+    size_t n_done;
 } Exec;
+
+static void note_done(Exec *x, Proc *p, const char *cmd, const char *module, json_t *req)
+{
+    if (strcmp(cmd, "load") == 0) {
+        x->done = xrealloc(x->done, (x->n_done + 1) * sizeof(*x->done));
+        x->done[x->n_done++] = (struct Done){.p = p, .module = xstrdup(module)};
+    } else if (strcmp(cmd, "code_change") == 0 && strcmp(json_string_value(json_object_get(req, "mode")), "up") == 0) {
+        for (size_t k = x->n_done; k-- > 0;)
+            if (x->done[k].p == p && strcmp(x->done[k].module, module) == 0) {
+                x->done[k].converted = true;
+                x->done[k].extra = json_incref(json_object_get(req, "extra"));
+                break;
+            }
+    }
+}
 
 /* Sends a command for module to every process that runs it. */
 static int send_to_runners(Exec *x, const char *module, json_t *req, int timeout_ms)
@@ -698,7 +721,9 @@ static int send_to_runners(Exec *x, const char *module, json_t *req, int timeout
                            err               ? err
                            : r == -ETIMEDOUT ? "no answer in time"
                                              : strerror(-r));
-            else if (strcmp(json_string_value(json_object_get(req, "cmd")), "load_object_code") == 0) {
+            else if (strcmp(json_string_value(json_object_get(req, "cmd")), "load_object_code") != 0) {
+                note_done(x, p, json_string_value(json_object_get(req, "cmd")), module, req);
+            } else {
                 x->staged = xrealloc(x->staged, (x->n_staged + 1) * sizeof(*x->staged));
                 x->staged_mod = xrealloc(x->staged_mod, (x->n_staged + 1) * sizeof(*x->staged_mod));
                 x->staged[x->n_staged] = p;
@@ -930,6 +955,7 @@ struct Execution {
      * before instruction k, or pauses there for ms milliseconds ("k:ms"). */
     long crash_at, pause_at, pause_ms, delay_at, delay_ms;
     bool delayed;
+    json_t *before; /* label -> the modules each process ran before: [{name, version}] */
 };
 
 int supervisor_exec_begin(Supervisor *s, const ReleaseDef *from, const ReleaseDef *to, const RelupScript *script,
@@ -948,6 +974,13 @@ int supervisor_exec_begin(Supervisor *s, const ReleaseDef *from, const ReleaseDe
     e->crash_at = crash ? atol(crash) : 0;
     e->pause_at = pause ? atol(pause) : 0;
     e->pause_ms = pause && strchr(pause, ':') ? atol(strchr(pause, ':') + 1) : 0;
+    e->before = json_object();
+    for (size_t a = 0; a < s->n_apps; a++)
+        for (size_t k = 0; k < s->apps[a]->n_procs; k++) {
+            const Proc *p = s->apps[a]->procs[k];
+            if (p->modules)
+                json_object_set_new(e->before, p->label, json_deep_copy(p->modules));
+        }
     const char *delay = getenv("RELD_TEST_DELAY_BEFORE");
     e->delay_at = delay ? atol(delay) : 0;
     e->delay_ms = delay && strchr(delay, ':') ? atol(strchr(delay, ':') + 1) : 0;
@@ -980,6 +1013,88 @@ static void flush_records(Execution *e)
     e->n_pending = 0;
 }
 
+static bool going_down(const Execution *e)
+{
+    for (size_t k = 0; k < e->script->n; k++)
+        if (e->script->v[k].op == RELUP_CODE_CHANGE && e->script->v[k].down)
+            return true;
+    return false;
+}
+
+/* resume for every module the process runs (its definition's list). */
+static json_t *resume_all(const Proc *p)
+{
+    json_t *names = json_array();
+    for (size_t m = 0; m < p->def->modules.n; m++)
+        json_array_append_new(names, json_string(p->def->modules.v[m]));
+    return json_pack("{s:s, s:o}", "cmd", "resume", "modules", names);
+}
+
+/* The version of module process p ran before this upgrade, or NULL. */
+static const char *version_before(const Execution *e, const Proc *p, const char *module)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(e->before, p->label), i,
+                       m) if (strcmp(json_string_value(json_object_get(m, "name")), module) ==
+                              0) return json_string_value(json_object_get(m, "version"));
+    return NULL;
+}
+
+/* The inverse of what an upgrade did before it failed: per process, in
+ * reverse, the state converted back by the newer code (code_change down)
+ * and the version it ran before made current again (revert), then resume;
+ * staged code dropped. 0, or -errno when a step failed. */
+static int run_inverse(Execution *e)
+{
+    Exec *x = &e->x;
+    int r = 0;
+    for (size_t a = 0; a < e->s->n_apps; a++)
+        for (size_t k = 0; k < e->s->apps[a]->n_procs; k++) {
+            Proc *p = e->s->apps[a]->procs[k];
+            json_t *mods = json_array();
+            for (size_t d = 0; d < x->n_done; d++)
+                if (x->done[d].p == p)
+                    json_array_append_new(mods, json_string(x->done[d].module));
+            bool suspended = false;
+            for (size_t d = 0; d < x->n_suspended; d++)
+                suspended = suspended || x->suspended[d] == p;
+            if (json_array_size(mods) && p->pid && r == 0) {
+                char *err = NULL;
+                int q = proc_call(p, json_pack("{s:s, s:O}", "cmd", "suspend", "modules", mods), 5000, &err);
+                for (size_t d = x->n_done; q == 0 && d-- > 0;)
+                    if (x->done[d].p == p && x->done[d].converted)
+                        q = proc_call(p,
+                                      json_pack("{s:s, s:s, s:s, s:O}", "cmd", "code_change", "module",
+                                                x->done[d].module, "mode", "down", "extra",
+                                                x->done[d].extra ? x->done[d].extra : json_null()),
+                                      10000, &err);
+                for (size_t d = x->n_done; q == 0 && d-- > 0;)
+                    if (x->done[d].p == p) {
+                        const char *v = version_before(e, p, x->done[d].module);
+                        q = proc_call(p,
+                                      json_pack("{s:s, s:s, s:o}", "cmd", "revert", "module", x->done[d].module,
+                                                "version", v ? json_string(v) : json_null()),
+                                      5000, &err);
+                    }
+                if (q < 0) {
+                    diag_error(x->diag, "%s[%d]: undoing the upgrade: %s", p->label, (int)p->pid,
+                               err ? err : strerror(-q));
+                    r = q;
+                }
+                free(err);
+                suspended = true;
+            }
+            if (suspended && p->pid)
+                proc_call(p, resume_all(p), 5000, NULL);
+            json_decref(mods);
+        }
+    for (size_t k = 0; k < x->n_staged; k++)
+        proc_call(x->staged[k], json_pack("{s:s, s:s}", "cmd", "drop_object_code", "module", x->staged_mod[k]), 2000,
+                  NULL);
+    return r;
+}
+
 /* What is left to do after the script failed or ended. */
 static int finish(Execution *e, int r)
 {
@@ -993,12 +1108,17 @@ static int finish(Execution *e, int r)
                      "failed before the point of no return: the new code was dropped, release %s runs "
                      "untouched",
                      e->from->vsn);
+    } else if (r < 0 && !going_down(e) && run_inverse(e) == 0) {
+        diag_warning(e->x.diag,
+                     "failed after the point of no return: ran the inverse of what was done; release %s runs, its "
+                     "state kept",
+                     e->from->vsn);
     } else if (r < 0) {
-        /* Past the point of no return: bring every changed application back
-         * on the old release by restarting it there. */
+        /* Past the point of no return, and no inverse: bring every changed
+         * application back on the old release by restarting it there. */
         for (size_t k = 0; k < e->x.n_suspended; k++)
             if (e->x.suspended[k]->pid)
-                proc_call(e->x.suspended[k], json_pack("{s:s, s:[]}", "cmd", "resume", "modules"), 1000, NULL);
+                proc_call(e->x.suspended[k], resume_all(e->x.suspended[k]), 1000, NULL);
         StrVec restarted = {0};
         for (size_t a = 0; a < s->n_apps; a++) {
             const ReleaseAppRef *ref = appdefs_release_find(e->to, s->apps[a]->name);
@@ -1086,6 +1206,12 @@ Execution *supervisor_exec_free(Execution *e)
     free(e->x.staged);
     free(e->x.staged_mod);
     free(e->x.suspended);
+    for (size_t k = 0; k < e->x.n_done; k++) {
+        free(e->x.done[k].module);
+        json_decref(e->x.done[k].extra);
+    }
+    free(e->x.done);
+    json_decref(e->before);
     free(e->pending);
     free(e);
     return NULL;

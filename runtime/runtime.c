@@ -490,6 +490,37 @@ static void cmd_remove(RelRuntime *rt, json_t *id, RelModule *m)
     reply_ok(rt, id, NULL);
 }
 
+/* The inverse of load (and add_module), for a relup undone after its point
+ * of no return: the version the process ran before becomes current again
+ * ("version"; null: the module did not exist before and leaves). The
+ * newer code becomes the old version, so nothing still in use is unmapped;
+ * the state must already be converted back (code_change down). A module
+ * already at that version is left alone. */
+static void cmd_revert(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
+{
+    json_t *v = json_object_get(req, "version");
+    const char *want = json_string_value(v);
+    if (v && !json_is_null(v) && !want)
+        return reply_error(rt, id, "bad_request", "version must be a string or null");
+    if (m->staged) {
+        version_close(m->staged);
+        m->staged = NULL;
+    }
+    if (!want) {
+        if (!m->current)
+            return reply_ok(rt, id, json_pack("{s:b}", "reverted", 0));
+        return cmd_remove(rt, id, m);
+    }
+    if (m->current && strcmp(m->current->desc->version, want) == 0)
+        return reply_ok(rt, id, json_pack("{s:b}", "reverted", 0));
+    if (!m->old || strcmp(m->old->desc->version, want) != 0)
+        return reply_error(rt, id, "cannot_revert", "%s has no version %s to go back to", m->name, want);
+    RelVersion *newer = m->current;
+    m->current = m->old;
+    m->old = newer;
+    reply_ok(rt, id, json_pack("{s:b, s:s}", "reverted", 1, "version", want));
+}
+
 /* The modules of a suspend/resume request that this process runs. */
 static bool names_any_module(RelRuntime *rt, json_t *mods)
 {
@@ -535,7 +566,8 @@ static void handle_line(RelRuntime *rt, const char *line, size_t len)
         }
     } else if (!name) {
         if (strcmp(cmd, "load_object_code") == 0 || strcmp(cmd, "drop_object_code") == 0 || strcmp(cmd, "load") == 0 ||
-            strcmp(cmd, "code_change") == 0 || strcmp(cmd, "purge") == 0 || strcmp(cmd, "remove") == 0)
+            strcmp(cmd, "code_change") == 0 || strcmp(cmd, "purge") == 0 || strcmp(cmd, "remove") == 0 ||
+            strcmp(cmd, "revert") == 0)
             reply_error(rt, id, "bad_request", "%s needs a module", cmd);
         else
             reply_error(rt, id, "unknown_command", "unknown command '%s'", cmd);
@@ -551,6 +583,8 @@ static void handle_line(RelRuntime *rt, const char *line, size_t len)
         cmd_purge(rt, id, req, m);
     } else if (strcmp(cmd, "drop_object_code") == 0) {
         cmd_drop_object_code(rt, id, m);
+    } else if (strcmp(cmd, "revert") == 0) {
+        cmd_revert(rt, id, req, m);
     } else if (strcmp(cmd, "remove") == 0) {
         cmd_remove(rt, id, m);
     } else {

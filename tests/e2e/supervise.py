@@ -130,14 +130,15 @@ def test_kvcounter(work):
     r.stop()
 
 
-def variant_tarball(work, port, vsn, module_file):
-    """Release vsn (e.g. "2.1"): kvcounter 2.0.0's definitions as version
+def variant_tarball(work, port, vsn, module_file, base="2.0.0"):
+    """Release vsn (e.g. "2.1"): kvcounter `base`'s definitions as version
     vsn.0, with kv_server.so replaced by module_file (bytes or a path)."""
     src = os.path.join(work, f"var-{vsn}")
     app = f"kvcounter-{vsn}.0"
-    shutil.copytree(os.path.join(A.kvroot, "lib", "kvcounter-2.0.0"), os.path.join(src, "lib", app))
+    shutil.copytree(os.path.join(A.kvroot, "lib", f"kvcounter-{base}"), os.path.join(src, "lib", app))
     y = os.path.join(src, "lib", app, "app.yaml")
-    text = open(y).read().replace('vsn: "2.0.0"', f'vsn: "{vsn}.0"').replace("127.0.0.1:17411", f"127.0.0.1:{port}")
+    text = open(y).read().replace(f'vsn: "{base}"', f'vsn: "{vsn}.0"').replace("127.0.0.1:17411",
+                                                                                f"127.0.0.1:{port}")
     open(y, "w").write(text)
     so = os.path.join(src, "lib", app, "modules", "kv_server.so")
     if isinstance(module_file, bytes):
@@ -210,16 +211,30 @@ def test_upgrades(work):
     # A code_change that fails: after the point of no return.
     broken = os.path.join(os.path.dirname(A.kvroot), "kv_server-2b.so")
     r.relctl("unpack", variant_tarball(work, port, "2.2", broken))
+    pid = status(r)["processes"][0]["pid"]
     rc, out, err = r.relctl("upgrade", "2.2")
-    d.tap(rc == 1 and "code_change_failed" in err and "restarted kvcounter on release 1" in err,
-          "a failing code_change after the point of no return: the application is restarted on release 1", err)
-    ok = wait_for(lambda: versions(r) == [("kv_server", "1")] and request(port, "VERSION") == "OK kv_server 1")
-    d.tap(ok and status(r)["permanent"] == "1", "release 1 serves again, still permanent", status(r))
+    d.tap(rc == 1 and "code_change_failed" in err and "ran the inverse of what was done" in err,
+          "a failing code_change after the point of no return: reld runs the inverse", err)
+    st = status(r)
+    d.tap(request(port, "VERSION") == "OK kv_server 1" and request(port, "GET kept") == "OK kept 5" and
+          st["processes"][0]["pid"] == pid and st["permanent"] == "1",
+          "release 1 serves with its state, same process, still permanent", st)
     rc, out, err = r.relctl("history", "--json")
     last = json.loads(out)["attempts"][-1]
-    d.tap(last["result"] == "failed" and "restarted kvcounter" in last["detail"] and
+    d.tap(last["result"] == "failed" and "ran the inverse" in last["detail"] and
           any(i["outcome"].startswith("failed") for i in last["instructions"]),
           "history: the failed attempt, the failed instruction and what was done", last)
+
+    # From 2, an upgrade that adds kv_lib and then fails in kv_server's
+    # code_change: the inverse takes kv_lib out again.
+    r.relctl("upgrade", "2")
+    r.relctl("unpack", variant_tarball(work, port, "3.1", broken, base="3.0.0"))
+    rc, out, err = r.relctl("upgrade", "3.1")
+    d.tap(rc == 1 and "ran the inverse" in err and "[4/7] load kv_lib" in err,
+          "2 -> 3.1: kv_lib added, kv_server's code_change fails, the inverse runs", err)
+    d.tap(request(port, "VERSION") == "OK kv_server 2" and request(port, "GET kept") == "OK kept 5" and
+          request(port, "TOP 1").startswith("ERR"),
+          "release 2 serves with its state, and kv_lib is gone (TOP refused)", request(port, "TOP 1"))
     r.stop()
 
 
