@@ -162,18 +162,8 @@ static void send_line(Client *c, json_t *msg)
 /* Queues the reply and closes the connection once it is written. */
 static void reply(Client *c, json_t *msg)
 {
-    char *text = json_dumps(msg, JSON_COMPACT);
-    json_decref(msg);
-    if (!text)
-        return;
-    size_t len = strlen(text);
-    c->out = xrealloc(c->out, c->out_len + len + 1);
-    memcpy(c->out + c->out_len, text, len);
-    c->out[c->out_len + len] = '\n';
-    c->out_len += len + 1;
-    free(text);
     c->answered = true;
-    sd_event_source_set_io_events(c->src, EPOLLOUT);
+    send_line(c, msg);
 }
 
 static void reply_ok(Client *c, json_t *fields)

@@ -180,6 +180,14 @@ def test_unpack_and_states(work):
         all("uid" in e["who"] for e in h["events"]), "history: unpacks and the removal, with who asked", kinds)
     rc, out, err = r.relctl("status")
     tap(rc == 0 and "permanent 1.0" in out, "status names the permanent release", out + err)
+    try:
+        p = subprocess.run([A.relctl, "status", "--watch", "0.2"], env=dict(os.environ, RELD_SOCKET=r.sock),
+                           capture_output=True, text=True, timeout=1.1)
+        watched = p.stdout
+    except subprocess.TimeoutExpired as e:
+        watched = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    tap(watched.count("relctl status, every 0.2 s") >= 3 and watched.count("permanent 1.0") >= 3,
+        "status --watch refreshes until interrupted", watched[-300:])
 
     r2 = Reld(work)
     r2.p.wait(5)
