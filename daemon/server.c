@@ -372,38 +372,52 @@ static json_t *status_json(Daemon *d)
 }
 
 /* Removes a release's files: its releases/<vsn> and the application
- * directories no other release uses. */
+ * directories no other release uses. Reading each other release.yaml once
+ * tells which those are; when one cannot be read, no application directory
+ * goes (better a stale directory than one deleted from under a release). */
 static void remove_release_files(Daemon *d, const char *vsn)
 {
     Diag diag = {0};
     ReleaseDef *rel = NULL;
-    if (store_load_release(d->cfg.root, vsn, &rel, &diag) == 0) {
-        json_t *all = NULL;
-        history_releases(d->hist, &all);
-        for (size_t a = 0; a < rel->n_apps; a++) {
-            bool shared = false;
-            size_t i;
-            json_t *r;
-            json_array_foreach(all, i, r)
-            {
-                const char *other = json_string_value(json_object_get(r, "vsn"));
-                ReleaseDef *o = NULL;
-                Diag od = {0};
-                if (strcmp(other, vsn) != 0 && store_load_release(d->cfg.root, other, &o, &od) == 0) {
-                    const ReleaseAppRef *ref = appdefs_release_find(o, rel->apps[a].name);
-                    shared = shared || (ref && strcmp(ref->vsn, rel->apps[a].vsn) == 0);
-                }
-                release_def_free(o);
-                diag_clear(&od);
-            }
-            if (!shared) {
-                char *p = xasprintf("%s/lib/%s-%s", d->cfg.root, rel->apps[a].name, rel->apps[a].vsn);
-                store_remove_tree(p);
-                free(p);
-            }
+    json_t *all = NULL;
+    StrMap used = {0}; /* "app-vsn" of every other release; keys in `keys` */
+    StrVec keys = {0};
+    bool known = history_releases(d->hist, &all) == 0 && store_load_release(d->cfg.root, vsn, &rel, &diag) == 0;
+    size_t i;
+    json_t *r;
+    json_array_foreach(all, i, r)
+    {
+        const char *other = json_string_value(json_object_get(r, "vsn"));
+        if (!known || strcmp(other, vsn) == 0)
+            continue;
+        char *path = xasprintf("%s/releases/%s/release.yaml", d->cfg.root, other), *buf = NULL;
+        size_t len;
+        ReleaseDef *o = NULL;
+        if (store_read_file(path, &buf, &len) < 0 || appdefs_parse_release(path, buf, len, &o, &diag) < 0) {
+            log_error("remove %s: cannot read release %s's definition; keeping every application directory", vsn,
+                      other);
+            known = false;
         }
-        json_decref(all);
+        for (size_t a = 0; o && a < o->n_apps; a++)
+            strvec_push_take(&keys, xasprintf("%s-%s", o->apps[a].name, o->apps[a].vsn));
+        release_def_free(o);
+        free(buf);
+        free(path);
     }
+    for (size_t k = 0; k < keys.n; k++)
+        strmap_put(&used, keys.v[k], k);
+    for (size_t a = 0; known && a < rel->n_apps; a++) {
+        char *dir = xasprintf("%s-%s", rel->apps[a].name, rel->apps[a].vsn);
+        if (!strmap_get(&used, dir, NULL)) {
+            char *p = xasprintf("%s/lib/%s", d->cfg.root, dir);
+            store_remove_tree(p);
+            free(p);
+        }
+        free(dir);
+    }
+    strmap_clear(&used);
+    strvec_clear(&keys);
+    json_decref(all);
     release_def_free(rel);
     diag_clear(&diag);
     char *p = xasprintf("%s/releases/%s", d->cfg.root, vsn);

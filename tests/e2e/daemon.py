@@ -400,6 +400,22 @@ def test_pack(work):
     r.stop()
 
 
+def test_remove_keeps_dirs_when_unsure(work):
+    r = Reld(work)
+    r.relctl("unpack", release_tar(A.shop, *REL1, os.path.join(work, "a.tar.gz")))
+    r.relctl("unpack", release_tar(A.shop, *REL2, os.path.join(work, "b.tar.gz")))
+    with open(os.path.join(r.root, "releases", "1.0", "release.yaml"), "w") as f:
+        f.write("release: [broken\n")
+    rc, out, err = r.relctl("remove", "2.0")
+    tap(rc == 0 and not os.path.exists(os.path.join(r.root, "releases", "2.0")) and
+        os.path.isdir(os.path.join(r.root, "lib", "stats-1.0.0")),
+        "remove keeps every application directory when another release's definition cannot be read", err)
+    r.stop()
+    log = open(os.path.join(work, "reld.log")).read()
+    tap("cannot read release 1.0's definition; keeping every application directory" in log,
+        "and says so in its log", log[-500:])
+
+
 def test_config_errors(work):
     r = Reld(work, config="writer_grop: ops\n")
     r.p.wait(5)
@@ -433,8 +449,8 @@ def main():
     ap.add_argument("--shop", required=True)
     A = ap.parse_args()
     print("TAP version 13")
-    for t in (test_unpack_and_states, test_hostile, test_clients, test_crash, test_pack, test_config_errors,
-              test_notify):
+    for t in (test_unpack_and_states, test_hostile, test_clients, test_crash, test_pack,
+              test_remove_keeps_dirs_when_unsure, test_config_errors, test_notify):
         work = tempfile.mkdtemp(prefix="reld-e2e-")
         try:
             t(work)
