@@ -98,13 +98,18 @@ struct Job {
     Job *next;
 };
 
+static void log_line(const char *prefix, const char *fmt, va_list ap)
+{
+    fputs(prefix, stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 void log_info(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("reld: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    log_line("reld: ", fmt, ap);
     va_end(ap);
 }
 
@@ -112,9 +117,7 @@ void log_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("reld: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    log_line("reld: error: ", fmt, ap);
     va_end(ap);
 }
 

@@ -44,7 +44,6 @@ typedef struct Proc {
     pid_t pid;
     int restarts;
     bool stopping;
-    bool given_up;
     sd_event_source *child_src, *ctl_src;
     int ctl_fd;
     char ctl_buf[65536];
@@ -226,7 +225,7 @@ static void proc_close_channels(Proc *p)
 
 static int proc_spawn(Proc *p);
 
-static void app_stop(App *a, const char *why);
+static void app_stop(App *a);
 
 static int on_exit_(sd_event_source *src, const siginfo_t *si, void *userdata)
 {
@@ -260,7 +259,7 @@ static int on_exit_(sd_event_source *src, const siginfo_t *si, void *userdata)
         json_t *detail = json_pack("{s:s, s:s}", "app", a->name, "reason", why);
         history_event(a->s->hist, "restart_limit", "reld", a->vsn, detail); /* borrows detail */
         json_decref(detail);
-        app_stop(a, why);
+        app_stop(a);
         free(why);
         return 0;
     }
@@ -415,7 +414,7 @@ static void proc_stop(Proc *p)
     proc_close_channels(p);
 }
 
-static void app_stop(App *a, const char *why)
+static void app_stop(App *a)
 {
     a->stopped = true;
     for (size_t i = a->n_procs; i-- > 0;)
@@ -462,7 +461,7 @@ int supervisor_new(sd_event *ev, History *hist, const char *root, Supervisor **r
 static void stop_all(Supervisor *s)
 {
     for (size_t i = s->n_apps; i-- > 0;) {
-        app_stop(s->apps[i], "shutdown");
+        app_stop(s->apps[i]);
         app_free(s->apps[i]);
     }
     free(s->apps);
@@ -826,7 +825,7 @@ static int exec_instr(Exec *x, const RelupInstr *in)
          * anything it depends on changes. */
         for (size_t a = 0; a < x->s->n_apps; a++)
             if (strcmp(x->s->apps[a]->name, in->app) == 0)
-                app_stop(x->s->apps[a], "stop_application");
+                app_stop(x->s->apps[a]);
         return 0;
     default:
         /* Starts (start_application, start, the new versions of processes
@@ -840,14 +839,14 @@ static int exec_instr(Exec *x, const RelupInstr *in)
  * Processes that speak the protocol keep running with new definitions
  * (restarts use the new code); those that do not are restarted; processes
  * the new release drops are stopped; new ones are started. */
-static void switch_over(Supervisor *s, const ReleaseDef *to, const ReleaseDef *from)
+static void switch_over(Supervisor *s, const ReleaseDef *to)
 {
     size_t *order = appdefs_release_order(to);
     App **apps = xcalloc(to->n_apps + 1, sizeof(*apps));
     size_t n = 0;
     for (size_t i = s->n_apps; i-- > 0;) { /* applications the new release lacks stop first */
         if (!appdefs_release_find(to, s->apps[i]->name)) {
-            app_stop(s->apps[i], "removed");
+            app_stop(s->apps[i]);
             app_free(s->apps[i]);
             s->apps[i] = NULL;
         }
@@ -920,14 +919,13 @@ static void switch_over(Supervisor *s, const ReleaseDef *to, const ReleaseDef *f
     }
     for (size_t i = 0; i < s->n_apps; i++)
         if (s->apps[i]) { /* not in `to` and not stopped above: cannot happen */
-            app_stop(s->apps[i], "gone");
+            app_stop(s->apps[i]);
             app_free(s->apps[i]);
         }
     free(s->apps);
     s->apps = apps;
     s->n_apps = n;
     free(order);
-    (void)from;
 }
 
 typedef struct Pending {
@@ -1154,7 +1152,7 @@ static int finish(Execution *e, int r)
                                           purge_method_name(e->script->v[k].post_purge)),
                                 5000);
         diag_clear(e->x.diag); /* a refused soft post-purge is not a failure */
-        switch_over(s, e->to, e->from);
+        switch_over(s, e->to);
     }
     return r;
 }
