@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -19,13 +18,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as d  # noqa: E402  (its Reld, tap and counters)
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runtime"))
+from hotcode import free_port, request  # noqa: E402
 
 
 def kv_tarball(work, vsn, port):
@@ -40,18 +34,6 @@ def kv_tarball(work, vsn, port):
         t.add(os.path.join(src, "releases", vsn), f"releases/{vsn}")
         t.add(os.path.join(src, "lib", f"kvcounter-{vsn}.0.0"), f"lib/kvcounter-{vsn}.0.0")
     return path
-
-
-def request(port, line):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall((line + "\n").encode())
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data.decode().strip()
 
 
 def status(r):

@@ -42,6 +42,19 @@ def free_port():
     return port
 
 
+def request(port, line):
+    """One request line to the service on port, and its reply line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall((line + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode().strip()
+
+
 def module(name):
     return os.path.join(ARGS.bin, f"{name}.so")
 
@@ -104,15 +117,7 @@ class Proc:
         return reply
 
     def request(self, line):
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall((line + "\n").encode())
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            return data.decode().strip()
+        return request(self.port, line)
 
     def alive(self):
         return self.p.poll() is None
