@@ -252,8 +252,14 @@ int main(int argc, char **argv)
                 wake = conns[i].next_ns;
         for (size_t i = 0; i < n_conns; i++)
             pfd[i] = (struct pollfd){.fd = conns[i].busy ? conns[i].fd : -1, .events = POLLIN};
+        /* ppoll, not poll: a timeout in whole milliseconds rounds the
+         * sub-millisecond waits between requests down to 0, and a load
+         * generator that spins takes a core from the service it measures. */
         long long wait_ns = wake - now_ns();
-        poll(pfd, n_conns, wait_ns > 0 ? (int)(wait_ns / 1000000) : 0);
+        if (wait_ns < 0)
+            wait_ns = 0;
+        struct timespec ts = {.tv_sec = wait_ns / 1000000000LL, .tv_nsec = wait_ns % 1000000000LL};
+        ppoll(pfd, n_conns, &ts, NULL);
         t = now_ns();
         for (size_t i = 0; i < n_conns; i++) {
             Conn *c = &conns[i];
