@@ -678,29 +678,34 @@ typedef struct Exec {
     size_t n_staged;
     Proc **suspended;
     size_t n_suspended;
-    /* What this upgrade changed in each process, in order, to undo it. */
+    /* What this upgrade changed in each process, in the order it happened:
+     * undone in reverse when it fails after the point of no return. */
     struct Done {
         Proc *p;
         char *module;
-        bool converted; /* code_change up ran */
-        json_t *extra;
+        enum { DONE_LOAD, DONE_CODE_CHANGE_UP, DONE_CODE_CHANGE_DOWN, DONE_REMOVE } op;
+        json_t *extra; /* of a code_change */
     } * done;
     size_t n_done;
 } Exec;
 
 static void note_done(Exec *x, Proc *p, const char *cmd, const char *module, json_t *req)
 {
+    struct Done d = {.p = p, .module = xstrdup(module)};
     if (strcmp(cmd, "load") == 0) {
-        x->done = xrealloc(x->done, (x->n_done + 1) * sizeof(*x->done));
-        x->done[x->n_done++] = (struct Done){.p = p, .module = xstrdup(module)};
-    } else if (strcmp(cmd, "code_change") == 0 && strcmp(json_string_value(json_object_get(req, "mode")), "up") == 0) {
-        for (size_t k = x->n_done; k-- > 0;)
-            if (x->done[k].p == p && strcmp(x->done[k].module, module) == 0) {
-                x->done[k].converted = true;
-                x->done[k].extra = json_incref(json_object_get(req, "extra"));
-                break;
-            }
+        d.op = DONE_LOAD;
+    } else if (strcmp(cmd, "code_change") == 0) {
+        bool up = strcmp(json_string_value(json_object_get(req, "mode")), "up") == 0;
+        d.op = up ? DONE_CODE_CHANGE_UP : DONE_CODE_CHANGE_DOWN;
+        d.extra = json_incref(json_object_get(req, "extra"));
+    } else if (strcmp(cmd, "remove") == 0) {
+        d.op = DONE_REMOVE;
+    } else {
+        free(d.module);
+        return; /* purge: nothing a process needs back */
     }
+    x->done = xrealloc(x->done, (x->n_done + 1) * sizeof(*x->done));
+    x->done[x->n_done++] = d;
 }
 
 /* Sends a command for module to every process that runs it. */
@@ -951,7 +956,7 @@ struct Execution {
     size_t n_pending;
     /* Fault injection for the tests (docs/daemon.md): reld kills itself
      * before instruction k, or pauses there for ms milliseconds ("k:ms"). */
-    long crash_at, pause_at, pause_ms, delay_at, delay_ms;
+    long crash_at, pause_at, pause_ms, delay_at, delay_ms, fail_at;
     bool delayed;
     json_t *before; /* label -> the modules each process ran before: [{name, version}] */
 };
@@ -979,6 +984,8 @@ int supervisor_exec_begin(Supervisor *s, const ReleaseDef *from, const ReleaseDe
             if (p->modules)
                 json_object_set_new(e->before, p->label, json_deep_copy(p->modules));
         }
+    const char *fail = getenv("RELD_TEST_FAIL_AT");
+    e->fail_at = fail ? atol(fail) : 0;
     const char *delay = getenv("RELD_TEST_DELAY_BEFORE");
     e->delay_at = delay ? atol(delay) : 0;
     e->delay_ms = delay && strchr(delay, ':') ? atol(strchr(delay, ':') + 1) : 0;
@@ -1039,10 +1046,34 @@ static const char *version_before(const Execution *e, const Proc *p, const char 
     return NULL;
 }
 
-/* The inverse of what an upgrade did before it failed: per process, in
- * reverse, the state converted back by the newer code (code_change down)
- * and the version it ran before made current again (revert), then resume;
- * staged code dropped. 0, or -errno when a step failed. */
+/* The inverse of one change a script made in process p: 0 or -errno. */
+static int undo(Execution *e, Proc *p, const struct Done *d, char **err)
+{
+    switch (d->op) {
+    case DONE_LOAD: { /* the version it ran before becomes current again */
+        const char *v = version_before(e, p, d->module);
+        return proc_call(p,
+                         json_pack("{s:s, s:s, s:o}", "cmd", "revert", "module", d->module, "version",
+                                   v ? json_string(v) : json_null()),
+                         5000, err);
+    }
+    case DONE_CODE_CHANGE_UP:   /* the newer code, still current, converts back */
+    case DONE_CODE_CHANGE_DOWN: /* the newer code, current again after its revert, converts up again */
+        return proc_call(p,
+                         json_pack("{s:s, s:s, s:s, s:O}", "cmd", "code_change", "module", d->module, "mode",
+                                   d->op == DONE_CODE_CHANGE_UP ? "down" : "up", "extra",
+                                   d->extra ? d->extra : json_null()),
+                         10000, err);
+    case DONE_REMOVE:
+        *err = xasprintf("%s was removed and its state is gone", d->module);
+        return -ENOTRECOVERABLE;
+    }
+    return -EINVAL;
+}
+
+/* The inverse of what an upgrade or a downgrade did before it failed: per
+ * process, suspended, every change it made undone in reverse order, then
+ * resume; staged code dropped. 0, or -errno when a step failed. */
 static int run_inverse(Execution *e)
 {
     Exec *x = &e->x;
@@ -1061,23 +1092,11 @@ static int run_inverse(Execution *e)
                 char *err = NULL;
                 int q = proc_call(p, json_pack("{s:s, s:O}", "cmd", "suspend", "modules", mods), 5000, &err);
                 for (size_t d = x->n_done; q == 0 && d-- > 0;)
-                    if (x->done[d].p == p && x->done[d].converted)
-                        q = proc_call(p,
-                                      json_pack("{s:s, s:s, s:s, s:O}", "cmd", "code_change", "module",
-                                                x->done[d].module, "mode", "down", "extra",
-                                                x->done[d].extra ? x->done[d].extra : json_null()),
-                                      10000, &err);
-                for (size_t d = x->n_done; q == 0 && d-- > 0;)
-                    if (x->done[d].p == p) {
-                        const char *v = version_before(e, p, x->done[d].module);
-                        q = proc_call(p,
-                                      json_pack("{s:s, s:s, s:o}", "cmd", "revert", "module", x->done[d].module,
-                                                "version", v ? json_string(v) : json_null()),
-                                      5000, &err);
-                    }
+                    if (x->done[d].p == p)
+                        q = undo(e, p, &x->done[d], &err);
                 if (q < 0) {
-                    diag_error(x->diag, "%s[%d]: undoing the upgrade: %s", p->label, (int)p->pid,
-                               err ? err : strerror(-q));
+                    diag_error(x->diag, "%s[%d]: undoing the %s: %s", p->label, (int)p->pid,
+                               going_down(e) ? "downgrade" : "upgrade", err ? err : strerror(-q));
                     r = q;
                 }
                 free(err);
@@ -1106,7 +1125,7 @@ static int finish(Execution *e, int r)
                      "failed before the point of no return: the new code was dropped, release %s runs "
                      "untouched",
                      e->from->vsn);
-    } else if (r < 0 && !going_down(e) && run_inverse(e) == 0) {
+    } else if (r < 0 && run_inverse(e) == 0) {
         diag_warning(e->x.diag,
                      "failed after the point of no return: ran the inverse of what was done; release %s runs, its "
                      "state kept",
@@ -1170,7 +1189,12 @@ int supervisor_exec_step(Execution *e, Diag *diag)
             nanosleep(&t, NULL);
         }
         long long t0 = now_us();
-        r = exec_instr(&e->x, in);
+        if ((long)e->i + 1 == e->fail_at) {
+            diag_error(diag, "instruction %zu failed on purpose (RELD_TEST_FAIL_AT)", e->i + 1);
+            r = -ECANCELED;
+        } else {
+            r = exec_instr(&e->x, in);
+        }
         e->past_ponr = e->past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;
         e->suspended = (e->suspended || in->op == RELUP_SUSPEND) && in->op != RELUP_RESUME;
         json_t *j = relup_to_json(&(Relup){.from = "", .to = "", .up = {.v = (RelupInstr *)in, .n = 1}});

@@ -417,6 +417,12 @@ static void cmd_code_change(RelRuntime *rt, json_t *id, json_t *req, RelModule *
      * Down: the newer code is still current and converts to the staged,
      * older version before that one loads. */
     RelVersion *other = up ? m->old : m->staged;
+    /* Up with no old version but staged code: reld undoing a downgrade
+     * whose code_change down ran and whose load did not; the older code is
+     * still staged and the state is in its format. */
+    bool undoing_down = up && !m->old && m->staged;
+    if (undoing_down)
+        other = m->staged;
     if (!m->current || !other)
         return reply_error(rt, id, "no_object_code", "%s: nothing to convert %s to (%s)", m->name, up ? "from" : "to",
                            up ? "no old version: load first" : "no staged version");
@@ -434,7 +440,7 @@ static void cmd_code_change(RelRuntime *rt, json_t *id, json_t *req, RelModule *
          * failed object's own memory. */
         reply_error(rt, id, "code_change_failed", "code_change %s of %s %s failed: %s%s%s", mode, m->name,
                     m->current->desc->version, strerror(-r), *err ? ": " : "", err);
-        if (up) {
+        if (up && !undoing_down) {
             /* Back to the old code with the old state, which code_change
              * left untouched; the new code goes. */
             RelVersion *bad = m->current;

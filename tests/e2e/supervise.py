@@ -321,6 +321,66 @@ def test_status_during_upgrade(work):
     r.stop()
 
 
+def reld_failing_at(root, k):
+    os.environ["RELD_TEST_FAIL_AT"] = str(k)
+    try:
+        return d.Reld(root)
+    finally:
+        del os.environ["RELD_TEST_FAIL_AT"]
+
+
+def test_failed_downgrade(work):
+    # The 2 -> 1 downgrade: 1 load_object_code, 2 point_of_no_return,
+    # 3 suspend, 4 code_change down, 5 load, 6 resume. Failing at 6, after
+    # the state went down to v1's array and v1 became current: the inverse
+    # makes v2 current again and converts the state up again.
+    port = free_port()
+    root = os.path.join(work, "down")
+    os.makedirs(root)
+    r = reld_failing_at(root, 6)
+    r.relctl("install", kv_tarball(work, "2", port))
+    r.relctl("make-permanent")
+    r.relctl("unpack", kv_tarball(work, "1", port))
+    wait_for(lambda: versions(r))
+    for _ in range(7):
+        request(port, "INCR kept")
+    pid = status(r)["processes"][0]["pid"]
+    rc, out, err = r.relctl("downgrade", "1")
+    d.tap(rc == 1 and "failed on purpose" in err and "ran the inverse of what was done" in err,
+          "a downgrade failing after the point of no return: reld runs its inverse", err)
+    st = status(r)
+    d.tap(versions(r) == [("kv_server", "2")] and request(port, "GET kept") == "OK kept 7" and
+          request(port, "INCR kept") == "OK kept 8" and st["processes"][0]["pid"] == pid and
+          st["processes"][0]["restarts"] == 0 and st["permanent"] == "2",
+          "release 2 serves again in the same process, its counters converted back up", st)
+    rc, out, err = r.relctl("history", "--json")
+    last = json.loads(out)["attempts"][-1]
+    d.tap(last["result"] == "failed" and "ran the inverse" in last["detail"] and
+          [i["outcome"][:6] for i in last["instructions"]] == ["ok"] * 5 + ["failed"],
+          "history: five instructions ok, the sixth failed, and the inverse", last)
+    r.stop()
+
+    # The 3 -> 1 downgrade removes kv_lib at 6 and purges it at 7; failing
+    # at 8 (resume), kv_lib's state is gone: reld restarts instead.
+    port = free_port()
+    root = os.path.join(work, "down3")
+    os.makedirs(root)
+    r = reld_failing_at(root, 8)
+    src = os.path.join(work, "src3")
+    os.makedirs(src)
+    r.relctl("install", kv_tarball(src, "3", port))
+    r.relctl("unpack", kv_tarball(src, "1", port))
+    wait_for(lambda: versions(r))
+    pid = status(r)["processes"][0]["pid"]
+    rc, out, err = r.relctl("downgrade", "1")
+    d.tap(rc == 1 and "kv_lib was removed and its state is gone" in err and "restarted kvcounter on release 3" in err,
+          "a downgrade whose removal cannot be undone: reld says so and restarts on the old release", err)
+    served = wait_for(lambda: [p for p in status(r)["processes"] if p["pid"] and p["pid"] != pid and p["modules"]])
+    d.tap(served and request(port, "VERSION") == "OK kv_server 3" and request(port, "TOP 1").startswith("OK"),
+          "release 3 serves again, kv_lib with it", served)
+    r.stop()
+
+
 def plain_tarball(work):
     """Two applications of /bin/sh processes: front depends on back."""
     src = os.path.join(work, "plain")
@@ -427,7 +487,7 @@ def main():
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     print("TAP version 13")
     for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed,
-              test_process_killed_mid_upgrade, test_status_during_upgrade):
+              test_process_killed_mid_upgrade, test_status_during_upgrade, test_failed_downgrade):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
