@@ -1007,15 +1007,50 @@ size_t supervisor_exec_position(const Execution *e, size_t *ret_n)
     return e->i;
 }
 
+/* Writes the records waiting in memory (outcomes rewrite the "running"
+ * rows written before the step). */
 static void flush_records(Execution *e)
 {
+    HistoryInstruction *v = xcalloc(e->n_pending + 1, sizeof(*v));
+    for (size_t k = 0; k < e->n_pending; k++)
+        v[k] = (HistoryInstruction){.idx = e->pending[k].idx,
+                                    .instr = e->pending[k].instr,
+                                    .outcome = e->pending[k].outcome,
+                                    .start_us = e->pending[k].start,
+                                    .duration_us = e->pending[k].dur};
+    history_attempt_instructions(e->s->hist, e->attempt, v, e->n_pending);
+    free(v);
     for (size_t k = 0; k < e->n_pending; k++) {
-        history_attempt_instruction(e->s->hist, e->attempt, e->pending[k].idx, e->pending[k].instr,
-                                    e->pending[k].outcome, e->pending[k].start, e->pending[k].dur);
         json_decref(e->pending[k].instr);
         free(e->pending[k].outcome);
     }
     e->n_pending = 0;
+}
+
+/* The record of instruction i (0-based) with its outcome. */
+static void record_instruction(Execution *e, size_t i, char *outcome, long long start, long long dur)
+{
+    json_t *j = relup_to_json(&(Relup){.from = "", .to = "", .up = {.v = (RelupInstr *)&e->script->v[i], .n = 1}});
+    e->pending[e->n_pending++] = (Pending){
+        .idx = (int)i + 1,
+        .instr = json_incref(json_array_get(json_object_get(j, "up"), 0)),
+        .outcome = outcome,
+        .start = start,
+        .dur = dur,
+    };
+    json_decref(j);
+}
+
+/* Where the step starting at instruction i ends (exclusive): after i, or
+ * for a suspend after its resume, as a suspended group runs in one step. */
+static size_t step_end(const Execution *e, size_t i)
+{
+    if (e->script->v[i].op != RELUP_SUSPEND)
+        return i + 1;
+    for (size_t k = i + 1; k < e->script->n; k++)
+        if (e->script->v[k].op == RELUP_RESUME)
+            return k + 1;
+    return e->script->n;
 }
 
 static bool going_down(const Execution *e)
@@ -1179,6 +1214,12 @@ static int finish(Execution *e, int r)
 int supervisor_exec_step(Execution *e, Diag *diag)
 {
     e->x.diag = diag;
+    /* Written before it runs: after a crash, the history shows what reld
+     * was doing (history_attempts_interrupted marks it). */
+    size_t end = step_end(e, e->i);
+    for (size_t k = e->i; k < end; k++)
+        record_instruction(e, k, xstrdup("running"), now_us() - e->start, 0);
+    flush_records(e);
     int r = 0;
     do {
         const RelupInstr *in = &e->script->v[e->i];
@@ -1197,22 +1238,18 @@ int supervisor_exec_step(Execution *e, Diag *diag)
         }
         e->past_ponr = e->past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;
         e->suspended = (e->suspended || in->op == RELUP_SUSPEND) && in->op != RELUP_RESUME;
-        json_t *j = relup_to_json(&(Relup){.from = "", .to = "", .up = {.v = (RelupInstr *)in, .n = 1}});
-        e->pending[e->n_pending++] = (Pending){
-            .idx = (int)e->i + 1,
-            .instr = json_incref(json_array_get(json_object_get(j, "up"), 0)),
-            .outcome = r == 0 ? xstrdup("ok")
-                              : xasprintf("failed: %s", diag->errors.n ? diag->errors.v[diag->errors.n - 1] : "?"),
-            .start = t0 - e->start,
-            .dur = now_us() - t0,
-        };
-        json_decref(j);
+        record_instruction(e, e->i,
+                           r == 0 ? xstrdup("ok")
+                                  : xasprintf("failed: %s", diag->errors.n ? diag->errors.v[diag->errors.n - 1] : "?"),
+                           t0 - e->start, now_us() - t0);
         e->i++;
-        if (!e->suspended || r < 0 || e->i == e->script->n)
-            flush_records(e);
-        /* A suspended process's group runs to its resume without yielding:
-         * nothing else reld does may lengthen the pause. */
+        /* Records of a suspended group wait for its resume: nothing else
+         * reld does, a disk write least, may lengthen the pause. */
     } while (r == 0 && e->suspended && e->i < e->script->n);
+    if (r < 0)
+        for (size_t k = e->i; k < end; k++)
+            record_instruction(e, k, xstrdup("not run"), now_us() - e->start, 0);
+    flush_records(e);
     if (r < 0 || e->i == e->script->n)
         return finish(e, r);
     return 1;

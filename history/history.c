@@ -333,26 +333,37 @@ int history_attempt_begin(History *h, const char *who, const char *kind, const c
     return r;
 }
 
-int history_attempt_instruction(History *h, int64_t attempt, int idx, json_t *instr, const char *outcome,
-                                int64_t start_us, int64_t duration_us)
+int history_attempt_instructions(History *h, int64_t attempt, const HistoryInstruction *v, size_t n)
 {
-    char *text = json_dumps(instr, JSON_COMPACT);
-    sqlite3_stmt *st = prep(h,
-                            "INSERT INTO instructions(attempt_id, idx, instr, outcome, duration_us, start_us) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            0, NULL);
-    int r = -EIO;
-    if (st && text) {
+    if (!n)
+        return 0;
+    if (run(h, "BEGIN IMMEDIATE", 0, NULL) < 0)
+        return -EIO;
+    sqlite3_stmt *st =
+        prep(h,
+             "INSERT OR REPLACE INTO instructions(attempt_id, idx, instr, outcome, duration_us, start_us) "
+             "VALUES (?, ?, ?, ?, ?, ?)",
+             0, NULL);
+    int r = st ? 0 : -EIO;
+    for (size_t k = 0; r == 0 && k < n; k++) {
+        char *text = json_dumps(v[k].instr, JSON_COMPACT);
+        if (!text) {
+            r = -ENOMEM;
+            break;
+        }
+        sqlite3_reset(st);
         sqlite3_bind_int64(st, 1, attempt);
-        sqlite3_bind_int(st, 2, idx);
+        sqlite3_bind_int(st, 2, v[k].idx);
         sqlite3_bind_text(st, 3, text, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 4, outcome, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 5, duration_us);
-        sqlite3_bind_int64(st, 6, start_us);
+        sqlite3_bind_text(st, 4, v[k].outcome, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 5, v[k].duration_us);
+        sqlite3_bind_int64(st, 6, v[k].start_us);
         r = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
+        free(text);
     }
     sqlite3_finalize(st);
-    free(text);
+    if (run(h, r == 0 ? "COMMIT" : "ROLLBACK", 0, NULL) < 0 && r == 0)
+        r = -EIO;
     return r;
 }
 
@@ -420,6 +431,13 @@ int history_list(History *h, int limit, json_t **ret)
 
 int history_attempts_interrupted(History *h)
 {
+    /* Instructions written as running (before they ran) that never got
+     * their outcome: reld died while doing them. */
+    if (run(h,
+            "UPDATE instructions SET outcome = 'interrupted' WHERE outcome = 'running' AND attempt_id IN "
+            "(SELECT id FROM attempts WHERE result IS NULL)",
+            0, NULL) < 0)
+        return -EIO;
     int r = run(h,
                 "UPDATE attempts SET result = 'interrupted', detail = 'reld stopped during the attempt; it restarted "
                 "on the permanent release', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE result IS NULL",

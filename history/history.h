@@ -50,13 +50,23 @@ int history_event(History *h, const char *kind, const char *who, const char *rel
 /* Attempts: begin, one row per instruction, end. */
 int history_attempt_begin(History *h, const char *who, const char *kind, const char *from, const char *to,
                           int64_t *ret_id);
-/* start_us: when the instruction started, after the attempt's first. */
-int history_attempt_instruction(History *h, int64_t attempt, int idx, json_t *instr, const char *outcome,
-                                int64_t start_us, int64_t duration_us);
+/* One instruction's row. outcome: "running" (written before it runs),
+ * "ok", "failed: REASON", "not run" (after a failure earlier in its
+ * group), "interrupted" (set by history_attempts_interrupted). start_us:
+ * when it started, after the attempt's first. */
+typedef struct HistoryInstruction {
+    int idx;
+    json_t *instr;
+    const char *outcome;
+    int64_t start_us, duration_us;
+} HistoryInstruction;
+/* Writes or rewrites (same attempt and idx) the rows, in one transaction. */
+int history_attempt_instructions(History *h, int64_t attempt, const HistoryInstruction *v, size_t n);
 int history_attempt_end(History *h, int64_t attempt, const char *result, const char *detail);
 
 /* Closes every attempt left without a result (reld died during it) as
- * "interrupted"; returns how many, or -errno. */
+ * "interrupted", and its instructions left "running"; returns how many
+ * attempts, or -errno. */
 int history_attempts_interrupted(History *h);
 
 /* The newest events and attempts (with their instructions), newest last:
