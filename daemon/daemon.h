@@ -79,19 +79,23 @@ int supervisor_start_release(Supervisor *s, const ReleaseDef *rel, Diag *diag);
 bool supervisor_running(const Supervisor *s);
 /* Executing script, a relup from the running release `from` to `to`,
  * against the processes (docs/daemon.md), each instruction recorded under
- * attempt. Stepwise, so that reld serves other requests between steps:
+ * attempt. Stepwise, so that reld serves other requests meanwhile:
  * supervisor_exec_step() runs one instruction, or a whole suspend..resume
  * group (a paused process waits for nothing else), and returns 1 while
- * instructions remain, 0 when done (every application then runs its `to`
- * version; to must outlive the processes), or -errno on failure, after the
- * recovery: before the point of no return the new code is dropped; after
- * it, the changed applications are restarted on `from`. What happened is in
- * diag (errors, and a warning naming the recovery). from, to and script
- * must outlive the Execution. */
+ * instructions remain (call it again), SUPERVISOR_EXEC_WAITING while
+ * processes are to answer (wake(userdata) is called, from the event loop,
+ * when the step can go on: call it again then), 0 when done (every
+ * application then runs its `to` version; to must outlive the processes),
+ * or -errno on failure, after the recovery: before the point of no return
+ * the new code is dropped; after it, the inverse runs, or the changed
+ * applications are restarted on `from`. What happened is in diag (errors,
+ * and a warning naming the recovery). from, to and script must outlive the
+ * Execution. */
 struct RelupScript;
 typedef struct Execution Execution;
+#define SUPERVISOR_EXEC_WAITING 2
 int supervisor_exec_begin(Supervisor *s, const ReleaseDef *from, const ReleaseDef *to, const struct RelupScript *script,
-                          int64_t attempt, Execution **ret);
+                          int64_t attempt, void (*wake)(void *userdata), void *userdata, Execution **ret);
 int supervisor_exec_step(Execution *e, Diag *diag);
 size_t supervisor_exec_position(const Execution *e, size_t *ret_n); /* instructions done, of *ret_n */
 /* Test hook RELD_TEST_DELAY_BEFORE=k:ms: once, before instruction k, how

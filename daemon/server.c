@@ -589,9 +589,16 @@ static int on_upgrade_step(sd_event_source *src, void *userdata)
     }
     if (r <= 0)
         upgrade_done(u, r);
-    else
+    else if (r != SUPERVISOR_EXEC_WAITING)
         sd_event_source_set_enabled(src, SD_EVENT_ONESHOT); /* the next step, after other events */
     return 0;
+}
+
+/* The processes answered: the step goes on, from the event loop. */
+static void on_upgrade_wake(void *userdata)
+{
+    Upgrade *u = userdata;
+    sd_event_source_set_enabled(u->step, SD_EVENT_ONESHOT);
 }
 
 /* Goes from the running release to vsn by executing the relup against the
@@ -627,7 +634,7 @@ static void change_release(Client *c, const char *running, const char *vsn, bool
     u->t0_us = mono_us();
     log_info("%s from %s to %s for %s (%zu instructions)", up ? "upgrade" : "downgrade", running, vsn, c->who,
              upgrade_script(u)->n);
-    supervisor_exec_begin(d->sup, d->running, u->to, upgrade_script(u), u->attempt, &u->ex);
+    supervisor_exec_begin(d->sup, d->running, u->to, upgrade_script(u), u->attempt, on_upgrade_wake, u, &u->ex);
     if (sd_event_add_defer(d->ev, &u->step, on_upgrade_step, u) < 0) {
         history_attempt_end(d->hist, u->attempt, "failed", "cannot schedule the upgrade");
         reply_error(c, "cannot schedule the upgrade");

@@ -21,6 +21,7 @@
 extern char **environ;
 
 typedef struct App App;
+typedef struct Call Call;
 
 /* One output pipe of one run of a process: it may still hold lines after
  * the process exited and a new run started, so it keeps its own pid. */
@@ -48,7 +49,8 @@ typedef struct Proc {
     int ctl_fd;
     char ctl_buf[65536];
     size_t ctl_len;
-    json_t *modules; /* from the process's hello: [{name, version}] */
+    json_t *modules; /* from the process's hello and replies: [{name, version, ...}] */
+    Call *call;      /* the executor's request out to it, if any */
 } Proc;
 
 struct App {
@@ -167,45 +169,51 @@ static void watch_output(Proc *p, int fd)
     }
 }
 
-/* The control channel: for now reld reads the process's hello (its
- * modules, shown by status); the executor (docs/runtime.md) sends the
- * commands of a relup over the same channel. */
-static void control_take_events(Proc *p);
+/* The control channel: reld reads the process's events (hello: its
+ * modules, shown by status) and the replies to the executor's requests
+ * (docs/runtime.md). */
+static void control_take_events(Proc *p, bool blocking);
+static void control_reply(Proc *p, json_t *m);
+static void control_lost(Proc *p);
 
 static int on_control(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
     Proc *p = userdata;
     ssize_t n = read(fd, p->ctl_buf + p->ctl_len, sizeof(p->ctl_buf) - p->ctl_len);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return 0; /* the executor read it first */
+        return 0; /* a blocking call read it first */
     if (n <= 0) {
         sd_event_source_set_enabled(src, SD_EVENT_OFF);
+        control_lost(p);
         return 0;
     }
     p->ctl_len += (size_t)n;
-    control_take_events(p);
+    control_take_events(p, false);
     return 0;
 }
 
-/* Handles the complete event lines (hello) at the front of the control
- * buffer; stops at a reply, which belongs to the executor. */
-static void control_take_events(Proc *p)
+/* Handles the complete lines at the front of the control buffer: events,
+ * and replies to the executor's calls. In a blocking call (proc_call) it
+ * stops at a reply, which is that call's. */
+static void control_take_events(Proc *p, bool blocking)
 {
     char *nl;
     while ((nl = memchr(p->ctl_buf, '\n', p->ctl_len))) {
         json_t *m = json_loadb(p->ctl_buf, (size_t)(nl - p->ctl_buf), 0, NULL);
         const char *ev = json_string_value(json_object_get(m, "event"));
-        if (!ev && m && json_object_get(m, "id")) {
+        if (!ev && m && json_object_get(m, "id") && blocking) {
             json_decref(m);
             break;
         }
+        p->ctl_len -= (size_t)(nl + 1 - p->ctl_buf);
+        memmove(p->ctl_buf, nl + 1, p->ctl_len);
         if (ev && strcmp(ev, "hello") == 0) {
             json_decref(p->modules);
             p->modules = json_incref(json_object_get(m, "modules"));
+        } else if (!ev && m) {
+            control_reply(p, m);
         }
         json_decref(m);
-        p->ctl_len -= (size_t)(nl + 1 - p->ctl_buf);
-        memmove(p->ctl_buf, nl + 1, p->ctl_len);
     }
     if (p->ctl_len == sizeof(p->ctl_buf))
         p->ctl_len = 0; /* an over-long line from a process: dropped */
@@ -213,6 +221,7 @@ static void control_take_events(Proc *p)
 
 static void proc_close_channels(Proc *p)
 {
+    control_lost(p);
     sd_event_source_disable_unref(p->ctl_src);
     p->ctl_src = NULL;
     if (p->ctl_fd >= 0)
@@ -567,10 +576,12 @@ json_t *supervisor_status(const Supervisor *s)
 
 /* ---- executing a relup ------------------------------------------------------
  *
- * Synchronous: each command goes to the processes that run the module and
- * the executor waits for every answer (with a timeout) before the next
- * instruction. An upgrade of the example takes about a millisecond; while
- * it runs, reld answers no other request. */
+ * An instruction sends its commands to every process concerned at once and
+ * returns to the event loop; replies arrive through on_control, timeouts
+ * through a timer, and when the last call of the instruction has ended
+ * the executor is woken for the next. So a process slow to reach its safe
+ * point holds up the upgrade, not reld. The recovery after a failure (drops,
+ * the inverse, post-purges) uses short blocking round trips. */
 
 static long long now_us(void)
 {
@@ -579,12 +590,13 @@ static long long now_us(void)
     return t.tv_sec * 1000000LL + t.tv_nsec / 1000;
 }
 
-/* One request on a process's control channel and its reply. 0, or
- * -ETIMEDOUT, -ECONNRESET, -EPROTO (the process refused: *err says why). */
-static int proc_call_reply(Proc *p, json_t *req, int timeout_ms, char **err, json_t **ret_reply)
+static long long next_call_id;
+
+/* Sends one request line (taking req) with a fresh id, returned in *ret_id.
+ * 0 or -ECONNRESET. */
+static int proc_send(Proc *p, json_t *req, int timeout_ms, long long *ret_id)
 {
-    static long long next_id;
-    long long id = ++next_id;
+    long long id = ++next_call_id;
     json_object_set_new(req, "id", json_integer(id));
     char *text = json_dumps(req, JSON_COMPACT);
     json_decref(req);
@@ -593,12 +605,13 @@ static int proc_call_reply(Proc *p, json_t *req, int timeout_ms, char **err, jso
     text[len++] = '\n';
     long long deadline = now_ms() + timeout_ms;
     for (size_t off = 0; off < len;) {
-        ssize_t n = send(p->ctl_fd, text + off, len - off, MSG_NOSIGNAL); /* a dead process must not kill reld */
+        ssize_t n = p->ctl_fd < 0 ? -1 : send(p->ctl_fd, text + off, len - off, MSG_NOSIGNAL); /* a dead process
+                                                                                                 must not kill reld */
         if (n > 0) {
             off += (size_t)n;
             continue;
         }
-        if (n < 0 && errno == EAGAIN && now_ms() < deadline) {
+        if (n < 0 && errno == EAGAIN && now_ms() < deadline) { /* a full channel: one request is small */
             struct pollfd pf = {.fd = p->ctl_fd, .events = POLLOUT};
             poll(&pf, 1, 10);
             continue;
@@ -607,8 +620,34 @@ static int proc_call_reply(Proc *p, json_t *req, int timeout_ms, char **err, jso
         return -ECONNRESET;
     }
     free(text);
+    *ret_id = id;
+    return 0;
+}
+
+/* A reply's effect on what reld knows of the process: replies that change
+ * the current versions carry the process's module list. */
+static void take_modules(Proc *p, json_t *reply)
+{
+    json_t *mods = json_object_get(reply, "modules");
+    if (json_is_array(mods)) {
+        json_decref(p->modules);
+        p->modules = json_incref(mods);
+    }
+}
+
+/* One blocking request and its reply (recovery paths only). 0, or
+ * -ETIMEDOUT, -ECONNRESET, -EPROTO (the process refused: *err says why). */
+static int proc_call(Proc *p, json_t *req, int timeout_ms, char **err)
+{
+    long long id;
+    long long deadline = now_ms() + timeout_ms;
+    if (p->call || proc_send(p, req, timeout_ms, &id) < 0) {
+        if (p->call)
+            json_decref(req);
+        return -ECONNRESET;
+    }
     for (;;) {
-        control_take_events(p);
+        control_take_events(p, true);
         char *nl = memchr(p->ctl_buf, '\n', p->ctl_len);
         if (nl) {
             json_t *m = json_loadb(p->ctl_buf, (size_t)(nl - p->ctl_buf), 0, NULL);
@@ -622,8 +661,8 @@ static int proc_call_reply(Proc *p, json_t *req, int timeout_ms, char **err, jso
             if (r < 0 && err)
                 *err = xasprintf("%s: %s", json_string_value(json_object_get(m, "error")),
                                  json_string_value(json_object_get(m, "message")));
-            if (ret_reply)
-                *ret_reply = json_incref(m);
+            if (r == 0)
+                take_modules(p, m);
             json_decref(m);
             return r;
         }
@@ -638,11 +677,6 @@ static int proc_call_reply(Proc *p, json_t *req, int timeout_ms, char **err, jso
         if (n > 0)
             p->ctl_len += (size_t)n;
     }
-}
-
-static int proc_call(Proc *p, json_t *req, int timeout_ms, char **err)
-{
-    return proc_call_reply(p, req, timeout_ms, err, NULL);
 }
 
 /* The new definition of a running process: same application and process
@@ -669,7 +703,19 @@ static bool runs(const ReleaseDef *to, const Proc *p, const char *module)
     return strvec_contains(&p->def->modules, module) || (nd && strvec_contains(&nd->modules, module));
 }
 
-typedef struct Exec {
+typedef struct Exec Exec;
+
+/* The requests of one instruction to one process, sent one at a time (a
+ * process stops at the first that fails, as OTP's script would). */
+struct Call {
+    Exec *x;
+    Proc *p;
+    json_t *queue; /* [{req, timeout_ms}] still to send */
+    json_t *req;   /* the one out, whose reply is awaited */
+    long long id, deadline_ms;
+};
+
+struct Exec {
     Supervisor *s;
     const ReleaseDef *to;
     Diag *diag;
@@ -687,7 +733,15 @@ typedef struct Exec {
         json_t *extra; /* of a code_change */
     } * done;
     size_t n_done;
-} Exec;
+    /* The calls of the instruction under way. */
+    Call **calls;
+    size_t n_calls, n_out;
+    int calls_r;  /* the first failure among them */
+    bool waiting; /* the executor returned to the event loop for them */
+    sd_event_source *timer;
+    void (*wake)(void *userdata); /* the instruction's calls have all ended */
+    void *wake_data;
+};
 
 static void note_done(Exec *x, Proc *p, const char *cmd, const char *module, json_t *req)
 {
@@ -708,67 +762,238 @@ static void note_done(Exec *x, Proc *p, const char *cmd, const char *module, jso
     x->done[x->n_done++] = d;
 }
 
-/* Sends a command for module to every process that runs it. */
+/* What a successful reply means for the executor's bookkeeping. */
+static void call_succeeded(Exec *x, Proc *p, json_t *req)
+{
+    const char *cmd = json_string_value(json_object_get(req, "cmd"));
+    const char *module = json_string_value(json_object_get(req, "module"));
+    if (strcmp(cmd, "load_object_code") == 0) {
+        x->staged = xrealloc(x->staged, (x->n_staged + 1) * sizeof(*x->staged));
+        x->staged_mod = xrealloc(x->staged_mod, (x->n_staged + 1) * sizeof(*x->staged_mod));
+        x->staged[x->n_staged] = p;
+        x->staged_mod[x->n_staged++] = xstrdup(module);
+    } else if (strcmp(cmd, "suspend") == 0) {
+        x->suspended = xrealloc(x->suspended, (x->n_suspended + 1) * sizeof(*x->suspended));
+        x->suspended[x->n_suspended++] = p;
+    } else if (module) {
+        note_done(x, p, cmd, module, req);
+    }
+}
+
+static void call_send_next(Call *c);
+
+/* The call's request out ended: reply (ok or refused, in m), or r < 0. */
+static void call_ended(Call *c, json_t *m, int r)
+{
+    Exec *x = c->x;
+    Proc *p = c->p;
+    const char *cmd = json_string_value(json_object_get(c->req, "cmd"));
+    const char *module = json_string_value(json_object_get(c->req, "module"));
+    if (r == 0 && !json_is_true(json_object_get(m, "ok")))
+        r = -EPROTO;
+    if (r == 0) {
+        take_modules(p, m);
+        call_succeeded(x, p, c->req);
+    } else {
+        diag_error(x->diag, "%s[%d]: %s%s%s: %s%s%s", p->label, (int)p->pid, cmd, module ? " " : "",
+                   module ? module : "",
+                   r == -EPROTO       ? json_string_value(json_object_get(m, "error"))
+                   : r == -ETIMEDOUT  ? "no answer in time"
+                   : r == -ECONNRESET ? "the process went away"
+                                      : strerror(-r),
+                   r == -EPROTO ? ": " : "", r == -EPROTO ? json_string_value(json_object_get(m, "message")) : "");
+        if (x->calls_r == 0)
+            x->calls_r = r;
+        if (r == -ETIMEDOUT && strcmp(cmd, "suspend") == 0) /* it may suspend late: the recovery resumes it */
+            call_succeeded(x, p, c->req);
+        json_array_clear(c->queue); /* this process goes no further */
+    }
+    json_decref(c->req);
+    c->req = NULL;
+    c->id = 0;
+    call_send_next(c);
+}
+
+static int on_call_timer(sd_event_source *src, uint64_t usec, void *userdata);
+
+/* The timer at the earliest deadline of the calls out. */
+static void arm_timer(Exec *x)
+{
+    long long first = 0;
+    for (size_t k = 0; k < x->n_calls; k++)
+        if (x->calls[k]->req && (!first || x->calls[k]->deadline_ms < first))
+            first = x->calls[k]->deadline_ms;
+    if (!first)
+        return;
+    uint64_t at = (uint64_t)first * 1000;
+    if (x->timer) {
+        sd_event_source_set_time(x->timer, at);
+        sd_event_source_set_enabled(x->timer, SD_EVENT_ONESHOT);
+    } else {
+        sd_event_add_time(x->s->ev, &x->timer, CLOCK_MONOTONIC, at, 1000, on_call_timer, x);
+    }
+}
+
+static void call_send_next(Call *c)
+{
+    Exec *x = c->x;
+    if (json_array_size(c->queue)) {
+        json_t *next = json_incref(json_array_get(c->queue, 0));
+        json_array_remove(c->queue, 0);
+        int timeout = (int)json_integer_value(json_object_get(next, "timeout_ms"));
+        c->req = json_incref(json_object_get(next, "req"));
+        json_decref(next);
+        c->deadline_ms = now_ms() + timeout;
+        if (proc_send(c->p, json_incref(c->req), timeout, &c->id) < 0)
+            return call_ended(c, NULL, -ECONNRESET);
+        arm_timer(x);
+        return;
+    }
+    c->p->call = NULL;
+    if (--x->n_out == 0 && x->waiting)
+        x->wake(x->wake_data);
+}
+
+static int on_call_timer(sd_event_source *src, uint64_t usec, void *userdata)
+{
+    Exec *x = userdata;
+    long long t = now_ms();
+    for (size_t k = 0; k < x->n_calls; k++)
+        if (x->calls[k]->req && x->calls[k]->deadline_ms <= t)
+            call_ended(x->calls[k], NULL, -ETIMEDOUT);
+    arm_timer(x);
+    return 0;
+}
+
+/* A reply line from p: the awaited one ends the call; others (late
+ * answers to timed-out requests) are dropped. */
+static void control_reply(Proc *p, json_t *m)
+{
+    if (p->call && p->call->req && json_integer_value(json_object_get(m, "id")) == p->call->id)
+        call_ended(p->call, m, 0);
+}
+
+/* p's channel closed (it exited): its call ends. */
+static void control_lost(Proc *p)
+{
+    if (p->call && p->call->req)
+        call_ended(p->call, NULL, -ECONNRESET);
+}
+
+/* Queues req (taken) for p in the instruction under way. */
+static void add_request(Exec *x, Proc *p, json_t *req, int timeout_ms)
+{
+    Call *c = NULL;
+    for (size_t k = 0; k < x->n_calls && !c; k++)
+        if (x->calls[k]->p == p)
+            c = x->calls[k];
+    if (!c) {
+        c = xcalloc(1, sizeof(*c));
+        *c = (Call){.x = x, .p = p, .queue = json_array()};
+        x->calls = xrealloc(x->calls, (x->n_calls + 1) * sizeof(*x->calls));
+        x->calls[x->n_calls++] = c;
+    }
+    json_array_append_new(c->queue, json_pack("{s:o, s:i}", "req", req, "timeout_ms", timeout_ms));
+}
+
+/* Queues a command for module to every process that runs it. */
+static void add_to_runners(Exec *x, const char *module, json_t *req, int timeout_ms)
+{
+    for (size_t i = 0; i < x->s->n_apps; i++)
+        for (size_t k = 0; k < x->s->apps[i]->n_procs; k++) {
+            Proc *p = x->s->apps[i]->procs[k];
+            if (runs(x->to, p, module))
+                add_request(x, p, json_deep_copy(req), timeout_ms);
+        }
+    json_decref(req);
+}
+
+/* Sends the first request of every call. Returns the number out: when 0,
+ * the instruction has ended (x->calls_r says how). */
+static size_t start_calls(Exec *x)
+{
+    x->calls_r = 0;
+    x->n_out = x->n_calls;
+    for (size_t k = 0; k < x->n_calls; k++) {
+        if (x->calls[k]->p->call) { /* cannot happen: one instruction at a time */
+            x->n_out--;
+            continue;
+        }
+        x->calls[k]->p->call = x->calls[k];
+        call_send_next(x->calls[k]);
+    }
+    return x->n_out;
+}
+
+/* After the instruction's calls ended (or on abandoning them). */
+static void calls_clear(Exec *x)
+{
+    for (size_t k = 0; k < x->n_calls; k++) {
+        Call *c = x->calls[k];
+        if (c->p->call == c)
+            c->p->call = NULL;
+        json_decref(c->queue);
+        json_decref(c->req);
+        free(c);
+    }
+    free(x->calls);
+    x->calls = NULL;
+    x->n_calls = x->n_out = 0;
+    if (x->timer)
+        sd_event_source_set_enabled(x->timer, SD_EVENT_OFF);
+}
+
+/* Sends a command for module to every process that runs it, blocking
+ * (the post-purge). */
 static int send_to_runners(Exec *x, const char *module, json_t *req, int timeout_ms)
 {
     int r = 0;
-    for (size_t i = 0; i < x->s->n_apps && r == 0; i++)
-        for (size_t k = 0; k < x->s->apps[i]->n_procs && r == 0; k++) {
+    for (size_t i = 0; i < x->s->n_apps; i++)
+        for (size_t k = 0; k < x->s->apps[i]->n_procs; k++) {
             Proc *p = x->s->apps[i]->procs[k];
             if (!runs(x->to, p, module))
                 continue;
-            char *err = NULL;
-            r = proc_call(p, json_deep_copy(req), timeout_ms, &err);
-            if (r < 0)
-                diag_error(x->diag, "%s[%d]: %s %s: %s", p->label, (int)p->pid,
-                           json_string_value(json_object_get(req, "cmd")), module,
-                           err               ? err
-                           : r == -ETIMEDOUT ? "no answer in time"
-                                             : strerror(-r));
-            else if (strcmp(json_string_value(json_object_get(req, "cmd")), "load_object_code") != 0) {
-                note_done(x, p, json_string_value(json_object_get(req, "cmd")), module, req);
-            } else {
-                x->staged = xrealloc(x->staged, (x->n_staged + 1) * sizeof(*x->staged));
-                x->staged_mod = xrealloc(x->staged_mod, (x->n_staged + 1) * sizeof(*x->staged_mod));
-                x->staged[x->n_staged] = p;
-                x->staged_mod[x->n_staged++] = xstrdup(module);
-            }
-            free(err);
+            int q = proc_call(p, json_deep_copy(req), timeout_ms, NULL);
+            r = r < 0 ? r : q;
         }
     json_decref(req);
     return r;
 }
 
+/* A suspend waits for the longest timeout of its modules; a module
+ * without one waits 5 s (OTP's default for sys:suspend). */
 static int mods_timeout(const RelupInstr *in)
 {
-    long t = 5000;
-    for (size_t k = 0; k < in->n_mods; k++)
-        if (in->mods[k].timeout_ms > 0)
-            t = in->mods[k].timeout_ms > t ? in->mods[k].timeout_ms : t;
-        else if (in->mods[k].timeout_ms == TIMEOUT_INFINITY)
-            t = 3600000;
-    return (int)t;
+    long t = 0;
+    for (size_t k = 0; k < in->n_mods; k++) {
+        long m = in->mods[k].timeout_ms == TIMEOUT_INFINITY ? 3600000
+                 : in->mods[k].timeout_ms > 0               ? in->mods[k].timeout_ms
+                                                            : 5000;
+        t = m > t ? m : t;
+    }
+    return (int)(t ? t : 5000);
 }
 
+/* Queues the requests of instruction in (or finds it needs none).
+ * 0, or -errno for an instruction that cannot run. */
 static int exec_instr(Exec *x, const RelupInstr *in)
 {
-    int r = 0;
     switch (in->op) {
     case RELUP_LOAD_OBJECT_CODE: {
         const ReleaseAppRef *ref = appdefs_release_find(x->to, in->app);
-        for (size_t k = 0; r == 0 && k < in->n_mods; k++) {
+        for (size_t k = 0; k < in->n_mods; k++) {
             const ModuleDef *md = ref ? appdefs_app_find_module(ref->app, in->mods[k].module) : NULL;
             if (!md) {
                 diag_error(x->diag, "release %s has no module %s in %s", x->to->vsn, in->mods[k].module, in->app);
                 return -EINVAL;
             }
             char *path = xasprintf("%s/lib/%s-%s/%s", x->s->root, in->app, in->vsn, md->file);
-            r = send_to_runners(
-                x, md->name, json_pack("{s:s, s:s, s:s}", "cmd", "load_object_code", "module", md->name, "path", path),
-                5000);
+            add_to_runners(x, md->name,
+                           json_pack("{s:s, s:s, s:s}", "cmd", "load_object_code", "module", md->name, "path", path),
+                           5000);
             free(path);
         }
-        return r;
+        return 0;
     }
     case RELUP_POINT_OF_NO_RETURN:
         return 0;
@@ -778,53 +1003,43 @@ static int exec_instr(Exec *x, const RelupInstr *in)
         json_t *names = json_array();
         for (size_t k = 0; k < in->n_mods; k++)
             json_array_append_new(names, json_string(in->mods[k].module));
-        for (size_t i = 0; i < x->s->n_apps && r == 0; i++)
-            for (size_t k = 0; k < x->s->apps[i]->n_procs && r == 0; k++) {
+        for (size_t i = 0; i < x->s->n_apps; i++)
+            for (size_t k = 0; k < x->s->apps[i]->n_procs; k++) {
                 Proc *p = x->s->apps[i]->procs[k];
                 bool any = false;
                 for (size_t m = 0; m < in->n_mods; m++)
                     any = any || runs(x->to, p, in->mods[m].module);
-                if (!any)
-                    continue;
-                char *err = NULL;
-                r = proc_call(p, json_pack("{s:s, s:O}", "cmd", suspend ? "suspend" : "resume", "modules", names),
-                              suspend ? mods_timeout(in) : 5000, &err);
-                if (r < 0)
-                    diag_error(x->diag, "%s[%d]: %s: %s", p->label, (int)p->pid, suspend ? "suspend" : "resume",
-                               err               ? err
-                               : r == -ETIMEDOUT ? "no answer in time"
-                                                 : strerror(-r));
-                else if (suspend) {
-                    x->suspended = xrealloc(x->suspended, (x->n_suspended + 1) * sizeof(*x->suspended));
-                    x->suspended[x->n_suspended++] = p;
-                }
-                free(err);
+                if (any)
+                    add_request(x, p, json_pack("{s:s, s:O}", "cmd", suspend ? "suspend" : "resume", "modules", names),
+                                suspend ? mods_timeout(in) : 5000);
             }
         json_decref(names);
-        return r;
+        return 0;
     }
     case RELUP_LOAD:
-        return send_to_runners(x, in->module,
-                               json_pack("{s:s, s:s, s:s}", "cmd", "load", "module", in->module, "pre_purge",
-                                         purge_method_name(in->pre_purge)),
-                               5000);
+        add_to_runners(x, in->module,
+                       json_pack("{s:s, s:s, s:s}", "cmd", "load", "module", in->module, "pre_purge",
+                                 purge_method_name(in->pre_purge)),
+                       5000);
+        return 0;
     case RELUP_CODE_CHANGE:
-        for (size_t k = 0; r == 0 && k < in->n_mods; k++)
-            r = send_to_runners(x, in->mods[k].module,
-                                json_pack("{s:s, s:s, s:s, s:O}", "cmd", "code_change", "module", in->mods[k].module,
-                                          "mode", in->down ? "down" : "up", "extra",
-                                          in->mods[k].extra ? in->mods[k].extra : json_null()),
-                                10000);
-        return r;
+        for (size_t k = 0; k < in->n_mods; k++)
+            add_to_runners(x, in->mods[k].module,
+                           json_pack("{s:s, s:s, s:s, s:O}", "cmd", "code_change", "module", in->mods[k].module, "mode",
+                                     in->down ? "down" : "up", "extra",
+                                     in->mods[k].extra ? in->mods[k].extra : json_null()),
+                           10000);
+        return 0;
     case RELUP_PURGE:
-        for (size_t k = 0; r == 0 && k < in->n_mods; k++)
-            r = send_to_runners(
+        for (size_t k = 0; k < in->n_mods; k++)
+            add_to_runners(
                 x, in->mods[k].module,
                 json_pack("{s:s, s:s, s:s}", "cmd", "purge", "module", in->mods[k].module, "method", "brutal_purge"),
                 5000);
-        return r;
+        return 0;
     case RELUP_REMOVE:
-        return send_to_runners(x, in->module, json_pack("{s:s, s:s}", "cmd", "remove", "module", in->module), 5000);
+        add_to_runners(x, in->module, json_pack("{s:s, s:s}", "cmd", "remove", "module", in->module), 5000);
+        return 0;
     case RELUP_STOP_APPLICATION:
         /* At its place in the script: a removed application stops before
          * anything it depends on changes. */
@@ -910,13 +1125,6 @@ static void switch_over(Supervisor *s, const ReleaseDef *to)
                 proc_stop(p);
                 p->stopping = false;
                 proc_spawn(p);
-            } else if (p->pid && p->modules && p->ctl_fd >= 0) { /* what it runs now, for status */
-                json_t *rep = NULL;
-                if (proc_call_reply(p, json_pack("{s:s}", "cmd", "status"), 2000, NULL, &rep) == 0) {
-                    json_decref(p->modules);
-                    p->modules = json_incref(json_object_get(rep, "modules"));
-                }
-                json_decref(rep);
             }
         }
         a->stopped = false;
@@ -946,9 +1154,10 @@ struct Execution {
     const RelupScript *script;
     int64_t attempt;
     Exec x;
-    size_t i;
+    size_t i, step_end; /* the instruction under way; where its step ends */
     bool past_ponr, suspended;
-    long long start;
+    long long start, /* of the attempt */
+        t0;          /* of instruction i */
     /* Records wait in memory while a process is suspended: no disk write
      * (a commit, a WAL checkpoint) may lengthen the pause. They are written
      * right after the resume, and at the end. */
@@ -962,7 +1171,7 @@ struct Execution {
 };
 
 int supervisor_exec_begin(Supervisor *s, const ReleaseDef *from, const ReleaseDef *to, const RelupScript *script,
-                          int64_t attempt, Execution **ret)
+                          int64_t attempt, void (*wake)(void *userdata), void *userdata, Execution **ret)
 {
     Execution *e = xcalloc(1, sizeof(*e));
     *e = (Execution){.s = s,
@@ -970,7 +1179,7 @@ int supervisor_exec_begin(Supervisor *s, const ReleaseDef *from, const ReleaseDe
                      .to = to,
                      .script = script,
                      .attempt = attempt,
-                     .x = {.s = s, .to = to},
+                     .x = {.s = s, .to = to, .wake = wake, .wake_data = userdata},
                      .start = now_us()};
     e->pending = xcalloc(script->n + 1, sizeof(*e->pending));
     const char *crash = getenv("RELD_TEST_CRASH_BEFORE"), *pause = getenv("RELD_TEST_PAUSE_BEFORE");
@@ -1211,17 +1420,40 @@ static int finish(Execution *e, int r)
     return r;
 }
 
+/* Instruction i ended with r: its record, and where the step goes next. */
+static void instr_ended(Execution *e, int r)
+{
+    const RelupInstr *in = &e->script->v[e->i];
+    e->past_ponr = e->past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;
+    e->suspended = (e->suspended || in->op == RELUP_SUSPEND) && in->op != RELUP_RESUME;
+    record_instruction(
+        e, e->i,
+        r == 0 ? xstrdup("ok")
+               : xasprintf("failed: %s", e->x.diag->errors.n ? e->x.diag->errors.v[e->x.diag->errors.n - 1] : "?"),
+        e->t0 - e->start, now_us() - e->t0);
+    e->i++;
+}
+
 int supervisor_exec_step(Execution *e, Diag *diag)
 {
     e->x.diag = diag;
-    /* Written before it runs: after a crash, the history shows what reld
-     * was doing (history_attempts_interrupted marks it). */
-    size_t end = step_end(e, e->i);
-    for (size_t k = e->i; k < end; k++)
-        record_instruction(e, k, xstrdup("running"), now_us() - e->start, 0);
-    flush_records(e);
     int r = 0;
-    do {
+    if (e->x.waiting) { /* woken: the calls of instruction i have ended */
+        e->x.waiting = false;
+        r = e->x.calls_r;
+        calls_clear(&e->x);
+        instr_ended(e, r);
+    } else {
+        /* Written before it runs: after a crash, the history shows what
+         * reld was doing (history_attempts_interrupted marks it). */
+        e->step_end = step_end(e, e->i);
+        for (size_t k = e->i; k < e->step_end; k++)
+            record_instruction(e, k, xstrdup("running"), now_us() - e->start, 0);
+        flush_records(e);
+    }
+    /* A suspended group goes on to its resume without other steps between:
+     * the event loop runs only while replies are awaited. */
+    while (r == 0 && e->i < e->step_end) {
         const RelupInstr *in = &e->script->v[e->i];
         if ((long)e->i + 1 == e->crash_at)
             kill(getpid(), SIGKILL);
@@ -1229,26 +1461,27 @@ int supervisor_exec_step(Execution *e, Diag *diag)
             struct timespec t = {e->pause_ms / 1000, e->pause_ms % 1000 * 1000000L};
             nanosleep(&t, NULL);
         }
-        long long t0 = now_us();
+        e->t0 = now_us();
         if ((long)e->i + 1 == e->fail_at) {
             diag_error(diag, "instruction %zu failed on purpose (RELD_TEST_FAIL_AT)", e->i + 1);
             r = -ECANCELED;
         } else {
             r = exec_instr(&e->x, in);
         }
-        e->past_ponr = e->past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;
-        e->suspended = (e->suspended || in->op == RELUP_SUSPEND) && in->op != RELUP_RESUME;
-        record_instruction(e, e->i,
-                           r == 0 ? xstrdup("ok")
-                                  : xasprintf("failed: %s", diag->errors.n ? diag->errors.v[diag->errors.n - 1] : "?"),
-                           t0 - e->start, now_us() - t0);
-        e->i++;
-        /* Records of a suspended group wait for its resume: nothing else
-         * reld does, a disk write least, may lengthen the pause. */
-    } while (r == 0 && e->suspended && e->i < e->script->n);
+        if (r == 0 && start_calls(&e->x) > 0) {
+            e->x.waiting = true;
+            return SUPERVISOR_EXEC_WAITING;
+        }
+        if (r == 0)
+            r = e->x.calls_r;
+        calls_clear(&e->x);
+        instr_ended(e, r);
+    }
     if (r < 0)
-        for (size_t k = e->i; k < end; k++)
+        for (size_t k = e->i; k < e->step_end; k++)
             record_instruction(e, k, xstrdup("not run"), now_us() - e->start, 0);
+    /* Records of a suspended group waited for its resume: nothing else
+     * reld does, a disk write least, may lengthen the pause. */
     flush_records(e);
     if (r < 0 || e->i == e->script->n)
         return finish(e, r);
@@ -1259,6 +1492,8 @@ Execution *supervisor_exec_free(Execution *e)
 {
     if (!e)
         return NULL;
+    calls_clear(&e->x);
+    sd_event_source_disable_unref(e->x.timer);
     flush_records(e);
     for (size_t k = 0; k < e->x.n_staged; k++)
         free(e->x.staged_mod[k]);

@@ -273,9 +273,15 @@ static void send_json(RelRuntime *rt, json_t *msg)
     free(text);
 }
 
+static json_t *modules_json(RelRuntime *rt);
+
+/* Every successful reply carries the module list as it is now, so reld
+ * knows what the process runs without asking. */
 static void reply_ok(RelRuntime *rt, json_t *id, json_t *fields)
 {
     json_t *m = fields ? fields : json_object();
+    if (!json_object_get(m, "modules"))
+        json_object_set_new(m, "modules", modules_json(rt));
     json_object_set(m, "id", id ? id : json_null());
     json_object_set_new(m, "ok", json_true());
     send_json(rt, m);
@@ -299,7 +305,7 @@ static json_t *version_json(const RelVersion *v)
     return v ? json_string(v->desc->version) : json_null();
 }
 
-static json_t *status_json(RelRuntime *rt)
+static json_t *modules_json(RelRuntime *rt)
 {
     json_t *mods = json_array();
     for (size_t i = 0; i < rt->n_mods; i++) {
@@ -311,8 +317,13 @@ static json_t *status_json(RelRuntime *rt)
                             "old_version", version_json(m->old), "staged_version", version_json(m->staged), "pins",
                             m->current ? (int)m->current->pins : 0, "old_pins", m->old ? (int)m->old->pins : 0));
     }
+    return mods;
+}
+
+static json_t *status_json(RelRuntime *rt)
+{
     return json_pack("{s:i, s:i, s:b, s:o}", "protocol", RELD_PROTOCOL_VERSION, "pid", (int)getpid(), "suspended",
-                     rt->suspended, "modules", mods);
+                     rt->suspended, "modules", modules_json(rt));
 }
 
 /* Drops a module's old version. Returns 0, -EBUSY (soft, in use), or does

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -112,16 +113,17 @@ def test_kvcounter(work):
     r.stop()
 
 
-def variant_tarball(work, port, vsn, module_file, base="2.0.0"):
+def variant_tarball(work, port, vsn, module_file, base="2.0.0", edit=lambda t: t):
     """Release vsn (e.g. "2.1"): kvcounter `base`'s definitions as version
-    vsn.0, with kv_server.so replaced by module_file (bytes or a path)."""
+    vsn.0 (app.yaml passed through edit), with kv_server.so replaced by
+    module_file (bytes or a path)."""
     src = os.path.join(work, f"var-{vsn}")
     app = f"kvcounter-{vsn}.0"
     shutil.copytree(os.path.join(A.kvroot, "lib", f"kvcounter-{base}"), os.path.join(src, "lib", app))
     y = os.path.join(src, "lib", app, "app.yaml")
     text = open(y).read().replace(f'vsn: "{base}"', f'vsn: "{vsn}.0"').replace("127.0.0.1:17411",
                                                                                 f"127.0.0.1:{port}")
-    open(y, "w").write(text)
+    open(y, "w").write(edit(text))
     so = os.path.join(src, "lib", app, "modules", "kv_server.so")
     if isinstance(module_file, bytes):
         open(so, "wb").write(module_file)
@@ -383,6 +385,70 @@ def test_failed_downgrade(work):
     r.stop()
 
 
+def test_slow_process(work):
+    port = free_port()
+    r = d.Reld(work)
+    r.relctl("install", kv_tarball(work, "1", port))
+    r.relctl("unpack", kv_tarball(work, "2", port))
+    wait_for(lambda: versions(r))
+    for _ in range(3):
+        request(port, "INCR kept")
+
+    # The process computes for 1.5 s without reaching a safe point: the
+    # upgrade waits for it, reld does not.
+    busy = socket.create_connection(("127.0.0.1", port))
+    busy.sendall(b"SLEEP 1500\n")
+    time.sleep(0.1)
+    up = subprocess.Popen([A.relctl, "upgrade", "2"], env=dict(os.environ, RELD_SOCKET=r.sock),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    st = status(r)
+    took = time.monotonic() - t0
+    d.tap(took < 0.5 and (st.get("upgrade") or {}).get("done") == 0,
+          f"a process slow to answer: status answers meanwhile ({took * 1000:.0f} ms), the upgrade at 0 of 6", st)
+    out, err = up.communicate(timeout=30)
+    d.tap(up.returncode == 0 and versions(r) == [("kv_server", "2")] and request(port, "GET kept") == "OK kept 3",
+          "then the upgrade goes on and completes, state kept", err)
+    busy.close()
+
+    # A suspend timeout of 300 ms that the process cannot meet: after the
+    # point of no return, so the inverse runs (nothing to undo) and the
+    # process, which suspends late, is resumed. reld waits 500 ms before
+    # the suspend, so the process starts sleeping after its
+    # load_object_code.
+    r.stop()
+    port = free_port()
+    root = os.path.join(work, "slow")
+    os.makedirs(root)
+    os.environ["RELD_TEST_DELAY_BEFORE"] = "3:500"
+    try:
+        r = d.Reld(root)
+    finally:
+        del os.environ["RELD_TEST_DELAY_BEFORE"]
+    r.relctl("install", kv_tarball(root, "1", port))
+    slow = variant_tarball(root, port, "2.3", os.path.join(os.path.dirname(A.kvroot), "kv_server-2.so"),
+                           edit=lambda t: t.replace('{update: kv_server, change: {advanced: "array-to-table"}}',
+                                                    '{update: kv_server, change: {advanced: "array-to-table"}, '
+                                                    'timeout_ms: 300}'))
+    r.relctl("unpack", slow)
+    wait_for(lambda: versions(r))
+    request(port, "INCR kept")
+    up = subprocess.Popen([A.relctl, "upgrade", "2.3"], env=dict(os.environ, RELD_SOCKET=r.sock),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.25)
+    busy = socket.create_connection(("127.0.0.1", port))
+    busy.sendall(b"SLEEP 1500\n")
+    out, err = up.communicate(timeout=30)
+    d.tap(up.returncode == 1 and "suspend: no answer in time" in err and "ran the inverse" in err,
+          "a suspend that times out after the point of no return: reld says so and runs the inverse", err)
+    busy.close()
+    d.tap(request(port, "VERSION") == "OK kv_server 1" and request(port, "GET kept") == "OK kept 1" and
+          status(r)["processes"][0]["restarts"] == 0,
+          "release 1 serves, not left suspended, state kept, no restart", status(r))
+    r.stop()
+
+
 def plain_tarball(work):
     """Two applications of /bin/sh processes: front depends on back."""
     src = os.path.join(work, "plain")
@@ -489,7 +555,7 @@ def main():
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     print("TAP version 13")
     for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed,
-              test_process_killed_mid_upgrade, test_status_during_upgrade, test_failed_downgrade):
+              test_process_killed_mid_upgrade, test_status_during_upgrade, test_failed_downgrade, test_slow_process):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
