@@ -64,6 +64,7 @@ struct Upgrade {
     long long t0_us;
     Execution *ex;
     sd_event_source *step;
+    size_t progress_sent; /* instructions whose progress line went to the client */
     Diag diag;
 };
 
@@ -579,17 +580,21 @@ static int on_upgrade_step(sd_event_source *src, void *userdata)
     if (delay > 0) /* a test's delay: the event loop runs meanwhile */
         return sd_event_add_time_relative(u->d->ev, NULL, CLOCK_MONOTONIC, (uint64_t)delay * 1000, 0, on_upgrade_timer,
                                           u);
-    size_t n, before = supervisor_exec_position(u->ex, &n);
+    size_t n;
     int r = supervisor_exec_step(u->ex, &u->diag);
+    if (r == SUPERVISOR_EXEC_WAITING)
+        return 0; /* progress waits for the end of the step: in a suspended group, waking relctl would lengthen the
+                     pause */
     size_t done = supervisor_exec_position(u->ex, &n);
-    for (size_t k = before; u->client && k < done; k++) { /* a failed step too: where it stopped */
+    for (size_t k = u->progress_sent; u->client && k < done; k++) { /* a failed step too: where it stopped */
         char *line = relup_instr_format(&upgrade_script(u)->v[k]);
         send_line(u->client, json_pack("{s:i, s:i, s:s}", "progress", (int)k + 1, "of", (int)n, "instruction", line));
         free(line);
     }
+    u->progress_sent = done;
     if (r <= 0)
         upgrade_done(u, r);
-    else if (r != SUPERVISOR_EXEC_WAITING)
+    else
         sd_event_source_set_enabled(src, SD_EVENT_ONESHOT); /* the next step, after other events */
     return 0;
 }
@@ -641,6 +646,8 @@ static void change_release(Client *c, const char *running, const char *vsn, bool
         upgrade_free(u);
         return;
     }
+    /* Before other work once woken: a suspended process waits for it. */
+    sd_event_source_set_priority(u->step, SD_EVENT_PRIORITY_IMPORTANT);
     sd_event_source_set_enabled(u->step, SD_EVENT_ONESHOT);
     d->upgrade = u;
     c->upgrading = true; /* it waits for its reply, with progress lines before */

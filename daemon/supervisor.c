@@ -391,6 +391,7 @@ static int proc_spawn(Proc *p)
     watch_output(p, out[0]);
     watch_output(p, err[0]);
     sd_event_add_io(p->app->s->ev, &p->ctl_src, ctl[0], EPOLLIN, on_control, p);
+    sd_event_source_set_priority(p->ctl_src, SD_EVENT_PRIORITY_IMPORTANT); /* replies the executor awaits */
     log_info("%s[%d] started", p->label, (int)pid);
     return 0;
 }
