@@ -176,19 +176,24 @@ static void control_take_events(Proc *p, bool blocking);
 static void control_reply(Proc *p, json_t *m);
 static void control_lost(Proc *p);
 
-static int on_control(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+/* Reads what the process sent and handles it. */
+static void control_read(Proc *p)
 {
-    Proc *p = userdata;
-    ssize_t n = read(fd, p->ctl_buf + p->ctl_len, sizeof(p->ctl_buf) - p->ctl_len);
+    ssize_t n = read(p->ctl_fd, p->ctl_buf + p->ctl_len, sizeof(p->ctl_buf) - p->ctl_len);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return 0; /* a blocking call read it first */
+        return; /* a blocking call read it first */
     if (n <= 0) {
-        sd_event_source_set_enabled(src, SD_EVENT_OFF);
+        sd_event_source_set_enabled(p->ctl_src, SD_EVENT_OFF);
         control_lost(p);
-        return 0;
+        return;
     }
     p->ctl_len += (size_t)n;
     control_take_events(p, false);
+}
+
+static int on_control(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+{
+    control_read(userdata);
     return 0;
 }
 
@@ -593,6 +598,10 @@ static long long now_us(void)
 
 static long long next_call_id;
 
+/* How long an instruction waits for answers before the executor returns to
+ * the event loop: reld's other work waits at most this long. */
+#define AWAIT_BRIEFLY_US 1000
+
 /* Sends one request line (taking req) with a fresh id, returned in *ret_id.
  * 0 or -ECONNRESET. */
 static int proc_send(Proc *p, json_t *req, int timeout_ms, long long *ret_id)
@@ -923,6 +932,36 @@ static size_t start_calls(Exec *x)
         x->calls[k]->p->call = x->calls[k];
         call_send_next(x->calls[k]);
     }
+    return x->n_out;
+}
+
+/* Waits up to budget_us for the calls out, handling replies as the event
+ * loop would. Most answers take tens of microseconds; two trips through
+ * the event loop (and its timers) per command add about as much, inside a
+ * suspended process's pause. Returns the number still out. */
+static size_t await_calls_briefly(Exec *x, long long budget_us)
+{
+    long long deadline = now_us() + budget_us;
+    struct pollfd *pf = xcalloc(x->n_calls + 1, sizeof(*pf));
+    while (x->n_out > 0) {
+        long long left = deadline - now_us();
+        if (left <= 0)
+            break;
+        size_t n = 0;
+        for (size_t k = 0; k < x->n_calls; k++)
+            if (x->calls[k]->req && x->calls[k]->p->ctl_fd >= 0)
+                pf[n++] = (struct pollfd){.fd = x->calls[k]->p->ctl_fd, .events = POLLIN};
+        struct timespec ts = {0, left * 1000};
+        if (n == 0 || ppoll(pf, n, &ts, NULL) <= 0)
+            break;
+        for (size_t k = 0; k < x->n_calls; k++) {
+            Proc *p = x->calls[k]->p;
+            for (size_t i = 0; i < n; i++)
+                if (pf[i].fd == p->ctl_fd && pf[i].revents && x->calls[k]->req)
+                    control_read(p);
+        }
+    }
+    free(pf);
     return x->n_out;
 }
 
@@ -1469,7 +1508,7 @@ int supervisor_exec_step(Execution *e, Diag *diag)
         } else {
             r = exec_instr(&e->x, in);
         }
-        if (r == 0 && start_calls(&e->x) > 0) {
+        if (r == 0 && start_calls(&e->x) > 0 && await_calls_briefly(&e->x, AWAIT_BRIEFLY_US) > 0) {
             e->x.waiting = true;
             return SUPERVISOR_EXEC_WAITING;
         }

@@ -362,6 +362,37 @@ def test_bad_objects():
     p.stop()
 
 
+def test_loader_thread():
+    """New code is opened on the runtime's loader thread, which answers
+    load_object_code itself; the version is adopted before the next
+    command."""
+    p = Proc("1")
+    p.request("INCR x")
+    # Two load_object_code at once: the second finds the first under way.
+    for i in ("first", "second"):
+        p.send_raw((json.dumps({"id": i, "cmd": "load_object_code", "module": "kv_server",
+                                "path": module("kv_server-2")}) + "\n").encode())
+    replies = {r["id"]: r for r in (p.read(5), p.read(5)) if r}
+    tap(replies.get("first", {}).get("ok") is True and replies["first"].get("version") == "2" and
+        replies.get("second", {}).get("error") == "already_staged",
+        "the loader answers load_object_code, ids echoed; a second one meanwhile is refused", replies)
+    st = p.cmd("status")["modules"][0]
+    tap(st["version"] == "1" and st["staged_version"] == "2", "the next command finds the new code staged", st)
+    tap(p.request("INCR x") == "OK x 2", "the process serves on its current code meanwhile")
+    # Dropped (closed by the loader), then opened again from the same file:
+    # in that order, so it is a fresh object, not the one being closed.
+    r1 = p.cmd("drop_object_code", module="kv_server")
+    r2 = p.cmd("load_object_code", module="kv_server", path=module("kv_server-2"))
+    tap(r1 and r1["ok"] and r2 and r2["ok"], "dropped and loaded again", (r1, r2))
+    r = [p.cmd(c, **f) for c, f in (("suspend", {"modules": ["kv_server"]}), ("load", {"module": "kv_server"}),
+                                    ("code_change", {"module": "kv_server", "mode": "up", "extra": None}),
+                                    ("resume", {"modules": ["kv_server"]}), ("purge", {"module": "kv_server"}))]
+    tap(all(x and x["ok"] for x in r) and p.request("VERSION") == "OK kv_server 2" and
+        p.request("GET x") == "OK x 2" and r[-1]["modules"][0]["old_version"] is None,
+        "and upgraded with it: version 2 serves the state; replies carry the module list", r)
+    p.stop()
+
+
 def test_malformed_messages():
     p = Proc("1")
     cases = [
@@ -407,7 +438,7 @@ def main():
     ARGS = ap.parse_args()
     print("TAP version 13")
     for t in (test_upgrades_under_load, test_failing_code_change, test_suspend_timeout, test_purge_in_use,
-              test_bad_objects, test_malformed_messages, test_reld_gone_while_suspended):
+              test_bad_objects, test_loader_thread, test_malformed_messages, test_reld_gone_while_suspended):
         try:
             t()
         except Exception as e:  # a crash of the driver is a failed check, not a silent pass
