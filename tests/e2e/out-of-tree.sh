@@ -55,5 +55,9 @@ check "a host builds and links out of tree with pkg-config --cflags --libs" \
 libdir=$($flags --variable=libdir reld-runtime)
 check "the host loads the module through the installed runtime" \
     "test \"\$(LD_LIBRARY_PATH='$libdir' '$stage/host' '$stage/hello.so')\" = '42 1'"
+check "relctl-pack, which relctl runs for pack, is installed in libexec/reld" \
+    "test -x '$stage/root$prefix/libexec/reld/relctl-pack'"
+check "relctl itself does not load libarchive (4 ms of start-up per command)" \
+    "ldd '$stage/root$prefix/bin/relctl' && ! ldd '$stage/root$prefix/bin/relctl' | grep -q libarchive"
 echo "1..$n"
 [ "$failed" -eq 0 ]
