@@ -728,6 +728,7 @@ struct Call {
 struct Exec {
     Supervisor *s;
     const ReleaseDef *to;
+    const RelupScript *script;
     Diag *diag;
     Proc **staged; /* (process, module) pairs with code loaded before the point of no return */
     char **staged_mod;
@@ -792,6 +793,21 @@ static void call_succeeded(Exec *x, Proc *p, json_t *req)
 
 static void call_send_next(Call *c);
 
+/* Does a status reply show old code of module that something still uses
+ * (a pinned old version)? */
+static bool old_code_in_use(json_t *status, const char *module)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(status, "modules"), i, m)
+    {
+        if (strcmp(json_string_value(json_object_get(m, "name")), module) == 0 &&
+            !json_is_null(json_object_get(m, "old_version")) && json_integer_value(json_object_get(m, "old_pins")) > 0)
+            return true;
+    }
+    return false;
+}
+
 /* The call's request out ended: reply (ok or refused, in m), or r < 0. */
 static void call_ended(Call *c, json_t *m, int r)
 {
@@ -801,7 +817,14 @@ static void call_ended(Call *c, json_t *m, int r)
     const char *module = json_string_value(json_object_get(c->req, "module"));
     if (r == 0 && !json_is_true(json_object_get(m, "ok")))
         r = -EPROTO;
-    if (r == 0) {
+    if (r == 0 && strcmp(cmd, "status") == 0 && module && old_code_in_use(m, module)) {
+        diag_error(x->diag, "%s[%d]: soft_purge of %s cannot be honoured: its old code is still in use", p->label,
+                   (int)p->pid, module);
+        r = -EBUSY;
+        if (x->calls_r == 0)
+            x->calls_r = r;
+        json_array_clear(c->queue);
+    } else if (r == 0) {
         take_modules(p, m);
         call_succeeded(x, p, c->req);
     } else {
@@ -1036,6 +1059,15 @@ static int exec_instr(Exec *x, const RelupInstr *in)
         return 0;
     }
     case RELUP_POINT_OF_NO_RETURN:
+        /* As OTP checks before it: a load or remove whose pre_purge is
+         * soft_purge must find no process still running the module's old
+         * code, else the upgrade stops here, with nothing changed. */
+        for (size_t k = 0; k < x->script->n; k++) {
+            const RelupInstr *later = &x->script->v[k];
+            if ((later->op == RELUP_LOAD || later->op == RELUP_REMOVE) && later->pre_purge == PURGE_SOFT)
+                add_to_runners(x, later->module, json_pack("{s:s, s:s}", "cmd", "status", "module", later->module),
+                               5000);
+        }
         return 0;
     case RELUP_SUSPEND:
     case RELUP_RESUME: {
@@ -1219,7 +1251,7 @@ int supervisor_exec_begin(Supervisor *s, const ReleaseDef *from, const ReleaseDe
                      .to = to,
                      .script = script,
                      .attempt = attempt,
-                     .x = {.s = s, .to = to, .wake = wake, .wake_data = userdata},
+                     .x = {.s = s, .to = to, .script = script, .wake = wake, .wake_data = userdata},
                      .start = now_us()};
     e->pending = xcalloc(script->n + 1, sizeof(*e->pending));
     const char *crash = getenv("RELD_TEST_CRASH_BEFORE"), *pause = getenv("RELD_TEST_PAUSE_BEFORE");
@@ -1464,7 +1496,7 @@ static int finish(Execution *e, int r)
 static void instr_ended(Execution *e, int r)
 {
     const RelupInstr *in = &e->script->v[e->i];
-    e->past_ponr = e->past_ponr || in->op == RELUP_POINT_OF_NO_RETURN;
+    e->past_ponr = e->past_ponr || (in->op == RELUP_POINT_OF_NO_RETURN && r == 0); /* its checks passed */
     e->suspended = (e->suspended || in->op == RELUP_SUSPEND) && in->op != RELUP_RESUME;
     record_instruction(
         e, e->i,

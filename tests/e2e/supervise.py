@@ -449,6 +449,43 @@ def test_slow_process(work):
     r.stop()
 
 
+def test_soft_purge(work):
+    # 2.4 keeps old code it cannot purge (post_purge soft_purge); 2.5's
+    # load of kv_server wants a soft pre-purge, which reld must find
+    # impossible before the point of no return while the old code is pinned.
+    port = free_port()
+    r = d.Reld(work)
+    r.relctl("install", kv_tarball(work, "1", port))
+    v2 = os.path.join(os.path.dirname(A.kvroot), "kv_server-2.so")
+    r.relctl("unpack", variant_tarball(work, port, "2.4", v2, edit=lambda t: t.replace(
+        'change: {advanced: "array-to-table"}}', 'change: {advanced: "array-to-table"}, post_purge: soft_purge}')))
+    r.relctl("unpack", variant_tarball(work, port, "2.5", v2, edit=lambda t: t[:t.index("appup:")] + (
+        'appup:\n  up:\n    - from: "2.4.0"\n      instructions:\n'
+        '        - {load_module: kv_server, pre_purge: soft_purge}\n'
+        '  down:\n    - to: "2.4.0"\n      instructions:\n        - {load_module: kv_server}\n')))
+    wait_for(lambda: versions(r))
+    request(port, "INCR kept")
+    pid = status(r)["processes"][0]["pid"]
+    d.tap(request(port, "HOLD 2500").startswith("OK"), "a request pins version 1 for 2.5 s")
+    rc, out, err = r.relctl("upgrade", "2.4")
+    mods = status(r)["processes"][0]["modules"]
+    d.tap(rc == 0 and mods and mods[0]["old_version"] == "1" and mods[0]["old_pins"] == 1,
+          "upgrade to 2.4: its soft post-purge leaves version 1, pinned, as old code", (err, mods))
+    rc, out, err = r.relctl("upgrade", "2.5")
+    d.tap(rc == 1 and "soft_purge of kv_server cannot be honoured" in err and "before the point of no return" in err
+          and "[3/" not in err,
+          "upgrade to 2.5 with a soft pre-purge: refused before the point of no return", err)
+    st = status(r)
+    d.tap(st["current"] == "2.4" and st["processes"][0]["pid"] == pid and request(port, "GET kept") == "OK kept 1" and
+          st["processes"][0]["modules"][0]["staged_version"] is None,
+          "2.4 runs untouched, the staged code dropped", st)
+    time.sleep(2.6)
+    rc, out, err = r.relctl("upgrade", "2.5")
+    d.tap(rc == 0 and status(r)["current"] == "2.5" and request(port, "GET kept") == "OK kept 1",
+          "once the pin is gone, the same upgrade goes through", err)
+    r.stop()
+
+
 def plain_tarball(work):
     """Two applications of /bin/sh processes: front depends on back."""
     src = os.path.join(work, "plain")
@@ -555,7 +592,8 @@ def main():
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     print("TAP version 13")
     for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed,
-              test_process_killed_mid_upgrade, test_status_during_upgrade, test_failed_downgrade, test_slow_process):
+              test_process_killed_mid_upgrade, test_status_during_upgrade, test_failed_downgrade, test_slow_process,
+              test_soft_purge):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
