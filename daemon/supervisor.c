@@ -664,7 +664,9 @@ static int proc_call(Proc *p, json_t *req, int timeout_ms, char **err)
             p->ctl_len -= (size_t)(nl + 1 - p->ctl_buf);
             memmove(p->ctl_buf, nl + 1, p->ctl_len);
             if (json_integer_value(json_object_get(m, "id")) != id) {
-                json_decref(m); /* a late answer to an earlier, timed-out request */
+                if (json_is_true(json_object_get(m, "ok"))) /* a late answer: it still tells what runs */
+                    take_modules(p, m);
+                json_decref(m);
                 continue;
             }
             int r = json_is_true(json_object_get(m, "ok")) ? 0 : -EPROTO;
@@ -837,7 +839,9 @@ static void call_ended(Call *c, json_t *m, int r)
                    r == -EPROTO ? ": " : "", r == -EPROTO ? json_string_value(json_object_get(m, "message")) : "");
         if (x->calls_r == 0)
             x->calls_r = r;
-        if (r == -ETIMEDOUT && strcmp(cmd, "suspend") == 0) /* it may suspend late: the recovery resumes it */
+        /* It may still do it, late: the recovery then resumes it, or drops
+         * the code it staged. */
+        if (r == -ETIMEDOUT && (strcmp(cmd, "suspend") == 0 || strcmp(cmd, "load_object_code") == 0))
             call_succeeded(x, p, c->req);
         json_array_clear(c->queue); /* this process goes no further */
     }
@@ -899,11 +903,14 @@ static int on_call_timer(sd_event_source *src, uint64_t usec, void *userdata)
 }
 
 /* A reply line from p: the awaited one ends the call; others (late
- * answers to timed-out requests) are dropped. */
+ * answers to timed-out requests, answers to drops) only tell what the
+ * process runs now. */
 static void control_reply(Proc *p, json_t *m)
 {
     if (p->call && p->call->req && json_integer_value(json_object_get(m, "id")) == p->call->id)
         call_ended(p->call, m, 0);
+    else if (json_is_true(json_object_get(m, "ok")))
+        take_modules(p, m);
 }
 
 /* p's channel closed (it exited): its call ends. */
@@ -1362,6 +1369,19 @@ static const char *version_before(const Execution *e, const Proc *p, const char 
     return NULL;
 }
 
+/* Drops the code staged before a failure. Sent without waiting: a process
+ * handles its commands in order, so one that answers load_object_code
+ * late drops the code after staging it; the answers are dropped as late. */
+static void drop_staged(Exec *x)
+{
+    for (size_t k = 0; k < x->n_staged; k++) {
+        long long id;
+        if (x->staged[k]->pid && !x->staged[k]->call)
+            proc_send(x->staged[k], json_pack("{s:s, s:s}", "cmd", "drop_object_code", "module", x->staged_mod[k]), 100,
+                      &id);
+    }
+}
+
 /* The inverse of one change a script made in process p: 0 or -errno. */
 static int undo(Execution *e, Proc *p, const struct Done *d, char **err)
 {
@@ -1422,9 +1442,7 @@ static int run_inverse(Execution *e)
                 proc_call(p, resume_all(p), 5000, NULL);
             json_decref(mods);
         }
-    for (size_t k = 0; k < x->n_staged; k++)
-        proc_call(x->staged[k], json_pack("{s:s, s:s}", "cmd", "drop_object_code", "module", x->staged_mod[k]), 2000,
-                  NULL);
+    drop_staged(x);
     return r;
 }
 
@@ -1434,9 +1452,7 @@ static int finish(Execution *e, int r)
     Supervisor *s = e->s;
     if (r < 0 && !e->past_ponr) {
         /* Nothing has changed yet: drop the staged code, the old release runs on. */
-        for (size_t k = 0; k < e->x.n_staged; k++)
-            proc_call(e->x.staged[k], json_pack("{s:s, s:s}", "cmd", "drop_object_code", "module", e->x.staged_mod[k]),
-                      2000, NULL);
+        drop_staged(&e->x);
         diag_warning(e->x.diag,
                      "failed before the point of no return: the new code was dropped, release %s runs "
                      "untouched",

@@ -59,9 +59,9 @@ typedef struct Loader {
     pthread_t thread;
     bool started, stopping;
     pthread_mutex_t lock;
-    pthread_cond_t wake;
-    LoadJob *todo, **todo_tail; /* for the thread */
-    LoadJob *done;              /* opened, to adopt at the next dispatch */
+    pthread_cond_t wake, opened; /* work for the thread; a job on the done list */
+    LoadJob *todo, **todo_tail;  /* for the thread */
+    LoadJob *done;               /* opened, to adopt at the next dispatch */
 } Loader;
 
 struct RelRuntime {
@@ -469,6 +469,7 @@ static void *loader_main(void *arg)
         pthread_mutex_lock(&l->lock);
         job->next = l->done; /* adopted before reld's next command is handled */
         l->done = job;
+        pthread_cond_signal(&l->opened);
         pthread_mutex_unlock(&l->lock);
         send_json(rt, reply);
         pthread_mutex_lock(&l->lock);
@@ -500,6 +501,21 @@ static void loader_adopt(RelRuntime *rt)
                 m->staged->desc->attach(&rt->host);
         }
         job_free(job);
+    }
+}
+
+/* A command for a module whose new code is still being opened: reld sends
+ * one only after load_object_code's answer, unless that answer was late
+ * and reld gave up on it (then drop_object_code follows). Waits for it. */
+static void loader_wait(RelRuntime *rt, RelModule *m)
+{
+    Loader *l = &rt->loader;
+    while (m->loading) {
+        pthread_mutex_lock(&l->lock);
+        while (!l->done)
+            pthread_cond_wait(&l->opened, &l->lock);
+        pthread_mutex_unlock(&l->lock);
+        loader_adopt(rt);
     }
 }
 
@@ -749,6 +765,8 @@ static void handle_line(RelRuntime *rt, const char *line, size_t len)
     const char *name = json_string_value(json_object_get(req, "module"));
     json_t *mods = json_object_get(req, "modules");
     RelModule *m = name ? find_any(rt, name) : NULL;
+    if (m && m->loading && cmd && strcmp(cmd, "load_object_code") != 0)
+        loader_wait(rt, m);
 
     if (!cmd) {
         reply_error(rt, id, "bad_request", "no cmd");
@@ -862,6 +880,7 @@ int rel_runtime_new(RelRuntime **ret, char *err, size_t errlen)
     pthread_mutex_init(&rt->send_lock, NULL);
     pthread_mutex_init(&rt->loader.lock, NULL);
     pthread_cond_init(&rt->loader.wake, NULL);
+    pthread_cond_init(&rt->loader.opened, NULL);
     rt->loader.todo_tail = &rt->loader.todo;
     rt->host = (RelHost){.abi = RELD_MODULE_ABI, .module_api = host_module_api, .module_state = host_module_state};
     the_runtime = rt;
@@ -934,6 +953,7 @@ RelRuntime *rel_runtime_free(RelRuntime *rt)
     pthread_mutex_destroy(&rt->send_lock);
     pthread_mutex_destroy(&rt->loader.lock);
     pthread_cond_destroy(&rt->loader.wake);
+    pthread_cond_destroy(&rt->loader.opened);
     if (the_runtime == rt)
         the_runtime = NULL;
     free(rt);

@@ -412,6 +412,24 @@ def test_slow_process(work):
           "then the upgrade goes on and completes, state kept", err)
     busy.close()
 
+    # One that does not answer load_object_code within its 5 s: before the
+    # point of no return. It stages the code late; reld's drop follows it.
+    r.relctl("downgrade", "1")
+    busy = socket.create_connection(("127.0.0.1", port))
+    busy.sendall(b"SLEEP 6000\n")
+    time.sleep(0.1)
+    rc, out, err = r.relctl("upgrade", "2")
+    d.tap(rc == 1 and "load_object_code kv_server: no answer in time" in err and
+          "before the point of no return" in err,
+          "a process that does not answer load_object_code: the upgrade fails before the point of no return", err)
+    busy.recv(100)  # awake again
+    busy.close()
+    d.tap(request(port, "VERSION") == "OK kv_server 1" and request(port, "GET kept") == "OK kept 3",
+          "release 1 serves with its state")
+    rc, out, err = r.relctl("upgrade", "2")
+    d.tap(rc == 0 and versions(r) == [("kv_server", "2")],
+          "and the next upgrade goes through (the late-staged code was dropped: else 'already_staged')", err)
+
     # A suspend timeout of 300 ms that the process cannot meet: after the
     # point of no return, so the inverse runs (nothing to undo) and the
     # process, which suspends late, is resumed. reld waits 500 ms before
