@@ -1,8 +1,7 @@
 /* relctl-pack: `relctl pack DIR -o FILE`, which relctl runs (cli/relctl.c
  * says why it is a program of its own). Validates the release laid out in
  * DIR exactly as reld will, then writes its tarball.
- *
- * Exit status as relctl's: 0 success; 1 refused or failed; 2 usage. */
+ * Exit status and error output as relctl's (cli.h). */
 #include <archive.h>
 #include <archive_entry.h>
 #include <dirent.h>
@@ -14,18 +13,8 @@
 #include <unistd.h>
 
 #include "store.h"
+#include "cli.h"
 #include "util.h"
-
-#define EXIT_REFUSED 1
-#define EXIT_USAGE   2
-
-static void print_diag(const Diag *d)
-{
-    for (size_t i = 0; i < d->warnings.n; i++)
-        fprintf(stderr, "relctl: warning: %s\n", d->warnings.v[i]);
-    for (size_t i = 0; i < d->errors.n; i++)
-        fprintf(stderr, "relctl: %s\n", d->errors.v[i]);
-}
 
 /* Adds path (relative name rel) and, for a directory, everything below it,
  * in a stable order. Symlinks are stored as symlinks. */

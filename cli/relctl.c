@@ -1,8 +1,5 @@
-/* relctl: the command line of reld (SPEC.md "Command line").
- *
- * Exit status: 0 success; 1 the request was refused or failed (bad
- * definitions, no such release, ...); 2 usage error. Errors are printed on
- * stderr, one line each, prefixed "relctl: ". */
+/* relctl: the command line of reld (SPEC.md "Command line"); exit status
+ * and error output in cli.h. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -17,18 +14,8 @@
 
 #include "relup.h"
 #include "store.h"
+#include "cli.h"
 #include "util.h"
-
-#define EXIT_REFUSED 1
-#define EXIT_USAGE   2
-
-static void print_diag(const Diag *d)
-{
-    for (size_t i = 0; i < d->warnings.n; i++)
-        fprintf(stderr, "relctl: warning: %s\n", d->warnings.v[i]);
-    for (size_t i = 0; i < d->errors.n; i++)
-        fprintf(stderr, "relctl: %s\n", d->errors.v[i]);
-}
 
 static void usage(FILE *f)
 {

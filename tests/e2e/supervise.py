@@ -52,6 +52,29 @@ def wait_for(pred, timeout=5.0):
     return pred()
 
 
+def reld_with(root, **hooks):
+    """A reld on root (made if missing) with test hooks in its environment
+    (docs/daemon.md), e.g. RELD_TEST_FAIL_AT="6"."""
+    os.makedirs(root, exist_ok=True)
+    os.environ.update(hooks)
+    try:
+        return d.Reld(root)
+    finally:
+        for k in hooks:
+            del os.environ[k]
+
+
+def relctl_background(r, *args):
+    return subprocess.Popen([A.relctl, *args], env=dict(os.environ, RELD_SOCKET=r.sock), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def timed_status(r):
+    t0 = time.monotonic()
+    st = status(r)
+    return st, time.monotonic() - t0
+
+
 def test_kvcounter(work):
     port = free_port()
     r = d.Reld(work)
@@ -229,12 +252,7 @@ def test_crash_during_upgrade(work):
     # 3 suspend, 4 load, 5 code_change, 6 resume.
     for k in (1, 2, 3, 4, 5, 6):
         root = os.path.join(work, f"crash{k}")
-        os.makedirs(root)
-        os.environ["RELD_TEST_CRASH_BEFORE"] = str(k)
-        try:
-            r = d.Reld(root)
-        finally:
-            del os.environ["RELD_TEST_CRASH_BEFORE"]
+        r = reld_with(root, RELD_TEST_CRASH_BEFORE=str(k))
         r.relctl("install", t1)
         r.relctl("make-permanent")
         r.relctl("unpack", t2)
@@ -273,17 +291,11 @@ def test_process_killed_mid_upgrade(work):
     # 3 suspend, 4 load, 5 code_change, 6 resume.
     for k, after in ((1, False), (5, True)):
         root = os.path.join(work, f"mid{k}")
-        os.makedirs(root)
-        os.environ["RELD_TEST_PAUSE_BEFORE"] = f"{k}:700"
-        try:
-            r = d.Reld(root)
-        finally:
-            del os.environ["RELD_TEST_PAUSE_BEFORE"]
+        r = reld_with(root, RELD_TEST_PAUSE_BEFORE=f"{k}:700")
         r.relctl("install", t1)
         r.relctl("unpack", t2)
         pid = wait_for(lambda: [p["pid"] for p in status(r)["processes"] if p["modules"]])[0]
-        up = subprocess.Popen([A.relctl, "upgrade", "2"], env=dict(os.environ, RELD_SOCKET=r.sock),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        up = relctl_background(r, "upgrade", "2")
         time.sleep(0.3)
         os.kill(pid, signal.SIGKILL)
         out, err = up.communicate(timeout=30)
@@ -298,20 +310,13 @@ def test_process_killed_mid_upgrade(work):
 
 def test_status_during_upgrade(work):
     port = free_port()
-    os.environ["RELD_TEST_DELAY_BEFORE"] = "3:1500"  # before suspend: a long upgrade, the loop running
-    try:
-        r = d.Reld(work)
-    finally:
-        del os.environ["RELD_TEST_DELAY_BEFORE"]
+    r = reld_with(work, RELD_TEST_DELAY_BEFORE="3:1500")  # before suspend: a long upgrade, the loop running
     r.relctl("install", kv_tarball(work, "1", port))
     r.relctl("unpack", kv_tarball(work, "2", port))
     wait_for(lambda: versions(r))
-    up = subprocess.Popen([A.relctl, "upgrade", "2"], env=dict(os.environ, RELD_SOCKET=r.sock),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    up = relctl_background(r, "upgrade", "2")
     time.sleep(0.5)
-    t0 = time.monotonic()
-    st = status(r)
-    took = time.monotonic() - t0
+    st, took = timed_status(r)
     d.tap(st.get("upgrade") == {"from": "1", "to": "2", "direction": "upgrade", "done": 2, "of": 6} and took < 0.5,
           f"status answers during an upgrade ({took * 1000:.0f} ms) and shows instruction 2 of 6 done", st)
     rc, out, err = r.relctl("history", "--json")
@@ -325,14 +330,6 @@ def test_status_during_upgrade(work):
     r.stop()
 
 
-def reld_failing_at(root, k):
-    os.environ["RELD_TEST_FAIL_AT"] = str(k)
-    try:
-        return d.Reld(root)
-    finally:
-        del os.environ["RELD_TEST_FAIL_AT"]
-
-
 def test_failed_downgrade(work):
     # The 2 -> 1 downgrade: 1 load_object_code, 2 point_of_no_return,
     # 3 suspend, 4 code_change down, 5 load, 6 resume. Failing at 6, after
@@ -340,8 +337,7 @@ def test_failed_downgrade(work):
     # makes v2 current again and converts the state up again.
     port = free_port()
     root = os.path.join(work, "down")
-    os.makedirs(root)
-    r = reld_failing_at(root, 6)
+    r = reld_with(root, RELD_TEST_FAIL_AT="6")
     r.relctl("install", kv_tarball(work, "2", port))
     r.relctl("make-permanent")
     r.relctl("unpack", kv_tarball(work, "1", port))
@@ -368,8 +364,7 @@ def test_failed_downgrade(work):
     # at 8 (resume), kv_lib's state is gone: reld restarts instead.
     port = free_port()
     root = os.path.join(work, "down3")
-    os.makedirs(root)
-    r = reld_failing_at(root, 8)
+    r = reld_with(root, RELD_TEST_FAIL_AT="8")
     src = os.path.join(work, "src3")
     os.makedirs(src)
     r.relctl("install", kv_tarball(src, "3", port))
@@ -399,12 +394,9 @@ def test_slow_process(work):
     busy = socket.create_connection(("127.0.0.1", port))
     busy.sendall(b"SLEEP 1500\n")
     time.sleep(0.1)
-    up = subprocess.Popen([A.relctl, "upgrade", "2"], env=dict(os.environ, RELD_SOCKET=r.sock),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    up = relctl_background(r, "upgrade", "2")
     time.sleep(0.3)
-    t0 = time.monotonic()
-    st = status(r)
-    took = time.monotonic() - t0
+    st, took = timed_status(r)
     d.tap(took < 0.5 and (st.get("upgrade") or {}).get("done") == 0,
           f"a process slow to answer: status answers meanwhile ({took * 1000:.0f} ms), the upgrade at 0 of 6", st)
     out, err = up.communicate(timeout=30)
@@ -438,12 +430,7 @@ def test_slow_process(work):
     r.stop()
     port = free_port()
     root = os.path.join(work, "slow")
-    os.makedirs(root)
-    os.environ["RELD_TEST_DELAY_BEFORE"] = "3:500"
-    try:
-        r = d.Reld(root)
-    finally:
-        del os.environ["RELD_TEST_DELAY_BEFORE"]
+    r = reld_with(root, RELD_TEST_DELAY_BEFORE="3:500")
     r.relctl("install", kv_tarball(root, "1", port))
     slow = variant_tarball(root, port, "2.3", os.path.join(os.path.dirname(A.kvroot), "kv_server-2.so"),
                            edit=lambda t: t.replace('{update: kv_server, change: {advanced: "array-to-table"}}',
@@ -452,8 +439,7 @@ def test_slow_process(work):
     r.relctl("unpack", slow)
     wait_for(lambda: versions(r))
     request(port, "INCR kept")
-    up = subprocess.Popen([A.relctl, "upgrade", "2.3"], env=dict(os.environ, RELD_SOCKET=r.sock),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    up = relctl_background(r, "upgrade", "2.3")
     time.sleep(0.25)
     busy = socket.create_connection(("127.0.0.1", port))
     busy.sendall(b"SLEEP 1500\n")
