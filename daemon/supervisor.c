@@ -172,7 +172,7 @@ static void watch_output(Proc *p, int fd)
 /* The control channel: reld reads the process's events (hello: its
  * modules, shown by status) and the replies to the executor's requests
  * (docs/runtime.md). */
-static void control_take_events(Proc *p, bool blocking);
+static void control_take_events(Proc *p);
 static void control_reply(Proc *p, json_t *m);
 static void control_lost(Proc *p);
 
@@ -181,14 +181,14 @@ static void control_read(Proc *p)
 {
     ssize_t n = read(p->ctl_fd, p->ctl_buf + p->ctl_len, sizeof(p->ctl_buf) - p->ctl_len);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return; /* a blocking call read it first */
+        return;
     if (n <= 0) {
         sd_event_source_set_enabled(p->ctl_src, SD_EVENT_OFF);
         control_lost(p);
         return;
     }
     p->ctl_len += (size_t)n;
-    control_take_events(p, false);
+    control_take_events(p);
 }
 
 static int on_control(sd_event_source *src, int fd, uint32_t revents, void *userdata)
@@ -197,19 +197,14 @@ static int on_control(sd_event_source *src, int fd, uint32_t revents, void *user
     return 0;
 }
 
-/* Handles the complete lines at the front of the control buffer: events,
- * and replies to the executor's calls. In a blocking call (proc_call) it
- * stops at a reply, which is that call's. */
-static void control_take_events(Proc *p, bool blocking)
+/* Handles the complete lines in the control buffer: events, and replies
+ * to the executor's calls. */
+static void control_take_events(Proc *p)
 {
     char *nl;
     while ((nl = memchr(p->ctl_buf, '\n', p->ctl_len))) {
         json_t *m = json_loadb(p->ctl_buf, (size_t)(nl - p->ctl_buf), 0, NULL);
         const char *ev = json_string_value(json_object_get(m, "event"));
-        if (!ev && m && json_object_get(m, "id") && blocking) {
-            json_decref(m);
-            break;
-        }
         p->ctl_len -= (size_t)(nl + 1 - p->ctl_buf);
         memmove(p->ctl_buf, nl + 1, p->ctl_len);
         if (ev && strcmp(ev, "hello") == 0) {
@@ -585,9 +580,11 @@ json_t *supervisor_status(const Supervisor *s)
  * An instruction sends its commands to every process concerned at once and
  * returns to the event loop; replies arrive through on_control, timeouts
  * through a timer, and when the last call of the instruction has ended
- * the executor is woken for the next. So a process slow to reach its safe
- * point holds up the upgrade, not reld. The recovery after a failure (drops,
- * the inverse, post-purges) uses short blocking round trips. */
+ * the executor is woken for the next (it first waits up to 1 ms, as most
+ * answers come sooner). So a process slow to reach its safe point holds up
+ * the upgrade, not reld. What finishes a script goes the same way: the
+ * inverse after a failure, the post-purges after a success. Drops of
+ * staged code go out without waiting for answers. */
 
 static long long now_us(void)
 {
@@ -642,52 +639,6 @@ static void take_modules(Proc *p, json_t *reply)
     if (json_is_array(mods)) {
         json_decref(p->modules);
         p->modules = json_incref(mods);
-    }
-}
-
-/* One blocking request and its reply (recovery paths only). 0, or
- * -ETIMEDOUT, -ECONNRESET, -EPROTO (the process refused: *err says why). */
-static int proc_call(Proc *p, json_t *req, int timeout_ms, char **err)
-{
-    long long id;
-    long long deadline = now_ms() + timeout_ms;
-    if (p->call || proc_send(p, req, timeout_ms, &id) < 0) {
-        if (p->call)
-            json_decref(req);
-        return -ECONNRESET;
-    }
-    for (;;) {
-        control_take_events(p, true);
-        char *nl = memchr(p->ctl_buf, '\n', p->ctl_len);
-        if (nl) {
-            json_t *m = json_loadb(p->ctl_buf, (size_t)(nl - p->ctl_buf), 0, NULL);
-            p->ctl_len -= (size_t)(nl + 1 - p->ctl_buf);
-            memmove(p->ctl_buf, nl + 1, p->ctl_len);
-            if (json_integer_value(json_object_get(m, "id")) != id) {
-                if (json_is_true(json_object_get(m, "ok"))) /* a late answer: it still tells what runs */
-                    take_modules(p, m);
-                json_decref(m);
-                continue;
-            }
-            int r = json_is_true(json_object_get(m, "ok")) ? 0 : -EPROTO;
-            if (r < 0 && err)
-                *err = xasprintf("%s: %s", json_string_value(json_object_get(m, "error")),
-                                 json_string_value(json_object_get(m, "message")));
-            if (r == 0)
-                take_modules(p, m);
-            json_decref(m);
-            return r;
-        }
-        long long left = deadline - now_ms();
-        if (left <= 0)
-            return -ETIMEDOUT;
-        struct pollfd pf = {.fd = p->ctl_fd, .events = POLLIN};
-        poll(&pf, 1, (int)left);
-        ssize_t n = read(p->ctl_fd, p->ctl_buf + p->ctl_len, sizeof(p->ctl_buf) - p->ctl_len);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
-            return -ECONNRESET;
-        if (n > 0)
-            p->ctl_len += (size_t)n;
     }
 }
 
@@ -749,8 +700,10 @@ struct Exec {
     /* The calls of the instruction under way. */
     Call **calls;
     size_t n_calls, n_out;
-    int calls_r;  /* the first failure among them */
-    bool waiting; /* the executor returned to the event loop for them */
+    int calls_r;       /* the first failure among them */
+    bool waiting;      /* the executor returned to the event loop for them */
+    bool recovering;   /* the calls undo or finish: no bookkeeping, failures say so */
+    const char *doing; /* prefixes their failures ("undoing the upgrade") */
     sd_event_source *timer;
     void (*wake)(void *userdata); /* the instruction's calls have all ended */
     void *wake_data;
@@ -778,6 +731,8 @@ static void note_done(Exec *x, Proc *p, const char *cmd, const char *module, jso
 /* What a successful reply means for the executor's bookkeeping. */
 static void call_succeeded(Exec *x, Proc *p, json_t *req)
 {
+    if (x->recovering)
+        return;
     const char *cmd = json_string_value(json_object_get(req, "cmd"));
     const char *module = json_string_value(json_object_get(req, "module"));
     if (strcmp(cmd, "load_object_code") == 0) {
@@ -794,6 +749,15 @@ static void call_succeeded(Exec *x, Proc *p, json_t *req)
 }
 
 static void call_send_next(Call *c);
+
+/* After a failure: what was queued for the process goes, except requests
+ * marked always (a resume after an undo that failed, further purges). */
+static void drop_queue(Call *c)
+{
+    for (size_t k = json_array_size(c->queue); k-- > 0;)
+        if (!json_is_true(json_object_get(json_array_get(c->queue, k), "always")))
+            json_array_remove(c->queue, k);
+}
 
 /* Does a status reply show old code of module that something still uses
  * (a pinned old version)? */
@@ -825,13 +789,13 @@ static void call_ended(Call *c, json_t *m, int r)
         r = -EBUSY;
         if (x->calls_r == 0)
             x->calls_r = r;
-        json_array_clear(c->queue);
+        drop_queue(c);
     } else if (r == 0) {
         take_modules(p, m);
         call_succeeded(x, p, c->req);
     } else {
-        diag_error(x->diag, "%s[%d]: %s%s%s: %s%s%s", p->label, (int)p->pid, cmd, module ? " " : "",
-                   module ? module : "",
+        diag_error(x->diag, "%s[%d]: %s%s%s%s: %s%s%s", p->label, (int)p->pid, x->doing ? x->doing : "", cmd,
+                   module ? " " : "", module ? module : "",
                    r == -EPROTO       ? json_string_value(json_object_get(m, "error"))
                    : r == -ETIMEDOUT  ? "no answer in time"
                    : r == -ECONNRESET ? "the process went away"
@@ -843,7 +807,7 @@ static void call_ended(Call *c, json_t *m, int r)
          * the code it staged. */
         if (r == -ETIMEDOUT && (strcmp(cmd, "suspend") == 0 || strcmp(cmd, "load_object_code") == 0))
             call_succeeded(x, p, c->req);
-        json_array_clear(c->queue); /* this process goes no further */
+        drop_queue(c); /* this process goes no further */
     }
     json_decref(c->req);
     c->req = NULL;
@@ -920,8 +884,9 @@ static void control_lost(Proc *p)
         call_ended(p->call, NULL, -ECONNRESET);
 }
 
-/* Queues req (taken) for p in the instruction under way. */
-static void add_request(Exec *x, Proc *p, json_t *req, int timeout_ms)
+/* Queues req (taken) for p in the instruction under way; always: sent
+ * even after an earlier request of p failed. */
+static void add_request_always(Exec *x, Proc *p, json_t *req, int timeout_ms, bool always)
 {
     Call *c = NULL;
     for (size_t k = 0; k < x->n_calls && !c; k++)
@@ -933,7 +898,13 @@ static void add_request(Exec *x, Proc *p, json_t *req, int timeout_ms)
         x->calls = xrealloc(x->calls, (x->n_calls + 1) * sizeof(*x->calls));
         x->calls[x->n_calls++] = c;
     }
-    json_array_append_new(c->queue, json_pack("{s:o, s:i}", "req", req, "timeout_ms", timeout_ms));
+    json_array_append_new(c->queue,
+                          json_pack("{s:o, s:i, s:b}", "req", req, "timeout_ms", timeout_ms, "always", always));
+}
+
+static void add_request(Exec *x, Proc *p, json_t *req, int timeout_ms)
+{
+    add_request_always(x, p, req, timeout_ms, false);
 }
 
 /* Queues a command for module to every process that runs it. */
@@ -1011,23 +982,6 @@ static void calls_clear(Exec *x)
     x->n_calls = x->n_out = 0;
     if (x->timer)
         sd_event_source_set_enabled(x->timer, SD_EVENT_OFF);
-}
-
-/* Sends a command for module to every process that runs it, blocking
- * (the post-purge). */
-static int send_to_runners(Exec *x, const char *module, json_t *req, int timeout_ms)
-{
-    int r = 0;
-    for (size_t i = 0; i < x->s->n_apps; i++)
-        for (size_t k = 0; k < x->s->apps[i]->n_procs; k++) {
-            Proc *p = x->s->apps[i]->procs[k];
-            if (!runs(x->to, p, module))
-                continue;
-            int q = proc_call(p, json_deep_copy(req), timeout_ms, NULL);
-            r = r < 0 ? r : q;
-        }
-    json_decref(req);
-    return r;
 }
 
 /* A suspend waits for the longest timeout of its modules; a module
@@ -1227,8 +1181,12 @@ typedef struct Pending {
     long long start, dur;
 } Pending;
 
+enum Phase { PHASE_SCRIPT, PHASE_INVERSE, PHASE_POST_PURGE, PHASE_DONE };
+
 struct Execution {
     Supervisor *s;
+    enum Phase phase; /* the script, then what finishes it */
+    int result;       /* of the script, once it ended */
     const ReleaseDef *from, *to;
     const RelupScript *script;
     int64_t attempt;
@@ -1382,38 +1340,35 @@ static void drop_staged(Exec *x)
     }
 }
 
-/* The inverse of one change a script made in process p: 0 or -errno. */
-static int undo(Execution *e, Proc *p, const struct Done *d, char **err)
+/* The request that undoes one change a script made in process p. */
+static json_t *undo_request(Execution *e, Proc *p, const struct Done *d, int *ret_timeout_ms)
 {
-    switch (d->op) {
-    case DONE_LOAD: { /* the version it ran before becomes current again */
+    *ret_timeout_ms = 5000;
+    if (d->op == DONE_LOAD) { /* the version it ran before becomes current again */
         const char *v = version_before(e, p, d->module);
-        return proc_call(p,
-                         json_pack("{s:s, s:s, s:o}", "cmd", "revert", "module", d->module, "version",
-                                   v ? json_string(v) : json_null()),
-                         5000, err);
+        return json_pack("{s:s, s:s, s:o}", "cmd", "revert", "module", d->module, "version",
+                         v ? json_string(v) : json_null());
     }
-    case DONE_CODE_CHANGE_UP:   /* the newer code, still current, converts back */
-    case DONE_CODE_CHANGE_DOWN: /* the newer code, current again after its revert, converts up again */
-        return proc_call(p,
-                         json_pack("{s:s, s:s, s:s, s:O}", "cmd", "code_change", "module", d->module, "mode",
-                                   d->op == DONE_CODE_CHANGE_UP ? "down" : "up", "extra",
-                                   d->extra ? d->extra : json_null()),
-                         10000, err);
-    case DONE_REMOVE:
-        *err = xasprintf("%s was removed and its state is gone", d->module);
-        return -ENOTRECOVERABLE;
-    }
-    return -EINVAL;
+    /* code_change: the newer code converts the other way (up's undo runs
+     * before the revert, down's after it). */
+    *ret_timeout_ms = 10000;
+    return json_pack("{s:s, s:s, s:s, s:O}", "cmd", "code_change", "module", d->module, "mode",
+                     d->op == DONE_CODE_CHANGE_UP ? "down" : "up", "extra", d->extra ? d->extra : json_null());
 }
 
-/* The inverse of what an upgrade or a downgrade did before it failed: per
- * process, suspended, every change it made undone in reverse order, then
- * resume; staged code dropped. 0, or -errno when a step failed. */
-static int run_inverse(Execution *e)
+/* Queues the inverse of what an upgrade or a downgrade did before it
+ * failed: per process, suspended, every change it made undone in reverse
+ * order, then resume (sent even when an undo failed). false when it cannot
+ * work: a remove ran, so a module's state is gone. */
+static bool queue_inverse(Execution *e)
 {
     Exec *x = &e->x;
-    int r = 0;
+    for (size_t d = 0; d < x->n_done; d++)
+        if (x->done[d].op == DONE_REMOVE) {
+            diag_error(x->diag, "%s[%d]: undoing the %s: %s was removed and its state is gone", x->done[d].p->label,
+                       (int)x->done[d].p->pid, going_down(e) ? "downgrade" : "upgrade", x->done[d].module);
+            return false;
+        }
     for (size_t a = 0; a < e->s->n_apps; a++)
         for (size_t k = 0; k < e->s->apps[a]->n_procs; k++) {
             Proc *p = e->s->apps[a]->procs[k];
@@ -1424,32 +1379,106 @@ static int run_inverse(Execution *e)
             bool suspended = false;
             for (size_t d = 0; d < x->n_suspended; d++)
                 suspended = suspended || x->suspended[d] == p;
-            if (json_array_size(mods) && p->pid && r == 0) {
-                char *err = NULL;
-                int q = proc_call(p, json_pack("{s:s, s:O}", "cmd", "suspend", "modules", mods), 5000, &err);
-                for (size_t d = x->n_done; q == 0 && d-- > 0;)
-                    if (x->done[d].p == p)
-                        q = undo(e, p, &x->done[d], &err);
-                if (q < 0) {
-                    diag_error(x->diag, "%s[%d]: undoing the %s: %s", p->label, (int)p->pid,
-                               going_down(e) ? "downgrade" : "upgrade", err ? err : strerror(-q));
-                    r = q;
-                }
-                free(err);
+            if (!p->pid) {
+                json_decref(mods);
+                continue;
+            }
+            if (json_array_size(mods)) {
+                add_request(x, p, json_pack("{s:s, s:O}", "cmd", "suspend", "modules", mods), 5000);
+                for (size_t d = x->n_done; d-- > 0;)
+                    if (x->done[d].p == p) {
+                        int timeout;
+                        json_t *req = undo_request(e, p, &x->done[d], &timeout);
+                        add_request(x, p, req, timeout);
+                    }
                 suspended = true;
             }
-            if (suspended && p->pid)
-                proc_call(p, resume_all(p), 5000, NULL);
+            if (suspended)
+                add_request_always(x, p, resume_all(p), 5000, true);
             json_decref(mods);
         }
-    drop_staged(x);
-    return r;
+    return true;
+}
+
+/* Past the point of no return, and no inverse: every changed application
+ * back on the old release, by restarting it there. */
+static void restart_on_old_release(Execution *e)
+{
+    Supervisor *s = e->s;
+    for (size_t k = 0; k < e->x.n_suspended; k++) { /* unchanged applications' processes go on */
+        long long id;
+        if (e->x.suspended[k]->pid)
+            proc_send(e->x.suspended[k], resume_all(e->x.suspended[k]), 100, &id);
+    }
+    StrVec restarted = {0};
+    for (size_t a = 0; a < s->n_apps; a++) {
+        const ReleaseAppRef *ref = appdefs_release_find(e->to, s->apps[a]->name);
+        if (ref && strcmp(ref->vsn, s->apps[a]->vsn) == 0)
+            continue;
+        strvec_push(&restarted, s->apps[a]->name);
+        App *app = s->apps[a];
+        for (size_t k = app->n_procs; k-- > 0;) {
+            proc_stop(app->procs[k]);
+            app->procs[k]->stopping = false;
+        }
+        for (size_t k = 0; k < app->n_procs; k++)
+            proc_spawn(app->procs[k]);
+    }
+    char *list = xstrdup("");
+    for (size_t k = 0; k < restarted.n; k++) {
+        char *l = xasprintf("%s%s%s", list, k ? ", " : "", restarted.v[k]);
+        free(list);
+        list = l;
+    }
+    diag_warning(e->x.diag,
+                 "failed after the point of no return: restarted %s on release %s (their in-memory state is lost)",
+                 *list ? list : "nothing", e->from->vsn);
+    free(list);
+    strvec_clear(&restarted);
+}
+
+/* The calls of a finishing phase are out, or ended (calls_r). */
+static int finish_phase_ended(Execution *e);
+
+/* Starts the calls queued for a finishing phase; SUPERVISOR_EXEC_WAITING
+ * while answers are awaited, else what the phase ends with. */
+static int finish_phase(Execution *e, enum Phase phase)
+{
+    e->phase = phase;
+    e->x.recovering = true;
+    e->x.doing = phase == PHASE_INVERSE ? (going_down(e) ? "undoing the downgrade: " : "undoing the upgrade: ") : NULL;
+    if (start_calls(&e->x) > 0 && await_calls_briefly(&e->x, AWAIT_BRIEFLY_US) > 0) {
+        e->x.waiting = true;
+        return SUPERVISOR_EXEC_WAITING;
+    }
+    return finish_phase_ended(e);
+}
+
+static int finish_phase_ended(Execution *e)
+{
+    int q = e->x.calls_r;
+    calls_clear(&e->x);
+    if (e->phase == PHASE_INVERSE && q == 0) {
+        drop_staged(&e->x);
+        diag_warning(e->x.diag,
+                     "failed after the point of no return: ran the inverse of what was done; release %s runs, its "
+                     "state kept",
+                     e->from->vsn);
+    } else if (e->phase == PHASE_INVERSE) {
+        drop_staged(&e->x);
+        restart_on_old_release(e);
+    } else {                   /* PHASE_POST_PURGE */
+        diag_clear(e->x.diag); /* a refused soft post-purge is not a failure */
+        switch_over(e->s, e->to);
+    }
+    e->phase = PHASE_DONE;
+    return e->result;
 }
 
 /* What is left to do after the script failed or ended. */
 static int finish(Execution *e, int r)
 {
-    Supervisor *s = e->s;
+    e->result = r;
     if (r < 0 && !e->past_ponr) {
         /* Nothing has changed yet: drop the staged code, the old release runs on. */
         drop_staged(&e->x);
@@ -1457,55 +1486,33 @@ static int finish(Execution *e, int r)
                      "failed before the point of no return: the new code was dropped, release %s runs "
                      "untouched",
                      e->from->vsn);
-    } else if (r < 0 && run_inverse(e) == 0) {
-        diag_warning(e->x.diag,
-                     "failed after the point of no return: ran the inverse of what was done; release %s runs, its "
-                     "state kept",
-                     e->from->vsn);
-    } else if (r < 0) {
-        /* Past the point of no return, and no inverse: bring every changed
-         * application back on the old release by restarting it there. */
-        for (size_t k = 0; k < e->x.n_suspended; k++)
-            if (e->x.suspended[k]->pid)
-                proc_call(e->x.suspended[k], resume_all(e->x.suspended[k]), 1000, NULL);
-        StrVec restarted = {0};
-        for (size_t a = 0; a < s->n_apps; a++) {
-            const ReleaseAppRef *ref = appdefs_release_find(e->to, s->apps[a]->name);
-            if (ref && strcmp(ref->vsn, s->apps[a]->vsn) == 0)
-                continue;
-            strvec_push(&restarted, s->apps[a]->name);
-            App *app = s->apps[a];
-            for (size_t k = app->n_procs; k-- > 0;) {
-                proc_stop(app->procs[k]);
-                app->procs[k]->stopping = false;
-            }
-            for (size_t k = 0; k < app->n_procs; k++)
-                proc_spawn(app->procs[k]);
-        }
-        char *list = xstrdup("");
-        for (size_t k = 0; k < restarted.n; k++) {
-            char *l = xasprintf("%s%s%s", list, k ? ", " : "", restarted.v[k]);
-            free(list);
-            list = l;
-        }
-        diag_warning(e->x.diag,
-                     "failed after the point of no return: restarted %s on release %s (their in-memory state "
-                     "is lost)",
-                     *list ? list : "nothing", e->from->vsn);
-        free(list);
-        strvec_clear(&restarted);
-    } else {
-        /* The old code goes (OTP's post_purge). */
-        for (size_t k = 0; k < e->script->n; k++)
-            if (e->script->v[k].op == RELUP_LOAD)
-                send_to_runners(&e->x, e->script->v[k].module,
-                                json_pack("{s:s, s:s, s:s}", "cmd", "purge", "module", e->script->v[k].module, "method",
-                                          purge_method_name(e->script->v[k].post_purge)),
-                                5000);
-        diag_clear(e->x.diag); /* a refused soft post-purge is not a failure */
-        switch_over(s, e->to);
+        return r;
     }
-    return r;
+    if (r < 0) {
+        if (!queue_inverse(e)) {
+            calls_clear(&e->x);
+            drop_staged(&e->x);
+            restart_on_old_release(e);
+            return r;
+        }
+        return finish_phase(e, PHASE_INVERSE);
+    }
+    /* The old code goes (OTP's post_purge); each purge on its own. */
+    for (size_t k = 0; k < e->script->n; k++) {
+        const RelupInstr *in = &e->script->v[k];
+        if (in->op != RELUP_LOAD)
+            continue;
+        for (size_t i = 0; i < e->s->n_apps; i++)
+            for (size_t j = 0; j < e->s->apps[i]->n_procs; j++) {
+                Proc *p = e->s->apps[i]->procs[j];
+                if (runs(e->to, p, in->module))
+                    add_request_always(&e->x, p,
+                                       json_pack("{s:s, s:s, s:s}", "cmd", "purge", "module", in->module, "method",
+                                                 purge_method_name(in->post_purge)),
+                                       5000, true);
+            }
+    }
+    return finish_phase(e, PHASE_POST_PURGE);
 }
 
 /* Instruction i ended with r: its record, and where the step goes next. */
@@ -1526,6 +1533,10 @@ int supervisor_exec_step(Execution *e, Diag *diag)
 {
     e->x.diag = diag;
     int r = 0;
+    if (e->x.waiting && e->phase != PHASE_SCRIPT) { /* woken: a finishing phase's calls have ended */
+        e->x.waiting = false;
+        return finish_phase_ended(e);
+    }
     if (e->x.waiting) { /* woken: the calls of instruction i have ended */
         e->x.waiting = false;
         r = e->x.calls_r;
