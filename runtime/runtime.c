@@ -622,19 +622,16 @@ static void cmd_code_change(RelRuntime *rt, json_t *id, json_t *req, RelModule *
         return reply_error(rt, id, "bad_request", "mode must be up or down");
     if (!rt->suspended)
         return reply_error(rt, id, "not_suspended", "code_change needs the process suspended");
-    /* Up: the new code is current and the old one is what we came from.
-     * Down: the newer code is still current and converts to the staged,
-     * older version before that one loads. */
-    RelVersion *other = up ? m->old : m->staged;
-    /* Up with no old version but staged code: reld undoing a downgrade
-     * whose code_change down ran and whose load did not; the older code is
-     * still staged and the state is in its format. */
-    bool undoing_down = up && !m->old && m->staged;
-    if (undoing_down)
-        other = m->staged;
+    /* The version on the other side of the conversion. Up: the old one,
+     * what the new current code came from; without one, the staged one
+     * (reld undoing a downgrade whose code_change down ran and whose load
+     * did not). Down: the staged older version, before its load; without
+     * one, the old one (reld undoing an upgrade: the newer code, still
+     * current, converts back to the version it replaced). */
+    RelVersion *other = up ? (m->old ? m->old : m->staged) : (m->staged ? m->staged : m->old);
     if (!m->current || !other)
-        return reply_error(rt, id, "no_object_code", "%s: nothing to convert %s to (%s)", m->name, up ? "from" : "to",
-                           up ? "no old version: load first" : "no staged version");
+        return reply_error(rt, id, "no_object_code", "%s: no other version to convert %s", m->name,
+                           up ? "from (load first)" : "to (load_object_code first)");
     json_t *extra = json_object_get(req, "extra");
     char *extra_json = json_dumps(extra ? extra : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
     void *state = m->state;
@@ -649,7 +646,7 @@ static void cmd_code_change(RelRuntime *rt, json_t *id, json_t *req, RelModule *
          * failed object's own memory. */
         reply_error(rt, id, "code_change_failed", "code_change %s of %s %s failed: %s%s%s", mode, m->name,
                     m->current->desc->version, strerror(-r), *err ? ": " : "", err);
-        if (up && !undoing_down) {
+        if (up && other == m->old) {
             /* Back to the old code with the old state, which code_change
              * left untouched; the new code goes. */
             RelVersion *bad = m->current;

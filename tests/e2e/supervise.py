@@ -23,12 +23,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from hotcode import free_port, request  # noqa: E402
 
 
-def kv_tarball(work, vsn, port):
-    """Release vsn of the kvcounter example, listening on port."""
+def kv_tarball(work, vsn, port, port2=None):
+    """Release vsn of the kvcounter example, listening on port; with port2,
+    a second process kv2 of the same application listens there."""
     src = os.path.join(work, f"kvsrc-{vsn}")
     shutil.copytree(A.kvroot, src)
     app = os.path.join(src, "lib", f"kvcounter-{vsn}.0.0", "app.yaml")
-    text = open(app).read().replace("127.0.0.1:17411", f"127.0.0.1:{port}")
+    text = open(app).read()
+    if port2:
+        block = text[text.index("  - name: kv\n"):text.index("appup:") if "appup:" in text else len(text)]
+        text = text.replace(block, block + block.replace("name: kv\n", "name: kv2\n").replace("17411", str(port2)))
+    text = text.replace("127.0.0.1:17411", f"127.0.0.1:{port}")
     open(app, "w").write(text)
     path = os.path.join(work, f"kv-{vsn}.tar.gz")
     with tarfile.open(path, "w:gz") as t:
@@ -380,6 +385,33 @@ def test_failed_downgrade(work):
     r.stop()
 
 
+def test_two_processes(work):
+    # Two processes run kv_server: each instruction goes to both at once;
+    # failing at the resume (6), the inverse brings both back with their
+    # state; killing one of them mid-upgrade restarts the application.
+    port, port2 = free_port(), free_port()
+    r = reld_with(os.path.join(work, "two"), RELD_TEST_FAIL_AT="6")
+    r.relctl("install", kv_tarball(work, "1", port, port2))
+    r.relctl("unpack", kv_tarball(work, "2", port, port2))
+    wait_for(lambda: len([p for p in status(r)["processes"] if p["modules"]]) == 2)
+    for p_, n in ((port, 3), (port2, 5)):
+        for _ in range(n):
+            request(p_, "INCR kept")
+    pids = sorted(p["pid"] for p in status(r)["processes"])
+    rc, out, err = r.relctl("upgrade", "2")
+    d.tap(rc == 1 and "ran the inverse" in err, "two processes, failing after the point of no return: the inverse", err)
+    st = status(r)
+    d.tap(sorted(p["pid"] for p in st["processes"]) == pids and
+          all(p["modules"][0]["version"] == "1" for p in st["processes"]) and
+          request(port, "GET kept") == "OK kept 3" and request(port2, "GET kept") == "OK kept 5" and
+          request(port2, "VERSION") == "OK kv_server 1",
+          "both serve version 1 again, each with its own state, same pids", st)
+    rc, out, err = r.relctl("history", "--json")
+    ins = json.loads(out)["attempts"][-1]["instructions"]
+    d.tap([i["outcome"][:6] for i in ins] == ["ok"] * 5 + ["failed"], "the history shows where it failed", ins)
+    r.stop()
+
+
 def test_slow_process(work):
     port = free_port()
     r = d.Reld(work)
@@ -597,7 +629,7 @@ def main():
     print("TAP version 13")
     for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed,
               test_process_killed_mid_upgrade, test_status_during_upgrade, test_failed_downgrade, test_slow_process,
-              test_soft_purge):
+              test_soft_purge, test_two_processes):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
