@@ -668,6 +668,13 @@ static bool runs(const ReleaseDef *to, const Proc *p, const char *module)
 
 typedef struct Exec Exec;
 
+/* How a request of a process's queue takes a failure before it. */
+typedef enum RequestKind {
+    REQ_STOPPED, /* not sent after a failure (the process goes no further) */
+    REQ_ALWAYS,  /* sent even so (a resume after an undo, each purge) */
+    REQ_OPTIONAL /* sent even so, and its own failure is no failure */
+} RequestKind;
+
 /* The requests of one instruction to one process, sent one at a time (a
  * process stops at the first that fails, as OTP's script would). */
 struct Call {
@@ -675,6 +682,7 @@ struct Call {
     Proc *p;
     json_t *queue; /* [{req, timeout_ms}] still to send */
     json_t *req;   /* the one out, whose reply is awaited */
+    bool optional; /* its failure is no failure (a purge of what the inverse left) */
     long long id, deadline_ms;
 };
 
@@ -751,11 +759,11 @@ static void call_succeeded(Exec *x, Proc *p, json_t *req)
 static void call_send_next(Call *c);
 
 /* After a failure: what was queued for the process goes, except requests
- * marked always (a resume after an undo that failed, further purges). */
+ * sent regardless (RequestKind). */
 static void drop_queue(Call *c)
 {
     for (size_t k = json_array_size(c->queue); k-- > 0;)
-        if (!json_is_true(json_object_get(json_array_get(c->queue, k), "always")))
+        if (json_integer_value(json_object_get(json_array_get(c->queue, k), "kind")) == REQ_STOPPED)
             json_array_remove(c->queue, k);
 }
 
@@ -793,6 +801,8 @@ static void call_ended(Call *c, json_t *m, int r)
     } else if (r == 0) {
         take_modules(p, m);
         call_succeeded(x, p, c->req);
+    } else if (c->optional) {
+        /* say nothing: what it would have tidied stays for a later purge */
     } else {
         diag_error(x->diag, "%s[%d]: %s%s%s%s: %s%s%s", p->label, (int)p->pid, x->doing ? x->doing : "", cmd,
                    module ? " " : "", module ? module : "",
@@ -843,6 +853,7 @@ static void call_send_next(Call *c)
         json_array_remove(c->queue, 0);
         int timeout = (int)json_integer_value(json_object_get(next, "timeout_ms"));
         c->req = json_incref(json_object_get(next, "req"));
+        c->optional = json_integer_value(json_object_get(next, "kind")) == REQ_OPTIONAL;
         json_decref(next);
         c->deadline_ms = now_ms() + timeout;
         if (proc_send(c->p, json_incref(c->req), timeout, &c->id) < 0)
@@ -884,9 +895,8 @@ static void control_lost(Proc *p)
         call_ended(p->call, NULL, -ECONNRESET);
 }
 
-/* Queues req (taken) for p in the instruction under way; always: sent
- * even after an earlier request of p failed. */
-static void add_request_always(Exec *x, Proc *p, json_t *req, int timeout_ms, bool always)
+/* Queues req (taken) for p in the instruction under way. */
+static void add_request_kind(Exec *x, Proc *p, json_t *req, int timeout_ms, RequestKind kind)
 {
     Call *c = NULL;
     for (size_t k = 0; k < x->n_calls && !c; k++)
@@ -898,13 +908,12 @@ static void add_request_always(Exec *x, Proc *p, json_t *req, int timeout_ms, bo
         x->calls = xrealloc(x->calls, (x->n_calls + 1) * sizeof(*x->calls));
         x->calls[x->n_calls++] = c;
     }
-    json_array_append_new(c->queue,
-                          json_pack("{s:o, s:i, s:b}", "req", req, "timeout_ms", timeout_ms, "always", always));
+    json_array_append_new(c->queue, json_pack("{s:o, s:i, s:i}", "req", req, "timeout_ms", timeout_ms, "kind", kind));
 }
 
 static void add_request(Exec *x, Proc *p, json_t *req, int timeout_ms)
 {
-    add_request_always(x, p, req, timeout_ms, false);
+    add_request_kind(x, p, req, timeout_ms, REQ_STOPPED);
 }
 
 /* Queues a command for module to every process that runs it. */
@@ -1394,7 +1403,15 @@ static bool queue_inverse(Execution *e)
                 suspended = true;
             }
             if (suspended)
-                add_request_always(x, p, resume_all(p), 5000, true);
+                add_request_kind(x, p, resume_all(p), 5000, REQ_ALWAYS);
+            /* The code the inverse made old goes, unless something still
+             * uses it (soft: then a later purge takes it). */
+            for (size_t d = 0; d < x->n_done; d++)
+                if (x->done[d].p == p && x->done[d].op == DONE_LOAD)
+                    add_request_kind(x, p,
+                                     json_pack("{s:s, s:s, s:s}", "cmd", "purge", "module", x->done[d].module, "method",
+                                               "soft_purge"),
+                                     5000, REQ_OPTIONAL);
             json_decref(mods);
         }
     return true;
@@ -1506,10 +1523,10 @@ static int finish(Execution *e, int r)
             for (size_t j = 0; j < e->s->apps[i]->n_procs; j++) {
                 Proc *p = e->s->apps[i]->procs[j];
                 if (runs(e->to, p, in->module))
-                    add_request_always(&e->x, p,
-                                       json_pack("{s:s, s:s, s:s}", "cmd", "purge", "module", in->module, "method",
-                                                 purge_method_name(in->post_purge)),
-                                       5000, true);
+                    add_request_kind(&e->x, p,
+                                     json_pack("{s:s, s:s, s:s}", "cmd", "purge", "module", in->module, "method",
+                                               purge_method_name(in->post_purge)),
+                                     5000, REQ_ALWAYS);
             }
     }
     return finish_phase(e, PHASE_POST_PURGE);

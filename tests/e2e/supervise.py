@@ -412,6 +412,29 @@ def test_two_processes(work):
     r.stop()
 
 
+def test_inverse_of_added_module(work):
+    # 2 -> 3: 4 load kv_lib (added), 5 load kv_server, 6 code_change up, 7
+    # resume. Failing at 7, after every change: the inverse converts
+    # kv_server's state back, makes 2 current again and takes kv_lib out.
+    port = free_port()
+    r = reld_with(os.path.join(work, "add"), RELD_TEST_FAIL_AT="7")
+    r.relctl("install", kv_tarball(work, "2", port))
+    r.relctl("unpack", kv_tarball(work, "3", port))
+    wait_for(lambda: versions(r))
+    for _ in range(4):
+        request(port, "INCR kept")
+    pid = status(r)["processes"][0]["pid"]
+    rc, out, err = r.relctl("upgrade", "3")
+    d.tap(rc == 1 and "ran the inverse" in err, "2 -> 3 failing at its resume: the inverse runs", err)
+    d.tap(versions(r) == [("kv_server", "2")] and request(port, "VERSION") == "OK kv_server 2" and
+          request(port, "GET kept") == "OK kept 4" and request(port, "TOP 1").startswith("ERR") and
+          status(r)["processes"][0]["pid"] == pid,
+          "release 2 serves with its state in the same process; kv_lib is gone", status(r))
+    d.tap(status(r)["processes"][0]["modules"][0]["old_version"] is None,
+          "the code the inverse made old was purged after it", status(r))
+    r.stop()
+
+
 def test_slow_process(work):
     port = free_port()
     r = d.Reld(work)
@@ -629,7 +652,7 @@ def main():
     print("TAP version 13")
     for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed,
               test_process_killed_mid_upgrade, test_status_during_upgrade, test_failed_downgrade, test_slow_process,
-              test_soft_purge, test_two_processes):
+              test_soft_purge, test_two_processes, test_inverse_of_added_module):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
