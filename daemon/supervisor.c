@@ -612,8 +612,8 @@ static int proc_send(Proc *p, json_t *req, int timeout_ms, long long *ret_id)
     text[len++] = '\n';
     long long deadline = now_ms() + timeout_ms;
     for (size_t off = 0; off < len;) {
-        ssize_t n = p->ctl_fd < 0 ? -1 : send(p->ctl_fd, text + off, len - off, MSG_NOSIGNAL); /* a dead process
-                                                                                                 must not kill reld */
+        /* MSG_NOSIGNAL: a dead process must not kill reld with SIGPIPE. */
+        ssize_t n = p->ctl_fd < 0 ? -1 : send(p->ctl_fd, text + off, len - off, MSG_NOSIGNAL);
         if (n > 0) {
             off += (size_t)n;
             continue;
@@ -680,7 +680,7 @@ typedef enum RequestKind {
 struct Call {
     Exec *x;
     Proc *p;
-    json_t *queue; /* [{req, timeout_ms}] still to send */
+    json_t *queue; /* [{req, timeout_ms, kind}] still to send */
     json_t *req;   /* the one out, whose reply is awaited */
     bool optional; /* its failure is no failure (a purge of what the inverse left) */
     long long id, deadline_ms;
