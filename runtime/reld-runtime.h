@@ -62,8 +62,11 @@ typedef struct RelModuleDesc {
     const char *name;    /* must equal the module's name in app.yaml */
     const char *version; /* the module's own version */
 
-    /* Called once, right after the code is opened (before any other
-     * callback), with what the runtime offers. May be NULL. */
+    /* Called once, after the code is opened and before any other
+     * callback, with what the runtime offers. Like every callback, on the
+     * host's thread at a safe point (the runtime opens objects on a
+     * thread of its own, so ELF constructors, if any, run there). May be
+     * NULL. */
     void (*attach)(const RelHost *host);
 
     /* Creates the state of a fresh start (the module's first load in a
