@@ -480,8 +480,8 @@ def test_slow_process(work):
     # A suspend timeout of 300 ms that the process cannot meet: after the
     # point of no return, so the inverse runs (nothing to undo) and the
     # process, which suspends late, is resumed. reld waits 500 ms before
-    # the suspend, so the process starts sleeping after its
-    # load_object_code.
+    # the suspend; the process starts sleeping once relctl shows the point
+    # of no return passed.
     r.stop()
     port = free_port()
     root = os.path.join(work, "slow")
@@ -495,10 +495,16 @@ def test_slow_process(work):
     wait_for(lambda: versions(r))
     request(port, "INCR kept")
     up = relctl_background(r, "upgrade", "2.3")
-    time.sleep(0.25)
+    seen = ""
+    while "[2/6]" not in seen:  # past the point of no return; the suspend comes 500 ms later
+        line = up.stderr.readline()
+        seen += line
+        if not line:
+            break
     busy = socket.create_connection(("127.0.0.1", port))
     busy.sendall(b"SLEEP 1500\n")
     out, err = up.communicate(timeout=30)
+    err = seen + err
     d.tap(up.returncode == 1 and "suspend: no answer in time" in err and "ran the inverse" in err,
           "a suspend that times out after the point of no return: reld says so and runs the inverse", err)
     busy.close()
