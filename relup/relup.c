@@ -773,22 +773,32 @@ static bool mods_contain(const RelupInstr *i, const char *m)
     return false;
 }
 
+/* The modules named by the instructions of kind op in s (keys borrowed). */
+static StrMap modules_of(const RelupScript *s, RelupOp op, size_t end)
+{
+    StrMap set = {0};
+    for (size_t i = 0; i < end; i++)
+        if (s->v[i].op == op)
+            for (size_t k = 0; k < s->v[i].n_mods; k++)
+                strmap_put(&set, s->v[i].mods[k].module, i);
+    return set;
+}
+
 /* Every module of an instruction of kind a appears in some instruction of
- * kind b in s, else an error "<label>: m". */
+ * kind b in s, else an error "<label>: m". Linear: stored relups of large
+ * releases hold tens of thousands of instructions. */
 static void check_paired(const RelupScript *s, RelupOp a, RelupOp b, const char *what, const char *label, Diag *diag)
 {
+    StrMap in_b = modules_of(s, b, s->n);
     for (size_t i = 0; i < s->n; i++) {
         if (s->v[i].op != a)
             continue;
-        for (size_t k = 0; k < s->v[i].n_mods; k++) {
-            bool found = false;
-            for (size_t j = 0; j < s->n && !found; j++)
-                found = s->v[j].op == b && mods_contain(&s->v[j], s->v[i].mods[k].module);
-            if (!found)
+        for (size_t k = 0; k < s->v[i].n_mods; k++)
+            if (!strmap_get(&in_b, s->v[i].mods[k].module, NULL))
                 diag_error(diag, "%s: instruction %zu: %s but not %s: '%s'", what, i + 1, relup_op_name(a), label,
                            s->v[i].mods[k].module);
-        }
     }
+    strmap_clear(&in_b);
 }
 
 int relup_check_script(const RelupScript *s, const char *what, Diag *diag)
@@ -805,6 +815,9 @@ int relup_check_script(const RelupScript *s, const char *what, Diag *diag)
     }
     if (ponr == s->n)
         diag_error(diag, "%s: no point_of_no_return", what);
+    /* Only load_object_code comes before the point of no return, so the
+     * modules loaded before any load are those of all of them. */
+    StrMap loaded = modules_of(s, RELUP_LOAD_OBJECT_CODE, ponr);
     for (size_t i = 0; i < s->n; i++) {
         const RelupInstr *in = &s->v[i];
         if (i < ponr && in->op != RELUP_LOAD_OBJECT_CODE)
@@ -812,12 +825,16 @@ int relup_check_script(const RelupScript *s, const char *what, Diag *diag)
         if (in->op != RELUP_LOAD)
             continue;
         bool found = false;
-        for (size_t j = 0; j < i && j < ponr && !found; j++)
-            found = s->v[j].op == RELUP_LOAD_OBJECT_CODE && mods_contain(&s->v[j], in->module);
+        if (i < ponr) /* already wrong; as OTP, only what comes before it counts */
+            for (size_t j = 0; j < i && !found; j++)
+                found = s->v[j].op == RELUP_LOAD_OBJECT_CODE && mods_contain(&s->v[j], in->module);
+        else
+            found = strmap_get(&loaded, in->module, NULL);
         if (!found)
             diag_error(diag, "%s: instruction %zu: no load_object_code for module '%s' before it", what, i + 1,
                        in->module);
     }
+    strmap_clear(&loaded);
     check_paired(s, RELUP_SUSPEND, RELUP_RESUME, what, "resumed", diag);
     check_paired(s, RELUP_RESUME, RELUP_SUSPEND, what, "suspended", diag);
     check_paired(s, RELUP_CODE_CHANGE, RELUP_SUSPEND, what, "suspended", diag);
