@@ -435,6 +435,9 @@ static void cmd_remove(Client *c, const char *vsn)
     char *state = NULL;
     if (!vsn)
         return reply_error(c, "remove needs a release version");
+    if (d->upgrade && (strcmp(vsn, d->upgrade->to_vsn) == 0 || strcmp(vsn, d->upgrade->from) == 0))
+        return reply_error(c, "release %s is part of the %s from %s to %s under way; it cannot be removed", vsn,
+                           d->upgrade->up ? "upgrade" : "downgrade", d->upgrade->from, d->upgrade->to_vsn);
     int r = history_release_state(d->hist, vsn, &state);
     if (r == -ENOENT)
         return reply_error(c, "release %s is not known", vsn);

@@ -328,6 +328,9 @@ def test_status_during_upgrade(work):
     d.tap(rc == 0 and json.loads(out)["attempts"][-1]["result"] is None, "history answers during it, unfinished")
     rc, out, err = r.relctl("downgrade", "1")
     d.tap(rc == 1 and "under way; one at a time" in err, "a second upgrade is refused meanwhile", err)
+    rc, out, err = r.relctl("remove", "2")
+    d.tap(rc == 1 and err.strip() == "relctl: release 2 is part of the upgrade from 1 to 2 under way; it cannot be "
+          "removed", "and so is removing the release it goes to", err)
     out, err = up.communicate(timeout=30)
     d.tap(up.returncode == 0 and "relctl: [3/6] suspend kv_server" in err and "relctl: [6/6] resume" in err,
           "the relctl that asked shows the progress, instruction by instruction", err)
