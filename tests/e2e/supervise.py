@@ -324,6 +324,9 @@ def test_status_during_upgrade(work):
     st, took = timed_status(r)
     d.tap(st.get("upgrade") == {"from": "1", "to": "2", "direction": "upgrade", "done": 2, "of": 6} and took < 0.5,
           f"status answers during an upgrade ({took * 1000:.0f} ms) and shows instruction 2 of 6 done", st)
+    rc, out, err = r.relctl("status")
+    d.tap(rc == 0 and "upgrade from 1 to 2 under way: 2 of 6 instructions done" in out,
+          "relctl status (and so status --watch) shows the progress", out)
     rc, out, err = r.relctl("history", "--json")
     d.tap(rc == 0 and json.loads(out)["attempts"][-1]["result"] is None, "history answers during it, unfinished")
     rc, out, err = r.relctl("downgrade", "1")
