@@ -339,12 +339,16 @@ static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_
                json_is_string(perm) ? json_string_value(perm) : "-", json_is_string(cur) ? json_string_value(cur) : "-",
                json_array_size(json_object_get(rep, "releases")));
         json_t *up = json_object_get(rep, "upgrade");
-        if (json_is_object(up))
-            printf("%s from %s to %s under way: %lld of %lld instructions done\n",
-                   json_string_value(json_object_get(up, "direction")), json_string_value(json_object_get(up, "from")),
-                   json_string_value(json_object_get(up, "to")),
-                   (long long)json_integer_value(json_object_get(up, "done")),
-                   (long long)json_integer_value(json_object_get(up, "of")));
+        if (json_is_object(up)) {
+            long long of = json_integer_value(json_object_get(up, "of"));
+            printf("%s from %s to %s under way: ", json_string_value(json_object_get(up, "direction")),
+                   json_string_value(json_object_get(up, "from")), json_string_value(json_object_get(up, "to")));
+            if (of)
+                printf("%lld of %lld instructions done\n", (long long)json_integer_value(json_object_get(up, "done")),
+                       of);
+            else
+                printf("reading the releases and the relup\n");
+        }
         size_t i, k;
         json_t *p, *m;
         json_array_foreach(json_object_get(rep, "processes"), i, p)

@@ -40,7 +40,7 @@ struct Daemon {
     gid_t writer_gid, reader_gid;
     bool have_writer_gid, have_reader_gid;
     Client *clients;
-    /* Finished unpack jobs, handed from worker threads to the main thread. */
+    /* Finished jobs, handed from worker threads to the main thread. */
     int job_efd;
     pthread_mutex_t job_lock;
     Job *done;
@@ -87,8 +87,12 @@ struct Client {
     Client *next;
 };
 
+/* Work for a thread of its own, finished on the main thread: an unpack,
+ * or the planning of an upgrade (reading both releases and computing or
+ * reading the relup: 0.5-1.2 s for a release of 1,000 applications). */
 struct Job {
     Daemon *d;
+    Upgrade *plan;  /* a planning job; else an unpack */
     Client *client; /* NULL once the client went away */
     int fd;
     char *root, *who;
@@ -250,12 +254,9 @@ static int on_connect(sd_event_source *s, int fd, uint32_t revents, void *userda
 
 /* ---- commands ---------------------------------------------------------- */
 
-static void *unpack_thread(void *p)
+/* From a worker thread: j is done; the main thread finishes it. */
+static void job_done(Job *j)
 {
-    Job *j = p;
-    j->r = store_unpack(j->root, j->fd, j->limit, &j->vsn, &j->name, &j->diag);
-    close(j->fd);
-    j->fd = -1;
     pthread_mutex_lock(&j->d->job_lock);
     j->next = j->d->done;
     j->d->done = j;
@@ -264,7 +265,31 @@ static void *unpack_thread(void *p)
     if (write(j->d->job_efd, &one, sizeof(one)) < 0) {
         /* the counter cannot overflow in practice; the main loop also polls */
     }
+}
+
+static void *unpack_thread(void *p)
+{
+    Job *j = p;
+    j->r = store_unpack(j->root, j->fd, j->limit, &j->vsn, &j->name, &j->diag);
+    close(j->fd);
+    j->fd = -1;
+    job_done(j);
     return NULL;
+}
+
+/* Starts fn(j) on a detached thread. 0 or -errno. */
+static int job_start(Job *j, void *(*fn)(void *))
+{
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int r = pthread_create(&t, &attr, fn, j);
+    pthread_attr_destroy(&attr);
+    if (r != 0)
+        return -r;
+    j->d->jobs_running++;
+    return 0;
 }
 
 static void cmd_unpack(Client *c)
@@ -279,27 +304,25 @@ static void cmd_unpack(Client *c)
     j->root = xstrdup(c->d->cfg.root);
     j->who = xstrdup(c->who);
     j->limit = c->d->cfg.max_unpacked;
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, unpack_thread, j) != 0) {
+    int r = job_start(j, unpack_thread);
+    if (r < 0) {
         close(j->fd);
         free(j->root);
         free(j->who);
         free(j);
-        pthread_attr_destroy(&attr);
-        return reply_error(c, "cannot start the unpack: %s", strerror(errno));
+        return reply_error(c, "cannot start the unpack: %s", strerror(-r));
     }
-    pthread_attr_destroy(&attr);
     c->job = j;
-    c->d->jobs_running++;
 }
+
+static void plan_finished(Job *j);
 
 static void job_finish(Job *j)
 {
     Daemon *d = j->d;
     d->jobs_running--;
+    if (j->plan)
+        return plan_finished(j);
     if (j->r == 0) {
         int r = history_release_add(d->hist, j->vsn, j->name, j->who);
         if (r < 0) {
@@ -362,7 +385,7 @@ static json_t *status_json(Daemon *d)
                           cur ? json_string(cur) : json_null(), "permanent", perm ? json_string(perm) : json_null(),
                           "releases", rels, "processes", supervisor_status(d->sup));
     if (d->upgrade) {
-        size_t n, k = supervisor_exec_position(d->upgrade->ex, &n);
+        size_t n = 0, k = d->upgrade->ex ? supervisor_exec_position(d->upgrade->ex, &n) : 0; /* 0 of 0: planning */
         json_object_set_new(s, "upgrade",
                             json_pack("{s:s, s:s, s:s, s:i, s:i}", "from", d->upgrade->from, "to", d->upgrade->to_vsn,
                                       "direction", d->upgrade->up ? "upgrade" : "downgrade", "done", (int)k, "of",
@@ -609,11 +632,73 @@ static void on_upgrade_wake(void *userdata)
     sd_event_source_set_enabled(u->step, SD_EVENT_ONESHOT);
 }
 
+/* On a worker thread: what the upgrade will run, read from the root. It
+ * touches only u's relup, to and diag, which nothing else uses until the
+ * main thread takes the job back (plan_finished). */
+static void *plan_thread(void *p)
+{
+    Job *j = p;
+    Upgrade *u = j->plan;
+    const char *delay = getenv("RELD_TEST_PLAN_DELAY_MS"); /* a test hook (docs/daemon.md): a slow plan */
+    if (delay) {
+        long ms = atol(delay);
+        struct timespec t = {ms / 1000, ms % 1000 * 1000000L};
+        nanosleep(&t, NULL);
+    }
+    bool stored = false;
+    j->r = store_relup(j->root, u->up ? u->from : u->to_vsn, u->up ? u->to_vsn : u->from, true, &u->relup, &stored,
+                       &u->diag);
+    if (j->r == 0)
+        j->r = store_load_release(j->root, u->to_vsn, &u->to, &u->diag);
+    job_done(j);
+    return NULL;
+}
+
+/* An upgrade that ends before it began: nothing ran, nothing recorded. */
+static void upgrade_refused(Upgrade *u, const char *fallback)
+{
+    log_info("%s from %s to %s for %s refused: %s", u->up ? "upgrade" : "downgrade", u->from, u->to_vsn, u->who,
+             u->diag.errors.n ? u->diag.errors.v[0] : fallback);
+    if (u->client) {
+        reply_diag(u->client, &u->diag, fallback);
+        u->client->upgrading = false;
+    }
+    u->d->upgrade = NULL;
+    upgrade_free(u);
+}
+
+/* Planned: the attempt begins and the executor takes its first step. */
+static void plan_finished(Job *j)
+{
+    Upgrade *u = j->plan;
+    Daemon *d = u->d;
+    int r = j->r;
+    free(j->root);
+    free(j);
+    if (r < 0)
+        return upgrade_refused(u, "cannot compute the relup");
+    diag_clear(&u->diag); /* derivation warnings were for relctl relup */
+    history_attempt_begin(d->hist, u->who, u->up ? "upgrade" : "downgrade", u->from, u->to_vsn, &u->attempt);
+    u->t0_us = mono_us();
+    log_info("%s from %s to %s for %s (%zu instructions)", u->up ? "upgrade" : "downgrade", u->from, u->to_vsn, u->who,
+             upgrade_script(u)->n);
+    supervisor_exec_begin(d->sup, d->running, u->to, upgrade_script(u), u->attempt, on_upgrade_wake, u, &u->ex);
+    if (sd_event_add_defer(d->ev, &u->step, on_upgrade_step, u) < 0) {
+        history_attempt_end(d->hist, u->attempt, "failed", "cannot schedule the upgrade");
+        diag_error(&u->diag, "cannot schedule the upgrade");
+        return upgrade_refused(u, "cannot schedule the upgrade");
+    }
+    /* Before other work once woken: a suspended process waits for it. */
+    sd_event_source_set_priority(u->step, SD_EVENT_PRIORITY_IMPORTANT);
+    sd_event_source_set_enabled(u->step, SD_EVENT_ONESHOT);
+}
+
 /* Goes from the running release to vsn by executing the relup against the
  * live processes: up with the newer release's relup up, down with its down
  * (as OTP keeps both in the newer release). direction: NULL (install:
  * decided by the versions), "upgrade" or "downgrade" (checked). One at a
- * time; the reply comes when it is done, progress lines before. */
+ * time, from the moment it is asked (planning on a worker thread first);
+ * the reply comes when it is done, progress lines before. */
 static void change_release(Client *c, const char *running, const char *vsn, bool running_is_current,
                            const char *direction)
 {
@@ -630,28 +715,15 @@ static void change_release(Client *c, const char *running, const char *vsn, bool
                    .who = xstrdup(c->who),
                    .up = up,
                    .running_is_current = running_is_current};
-    bool stored = false;
-    if (store_relup(d->cfg.root, up ? running : vsn, up ? vsn : running, true, &u->relup, &stored, &u->diag) < 0 ||
-        store_load_release(d->cfg.root, vsn, &u->to, &u->diag) < 0) {
-        reply_diag(c, &u->diag, "cannot compute the relup");
+    Job *j = xcalloc(1, sizeof(*j));
+    *j = (Job){.d = d, .plan = u, .fd = -1, .root = xstrdup(d->cfg.root)};
+    int r = job_start(j, plan_thread);
+    if (r < 0) {
+        free(j->root);
+        free(j);
         upgrade_free(u);
-        return;
+        return reply_error(c, "cannot start the upgrade: %s", strerror(-r));
     }
-    diag_clear(&u->diag); /* derivation warnings were for relctl relup */
-    history_attempt_begin(d->hist, c->who, up ? "upgrade" : "downgrade", running, vsn, &u->attempt);
-    u->t0_us = mono_us();
-    log_info("%s from %s to %s for %s (%zu instructions)", up ? "upgrade" : "downgrade", running, vsn, c->who,
-             upgrade_script(u)->n);
-    supervisor_exec_begin(d->sup, d->running, u->to, upgrade_script(u), u->attempt, on_upgrade_wake, u, &u->ex);
-    if (sd_event_add_defer(d->ev, &u->step, on_upgrade_step, u) < 0) {
-        history_attempt_end(d->hist, u->attempt, "failed", "cannot schedule the upgrade");
-        reply_error(c, "cannot schedule the upgrade");
-        upgrade_free(u);
-        return;
-    }
-    /* Before other work once woken: a suspended process waits for it. */
-    sd_event_source_set_priority(u->step, SD_EVENT_PRIORITY_IMPORTANT);
-    sd_event_source_set_enabled(u->step, SD_EVENT_ONESHOT);
     d->upgrade = u;
     c->upgrading = true; /* it waits for its reply, with progress lines before */
 }
@@ -989,9 +1061,9 @@ Daemon *daemon_free(Daemon *d)
     if (!d)
         return NULL;
     if (d->jobs_running) {
-        /* An unpack thread still reads its tarball and will touch d: the
+        /* A worker thread still unpacks or plans and will touch d: the
          * process is about to exit, which ends it; freeing d would not. */
-        log_info("exiting with %u unpack(s) under way; their staging directories go at the next start",
+        log_info("exiting with %u unpack(s) or upgrade plan(s) under way; staging directories go at the next start",
                  d->jobs_running);
         return NULL;
     }

@@ -557,6 +557,28 @@ def test_soft_purge(work):
     r.stop()
 
 
+def test_status_while_planning(work):
+    # Reading the releases and the relup happens on a worker thread (0.5 s
+    # and more for large releases); the hook makes it take 1 s here.
+    port = free_port()
+    r = reld_with(os.path.join(work, "plan"), RELD_TEST_PLAN_DELAY_MS="1000")
+    r.relctl("install", kv_tarball(work, "1", port))
+    r.relctl("unpack", kv_tarball(work, "2", port))
+    wait_for(lambda: versions(r))
+    up = relctl_background(r, "upgrade", "2")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    rc, out, err = r.relctl("status")
+    took = time.monotonic() - t0
+    d.tap(rc == 0 and took < 0.5 and "upgrade from 1 to 2 under way: reading the releases and the relup" in out,
+          f"while an upgrade is planned, status answers ({took * 1000:.0f} ms) and says so", out)
+    rc2, _, err2 = r.relctl("downgrade", "1")
+    d.tap(rc2 == 1 and "under way; one at a time" in err2, "a second upgrade is refused from the start", err2)
+    out, err = up.communicate(timeout=30)
+    d.tap(up.returncode == 0 and versions(r) == [("kv_server", "2")], "then the upgrade runs", err)
+    r.stop()
+
+
 def plain_tarball(work):
     """Two applications of /bin/sh processes: front depends on back."""
     src = os.path.join(work, "plain")
@@ -664,7 +686,8 @@ def main():
     print("TAP version 13")
     for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed,
               test_process_killed_mid_upgrade, test_status_during_upgrade, test_failed_downgrade, test_slow_process,
-              test_soft_purge, test_two_processes, test_inverse_of_added_module):
+              test_soft_purge, test_two_processes, test_inverse_of_added_module,
+              test_status_while_planning):
         work = tempfile.mkdtemp(prefix="reld-sup-")
         try:
             t(work)
