@@ -69,6 +69,17 @@ def reld_with(root, **hooks):
             del os.environ[k]
 
 
+def kv_reld(root, work, running, unpacked, **hooks):
+    """A reld on root running kvcounter release `running`, with release
+    `unpacked` unpacked (tarballs made in work); returns it and the port."""
+    port = free_port()
+    r = reld_with(root, **hooks)
+    r.relctl("install", kv_tarball(work, running, port))
+    r.relctl("unpack", kv_tarball(work, unpacked, port))
+    wait_for(lambda: versions(r))
+    return r, port
+
+
 def relctl_background(r, *args):
     return subprocess.Popen([A.relctl, *args], env=dict(os.environ, RELD_SOCKET=r.sock), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -314,11 +325,8 @@ def test_process_killed_mid_upgrade(work):
 
 
 def test_status_during_upgrade(work):
-    port = free_port()
-    r = reld_with(work, RELD_TEST_DELAY_BEFORE="3:1500")  # before suspend: a long upgrade, the loop running
-    r.relctl("install", kv_tarball(work, "1", port))
-    r.relctl("unpack", kv_tarball(work, "2", port))
-    wait_for(lambda: versions(r))
+    # Before the suspend: a long upgrade, the loop running.
+    r, port = kv_reld(work, work, "1", "2", RELD_TEST_DELAY_BEFORE="3:1500")
     up = relctl_background(r, "upgrade", "2")
     time.sleep(0.5)
     st, took = timed_status(r)
@@ -422,11 +430,7 @@ def test_inverse_of_added_module(work):
     # 2 -> 3: 4 load kv_lib (added), 5 load kv_server, 6 code_change up, 7
     # resume. Failing at 7, after every change: the inverse converts
     # kv_server's state back, makes 2 current again and takes kv_lib out.
-    port = free_port()
-    r = reld_with(os.path.join(work, "add"), RELD_TEST_FAIL_AT="7")
-    r.relctl("install", kv_tarball(work, "2", port))
-    r.relctl("unpack", kv_tarball(work, "3", port))
-    wait_for(lambda: versions(r))
+    r, port = kv_reld(os.path.join(work, "add"), work, "2", "3", RELD_TEST_FAIL_AT="7")
     for _ in range(4):
         request(port, "INCR kept")
     pid = status(r)["processes"][0]["pid"]
@@ -442,11 +446,7 @@ def test_inverse_of_added_module(work):
 
 
 def test_slow_process(work):
-    port = free_port()
-    r = d.Reld(work)
-    r.relctl("install", kv_tarball(work, "1", port))
-    r.relctl("unpack", kv_tarball(work, "2", port))
-    wait_for(lambda: versions(r))
+    r, port = kv_reld(work, work, "1", "2")
     for _ in range(3):
         request(port, "INCR kept")
 
@@ -560,11 +560,7 @@ def test_soft_purge(work):
 def test_status_while_planning(work):
     # Reading the releases and the relup happens on a worker thread (0.5 s
     # and more for large releases); the hook makes it take 1 s here.
-    port = free_port()
-    r = reld_with(os.path.join(work, "plan"), RELD_TEST_PLAN_DELAY_MS="1000")
-    r.relctl("install", kv_tarball(work, "1", port))
-    r.relctl("unpack", kv_tarball(work, "2", port))
-    wait_for(lambda: versions(r))
+    r, port = kv_reld(os.path.join(work, "plan"), work, "1", "2", RELD_TEST_PLAN_DELAY_MS="1000")
     up = relctl_background(r, "upgrade", "2")
     time.sleep(0.3)
     t0 = time.monotonic()
