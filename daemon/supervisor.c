@@ -668,6 +668,20 @@ static bool runs(const ReleaseDef *to, const Proc *p, const char *module)
 
 typedef struct Exec Exec;
 
+/* A downgrade's script converts state down; an upgrade's does not. */
+static bool going_down(const RelupScript *script)
+{
+    for (size_t k = 0; k < script->n; k++)
+        if (script->v[k].op == RELUP_CODE_CHANGE && script->v[k].down)
+            return true;
+    return false;
+}
+
+/* What the executor's calls are for: the script's instructions, then
+ * what finishes it (the inverse after a failure, the post-purges after a
+ * success), which keep no bookkeeping. */
+enum Phase { PHASE_SCRIPT, PHASE_INVERSE, PHASE_POST_PURGE, PHASE_DONE };
+
 /* How a request of a process's queue takes a failure before it. */
 typedef enum RequestKind {
     REQ_STOPPED, /* not sent after a failure (the process goes no further) */
@@ -682,7 +696,7 @@ struct Call {
     Proc *p;
     json_t *queue; /* [{req, timeout_ms, kind}] still to send */
     json_t *req;   /* the one out, whose reply is awaited */
-    bool optional; /* its failure is no failure (a purge of what the inverse left) */
+    RequestKind kind;
     long long id, deadline_ms;
 };
 
@@ -708,10 +722,9 @@ struct Exec {
     /* The calls of the instruction under way. */
     Call **calls;
     size_t n_calls, n_out;
-    int calls_r;       /* the first failure among them */
-    bool waiting;      /* the executor returned to the event loop for them */
-    bool recovering;   /* the calls undo or finish: no bookkeeping, failures say so */
-    const char *doing; /* prefixes their failures ("undoing the upgrade") */
+    int calls_r;  /* the first failure among them */
+    bool waiting; /* the executor returned to the event loop for them */
+    enum Phase phase;
     sd_event_source *timer;
     void (*wake)(void *userdata); /* the instruction's calls have all ended */
     void *wake_data;
@@ -739,7 +752,7 @@ static void note_done(Exec *x, Proc *p, const char *cmd, const char *module, jso
 /* What a successful reply means for the executor's bookkeeping. */
 static void call_succeeded(Exec *x, Proc *p, json_t *req)
 {
-    if (x->recovering)
+    if (x->phase != PHASE_SCRIPT)
         return;
     const char *cmd = json_string_value(json_object_get(req, "cmd"));
     const char *module = json_string_value(json_object_get(req, "module"));
@@ -801,11 +814,14 @@ static void call_ended(Call *c, json_t *m, int r)
     } else if (r == 0) {
         take_modules(p, m);
         call_succeeded(x, p, c->req);
-    } else if (c->optional) {
+    } else if (c->kind == REQ_OPTIONAL) {
         /* say nothing: what it would have tidied stays for a later purge */
     } else {
-        diag_error(x->diag, "%s[%d]: %s%s%s%s: %s%s%s", p->label, (int)p->pid, x->doing ? x->doing : "", cmd,
-                   module ? " " : "", module ? module : "",
+        const char *doing = x->phase != PHASE_INVERSE ? ""
+                            : going_down(x->script)   ? "undoing the downgrade: "
+                                                      : "undoing the upgrade: ";
+        diag_error(x->diag, "%s[%d]: %s%s%s%s: %s%s%s", p->label, (int)p->pid, doing, cmd, module ? " " : "",
+                   module ? module : "",
                    r == -EPROTO       ? json_string_value(json_object_get(m, "error"))
                    : r == -ETIMEDOUT  ? "no answer in time"
                    : r == -ECONNRESET ? "the process went away"
@@ -853,7 +869,7 @@ static void call_send_next(Call *c)
         json_array_remove(c->queue, 0);
         int timeout = (int)json_integer_value(json_object_get(next, "timeout_ms"));
         c->req = json_incref(json_object_get(next, "req"));
-        c->optional = json_integer_value(json_object_get(next, "kind")) == REQ_OPTIONAL;
+        c->kind = (RequestKind)json_integer_value(json_object_get(next, "kind"));
         json_decref(next);
         c->deadline_ms = now_ms() + timeout;
         if (proc_send(c->p, json_incref(c->req), timeout, &c->id) < 0)
@@ -1190,12 +1206,9 @@ typedef struct Pending {
     long long start, dur;
 } Pending;
 
-enum Phase { PHASE_SCRIPT, PHASE_INVERSE, PHASE_POST_PURGE, PHASE_DONE };
-
 struct Execution {
     Supervisor *s;
-    enum Phase phase; /* the script, then what finishes it */
-    int result;       /* of the script, once it ended */
+    int result; /* of the script, once it ended */
     const ReleaseDef *from, *to;
     const RelupScript *script;
     int64_t attempt;
@@ -1308,14 +1321,6 @@ static size_t step_end(const Execution *e, size_t i)
     return e->script->n;
 }
 
-static bool going_down(const Execution *e)
-{
-    for (size_t k = 0; k < e->script->n; k++)
-        if (e->script->v[k].op == RELUP_CODE_CHANGE && e->script->v[k].down)
-            return true;
-    return false;
-}
-
 /* resume for every module the process runs (its definition's list). */
 static json_t *resume_all(const Proc *p)
 {
@@ -1375,7 +1380,7 @@ static bool queue_inverse(Execution *e)
     for (size_t d = 0; d < x->n_done; d++)
         if (x->done[d].op == DONE_REMOVE) {
             diag_error(x->diag, "%s[%d]: undoing the %s: %s was removed and its state is gone", x->done[d].p->label,
-                       (int)x->done[d].p->pid, going_down(e) ? "downgrade" : "upgrade", x->done[d].module);
+                       (int)x->done[d].p->pid, going_down(e->script) ? "downgrade" : "upgrade", x->done[d].module);
             return false;
         }
     for (size_t a = 0; a < e->s->n_apps; a++)
@@ -1461,9 +1466,7 @@ static int finish_phase_ended(Execution *e);
  * while answers are awaited, else what the phase ends with. */
 static int finish_phase(Execution *e, enum Phase phase)
 {
-    e->phase = phase;
-    e->x.recovering = true;
-    e->x.doing = phase == PHASE_INVERSE ? (going_down(e) ? "undoing the downgrade: " : "undoing the upgrade: ") : NULL;
+    e->x.phase = phase;
     if (start_calls(&e->x) > 0 && await_calls_briefly(&e->x, AWAIT_BRIEFLY_US) > 0) {
         e->x.waiting = true;
         return SUPERVISOR_EXEC_WAITING;
@@ -1475,20 +1478,20 @@ static int finish_phase_ended(Execution *e)
 {
     int q = e->x.calls_r;
     calls_clear(&e->x);
-    if (e->phase == PHASE_INVERSE && q == 0) {
+    if (e->x.phase == PHASE_INVERSE && q == 0) {
         drop_staged(&e->x);
         diag_warning(e->x.diag,
                      "failed after the point of no return: ran the inverse of what was done; release %s runs, its "
                      "state kept",
                      e->from->vsn);
-    } else if (e->phase == PHASE_INVERSE) {
+    } else if (e->x.phase == PHASE_INVERSE) {
         drop_staged(&e->x);
         restart_on_old_release(e);
     } else {                   /* PHASE_POST_PURGE */
         diag_clear(e->x.diag); /* a refused soft post-purge is not a failure */
         switch_over(e->s, e->to);
     }
-    e->phase = PHASE_DONE;
+    e->x.phase = PHASE_DONE;
     return e->result;
 }
 
@@ -1550,7 +1553,7 @@ int supervisor_exec_step(Execution *e, Diag *diag)
 {
     e->x.diag = diag;
     int r = 0;
-    if (e->x.waiting && e->phase != PHASE_SCRIPT) { /* woken: a finishing phase's calls have ended */
+    if (e->x.waiting && e->x.phase != PHASE_SCRIPT) { /* woken: a finishing phase's calls have ended */
         e->x.waiting = false;
         return finish_phase_ended(e);
     }
