@@ -39,6 +39,13 @@ int daemon_new(const DaemonConfig *c, Daemon **ret);
 int daemon_run(Daemon *d);
 Daemon *daemon_free(Daemon *d);
 
+/* CLOCK_MONOTONIC, for timeouts and durations. */
+long long mono_us(void);
+static inline long long mono_ms(void)
+{
+    return mono_us() / 1000;
+}
+
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -530,7 +530,7 @@ static int boot_release(Daemon *d, const char *vsn, Diag *diag)
     return 0;
 }
 
-static long long mono_us(void)
+long long mono_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -71,13 +71,6 @@ struct Supervisor {
     size_t n_apps;
 };
 
-static long long now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000LL + t.tv_nsec / 1000000;
-}
-
 static void record(Proc *p, const char *kind, json_t *detail)
 {
     json_object_set_new(detail, "app", json_string(p->app->name));
@@ -256,7 +249,7 @@ static int on_exit_(sd_event_source *src, const siginfo_t *si, void *userdata)
     if (!restart)
         return 0;
     App *a = p->app;
-    long long t = now_ms();
+    long long t = mono_ms();
     size_t k = 0; /* keep the restarts within the period */
     for (size_t i = 0; i < a->n_restarts; i++)
         if (t - a->restart_ms[i] < SUPERVISOR_PERIOD_MS)
@@ -406,10 +399,10 @@ static void proc_stop(Proc *p)
     sd_event_source_disable_unref(p->child_src); /* we reap it here */
     p->child_src = NULL;
     kill(p->pid, SIGTERM);
-    long long deadline = now_ms() + p->def->shutdown_ms;
+    long long deadline = mono_ms() + p->def->shutdown_ms;
     int status;
     pid_t r;
-    while ((r = waitpid(p->pid, &status, WNOHANG)) == 0 && now_ms() < deadline) {
+    while ((r = waitpid(p->pid, &status, WNOHANG)) == 0 && mono_ms() < deadline) {
         struct timespec t = {0, 10 * 1000000};
         nanosleep(&t, NULL);
     }
@@ -586,13 +579,6 @@ json_t *supervisor_status(const Supervisor *s)
  * inverse after a failure, the post-purges after a success. Drops of
  * staged code go out without waiting for answers. */
 
-static long long now_us(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000LL + t.tv_nsec / 1000;
-}
-
 static long long next_call_id;
 
 /* How long an instruction waits for answers before the executor returns to
@@ -610,7 +596,7 @@ static int proc_send(Proc *p, json_t *req, int timeout_ms, long long *ret_id)
     size_t len = strlen(text);
     text = xrealloc(text, len + 2);
     text[len++] = '\n';
-    long long deadline = now_ms() + timeout_ms;
+    long long deadline = mono_ms() + timeout_ms;
     for (size_t off = 0; off < len;) {
         /* MSG_NOSIGNAL: a dead process must not kill reld with SIGPIPE. */
         ssize_t n = p->ctl_fd < 0 ? -1 : send(p->ctl_fd, text + off, len - off, MSG_NOSIGNAL);
@@ -618,7 +604,7 @@ static int proc_send(Proc *p, json_t *req, int timeout_ms, long long *ret_id)
             off += (size_t)n;
             continue;
         }
-        if (n < 0 && errno == EAGAIN && now_ms() < deadline) { /* a full channel: one request is small */
+        if (n < 0 && errno == EAGAIN && mono_ms() < deadline) { /* a full channel: one request is small */
             struct pollfd pf = {.fd = p->ctl_fd, .events = POLLOUT};
             poll(&pf, 1, 10);
             continue;
@@ -871,7 +857,7 @@ static void call_send_next(Call *c)
         c->req = json_incref(json_object_get(next, "req"));
         c->kind = (RequestKind)json_integer_value(json_object_get(next, "kind"));
         json_decref(next);
-        c->deadline_ms = now_ms() + timeout;
+        c->deadline_ms = mono_ms() + timeout;
         if (proc_send(c->p, json_incref(c->req), timeout, &c->id) < 0)
             return call_ended(c, NULL, -ECONNRESET);
         arm_timer(x);
@@ -885,7 +871,7 @@ static void call_send_next(Call *c)
 static int on_call_timer(sd_event_source *src, uint64_t usec, void *userdata)
 {
     Exec *x = userdata;
-    long long t = now_ms();
+    long long t = mono_ms();
     for (size_t k = 0; k < x->n_calls; k++)
         if (x->calls[k]->req && x->calls[k]->deadline_ms <= t)
             call_ended(x->calls[k], NULL, -ETIMEDOUT);
@@ -967,10 +953,10 @@ static size_t start_calls(Exec *x)
  * suspended process's pause. Returns the number still out. */
 static size_t await_calls_briefly(Exec *x, long long budget_us)
 {
-    long long deadline = now_us() + budget_us;
+    long long deadline = mono_us() + budget_us;
     struct pollfd *pf = xcalloc(x->n_calls + 1, sizeof(*pf));
     while (x->n_out > 0) {
-        long long left = deadline - now_us();
+        long long left = deadline - mono_us();
         if (left <= 0)
             break;
         size_t n = 0;
@@ -1239,7 +1225,7 @@ int supervisor_exec_begin(Supervisor *s, const ReleaseDef *from, const ReleaseDe
                      .script = script,
                      .attempt = attempt,
                      .x = {.s = s, .to = to, .script = script, .wake = wake, .wake_data = userdata},
-                     .start = now_us()};
+                     .start = mono_us()};
     e->pending = xcalloc(script->n + 1, sizeof(*e->pending));
     const char *crash = getenv("RELD_TEST_CRASH_BEFORE"), *pause = getenv("RELD_TEST_PAUSE_BEFORE");
     e->crash_at = crash ? atol(crash) : 0;
@@ -1545,7 +1531,7 @@ static void instr_ended(Execution *e, int r)
         e, e->i,
         r == 0 ? xstrdup("ok")
                : xasprintf("failed: %s", e->x.diag->errors.n ? e->x.diag->errors.v[e->x.diag->errors.n - 1] : "?"),
-        e->t0 - e->start, now_us() - e->t0);
+        e->t0 - e->start, mono_us() - e->t0);
     e->i++;
 }
 
@@ -1567,7 +1553,7 @@ int supervisor_exec_step(Execution *e, Diag *diag)
          * reld was doing (history_attempts_interrupted marks it). */
         e->step_end = step_end(e, e->i);
         for (size_t k = e->i; k < e->step_end; k++)
-            record_instruction(e, k, xstrdup("running"), now_us() - e->start, 0);
+            record_instruction(e, k, xstrdup("running"), mono_us() - e->start, 0);
         flush_records(e);
     }
     /* A suspended group goes on to its resume without other steps between:
@@ -1580,7 +1566,7 @@ int supervisor_exec_step(Execution *e, Diag *diag)
             struct timespec t = {e->pause_ms / 1000, e->pause_ms % 1000 * 1000000L};
             nanosleep(&t, NULL);
         }
-        e->t0 = now_us();
+        e->t0 = mono_us();
         if ((long)e->i + 1 == e->fail_at) {
             diag_error(diag, "instruction %zu failed on purpose (RELD_TEST_FAIL_AT)", e->i + 1);
             r = -ECANCELED;
@@ -1598,7 +1584,7 @@ int supervisor_exec_step(Execution *e, Diag *diag)
     }
     if (r < 0)
         for (size_t k = e->i; k < e->step_end; k++)
-            record_instruction(e, k, xstrdup("not run"), now_us() - e->start, 0);
+            record_instruction(e, k, xstrdup("not run"), mono_us() - e->start, 0);
     /* Records of a suspended group waited for its resume: nothing else
      * reld does, a disk write least, may lengthen the pause. */
     flush_records(e);
