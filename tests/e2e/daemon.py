@@ -448,13 +448,19 @@ def main():
     ap.add_argument("--relctl", required=True)
     ap.add_argument("--shop", required=True)
     A = ap.parse_args()
+    return run_tests((test_unpack_and_states, test_hostile, test_clients, test_crash, test_pack,
+                      test_remove_keeps_dirs_when_unsure, test_config_errors, test_notify), "reld-e2e-")
+
+
+def run_tests(tests, prefix):
+    """Runs each test(work) in a fresh directory, as TAP; a crash of the
+    driver is a failed check. Returns the exit status."""
     print("TAP version 13")
-    for t in (test_unpack_and_states, test_hostile, test_clients, test_crash, test_pack,
-              test_remove_keeps_dirs_when_unsure, test_config_errors, test_notify):
-        work = tempfile.mkdtemp(prefix="reld-e2e-")
+    for t in tests:
+        work = tempfile.mkdtemp(prefix=prefix)
         try:
             t(work)
-        except Exception as e:
+        except Exception:
             import traceback
             tap(False, f"{t.__name__} crashed", traceback.format_exc())
         finally:

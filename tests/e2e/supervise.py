@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -679,23 +678,10 @@ def main():
     ap.add_argument("--loadgen", required=True)
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
-    print("TAP version 13")
-    for t in (test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade, test_added_and_removed,
-              test_process_killed_mid_upgrade, test_status_during_upgrade, test_failed_downgrade, test_slow_process,
-              test_soft_purge, test_two_processes, test_inverse_of_added_module,
-              test_status_while_planning):
-        work = tempfile.mkdtemp(prefix="reld-sup-")
-        try:
-            t(work)
-        except Exception:
-            import traceback
-            d.tap(False, f"{t.__name__} crashed", traceback.format_exc())
-        finally:
-            subprocess.run(["pkill", "-f", f"reld --root {work}"], capture_output=True)
-            shutil.rmtree(work, ignore_errors=True)
-    d.tap(not d.UNCLEAN, "every reld stopped cleanly, with no sanitizer report", "\n".join(d.UNCLEAN))
-    print(f"1..{d.N}")
-    return 1 if d.FAILED else 0
+    return d.run_tests((test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade,
+                        test_added_and_removed, test_process_killed_mid_upgrade, test_status_during_upgrade,
+                        test_failed_downgrade, test_slow_process, test_soft_purge, test_two_processes,
+                        test_inverse_of_added_module, test_status_while_planning), "reld-sup-")
 
 
 if __name__ == "__main__":
