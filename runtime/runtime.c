@@ -329,16 +329,23 @@ static void send_json(RelRuntime *rt, json_t *msg)
 
 static json_t *modules_json(RelRuntime *rt);
 
-/* Every successful reply carries the module list as it is now, so reld
- * knows what the process runs without asking. */
 static void reply_ok(RelRuntime *rt, json_t *id, json_t *fields)
 {
     json_t *m = fields ? fields : json_object();
-    if (!json_object_get(m, "modules"))
-        json_object_set_new(m, "modules", modules_json(rt));
     json_object_set(m, "id", id ? id : json_null());
     json_object_set_new(m, "ok", json_true());
     send_json(rt, m);
+}
+
+/* The reply to a command that changed what the process runs (load,
+ * drop_object_code, purge, remove, revert): with the module list as it is
+ * now, so reld knows without asking. suspend, code_change and resume,
+ * inside the pause, answer without it. */
+static void reply_changed(RelRuntime *rt, json_t *id, json_t *fields)
+{
+    json_t *m = fields ? fields : json_object();
+    json_object_set_new(m, "modules", modules_json(rt));
+    reply_ok(rt, id, m);
 }
 
 static void reply_error(RelRuntime *rt, json_t *id, const char *code, const char *fmt, ...)
@@ -602,7 +609,7 @@ static void cmd_load(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
             return reply_error(rt, id, "init_failed", "%s", err);
         }
         m->removed = false;
-        return reply_ok(rt, id, json_pack("{s:s}", "version", v->desc->version));
+        return reply_changed(rt, id, json_pack("{s:s}", "version", v->desc->version));
     }
     if (purge_old(rt, m, brutal, id) == -EBUSY)
         return reply_error(rt, id, "in_use", "old code of %s (version %s) is still in use; soft_purge refused", m->name,
@@ -610,8 +617,8 @@ static void cmd_load(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
     m->old = m->current;
     m->current = m->staged;
     m->staged = NULL;
-    reply_ok(rt, id,
-             json_pack("{s:s, s:s}", "version", m->current->desc->version, "old_version", m->old->desc->version));
+    reply_changed(rt, id,
+                  json_pack("{s:s, s:s}", "version", m->current->desc->version, "old_version", m->old->desc->version));
 }
 
 static void cmd_code_change(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
@@ -669,7 +676,7 @@ static void cmd_purge(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
     if (purge_old(rt, m, brutal, id) == -EBUSY)
         return reply_error(rt, id, "in_use", "old code of %s (version %s) is still in use; soft_purge refused", m->name,
                            m->old->desc->version);
-    reply_ok(rt, id, json_pack("{s:b}", "purged", had));
+    reply_changed(rt, id, json_pack("{s:b}", "purged", had));
 }
 
 /* The inverse of load_object_code: a relup abandoned before its point of
@@ -680,7 +687,7 @@ static void cmd_drop_object_code(RelRuntime *rt, json_t *id, RelModule *m)
         return reply_error(rt, id, "no_object_code", "no new code of %s is staged", m->name);
     version_close(rt, m->staged);
     m->staged = NULL;
-    reply_ok(rt, id, NULL);
+    reply_changed(rt, id, NULL);
 }
 
 static void cmd_remove(RelRuntime *rt, json_t *id, RelModule *m)
@@ -699,7 +706,7 @@ static void cmd_remove(RelRuntime *rt, json_t *id, RelModule *m)
     m->old = m->current; /* dropped by the purge that follows, as OTP */
     m->current = NULL;
     m->removed = true;
-    reply_ok(rt, id, NULL);
+    reply_changed(rt, id, NULL);
 }
 
 /* The inverse of load (and add_module), for a relup undone after its point
@@ -720,17 +727,17 @@ static void cmd_revert(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
     }
     if (!want) {
         if (!m->current)
-            return reply_ok(rt, id, json_pack("{s:b}", "reverted", 0));
+            return reply_changed(rt, id, json_pack("{s:b}", "reverted", 0));
         return cmd_remove(rt, id, m);
     }
     if (m->current && strcmp(m->current->desc->version, want) == 0)
-        return reply_ok(rt, id, json_pack("{s:b}", "reverted", 0));
+        return reply_changed(rt, id, json_pack("{s:b}", "reverted", 0));
     if (!m->old || strcmp(m->old->desc->version, want) != 0)
         return reply_error(rt, id, "cannot_revert", "%s has no version %s to go back to", m->name, want);
     RelVersion *newer = m->current;
     m->current = m->old;
     m->old = newer;
-    reply_ok(rt, id, json_pack("{s:b, s:s}", "reverted", 1, "version", want));
+    reply_changed(rt, id, json_pack("{s:b, s:s}", "reverted", 1, "version", want));
 }
 
 /* The modules of a suspend/resume request that this process runs. */

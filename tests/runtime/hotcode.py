@@ -388,8 +388,10 @@ def test_loader_thread():
                                     ("code_change", {"module": "kv_server", "mode": "up", "extra": None}),
                                     ("resume", {"modules": ["kv_server"]}), ("purge", {"module": "kv_server"}))]
     tap(all(x and x["ok"] for x in r) and p.request("VERSION") == "OK kv_server 2" and
-        p.request("GET x") == "OK x 2" and r[-1]["modules"][0]["old_version"] is None,
-        "and upgraded with it: version 2 serves the state; replies carry the module list", r)
+        p.request("GET x") == "OK x 2" and r[1]["modules"][0]["version"] == "2" and
+        r[-1]["modules"][0]["old_version"] is None and not any("modules" in x for x in (r[0], r[2], r[3])),
+        "and upgraded with it: version 2 serves the state; load and purge replies carry the module list, "
+        "those inside the pause do not", r)
     p.stop()
 
 
