@@ -57,6 +57,11 @@ check "the host loads the module through the installed runtime" \
     "test \"\$(LD_LIBRARY_PATH='$libdir' '$stage/host' '$stage/hello.so')\" = '42 1'"
 check "relctl-pack, which relctl runs for pack, is installed in libexec/reld" \
     "test -x '$stage/root$prefix/libexec/reld/relctl-pack'"
+# Staged, relctl finds no relctl-pack beside it nor in its (unstaged) libexec: one clear line.
+if [ ! -e "$prefix/libexec/reld/relctl-pack" ]; then
+    check "relctl pack without relctl-pack says so, exit 1" \
+        "out=\$('$stage/root$prefix/bin/relctl' pack x -o y 2>&1); test \$? -eq 1 && test \"\$out\" = 'relctl: cannot run $prefix/libexec/reld/relctl-pack: No such file or directory'"
+fi
 check "relctl itself does not load libarchive (4 ms of start-up per command)" \
     "ldd '$stage/root$prefix/bin/relctl' && ! ldd '$stage/root$prefix/bin/relctl' | grep -q libarchive"
 echo "1..$n"
