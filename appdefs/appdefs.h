@@ -18,11 +18,6 @@
 
 #include "util.h"
 
-typedef struct SrcPos {
-    const char *file; /* borrowed from the definition that holds it */
-    int line, col;    /* 1-based; 0 when unknown */
-} SrcPos;
-
 typedef enum PurgeMethod { PURGE_BRUTAL = 0, PURGE_SOFT } PurgeMethod;
 const char *purge_method_name(PurgeMethod p); /* "brutal_purge" | "soft_purge" */
 

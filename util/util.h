@@ -75,6 +75,12 @@ static inline size_t diag_n_errors(const Diag *d)
     return d ? d->errors.n : 0;
 }
 
+/* A place in a source file, for messages. */
+typedef struct SrcPos {
+    const char *file; /* borrowed from the definition that holds it */
+    int line, col;    /* 1-based; 0 when unknown */
+} SrcPos;
+
 /* Walks the relative path p from a directory `depth` levels below some
  * top directory: returns the depth where p ends, or -1 when p climbs above
  * the top (through ".."), or p is absolute or empty. Purely lexical. */

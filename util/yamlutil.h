@@ -1,11 +1,11 @@
 #pragma once
-/* Internal to appdefs (and the relup reader): walking a libyaml document
- * with positions in every message. Not installed. */
+/* Walking a libyaml document, for appdefs, the stored relup reader and
+ * reld's config, with positions in every message. Not installed. */
 #include <jansson.h>
 #include <stdbool.h>
 #include <yaml.h>
 
-#include "appdefs.h"
+#include "util.h"
 
 typedef struct YamlCtx {
     const char *file;
