@@ -5,7 +5,9 @@
 #include <stdarg.h>
 #include <string.h>
 
-yaml_node_t *yaml_ctx_load(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag)
+/* Parses the first document of buf into c; false after reporting a syntax
+ * error. Sets c->empty when the input holds no node content. */
+static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag)
 {
     *c = (YamlCtx){.file = file, .diag = diag};
     yaml_parser_t parser;
@@ -18,14 +20,32 @@ yaml_node_t *yaml_ctx_load(YamlCtx *c, const char *file, const char *buf, size_t
                       parser.problem ? parser.problem : "malformed YAML", parser.context ? " " : "",
                       parser.context ? parser.context : "");
         yaml_parser_delete(&parser);
-        return NULL;
+        return false;
     }
     yaml_parser_delete(&parser);
     c->have_doc = true;
+    /* No document, or "---" alone: libyaml gives the latter an empty plain
+     * scalar that starts where it ends. */
+    const yaml_node_t *root = yaml_document_get_root_node(&c->doc);
+    c->empty = !root || (root->type == YAML_SCALAR_NODE && root->start_mark.index == root->end_mark.index);
+    return true;
+}
+
+yaml_node_t *yaml_ctx_load(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag)
+{
+    if (!ctx_parse(c, file, buf, len, diag))
+        return NULL;
     yaml_node_t *root = yaml_document_get_root_node(&c->doc);
     if (!root)
         diag_error_at(diag, file, 1, 1, "empty document");
     return root;
+}
+
+yaml_node_t *yaml_ctx_load_optional(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag)
+{
+    if (!ctx_parse(c, file, buf, len, diag) || c->empty)
+        return NULL;
+    return yaml_document_get_root_node(&c->doc);
 }
 
 void yaml_ctx_done(YamlCtx *c)
@@ -139,10 +159,12 @@ bool yaml_get_long(YamlCtx *c, yaml_node_t *m, const char *key, long min, long m
     if (!n)
         return true;
     const char *s = yaml_scalar(n);
+    /* strtol alone would also skip leading blanks (" 5"). */
+    bool digits = s && (s[0] == '-' || s[0] == '+' || (s[0] >= '0' && s[0] <= '9'));
     char *end = NULL;
     errno = 0;
-    long v = s ? strtol(s, &end, 10) : 0;
-    if (!s || !*s || *end || errno || v < min || v > max) {
+    long v = digits ? strtol(s, &end, 10) : 0;
+    if (!digits || *end || errno || v < min || v > max) {
         yaml_error(c, n, "field '%s' must be an integer from %ld to %ld", key, min, max);
         return false;
     }

@@ -1,6 +1,10 @@
 #pragma once
-/* Walking a libyaml document, for appdefs, the stored relup reader and
- * reld's config, with positions in every message. Not installed. */
+/* yamlutil: walking a libyaml document with positions in every message,
+ * for appdefs, the stored relup reader and reld's config. Not installed.
+ *
+ * Every message goes to the Diag given to yaml_ctx_load as
+ * "file:line:col: message" (positions 1-based). Nodes belong to the
+ * context's document and live until yaml_ctx_done. */
 #include <jansson.h>
 #include <stdbool.h>
 #include <yaml.h>
@@ -8,22 +12,33 @@
 #include "util.h"
 
 typedef struct YamlCtx {
-    const char *file;
+    const char *file; /* borrowed, for messages; NULL is "<input>" */
     yaml_document_t doc;
     bool have_doc;
+    bool empty; /* the input holds no node content (see yaml_ctx_load_optional) */
     Diag *diag;
 } YamlCtx;
 
-/* Loads the first document of buf. Reports a syntax error (with position)
- * and returns NULL on failure or on an empty input; the root node else. */
+/* Loads the first document of buf; later documents are not read. Reports a
+ * syntax error (with position) and returns NULL on failure or when the
+ * input holds no document at all; the root node else. Call yaml_ctx_done
+ * afterwards whatever it returned. */
 yaml_node_t *yaml_ctx_load(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag);
+
+/* Like yaml_ctx_load, for inputs where nothing at all is allowed (a config
+ * file whose every setting has a default). An input without node content
+ * (empty, only blanks, comments or a byte-order mark, or a "---" with
+ * nothing after it) is no error: returns NULL, sets c->empty and adds
+ * nothing to diag. A NULL return with c->empty false is a syntax error,
+ * reported in diag. An explicit "~" or "null" is content: a scalar root. */
+yaml_node_t *yaml_ctx_load_optional(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag);
 void yaml_ctx_done(YamlCtx *c);
 
 SrcPos yaml_pos(const YamlCtx *c, const yaml_node_t *n);
 void yaml_error(YamlCtx *c, const yaml_node_t *n, const char *fmt, ...) UTIL_PRINTF(3, 4);
 
 yaml_node_t *yaml_child(YamlCtx *c, int idx);
-const char *yaml_kind(const yaml_node_t *n);   /* "a string", "a list", "a mapping" */
+const char *yaml_kind(const yaml_node_t *n);   /* "a scalar", "a list", "a mapping" */
 const char *yaml_scalar(const yaml_node_t *n); /* NULL unless a scalar */
 
 /* Looks key up in a mapping; NULL when absent or when m is no mapping. */
@@ -36,6 +51,8 @@ void yaml_map_check_keys(YamlCtx *c, yaml_node_t *m, const char *const *allowed,
  * a problem (including a missing required field). *out is set only on
  * success and is owned by the caller. */
 bool yaml_get_string(YamlCtx *c, yaml_node_t *m, const char *key, bool required, char **out);
+/* A decimal integer, optionally signed, from min to max inclusive; an
+ * absent field is no error and leaves *out alone. */
 bool yaml_get_long(YamlCtx *c, yaml_node_t *m, const char *key, long min, long max, long *out);
 /* A list of strings; a single string is taken as a list of one. pos may be
  * NULL; when set it receives a new array of item positions. */
