@@ -2,13 +2,22 @@
 
 #include <errno.h>
 #include <sqlite3.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
+
+/* How long a statement waits for a lock held by another connection (an
+ * administrator's sqlite3, a test) before it fails with -EBUSY. reld is the
+ * only writer, and its main thread must not stall. */
+#define BUSY_TIMEOUT_MS 250
 
 struct History {
     sqlite3 *db;
+    char error[512]; /* the reason of the last failure: history_last_error */
 };
 
 /* Schema migrations: entry i takes the database from user_version i to
@@ -54,96 +63,305 @@ static const char *const migrations[] = {
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
-static char *now_iso(void)
+/* An SQLite result code (extended) as a negative errno: the table in
+ * history.h. */
+static int errno_of(sqlite3 *db, int rc)
+{
+    switch (rc) {
+    case SQLITE_OK:
+    case SQLITE_ROW:
+    case SQLITE_DONE:
+        return 0;
+    case SQLITE_CONSTRAINT_UNIQUE:
+    case SQLITE_CONSTRAINT_PRIMARYKEY:
+    case SQLITE_CONSTRAINT_ROWID:
+        return -EEXIST;
+    case SQLITE_IOERR_NOMEM:
+        return -ENOMEM;
+    }
+    switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+        return -EINVAL;
+    case SQLITE_FULL:
+        return -ENOSPC;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return -EBUSY;
+    case SQLITE_READONLY:
+        return -EROFS;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+        return -EUCLEAN;
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    case SQLITE_TOOBIG:
+        return -E2BIG;
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+        return -EACCES;
+    case SQLITE_CANTOPEN: {
+        int e = db ? sqlite3_system_errno(db) : 0;
+        return e > 0 ? -e : -EIO;
+    }
+    default: /* SQLITE_IOERR_*, SQLITE_ERROR, SQLITE_PROTOCOL, ... */
+        return -EIO;
+    }
+}
+
+/* Records why a call failed (history_last_error) and returns r. */
+__attribute__((format(printf, 3, 4))) static int failf(History *h, int r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    (void)vsnprintf(h->error, sizeof(h->error), fmt, ap); /* a long reason is cut */
+    va_end(ap);
+    return r;
+}
+
+/* An SQLite call failed with rc: its errno, SQLite's message recorded.
+ * Called right after the failing call, before anything else touches the
+ * connection's message. */
+static int fail(History *h, int rc)
+{
+    int r = errno_of(h->db, rc);
+    return failf(h, r < 0 ? r : -EIO, "%s", sqlite3_errmsg(h->db));
+}
+
+const char *history_last_error(History *h)
+{
+    return h ? h->error : "no database";
+}
+
+/* The time now, ISO 8601 in UTC with milliseconds, in buf. */
+static void now_iso(char buf[static 32])
 {
     struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
     struct tm tm;
-    gmtime_r(&t.tv_sec, &tm);
-    char buf[64];
-    size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, sizeof(buf) - n, ".%03ldZ", t.tv_nsec / 1000000);
-    return strdup(buf);
+    if (clock_gettime(CLOCK_REALTIME, &t) < 0 || !gmtime_r(&t.tv_sec, &tm)) {
+        t = (struct timespec){0}; /* cannot happen with the real-time clock */
+        (void)gmtime_r(&t.tv_sec, &tm);
+    }
+    size_t n = strftime(buf, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    (void)snprintf(buf + n, 32 - n, ".%03ldZ", t.tv_nsec / 1000000); /* fits: 24 characters in all */
 }
 
 static int exec(History *h, const char *sql)
 {
-    return sqlite3_exec(h->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -EIO;
+    int rc = sqlite3_exec(h->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : fail(h, rc);
 }
 
-/* Prepares sql and binds the text arguments (NULL binds NULL). */
-static sqlite3_stmt *prep(History *h, const char *sql, int n, const char *const *args)
+/* Prepares sql with its text arguments bound from 1 (NULL binds NULL). */
+static int prep(History *h, const char *sql, int n, const char *const *args, sqlite3_stmt **ret)
 {
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(h->db, sql, -1, &st, NULL) != SQLITE_OK)
-        return NULL;
+    int rc = sqlite3_prepare_v2(h->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return fail(h, rc);
     for (int i = 0; i < n; i++)
-        sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_TRANSIENT);
-    return st;
+        if ((rc = sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_TRANSIENT)) != SQLITE_OK) {
+            int r = fail(h, rc);
+            (void)sqlite3_finalize(st); /* nothing ran: nothing to report */
+            return r;
+        }
+    *ret = st;
+    return 0;
+}
+
+static int bind_int64(History *h, sqlite3_stmt *st, int i, int64_t v)
+{
+    int rc = sqlite3_bind_int64(st, i, v);
+    return rc == SQLITE_OK ? 0 : fail(h, rc);
+}
+
+static int bind_text(History *h, sqlite3_stmt *st, int i, const char *v)
+{
+    int rc = sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT);
+    return rc == SQLITE_OK ? 0 : fail(h, rc);
+}
+
+/* Steps a statement that returns no rows. */
+static int step_done(History *h, sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return 0;
+    if (rc == SQLITE_ROW)
+        return failf(h, -EIO, "%s: returned a row", sqlite3_sql(st));
+    return fail(h, rc);
 }
 
 /* Runs a statement that returns no rows. */
 static int run(History *h, const char *sql, int n, const char *const *args)
 {
-    sqlite3_stmt *st = prep(h, sql, n, args);
-    if (!st)
-        return -EIO;
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc == SQLITE_CONSTRAINT)
-        return -EEXIST;
-    return rc == SQLITE_DONE ? 0 : -EIO;
+    sqlite3_stmt *st;
+    int r = prep(h, sql, n, args, &st);
+    if (r < 0)
+        return r;
+    r = step_done(h, st);
+    (void)sqlite3_finalize(st); /* repeats the step's result, already taken */
+    return r;
 }
+
+/* Runs a query up to its first row: 0 with *ret on that row (the caller
+ * finalizes it), -ENOENT without a row (no reason recorded: the caller
+ * knows what was missing), or another -errno. */
+static int first_row(History *h, const char *sql, int n, const char *const *args, sqlite3_stmt **ret)
+{
+    sqlite3_stmt *st;
+    int r = prep(h, sql, n, args, &st);
+    if (r < 0)
+        return r;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *ret = st;
+        return 0;
+    }
+    r = rc == SQLITE_DONE ? -ENOENT : fail(h, rc);
+    (void)sqlite3_finalize(st); /* repeats the step's result, already taken */
+    return r;
+}
+
+/* The text of the first column of the first row: 0 and *ret (caller
+ * frees), -ENOENT without a row or with NULL there, or -errno. */
+static int query_text(History *h, const char *sql, int n, const char *const *args, char **ret)
+{
+    sqlite3_stmt *st;
+    int r = first_row(h, sql, n, args, &st);
+    if (r < 0)
+        return r;
+    const char *text = (const char *)sqlite3_column_text(st, 0);
+    if (!text)
+        r = sqlite3_errcode(h->db) == SQLITE_NOMEM ? failf(h, -ENOMEM, "out of memory")
+                                                   : failf(h, -ENOENT, "%s: NULL", sqlite3_sql(st));
+    else if (!(*ret = strdup(text)))
+        r = failf(h, -ENOMEM, "out of memory");
+    (void)sqlite3_finalize(st); /* the step succeeded */
+    return r;
+}
+
+/* Transactions: begin, then end(h, r) with the body's result r. end
+ * commits when r >= 0 and returns r; otherwise, or when the COMMIT fails,
+ * it rolls back and returns the error. */
+static int begin(History *h)
+{
+    return exec(h, "BEGIN IMMEDIATE");
+}
+
+static int end(History *h, int r)
+{
+    if (r >= 0) {
+        int c = exec(h, "COMMIT");
+        if (c == 0)
+            return r;
+        r = c;
+    }
+    /* After some errors (SQLITE_FULL, SQLITE_IOERR, ...) SQLite has
+     * rolled back already. */
+    if (!sqlite3_get_autocommit(h->db)) {
+        int rc = sqlite3_exec(h->db, "ROLLBACK", NULL, NULL, NULL);
+        if (rc != SQLITE_OK) {
+            size_t len = strlen(h->error);
+            (void)snprintf(h->error + len, sizeof(h->error) - len, "; the rollback failed too: %s",
+                           sqlite3_errmsg(h->db)); /* a long reason is cut */
+        }
+    }
+    return r;
+}
+
+#define IN_TRANSACTION(h, body)                                                                                        \
+    ({                                                                                                                 \
+        int r_ = begin(h);                                                                                             \
+        r_ == 0 ? end((h), (body)) : r_;                                                                               \
+    })
 
 int history_schema_version(History *h)
 {
-    sqlite3_stmt *st = prep(h, "PRAGMA user_version", 0, NULL);
-    int v = st && sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
-    sqlite3_finalize(st);
+    sqlite3_stmt *st;
+    int r = first_row(h, "PRAGMA user_version", 0, NULL, &st);
+    if (r == -ENOENT)
+        return failf(h, -EIO, "PRAGMA user_version returned no row");
+    if (r < 0)
+        return r;
+    int v = sqlite3_column_int(st, 0);
+    (void)sqlite3_finalize(st); /* the step succeeded */
     return v;
 }
 
-int history_open(const char *path, History **ret, char **err)
+/* Sets a PRAGMA (set) and reads it back (get): it must be want, or
+ * -ENOTSUP (e.g. a file system where WAL is not possible). */
+static int pragma(History *h, const char *set, const char *get, const char *want)
 {
-    History *h = calloc(1, sizeof(*h));
-    if (!h)
-        return -ENOMEM;
-    if (sqlite3_open_v2(path, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL) !=
-        SQLITE_OK) {
-        if (err && asprintf(err, "%s: %s", path, sqlite3_errmsg(h->db)) < 0)
-            *err = NULL;
-        history_close(h);
-        return -EIO;
-    }
-    sqlite3_busy_timeout(h->db, 5000);
+    char *v = NULL;
+    int r = exec(h, set);
+    if (r == 0)
+        r = query_text(h, get, 0, NULL, &v);
+    if (r == -ENOENT)
+        r = failf(h, -EIO, "%s returned nothing", get);
+    if (r == 0 && strcasecmp(v, want) != 0)
+        r = failf(h, -ENOTSUP, "%s is %s, not %s", get, v, want);
+    free(v);
+    return r;
+}
+
+static int migrate(History *h, int from)
+{
+    char sql[64];
+    (void)snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", from + 1); /* fits */
+    int r = begin(h);
+    if (r < 0)
+        return r;
+    r = exec(h, migrations[from]);
+    if (r == 0)
+        r = exec(h, sql);
+    return end(h, r);
+}
+
+static int open_db(History *h, const char *path)
+{
+    int rc = sqlite3_open_v2(path, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
+    if (rc != SQLITE_OK)
+        return fail(h, rc);
+    if ((rc = sqlite3_extended_result_codes(h->db, 1)) != SQLITE_OK ||
+        (rc = sqlite3_busy_timeout(h->db, BUSY_TIMEOUT_MS)) != SQLITE_OK)
+        return fail(h, rc);
+    /* A file reld may not write (SQLite then opens it read-only): said
+     * now rather than at the first change. */
+    if (sqlite3_db_readonly(h->db, "main") != 0)
+        return failf(h, -EROFS, "the database is read-only");
     /* WAL with synchronous=NORMAL: every transaction is atomic and survives
      * a crash of reld (kill -9); only the last ones may be lost if the
      * machine loses power. FULL would fsync on every commit, and the
      * executor commits between suspend and resume. */
-    int r = exec(h, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;");
-    int v = r == 0 ? history_schema_version(h) : -1;
-    if (v > SCHEMA_VERSION) {
-        if (err && asprintf(err, "%s: schema version %d is newer than this reld (%d)", path, v, SCHEMA_VERSION) < 0)
+    int r = pragma(h, "PRAGMA journal_mode=WAL", "PRAGMA journal_mode", "wal");
+    if (r == 0)
+        r = pragma(h, "PRAGMA synchronous=NORMAL", "PRAGMA synchronous", "1");
+    if (r == 0)
+        r = pragma(h, "PRAGMA foreign_keys=ON", "PRAGMA foreign_keys", "1");
+    int v = r == 0 ? history_schema_version(h) : r;
+    if (v < 0)
+        return v;
+    if (v > SCHEMA_VERSION)
+        return failf(h, -EPROTO, "schema version %d is newer than this reld's (%d)", v, SCHEMA_VERSION);
+    for (; r == 0 && v < SCHEMA_VERSION; v++)
+        if ((r = migrate(h, v)) < 0)
+            return r;
+    return 0;
+}
+
+int history_open(const char *path, History **ret, char **err)
+{
+    if (err)
+        *err = NULL;
+    History *h = calloc(1, sizeof(*h));
+    if (!h)
+        return -ENOMEM;
+    int r = path ? open_db(h, path) : failf(h, -EINVAL, "no path");
+    if (r < 0) {
+        if (err && asprintf(err, "%s: %s", path ? path : "history", h->error) < 0)
             *err = NULL;
         history_close(h);
-        return -EPROTO;
-    }
-    for (; r == 0 && v >= 0 && v < SCHEMA_VERSION; v++) {
-        char *sql;
-        if (asprintf(&sql, "BEGIN IMMEDIATE; %s PRAGMA user_version=%d; COMMIT;", migrations[v], v + 1) < 0)
-            r = -ENOMEM;
-        else {
-            r = exec(h, sql);
-            free(sql);
-        }
-        if (r < 0)
-            exec(h, "ROLLBACK");
-    }
-    if (r < 0 || v < 0) {
-        if (err && asprintf(err, "%s: %s", path, sqlite3_errmsg(h->db)) < 0)
-            *err = NULL;
-        history_close(h);
-        return -EIO;
+        return r;
     }
     *ret = h;
     return 0;
@@ -153,15 +371,25 @@ History *history_close(History *h)
 {
     if (!h)
         return NULL;
-    sqlite3_close_v2(h->db);
+    (void)sqlite3_close_v2(h->db); /* SQLITE_OK: every statement is finalized */
     free(h);
     return NULL;
+}
+
+static bool is_state(const char *s)
+{
+    return s && (strcmp(s, RELEASE_UNPACKED) == 0 || strcmp(s, RELEASE_CURRENT) == 0 ||
+                 strcmp(s, RELEASE_PERMANENT) == 0 || strcmp(s, RELEASE_OLD) == 0);
 }
 
 static int event_locked(History *h, const char *at, const char *kind, const char *who, const char *release,
                         json_t *detail)
 {
-    char *d = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+    if (!kind || !*kind)
+        return failf(h, -EINVAL, "an event needs a kind");
+    char *d = detail ? json_dumps(detail, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    if (detail && !d)
+        return failf(h, -ENOMEM, "cannot write the event's detail as JSON");
     const char *args[] = {at, kind, who, release, d};
     int r = run(h, "INSERT INTO events(at, kind, who, release, detail) VALUES (?, ?, ?, ?, ?)", 5, args);
     free(d);
@@ -170,166 +398,240 @@ static int event_locked(History *h, const char *at, const char *kind, const char
 
 int history_event(History *h, const char *kind, const char *who, const char *release, json_t *detail)
 {
-    char *at = now_iso();
-    int r = event_locked(h, at, kind, who, release, detail);
-    free(at);
-    return r;
+    char at[32];
+    now_iso(at);
+    return event_locked(h, at, kind, who, release, detail);
 }
-
-/* Runs body in one transaction: all of it or none. */
-#define IN_TRANSACTION(h, body)                                                                                        \
-    ({                                                                                                                 \
-        int r_ = exec((h), "BEGIN IMMEDIATE");                                                                         \
-        if (r_ == 0) {                                                                                                 \
-            r_ = (body);                                                                                               \
-            r_ = r_ == 0 ? exec((h), "COMMIT") : (exec((h), "ROLLBACK"), r_);                                          \
-        }                                                                                                              \
-        r_;                                                                                                            \
-    })
 
 static int release_add(History *h, const char *vsn, const char *name, const char *who)
 {
-    char *at = now_iso();
+    char at[32];
+    now_iso(at);
     const char *args[] = {vsn, name, at, at};
     int r = run(h, "INSERT INTO releases(vsn, name, state, unpacked_at, changed_at) VALUES (?, ?, 'unpacked', ?, ?)", 4,
                 args);
-    if (r == 0) {
-        json_t *d = json_pack("{s:s}", "name", name);
-        r = event_locked(h, at, "unpacked", who, vsn, d);
-        json_decref(d);
+    if (r == -EEXIST) {
+        char why[sizeof(h->error)];
+        (void)snprintf(why, sizeof(why), "%s", h->error);
+        return failf(h, r, "release %s is already known (%s)", vsn, why);
     }
-    free(at);
+    if (r < 0)
+        return r;
+    json_t *d = json_pack("{s:s}", "name", name);
+    if (!d)
+        return failf(h, -ENOMEM, "out of memory");
+    r = event_locked(h, at, "unpacked", who, vsn, d);
+    json_decref(d);
     return r;
 }
 
 int history_release_add(History *h, const char *vsn, const char *name, const char *who)
 {
+    if (!vsn || !*vsn || !name || !*name)
+        return failf(h, -EINVAL, "a release needs a version and a name");
     return IN_TRANSACTION(h, release_add(h, vsn, name, who));
-}
-
-/* The text of the first column of the first row of sql (one argument):
- * 0 and *ret (caller frees), -ENOENT without a row, -EIO. */
-static int query_text(History *h, const char *sql, const char *arg, char **ret)
-{
-    sqlite3_stmt *st = prep(h, sql, 1, &arg);
-    if (!st)
-        return -EIO;
-    int rc = sqlite3_step(st), r = -ENOENT;
-    if (rc == SQLITE_ROW) {
-        *ret = strdup((const char *)sqlite3_column_text(st, 0));
-        r = *ret ? 0 : -ENOMEM;
-    } else if (rc != SQLITE_DONE) {
-        r = -EIO;
-    }
-    sqlite3_finalize(st);
-    return r;
 }
 
 int history_release_state(History *h, const char *vsn, char **ret)
 {
-    return query_text(h, "SELECT state FROM releases WHERE vsn = ?", vsn, ret);
+    if (!vsn)
+        return failf(h, -EINVAL, "no release version");
+    int r = query_text(h, "SELECT state FROM releases WHERE vsn = ?", 1, &vsn, ret);
+    return r == -ENOENT ? failf(h, r, "release %s is not known", vsn) : r;
 }
 
 int history_release_in_state(History *h, const char *state, char **ret_vsn)
 {
-    return query_text(h, "SELECT vsn FROM releases WHERE state = ?", state, ret_vsn);
+    if (!state || (strcmp(state, RELEASE_CURRENT) != 0 && strcmp(state, RELEASE_PERMANENT) != 0))
+        return failf(h, -EINVAL, "'%s' is not current or permanent", state ? state : "(null)");
+    int r = query_text(h, "SELECT vsn FROM releases WHERE state = ?", 1, &state, ret_vsn);
+    return r == -ENOENT ? failf(h, r, "no release is %s", state) : r;
 }
 
 static int set_state(History *h, const char *vsn, const char *state, const char *who)
 {
-    char *old = NULL;
+    char *old = NULL, at[32];
     int r = history_release_state(h, vsn, &old);
     if (r < 0)
         return r;
-    char *at = now_iso();
+    now_iso(at);
     const char *args[] = {state, at, vsn};
     r = run(h, "UPDATE releases SET state = ?, changed_at = ? WHERE vsn = ?", 3, args);
-    if (r == 0) {
-        json_t *d = json_pack("{s:s, s:s}", "from", old, "to", state);
-        r = event_locked(h, at, "state", who, vsn, d);
-        json_decref(d);
+    if (r == -EEXIST) {
+        char why[sizeof(h->error)];
+        (void)snprintf(why, sizeof(why), "%s", h->error);
+        r = failf(h, r, "release %s cannot be %s: another release is (%s)", vsn, state, why);
     }
-    free(at);
+    json_t *d = r == 0 ? json_pack("{s:s, s:s}", "from", old, "to", state) : NULL;
+    if (r == 0 && !d)
+        r = failf(h, -ENOMEM, "out of memory");
+    if (r == 0)
+        r = event_locked(h, at, "state", who, vsn, d);
+    json_decref(d);
     free(old);
     return r;
 }
 
 int history_release_set_state(History *h, const char *vsn, const char *state, const char *who)
 {
+    if (!vsn)
+        return failf(h, -EINVAL, "no release version");
+    if (!is_state(state))
+        return failf(h, -EINVAL, "'%s' is not a release state", state ? state : "(null)");
     return IN_TRANSACTION(h, set_state(h, vsn, state, who));
 }
 
 static int release_remove(History *h, const char *vsn, const char *who)
 {
-    const char *args[] = {vsn};
     char *state = NULL;
     int r = history_release_state(h, vsn, &state);
     free(state);
     if (r < 0)
         return r;
-    r = run(h, "DELETE FROM releases WHERE vsn = ?", 1, args);
+    r = run(h, "DELETE FROM releases WHERE vsn = ?", 1, &vsn);
     return r == 0 ? history_event(h, "removed", who, vsn, NULL) : r;
 }
 
 int history_release_remove(History *h, const char *vsn, const char *who)
 {
+    if (!vsn)
+        return failf(h, -EINVAL, "no release version");
     return IN_TRANSACTION(h, release_remove(h, vsn, who));
 }
 
-/* The rows of a query as a JSON array of objects keyed by column name;
- * columns named *detail* or instr holding JSON are parsed back. */
-static json_t *rows(sqlite3_stmt *st)
+/* A column's value as JSON: columns named detail or instr holding JSON
+ * are parsed back. */
+static int column(History *h, sqlite3_stmt *st, int c, json_t **ret)
+{
+    const char *name = sqlite3_column_name(st, c);
+    json_t *v = NULL;
+    switch (sqlite3_column_type(st, c)) {
+    case SQLITE_INTEGER:
+        v = json_integer(sqlite3_column_int64(st, c));
+        break;
+    case SQLITE_FLOAT:
+        v = json_real(sqlite3_column_double(st, c));
+        break;
+    case SQLITE_NULL:
+        v = json_null();
+        break;
+    default: {
+        const char *text = (const char *)sqlite3_column_text(st, c);
+        if (!text || !name)
+            return failf(h, -ENOMEM, "out of memory");
+        if (strcmp(name, "detail") == 0 || strcmp(name, "instr") == 0)
+            v = json_loads(text, 0, NULL); /* NULL when it is plain text */
+        if (!v && !(v = json_string(text)))
+            return failf(h, -EILSEQ, "%s: column %s holds text that is not UTF-8", sqlite3_sql(st), name);
+    }
+    }
+    if (!v)
+        return failf(h, -ENOMEM, "out of memory");
+    *ret = v;
+    return 0;
+}
+
+/* The rows of a query as a JSON array of objects keyed by column name. */
+static int rows(History *h, sqlite3_stmt *st, json_t **ret)
 {
     json_t *a = json_array();
-    while (sqlite3_step(st) == SQLITE_ROW) {
+    if (!a)
+        return failf(h, -ENOMEM, "out of memory");
+    int rc = SQLITE_DONE, r = 0;
+    while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         json_t *o = json_object();
-        for (int c = 0; c < sqlite3_column_count(st); c++) {
-            const char *name = sqlite3_column_name(st, c);
-            json_t *v;
-            switch (sqlite3_column_type(st, c)) {
-            case SQLITE_INTEGER:
-                v = json_integer(sqlite3_column_int64(st, c));
-                break;
-            case SQLITE_FLOAT:
-                v = json_real(sqlite3_column_double(st, c));
-                break;
-            case SQLITE_NULL:
-                v = json_null();
-                break;
-            default: {
-                const char *text = (const char *)sqlite3_column_text(st, c);
-                v = (strcmp(name, "detail") == 0 || strcmp(name, "instr") == 0) ? json_loads(text, 0, NULL) : NULL;
-                if (!v)
-                    v = json_string(text);
-            }
-            }
-            json_object_set_new(o, name, v);
+        if (json_array_append_new(a, o) < 0) /* takes o, also on failure */
+            r = failf(h, -ENOMEM, "out of memory");
+        for (int c = 0; r == 0 && c < sqlite3_column_count(st); c++) {
+            json_t *v = NULL;
+            if ((r = column(h, st, c, &v)) == 0 && json_object_set_new(o, sqlite3_column_name(st, c), v) < 0)
+                r = failf(h, -ENOMEM, "out of memory");
         }
-        json_array_append_new(a, o);
     }
-    return a;
+    if (r == 0 && rc != SQLITE_DONE)
+        r = fail(h, rc);
+    if (r < 0) {
+        json_decref(a);
+        return r;
+    }
+    *ret = a;
+    return 0;
+}
+
+/* The rows of a query without arguments. */
+static int query_rows(History *h, const char *sql, json_t **ret)
+{
+    sqlite3_stmt *st;
+    int r = prep(h, sql, 0, NULL, &st);
+    if (r < 0)
+        return r;
+    r = rows(h, st, ret);
+    (void)sqlite3_finalize(st); /* repeats the last step's result, already taken */
+    return r;
 }
 
 int history_releases(History *h, json_t **ret)
 {
-    sqlite3_stmt *st =
-        prep(h, "SELECT vsn, name, state, unpacked_at, changed_at FROM releases ORDER BY unpacked_at, vsn", 0, NULL);
-    if (!st)
-        return -EIO;
-    *ret = rows(st);
-    sqlite3_finalize(st);
-    return 0;
+    return query_rows(h, "SELECT vsn, name, state, unpacked_at, changed_at FROM releases ORDER BY unpacked_at, vsn",
+                      ret);
 }
 
 int history_attempt_begin(History *h, const char *who, const char *kind, const char *from, const char *to,
                           int64_t *ret_id)
 {
-    char *at = now_iso();
+    if (!kind || !to)
+        return failf(h, -EINVAL, "an attempt needs a kind and a target release");
+    char at[32];
+    now_iso(at);
     const char *args[] = {at, who, kind, from, to};
     int r = run(h, "INSERT INTO attempts(started_at, who, kind, from_vsn, to_vsn) VALUES (?, ?, ?, ?, ?)", 5, args);
-    free(at);
     if (r == 0)
         *ret_id = sqlite3_last_insert_rowid(h->db);
+    return r;
+}
+
+static int attempt_exists(History *h, int64_t attempt)
+{
+    sqlite3_stmt *st;
+    int r = prep(h, "SELECT 1 FROM attempts WHERE id = ?", 0, NULL, &st);
+    if (r < 0)
+        return r;
+    if ((r = bind_int64(h, st, 1, attempt)) == 0) {
+        int rc = sqlite3_step(st);
+        r = rc == SQLITE_ROW    ? 0
+            : rc == SQLITE_DONE ? failf(h, -ENOENT, "attempt %lld is not known", (long long)attempt)
+                                : fail(h, rc);
+    }
+    (void)sqlite3_finalize(st); /* repeats the step's result, already taken */
+    return r;
+}
+
+static int attempt_instructions(History *h, int64_t attempt, const HistoryInstruction *v, size_t n)
+{
+    int r = attempt_exists(h, attempt);
+    if (r < 0)
+        return r;
+    sqlite3_stmt *st;
+    r = prep(h,
+             "INSERT OR REPLACE INTO instructions(attempt_id, idx, instr, outcome, duration_us, start_us) "
+             "VALUES (?, ?, ?, ?, ?, ?)",
+             0, NULL, &st);
+    if (r < 0)
+        return r;
+    for (size_t k = 0; r == 0 && k < n; k++) {
+        char *text = json_dumps(v[k].instr, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!text) {
+            r = failf(h, -ENOMEM, "cannot write instruction %d as JSON", v[k].idx);
+            break;
+        }
+        (void)sqlite3_reset(st); /* repeats the previous step's result, already taken */
+        if ((r = bind_int64(h, st, 1, attempt)) == 0 && (r = bind_int64(h, st, 2, v[k].idx)) == 0 &&
+            (r = bind_text(h, st, 3, text)) == 0 && (r = bind_text(h, st, 4, v[k].outcome)) == 0 &&
+            (r = bind_int64(h, st, 5, v[k].duration_us)) == 0 && (r = bind_int64(h, st, 6, v[k].start_us)) == 0)
+            r = step_done(h, st);
+        free(text);
+    }
+    (void)sqlite3_finalize(st); /* repeats the last step's result, already taken */
     return r;
 }
 
@@ -337,110 +639,117 @@ int history_attempt_instructions(History *h, int64_t attempt, const HistoryInstr
 {
     if (!n)
         return 0;
-    if (run(h, "BEGIN IMMEDIATE", 0, NULL) < 0)
-        return -EIO;
-    sqlite3_stmt *st =
-        prep(h,
-             "INSERT OR REPLACE INTO instructions(attempt_id, idx, instr, outcome, duration_us, start_us) "
-             "VALUES (?, ?, ?, ?, ?, ?)",
-             0, NULL);
-    int r = st ? 0 : -EIO;
-    for (size_t k = 0; r == 0 && k < n; k++) {
-        char *text = json_dumps(v[k].instr, JSON_COMPACT);
-        if (!text) {
-            r = -ENOMEM;
-            break;
-        }
-        sqlite3_reset(st);
-        sqlite3_bind_int64(st, 1, attempt);
-        sqlite3_bind_int(st, 2, v[k].idx);
-        sqlite3_bind_text(st, 3, text, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 4, v[k].outcome, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 5, v[k].duration_us);
-        sqlite3_bind_int64(st, 6, v[k].start_us);
-        r = sqlite3_step(st) == SQLITE_DONE ? 0 : -EIO;
-        free(text);
-    }
-    sqlite3_finalize(st);
-    if (run(h, r == 0 ? "COMMIT" : "ROLLBACK", 0, NULL) < 0 && r == 0)
-        r = -EIO;
-    return r;
+    if (!v)
+        return failf(h, -EINVAL, "no instructions");
+    for (size_t k = 0; k < n; k++)
+        if (!v[k].instr || !v[k].outcome)
+            return failf(h, -EINVAL, "instruction %d needs its instruction and its outcome", v[k].idx);
+    return IN_TRANSACTION(h, attempt_instructions(h, attempt, v, n));
 }
 
 int history_attempt_end(History *h, int64_t attempt, const char *result, const char *detail)
 {
-    char *at = now_iso();
-    sqlite3_stmt *st = prep(h,
-                            "UPDATE attempts SET finished_at = ?1, result = ?2, detail = ?3, "
-                            "duration_ms = (julianday(?1) - julianday(started_at)) * 86400000.0 WHERE id = ?4",
-                            0, NULL);
-    int r = -EIO;
-    if (st) {
-        sqlite3_bind_text(st, 1, at, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 2, result, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 3, detail, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 4, attempt);
-        r = sqlite3_step(st) == SQLITE_DONE ? (sqlite3_changes(h->db) ? 0 : -ENOENT) : -EIO;
+    if (!result)
+        return failf(h, -EINVAL, "an attempt ends with a result");
+    char at[32];
+    now_iso(at);
+    sqlite3_stmt *st;
+    int r = prep(h,
+                 "UPDATE attempts SET finished_at = ?1, result = ?2, detail = ?3, "
+                 "duration_ms = (julianday(?1) - julianday(started_at)) * 86400000.0 WHERE id = ?4",
+                 3, (const char *const[]){at, result, detail}, &st);
+    if (r < 0)
+        return r;
+    if ((r = bind_int64(h, st, 4, attempt)) == 0 && (r = step_done(h, st)) == 0 && sqlite3_changes(h->db) == 0)
+        r = failf(h, -ENOENT, "attempt %lld is not known", (long long)attempt);
+    (void)sqlite3_finalize(st); /* repeats the step's result, already taken */
+    return r;
+}
+
+static int list(History *h, int limit, json_t **ret)
+{
+    json_t *events = NULL, *attempts = NULL;
+    sqlite3_stmt *st = NULL;
+    int r = prep(h,
+                 "SELECT * FROM (SELECT id, at, kind, who, release, detail FROM events "
+                 "ORDER BY id DESC LIMIT ?) ORDER BY id",
+                 0, NULL, &st);
+    if (r == 0 && (r = bind_int64(h, st, 1, limit)) == 0)
+        r = rows(h, st, &events);
+    (void)sqlite3_finalize(st); /* NULL or its last step's result, already taken */
+    st = NULL;
+    if (r == 0)
+        r = prep(h,
+                 "SELECT * FROM (SELECT id, started_at, finished_at, who, kind, from_vsn, to_vsn, result, "
+                 "detail, duration_ms FROM attempts ORDER BY id DESC LIMIT ?) ORDER BY id",
+                 0, NULL, &st);
+    if (r == 0 && (r = bind_int64(h, st, 1, limit)) == 0)
+        r = rows(h, st, &attempts);
+    (void)sqlite3_finalize(st);
+    st = NULL;
+    if (r == 0)
+        r = prep(h,
+                 "SELECT idx, instr, outcome, start_us, duration_us FROM instructions WHERE attempt_id = ? "
+                 "ORDER BY idx",
+                 0, NULL, &st);
+    size_t i;
+    json_t *a;
+    json_array_foreach(attempts, i, a)
+    {
+        json_t *in = NULL;
+        if (r < 0)
+            break;
+        (void)sqlite3_reset(st); /* repeats the previous step's result, already taken */
+        if ((r = bind_int64(h, st, 1, json_integer_value(json_object_get(a, "id")))) == 0 &&
+            (r = rows(h, st, &in)) == 0 && json_object_set_new(a, "instructions", in) < 0)
+            r = failf(h, -ENOMEM, "out of memory");
     }
-    sqlite3_finalize(st);
-    free(at);
+    (void)sqlite3_finalize(st);
+    json_t *o = r == 0 ? json_pack("{s:O, s:O}", "events", events, "attempts", attempts) : NULL;
+    if (r == 0 && !o)
+        r = failf(h, -ENOMEM, "out of memory");
+    json_decref(events);
+    json_decref(attempts);
+    if (r == 0)
+        *ret = o;
     return r;
 }
 
 int history_list(History *h, int limit, json_t **ret)
 {
     if (limit <= 0)
-        return -EINVAL;
-    char n[32];
-    snprintf(n, sizeof(n), "%d", limit);
-    const char *args[] = {n};
-    sqlite3_stmt *ev = prep(h,
-                            "SELECT * FROM (SELECT id, at, kind, who, release, detail FROM events "
-                            "ORDER BY id DESC LIMIT ?) ORDER BY id",
-                            1, args);
-    sqlite3_stmt *at = prep(h,
-                            "SELECT * FROM (SELECT id, started_at, finished_at, who, kind, from_vsn, to_vsn, result, "
-                            "detail, duration_ms FROM attempts ORDER BY id DESC LIMIT ?) ORDER BY id",
-                            1, args);
-    if (!ev || !at) {
-        sqlite3_finalize(ev);
-        sqlite3_finalize(at);
-        return -EIO;
+        return failf(h, -EINVAL, "a list of %d entries", limit);
+    /* One read transaction: events, attempts and instructions of one
+     * moment. */
+    json_t *o = NULL;
+    int r = exec(h, "BEGIN");
+    if (r == 0)
+        r = end(h, list(h, limit, &o));
+    if (r < 0) {
+        json_decref(o);
+        return r;
     }
-    json_t *events = rows(ev), *attempts = rows(at);
-    sqlite3_finalize(ev);
-    sqlite3_finalize(at);
-    size_t i;
-    json_t *a;
-    json_array_foreach(attempts, i, a)
-    {
-        sqlite3_stmt *in =
-            prep(h,
-                 "SELECT idx, instr, outcome, start_us, duration_us FROM instructions WHERE attempt_id = ? "
-                 "ORDER BY idx",
-                 0, NULL);
-        if (!in)
-            continue;
-        sqlite3_bind_int64(in, 1, json_integer_value(json_object_get(a, "id")));
-        json_object_set_new(a, "instructions", rows(in));
-        sqlite3_finalize(in);
-    }
-    *ret = json_pack("{s:o, s:o}", "events", events, "attempts", attempts);
+    *ret = o;
     return 0;
 }
 
-int history_attempts_interrupted(History *h)
+static int attempts_interrupted(History *h)
 {
     /* Instructions written as running (before they ran) that never got
      * their outcome: reld died while doing them. */
-    if (run(h,
-            "UPDATE instructions SET outcome = 'interrupted' WHERE outcome = 'running' AND attempt_id IN "
-            "(SELECT id FROM attempts WHERE result IS NULL)",
-            0, NULL) < 0)
-        return -EIO;
     int r = run(h,
+                "UPDATE instructions SET outcome = 'interrupted' WHERE outcome = 'running' AND attempt_id IN "
+                "(SELECT id FROM attempts WHERE result IS NULL)",
+                0, NULL);
+    if (r == 0)
+        r = run(h,
                 "UPDATE attempts SET result = 'interrupted', detail = 'reld stopped during the attempt; it restarted "
                 "on the permanent release', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE result IS NULL",
                 0, NULL);
     return r < 0 ? r : sqlite3_changes(h->db);
+}
+
+int history_attempts_interrupted(History *h)
+{
+    return IN_TRANSACTION(h, attempts_interrupted(h));
 }

@@ -7,12 +7,33 @@
  * leaves the last committed transaction (a power loss may lose the last
  * few commits, never consistency). Every function that changes more than one
  * row does so in one transaction. The schema is versioned with
- * PRAGMA user_version and migrated forward on open (docs/history.md).
+ * PRAGMA user_version and migrated forward on open (docs/daemon.md).
  *
- * Errors: 0 or a negative errno (-EIO for an SQLite failure, -ENOENT for a
- * missing row, -EINVAL for a bad argument); with a message in *err where
- * the function takes one (caller frees). Not thread-safe: the daemon's
- * main thread owns the handle. */
+ * Errors: 0 (or a count where said) or a negative errno, the same for
+ * every function:
+ *   -EINVAL  a bad argument (NULL, an unknown state), or a constraint of the
+ *            schema other than uniqueness (CHECK, NOT NULL, foreign key,
+ *            a trigger's RAISE)
+ *   -ENOENT  a missing row (release, attempt)
+ *   -EEXIST  a uniqueness constraint: a version already known, a second
+ *            current or permanent release (unique index one_current)
+ *   -EBUSY   SQLITE_BUSY/LOCKED: another connection held the lock for
+ *            longer than the busy timeout (250 ms)
+ *   -ENOSPC  SQLITE_FULL: the disk is full
+ *   -EROFS   SQLITE_READONLY; history_open refuses a database SQLite can
+ *            only open read-only
+ *   -EIO     SQLITE_IOERR_*, and any other SQLite failure (SQLITE_ERROR, ...)
+ *   -EUCLEAN SQLITE_CORRUPT, SQLITE_NOTADB: the file is damaged or is not a
+ *            database ("structure needs cleaning")
+ *   -ENOMEM  out of memory (SQLite's or ours)
+ *   -EACCES, -ENOENT, ... from history_open: the system's error when the
+ *            file cannot be opened (SQLITE_CANTOPEN); -EPROTO: a schema newer
+ *            than this reld; -ENOTSUP: a PRAGMA did not take (WAL impossible)
+ *   -EILSEQ  history_releases, history_list: stored text that is not UTF-8
+ * A function that changes rows does so in one transaction: on any error,
+ * a failed COMMIT included, it is rolled back and nothing of it remains.
+ * history_last_error says why the last failing call failed. Not
+ * thread-safe: the daemon's main thread owns the handle. */
 #include <jansson.h>
 #include <stdint.h>
 
@@ -24,30 +45,43 @@ typedef struct History History;
 #define RELEASE_PERMANENT "permanent"
 #define RELEASE_OLD       "old"
 
+/* Opens (creating it if needed) and migrates the database; *err (caller
+ * frees) says why not, "PATH: reason". */
 int history_open(const char *path, History **ret, char **err);
 History *history_close(History *h);
+/* PRAGMA user_version, or -errno. */
 int history_schema_version(History *h);
+/* One line: why the last call on h that failed did (SQLite's message or
+ * ours, e.g. "release 9 is not known"); "" if none has. Valid until the
+ * next call on h. */
+const char *history_last_error(History *h);
 
 /* Adds a release in state unpacked, with an "unpacked" event. -EEXIST if
- * the version is known. */
+ * the version is known, -EINVAL without a version or name. */
 int history_release_add(History *h, const char *vsn, const char *name, const char *who);
-/* Sets a release's state, recording the change as an event. */
+/* Sets a release's state, with a "state" event {from, to}, in one
+ * transaction. -ENOENT for an unknown release, -EINVAL for a state not one
+ * of the four, -EEXIST when another release is current (permanent) and
+ * state is current (permanent). */
 int history_release_set_state(History *h, const char *vsn, const char *state, const char *who);
 /* A release's state in *ret (caller frees); -ENOENT when unknown. */
 int history_release_state(History *h, const char *vsn, char **ret);
-/* The version in state `state` (current/permanent), or -ENOENT. */
+/* The version in state `state` (current or permanent: -EINVAL for the
+ * others, which several releases may share) in *ret_vsn (caller frees),
+ * or -ENOENT. */
 int history_release_in_state(History *h, const char *state, char **ret_vsn);
-/* Removes a release, with a "removed" event. */
+/* Removes a release, with a "removed" event; -ENOENT when unknown. */
 int history_release_remove(History *h, const char *vsn, const char *who);
 /* [{vsn, name, state, unpacked_at, changed_at}], oldest first. */
 int history_releases(History *h, json_t **ret);
 
 /* An event that belongs to no attempt: kind is a word ("unpacked",
  * "state", "removed", "process_start", "process_exit", "restart_limit",
- * "boot", ...); release and detail may be NULL. */
+ * "boot", ...; -EINVAL when NULL); who, release and detail may be NULL. */
 int history_event(History *h, const char *kind, const char *who, const char *release, json_t *detail);
 
-/* Attempts: begin, one row per instruction, end. */
+/* Attempts: begin, one row per instruction, end. kind and to must not be
+ * NULL (-EINVAL). */
 int history_attempt_begin(History *h, const char *who, const char *kind, const char *from, const char *to,
                           int64_t *ret_id);
 /* One instruction's row. outcome: "running" (written before it runs),
@@ -60,15 +94,19 @@ typedef struct HistoryInstruction {
     const char *outcome;
     int64_t start_us, duration_us;
 } HistoryInstruction;
-/* Writes or rewrites (same attempt and idx) the rows, in one transaction. */
+/* Writes or rewrites (same attempt and idx) the rows, in one transaction:
+ * all or none. -ENOENT for an unknown attempt, -EINVAL for a NULL instr or
+ * outcome. */
 int history_attempt_instructions(History *h, int64_t attempt, const HistoryInstruction *v, size_t n);
+/* result must not be NULL (-EINVAL); -ENOENT for an unknown attempt. */
 int history_attempt_end(History *h, int64_t attempt, const char *result, const char *detail);
 
 /* Closes every attempt left without a result (reld died during it) as
- * "interrupted", and its instructions left "running"; returns how many
- * attempts, or -errno. */
+ * "interrupted", and its instructions left "running", in one transaction;
+ * returns how many attempts, or -errno. */
 int history_attempts_interrupted(History *h);
 
 /* The newest events and attempts (with their instructions), newest last:
- * {"events": [...], "attempts": [{..., "instructions": [...]}]}. */
+ * {"events": [...], "attempts": [{..., "instructions": [...]}]}, read in
+ * one transaction; -EINVAL when limit <= 0. */
 int history_list(History *h, int limit, json_t **ret);
