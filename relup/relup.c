@@ -679,7 +679,7 @@ static int translate(Ctx *c, RelupScript *out)
             scc_members[s] = xmalloc((scc_size[s] + 1) * sizeof(size_t));
         bool *done = xcalloc(g.n + 1, sizeof(bool));
         size_t *ordered = xmalloc((g.n + 1) * sizeof(size_t));
-        const AppupInstr **group = xmalloc((g.n + 1) * sizeof(*group));
+        const AppupInstr **group = xmalloc((g.n + 1) * sizeof(const AppupInstr *));
 
         size_t v = 0; /* vertices are numbered in work order */
         for (size_t w = 0; w < c->n_work; w++) {

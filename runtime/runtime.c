@@ -239,7 +239,7 @@ static RelModule *module_add(RelRuntime *rt, const char *name)
         m->removed = false;
         return m;
     }
-    RelModule **mods = realloc(rt->mods, (rt->n_mods + 1) * sizeof(*mods));
+    RelModule **mods = realloc(rt->mods, (rt->n_mods + 1) * sizeof(RelModule *));
     m = calloc(1, sizeof(*m));
     char *n = strdup(name);
     if (!mods || !m || !n) {

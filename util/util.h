@@ -29,7 +29,9 @@ char *xvasprintf(const char *fmt, va_list ap) UTIL_PRINTF(1, 0);
 /* Grows *v (of element size elem) so that it holds at least need elements;
  * *cap is the capacity in elements. */
 void grow_array(void **v, size_t *cap, size_t need, size_t elem);
-#define GROW(v, cap, need) grow_array((void **)&(v), &(cap), (need), sizeof(*(v)))
+/* sizeof of the type, not of *(v): clang-tidy 14's bugprone-sizeof-expression
+ * takes sizeof(*v) for a mistake when v is an array of pointers. */
+#define GROW(v, cap, need) grow_array((void **)&(v), &(cap), (need), sizeof(__typeof__(*(v))))
 
 static inline void freep(void *p)
 {

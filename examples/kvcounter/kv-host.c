@@ -276,7 +276,7 @@ int main(int argc, char **argv)
             for (int fd; (fd = accept4(listeners[i], NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0;) {
                 int one = 1;
                 setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-                Client **grown = realloc(clients, (n_clients + 1) * sizeof(*clients));
+                Client **grown = realloc(clients, (n_clients + 1) * sizeof(Client *));
                 Client *c = calloc(1, sizeof(*c));
                 if (!grown || !c) {
                     close(fd);
