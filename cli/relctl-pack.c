@@ -60,7 +60,7 @@ static int pack_add(struct archive *a, const char *path, const char *rel)
     struct dirent **names;
     int n = scandir(path, &names, NULL, alphasort);
     for (int i = 0; i < n; i++) {
-        if (r == 0 && strcmp(names[i]->d_name, ".") && strcmp(names[i]->d_name, "..")) {
+        if (r == 0 && strcmp(names[i]->d_name, ".") != 0 && strcmp(names[i]->d_name, "..") != 0) {
             char *p = xasprintf("%s/%s", path, names[i]->d_name), *q = xasprintf("%s/%s", rel, names[i]->d_name);
             r = pack_add(a, p, q);
             free(p);

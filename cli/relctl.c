@@ -52,6 +52,7 @@ static const char *socket_path(void)
  * Returns 0 and the reply; -errno when reld cannot be reached. */
 static int call(json_t *req, int fd, json_t **ret)
 {
+    *ret = NULL;
     const char *path = socket_path();
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof(a.sun_path))
@@ -91,7 +92,6 @@ static int call(json_t *req, int fd, json_t **ret)
      * stderr as they come, so a long upgrade shows where it is. */
     char *buf = NULL;
     size_t blen = 0, cap = 0;
-    *ret = NULL;
     while (!*ret) {
         char *nl = buf ? memchr(buf, '\n', blen) : NULL;
         if (nl) {
@@ -414,7 +414,7 @@ static int cmd_history(int argc, char **argv)
         printf("%s  %-14s %-8s %s  by %s\n", json_string_value(json_object_get(e, "at")),
                json_string_value(json_object_get(e, "kind")),
                json_is_string(json_object_get(e, "release")) ? json_string_value(json_object_get(e, "release")) : "-",
-               detail && strcmp(detail, "null") ? detail : "", json_string_value(json_object_get(e, "who")));
+               detail && strcmp(detail, "null") != 0 ? detail : "", json_string_value(json_object_get(e, "who")));
         free(detail);
     }
     json_array_foreach(json_object_get(rep, "attempts"), i, e)
