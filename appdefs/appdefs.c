@@ -580,12 +580,17 @@ static void check_dep_mods(const AppDef *a, const Appup *appup, const StrMap *kn
 int appdefs_validate_release(const ReleaseDef *rel, Diag *diag)
 {
     size_t before = diag_n_errors(diag);
+    bool missing = false;
     StrMap module_owner = {0};
     for (size_t i = 0; i < rel->n_apps; i++) {
         const ReleaseAppRef *ref = &rel->apps[i];
         const AppDef *a = ref->app;
-        if (!a)
+        if (!a) {
+            diag_error(diag, "application %s %s of release %s %s has no definition", ref->name, ref->vsn, rel->name,
+                       rel->vsn);
+            missing = true;
             continue;
+        }
         if (strcmp(a->name, ref->name) != 0 || strcmp(a->vsn, ref->vsn) != 0)
             diag_error_at(diag, a->file, 1, 1, "defines %s %s but the release wants %s %s", a->name, a->vsn, ref->name,
                           ref->vsn);
@@ -607,7 +612,7 @@ int appdefs_validate_release(const ReleaseDef *rel, Diag *diag)
         }
     }
     strmap_clear(&module_owner);
-    if (diag_n_errors(diag) > before)
+    if (missing || diag_n_errors(diag) > before)
         return -EINVAL; /* the graph below needs every app present */
 
     int *color = xcalloc(rel->n_apps + 1, sizeof(int));

@@ -129,10 +129,11 @@ int appdefs_parse_app(const char *file, const char *buf, size_t len, AppDef **re
 int appdefs_parse_release(const char *file, const char *buf, size_t len, ReleaseDef **ret, Diag *diag);
 
 /* Checks what needs the whole release, once every ReleaseAppRef has its
- * AppDef: each app's name/vsn matches the reference, dependencies are in
- * the release, no dependency cycle (the cycle is named), no module in two
- * applications, dep_mods name a module of the release or one an appup
- * instruction of the release names. Returns 0 or -EINVAL. */
+ * AppDef (one without is an error): each app's name/vsn matches the
+ * reference, dependencies are in the release, no dependency cycle (the
+ * cycle is named), no module in two applications, dep_mods name a module of
+ * the release or one an appup instruction of the release names. Returns 0
+ * or -EINVAL. */
 int appdefs_validate_release(const ReleaseDef *rel, Diag *diag);
 
 /* Indices into rel->apps in dependency order: every application after the
