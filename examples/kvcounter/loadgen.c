@@ -169,7 +169,7 @@ int main(int argc, char **argv)
     size_t n_conns = 8;
     double rate = 2000, duration = 5;
     bool json = false;
-    char prefix_buf[32];
+    static char prefix_buf[32]; /* static: the global prefix points into it */
     snprintf(prefix_buf, sizeof(prefix_buf), "run%d", (int)getpid());
     prefix = prefix_buf;
     for (int i = 1; i < argc; i++) {
@@ -284,7 +284,8 @@ int main(int argc, char **argv)
     }
     double secs = (double)(now_ns() - start) / 1e9;
     unsigned long long bad_final = verify(conns, n_conns);
-    qsort(s.lat_ns, s.n_lat, sizeof(*s.lat_ns), cmp_ll);
+    if (s.n_lat) /* lat_ns is NULL when nothing came back */
+        qsort(s.lat_ns, s.n_lat, sizeof(*s.lat_ns), cmp_ll);
     double p50 = pct(&s, 0.5), p99 = pct(&s, 0.99), p999 = pct(&s, 0.999), max = pct(&s, 1.0);
     if (json)
         printf("{\"sent\":%llu,\"ok\":%llu,\"failed\":%llu,\"wrong\":%llu,\"refused\":%llu,\"final_mismatches\":%llu,"
