@@ -189,11 +189,9 @@ static void check_inside(int appfd, DirListing **dirs, size_t *n_dirs, const cha
     free(dir);
     size_t i;
     int r;
-    if (l->error == -ENOENT)
-        r = -ENOENT;
-    else if (!l->error && strmap_get(&l->index, base, &i) && l->regular[i])
+    if (!l->error && strmap_get(&l->index, base, &i) && l->regular[i])
         r = 0;
-    else if (!l->error && !strmap_get(&l->index, base, NULL))
+    else if (l->error == -ENOENT || (!l->error && !strmap_get(&l->index, base, NULL)))
         r = -ENOENT;
     else
         r = check_one(appfd, rel); /* a symlink, or a directory we could not list */
