@@ -315,10 +315,7 @@ static void rel_teardown(void)
     rel = release_def_free(rel);
 }
 
-static int make_release(const char *rel_yaml, const char *const *apps)
-{
-    return test_release(rel_yaml, apps, &rel, &d);
-}
+#define make_release(rel_yaml, apps) test_release((rel_yaml), (apps), &rel, &d)
 
 START_TEST(release_good)
 {

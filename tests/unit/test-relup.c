@@ -34,14 +34,17 @@ static const char *diag_text(void)
     return test_diag_text(&d);
 }
 
-/* Relup from release 1 to 2. */
-static int compute(const char *rel1, const char *const *apps1, const char *rel2, const char *const *apps2,
-                   const RelupOptions *opts)
+/* Relup from release 1 to 2; apps1 and apps2 are arrays. */
+static int compute_n(const char *rel1, const char *const *apps1, size_t n1, const char *rel2, const char *const *apps2,
+                     size_t n2, const RelupOptions *opts)
 {
-    ck_assert_msg(test_release(rel1, apps1, &r1, &d) == 0, "release 1: %s", diag_text());
-    ck_assert_msg(test_release(rel2, apps2, &r2, &d) == 0, "release 2: %s", diag_text());
+    ck_assert_msg(test_release_n(rel1, apps1, n1, &r1, &d) == 0, "release 1: %s", diag_text());
+    ck_assert_msg(test_release_n(rel2, apps2, n2, &r2, &d) == 0, "release 2: %s", diag_text());
     return relup_compute(r1, r2, opts, &r, &d);
 }
+#define compute(rel1, apps1, rel2, apps2, opts)                                                                        \
+    compute_n((rel1), (apps1), sizeof(apps1) / sizeof(*(apps1)), (rel2), (apps2), sizeof(apps2) / sizeof(*(apps2)),    \
+              (opts))
 
 /* A script as one instruction per line, as relctl prints it. */
 static char *text(const RelupScript *s)

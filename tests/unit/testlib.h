@@ -1,19 +1,25 @@
 #pragma once
 /* Helpers for the unit suites: releases built from YAML text in memory. */
 #include <check.h>
+#include <errno.h>
 #include <stdbool.h>
 #include <string.h>
 
 #include "appdefs.h"
 
-/* Parses rel_yaml and one app.yaml body per application it names (in
- * order), then validates the release. Returns 0 and *ret, or -EINVAL with
- * the reasons in d. */
-static inline int test_release(const char *rel_yaml, const char *const *apps, ReleaseDef **ret, Diag *d)
+/* Parses rel_yaml and the n_apps app.yaml bodies of apps, one per
+ * application it names (in order), then validates the release. Returns 0
+ * and *ret, or -EINVAL with the reasons in d. */
+static inline int test_release_n(const char *rel_yaml, const char *const *apps, size_t n_apps, ReleaseDef **ret,
+                                 Diag *d)
 {
     ReleaseDef *rel = NULL;
     int r = appdefs_parse_release("release.yaml", rel_yaml, strlen(rel_yaml), &rel, d);
-    for (size_t i = 0; r == 0 && i < rel->n_apps; i++) {
+    if (r == 0 && rel->n_apps != n_apps) {
+        diag_error(d, "test: the release names %zu applications, %zu app.yaml given", rel->n_apps, n_apps);
+        r = -EINVAL;
+    }
+    for (size_t i = 0; r == 0 && i < n_apps; i++) {
         char *file = xasprintf("lib/%s-%s/app.yaml", rel->apps[i].name, rel->apps[i].vsn);
         r = appdefs_parse_app(file, apps[i], strlen(apps[i]), &rel->apps[i].app, d);
         free(file);
@@ -27,6 +33,9 @@ static inline int test_release(const char *rel_yaml, const char *const *apps, Re
     *ret = rel;
     return 0;
 }
+/* apps is an array (-Wsizeof-pointer-div says when it is not). */
+#define test_release(rel_yaml, apps, ret, d)                                                                           \
+    test_release_n((rel_yaml), (apps), sizeof(apps) / sizeof(*(apps)), (ret), (d))
 
 /* Does d hold an error that starts with want (prefix) or contains it? */
 static inline bool test_diag_has(const Diag *d, const char *want, bool prefix)
