@@ -295,7 +295,7 @@ char *relup_instr_format(const RelupInstr *i)
         free(mods);
         mods = n;
     }
-    char *line;
+    char *line = NULL;
     switch (i->op) {
     case RELUP_LOAD_OBJECT_CODE:
         line = xasprintf("load_object_code %s %s: %s", i->app, i->vsn, mods);
@@ -316,8 +316,14 @@ char *relup_instr_format(const RelupInstr *i)
     case RELUP_POINT_OF_NO_RETURN:
         line = xstrdup("point_of_no_return");
         break;
-    default:
+    case RELUP_SUSPEND:
+    case RELUP_RESUME:
+    case RELUP_PURGE:
+    case RELUP_STOP:
+    case RELUP_START:
+    case RELUP_N_OPS:
         line = i->n_mods ? xasprintf("%s %s", relup_op_name(i->op), mods) : xstrdup(relup_op_name(i->op));
+        break;
     }
     free(mods);
     return line;

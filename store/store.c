@@ -66,9 +66,49 @@ int store_read_file(const char *path, char **ret_buf, size_t *ret_len)
     return 0;
 }
 
+char *store_path_release_dir(const char *root, const char *vsn)
+{
+    return xasprintf("%s/releases/%s", root, vsn);
+}
+
+char *store_path_release_file(const char *root, const char *vsn)
+{
+    return xasprintf("%s/releases/%s/release.yaml", root, vsn);
+}
+
+char *store_path_relup_file(const char *root, const char *vsn)
+{
+    return xasprintf("%s/releases/%s/relup.yaml", root, vsn);
+}
+
+char *store_path_app_dir(const char *root, const char *app, const char *vsn)
+{
+    return xasprintf("%s/lib/%s-%s", root, app, vsn);
+}
+
+char *store_path_in_app(const char *root, const char *app, const char *vsn, const char *rel)
+{
+    return rel[0] == '/' ? xstrdup(rel) : xasprintf("%s/lib/%s-%s/%s", root, app, vsn, rel);
+}
+
+char *store_path_db(const char *root)
+{
+    return xasprintf("%s/reld.db", root);
+}
+
+char *store_path_lock(const char *root)
+{
+    return xasprintf("%s/reld.lock", root);
+}
+
+char *store_path_tmp(const char *root)
+{
+    return xasprintf("%s/tmp", root);
+}
+
 static char *app_dir(const char *root, const char *name, const char *vsn)
 {
-    return xasprintf("%s/lib/%s-%s", root, name, vsn);
+    return store_path_app_dir(root, name, vsn);
 }
 
 /* Opens rel beneath the directory dirfd: the kernel refuses any path that
@@ -241,7 +281,7 @@ int store_load_release(const char *root, const char *vsn, ReleaseDef **ret, Diag
         diag_error(diag, "bad release version '%s'", vsn);
         return -EINVAL;
     }
-    char *path = xasprintf("%s/releases/%s/release.yaml", root, vsn);
+    char *path = store_path_release_file(root, vsn);
     char *shown = xasprintf("releases/%s/release.yaml", vsn);
     char *buf = NULL;
     size_t len = 0;
@@ -278,8 +318,8 @@ int store_module_changed(void *root, const AppDef *old_app, const AppDef *new_ap
     const ModuleDef *om = appdefs_app_find_module(old_app, module), *nm = appdefs_app_find_module(new_app, module);
     if (!om || !nm)
         return 1;
-    char *op = xasprintf("%s/lib/%s-%s/%s", (const char *)root, old_app->name, old_app->vsn, om->file);
-    char *np = xasprintf("%s/lib/%s-%s/%s", (const char *)root, new_app->name, new_app->vsn, nm->file);
+    char *op = store_path_in_app(root, old_app->name, old_app->vsn, om->file);
+    char *np = store_path_in_app(root, new_app->name, new_app->vsn, nm->file);
     int r = 0;
     FILE *a = fopen(op, "rbe"), *b = fopen(np, "rbe");
     if (!a || !b) {
@@ -359,7 +399,7 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
         release_def_free(b);
         return r < 0 ? r : r2;
     }
-    char *path = xasprintf("%s/releases/%s/relup.yaml", root, to);
+    char *path = store_path_relup_file(root, to);
     char *shown = xasprintf("releases/%s/relup.yaml", to);
     char *buf = NULL;
     size_t len = 0;
@@ -394,7 +434,7 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
 
 int store_write_relup(const char *root, const Relup *r, Diag *diag)
 {
-    char *path = xasprintf("%s/releases/%s/relup.yaml", root, r->to);
+    char *path = store_path_relup_file(root, r->to);
     char *tmp = xasprintf("%s.tmp.%ld", path, (long)getpid());
     json_t *j = relup_to_json(r);
     char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);

@@ -18,6 +18,18 @@
 #include "appdefs.h"
 #include "relup.h"
 
+/* The layout of a root, in one place: every path reld and relctl use
+ * inside a root comes from these (caller frees). */
+char *store_path_release_dir(const char *root, const char *vsn);              /* ROOT/releases/<vsn> */
+char *store_path_release_file(const char *root, const char *vsn);             /* ROOT/releases/<vsn>/release.yaml */
+char *store_path_relup_file(const char *root, const char *vsn);               /* ROOT/releases/<vsn>/relup.yaml */
+char *store_path_app_dir(const char *root, const char *app, const char *vsn); /* ROOT/lib/<app>-<vsn> */
+/* ROOT/lib/<app>-<vsn>/<rel>, or rel itself when it is absolute. */
+char *store_path_in_app(const char *root, const char *app, const char *vsn, const char *rel);
+char *store_path_db(const char *root);   /* ROOT/reld.db */
+char *store_path_lock(const char *root); /* ROOT/reld.lock */
+char *store_path_tmp(const char *root);  /* ROOT/tmp: staging, removals; emptied at reld's start */
+
 /* Reads a whole file (at most 64 MiB) into a new NUL-terminated buffer. */
 int store_read_file(const char *path, char **ret_buf, size_t *ret_len);
 

@@ -302,7 +302,7 @@ static int install_staged(const char *root, const char *staging, char **ret_vsn,
         if (!used)
             diag_error(diag, "lib/%s: not an application of release %s", libs.v[i], vsn);
     }
-    char *dest = xasprintf("%s/releases/%s", root, vsn);
+    char *dest = store_path_release_dir(root, vsn);
     struct stat st;
     if (stat(dest, &st) == 0)
         diag_error(diag, "release %s is already present", vsn);
@@ -363,7 +363,7 @@ done:
 
 int store_unpack(const char *root, int fd, uint64_t limit, char **ret_vsn, char **ret_name, Diag *diag)
 {
-    char *tmp = xasprintf("%s/tmp", root);
+    char *tmp = store_path_tmp(root);
     mkdir(tmp, 0700);
     char *staging = xasprintf("%s/unpack-XXXXXX", tmp);
     free(tmp);

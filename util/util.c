@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 
 static void oom(void)
 {
@@ -246,4 +247,11 @@ void strmap_clear(StrMap *m)
     free(m->keys);
     free(m->vals);
     *m = (StrMap){0};
+}
+
+long long mono_us(void)
+{
+    struct timespec ts;
+    (void)clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail for CLOCK_MONOTONIC */
+    return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
 }

@@ -104,3 +104,10 @@ typedef struct StrMap {
 void strmap_put(StrMap *m, const char *key, size_t val); /* replaces */
 bool strmap_get(const StrMap *m, const char *key, size_t *val);
 void strmap_clear(StrMap *m);
+
+/* CLOCK_MONOTONIC in microseconds, for timeouts and durations. */
+long long mono_us(void);
+static inline long long mono_ms(void)
+{
+    return mono_us() / 1000;
+}

@@ -87,9 +87,10 @@ const char *yaml_kind(const yaml_node_t *n)
         return "a list";
     case YAML_MAPPING_NODE:
         return "a mapping";
-    default:
-        return "empty";
+    case YAML_NO_NODE:
+        break;
     }
+    return "empty";
 }
 
 const char *yaml_scalar(const yaml_node_t *n)
@@ -283,7 +284,8 @@ json_t *yaml_to_json(YamlCtx *c, yaml_node_t *n)
         }
         return o;
     }
-    default:
-        return json_null();
+    case YAML_NO_NODE:
+        break;
     }
+    return json_null();
 }

@@ -1,0 +1,150 @@
+/* The control protocol's commands (commands.h). */
+#include "commands.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+typedef struct Command {
+    const char *name;
+    CommandAccess access;
+    void (*run)(Client *c, json_t *req, Manager *m);
+} Command;
+
+/* ---- outcomes of the manager's operations --------------------------------- */
+
+static void on_progress(void *userdata, json_t *line)
+{
+    client_send(userdata, json_incref(line));
+}
+
+static void on_done(void *userdata, int r, json_t *reply, const Diag *diag)
+{
+    Client *c = userdata;
+    if (r < 0)
+        client_reply_diag(c, diag, strerror(-r));
+    else
+        client_reply_ok(c, json_deep_copy(reply));
+}
+
+static ManagerCaller caller(Client *c)
+{
+    return (ManagerCaller){.progress = on_progress, .done = on_done, .userdata = c};
+}
+
+static const char *vsn_of(json_t *req)
+{
+    return json_string_value(json_object_get(req, "vsn"));
+}
+
+/* A read: the reply or its reason. */
+static void answer(Client *c, json_t *reply, Diag *diag)
+{
+    if (reply)
+        client_reply_ok(c, reply);
+    else
+        client_reply_diag(c, diag, "cannot read reld's state");
+    diag_clear(diag);
+}
+
+/* ---- the commands ------------------------------------------------------------ */
+
+static void cmd_unpack(Client *c, json_t *req, Manager *m)
+{
+    if (client_n_fds(c) != 1)
+        return client_reply_error(c, "unpack needs the tarball's file descriptor passed with the request");
+    ManagerCaller mc = caller(c);
+    manager_unpack(m, client_take_fd(c), client_who(c), &mc);
+}
+
+static void cmd_install(Client *c, json_t *req, Manager *m)
+{
+    ManagerCaller mc = caller(c);
+    manager_install(m, vsn_of(req), NULL, client_who(c), &mc);
+}
+
+static void cmd_upgrade(Client *c, json_t *req, Manager *m)
+{
+    ManagerCaller mc = caller(c);
+    manager_install(m, vsn_of(req), "upgrade", client_who(c), &mc);
+}
+
+static void cmd_downgrade(Client *c, json_t *req, Manager *m)
+{
+    ManagerCaller mc = caller(c);
+    manager_install(m, vsn_of(req), "downgrade", client_who(c), &mc);
+}
+
+static void cmd_remove(Client *c, json_t *req, Manager *m)
+{
+    ManagerCaller mc = caller(c);
+    manager_remove(m, vsn_of(req), client_who(c), &mc);
+}
+
+static void cmd_make_permanent(Client *c, json_t *req, Manager *m)
+{
+    ManagerCaller mc = caller(c);
+    manager_make_permanent(m, vsn_of(req), client_who(c), &mc);
+}
+
+static void cmd_relup(Client *c, json_t *req, Manager *m)
+{
+    ManagerCaller mc = caller(c);
+    manager_relup(m, json_string_value(json_object_get(req, "from")), json_string_value(json_object_get(req, "to")),
+                  client_who(c), &mc);
+}
+
+static void cmd_releases(Client *c, json_t *req, Manager *m)
+{
+    Diag d = {0};
+    answer(c, manager_releases(m, &d), &d);
+}
+
+static void cmd_history(Client *c, json_t *req, Manager *m)
+{
+    json_int_t limit = json_integer_value(json_object_get(req, "limit"));
+    Diag d = {0};
+    answer(c, manager_history(m, limit > 0 && limit < 1000000 ? (int)limit : 50, &d), &d);
+}
+
+static void cmd_status(Client *c, json_t *req, Manager *m)
+{
+    Diag d = {0};
+    answer(c, manager_status(m, &d), &d);
+}
+
+static const Command commands[] = {
+    {"unpack", ACCESS_WRITE, cmd_unpack},    {"install", ACCESS_WRITE, cmd_install},
+    {"upgrade", ACCESS_WRITE, cmd_upgrade},  {"downgrade", ACCESS_WRITE, cmd_downgrade},
+    {"remove", ACCESS_WRITE, cmd_remove},    {"make-permanent", ACCESS_WRITE, cmd_make_permanent},
+    {"releases", ACCESS_READ, cmd_releases}, {"history", ACCESS_READ, cmd_history},
+    {"status", ACCESS_READ, cmd_status},     {"relup", ACCESS_READ, cmd_relup},
+};
+
+void commands_handle(Client *c, json_t *req, Manager *m)
+{
+    const char *name = json_string_value(json_object_get(req, "cmd"));
+    if (!name)
+        return client_reply_error(c, "bad request: no cmd");
+    const Command *cmd = NULL;
+    for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]) && !cmd; k++)
+        if (strcmp(commands[k].name, name) == 0)
+            cmd = &commands[k];
+    if (!cmd)
+        return client_reply_error(c, "unknown command '%.64s'", name);
+    bool write = cmd->access == ACCESS_WRITE;
+    if (write ? !client_may_write(c) : !client_may_read(c)) {
+        log_notice("refused %s for %s", cmd->name, client_who(c));
+        return client_reply_error(c,
+                                  "permission denied: %s may not %s (see writer_group/reader_group in reld's config)",
+                                  client_who(c), write ? "change releases" : "read reld's state");
+    }
+    cmd->run(c, req, m);
+}
+
+void commands_forget(Client *c, Manager *m)
+{
+    manager_forget_caller(m, c);
+}

@@ -1,0 +1,120 @@
+/* reld's configuration file (config.h). */
+#include "config.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "store.h"
+#include "util.h"
+#include "yamlutil.h"
+
+void config_init(DaemonConfig *c)
+{
+    *c = (DaemonConfig){.root = xstrdup(CONFIG_DEFAULT_ROOT),
+                        .socket_path = xstrdup(CONFIG_DEFAULT_SOCKET),
+                        .max_unpacked = CONFIG_DEFAULT_MAX_UNPACKED};
+}
+
+void config_copy(DaemonConfig *dst, const DaemonConfig *src)
+{
+    *dst = (DaemonConfig){.root = xstrdup(src->root),
+                          .socket_path = xstrdup(src->socket_path),
+                          .writer_group = xstrdup(src->writer_group),
+                          .reader_group = xstrdup(src->reader_group),
+                          .readers_all = src->readers_all,
+                          .max_unpacked = src->max_unpacked};
+}
+
+void config_clear(DaemonConfig *c)
+{
+    free(c->root);
+    free(c->socket_path);
+    free(c->writer_group);
+    free(c->reader_group);
+    *c = (DaemonConfig){0};
+}
+
+/* Only blank lines, comments and document markers: libyaml sees no
+ * document at all, and the shipped file (every key commented) is that. */
+static bool no_content(const char *buf, size_t len)
+{
+    for (size_t i = 0; i < len;) {
+        while (i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\r'))
+            i++;
+        size_t eol = i;
+        while (eol < len && buf[eol] != '\n')
+            eol++;
+        bool blank = i == eol || buf[i] == '#' ||
+                     (eol - i >= 3 && (strncmp(buf + i, "---", 3) == 0 || strncmp(buf + i, "...", 3) == 0));
+        if (!blank)
+            return false;
+        i = eol + 1;
+    }
+    return true;
+}
+
+static void set_string(char **field, char *value)
+{
+    free(*field);
+    *field = value;
+}
+
+int config_load(DaemonConfig *c, const char *path, char **ret_err)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    int r = store_read_file(path, &buf, &len);
+    if (r < 0) {
+        *ret_err = xasprintf("%s: %s", path, strerror(-r));
+        return r;
+    }
+    if (no_content(buf, len)) {
+        free(buf);
+        return 0;
+    }
+    static const char *const keys[] = {
+        "root", "socket", "writer_group", "reader_group", "readers", "max_unpacked_bytes", NULL};
+    DaemonConfig n;
+    config_copy(&n, c);
+    Diag d = {0};
+    YamlCtx y;
+    yaml_node_t *root = yaml_ctx_load(&y, path, buf, len, &d);
+    if (root && root->type != YAML_MAPPING_NODE) {
+        yaml_error(&y, root, "the config must be a mapping");
+    } else if (root) {
+        yaml_map_check_keys(&y, root, keys, "config");
+        char *s = NULL;
+        if (yaml_get_string(&y, root, "root", false, &s) && s)
+            set_string(&n.root, TAKE_PTR(s));
+        if (yaml_get_string(&y, root, "socket", false, &s) && s)
+            set_string(&n.socket_path, TAKE_PTR(s));
+        if (yaml_get_string(&y, root, "writer_group", false, &s) && s)
+            set_string(&n.writer_group, TAKE_PTR(s));
+        if (yaml_get_string(&y, root, "reader_group", false, &s) && s)
+            set_string(&n.reader_group, TAKE_PTR(s));
+        if (yaml_get_string(&y, root, "readers", false, &s) && s) {
+            if (strcmp(s, "all") == 0)
+                n.readers_all = true;
+            else if (strcmp(s, "writers") == 0)
+                n.readers_all = false;
+            else
+                yaml_error(&y, yaml_map_get(&y, root, "readers"), "readers must be all or writers");
+            free(s);
+        }
+        long max = 0;
+        if (yaml_get_long(&y, root, "max_unpacked_bytes", 1, 1L << 50, &max) && max)
+            n.max_unpacked = (uint64_t)max;
+    }
+    yaml_ctx_done(&y);
+    free(buf);
+    if (d.errors.n) {
+        *ret_err = xstrdup(d.errors.v[0]);
+        diag_clear(&d);
+        config_clear(&n);
+        return -EINVAL;
+    }
+    diag_clear(&d);
+    config_clear(c);
+    *c = n;
+    return 0;
+}

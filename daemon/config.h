@@ -1,0 +1,32 @@
+#pragma once
+/* config: reld's configuration file (YAML, docs/daemon.md). An empty file,
+ * or one of comments only (as shipped in packaging/reld.yaml), means every
+ * default. Unknown keys and wrong values are errors, "file:line:col: what".
+ *
+ * Ownership: a DaemonConfig owns its strings; config_clear() frees them
+ * and config_copy() duplicates them.
+ *
+ * Errors: 0, or -EINVAL (a wrong file) / -errno (unreadable) with one line
+ * in *ret_err (caller frees). The config is untouched on failure. */
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct DaemonConfig {
+    char *root;            /* default /var/lib/reld */
+    char *socket_path;     /* default /run/reld/reld.sock */
+    char *writer_group;    /* members may change releases; NULL: only root and reld's own user */
+    char *reader_group;    /* members may read; NULL: see readers_all */
+    bool readers_all;      /* anyone who can reach the socket may read */
+    uint64_t max_unpacked; /* bytes, default 1 GiB */
+} DaemonConfig;
+
+#define CONFIG_DEFAULT_ROOT         "/var/lib/reld"
+#define CONFIG_DEFAULT_SOCKET       "/run/reld/reld.sock"
+#define CONFIG_DEFAULT_MAX_UNPACKED (1ULL << 30)
+
+/* Every default. */
+void config_init(DaemonConfig *c);
+/* Reads path over c's values: keys it lacks keep theirs. */
+int config_load(DaemonConfig *c, const char *path, char **ret_err);
+void config_copy(DaemonConfig *dst, const DaemonConfig *src);
+void config_clear(DaemonConfig *c);

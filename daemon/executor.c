@@ -1,0 +1,1279 @@
+/* Running a relup against the supervised processes (executor.h). */
+#include "executor.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "store.h"
+#include "util.h"
+
+/* ---- requests: what reld asks of a process (docs/runtime.md) -------------------- */
+
+typedef enum RequestCmd {
+    REQ_LOAD_OBJECT_CODE,
+    REQ_DROP_OBJECT_CODE,
+    REQ_STATUS,
+    REQ_SUSPEND,
+    REQ_RESUME,
+    REQ_LOAD,
+    REQ_CODE_CHANGE,
+    REQ_REVERT,
+    REQ_PURGE,
+    REQ_REMOVE,
+    REQ_N_CMDS
+} RequestCmd;
+
+static const char *const request_cmd_names[REQ_N_CMDS] = {
+    [REQ_LOAD_OBJECT_CODE] = "load_object_code",
+    [REQ_DROP_OBJECT_CODE] = "drop_object_code",
+    [REQ_STATUS] = "status",
+    [REQ_SUSPEND] = "suspend",
+    [REQ_RESUME] = "resume",
+    [REQ_LOAD] = "load",
+    [REQ_CODE_CHANGE] = "code_change",
+    [REQ_REVERT] = "revert",
+    [REQ_PURGE] = "purge",
+    [REQ_REMOVE] = "remove",
+};
+
+/* How a request of a process's queue takes a failure before it. */
+typedef enum RequestKind {
+    KIND_STOPPED, /* not sent after a failure (the process goes no further) */
+    KIND_ALWAYS,  /* sent even so (a resume after an undo, each purge) */
+    KIND_OPTIONAL /* sent even so, and its own failure is no failure */
+} RequestKind;
+
+typedef struct Request {
+    RequestCmd cmd;
+    RequestKind kind;
+    int timeout_ms;
+    char *module;      /* every command but suspend and resume */
+    char *path;        /* load_object_code: the new object */
+    StrVec modules;    /* suspend, resume */
+    PurgeMethod purge; /* load: its pre_purge; purge: the method */
+    bool down;         /* code_change: mode down */
+    json_t *extra;     /* code_change: owned, never NULL */
+    char *version;     /* revert: the version to make current again; NULL: none */
+} Request;
+
+static void request_clear(Request *r)
+{
+    free(r->module);
+    free(r->path);
+    strvec_clear(&r->modules);
+    json_decref(r->extra);
+    free(r->version);
+    *r = (Request){0};
+}
+
+static json_t *request_json(const Request *r)
+{
+    json_t *j = json_pack("{s:s}", "cmd", request_cmd_names[r->cmd]);
+    if (r->module)
+        json_object_set_new(j, "module", json_string(r->module));
+    switch (r->cmd) {
+    case REQ_LOAD_OBJECT_CODE:
+        json_object_set_new(j, "path", json_string(r->path));
+        break;
+    case REQ_SUSPEND:
+    case REQ_RESUME: {
+        json_t *names = json_array();
+        for (size_t k = 0; k < r->modules.n; k++)
+            json_array_append_new(names, json_string(r->modules.v[k]));
+        json_object_set_new(j, "modules", names);
+        break;
+    }
+    case REQ_LOAD:
+        json_object_set_new(j, "pre_purge", json_string(purge_method_name(r->purge)));
+        break;
+    case REQ_CODE_CHANGE:
+        json_object_set_new(j, "mode", json_string(r->down ? "down" : "up"));
+        json_object_set_new(j, "extra", json_incref(r->extra));
+        break;
+    case REQ_REVERT:
+        json_object_set_new(j, "version", r->version ? json_string(r->version) : json_null());
+        break;
+    case REQ_PURGE:
+        json_object_set_new(j, "method", json_string(purge_method_name(r->purge)));
+        break;
+    case REQ_DROP_OBJECT_CODE:
+    case REQ_STATUS:
+    case REQ_REMOVE:
+    case REQ_N_CMDS:
+        break;
+    }
+    return j;
+}
+
+/* ---- the executor's state ------------------------------------------------------- */
+
+/* The requests of one instruction (or phase) to one process, sent one at a
+ * time: a process stops at the first that fails, as OTP's script would. */
+typedef struct Call {
+    Executor *e;
+    Child *child;
+    Request *queue;
+    size_t n, next;
+    bool out; /* queue[next] is sent and awaited */
+} Call;
+
+/* What this run changed in a process, in order, for the inverse. */
+typedef enum ChangeOp { CHANGE_LOAD, CHANGE_CODE_CHANGE_UP, CHANGE_CODE_CHANGE_DOWN, CHANGE_REMOVE } ChangeOp;
+typedef struct Change {
+    Child *child;
+    char *module;
+    ChangeOp op;
+    json_t *extra; /* of a code_change */
+} Change;
+
+typedef struct Staged {
+    Child *child;
+    char *module;
+} Staged;
+
+/* The modules a process ran before this run: the versions the inverse makes current again. */
+typedef struct Before {
+    Child *child;
+    StrVec names, versions;
+} Before;
+
+typedef struct Record {
+    int idx;
+    json_t *instr;
+    char *outcome;
+    long long start, dur;
+} Record;
+
+typedef enum Phase {
+    PHASE_SCRIPT,
+    PHASE_INVERSE,
+    PHASE_RESTART_OLD, /* stops of the changed applications, to restart them on the old release */
+    PHASE_POST_PURGE,
+    PHASE_SWITCH_OVER, /* stops of processes that restart on the new release, or leave */
+    PHASE_DONE
+} Phase;
+
+struct Executor {
+    ExecutorParams p;
+    Supervisor *s;
+    const RelupScript *script;
+    Diag *diag;
+    Phase phase;
+    int result;         /* of the script, once it ended */
+    size_t i, step_end; /* the instruction under way; where its step ends */
+    bool past_ponr;
+    bool restarted; /* the script stopped or started processes: no inverse can give their state back */
+    long long start, t0;
+    /* The work of the instruction or phase under way: calls, and stop runs. */
+    Call *calls;
+    size_t n_calls;
+    size_t n_out; /* calls and stop runs not yet ended */
+    int work_r;   /* the first failure among them */
+    bool waiting; /* returned to the event loop for them */
+    /* Bookkeeping for the recovery. */
+    Staged *staged;
+    size_t n_staged;
+    Child **suspended;
+    size_t n_suspended;
+    Change *changes;
+    size_t n_changes;
+    Before *before;
+    size_t n_before;
+    Child **script_stopped; /* by stop, to be started by start */
+    size_t n_script_stopped;
+    Child **to_restart; /* of the switch-over or the recovery, once stopped */
+    size_t n_to_restart;
+    Child **fresh; /* started by this run, on the new release's definitions */
+    size_t n_fresh;
+    /* Records wait in memory while a process is suspended: no disk write
+     * (a commit, a WAL checkpoint) may lengthen the pause. */
+    Record *records;
+    size_t n_records;
+};
+
+#define APPEND(v, n, x)                                                                                                \
+    do {                                                                                                               \
+        (v) = xrealloc((v), ((n) + 1) * sizeof(*(v)));                                                                 \
+        (v)[(n)++] = (x);                                                                                              \
+    } while (0)
+
+static bool contains_child(Child *const *v, size_t n, const Child *c)
+{
+    for (size_t k = 0; k < n; k++)
+        if (v[k] == c)
+            return true;
+    return false;
+}
+
+/* Every child, in start order; *ret_n of them. Caller frees the array. */
+static Child **all_children(const Supervisor *s, size_t *ret_n)
+{
+    Child **v = NULL;
+    size_t n = 0;
+    for (size_t a = 0; a < supervisor_n_apps(s); a++) {
+        App *app = supervisor_app(s, a);
+        for (size_t k = 0; k < app->n_children; k++)
+            APPEND(v, n, app->children[k]);
+    }
+    *ret_n = n;
+    return v;
+}
+
+/* Does the child run module (by its current or its new definition)? */
+static bool child_has_module(const Executor *e, const Child *c, const char *module)
+{
+    const ProcessDef *nd = supervisor_def_in(e->p.to, c, NULL);
+    return strvec_contains(&proc_def(c->proc)->modules, module) || (nd && strvec_contains(&nd->modules, module));
+}
+
+/* ... and speaks the protocol, so that it can be asked to change it? */
+static bool runs(const Executor *e, const Child *c, const char *module)
+{
+    return proc_speaks_protocol(c->proc) && child_has_module(e, c, module);
+}
+
+/* ---- calls ------------------------------------------------------------------ */
+
+static void work_begin(Executor *e)
+{
+    e->work_r = 0;
+    e->n_out = 0;
+}
+
+static void work_ended_one(Executor *e)
+{
+    if (--e->n_out == 0 && e->waiting)
+        e->p.wake(e->p.userdata);
+}
+
+static Call *call_for(Executor *e, Child *c)
+{
+    for (size_t k = 0; k < e->n_calls; k++)
+        if (e->calls[k].child == c)
+            return &e->calls[k];
+    e->calls = xrealloc(e->calls, (e->n_calls + 1) * sizeof(*e->calls));
+    e->calls[e->n_calls] = (Call){.e = e, .child = c};
+    return &e->calls[e->n_calls++];
+}
+
+/* Queues req (its contents taken) for c in the work under way. */
+static void add_request(Executor *e, Child *c, Request *req)
+{
+    Call *call = call_for(e, c);
+    call->queue = xrealloc(call->queue, (call->n + 1) * sizeof(*call->queue));
+    call->queue[call->n++] = *req;
+    *req = (Request){0};
+}
+
+static Request request(RequestCmd cmd, const char *module, int timeout_ms)
+{
+    return (Request){.cmd = cmd, .module = xstrdup(module), .timeout_ms = timeout_ms};
+}
+
+/* Queues a copy of req for module to every process that runs it; clears req. */
+static void add_to_runners(Executor *e, const char *module, Request *req)
+{
+    size_t n;
+    Child **all = all_children(e->s, &n);
+    for (size_t k = 0; k < n; k++)
+        if (runs(e, all[k], module)) {
+            Request copy = *req;
+            copy.module = xstrdup(req->module);
+            copy.path = xstrdup(req->path);
+            copy.modules = (StrVec){0};
+            for (size_t m = 0; m < req->modules.n; m++)
+                strvec_push(&copy.modules, req->modules.v[m]);
+            copy.extra = json_incref(req->extra);
+            copy.version = xstrdup(req->version);
+            add_request(e, all[k], &copy);
+        }
+    free(all);
+    request_clear(req);
+}
+
+/* What a successful reply means for the bookkeeping of the recovery. */
+static void note_success(Executor *e, Child *c, const Request *req)
+{
+    if (e->phase != PHASE_SCRIPT)
+        return;
+    switch (req->cmd) {
+    case REQ_LOAD_OBJECT_CODE:
+        APPEND(e->staged, e->n_staged, ((Staged){.child = c, .module = xstrdup(req->module)}));
+        break;
+    case REQ_SUSPEND:
+        if (!contains_child(e->suspended, e->n_suspended, c))
+            APPEND(e->suspended, e->n_suspended, c);
+        break;
+    case REQ_LOAD:
+        APPEND(e->changes, e->n_changes, ((Change){.child = c, .module = xstrdup(req->module), .op = CHANGE_LOAD}));
+        break;
+    case REQ_CODE_CHANGE:
+        APPEND(e->changes, e->n_changes,
+               ((Change){.child = c,
+                         .module = xstrdup(req->module),
+                         .op = req->down ? CHANGE_CODE_CHANGE_DOWN : CHANGE_CODE_CHANGE_UP,
+                         .extra = json_incref(req->extra)}));
+        break;
+    case REQ_REMOVE:
+        APPEND(e->changes, e->n_changes, ((Change){.child = c, .module = xstrdup(req->module), .op = CHANGE_REMOVE}));
+        break;
+    case REQ_DROP_OBJECT_CODE:
+    case REQ_STATUS:
+    case REQ_RESUME:
+    case REQ_REVERT:
+    case REQ_PURGE:
+    case REQ_N_CMDS:
+        break; /* nothing a process needs back */
+    }
+}
+
+/* Does a status reply show old code of module that something still uses
+ * (a pinned old version)? */
+static bool old_code_in_use(json_t *status, const char *module)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(status, "modules"), i, m)
+    {
+        const char *name = json_string_value(json_object_get(m, "name"));
+        if (name && strcmp(name, module) == 0 && !json_is_null(json_object_get(m, "old_version")) &&
+            json_integer_value(json_object_get(m, "old_pins")) > 0)
+            return true;
+    }
+    return false;
+}
+
+static void work_failed(Executor *e, int r)
+{
+    if (e->work_r == 0)
+        e->work_r = r;
+}
+
+/* After a failure: what was queued for the process goes, except requests
+ * sent regardless (RequestKind). */
+static void drop_queue(Call *call)
+{
+    size_t k = call->next + 1, w = k;
+    for (; k < call->n; k++) {
+        if (call->queue[k].kind == KIND_STOPPED)
+            request_clear(&call->queue[k]);
+        else
+            call->queue[w++] = call->queue[k];
+    }
+    call->n = w;
+}
+
+static const char *phase_doing(const Executor *e)
+{
+    if (e->phase != PHASE_INVERSE)
+        return "";
+    return e->p.to && strverscmp(e->p.to->vsn, e->p.from->vsn) < 0 ? "undoing the downgrade: "
+                                                                   : "undoing the upgrade: ";
+}
+
+static void call_send_next(Call *call);
+
+static void on_reply(Proc *p, json_t *m, int r, void *userdata)
+{
+    Call *call = userdata;
+    Executor *e = call->e;
+    Request *req = &call->queue[call->next];
+    call->out = false;
+    if (r == 0 && !json_is_true(json_object_get(m, "ok")))
+        r = -EPROTO;
+    if (r == 0 && req->cmd == REQ_STATUS && old_code_in_use(m, req->module)) {
+        diag_error(e->diag, "%s[%d]: soft_purge of %s cannot be honoured: its old code is still in use", proc_label(p),
+                   (int)proc_pid(p), req->module);
+        work_failed(e, -EBUSY);
+        drop_queue(call);
+    } else if (r == 0) {
+        note_success(e, call->child, req);
+    } else if (req->kind == KIND_OPTIONAL) {
+        /* say nothing: what it would have tidied stays for a later purge */
+    } else {
+        const char *why = r == -EPROTO       ? json_string_value(json_object_get(m, "error"))
+                          : r == -ETIMEDOUT  ? "no answer in time"
+                          : r == -ECONNRESET ? "the process went away"
+                                             : strerror(-r);
+        const char *msg = r == -EPROTO ? json_string_value(json_object_get(m, "message")) : NULL;
+        diag_error(e->diag, "%s[%d]: %s%s%s%s: %s%s%s", proc_label(p), (int)proc_pid(p), phase_doing(e),
+                   request_cmd_names[req->cmd], req->module ? " " : "", req->module ? req->module : "",
+                   why ? why : "refused", msg ? ": " : "", msg ? msg : "");
+        work_failed(e, r);
+        /* It may still do it, late: the recovery then resumes it, or drops
+         * the code it staged. */
+        if (r == -ETIMEDOUT && (req->cmd == REQ_SUSPEND || req->cmd == REQ_LOAD_OBJECT_CODE))
+            note_success(e, call->child, req);
+        drop_queue(call); /* this process goes no further */
+    }
+    call->next++;
+    call_send_next(call);
+}
+
+static void call_send_next(Call *call)
+{
+    Executor *e = call->e;
+    while (call->next < call->n) {
+        Request *req = &call->queue[call->next];
+        int r = proc_call(call->child->proc, request_json(req), req->timeout_ms, on_reply, call);
+        if (r == 0) {
+            call->out = true;
+            return;
+        }
+        /* Not sent: it ends now, as if the process went away. */
+        on_reply(call->child->proc, NULL, r == -EBUSY ? -EBUSY : -ECONNRESET, call);
+        return;
+    }
+    work_ended_one(e);
+}
+
+/* Sends the first request of every call queued. */
+static void start_calls(Executor *e)
+{
+    size_t n = e->n_calls;
+    e->n_out += n;
+    for (size_t k = 0; k < n; k++)
+        call_send_next(&e->calls[k]);
+}
+
+static void calls_clear(Executor *e)
+{
+    for (size_t k = 0; k < e->n_calls; k++) {
+        for (size_t q = 0; q < e->calls[k].n; q++)
+            request_clear(&e->calls[k].queue[q]);
+        free(e->calls[k].queue);
+    }
+    free(e->calls);
+    e->calls = NULL;
+    e->n_calls = 0;
+}
+
+static void on_stopped(void *userdata)
+{
+    work_ended_one(userdata);
+}
+
+/* Stops children (in the order given) as part of the work under way. */
+static void stop_children(Executor *e, Child **v, size_t n)
+{
+    if (!n)
+        return;
+    e->n_out++;
+    (void)supervisor_stop(e->s, v, n, on_stopped, e); /* cannot fail; the end comes from the loop */
+}
+
+/* ---- instructions ---------------------------------------------------------------- */
+
+/* A suspend waits for the longest timeout of its modules; a module
+ * without one waits 5 s (OTP's default for sys:suspend). */
+static int mods_timeout(const RelupInstr *in)
+{
+    long t = 0;
+    for (size_t k = 0; k < in->n_mods; k++) {
+        long m = in->mods[k].timeout_ms == TIMEOUT_INFINITY ? 3600000
+                 : in->mods[k].timeout_ms > 0               ? in->mods[k].timeout_ms
+                                                            : 5000;
+        t = m > t ? m : t;
+    }
+    return (int)(t ? t : 5000);
+}
+
+static bool runs_any(const Executor *e, const Child *c, const RelupInstr *in)
+{
+    for (size_t m = 0; m < in->n_mods; m++)
+        if (child_has_module(e, c, in->mods[m].module))
+            return true;
+    return false;
+}
+
+/* The processes of application app that run, in reverse start order. */
+static Child **running_children_reversed(App *a, size_t *ret_n)
+{
+    Child **v = NULL;
+    size_t n = 0;
+    for (size_t k = a ? a->n_children : 0; k-- > 0;)
+        if (proc_pid(a->children[k]->proc))
+            APPEND(v, n, a->children[k]);
+    *ret_n = n;
+    return v;
+}
+
+static int start_child_logged(Executor *e, Child *c)
+{
+    int r = supervisor_start_child(e->s, c);
+    if (r < 0)
+        diag_error(e->diag, "%s: cannot start: %s", proc_label(c->proc), strerror(-r));
+    return r;
+}
+
+/* Did application `name` change between the two releases? */
+static bool app_changed(const Executor *e, const char *name)
+{
+    const ReleaseAppRef *a = appdefs_release_find(e->p.from, name), *b = appdefs_release_find(e->p.to, name);
+    return !a || !b || strcmp(a->vsn, b->vsn) != 0;
+}
+
+/* A process of a changed application that does not speak the protocol
+ * restarts on the new version at the switch-over. */
+static bool restarts_at_switch_over(const Executor *e, const Child *c)
+{
+    return proc_pid(c->proc) && !proc_speaks_protocol(c->proc) && app_changed(e, c->app->name) &&
+           !contains_child(e->fresh, e->n_fresh, c);
+}
+
+/* Does application `name`, or one it depends on in the new release, still
+ * have processes to restart at the switch-over? (The release is valid:
+ * no cycles.) */
+static bool waits_for_switch_over(const Executor *e, const char *name)
+{
+    App *a = supervisor_find_app(e->s, name);
+    for (size_t k = 0; a && k < a->n_children; k++)
+        if (restarts_at_switch_over(e, a->children[k]))
+            return true;
+    const ReleaseAppRef *ref = appdefs_release_find(e->p.to, name);
+    for (size_t d = 0; ref && d < ref->app->applications.n; d++)
+        if (waits_for_switch_over(e, ref->app->applications.v[d]))
+            return true;
+    return false;
+}
+
+static int start_fresh(Executor *e, Child *c)
+{
+    int r = start_child_logged(e, c);
+    if (r == 0 && !contains_child(e->fresh, e->n_fresh, c))
+        APPEND(e->fresh, e->n_fresh, c);
+    return r;
+}
+
+/* Queues the work of instruction in (or finds it needs none). 0, or
+ * -errno for an instruction that cannot run. */
+static int exec_instr(Executor *e, const RelupInstr *in)
+{
+    switch (in->op) {
+    case RELUP_LOAD_OBJECT_CODE: {
+        const ReleaseAppRef *ref = appdefs_release_find(e->p.to, in->app);
+        for (size_t k = 0; k < in->n_mods; k++) {
+            const ModuleDef *md = ref ? appdefs_app_find_module(ref->app, in->mods[k].module) : NULL;
+            if (!md) {
+                diag_error(e->diag, "release %s has no module %s in %s", e->p.to->vsn, in->mods[k].module, in->app);
+                return -EINVAL;
+            }
+            Request req = request(REQ_LOAD_OBJECT_CODE, md->name, 5000);
+            req.path = store_path_in_app(e->p.root, in->app, in->vsn, md->file);
+            add_to_runners(e, md->name, &req);
+        }
+        return 0;
+    }
+    case RELUP_POINT_OF_NO_RETURN:
+        /* As OTP checks before it: a load or remove whose pre_purge is
+         * soft_purge must find no process still running the module's old
+         * code, else the upgrade stops here, with nothing changed. */
+        for (size_t k = 0; k < e->script->n; k++) {
+            const RelupInstr *later = &e->script->v[k];
+            if ((later->op == RELUP_LOAD || later->op == RELUP_REMOVE) && later->pre_purge == PURGE_SOFT) {
+                Request req = request(REQ_STATUS, later->module, 5000);
+                add_to_runners(e, later->module, &req);
+            }
+        }
+        return 0;
+    case RELUP_SUSPEND:
+    case RELUP_RESUME: {
+        bool suspend = in->op == RELUP_SUSPEND;
+        size_t n;
+        Child **all = all_children(e->s, &n);
+        for (size_t k = 0; k < n; k++) {
+            if (!proc_speaks_protocol(all[k]->proc) || !runs_any(e, all[k], in))
+                continue;
+            Request req = {.cmd = suspend ? REQ_SUSPEND : REQ_RESUME, .timeout_ms = suspend ? mods_timeout(in) : 5000};
+            for (size_t m = 0; m < in->n_mods; m++)
+                strvec_push(&req.modules, in->mods[m].module);
+            add_request(e, all[k], &req);
+        }
+        free(all);
+        return 0;
+    }
+    case RELUP_LOAD: {
+        Request req = request(REQ_LOAD, in->module, 5000);
+        req.purge = in->pre_purge;
+        add_to_runners(e, in->module, &req);
+        return 0;
+    }
+    case RELUP_CODE_CHANGE:
+        for (size_t k = 0; k < in->n_mods; k++) {
+            Request req = request(REQ_CODE_CHANGE, in->mods[k].module, 10000);
+            req.down = in->down;
+            req.extra = json_incref(in->mods[k].extra ? in->mods[k].extra : json_null());
+            add_to_runners(e, in->mods[k].module, &req);
+        }
+        return 0;
+    case RELUP_PURGE:
+        for (size_t k = 0; k < in->n_mods; k++) {
+            Request req = request(REQ_PURGE, in->mods[k].module, 5000);
+            req.purge = PURGE_BRUTAL;
+            add_to_runners(e, in->mods[k].module, &req);
+        }
+        return 0;
+    case RELUP_REMOVE: {
+        Request req = request(REQ_REMOVE, in->module, 5000);
+        add_to_runners(e, in->module, &req);
+        return 0;
+    }
+    case RELUP_STOP: {
+        /* The processes that run the modules stop (in reverse start order),
+         * and start again at the script's start: with new code. */
+        size_t n;
+        Child **all = all_children(e->s, &n), **stop = NULL;
+        size_t n_stop = 0;
+        for (size_t k = n; k-- > 0;)
+            if (proc_pid(all[k]->proc) && runs_any(e, all[k], in)) {
+                APPEND(stop, n_stop, all[k]);
+                if (!contains_child(e->script_stopped, e->n_script_stopped, all[k]))
+                    APPEND(e->script_stopped, e->n_script_stopped, all[k]);
+            }
+        e->restarted = e->restarted || n_stop > 0;
+        stop_children(e, stop, n_stop);
+        free(stop);
+        free(all);
+        return 0;
+    }
+    case RELUP_START: {
+        int r = 0;
+        for (size_t k = 0; k < e->n_script_stopped; k++) {
+            Child *c = e->script_stopped[k];
+            if (!c || proc_pid(c->proc) || !runs_any(e, c, in))
+                continue;
+            supervisor_adopt_app(e->s, c->app, e->p.to);
+            if (r == 0)
+                r = start_fresh(e, c);
+            e->script_stopped[k] = NULL;
+        }
+        return r;
+    }
+    case RELUP_STOP_APPLICATION: {
+        /* At its place in the script: a removed application stops before
+         * anything it depends on changes. */
+        App *a = supervisor_find_app(e->s, in->app);
+        if (!a)
+            return 0;
+        a->stopped = true;
+        size_t n;
+        Child **v = running_children_reversed(a, &n);
+        e->restarted = e->restarted || n > 0;
+        stop_children(e, v, n);
+        free(v);
+        return 0;
+    }
+    case RELUP_UNLOAD_APPLICATION: {
+        /* Its code goes: the application leaves the supervisor's tables
+         * (its processes stopped at its stop_application). */
+        App *a = supervisor_find_app(e->s, in->app);
+        if (!a)
+            return 0;
+        for (size_t k = 0; k < a->n_children; k++)
+            if (proc_pid(a->children[k]->proc)) {
+                diag_error(e->diag, "unload_application %s: %s still runs (no stop_application before it)", in->app,
+                           proc_label(a->children[k]->proc));
+                return -EBUSY;
+            }
+        for (size_t k = 0; k < e->n_script_stopped; k++)
+            if (e->script_stopped[k] && e->script_stopped[k]->app == a)
+                e->script_stopped[k] = NULL;
+        supervisor_remove_app(e->s, a);
+        e->restarted = true;
+        return 0;
+    }
+    case RELUP_START_APPLICATION: {
+        /* At its place: after everything it depends on was upgraded. What
+         * depends on processes that restart at the switch-over (no runtime)
+         * starts there, after them. */
+        const ReleaseAppRef *ref = appdefs_release_find(e->p.to, in->app);
+        if (!ref) {
+            diag_error(e->diag, "start_application %s: release %s has no application %s", in->app, e->p.to->vsn,
+                       in->app);
+            return -EINVAL;
+        }
+        App *a = supervisor_find_app(e->s, in->app);
+        e->restarted = true;
+        for (size_t d = 0; d < ref->app->applications.n; d++)
+            if (waits_for_switch_over(e, ref->app->applications.v[d])) {
+                if (a)
+                    a->stopped = true; /* the switch-over starts it */
+                return 0;
+            }
+        if (!a) {
+            int r = supervisor_add_app(e->s, ref, e->diag);
+            a = r == 0 ? supervisor_find_app(e->s, in->app) : NULL;
+            for (size_t k = 0; a && k < a->n_children; k++)
+                APPEND(e->fresh, e->n_fresh, a->children[k]);
+            return r;
+        }
+        supervisor_adopt_app(e->s, a, e->p.to);
+        a->stopped = false;
+        for (size_t k = 0; k < a->n_children; k++)
+            if (!proc_pid(a->children[k]->proc)) {
+                int r = start_fresh(e, a->children[k]);
+                if (r < 0)
+                    return r;
+            }
+        return 0;
+    }
+    case RELUP_N_OPS:
+        break;
+    }
+    diag_error(e->diag, "instruction %d cannot be executed", (int)in->op);
+    return -EINVAL;
+}
+
+/* ---- records ------------------------------------------------------------------- */
+
+/* Writes the records waiting in memory (outcomes rewrite the "running"
+ * rows written before the step). */
+static int flush_records(Executor *e)
+{
+    if (!e->n_records)
+        return 0;
+    HistoryInstruction *v = xcalloc(e->n_records + 1, sizeof(*v));
+    for (size_t k = 0; k < e->n_records; k++)
+        v[k] = (HistoryInstruction){.idx = e->records[k].idx,
+                                    .instr = e->records[k].instr,
+                                    .outcome = e->records[k].outcome,
+                                    .start_us = e->records[k].start,
+                                    .duration_us = e->records[k].dur};
+    int r = history_attempt_instructions(e->p.history, e->p.attempt, v, e->n_records);
+    free(v);
+    for (size_t k = 0; k < e->n_records; k++) {
+        json_decref(e->records[k].instr);
+        free(e->records[k].outcome);
+    }
+    e->n_records = 0;
+    return r;
+}
+
+/* The record of instruction i (0-based) with its outcome (taken). */
+static void record_instruction(Executor *e, size_t i, char *outcome, long long start, long long dur)
+{
+    json_t *j = relup_to_json(&(Relup){.from = "", .to = "", .up = {.v = (RelupInstr *)&e->script->v[i], .n = 1}});
+    e->records = xrealloc(e->records, (e->n_records + 1) * sizeof(*e->records));
+    e->records[e->n_records++] = (Record){
+        .idx = (int)i + 1,
+        .instr = json_incref(json_array_get(json_object_get(j, "up"), 0)),
+        .outcome = outcome,
+        .start = start,
+        .dur = dur,
+    };
+    json_decref(j);
+}
+
+/* Where the step starting at instruction i ends (exclusive): after i, or
+ * for a suspend after its resume, as a suspended group runs in one step. */
+static size_t step_end(const Executor *e, size_t i)
+{
+    if (e->script->v[i].op != RELUP_SUSPEND)
+        return i + 1;
+    for (size_t k = i + 1; k < e->script->n; k++)
+        if (e->script->v[k].op == RELUP_RESUME)
+            return k + 1;
+    return e->script->n;
+}
+
+/* ---- the recovery and the end ----------------------------------------------------- */
+
+static Request resume_all(const Child *c)
+{
+    Request req = {.cmd = REQ_RESUME, .timeout_ms = 5000, .kind = KIND_ALWAYS};
+    const ProcessDef *def = proc_def(c->proc);
+    for (size_t m = 0; m < def->modules.n; m++)
+        strvec_push(&req.modules, def->modules.v[m]);
+    return req;
+}
+
+static const char *version_before(const Executor *e, const Child *c, const char *module)
+{
+    for (size_t k = 0; k < e->n_before; k++)
+        if (e->before[k].child == c) {
+            ssize_t i = strvec_index(&e->before[k].names, module);
+            return i < 0 ? NULL : e->before[k].versions.v[i];
+        }
+    return NULL;
+}
+
+/* Drops the code staged before a failure. Sent without waiting: a process
+ * handles its commands in order, so one that answers load_object_code
+ * late drops the code after staging it. */
+static void drop_staged(Executor *e)
+{
+    for (size_t k = 0; k < e->n_staged; k++) {
+        Proc *p = e->staged[k].child->proc;
+        if (!proc_pid(p))
+            continue;
+        Request req = request(REQ_DROP_OBJECT_CODE, e->staged[k].module, 0);
+        if (proc_send(p, request_json(&req)) < 0)
+            log_warning("%s: cannot drop the staged code of %s: the process went away", proc_label(p),
+                        e->staged[k].module);
+        request_clear(&req);
+    }
+}
+
+/* The request that undoes one change in a process. */
+static Request undo_request(const Executor *e, const Change *ch)
+{
+    if (ch->op == CHANGE_LOAD) { /* the version it ran before becomes current again */
+        Request req = request(REQ_REVERT, ch->module, 5000);
+        req.version = xstrdup(version_before(e, ch->child, ch->module));
+        return req;
+    }
+    /* code_change: the newer code converts the other way (up's undo runs
+     * before the revert, down's after it). */
+    Request req = request(REQ_CODE_CHANGE, ch->module, 10000);
+    req.down = ch->op == CHANGE_CODE_CHANGE_UP;
+    req.extra = json_incref(ch->extra ? ch->extra : json_null());
+    return req;
+}
+
+/* Queues the inverse of what the script did before it failed: per
+ * process, suspended, every change undone in reverse order, then resume
+ * (sent even when an undo failed). false when it cannot work: a module was
+ * removed, or processes restarted (their state is gone). */
+static bool queue_inverse(Executor *e)
+{
+    const char *what = strverscmp(e->p.to->vsn, e->p.from->vsn) < 0 ? "downgrade" : "upgrade";
+    for (size_t d = 0; d < e->n_changes; d++)
+        if (e->changes[d].op == CHANGE_REMOVE) {
+            diag_error(e->diag, "%s[%d]: undoing the %s: %s was removed and its state is gone",
+                       proc_label(e->changes[d].child->proc), (int)proc_pid(e->changes[d].child->proc), what,
+                       e->changes[d].module);
+            return false;
+        }
+    if (e->restarted) {
+        diag_error(e->diag, "undoing the %s: processes were restarted by it; their state is gone", what);
+        return false;
+    }
+    size_t n;
+    Child **all = all_children(e->s, &n);
+    for (size_t k = 0; k < n; k++) {
+        Child *c = all[k];
+        if (!proc_pid(c->proc))
+            continue;
+        Request suspend = {.cmd = REQ_SUSPEND, .timeout_ms = 5000};
+        for (size_t d = 0; d < e->n_changes; d++)
+            if (e->changes[d].child == c && !strvec_contains(&suspend.modules, e->changes[d].module))
+                strvec_push(&suspend.modules, e->changes[d].module);
+        bool suspended = contains_child(e->suspended, e->n_suspended, c);
+        if (suspend.modules.n) {
+            add_request(e, c, &suspend);
+            for (size_t d = e->n_changes; d-- > 0;)
+                if (e->changes[d].child == c) {
+                    Request undo = undo_request(e, &e->changes[d]);
+                    add_request(e, c, &undo);
+                }
+            suspended = true;
+        }
+        request_clear(&suspend);
+        if (suspended) {
+            Request resume = resume_all(c);
+            add_request(e, c, &resume);
+        }
+        /* The code the inverse made old goes, unless something still uses
+         * it (soft: then a later purge takes it). */
+        for (size_t d = 0; d < e->n_changes; d++)
+            if (e->changes[d].child == c && e->changes[d].op == CHANGE_LOAD) {
+                Request purge = request(REQ_PURGE, e->changes[d].module, 5000);
+                purge.purge = PURGE_SOFT;
+                purge.kind = KIND_OPTIONAL;
+                add_request(e, c, &purge);
+            }
+    }
+    free(all);
+    return true;
+}
+
+static int phase_run(Executor *e, Phase phase);
+
+/* Past the point of no return, and no inverse: every changed application
+ * back on the old release, by restarting it there. First the stops. */
+static int restart_old_begin(Executor *e)
+{
+    for (size_t k = 0; k < e->n_suspended; k++) { /* unchanged applications' processes go on */
+        Proc *p = e->suspended[k]->proc;
+        if (proc_pid(p)) {
+            Request req = resume_all(e->suspended[k]);
+            (void)proc_send(p, request_json(&req)); /* gone: nothing to resume */
+            request_clear(&req);
+        }
+    }
+    calls_clear(e);
+    work_begin(e);
+    e->phase = PHASE_RESTART_OLD;
+    Child **stop = NULL;
+    size_t n_stop = 0;
+    for (size_t a = supervisor_n_apps(e->s); a-- > 0;) {
+        App *app = supervisor_app(e->s, a);
+        if (!app_changed(e, app->name) && !app->stopped)
+            continue;
+        app->stopped = true;
+        size_t n;
+        Child **v = running_children_reversed(app, &n);
+        for (size_t k = 0; k < n; k++)
+            APPEND(stop, n_stop, v[k]);
+        free(v);
+    }
+    stop_children(e, stop, n_stop);
+    free(stop);
+    return phase_run(e, PHASE_RESTART_OLD);
+}
+
+/* The stops ended: the changed applications start on `from`. */
+static void restart_old_end(Executor *e)
+{
+    StrVec restarted = {0};
+    for (size_t a = supervisor_n_apps(e->s); a-- > 0;) { /* added by the script: they go */
+        App *app = supervisor_app(e->s, a);
+        if (!appdefs_release_find(e->p.from, app->name)) {
+            strvec_push(&restarted, app->name);
+            supervisor_remove_app(e->s, app);
+        }
+    }
+    supervisor_adopt_release(e->s, e->p.from);
+    size_t *order = appdefs_release_order(e->p.from);
+    for (size_t k = 0; k < e->p.from->n_apps; k++) {
+        const ReleaseAppRef *ref = &e->p.from->apps[order[k]];
+        App *app = supervisor_find_app(e->s, ref->name);
+        if (!app) { /* unloaded by the script */
+            if (supervisor_add_app(e->s, ref, e->diag) < 0)
+                log_error("cannot start %s again on release %s", ref->name, e->p.from->vsn);
+            strvec_push(&restarted, ref->name);
+            continue;
+        }
+        if (!app->stopped)
+            continue;
+        app->stopped = false;
+        if (!strvec_contains(&restarted, app->name))
+            strvec_push(&restarted, app->name);
+        for (size_t c = 0; c < app->n_children; c++)
+            if (!proc_pid(app->children[c]->proc))
+                (void)start_child_logged(e, app->children[c]); /* the reason is in diag */
+    }
+    free(order);
+    supervisor_adopt_release(e->s, e->p.from); /* the start order of `from`, with apps added back */
+    char *list = xstrdup("");
+    for (size_t k = 0; k < restarted.n; k++) {
+        char *l = xasprintf("%s%s%s", list, k ? ", " : "", restarted.v[k]);
+        free(list);
+        list = l;
+    }
+    diag_warning(e->diag,
+                 "failed after the point of no return: restarted %s on release %s (their in-memory state is lost)",
+                 *list ? list : "nothing", e->p.from->vsn);
+    free(list);
+    strvec_clear(&restarted);
+}
+
+/* After the post-purges: every process takes its new definition; what
+ * must restart or leave stops first. */
+static int switch_over_begin(Executor *e)
+{
+    calls_clear(e);
+    work_begin(e);
+    supervisor_adopt_release(e->s, e->p.to);
+    Child **stop = NULL;
+    size_t n_stop = 0;
+    for (size_t a = supervisor_n_apps(e->s); a-- > 0;) {
+        App *app = supervisor_app(e->s, a);
+        bool leaves = !appdefs_release_find(e->p.to, app->name);
+        if (leaves)
+            app->stopped = true;
+        for (size_t k = app->n_children; k-- > 0;) {
+            Child *c = app->children[k];
+            if (!proc_pid(c->proc))
+                continue;
+            bool plain = restarts_at_switch_over(e, c);
+            if (leaves || plain) {
+                APPEND(stop, n_stop, c);
+                if (!leaves)
+                    APPEND(e->to_restart, e->n_to_restart, c);
+            }
+        }
+    }
+    stop_children(e, stop, n_stop);
+    free(stop);
+    return phase_run(e, PHASE_SWITCH_OVER);
+}
+
+static void switch_over_end(Executor *e)
+{
+    for (size_t a = supervisor_n_apps(e->s); a-- > 0;) {
+        App *app = supervisor_app(e->s, a);
+        if (!appdefs_release_find(e->p.to, app->name))
+            supervisor_remove_app(e->s, app);
+    }
+    for (size_t k = 0; k < e->n_to_restart; k++)
+        if (start_child_logged(e, e->to_restart[k]) < 0)
+            log_error("%s", e->diag->errors.v[e->diag->errors.n - 1]);
+    size_t *order = appdefs_release_order(e->p.to);
+    for (size_t k = 0; k < e->p.to->n_apps; k++) {
+        const ReleaseAppRef *ref = &e->p.to->apps[order[k]];
+        App *app = supervisor_find_app(e->s, ref->name);
+        Diag d = {0};
+        if (!app && supervisor_add_app(e->s, ref, &d) < 0) /* the script did not start it */
+            log_error("cannot start application %s: %s", ref->name, d.errors.n ? d.errors.v[0] : "?");
+        diag_clear(&d);
+        if (!app || !app->stopped)
+            continue;
+        app->stopped = false; /* stopped by the script and not started again: the release runs it */
+        for (size_t c = 0; c < app->n_children; c++)
+            if (!proc_pid(app->children[c]->proc) && supervisor_start_child(e->s, app->children[c]) < 0)
+                log_error("%s: cannot start", proc_label(app->children[c]->proc));
+    }
+    free(order);
+    supervisor_adopt_release(e->s, e->p.to); /* the start order of `to`, with apps added */
+}
+
+/* The work of a finishing phase ended (work_r says how). */
+static int phase_ended(Executor *e)
+{
+    int q = e->work_r;
+    calls_clear(e);
+    switch (e->phase) {
+    case PHASE_INVERSE:
+        drop_staged(e);
+        if (q < 0)
+            return restart_old_begin(e);
+        diag_warning(e->diag,
+                     "failed after the point of no return: ran the inverse of what was done; release %s runs, its "
+                     "state kept",
+                     e->p.from->vsn);
+        break;
+    case PHASE_RESTART_OLD:
+        restart_old_end(e);
+        break;
+    case PHASE_POST_PURGE:
+        diag_clear(e->diag); /* a refused soft post-purge is not a failure */
+        return switch_over_begin(e);
+    case PHASE_SWITCH_OVER:
+        switch_over_end(e);
+        break;
+    case PHASE_SCRIPT:
+    case PHASE_DONE:
+        break;
+    }
+    e->phase = PHASE_DONE;
+    return e->result;
+}
+
+/* Starts the work queued for a finishing phase: EXECUTOR_WAITING while it
+ * is out, else what the phase ends with. */
+static int phase_run(Executor *e, Phase phase)
+{
+    e->phase = phase;
+    start_calls(e);
+    if (e->n_out > 0) {
+        e->waiting = true;
+        return EXECUTOR_WAITING;
+    }
+    return phase_ended(e);
+}
+
+/* What is left to do after the script failed or ended. */
+static int finish(Executor *e, int r)
+{
+    e->result = r;
+    calls_clear(e);
+    work_begin(e);
+    if (r < 0 && !e->past_ponr) {
+        /* Nothing has changed yet: drop the staged code, the old release runs on. */
+        drop_staged(e);
+        diag_warning(e->diag,
+                     "failed before the point of no return: the new code was dropped, release %s runs untouched",
+                     e->p.from->vsn);
+        e->phase = PHASE_DONE;
+        return r;
+    }
+    if (r < 0) {
+        if (!queue_inverse(e)) {
+            drop_staged(e);
+            return restart_old_begin(e);
+        }
+        return phase_run(e, PHASE_INVERSE);
+    }
+    /* The old code goes (OTP's post_purge); each purge on its own. */
+    for (size_t k = 0; k < e->script->n; k++) {
+        const RelupInstr *in = &e->script->v[k];
+        if (in->op != RELUP_LOAD)
+            continue;
+        Request req = request(REQ_PURGE, in->module, 5000);
+        req.purge = in->post_purge;
+        req.kind = KIND_ALWAYS;
+        add_to_runners(e, in->module, &req);
+    }
+    return phase_run(e, PHASE_POST_PURGE);
+}
+
+/* Instruction i ended with r: its record, and where the step goes next. */
+static void instr_ended(Executor *e, int r)
+{
+    const RelupInstr *in = &e->script->v[e->i];
+    e->past_ponr = e->past_ponr || (in->op == RELUP_POINT_OF_NO_RETURN && r == 0); /* its checks passed */
+    record_instruction(
+        e, e->i,
+        r == 0 ? xstrdup("ok")
+               : xasprintf("failed: %s", e->diag->errors.n ? e->diag->errors.v[e->diag->errors.n - 1] : strerror(-r)),
+        e->t0 - e->start, mono_us() - e->t0);
+    e->i++;
+}
+
+#ifdef RELD_TEST_HOOKS
+/* Fault injection (ExecutorFaults): before instruction k. */
+static int injected_fault(Executor *e)
+{
+    long k = (long)e->i + 1;
+    if (k == e->p.faults.crash_before)
+        (void)kill(getpid(), SIGKILL);
+    if (k == e->p.faults.pause_before) {
+        struct timespec t = {e->p.faults.pause_ms / 1000, e->p.faults.pause_ms % 1000 * 1000000L};
+        (void)nanosleep(&t, NULL);
+    }
+    if (k == e->p.faults.fail_at) {
+        diag_error(e->diag, "instruction %ld failed on purpose (RELD_TEST_FAIL_AT)", k);
+        return -ECANCELED;
+    }
+    return 0;
+}
+#else
+static int injected_fault(Executor *e)
+{
+    return 0;
+}
+#endif
+
+int executor_step(Executor *e, Diag *diag)
+{
+    e->diag = diag;
+    int r = 0;
+    if (e->waiting) {
+        e->waiting = false;
+        if (e->phase != PHASE_SCRIPT) /* woken: a finishing phase's work ended */
+            return phase_ended(e);
+        r = e->work_r; /* woken: the work of instruction i ended */
+        calls_clear(e);
+        instr_ended(e, r);
+    } else {
+        /* Written before it runs: after a crash, the history shows what
+         * reld was doing (history_attempts_interrupted marks it). */
+        e->step_end = step_end(e, e->i);
+        for (size_t k = e->i; k < e->step_end; k++)
+            record_instruction(e, k, xstrdup("running"), mono_us() - e->start, 0);
+        r = flush_records(e);
+        if (r < 0) {
+            diag_error(diag, "cannot record instruction %zu in the history (%s): stopped before it", e->i + 1,
+                       history_last_error(e->p.history));
+            return finish(e, r);
+        }
+    }
+    /* A suspended group goes on to its resume without other steps between:
+     * the event loop runs only while replies are awaited. */
+    while (r == 0 && e->i < e->step_end) {
+        const RelupInstr *in = &e->script->v[e->i];
+        e->t0 = mono_us();
+        work_begin(e);
+        r = injected_fault(e);
+        if (r == 0)
+            r = exec_instr(e, in);
+        if (r == 0) {
+            start_calls(e);
+            if (e->n_out > 0) {
+                e->waiting = true;
+                return EXECUTOR_WAITING;
+            }
+            r = e->work_r;
+        }
+        calls_clear(e);
+        instr_ended(e, r);
+    }
+    if (r < 0)
+        for (size_t k = e->i; k < e->step_end; k++)
+            record_instruction(e, k, xstrdup("not run"), mono_us() - e->start, 0);
+    /* Records of a suspended group waited for its resume. */
+    int w = flush_records(e);
+    if (w < 0) {
+        diag_error(diag, "cannot record instruction %zu in the history (%s): stopped after it", e->i,
+                   history_last_error(e->p.history));
+        if (r == 0)
+            r = w;
+    }
+    if (r < 0 || e->i == e->script->n)
+        return finish(e, r);
+    return 1;
+}
+
+size_t executor_position(const Executor *e, size_t *ret_n)
+{
+    *ret_n = e->script->n;
+    return e->i;
+}
+
+int executor_new(const ExecutorParams *params, Executor **ret)
+{
+    Executor *e = xcalloc(1, sizeof(*e));
+    e->p = *params;
+    e->s = params->supervisor;
+    e->script = params->script;
+    e->start = mono_us();
+    size_t n;
+    Child **all = all_children(e->s, &n);
+    for (size_t k = 0; k < n; k++) {
+        Before b = {.child = all[k]};
+        size_t i;
+        json_t *m;
+        json_array_foreach(proc_modules(all[k]->proc), i, m)
+        {
+            const char *name = json_string_value(json_object_get(m, "name"));
+            const char *vsn = json_string_value(json_object_get(m, "version"));
+            if (name && vsn) {
+                strvec_push(&b.names, name);
+                strvec_push(&b.versions, vsn);
+            }
+        }
+        APPEND(e->before, e->n_before, b);
+    }
+    free(all);
+    *ret = e;
+    return 0;
+}
+
+Executor *executor_free(Executor *e)
+{
+    if (!e)
+        return NULL;
+    for (size_t k = 0; k < e->n_calls; k++) /* replies that still come go nowhere */
+        if (e->calls[k].out)
+            proc_cancel_call(e->calls[k].child->proc);
+    calls_clear(e);
+    if (flush_records(e) < 0)
+        log_error("cannot write the last instruction records of attempt %lld", (long long)e->p.attempt);
+    for (size_t k = 0; k < e->n_records; k++)
+        free(e->records[k].outcome);
+    free(e->records);
+    for (size_t k = 0; k < e->n_staged; k++)
+        free(e->staged[k].module);
+    free(e->staged);
+    free(e->suspended);
+    for (size_t k = 0; k < e->n_changes; k++) {
+        free(e->changes[k].module);
+        json_decref(e->changes[k].extra);
+    }
+    free(e->changes);
+    for (size_t k = 0; k < e->n_before; k++) {
+        strvec_clear(&e->before[k].names);
+        strvec_clear(&e->before[k].versions);
+    }
+    free(e->before);
+    free(e->script_stopped);
+    free(e->to_restart);
+    free(e->fresh);
+    free(e);
+    return NULL;
+}

@@ -1,0 +1,789 @@
+/* A release root and its releases (manager.h). */
+#include "manager.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "history.h"
+#include "jobs.h"
+#include "log.h"
+#include "relup.h"
+#include "store.h"
+#include "supervisor.h"
+#include "upgrade.h"
+
+typedef enum OpKind { OP_UNPACK, OP_BOOT, OP_REMOVE, OP_RELUP, OP_UPGRADE } OpKind;
+
+/* An operation under way and who waits for it. The fields after `kind`
+ * are filled on a worker thread (jobs.h) and read back on the main one. */
+typedef struct Op {
+    Manager *m;
+    ManagerCaller caller; /* userdata NULL: nobody waits any more */
+    OpKind kind;
+    char *who, *root;
+    char *vsn, *name, *from, *to;
+    int fd;
+    uint64_t limit;
+    int r;
+    Diag diag;
+    ReleaseDef *rel;
+    json_t *result;
+    char *trash; /* OP_REMOVE: the directory its files were moved to */
+    struct Op *next;
+} Op;
+
+struct Manager {
+    sd_event *ev;
+    DaemonConfig cfg;
+    int lock_fd;
+    History *hist;
+    Supervisor *sup;
+    Jobs *jobs;
+    ReleaseDef *running; /* the definitions of the running release; the supervisor points into them */
+    Upgrade *upgrade;    /* the one under way, or NULL */
+    Op *upgrade_op;
+    bool booting; /* a first install is loading its release */
+    Op *ops;
+    void (*shutdown_done)(void *userdata);
+    void *shutdown_data;
+};
+
+/* ---- operations and their callers ------------------------------------------- */
+
+static Op *op_new(Manager *m, OpKind kind, const char *who, const ManagerCaller *c)
+{
+    Op *op = xcalloc(1, sizeof(*op));
+    *op = (Op){.m = m, .caller = *c, .kind = kind, .who = xstrdup(who), .root = xstrdup(m->cfg.root), .fd = -1};
+    op->next = m->ops;
+    m->ops = op;
+    return op;
+}
+
+static void op_free(Op *op)
+{
+    Manager *m = op->m;
+    for (Op **p = &m->ops; *p; p = &(*p)->next)
+        if (*p == op) {
+            *p = op->next;
+            break;
+        }
+    if (op->fd >= 0)
+        close(op->fd);
+    free(op->who);
+    free(op->root);
+    free(op->vsn);
+    free(op->name);
+    free(op->from);
+    free(op->to);
+    free(op->trash);
+    diag_clear(&op->diag);
+    release_def_free(op->rel);
+    json_decref(op->result);
+    free(op);
+}
+
+/* Tells the caller the outcome (taking reply), then forgets op. */
+static void op_done(Op *op, int r, json_t *reply)
+{
+    if (op->caller.userdata)
+        op->caller.done(op->caller.userdata, r, reply, &op->diag);
+    json_decref(reply);
+    op_free(op);
+}
+
+/* An operation refused before it began: one reason. */
+static void refuse(Manager *m, const ManagerCaller *c, int r, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void refuse(Manager *m, const ManagerCaller *c, int r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = xvasprintf(fmt, ap);
+    va_end(ap);
+    Diag d = {0};
+    diag_error(&d, "%s", msg);
+    c->done(c->userdata, r, NULL, &d);
+    diag_clear(&d);
+    free(msg);
+}
+
+void manager_forget_caller(Manager *m, void *userdata)
+{
+    for (Op *op = m->ops; op; op = op->next)
+        if (op->caller.userdata == userdata)
+            op->caller.userdata = NULL;
+}
+
+void manager_set_max_unpacked(Manager *m, uint64_t bytes)
+{
+    m->cfg.max_unpacked = bytes;
+}
+
+static char *state_of(Manager *m, const char *which)
+{
+    char *v = NULL;
+    int r = history_release_in_state(m->hist, which, &v);
+    if (r < 0 && r != -ENOENT)
+        log_error("cannot read the %s release: %s", which, history_last_error(m->hist));
+    return v;
+}
+
+/* ---- unpack --------------------------------------------------------------------- */
+
+static void unpack_work(void *userdata)
+{
+    Op *op = userdata;
+    op->r = store_unpack(op->root, op->fd, op->limit, &op->vsn, &op->name, &op->diag);
+    close(op->fd);
+    op->fd = -1;
+}
+
+/* Moves release vsn's directory out of the way (into the root's tmp/,
+ * which the next start empties); 0 or -errno. */
+static int discard_release_dir(Manager *m, const char *vsn)
+{
+    char *dir = store_path_release_dir(m->cfg.root, vsn), *tmp = store_path_tmp(m->cfg.root);
+    char *dest = xasprintf("%s/discard-XXXXXX", tmp);
+    int r = mkdir(tmp, 0700) < 0 && errno != EEXIST ? -errno : 0;
+    if (r == 0 && !mkdtemp(dest))
+        r = -errno;
+    char *inside = xasprintf("%s/release", dest);
+    if (r == 0 && rename(dir, inside) < 0)
+        r = -errno;
+    if (r == 0)
+        store_remove_tree(dest);
+    free(inside);
+    free(dest);
+    free(tmp);
+    free(dir);
+    return r;
+}
+
+static void unpack_done(void *userdata)
+{
+    Op *op = userdata;
+    Manager *m = op->m;
+    if (op->r == 0) {
+        int r = history_release_add(m->hist, op->vsn, op->name, op->who);
+        if (r < 0) {
+            /* The files are in place; the database refused. Take them back
+             * out so both agree. */
+            diag_error(&op->diag, r == -EEXIST ? "release %s is already present" : "cannot record release %s: %s",
+                       op->vsn, history_last_error(m->hist));
+            int d = discard_release_dir(m, op->vsn);
+            if (d < 0)
+                log_error("release %s: cannot take its files back out: %s", op->vsn, strerror(-d));
+            op->r = r;
+        } else {
+            log_info("unpacked release %s %s for %s", op->name, op->vsn, op->who);
+        }
+    } else {
+        log_info("unpack for %s refused: %s", op->who, op->diag.errors.n ? op->diag.errors.v[0] : strerror(-op->r));
+    }
+    op_done(op, op->r, op->r == 0 ? json_pack("{s:s, s:s}", "release", op->vsn, "name", op->name) : NULL);
+}
+
+void manager_unpack(Manager *m, int fd, const char *who, const ManagerCaller *c)
+{
+    Op *op = op_new(m, OP_UNPACK, who, c);
+    op->fd = fd;
+    op->limit = m->cfg.max_unpacked;
+    int r = jobs_run(m->jobs, unpack_work, unpack_done, op);
+    if (r < 0) {
+        diag_error(&op->diag, "cannot start the unpack: %s", strerror(-r));
+        op_done(op, r, NULL);
+    }
+}
+
+/* ---- boot and first install --------------------------------------------------------- */
+
+static void load_work(void *userdata)
+{
+    Op *op = userdata;
+    op->r = store_load_release(op->root, op->vsn, &op->rel, &op->diag);
+}
+
+/* Starts rel's processes with nothing running before; takes rel. */
+static int boot(Manager *m, ReleaseDef *rel, Diag *diag)
+{
+    int r = supervisor_start_release(m->sup, rel, diag);
+    if (r < 0) {
+        release_def_free(rel);
+        return r;
+    }
+    release_def_free(m->running);
+    m->running = rel;
+    return 0;
+}
+
+static void boot_done(void *userdata)
+{
+    Op *op = userdata;
+    Manager *m = op->m;
+    m->booting = false;
+    if (op->r == 0)
+        op->r = boot(m, TAKE_PTR(op->rel), &op->diag);
+    if (op->r == 0) {
+        op->r = history_release_set_state(m->hist, op->vsn, RELEASE_CURRENT, op->who);
+        if (op->r < 0) {
+            /* Not recorded: it does not run either, so that both agree. */
+            diag_error(&op->diag, "cannot record release %s as current: %s; its processes are stopped", op->vsn,
+                       history_last_error(m->hist));
+            log_error("%s", op->diag.errors.v[0]);
+            (void)supervisor_stop_all(m->sup, NULL, NULL); /* cannot fail */
+            m->running = release_def_free(m->running);
+        }
+    }
+    if (op->r == 0)
+        log_info("installed release %s for %s", op->vsn, op->who);
+    op_done(op, op->r, op->r == 0 ? json_pack("{s:s}", "installed", op->vsn) : NULL);
+}
+
+/* ---- upgrades and downgrades ------------------------------------------------------------ */
+
+static void on_upgrade_progress(void *userdata, size_t k, size_t n, const char *instruction)
+{
+    Manager *m = userdata;
+    Op *op = m->upgrade_op;
+    if (!op->caller.userdata || !op->caller.progress)
+        return;
+    json_t *line = json_pack("{s:i, s:i, s:s}", "progress", (int)k, "of", (int)n, "instruction", instruction);
+    op->caller.progress(op->caller.userdata, line);
+    json_decref(line);
+}
+
+/* The states after a successful change: 0, or -errno with the reason in diag. */
+static int record_change(Manager *m, Upgrade *u, bool running_was_current, const char *who, Diag *diag)
+{
+    int r = 0;
+    if (running_was_current)
+        r = history_release_set_state(m->hist, upgrade_from(u), RELEASE_UNPACKED, who);
+    char *target_state = NULL;
+    if (r == 0)
+        r = history_release_state(m->hist, upgrade_to(u), &target_state);
+    if (r == 0 && strcmp(target_state, RELEASE_PERMANENT) != 0) /* back to the permanent one: stays so */
+        r = history_release_set_state(m->hist, upgrade_to(u), RELEASE_CURRENT, who);
+    free(target_state);
+    if (r < 0)
+        diag_error(diag,
+                   "release %s runs, but its state could not be recorded: %s; reld boots release %s at its next "
+                   "start",
+                   upgrade_to(u), history_last_error(m->hist), upgrade_from(u));
+    return r;
+}
+
+static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
+{
+    Manager *m = userdata;
+    Op *op = m->upgrade_op;
+    const char *verb = upgrade_up(u) ? "upgrade" : "downgrade";
+    const Diag *ud = upgrade_diag(u);
+    for (size_t k = 0; k < ud->errors.n; k++)
+        diag_error(&op->diag, "%s", ud->errors.v[k]);
+    for (size_t k = 0; k < ud->warnings.n; k++)
+        diag_warning(&op->diag, "%s", ud->warnings.v[k]);
+    json_t *reply = NULL;
+    if (r == 0) {
+        /* The processes run `to`: so do the definitions, recorded or not. */
+        release_def_free(m->running);
+        m->running = upgrade_take_target(u);
+        bool running_was_current = op->r == 1;
+        if (!upgrade_recorded(u))
+            r = -EIO;
+        else
+            r = record_change(m, u, running_was_current, op->who, &op->diag);
+        if (r == 0) {
+            log_info("release %s is current (%.3f ms)", upgrade_to(u), upgrade_ms(u));
+            size_t n;
+            (void)upgrade_position(u, &n);
+            reply = json_pack("{s:s, s:s, s:s, s:i, s:f}", "installed", upgrade_to(u), "from", upgrade_from(u),
+                              "direction", verb, "instructions", (int)n, "ms", upgrade_ms(u));
+        } else {
+            log_error("%s", op->diag.errors.n ? op->diag.errors.v[0] : "cannot record the change");
+        }
+    } else if (!planned) {
+        (void)0; /* refused while planning: logged by upgrade.c */
+    }
+    m->upgrade = upgrade_free(m->upgrade);
+    m->upgrade_op = NULL;
+    op_done(op, r, reply);
+}
+
+static void change_release(Manager *m, Op *op, const char *running, bool running_is_current, const char *direction)
+{
+    bool up = strverscmp(op->vsn, running) > 0;
+    if (direction && up != (strcmp(direction, "upgrade") == 0)) {
+        diag_error(&op->diag, "release %s is %s than the running %s: use %s", op->vsn, up ? "newer" : "older", running,
+                   up ? "upgrade" : "downgrade");
+        return op_done(op, -EINVAL, NULL);
+    }
+    op->kind = OP_UPGRADE;
+    op->r = running_is_current ? 1 : 0; /* kept for record_change */
+    UpgradeParams p = {.ev = m->ev,
+                       .jobs = m->jobs,
+                       .history = m->hist,
+                       .supervisor = m->sup,
+                       .root = m->cfg.root,
+                       .from = running,
+                       .from_def = m->running,
+                       .to = op->vsn,
+                       .up = up,
+                       .who = op->who,
+                       .progress = on_upgrade_progress,
+                       .finished = on_upgrade_finished,
+                       .userdata = m};
+    int r = upgrade_start(&p, &m->upgrade);
+    if (r < 0) {
+        diag_error(&op->diag, "cannot start the upgrade: %s", strerror(-r));
+        return op_done(op, r, NULL);
+    }
+    m->upgrade_op = op;
+}
+
+void manager_install(Manager *m, const char *vsn, const char *direction, const char *who, const ManagerCaller *c)
+{
+    if (!vsn)
+        return refuse(m, c, -EINVAL, "install needs a release version or tarball");
+    if (m->upgrade)
+        return refuse(m, c, -EBUSY, "an upgrade from %s to %s is under way; one at a time", upgrade_from(m->upgrade),
+                      upgrade_to(m->upgrade));
+    if (m->booting)
+        return refuse(m, c, -EBUSY, "a release is being installed; one at a time");
+    if (m->shutdown_done)
+        return refuse(m, c, -ESHUTDOWN, "reld is stopping");
+    char *state = NULL;
+    int r = history_release_state(m->hist, vsn, &state);
+    free(state);
+    if (r == -ENOENT)
+        return refuse(m, c, r, "release %s is not known (relctl unpack it first)", vsn);
+    if (r < 0)
+        return refuse(m, c, r, "cannot read the release database: %s", history_last_error(m->hist));
+    char *cur = state_of(m, RELEASE_CURRENT), *perm = state_of(m, RELEASE_PERMANENT);
+    const char *running = m->running ? m->running->vsn : NULL;
+    Op *op = op_new(m, OP_BOOT, who, c);
+    op->vsn = xstrdup(vsn);
+    if (running && strcmp(running, vsn) == 0) {
+        diag_error(&op->diag, "release %s is already running", vsn);
+        op_done(op, -EALREADY, NULL);
+    } else if (running) {
+        change_release(m, op, running, cur && strcmp(cur, running) == 0, direction);
+    } else if (direction) {
+        diag_error(&op->diag, "no release is running to %s from", direction);
+        op_done(op, -EINVAL, NULL);
+    } else if ((r = jobs_run(m->jobs, load_work, boot_done, op)) < 0) {
+        diag_error(&op->diag, "cannot start the install: %s", strerror(-r));
+        op_done(op, r, NULL);
+    } else {
+        m->booting = true;
+    }
+    free(cur);
+    free(perm);
+}
+
+/* ---- make-permanent ------------------------------------------------------------------ */
+
+void manager_make_permanent(Manager *m, const char *vsn, const char *who, const ManagerCaller *c)
+{
+    if (m->upgrade)
+        return refuse(m, c, -EBUSY, "an upgrade from %s to %s is under way; make it permanent when it is done",
+                      upgrade_from(m->upgrade), upgrade_to(m->upgrade));
+    char *cur = state_of(m, RELEASE_CURRENT), *perm = state_of(m, RELEASE_PERMANENT), *state = NULL;
+    if (!vsn)
+        vsn = cur;
+    int r;
+    if (!vsn) {
+        refuse(m, c, -ENOENT, "no release is current (installed and not yet permanent)");
+    } else if ((r = history_release_state(m->hist, vsn, &state)) < 0) {
+        refuse(m, c, r, r == -ENOENT ? "release %s is not known" : "cannot read the release database (%s)", vsn);
+    } else if (strcmp(state, RELEASE_PERMANENT) == 0) {
+        json_t *reply = json_pack("{s:s}", "permanent", vsn);
+        c->done(c->userdata, 0, reply, &(Diag){0});
+        json_decref(reply);
+    } else if (strcmp(state, RELEASE_CURRENT) != 0) {
+        refuse(m, c, -EINVAL, "release %s is %s; only the current release can be made permanent", vsn, state);
+    } else {
+        /* The old permanent one becomes old first: at most one permanent. */
+        r = perm ? history_release_set_state(m->hist, perm, RELEASE_OLD, who) : 0;
+        if (r == 0)
+            r = history_release_set_state(m->hist, vsn, RELEASE_PERMANENT, who);
+        if (r < 0) {
+            refuse(m, c, r, "cannot record the change: %s", history_last_error(m->hist));
+        } else {
+            log_info("release %s is permanent, for %s", vsn, who);
+            json_t *reply = json_pack("{s:s}", "permanent", vsn);
+            c->done(c->userdata, 0, reply, &(Diag){0});
+            json_decref(reply);
+        }
+    }
+    free(cur);
+    free(perm);
+    free(state);
+}
+
+/* ---- remove ------------------------------------------------------------------------- */
+
+/* The application directories ("app-vsn") release vsn uses that no other
+ * release does. false when that cannot be told (an other release's
+ * definition cannot be read): then no application directory goes. */
+static bool unused_app_dirs(Manager *m, const char *vsn, StrVec *ret)
+{
+    Diag diag = {0};
+    ReleaseDef *rel = NULL;
+    json_t *all = NULL;
+    bool known = history_releases(m->hist, &all) == 0;
+    char *path = store_path_release_file(m->cfg.root, vsn), *buf = NULL;
+    size_t len;
+    if (known && (store_read_file(path, &buf, &len) < 0 || appdefs_parse_release(path, buf, len, &rel, &diag) < 0))
+        known = false;
+    free(path);
+    free(buf);
+    StrVec used = {0};
+    size_t i;
+    json_t *r;
+    json_array_foreach(all, i, r)
+    {
+        const char *other = json_string_value(json_object_get(r, "vsn"));
+        if (!known || strcmp(other, vsn) == 0)
+            continue;
+        char *opath = store_path_release_file(m->cfg.root, other), *obuf = NULL;
+        ReleaseDef *o = NULL;
+        if (store_read_file(opath, &obuf, &len) < 0 || appdefs_parse_release(opath, obuf, len, &o, &diag) < 0) {
+            log_error("remove %s: cannot read release %s's definition; keeping every application directory", vsn,
+                      other);
+            known = false;
+        }
+        for (size_t a = 0; o && a < o->n_apps; a++)
+            strvec_push_take(&used, xasprintf("%s-%s", o->apps[a].name, o->apps[a].vsn));
+        release_def_free(o);
+        free(obuf);
+        free(opath);
+    }
+    for (size_t a = 0; known && a < rel->n_apps; a++) {
+        char *dir = xasprintf("%s-%s", rel->apps[a].name, rel->apps[a].vsn);
+        if (!strvec_contains(&used, dir))
+            strvec_push(ret, dir);
+        free(dir);
+    }
+    strvec_clear(&used);
+    json_decref(all);
+    release_def_free(rel);
+    diag_clear(&diag);
+    return known;
+}
+
+static void remove_work(void *userdata)
+{
+    Op *op = userdata;
+    store_remove_tree(op->trash);
+}
+
+static void remove_done(void *userdata)
+{
+    Op *op = userdata;
+    log_info("removed release %s for %s", op->vsn, op->who);
+    op_done(op, 0, json_pack("{s:s}", "removed", op->vsn));
+}
+
+void manager_remove(Manager *m, const char *vsn, const char *who, const ManagerCaller *c)
+{
+    if (!vsn)
+        return refuse(m, c, -EINVAL, "remove needs a release version");
+    if (m->upgrade && (strcmp(vsn, upgrade_to(m->upgrade)) == 0 || strcmp(vsn, upgrade_from(m->upgrade)) == 0))
+        return refuse(m, c, -EBUSY, "release %s is part of the %s from %s to %s under way; it cannot be removed", vsn,
+                      upgrade_up(m->upgrade) ? "upgrade" : "downgrade", upgrade_from(m->upgrade),
+                      upgrade_to(m->upgrade));
+    char *state = NULL;
+    int r = history_release_state(m->hist, vsn, &state);
+    if (r == -ENOENT)
+        return refuse(m, c, r, "release %s is not known", vsn);
+    if (r < 0)
+        return refuse(m, c, r, "cannot read the release database: %s", history_last_error(m->hist));
+    bool in_use = strcmp(state, RELEASE_PERMANENT) == 0 || strcmp(state, RELEASE_CURRENT) == 0 ||
+                  (m->running && strcmp(m->running->vsn, vsn) == 0);
+    if (in_use) {
+        refuse(m, c, -EBUSY, "release %s is %s; it cannot be removed", vsn,
+               strcmp(state, RELEASE_PERMANENT) == 0 ? "permanent" : "running");
+        free(state);
+        return;
+    }
+    free(state);
+    /* The files move out of the way first (renames: quick and atomic),
+     * then the row goes: a crash between leaves a row without files, which
+     * the next start forgets; the moved files are in tmp/, which it
+     * empties. Deleting them (seconds for 10^6 files) runs on a thread. */
+    StrVec dirs = {0};
+    bool known = unused_app_dirs(m, vsn, &dirs);
+    char *tmp = store_path_tmp(m->cfg.root), *trash = xasprintf("%s/remove-XXXXXX", tmp);
+    char *rel_dir = store_path_release_dir(m->cfg.root, vsn), *rel_moved = NULL;
+    if ((mkdir(tmp, 0700) < 0 && errno != EEXIST) || !mkdtemp(trash) ||
+        rename(rel_dir, rel_moved = xasprintf("%s/release", trash)) < 0) {
+        r = -errno;
+        refuse(m, c, r, "cannot remove release %s's files: %s", vsn, strerror(-r));
+        goto out;
+    }
+    StrVec moved = {0};
+    for (size_t k = 0; known && k < dirs.n; k++) {
+        char *from = xasprintf("%s/lib/%s", m->cfg.root, dirs.v[k]), *to = xasprintf("%s/%s", trash, dirs.v[k]);
+        if (rename(from, to) == 0)
+            strvec_push(&moved, dirs.v[k]);
+        else if (errno != ENOENT)
+            log_error("remove %s: cannot remove %s: %s", vsn, from, strerror(errno));
+        free(from);
+        free(to);
+    }
+    if ((r = history_release_remove(m->hist, vsn, who)) < 0) {
+        /* Not recorded: the files go back, as if nothing happened. */
+        char *why = xstrdup(history_last_error(m->hist));
+        if (rename(rel_moved, rel_dir) < 0)
+            log_error("remove %s: cannot put %s back: %s", vsn, rel_dir, strerror(errno));
+        for (size_t k = 0; k < moved.n; k++) {
+            char *from = xasprintf("%s/%s", trash, moved.v[k]), *to = xasprintf("%s/lib/%s", m->cfg.root, moved.v[k]);
+            if (rename(from, to) < 0)
+                log_error("remove %s: cannot put %s back: %s", vsn, to, strerror(errno));
+            free(from);
+            free(to);
+        }
+        refuse(m, c, r, "cannot record the removal of release %s: %s", vsn, why);
+        free(why);
+        strvec_clear(&moved);
+        goto out;
+    }
+    strvec_clear(&moved);
+    Op *op = op_new(m, OP_REMOVE, who, c);
+    op->vsn = xstrdup(vsn);
+    op->trash = TAKE_PTR(trash);
+    if ((r = jobs_run(m->jobs, remove_work, remove_done, op)) < 0) {
+        log_error("remove %s: no thread to delete its files (%s); the next start deletes them", vsn, strerror(-r));
+        remove_done(op);
+    }
+out:
+    strvec_clear(&dirs);
+    free(tmp);
+    free(trash);
+    free(rel_dir);
+    free(rel_moved);
+}
+
+/* ---- reading ---------------------------------------------------------------------- */
+
+json_t *manager_releases(Manager *m, Diag *diag)
+{
+    json_t *rels = NULL;
+    if (history_releases(m->hist, &rels) < 0) {
+        diag_error(diag, "cannot read the release database: %s", history_last_error(m->hist));
+        return NULL;
+    }
+    return json_pack("{s:o}", "releases", rels);
+}
+
+json_t *manager_history(Manager *m, int limit, Diag *diag)
+{
+    json_t *h = NULL;
+    if (history_list(m->hist, limit, &h) < 0) {
+        diag_error(diag, "cannot read the history: %s", history_last_error(m->hist));
+        return NULL;
+    }
+    return h;
+}
+
+json_t *manager_status(Manager *m, Diag *diag)
+{
+    json_t *rels = manager_releases(m, diag);
+    if (!rels)
+        return NULL;
+    char *cur = state_of(m, RELEASE_CURRENT), *perm = state_of(m, RELEASE_PERMANENT);
+    json_t *s = json_pack("{s:s, s:o, s:o, s:O, s:o}", "root", m->cfg.root, "current",
+                          cur ? json_string(cur) : json_null(), "permanent", perm ? json_string(perm) : json_null(),
+                          "releases", json_object_get(rels, "releases"), "processes", supervisor_status(m->sup));
+    json_decref(rels);
+    if (m->upgrade) {
+        size_t n, k = upgrade_position(m->upgrade, &n); /* 0 of 0: planning */
+        json_object_set_new(s, "upgrade",
+                            json_pack("{s:s, s:s, s:s, s:i, s:i}", "from", upgrade_from(m->upgrade), "to",
+                                      upgrade_to(m->upgrade), "direction",
+                                      upgrade_up(m->upgrade) ? "upgrade" : "downgrade", "done", (int)k, "of", (int)n));
+    } else {
+        json_object_set_new(s, "upgrade", json_null());
+    }
+    free(cur);
+    free(perm);
+    return s;
+}
+
+static void relup_work(void *userdata)
+{
+    Op *op = userdata;
+    Relup *r = NULL;
+    bool stored = false;
+    op->r = store_relup(op->root, op->from, op->to, true, &r, &stored, &op->diag);
+    if (op->r == 0) {
+        json_t *warnings = json_array();
+        for (size_t i = 0; i < op->diag.warnings.n; i++)
+            json_array_append_new(warnings, json_string(op->diag.warnings.v[i]));
+        op->result = json_pack("{s:o, s:b, s:o}", "relup", relup_to_json(r), "stored", stored, "warnings", warnings);
+    }
+    relup_free(r);
+}
+
+static void relup_done(void *userdata)
+{
+    Op *op = userdata;
+    op_done(op, op->r, TAKE_PTR(op->result));
+}
+
+void manager_relup(Manager *m, const char *from, const char *to, const char *who, const ManagerCaller *c)
+{
+    if (!from || !to)
+        return refuse(m, c, -EINVAL, "relup needs FROM and TO");
+    Op *op = op_new(m, OP_RELUP, who, c);
+    op->from = xstrdup(from);
+    op->to = xstrdup(to);
+    int r = jobs_run(m->jobs, relup_work, relup_done, op);
+    if (r < 0) {
+        diag_error(&op->diag, "cannot compute the relup: %s", strerror(-r));
+        op_done(op, r, NULL);
+    }
+}
+
+/* ---- life ------------------------------------------------------------------------- */
+
+/* Brings the database and the files into agreement after a crash. */
+static void reconcile(Manager *m)
+{
+    int n = history_attempts_interrupted(m->hist);
+    if (n < 0)
+        log_error("cannot close interrupted upgrade attempts: %s", history_last_error(m->hist));
+    if (n > 0) {
+        log_warning("%d upgrade attempt(s) were interrupted by reld stopping; booting the permanent release", n);
+        if (history_event(m->hist, "interrupted", "reld (start)", NULL, NULL) < 0)
+            log_error("cannot record the interruption: %s", history_last_error(m->hist));
+    }
+    char *tmp = store_path_tmp(m->cfg.root);
+    store_remove_tree(tmp); /* staging directories of unpacks, removals a crash interrupted */
+    free(tmp);
+    json_t *rels = NULL;
+    if (history_releases(m->hist, &rels) < 0) {
+        log_error("cannot read the release database: %s", history_last_error(m->hist));
+        return;
+    }
+    size_t i;
+    json_t *r;
+    json_array_foreach(rels, i, r)
+    {
+        const char *vsn = json_string_value(json_object_get(r, "vsn"));
+        const char *state = json_string_value(json_object_get(r, "state"));
+        char *path = store_path_release_file(m->cfg.root, vsn);
+        if (access(path, F_OK) < 0) {
+            log_warning("release %s is in the database but not in %s; forgetting it", vsn, m->cfg.root);
+            if (history_release_remove(m->hist, vsn, "reld (start)") < 0)
+                log_error("cannot forget release %s: %s", vsn, history_last_error(m->hist));
+        } else if (strcmp(state, RELEASE_CURRENT) == 0) {
+            /* Installed but never made permanent: rolled back, as OTP. */
+            log_warning("release %s was current but never made permanent: rolled back", vsn);
+            if (history_release_set_state(m->hist, vsn, RELEASE_UNPACKED, "reld (start)") < 0)
+                log_error("cannot roll back release %s: %s", vsn, history_last_error(m->hist));
+        }
+        free(path);
+    }
+    json_decref(rels);
+}
+
+int manager_new(sd_event *ev, const DaemonConfig *cfg, Manager **ret)
+{
+    Manager *m = xcalloc(1, sizeof(*m));
+    m->ev = sd_event_ref(ev);
+    config_copy(&m->cfg, cfg);
+    m->lock_fd = -1;
+    int r = 0;
+    if (mkdir(m->cfg.root, 0755) < 0 && errno != EEXIST) {
+        r = -errno;
+        log_error("cannot create %s: %s", m->cfg.root, strerror(-r));
+    }
+    char *lock = store_path_lock(m->cfg.root);
+    if (r == 0 && ((m->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0 ||
+                   flock(m->lock_fd, LOCK_EX | LOCK_NB) < 0)) {
+        r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+        log_error("%s: %s", lock, r == -EBUSY ? "another reld runs on this root" : strerror(-r));
+    }
+    free(lock);
+    char *db = store_path_db(m->cfg.root), *err = NULL;
+    if (r == 0 && (r = history_open(db, &m->hist, &err)) < 0)
+        log_error("%s", err ? err : "cannot open the database");
+    free(db);
+    free(err);
+    if (r == 0)
+        reconcile(m);
+    if (r == 0 && (r = jobs_new(ev, &m->jobs)) < 0)
+        log_error("cannot start the job queue: %s", strerror(-r));
+    if (r == 0 && (r = supervisor_new(ev, m->hist, m->cfg.root, &m->sup)) < 0)
+        log_error("cannot start the supervisor: %s", strerror(-r));
+    char *perm = r == 0 ? state_of(m, RELEASE_PERMANENT) : NULL;
+    if (perm) {
+        Diag diag = {0};
+        ReleaseDef *rel = NULL;
+        if (store_load_release(m->cfg.root, perm, &rel, &diag) < 0 || boot(m, rel, &diag) < 0)
+            log_error("cannot boot permanent release %s: %s", perm, diag.errors.n ? diag.errors.v[0] : "?");
+        else if (history_event(m->hist, "boot", "reld", perm, NULL) < 0)
+            log_error("cannot record the boot: %s", history_last_error(m->hist));
+        diag_clear(&diag);
+    }
+    free(perm);
+    if (r < 0) {
+        manager_free(m);
+        return r;
+    }
+    *ret = m;
+    return 0;
+}
+
+static void on_all_stopped(void *userdata)
+{
+    Manager *m = userdata;
+    m->shutdown_done(m->shutdown_data);
+}
+
+void manager_shutdown(Manager *m, void (*done)(void *userdata), void *userdata)
+{
+    m->shutdown_done = done;
+    m->shutdown_data = userdata;
+    if (m->upgrade && !upgrade_planning(m->upgrade)) {
+        /* Abandoned: the attempt shows as interrupted at the next start. */
+        m->upgrade = upgrade_free(m->upgrade);
+        if (m->upgrade_op) {
+            diag_error(&m->upgrade_op->diag, "reld is stopping; the upgrade was abandoned");
+            op_done(m->upgrade_op, -ESHUTDOWN, NULL);
+            m->upgrade_op = NULL;
+        }
+    }
+    (void)supervisor_stop_all(m->sup, on_all_stopped, m); /* cannot fail */
+}
+
+Manager *manager_free(Manager *m)
+{
+    if (!m)
+        return NULL;
+    if (jobs_running(m->jobs)) {
+        /* A worker thread still unpacks, plans or deletes and will touch
+         * its operation: the process is about to exit, which ends it. */
+        log_info("exiting with %u job(s) under way; staging directories go at the next start", jobs_running(m->jobs));
+        return m;
+    }
+    m->upgrade = upgrade_free(m->upgrade);
+    while (m->ops)
+        op_free(m->ops);
+    m->sup = supervisor_free(m->sup); /* SIGKILLs what still runs */
+    m->running = release_def_free(m->running);
+    m->jobs = jobs_free(m->jobs);
+    history_close(m->hist);
+    if (m->lock_fd >= 0)
+        close(m->lock_fd);
+    config_clear(&m->cfg);
+    sd_event_unref(m->ev);
+    free(m);
+    return NULL;
+}

@@ -1,0 +1,74 @@
+#pragma once
+/* manager: a release root and the releases in it: the root's lock (one
+ * reld per root), the history, boot and recovery after a crash, the
+ * release state machine (SPEC.md "Release states": unpacked -> current ->
+ * permanent -> old), and the operations relctl asks for. It knows nothing
+ * of sockets: commands.c turns requests into these calls and their
+ * outcomes into replies.
+ *
+ * Operations that take time (unpack, install/upgrade/downgrade, remove)
+ * report through a ManagerCaller: progress lines while they run, then
+ * done() exactly once, possibly before the call returns. A caller that
+ * goes away says so with manager_forget_caller(): the operation goes on
+ * and is recorded, and tells nobody.
+ *
+ * State changes are recorded before they are reported: an operation whose
+ * record fails reports the failure, never success.
+ *
+ * Ownership: the Manager owns the history, the supervisor, the jobs and
+ * the definitions of the running release; it borrows the event loop.
+ *
+ * Errors: 0 or a negative errno; reasons in the Diag given to done(), or
+ * in the log for manager_new(). */
+#include <jansson.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "util.h"
+
+typedef struct Manager Manager;
+
+typedef struct ManagerCaller {
+    /* One progress line: {"progress": k, "of": n, "instruction": "..."}
+     * (borrowed). May be NULL. */
+    void (*progress)(void *userdata, json_t *line);
+    /* The outcome: r == 0 with the reply's fields (borrowed), or r < 0 with
+     * the reasons in diag (errors first, then warnings). */
+    void (*done)(void *userdata, int r, json_t *reply, const Diag *diag);
+    void *userdata;
+} ManagerCaller;
+
+/* Opens root (cfg->root): takes its lock, opens and migrates the history,
+ * reconciles after a crash, and boots the permanent release (a boot that
+ * fails is logged, and reld serves on: the operator must see why). */
+int manager_new(sd_event *ev, const DaemonConfig *cfg, Manager **ret);
+/* NULL; or m itself, unfreed, while a worker thread still uses it (reld
+ * then exits without freeing: staging directories go at the next start). */
+Manager *manager_free(Manager *m);
+/* Stops every process (asynchronously: SIGTERM, shutdown_ms, SIGKILL), then
+ * calls done(userdata). An upgrade under way is abandoned: its attempt
+ * shows as interrupted at the next start. */
+void manager_shutdown(Manager *m, void (*done)(void *userdata), void *userdata);
+/* The unpack limit, changed by a reload of the configuration. */
+void manager_set_max_unpacked(Manager *m, uint64_t bytes);
+
+/* Unpacks the tarball read from fd (taken) as release: reply {release, name}. */
+void manager_unpack(Manager *m, int fd, const char *who, const ManagerCaller *c);
+/* Starts release vsn when none runs, or changes the running release to it
+ * (direction: NULL decides by version, "upgrade"/"downgrade" check it):
+ * reply {installed[, from, direction, instructions, ms]}. */
+void manager_install(Manager *m, const char *vsn, const char *direction, const char *who, const ManagerCaller *c);
+/* reply {removed}. */
+void manager_remove(Manager *m, const char *vsn, const char *who, const ManagerCaller *c);
+/* The relup from -> to, stored or computed (on a worker thread: it can
+ * take a second for large releases): reply {relup, stored, warnings}. */
+void manager_relup(Manager *m, const char *from, const char *to, const char *who, const ManagerCaller *c);
+/* vsn NULL: the current release. reply {permanent}. */
+void manager_make_permanent(Manager *m, const char *vsn, const char *who, const ManagerCaller *c);
+void manager_forget_caller(Manager *m, void *userdata);
+
+/* Replies of the read-only commands (new references), or NULL with the
+ * reason in diag. */
+json_t *manager_status(Manager *m, Diag *diag);
+json_t *manager_releases(Manager *m, Diag *diag);
+json_t *manager_history(Manager *m, int limit, Diag *diag);

@@ -1,0 +1,708 @@
+/* One managed process (proc.h). */
+#include "proc.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <systemd/sd-journal.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+
+extern char **environ;
+
+#define CONTROL_LINE_MAX 65536
+
+/* One output pipe of one run of a process: it may still hold lines after
+ * the process exited and a new run started, so it keeps its own pid. */
+typedef struct OutPipe {
+    char *label;
+    pid_t pid;
+    sd_event_source *src;
+    char line[4096];
+    size_t len;
+    long long window_start_ms;
+    unsigned lines_in_window, dropped;
+} OutPipe;
+
+struct Proc {
+    sd_event *ev;
+    char *label;
+    ProcSource src;
+    int *listen_fds;
+    size_t n_listen;
+    char *fdnames;
+    pid_t pid;
+    bool stopping;
+    sd_event_source *child_src, *ctl_src, *kill_timer;
+    int ctl_fd;
+    char in[CONTROL_LINE_MAX];
+    size_t in_len;
+    char *out; /* unsent bytes of the control channel */
+    size_t out_len;
+    json_t *modules;
+    ProcExited exited;
+    void *userdata;
+    /* The call out, if any. */
+    ProcCallDone call_done;
+    void *call_data;
+    long long call_id;
+    sd_event_source *call_timer;
+};
+
+static long long next_call_id;
+
+void proc_source_clear(ProcSource *s)
+{
+    free(s->path);
+    free(s->dir);
+    strvec_clear(&s->modules_env);
+    *s = (ProcSource){0};
+}
+
+pid_t proc_pid(const Proc *p)
+{
+    return p->pid;
+}
+
+const char *proc_label(const Proc *p)
+{
+    return p->label;
+}
+
+const ProcessDef *proc_def(const Proc *p)
+{
+    return p->src.def;
+}
+
+bool proc_stopping(const Proc *p)
+{
+    return p->stopping;
+}
+
+bool proc_speaks_protocol(const Proc *p)
+{
+    return p->pid && p->modules && p->ctl_fd >= 0;
+}
+
+json_t *proc_modules(const Proc *p)
+{
+    return p->modules;
+}
+
+const char *proc_module_version(const Proc *p, const char *module)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(p->modules, i, m)
+    {
+        const char *name = json_string_value(json_object_get(m, "name"));
+        if (name && strcmp(name, module) == 0)
+            return json_string_value(json_object_get(m, "version"));
+    }
+    return NULL;
+}
+
+/* ---- listening sockets ---------------------------------------------------- */
+
+static int open_listener(const char *spec)
+{
+    int fd = -1;
+    if (strncmp(spec, "unix:", 5) == 0) {
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        snprintf(a.sun_path, sizeof(a.sun_path), "%s", spec + 5);
+        (void)unlink(a.sun_path); /* a stale socket of an earlier run; absent is fine */
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 512) < 0)
+            goto fail;
+        return fd;
+    }
+    const char *colon = strrchr(spec, ':');
+    if (!colon)
+        return -EINVAL;
+    char host[256];
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - spec), spec);
+    int port = atoi(colon + 1), one = 1;
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port)};
+    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    bool v6 = host[0] == '[';
+    if (v6) {
+        host[strlen(host) - 1] = 0;
+        if (inet_pton(AF_INET6, host + 1, &a6.sin6_addr) != 1)
+            return -EINVAL;
+    } else if (inet_pton(AF_INET, host, &a4.sin_addr) != 1) {
+        return -EINVAL;
+    }
+    fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        (v6 ? bind(fd, (struct sockaddr *)&a6, sizeof(a6)) : bind(fd, (struct sockaddr *)&a4, sizeof(a4))) < 0 ||
+        listen(fd, 512) < 0)
+        goto fail;
+    return fd;
+fail:;
+    int r = -errno;
+    if (fd >= 0)
+        close(fd);
+    return r;
+}
+
+Proc *proc_new(sd_event *ev, const char *label, ProcSource *src, ProcExited exited, void *userdata, Diag *diag)
+{
+    Proc *p = xcalloc(1, sizeof(*p));
+    p->ev = ev;
+    p->label = xstrdup(label);
+    p->src = *src;
+    *src = (ProcSource){0};
+    p->ctl_fd = -1;
+    p->exited = exited;
+    p->userdata = userdata;
+    const ProcessDef *def = p->src.def;
+    p->listen_fds = xcalloc(def->n_sockets + 1, sizeof(int));
+    p->fdnames = xstrdup("");
+    for (size_t k = 0; k < def->n_sockets; k++) {
+        int fd = open_listener(def->sockets[k].listen);
+        if (fd < 0) {
+            diag_error(diag, "%s: cannot listen on %s: %s", label, def->sockets[k].listen, strerror(-fd));
+            return proc_free(p);
+        }
+        p->listen_fds[p->n_listen++] = fd;
+        char *names = xasprintf("%s%s%s", p->fdnames, k ? ":" : "", def->sockets[k].name);
+        free(p->fdnames);
+        p->fdnames = names;
+    }
+    return p;
+}
+
+void proc_set_source(Proc *p, ProcSource *src)
+{
+    proc_source_clear(&p->src);
+    p->src = *src;
+    *src = (ProcSource){0};
+}
+
+/* ---- output --------------------------------------------------------------- */
+
+static void relay_line(OutPipe *o, const char *line, size_t len)
+{
+    long long now = mono_ms();
+    if (now - o->window_start_ms >= PROC_RELAY_PERIOD_MS) {
+        if (o->dropped)
+            log_warning("%s[%d]: %u lines of output dropped (more than %d in %d ms)", o->label, (int)o->pid, o->dropped,
+                        PROC_RELAY_BURST, PROC_RELAY_PERIOD_MS);
+        o->window_start_ms = now;
+        o->lines_in_window = o->dropped = 0;
+    }
+    if (o->lines_in_window++ >= PROC_RELAY_BURST) {
+        o->dropped++;
+        return;
+    }
+    log_info("%s[%d]: %.*s", o->label, (int)o->pid, (int)len, line);
+}
+
+static void out_pipe_free(OutPipe *o)
+{
+    if (o->dropped)
+        log_warning("%s[%d]: %u lines of output dropped (more than %d in %d ms)", o->label, (int)o->pid, o->dropped,
+                    PROC_RELAY_BURST, PROC_RELAY_PERIOD_MS);
+    sd_event_source_disable_unref(o->src);
+    free(o->label);
+    free(o);
+}
+
+static int on_output(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+{
+    OutPipe *o = userdata;
+    char buf[65536];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (n <= 0) {
+        if (o->len)
+            relay_line(o, o->line, o->len);
+        out_pipe_free(o); /* closes fd: the source owns it */
+        return 0;
+    }
+    for (ssize_t i = 0; i < n; i++) {
+        if (buf[i] == '\n' || o->len == sizeof(o->line)) {
+            relay_line(o, o->line, o->len);
+            o->len = 0;
+            if (buf[i] == '\n')
+                continue;
+        }
+        o->line[o->len++] = buf[i];
+    }
+    return 0;
+}
+
+/* Relays what fd (a pipe's read end, taken) carries. */
+static int watch_output(Proc *p, int fd)
+{
+    OutPipe *o = xcalloc(1, sizeof(*o));
+    o->label = xstrdup(p->label);
+    o->pid = p->pid;
+    o->window_start_ms = mono_ms();
+    int r = sd_event_add_io(p->ev, &o->src, fd, EPOLLIN, on_output, o);
+    if (r < 0) {
+        close(fd);
+        free(o->label);
+        free(o);
+        return r;
+    }
+    (void)sd_event_source_set_io_fd_own(o->src, true); /* cannot fail on an io source */
+    return 0;
+}
+
+/* ---- control channel -------------------------------------------------------- */
+
+static void call_end(Proc *p, json_t *reply, int r)
+{
+    ProcCallDone done = p->call_done;
+    void *data = p->call_data;
+    p->call_done = NULL;
+    p->call_data = NULL;
+    p->call_id = 0;
+    if (p->call_timer)
+        (void)sd_event_source_set_enabled(p->call_timer, SD_EVENT_OFF); /* cannot fail */
+    if (done)
+        done(p, reply, r, data);
+}
+
+static void channel_close(Proc *p)
+{
+    p->ctl_src = sd_event_source_disable_unref(p->ctl_src); /* closes ctl_fd: the source owns it */
+    p->ctl_fd = -1;
+    p->in_len = 0;
+    free(p->out);
+    p->out = NULL;
+    p->out_len = 0;
+    if (p->call_done)
+        call_end(p, NULL, -ECONNRESET);
+}
+
+static void take_modules(Proc *p, json_t *m)
+{
+    json_t *mods = json_object_get(m, "modules");
+    if (json_is_array(mods)) {
+        json_decref(p->modules);
+        p->modules = json_incref(mods);
+    }
+}
+
+static void handle_line(Proc *p, const char *line, size_t len)
+{
+    json_t *m = json_loadb(line, len, 0, NULL);
+    if (!json_is_object(m)) {
+        log_warning("%s[%d]: a control line that is not a JSON object: ignored", p->label, (int)p->pid);
+        json_decref(m);
+        return;
+    }
+    const char *ev = json_string_value(json_object_get(m, "event"));
+    if (ev) {
+        if (strcmp(ev, "hello") == 0)
+            take_modules(p, m);
+    } else {
+        if (json_is_true(json_object_get(m, "ok")))
+            take_modules(p, m);
+        /* The awaited reply ends the call; others (late answers to
+         * timed-out requests, answers to one-way sends) only told what the
+         * process runs now. */
+        json_t *id = json_object_get(m, "id");
+        if (p->call_done && json_is_integer(id) && json_integer_value(id) == p->call_id)
+            call_end(p, m, 0);
+    }
+    json_decref(m);
+}
+
+static int flush_out(Proc *p)
+{
+    while (p->out_len) {
+        /* MSG_NOSIGNAL: a dead process must not kill reld with SIGPIPE. */
+        ssize_t n = send(p->ctl_fd, p->out, p->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        if (n <= 0)
+            return -ECONNRESET;
+        memmove(p->out, p->out + n, p->out_len - (size_t)n);
+        p->out_len -= (size_t)n;
+    }
+    return sd_event_source_set_io_events(p->ctl_src, EPOLLIN | (p->out_len ? EPOLLOUT : 0));
+}
+
+static int on_control(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+{
+    Proc *p = userdata;
+    if ((revents & EPOLLOUT) && flush_out(p) < 0) {
+        channel_close(p);
+        return 0;
+    }
+    if (!(revents & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        return 0;
+    ssize_t n = read(fd, p->in + p->in_len, sizeof(p->in) - p->in_len);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (n <= 0) {
+        channel_close(p);
+        return 0;
+    }
+    p->in_len += (size_t)n;
+    char *nl, *start = p->in;
+    while ((nl = memchr(start, '\n', p->in_len - (size_t)(start - p->in)))) {
+        handle_line(p, start, (size_t)(nl - start));
+        if (p->ctl_fd < 0) /* a call's end closed the channel */
+            return 0;
+        start = nl + 1;
+    }
+    p->in_len -= (size_t)(start - p->in);
+    memmove(p->in, start, p->in_len);
+    if (p->in_len == sizeof(p->in)) {
+        log_warning("%s[%d]: a control line longer than %d bytes: dropped", p->label, (int)p->pid, CONTROL_LINE_MAX);
+        p->in_len = 0;
+    }
+    return 0;
+}
+
+static int send_line(Proc *p, json_t *req)
+{
+    if (p->ctl_fd < 0) {
+        json_decref(req);
+        return -ECONNRESET;
+    }
+    char *text = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    if (!text)
+        return -ENOMEM;
+    size_t len = strlen(text);
+    p->out = xrealloc(p->out, p->out_len + len + 1);
+    memcpy(p->out + p->out_len, text, len);
+    p->out[p->out_len + len] = '\n';
+    p->out_len += len + 1;
+    free(text);
+    int r = flush_out(p);
+    if (r < 0)
+        channel_close(p);
+    return r;
+}
+
+void proc_cancel_call(Proc *p)
+{
+    p->call_done = NULL;
+    p->call_data = NULL;
+    p->call_id = 0;
+    if (p->call_timer)
+        (void)sd_event_source_set_enabled(p->call_timer, SD_EVENT_OFF); /* cannot fail */
+}
+
+int proc_send(Proc *p, json_t *req)
+{
+    json_object_set_new(req, "id", json_integer(++next_call_id));
+    return send_line(p, req);
+}
+
+static int on_call_timeout(sd_event_source *s, uint64_t usec, void *userdata)
+{
+    call_end(userdata, NULL, -ETIMEDOUT);
+    return 0;
+}
+
+int proc_call(Proc *p, json_t *req, int timeout_ms, ProcCallDone done, void *userdata)
+{
+    if (p->call_done) {
+        json_decref(req);
+        return -EBUSY;
+    }
+    long long id = ++next_call_id;
+    json_object_set_new(req, "id", json_integer(id));
+    int r = send_line(p, req);
+    if (r < 0)
+        return r;
+    uint64_t at = (uint64_t)(mono_us() + (long long)timeout_ms * 1000);
+    if (p->call_timer) {
+        r = sd_event_source_set_time(p->call_timer, at);
+        if (r >= 0)
+            r = sd_event_source_set_enabled(p->call_timer, SD_EVENT_ONESHOT);
+    } else {
+        r = sd_event_add_time(p->ev, &p->call_timer, CLOCK_MONOTONIC, at, 1000, on_call_timeout, p);
+    }
+    if (r < 0)
+        return r;
+    p->call_done = done;
+    p->call_data = userdata;
+    p->call_id = id;
+    return 0;
+}
+
+/* ---- start, exit, stop --------------------------------------------------------- */
+
+static int on_exit_(sd_event_source *src, const siginfo_t *si, void *userdata)
+{
+    Proc *p = userdata;
+    p->child_src = sd_event_source_disable_unref(p->child_src);
+    if (p->kill_timer)
+        (void)sd_event_source_set_enabled(p->kill_timer, SD_EVENT_OFF); /* cannot fail */
+    channel_close(p);
+    bool signaled = si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED;
+    if (p->stopping)
+        log_info("%s[%d] stopped (%s %d)", p->label, (int)p->pid, signaled ? "signal" : "exit status", si->si_status);
+    else
+        log_info("%s[%d] %s %d", p->label, (int)p->pid, signaled ? "killed by signal" : "exited with status",
+                 si->si_status);
+    p->pid = 0;
+    json_decref(p->modules);
+    p->modules = NULL;
+    p->exited(p, si, p->userdata);
+    return 0;
+}
+
+/* Formats n into buf (async-signal-safe, for the child after fork). */
+static void put_number(char *buf, long n)
+{
+    char tmp[24];
+    int k = 0;
+    do
+        tmp[k++] = (char)('0' + n % 10);
+    while ((n /= 10) > 0);
+    while (k)
+        *buf++ = tmp[--k];
+    *buf = 0;
+}
+
+/* Variables of reld's own that are not the process's business. */
+static bool inherited(const char *e)
+{
+    static const char *const own[] = {
+        "RELD_", "LISTEN_", "NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID=", "JOURNAL_STREAM=", NULL};
+    for (const char *const *o = own; *o; o++)
+        if (strncmp(e, *o, strlen(*o)) == 0)
+            return false;
+    return true;
+}
+
+/* Where the process's stdout or stderr go: a journal stream of its own
+ * when reld logs to the journal, else a pipe reld relays. *ret_relay is
+ * the read end to relay, or -1. */
+static int output_fd(Proc *p, int priority, int *ret_relay)
+{
+    *ret_relay = -1;
+    if (log_to_journal()) {
+        int fd = sd_journal_stream_fd(p->label, priority, 1);
+        if (fd >= 0)
+            return fd;
+        log_warning("%s: no journal stream (%s); relaying its output", p->label, strerror(-fd));
+    }
+    int pp[2];
+    if (pipe2(pp, O_CLOEXEC) < 0)
+        return -errno;
+    *ret_relay = pp[0];
+    return pp[1];
+}
+
+int proc_spawn(Proc *p)
+{
+    int ctl[2], out_relay = -1, err_relay = -1;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) < 0)
+        return -errno;
+    int out = output_fd(p, LOG_INFO, &out_relay);
+    int err = out < 0 ? out : output_fd(p, LOG_WARNING, &err_relay);
+    if (out < 0 || err < 0) {
+        int r = out < 0 ? out : err;
+        close(ctl[0]);
+        close(ctl[1]);
+        if (out >= 0)
+            close(out);
+        if (out_relay >= 0)
+            close(out_relay);
+        return r;
+    }
+    /* Everything the child needs is made before fork: after it, only
+     * async-signal-safe calls (reld has threads). */
+    const ProcessDef *def = p->src.def;
+    char **argv = xcalloc(def->args.n + 2, sizeof(char *));
+    argv[0] = p->src.path;
+    for (size_t i = 0; i < def->args.n; i++)
+        argv[i + 1] = def->args.v[i];
+    StrVec env = {0};
+    for (char **e = environ; *e; e++)
+        if (inherited(*e))
+            strvec_push(&env, *e);
+    strvec_push_take(&env, xasprintf("RELD_CONTROL_FD=%zu", 3 + p->n_listen));
+    strvec_push_take(&env, xasprintf("RELD_PROCESS=%s", def->name));
+    char *mods = xstrdup("");
+    for (size_t i = 0; i < p->src.modules_env.n; i++) {
+        char *m = xasprintf("%s%s%s", mods, i ? ":" : "", p->src.modules_env.v[i]);
+        free(mods);
+        mods = m;
+    }
+    strvec_push_take(&env, xasprintf("RELD_MODULES=%s", mods));
+    free(mods);
+    struct stat st;
+    if (out_relay < 0 && fstat(out, &st) == 0) /* a journal stream: say so, as systemd does */
+        strvec_push_take(
+            &env, xasprintf("JOURNAL_STREAM=%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino));
+    char *pid_env = NULL;
+    if (p->n_listen) {
+        strvec_push_take(&env, xasprintf("LISTEN_FDS=%zu", p->n_listen));
+        strvec_push_take(&env, xasprintf("LISTEN_FDNAMES=%s", p->fdnames));
+        pid_env = xcalloc(40, 1);
+        memcpy(pid_env, "LISTEN_PID=", 11);
+        strvec_push_take(&env, pid_env);
+    }
+    GROW(env.v, env.cap, env.n + 1);
+    env.v[env.n] = NULL;
+    const char *dir = p->src.dir;
+
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* The child: fds 0-2, then 3.. listening sockets, then control. */
+        int high[64];
+        size_t n = p->n_listen < 62 ? p->n_listen : 62;
+        for (size_t i = 0; i < n; i++)
+            high[i] = fcntl(p->listen_fds[i], F_DUPFD_CLOEXEC, 100);
+        int hctl = fcntl(ctl[1], F_DUPFD_CLOEXEC, 100), hout = fcntl(out, F_DUPFD_CLOEXEC, 100),
+            herr = fcntl(err, F_DUPFD_CLOEXEC, 100);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull < 0 || hctl < 0 || hout < 0 || herr < 0 || dup2(devnull, 0) < 0 || dup2(hout, 1) < 0 ||
+            dup2(herr, 2) < 0)
+            _exit(124);
+        for (size_t i = 0; i < n; i++)
+            if (high[i] < 0 || dup2(high[i], 3 + (int)i) < 0)
+                _exit(124);
+        if (dup2(hctl, 3 + (int)n) < 0)
+            _exit(124);
+        if (pid_env)
+            put_number(pid_env + 11, (long)getpid());
+        sigset_t all;
+        sigemptyset(&all);
+        (void)sigprocmask(SIG_SETMASK, &all, NULL); /* cannot fail with a valid set */
+        /* A managed process dies with reld (as processes die with their
+         * VM): a restarted reld then boots one consistent release. */
+        (void)prctl(PR_SET_PDEATHSIG, SIGKILL); /* cannot fail with a valid signal */
+        if (getppid() == 1)
+            _exit(125); /* reld died before the line above */
+        (void)signal(SIGPIPE, SIG_DFL);
+        (void)setpgid(0, 0); /* cannot fail for ourselves right after fork */
+        if (chdir(dir) < 0)
+            _exit(126);
+        execve(p->src.path, argv, env.v);
+        _exit(127);
+    }
+    int r = pid < 0 ? -errno : 0;
+    free(argv);
+    strvec_clear(&env);
+    close(ctl[1]);
+    close(out);
+    close(err);
+    if (r < 0) {
+        close(ctl[0]);
+        if (out_relay >= 0)
+            close(out_relay);
+        if (err_relay >= 0)
+            close(err_relay);
+        return r;
+    }
+    p->pid = pid;
+    p->stopping = false;
+    p->ctl_fd = ctl[0];
+    r = sd_event_add_child(p->ev, &p->child_src, pid, WEXITED, on_exit_, p);
+    if (r < 0) {
+        /* Nobody would reap it: it goes now (SIGKILL cannot be refused, so
+         * the wait is immediate). */
+        log_error("%s[%d]: cannot watch the process (%s); killing it", p->label, (int)pid, strerror(-r));
+        (void)kill(pid, SIGKILL);
+        (void)waitpid(pid, NULL, 0);
+        p->pid = 0;
+        close(ctl[0]);
+        p->ctl_fd = -1;
+        if (out_relay >= 0)
+            close(out_relay);
+        if (err_relay >= 0)
+            close(err_relay);
+        return r;
+    }
+    if (fcntl(p->ctl_fd, F_SETFL, O_NONBLOCK) < 0 ||
+        (r = sd_event_add_io(p->ev, &p->ctl_src, p->ctl_fd, EPOLLIN, on_control, p)) < 0) {
+        r = r < 0 ? r : -errno;
+        close(p->ctl_fd);
+        p->ctl_fd = -1;
+        log_error("%s[%d]: no control channel (%s); it runs without one", p->label, (int)pid, strerror(-r));
+    } else {
+        (void)sd_event_source_set_io_fd_own(p->ctl_src, true); /* cannot fail on an io source */
+        /* Replies the executor awaits come before other work. */
+        (void)sd_event_source_set_priority(p->ctl_src, SD_EVENT_PRIORITY_IMPORTANT);
+    }
+    if (out_relay >= 0 && watch_output(p, out_relay) < 0)
+        log_error("%s[%d]: its stdout cannot be relayed", p->label, (int)pid);
+    if (err_relay >= 0 && watch_output(p, err_relay) < 0)
+        log_error("%s[%d]: its stderr cannot be relayed", p->label, (int)pid);
+    log_info("%s[%d] started", p->label, (int)pid);
+    return 0;
+}
+
+static int on_kill_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+    Proc *p = userdata;
+    if (p->pid) {
+        log_warning("%s[%d] did not stop within %ld ms: SIGKILL", p->label, (int)p->pid, p->src.def->shutdown_ms);
+        (void)kill(p->pid, SIGKILL); /* it exists until we reap it */
+    }
+    return 0;
+}
+
+int proc_stop(Proc *p)
+{
+    p->stopping = true;
+    if (!p->pid)
+        return 1;
+    (void)kill(p->pid, SIGTERM); /* it exists until we reap it */
+    uint64_t at = (uint64_t)(mono_us() + p->src.def->shutdown_ms * 1000LL);
+    int r;
+    if (p->kill_timer) {
+        r = sd_event_source_set_time(p->kill_timer, at);
+        if (r >= 0)
+            r = sd_event_source_set_enabled(p->kill_timer, SD_EVENT_ONESHOT);
+    } else {
+        r = sd_event_add_time(p->ev, &p->kill_timer, CLOCK_MONOTONIC, at, 1000, on_kill_timer, p);
+    }
+    if (r < 0) {
+        log_error("%s[%d]: no stop timer (%s): SIGKILL now", p->label, (int)p->pid, strerror(-r));
+        (void)kill(p->pid, SIGKILL);
+    }
+    return 0;
+}
+
+Proc *proc_free(Proc *p)
+{
+    if (!p)
+        return NULL;
+    if (p->pid) {
+        (void)kill(p->pid, SIGKILL);
+        (void)waitpid(p->pid, NULL, 0); /* immediate: SIGKILL cannot be refused */
+    }
+    p->call_done = NULL; /* nobody to tell */
+    channel_close(p);
+    sd_event_source_disable_unref(p->child_src);
+    sd_event_source_disable_unref(p->kill_timer);
+    sd_event_source_disable_unref(p->call_timer);
+    for (size_t i = 0; i < p->n_listen; i++)
+        close(p->listen_fds[i]);
+    free(p->listen_fds);
+    free(p->fdnames);
+    free(p->label);
+    proc_source_clear(&p->src);
+    json_decref(p->modules);
+    free(p);
+    return NULL;
+}

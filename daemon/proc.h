@@ -1,0 +1,93 @@
+#pragma once
+/* proc: one managed process as the operating system and the control
+ * protocol see it: its start (fork, exec, the environment of
+ * docs/runtime.md), its output, its control channel and its stop.
+ *
+ * Environment: RELD_CONTROL_FD (reld keeps the other end), RELD_MODULES,
+ * RELD_PROCESS, and the listening sockets, opened once by proc_new() and
+ * passed systemd-style (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES), so they
+ * stay open across restarts and no connection is refused. reld's own
+ * systemd variables (NOTIFY_SOCKET, WATCHDOG_*, LISTEN_*, JOURNAL_STREAM,
+ * RELD_*) are not passed on.
+ *
+ * Output: when reld logs to the journal, a process's stdout and stderr are
+ * journal streams of their own (identifier "app/process"); otherwise reld
+ * relays them as "app/process[pid]: line", at most PROC_RELAY_BURST lines
+ * per PROC_RELAY_PERIOD_MS per process (the rest is counted and dropped).
+ *
+ * Control channel (docs/runtime.md): sends are buffered and flushed when
+ * the socket can take them, so a process that does not read never blocks
+ * reld. A call is one request with a fresh id; its reply, a timeout or the
+ * channel's loss ends it (ProcCallDone), at most one call at a time.
+ * Replies that carry a module list update proc_modules().
+ *
+ * Stop: SIGTERM, then SIGKILL after the definition's shutdown_ms, on timers;
+ * the exit arrives through the event loop (ProcExited). Nothing waits.
+ *
+ * Ownership: a Proc borrows its ProcessDef (which must outlive it or be
+ * replaced with proc_set_definition()) and owns everything else.
+ *
+ * Errors: 0 or a negative errno. */
+#include <jansson.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <systemd/sd-event.h>
+
+#include "appdefs.h"
+
+#define PROC_RELAY_BURST     1000
+#define PROC_RELAY_PERIOD_MS 10000
+
+typedef struct Proc Proc;
+
+/* The process exited (si: how). p->stopping tells whether reld stopped it. */
+typedef void (*ProcExited)(Proc *p, const siginfo_t *si, void *userdata);
+/* A call ended: r == 0 with the reply (ok or refused: its "ok" says),
+ * -ETIMEDOUT, or -ECONNRESET (the process went away); reply NULL then. */
+typedef void (*ProcCallDone)(Proc *p, json_t *reply, int r, void *userdata);
+
+/* Where a process comes from: its definition and where it lives. */
+typedef struct ProcSource {
+    const ProcessDef *def;
+    char *path;         /* the executable, absolute */
+    char *dir;          /* its application's directory: the working directory */
+    StrVec modules_env; /* name=/abs/path.so, of RELD_MODULES */
+} ProcSource;
+
+void proc_source_clear(ProcSource *s);
+
+/* A process, not yet started: opens its listening sockets (one line in
+ * diag when one cannot be opened, and NULL). label is "app/process".
+ * Takes src's contents. */
+Proc *proc_new(sd_event *ev, const char *label, ProcSource *src, ProcExited exited, void *userdata, Diag *diag);
+/* SIGKILLs a process still running (and reaps it), then frees. */
+Proc *proc_free(Proc *p);
+
+/* The new definition, for the next start (a switch-over). Takes src. */
+void proc_set_source(Proc *p, ProcSource *src);
+
+int proc_spawn(Proc *p);
+/* Starts stopping it: 1 when it is not running (nothing to wait for), 0
+ * when its exit will come through ProcExited. */
+int proc_stop(Proc *p);
+
+/* Sends req (taken) with a fresh id and calls done when it ends. -EBUSY
+ * while another call is out, -ECONNRESET when the channel is gone (done
+ * is not called then). */
+int proc_call(Proc *p, json_t *req, int timeout_ms, ProcCallDone done, void *userdata);
+/* Forgets the call out, if any: done is not called; its reply, when it
+ * comes, only tells what the process runs. */
+void proc_cancel_call(Proc *p);
+/* Sends req (taken) and expects nothing back. */
+int proc_send(Proc *p, json_t *req);
+
+pid_t proc_pid(const Proc *p);
+const char *proc_label(const Proc *p);
+const ProcessDef *proc_def(const Proc *p);
+bool proc_stopping(const Proc *p);
+/* Did the process say hello on its control channel (it links the runtime)? */
+bool proc_speaks_protocol(const Proc *p);
+/* What it runs, from its hello and replies: [{name, version, ...}], borrowed; NULL before hello. */
+json_t *proc_modules(const Proc *p);
+/* The version of module it runs now, or NULL (borrowed). */
+const char *proc_module_version(const Proc *p, const char *module);

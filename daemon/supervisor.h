@@ -1,0 +1,95 @@
+#pragma once
+/* supervisor: the applications of the running release and their
+ * processes (proc.h), as an OTP supervision tree of one level.
+ *
+ * Applications start in dependency order, each application's processes in
+ * declared order. Restarts follow `restart` (permanent, transient,
+ * temporary) under a restart intensity per application (at most
+ * SUPERVISOR_MAX_RESTARTS in SUPERVISOR_PERIOD_MS; beyond it the
+ * application is stopped, logged and recorded). Stops go in reverse order,
+ * one process at a time, each SIGTERM, shutdown_ms, SIGKILL, and never
+ * block: supervisor_stop() calls back when the last one has exited.
+ * Starts, exits, stops and restarts are recorded in the history.
+ *
+ * The executor (executor.h) reads the tables (apps and children) and
+ * changes them only through the functions below.
+ *
+ * Ownership: the Supervisor owns its apps, children and processes; it
+ * borrows the event loop, the history and the definitions of the release
+ * it runs (the caller keeps them alive while they are in use).
+ *
+ * Errors: 0 or a negative errno, with one line per problem in diag where a
+ * function takes one. */
+#include <jansson.h>
+#include <systemd/sd-event.h>
+
+#include "appdefs.h"
+#include "history.h"
+#include "proc.h"
+
+#define SUPERVISOR_MAX_RESTARTS 5
+#define SUPERVISOR_PERIOD_MS    10000
+
+typedef struct Supervisor Supervisor;
+typedef struct App App;
+
+typedef struct Child {
+    App *app;
+    Proc *proc;
+    int restarts;
+} Child;
+
+struct App {
+    Supervisor *s;
+    char *name, *vsn;
+    Child **children; /* in start order */
+    size_t n_children;
+    long long restart_ms[SUPERVISOR_MAX_RESTARTS + 1];
+    size_t n_restarts;
+    bool stopped; /* by the restart intensity, or an instruction: no restarts */
+};
+
+int supervisor_new(sd_event *ev, History *hist, const char *root, Supervisor **ret);
+/* SIGKILLs whatever still runs (stop it first with supervisor_stop_all())
+ * and frees s. */
+Supervisor *supervisor_free(Supervisor *s);
+
+/* Starts every process of rel, which must be valid and outlive its use.
+ * On a failure to start, kills what it started and returns -errno. */
+int supervisor_start_release(Supervisor *s, const ReleaseDef *rel, Diag *diag);
+bool supervisor_running(const Supervisor *s);
+
+size_t supervisor_n_apps(const Supervisor *s);
+App *supervisor_app(const Supervisor *s, size_t i); /* in start order */
+App *supervisor_find_app(const Supervisor *s, const char *name);
+
+/* Stops children (n of them, in the order given, one at a time) and then
+ * calls done(userdata) from the event loop; no restarts for them until
+ * started again. done may be NULL. */
+int supervisor_stop(Supervisor *s, Child **children, size_t n, void (*done)(void *userdata), void *userdata);
+/* Every child, applications in reverse start order. */
+int supervisor_stop_all(Supervisor *s, void (*done)(void *userdata), void *userdata);
+/* Are stops under way? */
+bool supervisor_stopping(const Supervisor *s);
+
+/* Starts a child again (after a stop), with its current definition. */
+int supervisor_start_child(Supervisor *s, Child *c);
+
+/* Adds application ref (of release rel) at the end of the start order and
+ * starts its processes. -errno with the reason in diag when one cannot be
+ * started (the application is then removed again). */
+int supervisor_add_app(Supervisor *s, const ReleaseAppRef *ref, Diag *diag);
+/* Forgets a stopped application (its processes must have exited). */
+void supervisor_remove_app(Supervisor *s, App *a);
+
+/* The definitions of release rel for every child that has one there (same
+ * application, same process name), for their next start; applications take
+ * rel's versions and its start order. Children rel lacks keep theirs. */
+void supervisor_adopt_release(Supervisor *s, const ReleaseDef *rel);
+/* The same for application a alone. */
+void supervisor_adopt_app(Supervisor *s, App *a, const ReleaseDef *rel);
+/* The ProcessDef of child c in release rel, or NULL (and its AppDef). */
+const ProcessDef *supervisor_def_in(const ReleaseDef *rel, const Child *c, const AppDef **ret_app);
+
+/* [{app, vsn, process, pid, state, restarts, modules}] */
+json_t *supervisor_status(const Supervisor *s);

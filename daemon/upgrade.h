@@ -1,0 +1,68 @@
+#pragma once
+/* upgrade: one change of the running release (an upgrade or a downgrade),
+ * from planning to its outcome.
+ *
+ * Planning (reading the target release and the stored or computed relup:
+ * 0.5-1.2 s for a release of 1,000 applications) runs on a worker thread
+ * (jobs.h). Then the attempt begins in the history and the executor
+ * (executor.h) takes a step per turn of the event loop, so that reld
+ * serves other requests meanwhile. progress() is called for every
+ * instruction done (a failed one too: where it stopped), after its step,
+ * never inside a suspended group; finished() once, with the outcome, after
+ * the attempt's end was recorded.
+ *
+ * Going up executes the newer release's relup `up` list; going down, the
+ * newer release's `down` list (OTP keeps both in the newer release).
+ *
+ * Ownership: the Upgrade borrows the loop, jobs, history, supervisor and
+ * the running release's definitions (from_def); it owns the target's
+ * definitions until upgrade_take_target(). Do not free it while it plans
+ * (upgrade_planning()): the planning thread uses it.
+ *
+ * Errors: 0 or a negative errno; the reasons of a failed upgrade are in
+ * upgrade_diag(). */
+#include <stdbool.h>
+#include <systemd/sd-event.h>
+
+#include "appdefs.h"
+#include "history.h"
+#include "jobs.h"
+#include "supervisor.h"
+
+typedef struct Upgrade Upgrade;
+
+typedef struct UpgradeParams {
+    sd_event *ev;
+    Jobs *jobs;
+    History *history;
+    Supervisor *supervisor;
+    const char *root;
+    const char *from; /* the running release's version */
+    const ReleaseDef *from_def;
+    const char *to;
+    bool up;
+    const char *who;
+    void (*progress)(void *userdata, size_t k, size_t n, const char *instruction);
+    /* r: 0 done (every application runs `to`), -errno failed or refused
+     * (planned == false: nothing ran, no attempt was recorded). Whether
+     * the outcome could be recorded: upgrade_recorded(). */
+    void (*finished)(void *userdata, Upgrade *u, int r, bool planned);
+    void *userdata;
+} UpgradeParams;
+
+/* Starts planning. The strings are copied. */
+int upgrade_start(const UpgradeParams *params, Upgrade **ret);
+Upgrade *upgrade_free(Upgrade *u);
+
+const char *upgrade_from(const Upgrade *u);
+const char *upgrade_to(const Upgrade *u);
+bool upgrade_up(const Upgrade *u);
+bool upgrade_planning(const Upgrade *u);
+/* Instructions done, of *ret_n (0 of 0 while planning). */
+size_t upgrade_position(const Upgrade *u, size_t *ret_n);
+const Diag *upgrade_diag(const Upgrade *u);
+double upgrade_ms(const Upgrade *u); /* since the attempt began */
+/* Is the attempt's outcome in the history? (When not, upgrade_diag() says why.) */
+bool upgrade_recorded(const Upgrade *u);
+/* The target's definitions, once it succeeded: the caller owns them. */
+ReleaseDef *upgrade_take_target(Upgrade *u);
