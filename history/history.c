@@ -154,7 +154,7 @@ static int exec(History *h, const char *sql)
 /* Prepares sql with its text arguments bound from 1 (NULL binds NULL). */
 static int prep(History *h, const char *sql, int n, const char *const *args, sqlite3_stmt **ret)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(h->db, sql, -1, &st, NULL);
     if (rc != SQLITE_OK)
         return fail(h, rc);
@@ -194,7 +194,7 @@ static int step_done(History *h, sqlite3_stmt *st)
 /* Runs a statement that returns no rows. */
 static int run(History *h, const char *sql, int n, const char *const *args)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     int r = prep(h, sql, n, args, &st);
     if (r < 0)
         return r;
@@ -208,7 +208,7 @@ static int run(History *h, const char *sql, int n, const char *const *args)
  * knows what was missing), or another -errno. */
 static int first_row(History *h, const char *sql, int n, const char *const *args, sqlite3_stmt **ret)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     int r = prep(h, sql, n, args, &st);
     if (r < 0)
         return r;
@@ -226,7 +226,7 @@ static int first_row(History *h, const char *sql, int n, const char *const *args
  * frees), -ENOENT without a row or with NULL there, or -errno. */
 static int query_text(History *h, const char *sql, int n, const char *const *args, char **ret)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     int r = first_row(h, sql, n, args, &st);
     if (r < 0)
         return r;
@@ -277,7 +277,7 @@ static int end(History *h, int r)
 
 int history_schema_version(History *h)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     int r = first_row(h, "PRAGMA user_version", 0, NULL, &st);
     if (r == -ENOENT)
         return failf(h, -EIO, "PRAGMA user_version returned no row");
@@ -561,7 +561,7 @@ static int rows(History *h, sqlite3_stmt *st, json_t **ret)
 /* The rows of a query without arguments. */
 static int query_rows(History *h, const char *sql, json_t **ret)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     int r = prep(h, sql, 0, NULL, &st);
     if (r < 0)
         return r;
@@ -592,7 +592,7 @@ int history_attempt_begin(History *h, const char *who, const char *kind, const c
 
 static int attempt_exists(History *h, int64_t attempt)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     int r = prep(h, "SELECT 1 FROM attempts WHERE id = ?", 0, NULL, &st);
     if (r < 0)
         return r;
@@ -611,7 +611,7 @@ static int attempt_instructions(History *h, int64_t attempt, const HistoryInstru
     int r = attempt_exists(h, attempt);
     if (r < 0)
         return r;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     r = prep(h,
              "INSERT OR REPLACE INTO instructions(attempt_id, idx, instr, outcome, duration_us, start_us) "
              "VALUES (?, ?, ?, ?, ?, ?)",
@@ -653,7 +653,7 @@ int history_attempt_end(History *h, int64_t attempt, const char *result, const c
         return failf(h, -EINVAL, "an attempt ends with a result");
     char at[32];
     now_iso(at);
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     int r = prep(h,
                  "UPDATE attempts SET finished_at = ?1, result = ?2, detail = ?3, "
                  "duration_ms = (julianday(?1) - julianday(started_at)) * 86400000.0 WHERE id = ?4",
