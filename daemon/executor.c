@@ -1251,6 +1251,7 @@ Executor *executor_free(Executor *e)
     for (size_t k = 0; k < e->n_calls; k++) /* replies that still come go nowhere */
         if (e->calls[k].out)
             proc_cancel_call(e->calls[k].child->proc);
+    supervisor_forget(e->s, e);
     calls_clear(e);
     if (flush_records(e) < 0)
         log_error("cannot write the last instruction records of attempt %lld", (long long)e->p.attempt);

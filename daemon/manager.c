@@ -226,6 +226,10 @@ static void boot_done(void *userdata)
     Op *op = userdata;
     Manager *m = op->m;
     m->booting = false;
+    if (op->r == 0 && m->shutdown_done) {
+        diag_error(&op->diag, "reld is stopping; release %s was not started", op->vsn);
+        op->r = -ECANCELED;
+    }
     if (op->r == 0)
         op->r = boot(m, TAKE_PTR(op->rel), &op->diag);
     if (op->r == 0) {
@@ -751,7 +755,9 @@ void manager_shutdown(Manager *m, void (*done)(void *userdata), void *userdata)
 {
     m->shutdown_done = done;
     m->shutdown_data = userdata;
-    if (m->upgrade && !upgrade_planning(m->upgrade)) {
+    if (m->upgrade && upgrade_planning(m->upgrade))
+        upgrade_cancel(m->upgrade);
+    else if (m->upgrade) {
         /* Abandoned: the attempt shows as interrupted at the next start. */
         m->upgrade = upgrade_free(m->upgrade);
         if (m->upgrade_op) {

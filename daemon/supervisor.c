@@ -114,6 +114,13 @@ int supervisor_stop(Supervisor *s, Child **children, size_t n, void (*done)(void
     return 0;
 }
 
+void supervisor_forget(Supervisor *s, void *userdata)
+{
+    for (StopRun *run = s->stops; run; run = run->next_run)
+        if (run->userdata == userdata)
+            run->done = NULL;
+}
+
 int supervisor_stop_all(Supervisor *s, void (*done)(void *userdata), void *userdata)
 {
     Child **all = NULL;

@@ -67,6 +67,9 @@ App *supervisor_find_app(const Supervisor *s, const char *name);
  * calls done(userdata) from the event loop; no restarts for them until
  * started again. done may be NULL. */
 int supervisor_stop(Supervisor *s, Child **children, size_t n, void (*done)(void *userdata), void *userdata);
+/* Stop runs started with userdata call nobody back (its owner goes away);
+ * the stops themselves go on. */
+void supervisor_forget(Supervisor *s, void *userdata);
 /* Every child, applications in reverse start order. */
 int supervisor_stop_all(Supervisor *s, void (*done)(void *userdata), void *userdata);
 /* Are stops under way? */

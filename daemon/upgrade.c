@@ -37,7 +37,8 @@ struct Upgrade {
     size_t progress_sent;
     TestHooks hooks;
     bool delayed;
-    bool recorded; /* the attempt's outcome is in the history */
+    bool recorded;  /* the attempt's outcome is in the history */
+    bool cancelled; /* while planning: reld stops; nothing is to run */
 };
 
 #ifdef RELD_TEST_HOOKS
@@ -94,6 +95,11 @@ const Diag *upgrade_diag(const Upgrade *u)
 double upgrade_ms(const Upgrade *u)
 {
     return u->t0_us ? (double)(mono_us() - u->t0_us) / 1000.0 : 0.0;
+}
+
+void upgrade_cancel(Upgrade *u)
+{
+    u->cancelled = true;
 }
 
 bool upgrade_recorded(const Upgrade *u)
@@ -233,6 +239,11 @@ static void plan_done(void *userdata)
     Upgrade *u = userdata;
     u->planning = false;
     const char *verb = u->p.up ? "upgrade" : "downgrade";
+    if (u->cancelled) {
+        diag_error(&u->diag, "reld is stopping; the %s was not started", verb);
+        u->p.finished(u->p.userdata, u, -ECANCELED, false);
+        return;
+    }
     if (u->plan_r < 0) {
         log_info("%s from %s to %s for %s refused: %s", verb, u->from, u->to, u->who,
                  u->diag.errors.n ? u->diag.errors.v[0] : "cannot compute the relup");

@@ -62,6 +62,9 @@ bool upgrade_planning(const Upgrade *u);
 size_t upgrade_position(const Upgrade *u, size_t *ret_n);
 const Diag *upgrade_diag(const Upgrade *u);
 double upgrade_ms(const Upgrade *u); /* since the attempt began */
+/* While planning: when the plan is done, nothing runs; finished() says
+ * -ECANCELED (not planned). */
+void upgrade_cancel(Upgrade *u);
 /* Is the attempt's outcome in the history? (When not, upgrade_diag() says why.) */
 bool upgrade_recorded(const Upgrade *u);
 /* The target's definitions, once it succeeded: the caller owns them. */
