@@ -34,25 +34,6 @@ void config_clear(DaemonConfig *c)
     *c = (DaemonConfig){0};
 }
 
-/* Only blank lines, comments and document markers: libyaml sees no
- * document at all, and the shipped file (every key commented) is that. */
-static bool no_content(const char *buf, size_t len)
-{
-    for (size_t i = 0; i < len;) {
-        while (i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\r'))
-            i++;
-        size_t eol = i;
-        while (eol < len && buf[eol] != '\n')
-            eol++;
-        bool blank = i == eol || buf[i] == '#' ||
-                     (eol - i >= 3 && (strncmp(buf + i, "---", 3) == 0 || strncmp(buf + i, "...", 3) == 0));
-        if (!blank)
-            return false;
-        i = eol + 1;
-    }
-    return true;
-}
-
 static void set_string(char **field, char *value)
 {
     free(*field);
@@ -68,17 +49,14 @@ int config_load(DaemonConfig *c, const char *path, char **ret_err)
         *ret_err = xasprintf("%s: %s", path, strerror(-r));
         return r;
     }
-    if (no_content(buf, len)) {
-        free(buf);
-        return 0;
-    }
     static const char *const keys[] = {
         "root", "socket", "writer_group", "reader_group", "readers", "max_unpacked_bytes", NULL};
     DaemonConfig n;
     config_copy(&n, c);
     Diag d = {0};
     YamlCtx y;
-    yaml_node_t *root = yaml_ctx_load(&y, path, buf, len, &d);
+    /* Nothing but comments (as shipped) is every default. */
+    yaml_node_t *root = yaml_ctx_load_optional(&y, path, buf, len, &d);
     if (root && root->type != YAML_MAPPING_NODE) {
         yaml_error(&y, root, "the config must be a mapping");
     } else if (root) {

@@ -57,7 +57,7 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
         log_error("SIGHUP: cannot reload %s, keeping the configuration in use: %s", d->config_path, err);
     } else if (strcmp(n.root, d->cfg.root) != 0 || strcmp(n.socket_path, d->cfg.socket_path) != 0) {
         log_error("SIGHUP: %s changes root or socket, which needs a restart of reld; nothing reloaded", d->config_path);
-    } else if ((r = server_set_rights(d->server, &n)) < 0) {
+    } else if (server_set_rights(d->server, &n) < 0) {
         log_error("SIGHUP: cannot apply %s; rights unchanged", d->config_path);
     } else {
         manager_set_max_unpacked(d->m, n.max_unpacked);

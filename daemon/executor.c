@@ -197,7 +197,7 @@ struct Executor {
 
 #define APPEND(v, n, x)                                                                                                \
     do {                                                                                                               \
-        (v) = xrealloc((v), ((n) + 1) * sizeof(*(v)));                                                                 \
+        (v) = xrealloc((v), ((n) + 1) * sizeof(__typeof__(*(v))));                                                     \
         (v)[(n)++] = (x);                                                                                              \
     } while (0)
 

@@ -557,7 +557,7 @@ int proc_spawn(Proc *p)
         strvec_push_take(&env, xasprintf("LISTEN_FDS=%zu", p->n_listen));
         strvec_push_take(&env, xasprintf("LISTEN_FDNAMES=%s", p->fdnames));
         pid_env = xcalloc(40, 1);
-        memcpy(pid_env, "LISTEN_PID=", 11);
+        strcpy(pid_env, "LISTEN_PID="); /* the child writes its pid after it */
         strvec_push_take(&env, pid_env);
     }
     GROW(env.v, env.cap, env.n + 1);

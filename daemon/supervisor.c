@@ -103,8 +103,9 @@ static int on_stops_done(sd_event_source *src, void *userdata)
 int supervisor_stop(Supervisor *s, Child **children, size_t n, void (*done)(void *userdata), void *userdata)
 {
     StopRun *run = xcalloc(1, sizeof(*run));
-    run->children = xcalloc(n + 1, sizeof(*run->children));
-    memcpy(run->children, children, n * sizeof(*children));
+    run->children = xcalloc(n + 1, sizeof(Child *));
+    if (n)
+        memcpy(run->children, children, n * sizeof(Child *));
     run->n = n;
     run->done = done;
     run->userdata = userdata;
@@ -129,7 +130,7 @@ int supervisor_stop_all(Supervisor *s, void (*done)(void *userdata), void *userd
         App *a = s->apps[i];
         a->stopped = true;
         for (size_t k = a->n_children; k-- > 0;) {
-            all = xrealloc(all, (n + 1) * sizeof(*all));
+            all = xrealloc(all, (n + 1) * sizeof(Child *));
             all[n++] = a->children[k];
         }
     }
@@ -148,7 +149,7 @@ static void app_give_up(App *a, const char *why)
         log_error("application %s: cannot record the restart limit in the history", a->name);
     json_decref(detail);
     a->stopped = true;
-    Child **v = xcalloc(a->n_children + 1, sizeof(*v));
+    Child **v = xcalloc(a->n_children + 1, sizeof(Child *));
     size_t n = 0;
     for (size_t k = a->n_children; k-- > 0;)
         v[n++] = a->children[k];
@@ -236,7 +237,7 @@ static App *app_new(Supervisor *s, const ReleaseAppRef *ref, Diag *diag)
     a->s = s;
     a->name = xstrdup(ref->name);
     a->vsn = xstrdup(ref->vsn);
-    a->children = xcalloc(ref->app->n_processes + 1, sizeof(*a->children));
+    a->children = xcalloc(ref->app->n_processes + 1, sizeof(Child *));
     for (size_t i = 0; i < ref->app->n_processes; i++) {
         const ProcessDef *pd = &ref->app->processes[i];
         Child *c = xcalloc(1, sizeof(*c));
@@ -298,7 +299,7 @@ int supervisor_add_app(Supervisor *s, const ReleaseAppRef *ref, Diag *diag)
         app_free(a);
         return r;
     }
-    s->apps = xrealloc(s->apps, (s->n_apps + 1) * sizeof(*s->apps));
+    s->apps = xrealloc(s->apps, (s->n_apps + 1) * sizeof(App *));
     s->apps[s->n_apps++] = a;
     return 0;
 }
@@ -307,7 +308,7 @@ void supervisor_remove_app(Supervisor *s, App *a)
 {
     for (size_t i = 0; i < s->n_apps; i++)
         if (s->apps[i] == a) {
-            memmove(&s->apps[i], &s->apps[i + 1], (s->n_apps - i - 1) * sizeof(*s->apps));
+            memmove(&s->apps[i], &s->apps[i + 1], (s->n_apps - i - 1) * sizeof(App *));
             s->n_apps--;
             break;
         }
@@ -363,7 +364,7 @@ void supervisor_adopt_release(Supervisor *s, const ReleaseDef *rel)
         supervisor_adopt_app(s, s->apps[i], rel);
     /* rel's start order; applications it lacks go last, in their order. */
     size_t *order = appdefs_release_order(rel);
-    App **apps = xcalloc(s->n_apps + 1, sizeof(*apps));
+    App **apps = xcalloc(s->n_apps + 1, sizeof(App *));
     size_t n = 0;
     for (size_t k = 0; k < rel->n_apps; k++) {
         App *a = supervisor_find_app(s, rel->apps[order[k]].name);

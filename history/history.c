@@ -298,8 +298,8 @@ static int pragma(History *h, const char *set, const char *get, const char *want
         r = query_text(h, get, 0, NULL, &v);
     if (r == -ENOENT)
         r = failf(h, -EIO, "%s returned nothing", get);
-    if (r == 0 && strcasecmp(v, want) != 0)
-        r = failf(h, -ENOTSUP, "%s is %s, not %s", get, v, want);
+    if (r == 0 && (!v || strcasecmp(v, want) != 0))
+        r = failf(h, -ENOTSUP, "%s is %s, not %s", get, v ? v : "NULL", want);
     free(v);
     return r;
 }
