@@ -647,10 +647,8 @@ int history_attempt_instructions(History *h, int64_t attempt, const HistoryInstr
     return IN_TRANSACTION(h, attempt_instructions(h, attempt, v, n));
 }
 
-int history_attempt_end(History *h, int64_t attempt, const char *result, const char *detail)
+static int attempt_end(History *h, int64_t attempt, const char *result, const char *detail)
 {
-    if (!result)
-        return failf(h, -EINVAL, "an attempt ends with a result");
     char at[32];
     now_iso(at);
     sqlite3_stmt *st = NULL;
@@ -663,7 +661,23 @@ int history_attempt_end(History *h, int64_t attempt, const char *result, const c
     if ((r = bind_int64(h, st, 4, attempt)) == 0 && (r = step_done(h, st)) == 0 && sqlite3_changes(h->db) == 0)
         r = failf(h, -ENOENT, "attempt %lld is not known", (long long)attempt);
     (void)sqlite3_finalize(st); /* repeats the step's result, already taken */
-    return r;
+    if (r < 0)
+        return r;
+    /* Rows still "running" in an ended attempt lost their outcome when it
+     * could not be written (the attempt stopped there): say so. */
+    char id[32];
+    snprintf(id, sizeof(id), "%lld", (long long)attempt);
+    return run(h,
+               "UPDATE instructions SET outcome = 'not recorded: its outcome could not be written' "
+               "WHERE attempt_id = CAST(?1 AS INTEGER) AND outcome = 'running'",
+               1, (const char *const[]){id});
+}
+
+int history_attempt_end(History *h, int64_t attempt, const char *result, const char *detail)
+{
+    if (!result)
+        return failf(h, -EINVAL, "an attempt ends with a result");
+    return IN_TRANSACTION(h, attempt_end(h, attempt, result, detail));
 }
 
 static int list(History *h, int limit, json_t **ret)

@@ -98,7 +98,10 @@ typedef struct HistoryInstruction {
  * all or none. -ENOENT for an unknown attempt, -EINVAL for a NULL instr or
  * outcome. */
 int history_attempt_instructions(History *h, int64_t attempt, const HistoryInstruction *v, size_t n);
-/* result must not be NULL (-EINVAL); -ENOENT for an unknown attempt. */
+/* result must not be NULL (-EINVAL); -ENOENT for an unknown attempt. In
+ * the same transaction, instructions of the attempt still "running" (their
+ * outcome could not be written) become "not recorded: its outcome could
+ * not be written". */
 int history_attempt_end(History *h, int64_t attempt, const char *result, const char *detail);
 
 /* Closes every attempt left without a result (reld died during it) as
