@@ -26,6 +26,8 @@ extern char **environ;
 /* One output pipe of one run of a process: it may still hold lines after
  * the process exited and a new run started, so it keeps its own pid. */
 typedef struct OutPipe {
+    struct Proc *owner;
+    struct OutPipe *next;
     char *label;
     pid_t pid;
     sd_event_source *src;
@@ -51,6 +53,7 @@ struct Proc {
     char *out; /* unsent bytes of the control channel */
     size_t out_len;
     json_t *modules;
+    OutPipe *pipes; /* output still to relay, of this run and earlier ones */
     ProcExited exited;
     void *userdata;
     /* The call out, if any. */
@@ -213,6 +216,11 @@ static void relay_line(OutPipe *o, const char *line, size_t len)
 
 static void out_pipe_free(OutPipe *o)
 {
+    for (OutPipe **p = &o->owner->pipes; *p; p = &(*p)->next)
+        if (*p == o) {
+            *p = o->next;
+            break;
+        }
     if (o->dropped)
         log_warning("%s[%d]: %u lines of output dropped (more than %d in %d ms)", o->label, (int)o->pid, o->dropped,
                     PROC_RELAY_BURST, PROC_RELAY_PERIOD_MS);
@@ -250,6 +258,7 @@ static int on_output(sd_event_source *src, int fd, uint32_t revents, void *userd
 static int watch_output(Proc *p, int fd)
 {
     OutPipe *o = xcalloc(1, sizeof(*o));
+    o->owner = p;
     o->label = xstrdup(p->label);
     o->pid = p->pid;
     o->window_start_ms = mono_ms();
@@ -261,6 +270,8 @@ static int watch_output(Proc *p, int fd)
         return r;
     }
     (void)sd_event_source_set_io_fd_own(o->src, true); /* cannot fail on an io source */
+    o->next = p->pipes;
+    p->pipes = o;
     return 0;
 }
 
@@ -693,6 +704,11 @@ Proc *proc_free(Proc *p)
     }
     p->call_done = NULL; /* nobody to tell */
     channel_close(p);
+    while (p->pipes) { /* what is left of its output, as far as it came */
+        if (p->pipes->len)
+            relay_line(p->pipes, p->pipes->line, p->pipes->len);
+        out_pipe_free(p->pipes);
+    }
     sd_event_source_disable_unref(p->child_src);
     sd_event_source_disable_unref(p->kill_timer);
     sd_event_source_disable_unref(p->call_timer);
