@@ -1,0 +1,1158 @@
+/* manager: a release root in a temporary directory, real release tarballs
+ * (made with tar(1) from a source tree the fixture writes), /bin/sh
+ * processes, a real sd_event loop. History failures are injected with
+ * triggers written by a connection of the test's own, as in
+ * test-history.c. */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "manager.h"
+#include "util.h"
+
+static char work[] = "/tmp/reld-test-manager-XXXXXX";
+static char *root, *src;
+static sd_event *ev;
+static Manager *m;
+static DaemonConfig cfg;
+
+/* ---- what an operation told its caller ----------------------------------- */
+
+typedef struct Result {
+    int n;         /* done() calls */
+    int r;         /* its r */
+    json_t *reply; /* a copy */
+    StrVec errors, warnings;
+    int n_progress;
+} Result;
+
+static void on_progress(void *userdata, json_t *line)
+{
+    ((Result *)userdata)->n_progress++;
+}
+
+static void on_done(void *userdata, int r, json_t *reply, const Diag *diag)
+{
+    Result *res = userdata;
+    res->n++;
+    res->r = r;
+    json_decref(res->reply);
+    res->reply = reply ? json_deep_copy(reply) : NULL;
+    strvec_clear(&res->errors);
+    strvec_clear(&res->warnings);
+    for (size_t i = 0; i < diag->errors.n; i++)
+        strvec_push(&res->errors, diag->errors.v[i]);
+    for (size_t i = 0; i < diag->warnings.n; i++)
+        strvec_push(&res->warnings, diag->warnings.v[i]);
+}
+
+static void result_clear(Result *res)
+{
+    json_decref(res->reply);
+    strvec_clear(&res->errors);
+    strvec_clear(&res->warnings);
+    *res = (Result){0};
+}
+
+static ManagerCaller caller(Result *res)
+{
+    return (ManagerCaller){.progress = on_progress, .done = on_done, .userdata = res};
+}
+
+static const char *first_error(const Result *res)
+{
+    return res->errors.n ? res->errors.v[0] : "(none)";
+}
+
+/* ---- the loop -------------------------------------------------------------- */
+
+static void run_for(int ms)
+{
+    long long deadline = mono_ms() + ms;
+    while (mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+}
+
+static void wait_result(Result *res, int ms)
+{
+    long long deadline = mono_ms() + ms;
+    while (res->n == 0 && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+    ck_assert_msg(res->n == 1, "the operation ended %d times", res->n);
+}
+
+/* ---- files ------------------------------------------------------------------- */
+
+static void put(const char *base, const char *rel, const char *content)
+{
+    char *path = xasprintf("%s/%s", base, rel);
+    mkdir(base, 0755);
+    for (char *p = strchr(path + strlen(base) + 1, '/'); p; p = strchr(p + 1, '/')) {
+        *p = 0;
+        mkdir(path, 0755);
+        *p = '/';
+    }
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(content, f);
+    ck_assert_int_eq(fclose(f), 0);
+    free(path);
+}
+
+static bool exists(const char *rel)
+{
+    char *path = xasprintf("%s/%s", root, rel);
+    bool e = access(path, F_OK) == 0;
+    free(path);
+    return e;
+}
+
+static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sh(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *cmd = xvasprintf(fmt, ap);
+    va_end(ap);
+    int rc = system(cmd);
+    ck_assert_msg(rc == 0, "%s: %d", cmd, rc);
+    free(cmd);
+}
+
+/* The process every application runs: notes its directory (its version)
+ * in ROOT/runs, and serves until SIGTERM. */
+static char *app_yaml(const char *name, const char *vsn)
+{
+    return xasprintf("name: %s\nvsn: \"%s\"\nmodules: [%s_m]\nprocesses:\n"
+                     "  - name: p\n    exec: /bin/sh\n"
+                     "    args: ['-c', 'pwd >> ../../runs; trap \"exit 0\" TERM; read x <&3']\n"
+                     "    modules: [%s_m]\n    shutdown_ms: 3000\n",
+                     name, vsn, name, name);
+}
+
+static void source_app(const char *name, const char *vsn)
+{
+    char *dir = xasprintf("lib/%s-%s/app.yaml", name, vsn), *y = app_yaml(name, vsn);
+    put(src, dir, y);
+    free(dir);
+    free(y);
+    dir = xasprintf("lib/%s-%s/modules/%s_m.so", name, vsn, name);
+    char *content = xasprintf("module %s_m of %s %s\n", name, name, vsn);
+    put(src, dir, content);
+    free(content);
+    free(dir);
+}
+
+/* The source tree: releases 1 (a-1), 2 (a-2, b-1) and 3 (a-1, b-1). */
+static void make_sources(void)
+{
+    source_app("a", "1");
+    source_app("a", "2");
+    source_app("b", "1");
+    put(src, "releases/1/release.yaml", "release: t\nvsn: \"1\"\napplications: [{name: a, vsn: \"1\"}]\n");
+    put(src, "releases/2/release.yaml",
+        "release: t\nvsn: \"2\"\napplications: [{name: a, vsn: \"2\"}, {name: b, vsn: \"1\"}]\n");
+    put(src, "releases/3/release.yaml",
+        "release: t\nvsn: \"3\"\napplications: [{name: a, vsn: \"1\"}, {name: b, vsn: \"1\"}]\n");
+}
+
+/* work/NAME.tar.gz of the given paths of the source tree (caller frees). */
+static char *tarball(const char *name, const char *paths)
+{
+    char *t = xasprintf("%s/%s.tar.gz", work, name);
+    sh("tar -C '%s' -czf '%s' %s", src, t, paths);
+    return t;
+}
+
+static char *release_tarball(const char *vsn)
+{
+    const char *apps = strcmp(vsn, "1") == 0   ? "lib/a-1"
+                       : strcmp(vsn, "2") == 0 ? "lib/a-2 lib/b-1"
+                                               : "lib/a-1 lib/b-1";
+    char *paths = xasprintf("releases/%s %s", vsn, apps), *name = xasprintf("t-%s", vsn);
+    char *t = tarball(name, paths);
+    free(paths);
+    free(name);
+    return t;
+}
+
+/* ---- the database, from the test's own connection ------------------------------ */
+
+static void sql(const char *text)
+{
+    char *db_path = xasprintf("%s/reld.db", root);
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_busy_timeout(db, 2000), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, text, NULL, NULL, &msg);
+    ck_assert_msg(rc == SQLITE_OK, "%s: %s", text, msg ? msg : sqlite3_errstr(rc));
+    sqlite3_close(db);
+    free(db_path);
+}
+
+/* ---- operations, waited for --------------------------------------------------------- */
+
+static void unpack_to(Result *res, const char *tar)
+{
+    int fd = open(tar, O_RDONLY | O_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    ManagerCaller c = caller(res);
+    manager_unpack(m, fd, "tester", &c);
+    wait_result(res, 10000);
+}
+
+static void unpack_release(const char *vsn)
+{
+    char *t = release_tarball(vsn);
+    Result res = {0};
+    unpack_to(&res, t);
+    ck_assert_msg(res.r == 0, "unpack %s: %s", vsn, first_error(&res));
+    result_clear(&res);
+    free(t);
+}
+
+static void install_to(Result *res, const char *vsn, const char *direction)
+{
+    ManagerCaller c = caller(res);
+    manager_install(m, vsn, direction, "tester", &c);
+    wait_result(res, 15000);
+}
+
+static void install(const char *vsn)
+{
+    Result res = {0};
+    install_to(&res, vsn, NULL);
+    ck_assert_msg(res.r == 0, "install %s: %d %s", vsn, res.r, first_error(&res));
+    result_clear(&res);
+}
+
+static void permanent_to(Result *res, const char *vsn)
+{
+    ManagerCaller c = caller(res);
+    manager_make_permanent(m, vsn, "tester", &c);
+    wait_result(res, 5000);
+}
+
+static void make_permanent(const char *vsn)
+{
+    Result res = {0};
+    permanent_to(&res, vsn);
+    ck_assert_msg(res.r == 0, "make-permanent %s: %s", vsn ? vsn : "(current)", first_error(&res));
+    result_clear(&res);
+}
+
+static void remove_to(Result *res, const char *vsn)
+{
+    ManagerCaller c = caller(res);
+    manager_remove(m, vsn, "tester", &c);
+    wait_result(res, 10000);
+}
+
+/* The state of release vsn (static), or NULL when not known. */
+static const char *state(const char *vsn)
+{
+    static char buf[32];
+    Diag d = {0};
+    json_t *rels = manager_releases(m, &d);
+    ck_assert_ptr_nonnull(rels);
+    const char *out = NULL;
+    size_t i;
+    json_t *r;
+    json_array_foreach(json_object_get(rels, "releases"), i,
+                       r) if (strcmp(json_string_value(json_object_get(r, "vsn")), vsn) == 0)
+    {
+        snprintf(buf, sizeof(buf), "%s", json_string_value(json_object_get(r, "state")));
+        out = buf;
+    }
+    json_decref(rels);
+    diag_clear(&d);
+    return out;
+}
+
+#define ck_assert_state(vsn, want)                                                                                     \
+    do {                                                                                                               \
+        const char *st_ = state(vsn);                                                                                  \
+        ck_assert_msg(st_ &&strcmp(st_, (want)) == 0, "release %s is %s, not %s", (vsn), st_ ? st_ : "unknown",        \
+                      (want));                                                                                         \
+    } while (0)
+
+/* Processes running (pid > 0) in manager_status. */
+static size_t n_running(void)
+{
+    Diag d = {0};
+    json_t *s = manager_status(m, &d);
+    ck_assert_ptr_nonnull(s);
+    size_t n = 0, i;
+    json_t *p;
+    json_array_foreach(json_object_get(s, "processes"), i, p) n += json_integer_value(json_object_get(p, "pid")) > 0;
+    json_decref(s);
+    diag_clear(&d);
+    return n;
+}
+
+/* Events of kind in the history. */
+static size_t n_events(const char *kind)
+{
+    Diag d = {0};
+    json_t *h = manager_history(m, 1000, &d);
+    ck_assert_ptr_nonnull(h);
+    size_t n = 0, i;
+    json_t *e;
+    json_array_foreach(json_object_get(h, "events"), i, e) n +=
+        strcmp(json_string_value(json_object_get(e, "kind")), kind) == 0;
+    json_decref(h);
+    diag_clear(&d);
+    return n;
+}
+
+/* The content of ROOT/rel, or "" (caller frees); waits up to 2 s for it. */
+static char *slurp_root(const char *rel)
+{
+    char *path = xasprintf("%s/%s", root, rel);
+    long long deadline = mono_ms() + 2000;
+    while (access(path, F_OK) < 0 && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+    char *buf = xcalloc(65536, 1);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(buf, 1, 65535, f);
+        buf[n] = 0;
+        fclose(f);
+    }
+    free(path);
+    return buf;
+}
+
+static size_t n_entries(const char *rel_dir)
+{
+    char *cmd = xasprintf("ls -A '%s/%s' 2>/dev/null | wc -l", root, rel_dir);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = 0;
+    ck_assert_int_eq(fscanf(f, "%zu", &n), 1);
+    pclose(f);
+    free(cmd);
+    return n;
+}
+
+/* ---- fixture ----------------------------------------------------------------------------- */
+
+static void new_manager(void)
+{
+    int r = manager_new(ev, &cfg, &m);
+    ck_assert_msg(r == 0, "manager_new: %d", r);
+}
+
+static bool shut_down;
+
+static void on_shut_down(void *userdata)
+{
+    shut_down = true;
+}
+
+/* Stops every process as reld does at SIGTERM, then frees m. */
+static void stop_manager(void)
+{
+    if (!m)
+        return;
+    shut_down = false;
+    manager_shutdown(m, on_shut_down, NULL);
+    long long deadline = mono_ms() + 10000;
+    while (!shut_down && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+    ck_assert_msg(shut_down, "manager_shutdown never called back");
+    deadline = mono_ms() + 10000;
+    while ((m = manager_free(m)) && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+    ck_assert_ptr_null(m);
+}
+
+static void setup(void)
+{
+    signal(SIGTERM, SIG_DFL); /* see test-proc.c */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGALRM, SIG_DFL);
+    strcpy(work, "/tmp/reld-test-manager-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(work));
+    root = xasprintf("%s/root", work);
+    src = xasprintf("%s/src", work);
+    make_sources();
+    ck_assert_int_ge(sd_event_new(&ev), 0);
+    config_init(&cfg);
+    free(cfg.root);
+    cfg.root = xstrdup(root);
+    m = NULL;
+    new_manager();
+}
+
+static void teardown(void)
+{
+    stop_manager();
+    run_for(30); /* output pipes close */
+    ev = sd_event_unref(ev);
+    config_clear(&cfg);
+    char cmd[sizeof(work) + 16];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", work);
+    ck_assert_int_eq(system(cmd), 0);
+    free(root);
+    free(src);
+}
+
+/* ---- manager_new ---------------------------------------------------------------------------- */
+
+START_TEST(new_on_a_fresh_root)
+{
+    ck_assert(exists("reld.db"));
+    ck_assert(exists("reld.lock"));
+    Diag d = {0};
+    json_t *s = manager_status(m, &d);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_str_eq(json_string_value(json_object_get(s, "root")), root);
+    ck_assert(json_is_null(json_object_get(s, "current")));
+    ck_assert(json_is_null(json_object_get(s, "permanent")));
+    ck_assert_uint_eq(json_array_size(json_object_get(s, "releases")), 0);
+    ck_assert_uint_eq(json_array_size(json_object_get(s, "processes")), 0);
+    ck_assert(json_is_null(json_object_get(s, "upgrade")));
+    ck_assert_uint_eq(json_object_size(s), 6);
+    json_decref(s);
+}
+END_TEST
+
+START_TEST(new_second_on_the_same_root_is_ebusy)
+{
+    Manager *other = NULL;
+    ck_assert_int_eq(manager_new(ev, &cfg, &other), -EBUSY);
+    ck_assert_ptr_null(other);
+}
+END_TEST
+
+START_TEST(new_root_that_cannot_be_made)
+{
+    DaemonConfig bad;
+    config_copy(&bad, &cfg);
+    free(bad.root);
+    bad.root = xasprintf("%s/reld.db/root", root); /* below a file */
+    Manager *other = NULL;
+    ck_assert_int_eq(manager_new(ev, &bad, &other), -ENOTDIR);
+    ck_assert_ptr_null(other);
+    config_clear(&bad);
+}
+END_TEST
+
+START_TEST(new_reconcile_rolls_a_current_release_back)
+{
+    unpack_release("1");
+    install("1");
+    ck_assert_state("1", "current");
+    ck_assert_uint_eq(n_running(), 1);
+    /* reld dies (kill -9): nothing is stopped properly, nothing recorded. */
+    m = manager_free(m);
+    ck_assert_ptr_null(m);
+    new_manager();
+    ck_assert_state("1", "unpacked");
+    ck_assert_uint_eq(n_running(), 0); /* OTP boots the permanent release: there is none */
+    Diag d = {0};
+    json_t *h = manager_history(m, 1000, &d);
+    json_t *last = json_array_get(json_object_get(h, "events"), json_array_size(json_object_get(h, "events")) - 1);
+    ck_assert_str_eq(json_string_value(json_object_get(last, "kind")), "state");
+    ck_assert_str_eq(json_string_value(json_object_get(last, "who")), "reld (start)");
+    json_decref(h);
+}
+END_TEST
+
+START_TEST(new_reconcile_forgets_a_release_without_files)
+{
+    unpack_release("1");
+    unpack_release("3");
+    m = manager_free(m);
+    sh("rm -rf '%s/releases/3'", root);
+    new_manager();
+    ck_assert_ptr_null(state("3"));
+    ck_assert_state("1", "unpacked");
+    ck_assert_uint_eq(n_events("removed"), 1);
+}
+END_TEST
+
+START_TEST(new_reconcile_empties_tmp)
+{
+    m = manager_free(m);
+    put(root, "tmp/unpack-abc123/releases/9/release.yaml", "left by a crash\n");
+    put(root, "tmp/remove-xyz/release/x", "left by a crash\n");
+    new_manager();
+    ck_assert_uint_eq(n_entries("tmp"), 0);
+}
+END_TEST
+
+START_TEST(new_boots_the_permanent_release)
+{
+    unpack_release("1");
+    install("1");
+    make_permanent("1");
+    stop_manager();
+    sh("rm -f '%s/runs'", root);
+    new_manager();
+    ck_assert_state("1", "permanent");
+    ck_assert_uint_eq(n_running(), 1);
+    ck_assert_uint_eq(n_events("boot"), 1);
+}
+END_TEST
+
+START_TEST(new_serves_when_the_permanent_release_cannot_boot)
+{
+    unpack_release("1");
+    install("1");
+    make_permanent("1");
+    stop_manager();
+    sh("rm -f '%s/lib/a-1/app.yaml'", root);
+    new_manager(); /* logged; reld serves on, so that the operator sees why */
+    ck_assert_state("1", "permanent");
+    ck_assert_uint_eq(n_running(), 0);
+    ck_assert_uint_eq(n_events("boot"), 0);
+}
+END_TEST
+
+/* ---- manager_unpack ---------------------------------------------------------------------------- */
+
+START_TEST(unpack_a_release)
+{
+    char *t = release_tarball("2");
+    Result res = {0};
+    unpack_to(&res, t);
+    ck_assert_msg(res.r == 0, "%s", first_error(&res));
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "release")), "2");
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "name")), "t");
+    ck_assert(exists("releases/2/release.yaml"));
+    ck_assert(exists("lib/a-2/modules/a_m.so"));
+    ck_assert(exists("lib/b-1/app.yaml"));
+    ck_assert_uint_eq(n_entries("tmp"), 0);
+    ck_assert_state("2", "unpacked");
+    ck_assert_uint_eq(n_events("unpacked"), 1);
+    result_clear(&res);
+    free(t);
+}
+END_TEST
+
+START_TEST(unpack_refusals_are_one_line_and_leave_nothing)
+{
+    unpack_release("1");
+    char *t = release_tarball("1");
+    Result res = {0};
+    unpack_to(&res, t);
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_str_eq(first_error(&res), "release 1 is already present");
+    result_clear(&res);
+    free(t);
+    /* Not a tarball. */
+    put(work, "junk.tar.gz", "this is not an archive\n");
+    char *junk = xasprintf("%s/junk.tar.gz", work);
+    unpack_to(&res, junk);
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_uint_ge(res.errors.n, 1);
+    ck_assert_msg(strchr(first_error(&res), '\n') == NULL, "%s", first_error(&res));
+    result_clear(&res);
+    free(junk);
+    /* More than the limit. */
+    manager_set_max_unpacked(m, 100);
+    t = release_tarball("2");
+    unpack_to(&res, t);
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_msg(strstr(first_error(&res), "100"), "%s", first_error(&res));
+    result_clear(&res);
+    free(t);
+    ck_assert_ptr_null(state("2"));
+    ck_assert(!exists("releases/2"));
+    ck_assert(!exists("lib/a-2"));
+    ck_assert_uint_eq(n_entries("tmp"), 0);
+}
+END_TEST
+
+START_TEST(unpack_whose_record_fails_takes_its_files_back)
+{
+    sql("CREATE TRIGGER t BEFORE INSERT ON releases BEGIN SELECT RAISE(FAIL, 'injected'); END;");
+    char *t = release_tarball("1");
+    Result res = {0};
+    unpack_to(&res, t);
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_msg(strstr(first_error(&res), "cannot record release 1") && strstr(first_error(&res), "injected"), "%s",
+                  first_error(&res));
+    ck_assert_ptr_null(state("1"));
+    ck_assert(!exists("releases/1"));
+    /* Its application directories (no other release uses them) go too:
+     * the database and the files agree. */
+    ck_assert_msg(!exists("lib/a-1"), "lib/a-1 stayed behind without a release");
+    result_clear(&res);
+    free(t);
+}
+END_TEST
+
+/* ---- manager_install --------------------------------------------------------------------------- */
+
+START_TEST(install_the_first_release)
+{
+    unpack_release("1");
+    Result res = {0};
+    ManagerCaller c = caller(&res);
+    manager_install(m, "1", NULL, "tester", &c);
+    /* A second install while the first loads is refused. */
+    Result busy = {0};
+    ManagerCaller cb = caller(&busy);
+    manager_install(m, "1", NULL, "tester", &cb);
+    ck_assert_int_eq(busy.n, 1);
+    ck_assert_int_eq(busy.r, -EBUSY);
+    ck_assert_str_eq(first_error(&busy), "a release is being installed; one at a time");
+    wait_result(&res, 10000);
+    ck_assert_msg(res.r == 0, "%s", first_error(&res));
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "installed")), "1");
+    ck_assert_state("1", "current");
+    ck_assert_uint_eq(n_running(), 1);
+    char *runs = slurp_root("runs");
+    char *want = xasprintf("%s/lib/a-1\n", root);
+    ck_assert_str_eq(runs, want);
+    free(want);
+    free(runs);
+    result_clear(&res);
+    result_clear(&busy);
+}
+END_TEST
+
+START_TEST(install_refusals)
+{
+    Result res = {0};
+    install_to(&res, NULL, NULL);
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_str_eq(first_error(&res), "install needs a release version or tarball");
+    result_clear(&res);
+    install_to(&res, "9", NULL);
+    ck_assert_int_eq(res.r, -ENOENT);
+    ck_assert_str_eq(first_error(&res), "release 9 is not known (relctl unpack it first)");
+    result_clear(&res);
+    unpack_release("1");
+    install_to(&res, "1", "upgrade");
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_str_eq(first_error(&res), "no release is running to upgrade from");
+    result_clear(&res);
+    install("1");
+    install_to(&res, "1", NULL);
+    ck_assert_int_eq(res.r, -EALREADY);
+    ck_assert_str_eq(first_error(&res), "release 1 is already running");
+    result_clear(&res);
+    unpack_release("2");
+    install_to(&res, "2", "downgrade");
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_str_eq(first_error(&res), "release 2 is newer than the running 1: use upgrade");
+    ck_assert_uint_eq(res.errors.n, 1);
+    result_clear(&res);
+    ck_assert_state("1", "current");
+    ck_assert_state("2", "unpacked");
+}
+END_TEST
+
+START_TEST(install_an_upgrade_and_refusals_while_it_runs)
+{
+    unpack_release("1");
+    unpack_release("2");
+    install("1");
+    make_permanent("1");
+    Result res = {0};
+    ManagerCaller c = caller(&res);
+    manager_install(m, "2", "upgrade", "tester", &c);
+    /* Under way from the request on (it plans on a worker thread). */
+    Diag d = {0};
+    json_t *s = manager_status(m, &d);
+    json_t *u = json_object_get(s, "upgrade");
+    ck_assert_msg(json_is_object(u), "no upgrade under way in status");
+    ck_assert_str_eq(json_string_value(json_object_get(u, "from")), "1");
+    ck_assert_str_eq(json_string_value(json_object_get(u, "to")), "2");
+    ck_assert_str_eq(json_string_value(json_object_get(u, "direction")), "upgrade");
+    json_decref(s);
+    Result r2 = {0};
+    install_to(&r2, "2", NULL);
+    ck_assert_int_eq(r2.r, -EBUSY);
+    ck_assert_str_eq(first_error(&r2), "an upgrade from 1 to 2 is under way; one at a time");
+    result_clear(&r2);
+    permanent_to(&r2, NULL);
+    ck_assert_int_eq(r2.r, -EBUSY);
+    ck_assert_str_eq(first_error(&r2), "an upgrade from 1 to 2 is under way; make it permanent when it is done");
+    result_clear(&r2);
+    remove_to(&r2, "2");
+    ck_assert_int_eq(r2.r, -EBUSY);
+    ck_assert_str_eq(first_error(&r2), "release 2 is part of the upgrade from 1 to 2 under way; it cannot be removed");
+    result_clear(&r2);
+    ck_assert_int_eq(res.n, 0);
+    wait_result(&res, 15000);
+    ck_assert_msg(res.r == 0, "upgrade: %d %s", res.r, first_error(&res));
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "installed")), "2");
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "from")), "1");
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "direction")), "upgrade");
+    ck_assert(json_is_integer(json_object_get(res.reply, "instructions")));
+    ck_assert(json_is_number(json_object_get(res.reply, "ms")));
+    ck_assert_int_eq(res.n_progress, (int)json_integer_value(json_object_get(res.reply, "instructions")));
+    ck_assert_state("2", "current");
+    ck_assert_state("1", "permanent");
+    ck_assert_uint_eq(n_running(), 2); /* a-2 and b-1 */
+    s = manager_status(m, &d);
+    ck_assert(json_is_null(json_object_get(s, "upgrade")));
+    ck_assert_str_eq(json_string_value(json_object_get(s, "current")), "2");
+    ck_assert_str_eq(json_string_value(json_object_get(s, "permanent")), "1");
+    json_decref(s);
+    char *runs = NULL;
+    long long deadline = mono_ms() + 5000;
+    do {
+        free(runs);
+        run_for(20);
+        runs = slurp_root("runs");
+    } while (!strstr(runs, "/lib/a-2\n") && mono_ms() < deadline);
+    char *want = xasprintf("%s/lib/a-1\n", root);
+    ck_assert_msg(strncmp(runs, want, strlen(want)) == 0, "runs: %s", runs);
+    ck_assert_msg(strstr(runs, "/lib/a-2\n") && strstr(runs, "/lib/b-1\n"), "runs: %s", runs);
+    free(want);
+    free(runs);
+    result_clear(&res);
+    diag_clear(&d);
+}
+END_TEST
+
+START_TEST(install_whose_record_fails_runs_nothing)
+{
+    unpack_release("1");
+    sql("CREATE TRIGGER t BEFORE UPDATE ON releases WHEN NEW.state = 'current' "
+        "BEGIN SELECT RAISE(FAIL, 'injected'); END;");
+    Result res = {0};
+    install_to(&res, "1", NULL);
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_msg(strstr(first_error(&res), "cannot record release 1 as current") &&
+                      strstr(first_error(&res), "its processes are stopped"),
+                  "%s", first_error(&res));
+    ck_assert_state("1", "unpacked");
+    /* As it was: nothing runs once the stops are done. */
+    long long deadline = mono_ms() + 8000;
+    while (n_running() > 0 && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+    ck_assert_uint_eq(n_running(), 0);
+    run_for(100);
+    Diag d = {0};
+    json_t *s = manager_status(m, &d);
+    ck_assert_ptr_nonnull(s);
+    json_decref(s);
+    /* And it can be installed once the database takes it. */
+    sql("DROP TRIGGER t");
+    install("1");
+    ck_assert_state("1", "current");
+    ck_assert_uint_eq(n_running(), 1);
+    result_clear(&res);
+}
+END_TEST
+
+/* ---- manager_make_permanent ---------------------------------------------------------------------- */
+
+START_TEST(make_permanent_refusals)
+{
+    Result res = {0};
+    permanent_to(&res, NULL);
+    ck_assert_int_eq(res.r, -ENOENT);
+    ck_assert_str_eq(first_error(&res), "no release is current (installed and not yet permanent)");
+    result_clear(&res);
+    permanent_to(&res, "9");
+    ck_assert_int_eq(res.r, -ENOENT);
+    ck_assert_str_eq(first_error(&res), "release 9 is not known");
+    result_clear(&res);
+    unpack_release("1");
+    permanent_to(&res, "1");
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_str_eq(first_error(&res), "release 1 is unpacked; only the current release can be made permanent");
+    ck_assert_uint_eq(res.errors.n, 1);
+    result_clear(&res);
+    ck_assert_state("1", "unpacked");
+}
+END_TEST
+
+START_TEST(make_permanent_database_unreadable_says_why)
+{
+    unpack_release("1");
+    sql("DROP TABLE releases");
+    Result res = {0};
+    permanent_to(&res, "1");
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_uint_eq(res.errors.n, 1);
+    ck_assert_msg(strstr(first_error(&res), "cannot read the release database") &&
+                      strstr(first_error(&res), "no such table: releases"),
+                  "%s", first_error(&res));
+    result_clear(&res);
+}
+END_TEST
+
+START_TEST(make_permanent_the_state_machine)
+{
+    /* unpacked -> current -> permanent -> old */
+    unpack_release("1");
+    unpack_release("2");
+    ck_assert_state("1", "unpacked");
+    install("1");
+    ck_assert_state("1", "current");
+    Result res = {0};
+    permanent_to(&res, NULL); /* the current one */
+    ck_assert_int_eq(res.r, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "permanent")), "1");
+    result_clear(&res);
+    ck_assert_state("1", "permanent");
+    permanent_to(&res, "1"); /* again: nothing to do, no error */
+    ck_assert_int_eq(res.r, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "permanent")), "1");
+    result_clear(&res);
+    install("2");
+    ck_assert_state("2", "current");
+    ck_assert_state("1", "permanent");
+    make_permanent("2");
+    ck_assert_state("2", "permanent");
+    ck_assert_state("1", "old");
+    /* An old release is not the current one. */
+    permanent_to(&res, "1");
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_str_eq(first_error(&res), "release 1 is old; only the current release can be made permanent");
+    result_clear(&res);
+}
+END_TEST
+
+START_TEST(make_permanent_whose_record_fails_changes_nothing)
+{
+    unpack_release("1");
+    unpack_release("2");
+    install("1");
+    make_permanent("1");
+    install("2");
+    /* The second write (2 -> permanent) fails, after 1 -> old would have. */
+    sql("CREATE TRIGGER t BEFORE UPDATE ON releases WHEN NEW.state = 'permanent' "
+        "BEGIN SELECT RAISE(FAIL, 'injected'); END;");
+    Result res = {0};
+    permanent_to(&res, "2");
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_msg(strstr(first_error(&res), "cannot record the change") && strstr(first_error(&res), "injected"), "%s",
+                  first_error(&res));
+    ck_assert_uint_eq(res.errors.n, 1);
+    result_clear(&res);
+    /* As it was: 1 permanent, 2 current. */
+    ck_assert_state("2", "current");
+    ck_assert_state("1", "permanent");
+}
+END_TEST
+
+/* ---- manager_remove ---------------------------------------------------------------------------- */
+
+START_TEST(remove_an_unpacked_release)
+{
+    unpack_release("1");
+    unpack_release("2");
+    unpack_release("3");
+    Result res = {0};
+    remove_to(&res, "2");
+    ck_assert_msg(res.r == 0, "%s", first_error(&res));
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "removed")), "2");
+    result_clear(&res);
+    ck_assert_ptr_null(state("2"));
+    ck_assert(!exists("releases/2"));
+    ck_assert(!exists("lib/a-2"));         /* only 2 used it */
+    ck_assert(exists("lib/b-1/app.yaml")); /* 3 uses it */
+    ck_assert(exists("lib/a-1/app.yaml")); /* 1 and 3 */
+    ck_assert_uint_eq(n_events("removed"), 1);
+    ck_assert_uint_eq(n_entries("tmp"), 0); /* deleted by its worker thread */
+    remove_to(&res, "3");
+    ck_assert_int_eq(res.r, 0);
+    result_clear(&res);
+    ck_assert(!exists("lib/b-1"));
+    ck_assert(exists("lib/a-1/app.yaml"));
+    remove_to(&res, "1");
+    ck_assert_int_eq(res.r, 0);
+    result_clear(&res);
+    ck_assert_uint_eq(n_entries("lib"), 0);
+    ck_assert_uint_eq(n_entries("releases"), 0);
+}
+END_TEST
+
+START_TEST(remove_refusals)
+{
+    Result res = {0};
+    remove_to(&res, NULL);
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_str_eq(first_error(&res), "remove needs a release version");
+    result_clear(&res);
+    remove_to(&res, "9");
+    ck_assert_int_eq(res.r, -ENOENT);
+    ck_assert_str_eq(first_error(&res), "release 9 is not known");
+    result_clear(&res);
+    unpack_release("1");
+    unpack_release("2");
+    install("1");
+    remove_to(&res, "1");
+    ck_assert_int_eq(res.r, -EBUSY);
+    ck_assert_str_eq(first_error(&res), "release 1 is running; it cannot be removed");
+    result_clear(&res);
+    make_permanent("1");
+    remove_to(&res, "1");
+    ck_assert_int_eq(res.r, -EBUSY);
+    ck_assert_str_eq(first_error(&res), "release 1 is permanent; it cannot be removed");
+    ck_assert_uint_eq(res.errors.n, 1);
+    result_clear(&res);
+    install("2");
+    remove_to(&res, "2");
+    ck_assert_int_eq(res.r, -EBUSY);
+    ck_assert_str_eq(first_error(&res), "release 2 is running; it cannot be removed");
+    result_clear(&res);
+    ck_assert(exists("releases/1/release.yaml"));
+    ck_assert(exists("releases/2/release.yaml"));
+    ck_assert(exists("lib/a-2/app.yaml"));
+}
+END_TEST
+
+START_TEST(remove_whose_record_fails_keeps_the_files)
+{
+    unpack_release("1");
+    unpack_release("2");
+    sql("CREATE TRIGGER t BEFORE DELETE ON releases BEGIN SELECT RAISE(FAIL, 'injected'); END;");
+    Result res = {0};
+    remove_to(&res, "2");
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_msg(strstr(first_error(&res), "cannot record the removal of release 2") &&
+                      strstr(first_error(&res), "injected"),
+                  "%s", first_error(&res));
+    ck_assert_uint_eq(res.errors.n, 1);
+    result_clear(&res);
+    ck_assert_state("2", "unpacked");
+    ck_assert(exists("releases/2/release.yaml"));
+    ck_assert(exists("lib/a-2/modules/a_m.so"));
+    ck_assert(exists("lib/b-1/app.yaml"));
+    /* Still usable: once the database takes it, it goes. */
+    sql("DROP TRIGGER t");
+    remove_to(&res, "2");
+    ck_assert_int_eq(res.r, 0);
+    result_clear(&res);
+    ck_assert(!exists("releases/2"));
+}
+END_TEST
+
+/* ---- manager_relup -------------------------------------------------------------------------------- */
+
+START_TEST(relup_computed_and_refused)
+{
+    unpack_release("1");
+    unpack_release("2");
+    Result res = {0};
+    ManagerCaller c = caller(&res);
+    manager_relup(m, "1", "2", "tester", &c);
+    wait_result(&res, 10000);
+    ck_assert_msg(res.r == 0, "%s", first_error(&res));
+    ck_assert(json_is_object(json_object_get(res.reply, "relup")));
+    ck_assert(json_is_false(json_object_get(res.reply, "stored")));
+    ck_assert(json_is_array(json_object_get(res.reply, "warnings")));
+    ck_assert_uint_ge(json_array_size(json_object_get(res.reply, "warnings")), 1); /* derived appup */
+    result_clear(&res);
+    manager_relup(m, NULL, "2", "tester", &c);
+    ck_assert_int_eq(res.n, 1);
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_str_eq(first_error(&res), "relup needs FROM and TO");
+    result_clear(&res);
+    manager_relup(m, "1", "9", "tester", &c);
+    wait_result(&res, 10000);
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_msg(strstr(first_error(&res), "9"), "%s", first_error(&res));
+    result_clear(&res);
+}
+END_TEST
+
+/* ---- manager_releases, manager_history, manager_status ----------------------------------------------- */
+
+START_TEST(releases_shape)
+{
+    unpack_release("1");
+    Diag d = {0};
+    json_t *r = manager_releases(m, &d);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(json_object_size(r), 1);
+    json_t *one = json_array_get(json_object_get(r, "releases"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(one, "vsn")), "1");
+    ck_assert_str_eq(json_string_value(json_object_get(one, "name")), "t");
+    ck_assert_str_eq(json_string_value(json_object_get(one, "state")), "unpacked");
+    ck_assert(json_is_string(json_object_get(one, "unpacked_at")));
+    ck_assert(json_is_string(json_object_get(one, "changed_at")));
+    json_decref(r);
+    /* A database that cannot be read: NULL and the reason. */
+    sql("DROP TABLE releases");
+    ck_assert_ptr_null(manager_releases(m, &d));
+    ck_assert_uint_eq(d.errors.n, 1);
+    ck_assert_msg(strstr(d.errors.v[0], "cannot read the release database"), "%s", d.errors.v[0]);
+    diag_clear(&d);
+    ck_assert_ptr_null(manager_status(m, &d));
+    ck_assert_uint_eq(d.errors.n, 1);
+    diag_clear(&d);
+}
+END_TEST
+
+START_TEST(history_shape_and_limit)
+{
+    unpack_release("1");
+    install("1");
+    Diag d = {0};
+    json_t *h = manager_history(m, 1000, &d);
+    ck_assert_ptr_nonnull(h);
+    ck_assert(json_is_array(json_object_get(h, "events")));
+    ck_assert(json_is_array(json_object_get(h, "attempts")));
+    ck_assert_uint_ge(json_array_size(json_object_get(h, "events")), 3); /* unpacked, process_start, state */
+    json_decref(h);
+    h = manager_history(m, 1, &d);
+    ck_assert_uint_eq(json_array_size(json_object_get(h, "events")), 1);
+    json_decref(h);
+    ck_assert_ptr_null(manager_history(m, 0, &d));
+    ck_assert_uint_eq(d.errors.n, 1);
+    ck_assert_msg(strstr(d.errors.v[0], "cannot read the history"), "%s", d.errors.v[0]);
+    diag_clear(&d);
+}
+END_TEST
+
+START_TEST(status_shape)
+{
+    unpack_release("1");
+    install("1");
+    Diag d = {0};
+    json_t *s = manager_status(m, &d);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_str_eq(json_string_value(json_object_get(s, "current")), "1");
+    ck_assert(json_is_null(json_object_get(s, "permanent")));
+    ck_assert_uint_eq(json_array_size(json_object_get(s, "releases")), 1);
+    json_t *p = json_array_get(json_object_get(s, "processes"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(p, "app")), "a");
+    ck_assert_str_eq(json_string_value(json_object_get(p, "process")), "p");
+    ck_assert_str_eq(json_string_value(json_object_get(p, "state")), "running");
+    ck_assert(json_is_null(json_object_get(s, "upgrade")));
+    json_decref(s);
+}
+END_TEST
+
+/* ---- manager_forget_caller ------------------------------------------------------------------------------ */
+
+START_TEST(forget_caller_the_operation_goes_on)
+{
+    char *t = release_tarball("1");
+    int fd = open(t, O_RDONLY | O_CLOEXEC);
+    Result res = {0};
+    ManagerCaller c = caller(&res);
+    manager_unpack(m, fd, "tester", &c);
+    manager_forget_caller(m, &res);
+    long long deadline = mono_ms() + 10000;
+    while (!state("1") && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+    run_for(50);
+    ck_assert_state("1", "unpacked"); /* done and recorded */
+    ck_assert_int_eq(res.n, 0);       /* nobody told */
+    free(t);
+}
+END_TEST
+
+/* ---- manager_shutdown, manager_free ------------------------------------------------------------------------- */
+
+START_TEST(shutdown_stops_every_process_then_calls_back)
+{
+    unpack_release("1");
+    unpack_release("2");
+    install("1");
+    make_permanent("1");
+    install("2");
+    ck_assert_uint_eq(n_running(), 2);
+    size_t stops_before = n_events("process_stop"); /* a/p's, at the switch-over */
+    shut_down = false;
+    manager_shutdown(m, on_shut_down, NULL);
+    ck_assert(!shut_down);
+    Result res = {0};
+    install_to(&res, "1", NULL);
+    ck_assert_int_eq(res.r, -ESHUTDOWN);
+    ck_assert_str_eq(first_error(&res), "reld is stopping");
+    result_clear(&res);
+    long long deadline = mono_ms() + 10000;
+    while (!shut_down && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+    ck_assert(shut_down);
+    ck_assert_uint_eq(n_running(), 0);
+    ck_assert_uint_eq(n_events("process_stop"), stops_before + 2);
+    ck_assert_ptr_null(manager_free(m));
+    m = NULL;
+}
+END_TEST
+
+START_TEST(free_refuses_while_a_worker_thread_runs)
+{
+    int pp[2];
+    ck_assert_int_eq(pipe2(pp, O_CLOEXEC), 0);
+    Result res = {0};
+    ManagerCaller c = caller(&res);
+    manager_unpack(m, pp[0], "tester", &c); /* reads the pipe on a thread: stalls */
+    run_for(50);
+    ck_assert_ptr_eq(manager_free(m), m);
+    close(pp[1]); /* an empty archive: the unpack fails and the thread ends */
+    wait_result(&res, 10000);
+    ck_assert_int_lt(res.r, 0);
+    result_clear(&res);
+    ck_assert_ptr_null(manager_free(m));
+    m = NULL;
+}
+END_TEST
+
+static Suite *manager_suite(void)
+{
+    Suite *s = suite_create("manager");
+    struct {
+        const char *name;
+        const TTest *tests[8];
+    } cases[] = {
+        {"manager_new",
+         {new_on_a_fresh_root, new_second_on_the_same_root_is_ebusy, new_root_that_cannot_be_made,
+          new_reconcile_rolls_a_current_release_back, new_reconcile_forgets_a_release_without_files,
+          new_reconcile_empties_tmp, new_boots_the_permanent_release,
+          new_serves_when_the_permanent_release_cannot_boot}},
+        {"manager_unpack",
+         {unpack_a_release, unpack_refusals_are_one_line_and_leave_nothing,
+          unpack_whose_record_fails_takes_its_files_back}},
+        {"manager_install",
+         {install_the_first_release, install_refusals, install_an_upgrade_and_refusals_while_it_runs,
+          install_whose_record_fails_runs_nothing}},
+        {"manager_make_permanent",
+         {make_permanent_refusals, make_permanent_database_unreadable_says_why, make_permanent_the_state_machine,
+          make_permanent_whose_record_fails_changes_nothing}},
+        {"manager_remove", {remove_an_unpacked_release, remove_refusals, remove_whose_record_fails_keeps_the_files}},
+        {"manager_relup", {relup_computed_and_refused}},
+        {"manager_releases", {releases_shape}},
+        {"manager_history", {history_shape_and_limit}},
+        {"manager_status", {status_shape}},
+        {"manager_forget_caller", {forget_caller_the_operation_goes_on}},
+        {"manager_shutdown", {shutdown_stops_every_process_then_calls_back}},
+        {"manager_free", {free_refuses_while_a_worker_thread_runs}},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        TCase *tc = tcase_create(cases[i].name);
+        tcase_add_checked_fixture(tc, setup, teardown);
+        tcase_set_timeout(tc, 60);
+        for (size_t k = 0; k < sizeof(cases[i].tests) / sizeof(cases[i].tests[0]) && cases[i].tests[k]; k++)
+            tcase_add_test(tc, cases[i].tests[k]);
+        suite_add_tcase(s, tc);
+    }
+    return s;
+}
+
+int main(void)
+{
+    sigset_t ss;
+    sigemptyset(&ss);
+    sigaddset(&ss, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &ss, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    SRunner *sr = srunner_create(manager_suite());
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
