@@ -978,7 +978,8 @@ static int switch_over_begin(Executor *e)
 {
     calls_clear(e);
     work_begin(e);
-    supervisor_adopt_release(e->s, e->p.to);
+    /* Stopped by what they run now (their shutdown_ms, of the old release);
+     * they take their new definitions once stopped. */
     Child **stop = NULL;
     size_t n_stop = 0;
     for (size_t a = supervisor_n_apps(e->s); a-- > 0;) {
@@ -1005,6 +1006,7 @@ static int switch_over_begin(Executor *e)
 
 static void switch_over_end(Executor *e)
 {
+    supervisor_adopt_release(e->s, e->p.to);
     for (size_t a = supervisor_n_apps(e->s); a-- > 0;) {
         App *app = supervisor_app(e->s, a);
         if (!appdefs_release_find(e->p.to, app->name))

@@ -899,6 +899,27 @@ START_TEST(stop_and_start)
 }
 END_TEST
 
+/* A plain process replaced at the switch-over stops as its old release
+ * said: its shutdown_ms there (300), not the new release's (60 s). */
+START_TEST(switch_over_stops_with_the_old_shutdown_ms)
+{
+    put_app("b", "1", "", "q",
+            "processes:\n  - {name: pb, exec: FAKE, args: [hello=0], modules: [q], shutdown_ms: 300}\n");
+    put_app("b", "2", "", "q",
+            "processes:\n  - {name: pb, exec: FAKE, args: [hello=0], modules: [q], shutdown_ms: 60000}\n" B_APPUP);
+    behave("pb", "ignore_sigterm=1");
+    boot("1");
+    pid_t pb = pid_of("b", "pb");
+    plan("1", "2", true);
+    ck_assert_int_eq(run(), 0);
+    ck_errors("");
+    ck_assert_msg(run_ms >= 250, "pb ignores SIGTERM for its old shutdown_ms (300 ms); the run took %lld ms", run_ms);
+    ck_assert_int_ne(pid_of("b", "pb"), pb);
+    ck_assert_int_ne(pid_of("b", "pb"), 0);
+    ck_assert_int_eq(proc_def(child("b", "pb")->proc)->shutdown_ms, 60000); /* its new definition, for the next stop */
+}
+END_TEST
+
 static void applications_hook(size_t done)
 {
     App *b = supervisor_find_app(sup, "b");
@@ -1152,6 +1173,7 @@ static Suite *executor_suite(void)
     tcase_add_test(tc, process_exiting_mid_instruction);
     tcase_add_test(tc, soft_purge_refused_at_point_of_no_return);
     tcase_add_test(tc, stop_and_start);
+    tcase_add_test(tc, switch_over_stops_with_the_old_shutdown_ms);
     tcase_add_test(tc, stop_unload_and_start_applications);
     tcase_add_test(tc, start_application_after_switch_over_of_its_dependency);
     tcase_add_test(tc, load_purge_and_remove);
