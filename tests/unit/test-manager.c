@@ -25,13 +25,18 @@ static DaemonConfig cfg;
 
 /* ---- what an operation told its caller ----------------------------------- */
 
+/* What an operation told its caller. Its reply and messages belong to
+ * the arena, which teardown frees: a check that fails leaks nothing. */
 typedef struct Result {
     int n;         /* done() calls */
     int r;         /* its r */
-    json_t *reply; /* a copy */
-    StrVec errors, warnings;
+    json_t *reply; /* a copy, borrowed from the arena */
+    size_t n_errors;
+    const char *error; /* the first error, borrowed from the arena */
     int n_progress;
 } Result;
+
+static json_t *arena;
 
 static void on_progress(void *userdata, json_t *line)
 {
@@ -43,21 +48,20 @@ static void on_done(void *userdata, int r, json_t *reply, const Diag *diag)
     Result *res = userdata;
     res->n++;
     res->r = r;
-    json_decref(res->reply);
     res->reply = reply ? json_deep_copy(reply) : NULL;
-    strvec_clear(&res->errors);
-    strvec_clear(&res->warnings);
-    for (size_t i = 0; i < diag->errors.n; i++)
-        strvec_push(&res->errors, diag->errors.v[i]);
-    for (size_t i = 0; i < diag->warnings.n; i++)
-        strvec_push(&res->warnings, diag->warnings.v[i]);
+    if (res->reply)
+        json_array_append_new(arena, res->reply);
+    res->n_errors = diag->errors.n;
+    res->error = NULL;
+    if (diag->errors.n) {
+        json_t *e = json_string(diag->errors.v[0]);
+        json_array_append_new(arena, e);
+        res->error = json_string_value(e);
+    }
 }
 
 static void result_clear(Result *res)
 {
-    json_decref(res->reply);
-    strvec_clear(&res->errors);
-    strvec_clear(&res->warnings);
     *res = (Result){0};
 }
 
@@ -68,7 +72,7 @@ static ManagerCaller caller(Result *res)
 
 static const char *first_error(const Result *res)
 {
-    return res->errors.n ? res->errors.v[0] : "(none)";
+    return res->error ? res->error : "(none)";
 }
 
 /* ---- the loop -------------------------------------------------------------- */
@@ -163,24 +167,25 @@ static void make_sources(void)
         "release: t\nvsn: \"3\"\napplications: [{name: a, vsn: \"1\"}, {name: b, vsn: \"1\"}]\n");
 }
 
-/* work/NAME.tar.gz of the given paths of the source tree (caller frees). */
-static char *tarball(const char *name, const char *paths)
+/* work/NAME.tar.gz of the given paths of the source tree (a static
+ * buffer, until the next call). */
+static const char *tarball(const char *name, const char *paths)
 {
-    char *t = xasprintf("%s/%s.tar.gz", work, name);
+    static char t[sizeof(work) + 64];
+    snprintf(t, sizeof(t), "%s/%s.tar.gz", work, name);
     sh("tar -C '%s' -czf '%s' %s", src, t, paths);
     return t;
 }
 
-static char *release_tarball(const char *vsn)
+static const char *release_tarball(const char *vsn)
 {
     const char *apps = strcmp(vsn, "1") == 0   ? "lib/a-1"
                        : strcmp(vsn, "2") == 0 ? "lib/a-2 lib/b-1"
                                                : "lib/a-1 lib/b-1";
-    char *paths = xasprintf("releases/%s %s", vsn, apps), *name = xasprintf("t-%s", vsn);
-    char *t = tarball(name, paths);
-    free(paths);
-    free(name);
-    return t;
+    char paths[128], name[32];
+    snprintf(paths, sizeof(paths), "releases/%s %s", vsn, apps);
+    snprintf(name, sizeof(name), "t-%s", vsn);
+    return tarball(name, paths);
 }
 
 /* ---- the database, from the test's own connection ------------------------------ */
@@ -211,12 +216,11 @@ static void unpack_to(Result *res, const char *tar)
 
 static void unpack_release(const char *vsn)
 {
-    char *t = release_tarball(vsn);
+    const char *t = release_tarball(vsn);
     Result res = {0};
     unpack_to(&res, t);
     ck_assert_msg(res.r == 0, "unpack %s: %s", vsn, first_error(&res));
     result_clear(&res);
-    free(t);
 }
 
 static void install_to(Result *res, const char *vsn, const char *direction)
@@ -390,6 +394,7 @@ static void setup(void)
     free(cfg.root);
     cfg.root = xstrdup(root);
     m = NULL;
+    arena = json_array();
     new_manager();
 }
 
@@ -398,6 +403,8 @@ static void teardown(void)
     stop_manager();
     run_for(30); /* output pipes close */
     ev = sd_event_unref(ev);
+    json_decref(arena);
+    arena = NULL;
     config_clear(&cfg);
     char cmd[sizeof(work) + 16];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", work);
@@ -523,7 +530,7 @@ END_TEST
 
 START_TEST(unpack_a_release)
 {
-    char *t = release_tarball("2");
+    const char *t = release_tarball("2");
     Result res = {0};
     unpack_to(&res, t);
     ck_assert_msg(res.r == 0, "%s", first_error(&res));
@@ -536,29 +543,27 @@ START_TEST(unpack_a_release)
     ck_assert_state("2", "unpacked");
     ck_assert_uint_eq(n_events("unpacked"), 1);
     result_clear(&res);
-    free(t);
 }
 END_TEST
 
 START_TEST(unpack_refusals_are_one_line_and_leave_nothing)
 {
     unpack_release("1");
-    char *t = release_tarball("1");
+    const char *t = release_tarball("1");
     Result res = {0};
     unpack_to(&res, t);
     ck_assert_int_eq(res.r, -EINVAL);
     ck_assert_str_eq(first_error(&res), "release 1 is already present");
     result_clear(&res);
-    free(t);
     /* Not a tarball. */
     put(work, "junk.tar.gz", "this is not an archive\n");
-    char *junk = xasprintf("%s/junk.tar.gz", work);
+    char junk[sizeof(work) + 32];
+    snprintf(junk, sizeof(junk), "%s/junk.tar.gz", work);
     unpack_to(&res, junk);
     ck_assert_int_lt(res.r, 0);
-    ck_assert_uint_ge(res.errors.n, 1);
+    ck_assert_uint_ge(res.n_errors, 1);
     ck_assert_msg(strchr(first_error(&res), '\n') == NULL, "%s", first_error(&res));
     result_clear(&res);
-    free(junk);
     /* More than the limit. */
     manager_set_max_unpacked(m, 100);
     t = release_tarball("2");
@@ -566,7 +571,6 @@ START_TEST(unpack_refusals_are_one_line_and_leave_nothing)
     ck_assert_int_lt(res.r, 0);
     ck_assert_msg(strstr(first_error(&res), "100"), "%s", first_error(&res));
     result_clear(&res);
-    free(t);
     ck_assert_ptr_null(state("2"));
     ck_assert(!exists("releases/2"));
     ck_assert(!exists("lib/a-2"));
@@ -577,7 +581,7 @@ END_TEST
 START_TEST(unpack_whose_record_fails_takes_its_files_back)
 {
     sql("CREATE TRIGGER t BEFORE INSERT ON releases BEGIN SELECT RAISE(FAIL, 'injected'); END;");
-    char *t = release_tarball("1");
+    const char *t = release_tarball("1");
     Result res = {0};
     unpack_to(&res, t);
     ck_assert_int_lt(res.r, 0);
@@ -589,7 +593,6 @@ START_TEST(unpack_whose_record_fails_takes_its_files_back)
      * the database and the files agree. */
     ck_assert_msg(!exists("lib/a-1"), "lib/a-1 stayed behind without a release");
     result_clear(&res);
-    free(t);
 }
 END_TEST
 
@@ -648,7 +651,7 @@ START_TEST(install_refusals)
     install_to(&res, "2", "downgrade");
     ck_assert_int_eq(res.r, -EINVAL);
     ck_assert_str_eq(first_error(&res), "release 2 is newer than the running 1: use upgrade");
-    ck_assert_uint_eq(res.errors.n, 1);
+    ck_assert_uint_eq(res.n_errors, 1);
     result_clear(&res);
     ck_assert_state("1", "current");
     ck_assert_state("2", "unpacked");
@@ -768,7 +771,7 @@ START_TEST(make_permanent_refusals)
     permanent_to(&res, "1");
     ck_assert_int_eq(res.r, -EINVAL);
     ck_assert_str_eq(first_error(&res), "release 1 is unpacked; only the current release can be made permanent");
-    ck_assert_uint_eq(res.errors.n, 1);
+    ck_assert_uint_eq(res.n_errors, 1);
     result_clear(&res);
     ck_assert_state("1", "unpacked");
 }
@@ -781,7 +784,7 @@ START_TEST(make_permanent_database_unreadable_says_why)
     Result res = {0};
     permanent_to(&res, "1");
     ck_assert_int_lt(res.r, 0);
-    ck_assert_uint_eq(res.errors.n, 1);
+    ck_assert_uint_eq(res.n_errors, 1);
     ck_assert_msg(strstr(first_error(&res), "cannot read the release database") &&
                       strstr(first_error(&res), "no such table: releases"),
                   "%s", first_error(&res));
@@ -836,7 +839,7 @@ START_TEST(make_permanent_whose_record_fails_changes_nothing)
     ck_assert_int_lt(res.r, 0);
     ck_assert_msg(strstr(first_error(&res), "cannot record the change") && strstr(first_error(&res), "injected"), "%s",
                   first_error(&res));
-    ck_assert_uint_eq(res.errors.n, 1);
+    ck_assert_uint_eq(res.n_errors, 1);
     result_clear(&res);
     /* As it was: 1 permanent, 2 current. */
     ck_assert_state("2", "current");
@@ -898,7 +901,7 @@ START_TEST(remove_refusals)
     remove_to(&res, "1");
     ck_assert_int_eq(res.r, -EBUSY);
     ck_assert_str_eq(first_error(&res), "release 1 is permanent; it cannot be removed");
-    ck_assert_uint_eq(res.errors.n, 1);
+    ck_assert_uint_eq(res.n_errors, 1);
     result_clear(&res);
     install("2");
     remove_to(&res, "2");
@@ -922,7 +925,7 @@ START_TEST(remove_whose_record_fails_keeps_the_files)
     ck_assert_msg(strstr(first_error(&res), "cannot record the removal of release 2") &&
                       strstr(first_error(&res), "injected"),
                   "%s", first_error(&res));
-    ck_assert_uint_eq(res.errors.n, 1);
+    ck_assert_uint_eq(res.n_errors, 1);
     result_clear(&res);
     ck_assert_state("2", "unpacked");
     ck_assert(exists("releases/2/release.yaml"));
@@ -1038,7 +1041,7 @@ END_TEST
 
 START_TEST(forget_caller_the_operation_goes_on)
 {
-    char *t = release_tarball("1");
+    const char *t = release_tarball("1");
     int fd = open(t, O_RDONLY | O_CLOEXEC);
     Result res = {0};
     ManagerCaller c = caller(&res);
@@ -1050,7 +1053,6 @@ START_TEST(forget_caller_the_operation_goes_on)
     run_for(50);
     ck_assert_state("1", "unpacked"); /* done and recorded */
     ck_assert_int_eq(res.n, 0);       /* nobody told */
-    free(t);
 }
 END_TEST
 
