@@ -85,7 +85,8 @@ static void queue_line(Client *c, json_t *msg)
     c->out[c->out_len + len] = '\n';
     c->out_len += len + 1;
     free(text);
-    (void)sd_event_source_set_io_events(c->src, EPOLLOUT); /* cannot fail on an io source */
+    (void)sd_event_source_set_io_events(c->src, EPOLLOUT);  /* cannot fail on an io source */
+    (void)sd_event_source_set_enabled(c->src, SD_EVENT_ON); /* after an end of file, off until now */
 }
 
 void client_send(Client *c, json_t *msg)
@@ -150,7 +151,10 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
         }
         /* Progress lines written; the reply comes later. */
         c->out_len = c->out_off = 0;
-        (void)sd_event_source_set_io_events(c->src, c->eof ? 0 : EPOLLIN);
+        if (c->eof) /* a hung-up peer is reported again and again: nothing to read, so no watching */
+            (void)sd_event_source_set_enabled(c->src, SD_EVENT_OFF);
+        else
+            (void)sd_event_source_set_io_events(c->src, EPOLLIN);
         return 0;
     }
     char cbuf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
@@ -173,7 +177,10 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
     if (n == 0 && c->asked && !c->answered) {
         /* It shut down its side after asking: the reply still goes out. */
         c->eof = true;
-        (void)sd_event_source_set_io_events(c->src, c->out_len > c->out_off ? EPOLLOUT : 0);
+        if (c->out_len > c->out_off)
+            (void)sd_event_source_set_io_events(c->src, EPOLLOUT);
+        else /* a hung-up peer is reported again and again: nothing to read, so no watching */
+            (void)sd_event_source_set_enabled(c->src, SD_EVENT_OFF);
         return 0;
     }
     if (n <= 0) {

@@ -31,9 +31,15 @@ static int on_finished(sd_event_source *s, int fd, uint32_t revents, void *userd
     uint64_t n;
     (void)!read(fd, &n, sizeof(n)); /* EAGAIN: an earlier wakeup took the count */
     pthread_mutex_lock(&j->lock);
-    Job *list = j->finished;
+    Job *newest_first = j->finished, *list = NULL;
     j->finished = NULL;
     pthread_mutex_unlock(&j->lock);
+    while (newest_first) { /* in the order they finished */
+        Job *next = newest_first->next;
+        newest_first->next = list;
+        list = newest_first;
+        newest_first = next;
+    }
     while (list) {
         Job *next = list->next;
         j->running--;

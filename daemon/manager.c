@@ -133,6 +133,122 @@ static char *state_of(Manager *m, const char *which)
     return v;
 }
 
+/* The application directories (paths) release vsn uses that no other
+ * release does. false when that cannot be told (an other release's
+ * definition cannot be read): then no application directory goes. */
+static bool unused_app_dirs(Manager *m, const char *vsn, StrVec *ret)
+{
+    Diag diag = {0};
+    ReleaseDef *rel = NULL;
+    json_t *all = NULL;
+    bool known = history_releases(m->hist, &all) == 0;
+    char *path = store_path_release_file(m->cfg.root, vsn), *buf = NULL;
+    size_t len;
+    if (known && (store_read_file(path, &buf, &len) < 0 || appdefs_parse_release(path, buf, len, &rel, &diag) < 0))
+        known = false;
+    free(path);
+    free(buf);
+    StrVec used = {0};
+    size_t i;
+    json_t *r;
+    json_array_foreach(all, i, r)
+    {
+        const char *other = json_string_value(json_object_get(r, "vsn"));
+        if (!known || strcmp(other, vsn) == 0)
+            continue;
+        char *opath = store_path_release_file(m->cfg.root, other), *obuf = NULL;
+        ReleaseDef *o = NULL;
+        if (store_read_file(opath, &obuf, &len) < 0 || appdefs_parse_release(opath, obuf, len, &o, &diag) < 0) {
+            log_error("remove %s: cannot read release %s's definition; keeping every application directory", vsn,
+                      other);
+            known = false;
+        }
+        for (size_t a = 0; o && a < o->n_apps; a++)
+            strvec_push_take(&used, store_path_app_dir(m->cfg.root, o->apps[a].name, o->apps[a].vsn));
+        release_def_free(o);
+        free(obuf);
+        free(opath);
+    }
+    for (size_t a = 0; known && a < rel->n_apps; a++) {
+        char *dir = store_path_app_dir(m->cfg.root, rel->apps[a].name, rel->apps[a].vsn);
+        if (!strvec_contains(&used, dir))
+            strvec_push(ret, dir);
+        free(dir);
+    }
+    strvec_clear(&used);
+    json_decref(all);
+    release_def_free(rel);
+    diag_clear(&diag);
+    return known;
+}
+
+/* Release vsn's files moved out of the way, into ROOT/tmp/ (which the
+ * next start empties): its releases/<vsn>, and the application
+ * directories no other release uses. Renames: quick, and each atomic. */
+typedef struct Aside {
+    char *trash; /* ROOT/tmp/remove-XXXXXX */
+    char *release_dir, *release_moved;
+    StrVec dirs, moved; /* application directories, and where each went in trash */
+} Aside;
+
+static void aside_clear(Aside *a)
+{
+    free(a->trash);
+    free(a->release_dir);
+    free(a->release_moved);
+    strvec_clear(&a->dirs);
+    strvec_clear(&a->moved);
+    *a = (Aside){0};
+}
+
+/* 0, or -errno when the release directory could not be moved (nothing
+ * was). An application directory that cannot be moved is logged and
+ * stays (a stale directory harms nothing; a missing one would). */
+static int move_aside(Manager *m, const char *vsn, Aside *ret)
+{
+    StrVec unused = {0};
+    bool known = unused_app_dirs(m, vsn, &unused);
+    char *tmp = store_path_tmp(m->cfg.root);
+    Aside a = {.trash = xasprintf("%s/remove-XXXXXX", tmp), .release_dir = store_path_release_dir(m->cfg.root, vsn)};
+    int r = 0;
+    if ((mkdir(tmp, 0700) < 0 && errno != EEXIST) || !mkdtemp(a.trash))
+        r = -errno;
+    if (r == 0) {
+        a.release_moved = xasprintf("%s/release", a.trash);
+        if (rename(a.release_dir, a.release_moved) < 0)
+            r = -errno;
+    }
+    for (size_t k = 0; r == 0 && known && k < unused.n; k++) {
+        const char *base = strrchr(unused.v[k], '/') + 1;
+        char *to = xasprintf("%s/%s", a.trash, base);
+        if (rename(unused.v[k], to) == 0) {
+            strvec_push(&a.dirs, unused.v[k]);
+            strvec_push(&a.moved, to);
+        } else if (errno != ENOENT) {
+            log_error("release %s: cannot remove %s: %s", vsn, unused.v[k], strerror(errno));
+        }
+        free(to);
+    }
+    strvec_clear(&unused);
+    free(tmp);
+    if (r < 0) {
+        aside_clear(&a);
+        return r;
+    }
+    *ret = a;
+    return 0;
+}
+
+/* The files move back where they were (a removal that was not recorded). */
+static void move_back(Manager *m, Aside *a)
+{
+    if (rename(a->release_moved, a->release_dir) < 0)
+        log_error("cannot put %s back: %s", a->release_dir, strerror(errno));
+    for (size_t k = 0; k < a->dirs.n; k++)
+        if (rename(a->moved.v[k], a->dirs.v[k]) < 0)
+            log_error("cannot put %s back: %s", a->dirs.v[k], strerror(errno));
+}
+
 /* ---- unpack --------------------------------------------------------------------- */
 
 static void unpack_work(void *userdata)
@@ -141,27 +257,6 @@ static void unpack_work(void *userdata)
     op->r = store_unpack(op->root, op->fd, op->limit, &op->vsn, &op->name, &op->diag);
     close(op->fd);
     op->fd = -1;
-}
-
-/* Moves release vsn's directory out of the way (into the root's tmp/,
- * which the next start empties); 0 or -errno. */
-static int discard_release_dir(Manager *m, const char *vsn)
-{
-    char *dir = store_path_release_dir(m->cfg.root, vsn), *tmp = store_path_tmp(m->cfg.root);
-    char *dest = xasprintf("%s/discard-XXXXXX", tmp);
-    int r = mkdir(tmp, 0700) < 0 && errno != EEXIST ? -errno : 0;
-    if (r == 0 && !mkdtemp(dest))
-        r = -errno;
-    char *inside = xasprintf("%s/release", dest);
-    if (r == 0 && rename(dir, inside) < 0)
-        r = -errno;
-    if (r == 0)
-        store_remove_tree(dest);
-    free(inside);
-    free(dest);
-    free(tmp);
-    free(dir);
-    return r;
 }
 
 static void unpack_done(void *userdata)
@@ -175,9 +270,13 @@ static void unpack_done(void *userdata)
              * out so both agree. */
             diag_error(&op->diag, r == -EEXIST ? "release %s is already present" : "cannot record release %s: %s",
                        op->vsn, history_last_error(m->hist));
-            int d = discard_release_dir(m, op->vsn);
+            Aside a;
+            int d = move_aside(m, op->vsn, &a);
             if (d < 0)
                 log_error("release %s: cannot take its files back out: %s", op->vsn, strerror(-d));
+            else
+                store_remove_tree(a.trash); /* one release's files: small */
+            aside_clear(&a);
             op->r = r;
         } else {
             log_info("unpacked release %s %s for %s", op->name, op->vsn, op->who);
@@ -230,19 +329,14 @@ static void boot_done(void *userdata)
         diag_error(&op->diag, "reld is stopping; release %s was not started", op->vsn);
         op->r = -ECANCELED;
     }
-    if (op->r == 0)
-        op->r = boot(m, TAKE_PTR(op->rel), &op->diag);
-    if (op->r == 0) {
-        op->r = history_release_set_state(m->hist, op->vsn, RELEASE_CURRENT, op->who);
-        if (op->r < 0) {
-            /* Not recorded: it does not run either, so that both agree. */
-            diag_error(&op->diag, "cannot record release %s as current: %s; its processes are stopped", op->vsn,
-                       history_last_error(m->hist));
-            log_error("%s", op->diag.errors.v[0]);
-            (void)supervisor_stop_all(m->sup, NULL, NULL); /* cannot fail */
-            m->running = release_def_free(m->running);
-        }
-    }
+    /* Recorded before it runs: a release that runs is never unrecorded. */
+    if (op->r == 0 && (op->r = history_release_set_state(m->hist, op->vsn, RELEASE_CURRENT, op->who)) < 0)
+        diag_error(&op->diag, "cannot record release %s as current: %s; nothing was started", op->vsn,
+                   history_last_error(m->hist));
+    else if (op->r == 0 && (op->r = boot(m, TAKE_PTR(op->rel), &op->diag)) < 0 &&
+             history_release_set_state(m->hist, op->vsn, RELEASE_UNPACKED, op->who) < 0)
+        log_error("release %s did not start and stays recorded as current (%s); reld's next start rolls it back",
+                  op->vsn, history_last_error(m->hist));
     if (op->r == 0)
         log_info("installed release %s for %s", op->vsn, op->who);
     op_done(op, op->r, op->r == 0 ? json_pack("{s:s}", "installed", op->vsn) : NULL);
@@ -264,15 +358,17 @@ static void on_upgrade_progress(void *userdata, size_t k, size_t n, const char *
 /* The states after a successful change: 0, or -errno with the reason in diag. */
 static int record_change(Manager *m, Upgrade *u, bool running_was_current, const char *who, Diag *diag)
 {
-    int r = 0;
-    if (running_was_current)
-        r = history_release_set_state(m->hist, upgrade_from(u), RELEASE_UNPACKED, who);
     char *target_state = NULL;
-    if (r == 0)
-        r = history_release_state(m->hist, upgrade_to(u), &target_state);
+    int r = history_release_state(m->hist, upgrade_to(u), &target_state);
+    HistoryStateChange v[2];
+    size_t n = 0;
+    if (running_was_current)
+        v[n++] = (HistoryStateChange){upgrade_from(u), RELEASE_UNPACKED};
     if (r == 0 && strcmp(target_state, RELEASE_PERMANENT) != 0) /* back to the permanent one: stays so */
-        r = history_release_set_state(m->hist, upgrade_to(u), RELEASE_CURRENT, who);
+        v[n++] = (HistoryStateChange){upgrade_to(u), RELEASE_CURRENT};
     free(target_state);
+    if (r == 0 && n)
+        r = history_release_set_states(m->hist, v, n, who);
     if (r < 0)
         diag_error(diag,
                    "release %s runs, but its state could not be recorded: %s; reld boots release %s at its next "
@@ -403,7 +499,10 @@ void manager_make_permanent(Manager *m, const char *vsn, const char *who, const 
     if (!vsn) {
         refuse(m, c, -ENOENT, "no release is current (installed and not yet permanent)");
     } else if ((r = history_release_state(m->hist, vsn, &state)) < 0) {
-        refuse(m, c, r, r == -ENOENT ? "release %s is not known" : "cannot read the release database (%s)", vsn);
+        if (r == -ENOENT)
+            refuse(m, c, r, "release %s is not known", vsn);
+        else
+            refuse(m, c, r, "cannot read the release database: %s", history_last_error(m->hist));
     } else if (strcmp(state, RELEASE_PERMANENT) == 0) {
         json_t *reply = json_pack("{s:s}", "permanent", vsn);
         c->done(c->userdata, 0, reply, &(Diag){0});
@@ -411,10 +510,10 @@ void manager_make_permanent(Manager *m, const char *vsn, const char *who, const 
     } else if (strcmp(state, RELEASE_CURRENT) != 0) {
         refuse(m, c, -EINVAL, "release %s is %s; only the current release can be made permanent", vsn, state);
     } else {
-        /* The old permanent one becomes old first: at most one permanent. */
-        r = perm ? history_release_set_state(m->hist, perm, RELEASE_OLD, who) : 0;
-        if (r == 0)
-            r = history_release_set_state(m->hist, vsn, RELEASE_PERMANENT, who);
+        /* The old permanent one becomes old as this one becomes permanent:
+         * both or neither. */
+        HistoryStateChange v[] = {{perm, RELEASE_OLD}, {vsn, RELEASE_PERMANENT}};
+        r = perm ? history_release_set_states(m->hist, v, 2, who) : history_release_set_states(m->hist, v + 1, 1, who);
         if (r < 0) {
             refuse(m, c, r, "cannot record the change: %s", history_last_error(m->hist));
         } else {
@@ -430,55 +529,6 @@ void manager_make_permanent(Manager *m, const char *vsn, const char *who, const 
 }
 
 /* ---- remove ------------------------------------------------------------------------- */
-
-/* The application directories ("app-vsn") release vsn uses that no other
- * release does. false when that cannot be told (an other release's
- * definition cannot be read): then no application directory goes. */
-static bool unused_app_dirs(Manager *m, const char *vsn, StrVec *ret)
-{
-    Diag diag = {0};
-    ReleaseDef *rel = NULL;
-    json_t *all = NULL;
-    bool known = history_releases(m->hist, &all) == 0;
-    char *path = store_path_release_file(m->cfg.root, vsn), *buf = NULL;
-    size_t len;
-    if (known && (store_read_file(path, &buf, &len) < 0 || appdefs_parse_release(path, buf, len, &rel, &diag) < 0))
-        known = false;
-    free(path);
-    free(buf);
-    StrVec used = {0};
-    size_t i;
-    json_t *r;
-    json_array_foreach(all, i, r)
-    {
-        const char *other = json_string_value(json_object_get(r, "vsn"));
-        if (!known || strcmp(other, vsn) == 0)
-            continue;
-        char *opath = store_path_release_file(m->cfg.root, other), *obuf = NULL;
-        ReleaseDef *o = NULL;
-        if (store_read_file(opath, &obuf, &len) < 0 || appdefs_parse_release(opath, obuf, len, &o, &diag) < 0) {
-            log_error("remove %s: cannot read release %s's definition; keeping every application directory", vsn,
-                      other);
-            known = false;
-        }
-        for (size_t a = 0; o && a < o->n_apps; a++)
-            strvec_push_take(&used, xasprintf("%s-%s", o->apps[a].name, o->apps[a].vsn));
-        release_def_free(o);
-        free(obuf);
-        free(opath);
-    }
-    for (size_t a = 0; known && a < rel->n_apps; a++) {
-        char *dir = xasprintf("%s-%s", rel->apps[a].name, rel->apps[a].vsn);
-        if (!strvec_contains(&used, dir))
-            strvec_push(ret, dir);
-        free(dir);
-    }
-    strvec_clear(&used);
-    json_decref(all);
-    release_def_free(rel);
-    diag_clear(&diag);
-    return known;
-}
 
 static void remove_work(void *userdata)
 {
@@ -520,57 +570,26 @@ void manager_remove(Manager *m, const char *vsn, const char *who, const ManagerC
      * then the row goes: a crash between leaves a row without files, which
      * the next start forgets; the moved files are in tmp/, which it
      * empties. Deleting them (seconds for 10^6 files) runs on a thread. */
-    StrVec dirs = {0};
-    bool known = unused_app_dirs(m, vsn, &dirs);
-    char *tmp = store_path_tmp(m->cfg.root), *trash = xasprintf("%s/remove-XXXXXX", tmp);
-    char *rel_dir = store_path_release_dir(m->cfg.root, vsn), *rel_moved = NULL;
-    if ((mkdir(tmp, 0700) < 0 && errno != EEXIST) || !mkdtemp(trash) ||
-        rename(rel_dir, rel_moved = xasprintf("%s/release", trash)) < 0) {
-        r = -errno;
-        refuse(m, c, r, "cannot remove release %s's files: %s", vsn, strerror(-r));
-        goto out;
-    }
-    StrVec moved = {0};
-    for (size_t k = 0; known && k < dirs.n; k++) {
-        char *from = xasprintf("%s/lib/%s", m->cfg.root, dirs.v[k]), *to = xasprintf("%s/%s", trash, dirs.v[k]);
-        if (rename(from, to) == 0)
-            strvec_push(&moved, dirs.v[k]);
-        else if (errno != ENOENT)
-            log_error("remove %s: cannot remove %s: %s", vsn, from, strerror(errno));
-        free(from);
-        free(to);
-    }
+    Aside a;
+    if ((r = move_aside(m, vsn, &a)) < 0)
+        return refuse(m, c, r, "cannot remove release %s's files: %s", vsn, strerror(-r));
     if ((r = history_release_remove(m->hist, vsn, who)) < 0) {
         /* Not recorded: the files go back, as if nothing happened. */
         char *why = xstrdup(history_last_error(m->hist));
-        if (rename(rel_moved, rel_dir) < 0)
-            log_error("remove %s: cannot put %s back: %s", vsn, rel_dir, strerror(errno));
-        for (size_t k = 0; k < moved.n; k++) {
-            char *from = xasprintf("%s/%s", trash, moved.v[k]), *to = xasprintf("%s/lib/%s", m->cfg.root, moved.v[k]);
-            if (rename(from, to) < 0)
-                log_error("remove %s: cannot put %s back: %s", vsn, to, strerror(errno));
-            free(from);
-            free(to);
-        }
+        move_back(m, &a);
         refuse(m, c, r, "cannot record the removal of release %s: %s", vsn, why);
         free(why);
-        strvec_clear(&moved);
-        goto out;
+        aside_clear(&a);
+        return;
     }
-    strvec_clear(&moved);
     Op *op = op_new(m, OP_REMOVE, who, c);
     op->vsn = xstrdup(vsn);
-    op->trash = TAKE_PTR(trash);
+    op->trash = TAKE_PTR(a.trash);
+    aside_clear(&a);
     if ((r = jobs_run(m->jobs, remove_work, remove_done, op)) < 0) {
         log_error("remove %s: no thread to delete its files (%s); the next start deletes them", vsn, strerror(-r));
         remove_done(op);
     }
-out:
-    strvec_clear(&dirs);
-    free(tmp);
-    free(trash);
-    free(rel_dir);
-    free(rel_moved);
 }
 
 /* ---- reading ---------------------------------------------------------------------- */

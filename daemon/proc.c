@@ -667,16 +667,23 @@ static int on_kill_timer(sd_event_source *s, uint64_t usec, void *userdata)
     Proc *p = userdata;
     if (p->pid) {
         log_warning("%s[%d] did not stop within %ld ms: SIGKILL", p->label, (int)p->pid, p->src.def->shutdown_ms);
-        (void)kill(p->pid, SIGKILL); /* it exists until we reap it */
+        /* Its process group (it leads one since it started): what it
+         * started goes with it. It exists until we reap it. */
+        (void)kill(-p->pid, SIGKILL);
+        (void)kill(p->pid, SIGKILL); /* in case it has not made its group yet */
     }
     return 0;
 }
 
 int proc_stop(Proc *p)
 {
-    p->stopping = true;
-    if (!p->pid)
+    if (!p->pid) {
+        p->stopping = true;
         return 1;
+    }
+    if (p->stopping)
+        return 0; /* already on its way: its SIGKILL stays when it was due */
+    p->stopping = true;
     (void)kill(p->pid, SIGTERM); /* it exists until we reap it */
     uint64_t at = (uint64_t)(mono_us() + p->src.def->shutdown_ms * 1000LL);
     int r;
@@ -699,7 +706,8 @@ Proc *proc_free(Proc *p)
     if (!p)
         return NULL;
     if (p->pid) {
-        (void)kill(p->pid, SIGKILL);
+        (void)kill(-p->pid, SIGKILL);   /* its process group: what it started goes too */
+        (void)kill(p->pid, SIGKILL);    /* in case it has not made its group yet */
         (void)waitpid(p->pid, NULL, 0); /* immediate: SIGKILL cannot be refused */
     }
     p->call_done = NULL; /* nobody to tell */

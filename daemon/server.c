@@ -30,6 +30,7 @@ struct Server {
     Manager *m;
     char *path;
     int fd;
+    bool bound; /* the socket file is ours */
     sd_event_source *src;
     Rights rights;
     ClientLink *clients;
@@ -161,11 +162,24 @@ int server_new(sd_event *ev, Manager *m, const DaemonConfig *cfg, Server **ret)
         goto fail;
     }
     struct stat st;
-    if (lstat(s->path, &st) == 0 && S_ISSOCK(st.st_mode))
-        (void)unlink(s->path); /* a previous reld's; we hold the root's lock */
-    mode_t old = umask(0177);  /* nobody connects before the rights are set */
+    if (lstat(s->path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+        /* A previous reld's, if nobody answers there: another reld (of
+         * another root) may listen on it, and keeps it. */
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        bool live = probe >= 0 && connect(probe, (struct sockaddr *)&a, sizeof(a)) == 0;
+        if (probe >= 0)
+            close(probe);
+        if (live) {
+            log_error("cannot listen on %s: another reld answers there", s->path);
+            r = -EADDRINUSE;
+            goto fail;
+        }
+        (void)unlink(s->path); /* stale: bind says what follows */
+    }
+    mode_t old = umask(0177); /* nobody connects before the rights are set */
     r = bind(s->fd, (struct sockaddr *)&a, sizeof(a));
     umask(old);
+    s->bound = r == 0;
     if (r < 0 || listen(s->fd, 128) < 0) {
         r = -errno;
         log_error("cannot listen on %s: %s", s->path, strerror(-r));
@@ -191,10 +205,10 @@ Server *server_free(Server *s)
     while (s->clients)
         client_free(s->clients->c); /* its gone() unlinks it */
     sd_event_source_disable_unref(s->src);
-    if (s->fd >= 0) {
+    if (s->fd >= 0)
         close(s->fd);
-        (void)unlink(s->path); /* ours: we held the root's lock */
-    }
+    if (s->bound)
+        (void)unlink(s->path); /* ours */
     free(s->path);
     free(s);
     return NULL;

@@ -282,6 +282,11 @@ static int app_start(App *a, Diag *diag)
 
 static void apps_free(Supervisor *s)
 {
+    /* Stop runs under way end here: their children go now (SIGKILL). */
+    for (StopRun *run = s->stops; run; run = run->next_run)
+        run->next = run->n;
+    if (s->stops)
+        (void)sd_event_source_set_enabled(s->stops_done, SD_EVENT_ONESHOT); /* cannot fail */
     for (size_t i = s->n_apps; i-- > 0;)
         app_free(s->apps[i]); /* SIGKILLs what still runs */
     free(s->apps);

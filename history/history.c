@@ -481,6 +481,25 @@ int history_release_set_state(History *h, const char *vsn, const char *state, co
     return IN_TRANSACTION(h, set_state(h, vsn, state, who));
 }
 
+static int set_states(History *h, const HistoryStateChange *v, size_t n, const char *who)
+{
+    int r = 0;
+    for (size_t k = 0; k < n && r == 0; k++)
+        r = set_state(h, v[k].vsn, v[k].state, who);
+    return r;
+}
+
+int history_release_set_states(History *h, const HistoryStateChange *v, size_t n, const char *who)
+{
+    for (size_t k = 0; k < n; k++) {
+        if (!v[k].vsn)
+            return failf(h, -EINVAL, "no release version");
+        if (!is_state(v[k].state))
+            return failf(h, -EINVAL, "'%s' is not a release state", v[k].state ? v[k].state : "(null)");
+    }
+    return IN_TRANSACTION(h, set_states(h, v, n, who));
+}
+
 static int release_remove(History *h, const char *vsn, const char *who)
 {
     char *state = NULL;

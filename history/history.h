@@ -64,6 +64,13 @@ int history_release_add(History *h, const char *vsn, const char *name, const cha
  * of the four, -EEXIST when another release is current (permanent) and
  * state is current (permanent). */
 int history_release_set_state(History *h, const char *vsn, const char *state, const char *who);
+/* Several changes of state, in order, in one transaction: all of them or
+ * none (the old permanent release becomes old as the new one becomes
+ * permanent). Errors as history_release_set_state. */
+typedef struct HistoryStateChange {
+    const char *vsn, *state;
+} HistoryStateChange;
+int history_release_set_states(History *h, const HistoryStateChange *v, size_t n, const char *who);
 /* A release's state in *ret (caller frees); -ENOENT when unknown. */
 int history_release_state(History *h, const char *vsn, char **ret);
 /* The version in state `state` (current or permanent: -EINVAL for the

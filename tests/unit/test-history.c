@@ -600,6 +600,31 @@ START_TEST(set_state_changes_the_state_with_its_event)
 }
 END_TEST
 
+START_TEST(set_states_all_or_nothing)
+{
+    ck_assert_int_eq(history_release_add(h, "1.0", "shop", "t"), 0);
+    ck_assert_int_eq(history_release_add(h, "2.0", "shop", "t"), 0);
+    ck_assert_int_eq(history_release_set_state(h, "1.0", RELEASE_PERMANENT, "t"), 0);
+    ck_assert_int_eq(history_release_set_state(h, "2.0", RELEASE_CURRENT, "t"), 0);
+    /* The second change fails: the first is rolled back with it. */
+    sql_once("CREATE TRIGGER t BEFORE UPDATE ON releases WHEN NEW.state = 'permanent' "
+             "BEGIN SELECT RAISE(FAIL, 'injected'); END;");
+    HistoryStateChange v[] = {{"1.0", RELEASE_OLD}, {"2.0", RELEASE_PERMANENT}};
+    ck_assert_fails(history_release_set_states(h, v, 2, "t"), -EINVAL, "injected");
+    ck_assert_str_eq(text_of("SELECT state FROM releases WHERE vsn = '1.0'"), "permanent");
+    ck_assert_str_eq(text_of("SELECT state FROM releases WHERE vsn = '2.0'"), "current");
+    ck_assert_int_eq(count("SELECT count(*) FROM events WHERE kind = 'state'"), 2);
+    sql_once("DROP TRIGGER t");
+    ck_assert_int_eq(history_release_set_states(h, v, 2, "t"), 0);
+    ck_assert_str_eq(text_of("SELECT state FROM releases WHERE vsn = '1.0'"), "old");
+    ck_assert_str_eq(text_of("SELECT state FROM releases WHERE vsn = '2.0'"), "permanent");
+    ck_assert_int_eq(count("SELECT count(*) FROM events WHERE kind = 'state'"), 4);
+    HistoryStateChange bad[] = {{"2.0", RELEASE_OLD}, {"1.0", "running"}};
+    ck_assert_fails(history_release_set_states(h, bad, 2, "t"), -EINVAL, "'running' is not a release state");
+    ck_assert_str_eq(text_of("SELECT state FROM releases WHERE vsn = '2.0'"), "permanent");
+}
+END_TEST
+
 START_TEST(set_state_unknown_release_is_enoent)
 {
     ck_assert_fails(history_release_set_state(h, "9", RELEASE_CURRENT, "t"), -ENOENT, "release 9 is not known");
@@ -1086,6 +1111,7 @@ static Suite *history_suite(void)
          {set_state_changes_the_state_with_its_event, set_state_unknown_release_is_enoent,
           set_state_bad_state_is_einval, set_state_one_current_and_one_permanent,
           set_state_failed_event_keeps_the_old_state, set_state_disk_full_at_commit}},
+        {"history_release_set_states", {set_states_all_or_nothing}},
         {"history_release_state", {release_state_and_in_state}},
         {"history_release_remove",
          {release_remove_deletes_with_its_event, release_remove_failed_event_keeps_the_release}},

@@ -698,7 +698,9 @@ START_TEST(client_descriptors_it_does_not_use_are_closed)
     ck_assert_str_eq(error_of(r), "unpack needs the tarball's file descriptor passed with the request");
     json_decref(r);
     run_for(50);
-    ck_assert_uint_eq(n_open_fds(), before);
+    /* No more than before (a descriptor of the loop's own may have gone
+     * meanwhile): the two it did not use were closed. */
+    ck_assert_uint_le(n_open_fds(), before);
     close(fd);
 }
 END_TEST
