@@ -101,7 +101,7 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *dir = argv[optind];
-    char *rels = xasprintf("%s/releases", dir);
+    char *rels = store_path_releases(dir);
     struct dirent **names;
     int n = scandir(rels, &names, NULL, alphasort), found = 0;
     char *vsn = NULL;
@@ -143,14 +143,14 @@ int main(int argc, char **argv)
     int r = archive_write_open_filename(a, tmp) == ARCHIVE_OK ? 0 : -EIO;
     if (r < 0)
         fprintf(stderr, "relctl: %s: %s\n", out, archive_error_string(a));
-    char *p = xasprintf("%s/releases/%s", dir, vsn), *q = xasprintf("releases/%s", vsn);
+    char *p = store_path_release_dir(dir, vsn), *q = store_path_release_dir(NULL, vsn);
     if (r == 0)
         r = pack_add(a, p, q);
     free(p);
     free(q);
     for (size_t i = 0; r == 0 && i < rel->n_apps; i++) {
-        p = xasprintf("%s/lib/%s-%s", dir, rel->apps[i].name, rel->apps[i].vsn);
-        q = xasprintf("lib/%s-%s", rel->apps[i].name, rel->apps[i].vsn);
+        p = store_path_app_dir(dir, rel->apps[i].name, rel->apps[i].vsn);
+        q = store_path_app_dir(NULL, rel->apps[i].name, rel->apps[i].vsn);
         r = pack_add(a, p, q);
         free(p);
         free(q);

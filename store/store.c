@@ -66,29 +66,44 @@ int store_read_file(const char *path, char **ret_buf, size_t *ret_len)
     return 0;
 }
 
+/* root/rel, or rel alone without a root (a path inside a tarball). */
+static char *in_root(const char *root, char *rel)
+{
+    if (!root)
+        return rel;
+    char *p = xasprintf("%s/%s", root, rel);
+    free(rel);
+    return p;
+}
+
+char *store_path_releases(const char *root)
+{
+    return in_root(root, xstrdup("releases"));
+}
+
 char *store_path_release_dir(const char *root, const char *vsn)
 {
-    return xasprintf("%s/releases/%s", root, vsn);
+    return in_root(root, xasprintf("releases/%s", vsn));
 }
 
 char *store_path_release_file(const char *root, const char *vsn)
 {
-    return xasprintf("%s/releases/%s/release.yaml", root, vsn);
+    return in_root(root, xasprintf("releases/%s/release.yaml", vsn));
 }
 
 char *store_path_relup_file(const char *root, const char *vsn)
 {
-    return xasprintf("%s/releases/%s/relup.yaml", root, vsn);
+    return in_root(root, xasprintf("releases/%s/relup.yaml", vsn));
 }
 
 char *store_path_app_dir(const char *root, const char *app, const char *vsn)
 {
-    return xasprintf("%s/lib/%s-%s", root, app, vsn);
+    return in_root(root, xasprintf("lib/%s-%s", app, vsn));
 }
 
 char *store_path_in_app(const char *root, const char *app, const char *vsn, const char *rel)
 {
-    return rel[0] == '/' ? xstrdup(rel) : xasprintf("%s/lib/%s-%s/%s", root, app, vsn, rel);
+    return rel[0] == '/' ? xstrdup(rel) : in_root(root, xasprintf("lib/%s-%s/%s", app, vsn, rel));
 }
 
 char *store_path_db(const char *root)
@@ -282,7 +297,7 @@ int store_load_release(const char *root, const char *vsn, ReleaseDef **ret, Diag
         return -EINVAL;
     }
     char *path = store_path_release_file(root, vsn);
-    char *shown = xasprintf("releases/%s/release.yaml", vsn);
+    char *shown = store_path_release_file(NULL, vsn);
     char *buf = NULL;
     size_t len = 0;
     ReleaseDef *rel = NULL;
@@ -400,7 +415,7 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
         return r < 0 ? r : r2;
     }
     char *path = store_path_relup_file(root, to);
-    char *shown = xasprintf("releases/%s/relup.yaml", to);
+    char *shown = store_path_relup_file(NULL, to);
     char *buf = NULL;
     size_t len = 0;
     Relup *stored = NULL;

@@ -19,7 +19,9 @@
 #include "relup.h"
 
 /* The layout of a root, in one place: every path reld and relctl use
- * inside a root comes from these (caller frees). */
+ * inside a root comes from these (caller frees). A NULL root gives the
+ * path inside the root ("releases/2.0"), as a tarball holds it. */
+char *store_path_releases(const char *root);                                  /* ROOT/releases */
 char *store_path_release_dir(const char *root, const char *vsn);              /* ROOT/releases/<vsn> */
 char *store_path_release_file(const char *root, const char *vsn);             /* ROOT/releases/<vsn>/release.yaml */
 char *store_path_relup_file(const char *root, const char *vsn);               /* ROOT/releases/<vsn>/relup.yaml */

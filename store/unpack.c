@@ -273,7 +273,7 @@ static bool same_file(const char *a, const char *b)
  * it into place. */
 static int install_staged(const char *root, const char *staging, char **ret_vsn, char **ret_name, Diag *diag)
 {
-    char *rels_dir = xasprintf("%s/releases", staging);
+    char *rels_dir = store_path_releases(staging);
     StrVec rels = list_dir(rels_dir);
     free(rels_dir);
     if (rels.n != 1) {
