@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "util.h"
+#include "testlib.h"
 
 static char dir[] = "/tmp/reld-test-config-XXXXXX";
 static char path[sizeof(dir) + 32];
@@ -394,9 +395,5 @@ static Suite *config_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(config_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(config_suite());
 }

@@ -1193,11 +1193,5 @@ int main(void)
         fprintf(stderr, "FAKE_PROC must name the fake-proc executable by its absolute path\n");
         return 1;
     }
-    /* sd-event's child sources need SIGCHLD blocked, as reld blocks it. */
-    sigset_t ss;
-    sigemptyset(&ss);
-    sigaddset(&ss, SIGCHLD);
-    if (sigprocmask(SIG_BLOCK, &ss, NULL) < 0)
-        return 1;
-    return test_run_suite(executor_suite());
+    return test_run_daemon_suite(executor_suite());
 }

@@ -10,6 +10,7 @@
 
 #include "jobs.h"
 #include "util.h"
+#include "testlib.h"
 
 static sd_event *ev;
 static Jobs *jobs;
@@ -330,9 +331,5 @@ static Suite *jobs_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(jobs_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(jobs_suite());
 }

@@ -16,6 +16,7 @@
 
 #include "manager.h"
 #include "util.h"
+#include "testlib.h"
 
 static char work[] = "/tmp/reld-test-manager-XXXXXX";
 static char *root, *src;
@@ -1147,14 +1148,5 @@ static Suite *manager_suite(void)
 
 int main(void)
 {
-    sigset_t ss;
-    sigemptyset(&ss);
-    sigaddset(&ss, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &ss, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    SRunner *sr = srunner_create(manager_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_daemon_suite(manager_suite());
 }

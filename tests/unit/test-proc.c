@@ -970,16 +970,5 @@ static Suite *proc_suite(void)
 
 int main(void)
 {
-    /* As daemon_new(): sd-event's child sources need SIGCHLD blocked; a
-     * vanished peer is an error, not our death. */
-    sigset_t ss;
-    sigemptyset(&ss);
-    sigaddset(&ss, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &ss, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    SRunner *sr = srunner_create(proc_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_daemon_suite(proc_suite());
 }

@@ -19,6 +19,7 @@
 
 #include "server.h"
 #include "util.h"
+#include "testlib.h"
 
 #define NOBODY      65534
 #define MAX_REQUEST 65536
@@ -968,14 +969,5 @@ static Suite *server_suite(void)
 
 int main(void)
 {
-    sigset_t ss;
-    sigemptyset(&ss);
-    sigaddset(&ss, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &ss, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    SRunner *sr = srunner_create(server_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_daemon_suite(server_suite());
 }

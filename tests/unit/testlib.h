@@ -2,6 +2,7 @@
 /* Helpers for the unit suites: releases built from YAML text in memory. */
 #include <check.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -67,4 +68,18 @@ static inline int test_run_suite(Suite *s)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? 1 : 0;
+}
+
+/* The same for a suite of the daemon's components, in the signal setting
+ * daemon_new() makes: sd-event's child sources need SIGCHLD blocked, and a
+ * vanished peer is an error to handle, not the test's death. */
+static inline int test_run_daemon_suite(Suite *s)
+{
+    sigset_t ss;
+    sigemptyset(&ss);
+    sigaddset(&ss, SIGCHLD);
+    if (sigprocmask(SIG_BLOCK, &ss, NULL) < 0)
+        return 1;
+    (void)signal(SIGPIPE, SIG_IGN);
+    return test_run_suite(s);
 }
