@@ -50,8 +50,8 @@ struct Proc {
     int ctl_fd;
     char in[CONTROL_LINE_MAX];
     size_t in_len;
-    char *out; /* unsent bytes of the control channel */
-    size_t out_len;
+    char *out; /* bytes for the control channel: out[out_off..out_len) not yet sent */
+    size_t out_len, out_off;
     json_t *modules;
     OutPipe *pipes; /* output still to relay, of this run and earlier ones */
     ProcExited exited;
@@ -297,7 +297,7 @@ static void channel_close(Proc *p)
     p->in_len = 0;
     free(p->out);
     p->out = NULL;
-    p->out_len = 0;
+    p->out_len = p->out_off = 0;
     if (p->call_done)
         call_end(p, NULL, -ECONNRESET);
 }
@@ -338,18 +338,19 @@ static void handle_line(Proc *p, const char *line, size_t len)
 
 static int flush_out(Proc *p)
 {
-    while (p->out_len) {
+    while (p->out_off < p->out_len) {
         /* MSG_NOSIGNAL: a dead process must not kill reld with SIGPIPE. */
-        ssize_t n = send(p->ctl_fd, p->out, p->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = send(p->ctl_fd, p->out + p->out_off, p->out_len - p->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
             break;
         if (n <= 0)
             return -ECONNRESET;
-        memmove(p->out, p->out + n, p->out_len - (size_t)n);
-        p->out_len -= (size_t)n;
+        p->out_off += (size_t)n;
     }
+    if (p->out_off == p->out_len)
+        p->out_off = p->out_len = 0; /* all sent: the buffer starts over (no moving of what is left) */
     return sd_event_source_set_io_events(p->ctl_src, EPOLLIN | (p->out_len ? EPOLLOUT : 0));
 }
 

@@ -319,18 +319,25 @@ static size_t n_events(const char *kind)
 }
 
 /* The content of ROOT/rel, or "" (caller frees); waits up to 2 s for it. */
+/* ROOT/rel once it holds a complete line (waiting, with the loop
+ * running, up to 10 s: a loaded machine starts processes slowly). */
 static char *slurp_root(const char *rel)
 {
     char *path = xasprintf("%s/%s", root, rel);
-    long long deadline = mono_ms() + 2000;
-    while (access(path, F_OK) < 0 && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
     char *buf = xcalloc(65536, 1);
-    FILE *f = fopen(path, "r");
-    if (f) {
-        size_t n = fread(buf, 1, 65535, f);
-        buf[n] = 0;
-        fclose(f);
+    long long deadline = mono_ms() + 10000;
+    for (;;) {
+        buf[0] = 0;
+        FILE *f = fopen(path, "r");
+        if (f) {
+            size_t n = fread(buf, 1, 65535, f);
+            buf[n] = 0;
+            fclose(f);
+        }
+        size_t len = strlen(buf);
+        if ((len > 0 && buf[len - 1] == '\n') || mono_ms() >= deadline)
+            break;
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
     }
     free(path);
     return buf;
