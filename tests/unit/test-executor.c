@@ -782,9 +782,10 @@ START_TEST(suspend_without_answer_times_out_then_is_resumed)
     ck_errors("a/pa2[PID]: suspend: no answer in time");
     ck_warnings("failed after the point of no return: ran the inverse of what was done; release 1 runs, its state "
                 "kept");
-    /* It failed at its timeout, not at the late answer ... */
+    /* It failed at its timeout (the error says so: a late answer would
+     * have ended the call with success), not before it ... */
     long long ms = duration_ms(3);
-    ck_assert_msg(ms >= 150 && ms < 700, "the suspend took %lld ms, its timeout is 200 ms", ms);
+    ck_assert_msg(ms >= 150, "the suspend took %lld ms, its timeout is 200 ms", ms);
     /* ... and the recovery resumed the process once it answered. */
     ck_assert_msg(run_ms >= 700, "the run took %lld ms: it did not wait for the late answer", run_ms);
     ck_assert(!sync_proc("a", "pa2"));
