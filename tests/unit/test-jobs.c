@@ -86,7 +86,7 @@ static bool run_until_done(Rec **recs, size_t n)
             return true;
         if (mono_ms() > deadline)
             return false;
-        ck_assert_int_ge(sd_event_run(ev, 50 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 50 * 1000ULL), 0);
     }
 }
 
@@ -113,7 +113,7 @@ START_TEST(new_starts_with_nothing_running)
     ck_assert_uint_eq(jobs_running(jobs), 0);
     ck_assert_uint_eq(jobs_running(NULL), 0);
     /* Nothing is due: the loop finds no event in 20 ms. */
-    ck_assert_int_eq(sd_event_run(ev, 20 * 1000), 0);
+    ck_assert_int_eq(sd_event_run(ev, 20 * 1000ULL), 0);
 }
 END_TEST
 
@@ -195,7 +195,7 @@ static void wait_worked(Rec *r)
         usleep(1000);
     }
     ck_assert(r->worked);
-    usleep(30 * 1000); /* from the end of work() to the job on the finished list: microseconds */
+    usleep(30 * 1000ULL); /* from the end of work() to the job on the finished list: microseconds */
 }
 
 START_TEST(run_done_in_order_of_completion_when_several_finish_between_turns)
@@ -254,7 +254,7 @@ START_TEST(running_counts_until_done)
     ck_assert_uint_eq(jobs_running(jobs), 1);
     ck_assert_int_eq(jobs_run(jobs, work, done, &b), 0);
     ck_assert_uint_eq(jobs_running(jobs), 2);
-    ck_assert_int_eq(sd_event_run(ev, 20 * 1000), 0); /* both gated: nothing completes */
+    ck_assert_int_eq(sd_event_run(ev, 20 * 1000ULL), 0); /* both gated: nothing completes */
     ck_assert_uint_eq(jobs_running(jobs), 2);
     rec_open(&a);
     Rec *va[] = {&a};

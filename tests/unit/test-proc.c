@@ -126,7 +126,7 @@ static bool run_until(Cond cond, int ms)
 {
     long long deadline = mono_ms() + ms;
     while (!cond() && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     return cond();
 }
 
@@ -134,7 +134,7 @@ static void run_for(int ms)
 {
     long long deadline = mono_ms() + ms;
     while (mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
 }
 
 static bool exited(void)
@@ -528,7 +528,7 @@ START_TEST(spawn_exit_is_reported)
     ck_assert_int_eq(proc_spawn(p), 0);
     long long until = mono_ms() + 5000;
     while (n_exits < 2 && mono_ms() < until)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert_int_eq(n_exits, 2);
     ck_assert_int_eq(last_exit.si_status, 3);
 }
@@ -622,7 +622,7 @@ START_TEST(stop_of_a_process_ignoring_sigterm_kills_it_after_shutdown_ms)
     long long t0 = mono_ms();
     ck_assert_int_eq(proc_stop(p), 0);
     sd_event_source *timer = NULL;
-    ck_assert_int_ge(sd_event_add_time_relative(ev, &timer, CLOCK_MONOTONIC, 100 * 1000, 0, on_timer, NULL), 0);
+    ck_assert_int_ge(sd_event_add_time_relative(ev, &timer, CLOCK_MONOTONIC, 100 * 1000ULL, 0, on_timer, NULL), 0);
     ck_assert(run_until(exited, 5000));
     capture_end();
     ck_assert_int_eq(last_exit.si_code, CLD_KILLED);
@@ -720,7 +720,7 @@ START_TEST(call_gets_its_reply)
     ck_assert(run_until(call_ended, 5000) && n_calls_done >= 1);
     long long until = mono_ms() + 5000;
     while (n_calls_done < 2 && mono_ms() < until)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert_int_eq(n_calls_done, 2);
     ck_assert_int_eq(call_r, 0);
     ck_assert_int_gt(json_integer_value(json_object_get(call_reply, "id")), first);
@@ -764,13 +764,13 @@ START_TEST(call_late_reply_after_a_timeout_ends_nothing)
      * second's comes 300 ms after that. */
     long long deadline = mono_ms() + 5000;
     while (!(proc_module_version(p, "m") && strcmp(proc_module_version(p, "m"), "9") == 0) && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert_msg(n_calls_done == 1, "the late reply of a timed-out call ended the next call");
     /* It still told what the process runs. */
     ck_assert_str_eq(proc_module_version(p, "m"), "9");
     long long until = mono_ms() + 5000;
     while (n_calls_done < 2 && mono_ms() < until)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert_int_eq(n_calls_done, 2);
     ck_assert_int_eq(call_r, 0);
 }
@@ -816,7 +816,7 @@ START_TEST(call_hello_makes_it_speak_the_protocol)
     ck_assert(!proc_speaks_protocol(p));
     long long until = mono_ms() + 5000;
     while (!proc_speaks_protocol(p) && mono_ms() < until)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert(proc_speaks_protocol(p));
     ck_assert_str_eq(proc_module_version(p, "m"), "3");
     ck_assert_int_eq(proc_stop(p), 0);

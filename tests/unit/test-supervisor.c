@@ -121,7 +121,7 @@ static bool run_until(Cond cond, int ms)
 {
     long long deadline = mono_ms() + ms;
     while (!cond() && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     return cond();
 }
 
@@ -129,7 +129,7 @@ static void run_for(int ms)
 {
     long long deadline = mono_ms() + ms;
     while (mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
 }
 
 static char *slurp(const char *name)
@@ -576,7 +576,7 @@ START_TEST(stop_calls_done_from_the_loop_even_with_nothing_to_stop)
     Child *v[] = {child("a", 0)};
     ck_assert_int_eq(supervisor_stop(s, v, 1, on_done, NULL), 0);
     ck_assert_int_eq(n_done, 0); /* not from inside the call */
-    ck_assert_int_ge(sd_event_run(ev, 100 * 1000), 0);
+    ck_assert_int_ge(sd_event_run(ev, 100 * 1000ULL), 0);
     ck_assert_int_eq(n_done, 1);
     /* No children at all, and no done: fine too. */
     ck_assert_int_eq(supervisor_stop(s, NULL, 0, NULL, NULL), 0);
@@ -602,7 +602,7 @@ START_TEST(stop_two_runs_at_once_each_calls_back)
     long long t0 = mono_ms();
     long long until = t0 + 5000;
     while (n_done < 2 && mono_ms() < until)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert_int_eq(n_done, 2);
     /* Two runs go side by side: both in about one child's time (0.4 s), not two. */
     ck_assert_int_lt(mono_ms() - t0, 750);
