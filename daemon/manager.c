@@ -1,12 +1,14 @@
 /* A release root and its releases (manager.h). */
 #include "manager.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "history.h"
@@ -485,6 +487,96 @@ void manager_install(Manager *m, const char *vsn, const char *direction, const c
     free(perm);
 }
 
+/* ---- the permanent marker ------------------------------------------------------------ */
+
+/* ROOT/permanent: the permanent release's version on one line, written
+ * (atomically) at each make-permanent and brought in line with the
+ * database at each start. Only a recovery reads it, when the database is
+ * lost: the release it names boots again. Not in releases/, where
+ * "permanent" would be a release's version. */
+static char *marker_path(const char *root)
+{
+    return xasprintf("%s/permanent", root);
+}
+
+/* fsync of a directory: the renames in it are on disk. */
+static int sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+/* Writes the marker: a temporary file in ROOT/tmp (emptied at start),
+ * fsync, rename, fsync of the root. vsn NULL: removes it. A failure is
+ * logged and nothing more: the database is what counts. */
+static void marker_write(const char *root, const char *vsn)
+{
+    char *path = marker_path(root), *tmpdir = store_path_tmp(root), *tmp = xasprintf("%s/permanent-XXXXXX", tmpdir);
+    int r = 0, fd = -1;
+    if (!vsn) {
+        if (unlink(path) < 0 && errno != ENOENT)
+            r = -errno;
+    } else if ((mkdir(tmpdir, 0700) < 0 && errno != EEXIST) || (fd = mkostemp(tmp, O_CLOEXEC)) < 0) {
+        r = -errno;
+    } else {
+        char *line = xasprintf("%s\n", vsn);
+        size_t len = strlen(line);
+        if (fchmod(fd, 0644) < 0 || write(fd, line, len) != (ssize_t)len || fsync(fd) < 0)
+            r = errno ? -errno : -EIO;
+        if (close(fd) < 0 && r == 0)
+            r = -errno;
+        if (r == 0 && rename(tmp, path) < 0)
+            r = -errno;
+        if (r < 0)
+            (void)unlink(tmp); /* nothing to keep */
+        free(line);
+    }
+    if (r == 0)
+        r = sync_dir(root);
+    if (r < 0)
+        log_warning("%s: cannot %s: %s (a recovery of the database would not know the permanent release)", path,
+                    vsn ? "write it" : "remove it", strerror(-r));
+    free(tmp);
+    free(tmpdir);
+    free(path);
+}
+
+/* The version the marker names: 0 and *ret (caller frees), -ENOENT when
+ * there is none, -EINVAL when it holds no version, or -errno. */
+static int marker_read(const char *root, char **ret)
+{
+    char *path = marker_path(root), buf[128];
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    free(path);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    int r = n < 0 ? -errno : 0;
+    close(fd);
+    if (r < 0)
+        return r;
+    buf[n] = 0;
+    buf[strcspn(buf, "\n")] = 0;
+    if (!version_is_valid(buf))
+        return -EINVAL;
+    *ret = xstrdup(buf);
+    return 0;
+}
+
+/* At start: the marker says what the database says. */
+static void marker_sync(const char *root, const char *perm)
+{
+    char *v = NULL;
+    int r = marker_read(root, &v);
+    if (perm ? r < 0 || strcmp(v, perm) != 0 : r != -ENOENT)
+        marker_write(root, perm);
+    free(v);
+}
+
 /* ---- make-permanent ------------------------------------------------------------------ */
 
 void manager_make_permanent(Manager *m, const char *vsn, const char *who, const ManagerCaller *c)
@@ -518,6 +610,7 @@ void manager_make_permanent(Manager *m, const char *vsn, const char *who, const 
             refuse(m, c, r, "cannot record the change: %s", history_last_error(m->hist));
         } else {
             log_info("release %s is permanent, for %s", vsn, who);
+            marker_write(m->cfg.root, vsn);
             json_t *reply = json_pack("{s:s}", "permanent", vsn);
             c->done(c->userdata, 0, reply, &(Diag){0});
             json_decref(reply);
@@ -675,10 +768,101 @@ void manager_relup(Manager *m, const char *from, const char *to, const char *who
 
 /* ---- life ------------------------------------------------------------------------- */
 
-/* Brings the database and the files into agreement after a crash. */
-static void reconcile(Manager *m)
+/* ---- the database at start ------------------------------------------------------ */
+
+/* Does ROOT/releases hold anything? Then the root is not new, and its
+ * database must exist: without it reld would boot nothing. */
+static int root_has_releases(const char *root, bool *ret)
 {
+    char *dir = store_path_releases(root);
+    DIR *d = opendir(dir);
+    int r = d || errno == ENOENT ? 0 : -errno;
+    *ret = false;
+    for (struct dirent *e; d && !*ret && (e = readdir(d));)
+        *ret = strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    if (d)
+        closedir(d);
+    if (r < 0)
+        log_error("cannot read %s: %s", dir, strerror(-r));
+    free(dir);
+    return r;
+}
+
+/* The one line that says why the database cannot be used, and what to do.
+ * err: "PATH: reason". */
+static void log_db_failure(const char *root, int r, const char *err)
+{
+    char *rels = store_path_releases(root);
+    switch (r) {
+    case -ENOENT:
+        log_error("%s, but %s holds releases: reld will not start without their states; run 'reld --recover' (same "
+                  "--root or --config) to rebuild the database from the release directories",
+                  err, rels);
+        break;
+    case -EUCLEAN:
+    case -EILSEQ:
+        log_error("%s; reld will not start on a damaged database: run 'reld --recover' (same --root or --config) to "
+                  "keep it aside and rebuild it from the release directories",
+                  err);
+        break;
+    case -EROFS:
+    case -EACCES:
+    case -EPERM:
+        log_error("%s: reld must read and write its database (check the file's owner and mode, and the file system)",
+                  err);
+        break;
+    case -EPROTO:
+        log_error("%s: a newer reld wrote it; run that one", err);
+        break;
+    default:
+        log_error("%s", err);
+    }
+    free(rels);
+}
+
+/* Opens ROOT/reld.db as start-up and recovery need it: created only when
+ * the root is new. 0, or -errno with *err (caller frees) "PATH: reason". */
+static int open_root_history(const char *root, History **ret, char **err)
+{
+    bool has = false;
+    char *db = store_path_db(root);
+    int r = root_has_releases(root, &has);
+    if (r < 0)
+        *err = xasprintf("%s: cannot tell whether the root holds releases: %s", db, strerror(-r));
+    else
+        r = has ? history_open_existing(db, ret, err) : history_open(db, ret, err);
+    if (r < 0 && !*err)
+        *err = xasprintf("%s: %s", db, strerror(-r));
+    free(db);
+    return r;
+}
+
+/* A failed read of the database at start: the line, the error. */
+static int read_failure(Manager *m, int r, const char *what)
+{
+    char *db = store_path_db(m->cfg.root),
+         *err = xasprintf("%s: cannot read %s: %s", db, what, history_last_error(m->hist));
+    log_db_failure(m->cfg.root, r, err);
+    free(err);
+    free(db);
+    return r;
+}
+
+/* Brings the database and the files into agreement after a crash. 0, or
+ * -errno when the database cannot be read (reld must not start). */
+static int reconcile(Manager *m)
+{
+    /* Read first: a database that cannot say which releases it has stops
+     * the start before anything changes. */
+    json_t *rels = NULL;
+    int r = history_releases(m->hist, &rels);
+    if (r < 0)
+        return read_failure(m, r, "the releases");
     int n = history_attempts_interrupted(m->hist);
+    if (n == -EUCLEAN) {
+        json_decref(rels);
+        return read_failure(m, n, "the upgrade attempts");
+    }
     if (n < 0)
         log_error("cannot close interrupted upgrade attempts: %s", history_last_error(m->hist));
     if (n > 0) {
@@ -689,17 +873,12 @@ static void reconcile(Manager *m)
     char *tmp = store_path_tmp(m->cfg.root);
     store_remove_tree(tmp); /* staging directories of unpacks, removals a crash interrupted */
     free(tmp);
-    json_t *rels = NULL;
-    if (history_releases(m->hist, &rels) < 0) {
-        log_error("cannot read the release database: %s", history_last_error(m->hist));
-        return;
-    }
     size_t i;
-    json_t *r;
-    json_array_foreach(rels, i, r)
+    json_t *rel;
+    json_array_foreach(rels, i, rel)
     {
-        const char *vsn = json_string_value(json_object_get(r, "vsn"));
-        const char *state = json_string_value(json_object_get(r, "state"));
+        const char *vsn = json_string_value(json_object_get(rel, "vsn"));
+        const char *state = json_string_value(json_object_get(rel, "state"));
         char *path = store_path_release_file(m->cfg.root, vsn);
         if (access(path, F_OK) < 0) {
             log_warning("release %s is in the database but not in %s; forgetting it", vsn, m->cfg.root);
@@ -714,6 +893,24 @@ static void reconcile(Manager *m)
         free(path);
     }
     json_decref(rels);
+    return 0;
+}
+
+/* Takes ROOT/reld.lock: one reld per root. */
+static int lock_root(const char *root, int *ret_fd)
+{
+    char *lock = store_path_lock(root);
+    int r = 0, fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+        log_error("%s: %s", lock, r == -EBUSY ? "another reld runs on this root" : strerror(-r));
+        if (fd >= 0)
+            close(fd);
+    }
+    free(lock);
+    if (r == 0)
+        *ret_fd = fd;
+    return r;
 }
 
 int manager_new(sd_event *ev, const DaemonConfig *cfg, Manager **ret)
@@ -727,26 +924,24 @@ int manager_new(sd_event *ev, const DaemonConfig *cfg, Manager **ret)
         r = -errno;
         log_error("cannot create %s: %s", m->cfg.root, strerror(-r));
     }
-    char *lock = store_path_lock(m->cfg.root);
-    if (r == 0 && ((m->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0 ||
-                   flock(m->lock_fd, LOCK_EX | LOCK_NB) < 0)) {
-        r = errno == EWOULDBLOCK ? -EBUSY : -errno;
-        log_error("%s: %s", lock, r == -EBUSY ? "another reld runs on this root" : strerror(-r));
-    }
-    free(lock);
-    char *db = store_path_db(m->cfg.root), *err = NULL;
-    if (r == 0 && (r = history_open(db, &m->hist, &err)) < 0)
-        log_error("%s", err ? err : "cannot open the database");
-    free(db);
+    if (r == 0)
+        r = lock_root(m->cfg.root, &m->lock_fd);
+    char *err = NULL;
+    if (r == 0 && (r = open_root_history(m->cfg.root, &m->hist, &err)) < 0)
+        log_db_failure(m->cfg.root, r, err);
     free(err);
     if (r == 0)
-        reconcile(m);
+        r = reconcile(m);
+    char *perm = NULL;
+    if (r == 0 && (r = history_release_in_state(m->hist, RELEASE_PERMANENT, &perm)) < 0)
+        r = r == -ENOENT ? 0 : read_failure(m, r, "the permanent release");
+    if (r == 0)
+        marker_sync(m->cfg.root, perm);
     if (r == 0 && (r = jobs_new(ev, &m->jobs)) < 0)
         log_error("cannot start the job queue: %s", strerror(-r));
     if (r == 0 && (r = supervisor_new(ev, m->hist, m->cfg.root, &m->sup)) < 0)
         log_error("cannot start the supervisor: %s", strerror(-r));
-    char *perm = r == 0 ? state_of(m, RELEASE_PERMANENT) : NULL;
-    if (perm) {
+    if (r == 0 && perm) {
         Diag diag = {0};
         ReleaseDef *rel = NULL;
         if (store_load_release(m->cfg.root, perm, &rel, &diag) < 0 || boot(m, rel, &diag) < 0)
@@ -762,6 +957,240 @@ int manager_new(sd_event *ev, const DaemonConfig *cfg, Manager **ret)
     }
     *ret = m;
     return 0;
+}
+
+/* ---- recovery (reld --recover) -------------------------------------------------------- */
+
+/* Moves ROOT/reld.db and its -wal and -shm (those that exist) to
+ * ROOT/reld.db.damaged-<UTC time>[-k], the same suffixes kept so that
+ * sqlite3 opens the kept file with its WAL; *ret: the new name of the
+ * database, or NULL when nothing was there. */
+static int move_damaged(const char *root, const char *db, char **ret)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm"};
+    bool any = false;
+    for (size_t i = 0; i < 3; i++) {
+        char *p = xasprintf("%s%s", db, suffixes[i]);
+        struct stat st;
+        any |= lstat(p, &st) == 0;
+        free(p);
+    }
+    *ret = NULL;
+    if (!any)
+        return 0;
+    char stamp[32];
+    struct tm tm;
+    time_t now = time(NULL);
+    (void)strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", gmtime_r(&now, &tm) ? &tm : &(struct tm){0});
+    char *base = NULL;
+    for (int k = 0; !base; k++) { /* a name none of the three has */
+        base = k ? xasprintf("%s.damaged-%s-%d", db, stamp, k) : xasprintf("%s.damaged-%s", db, stamp);
+        for (size_t i = 0; base && i < 3; i++) {
+            char *p = xasprintf("%s%s", base, suffixes[i]);
+            struct stat st;
+            if (lstat(p, &st) == 0)
+                base = (free(base), NULL);
+            free(p);
+        }
+    }
+    int r = 0;
+    for (size_t i = 0; r == 0 && i < 3; i++) { /* the database first: from then on it is gone */
+        char *from = xasprintf("%s%s", db, suffixes[i]), *to = xasprintf("%s%s", base, suffixes[i]);
+        if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) < 0 && errno != ENOENT) {
+            r = -errno;
+            log_error("cannot move %s to %s: %s", from, to, strerror(-r));
+        }
+        free(from);
+        free(to);
+    }
+    if (r == 0 && (r = sync_dir(root)) < 0)
+        log_error("%s: fsync: %s", root, strerror(-r));
+    if (r < 0) {
+        free(base);
+        return r;
+    }
+    *ret = base;
+    return 0;
+}
+
+static int by_version(const void *a, const void *b)
+{
+    return strverscmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The entries of ROOT/releases, in version order. */
+static int release_dirs(const char *root, StrVec *ret)
+{
+    char *dir = store_path_releases(root);
+    DIR *d = opendir(dir);
+    int r = d || errno == ENOENT ? 0 : -errno;
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+            strvec_push(ret, e->d_name);
+    if (d)
+        closedir(d);
+    if (r < 0)
+        log_error("cannot read %s: %s", dir, strerror(-r));
+    free(dir);
+    if (ret->n)
+        qsort(ret->v, ret->n, sizeof(*ret->v), by_version);
+    return r;
+}
+
+/* A new database at ROOT/reld.db from the release directories, built
+ * beside it (reld.db.recovering) and renamed into place once complete:
+ * a recovery that fails or is killed leaves no database, so the next
+ * start refuses again and --recover can run again. */
+static int rebuild(const char *root, const char *db, const char *damaged)
+{
+    char *tmp = xasprintf("%s.recovering", db), *err = NULL;
+    static const char *const suffixes[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) { /* left by a recovery that failed */
+        char *p = xasprintf("%s%s", tmp, suffixes[i]);
+        (void)unlink(p);
+        free(p);
+    }
+    StrVec dirs = {0}, vsns = {0}, names = {0};
+    History *h = NULL;
+    int r = release_dirs(root, &dirs);
+    if (r == 0 && (r = history_open(tmp, &h, &err)) < 0)
+        log_error("%s", err);
+    free(err);
+    char *marked = NULL, *mpath = marker_path(root);
+    int mr = r == 0 ? marker_read(root, &marked) : -ENOENT;
+    if (mr < 0 && mr != -ENOENT)
+        log_warning("%s: %s; no release is restored as permanent", mpath,
+                    mr == -EINVAL ? "it names no release version" : strerror(-mr));
+    json_t *skipped = json_array();
+    for (size_t k = 0; r == 0 && k < dirs.n; k++) {
+        const char *vsn = dirs.v[k];
+        Diag diag = {0};
+        ReleaseDef *rel = NULL;
+        if (store_load_release(root, vsn, &rel, &diag) < 0) {
+            const char *why = diag.errors.n ? diag.errors.v[0] : "it does not load";
+            log_warning("releases/%s: not recorded: %s; its files stay (remove them by hand, then unpack the release "
+                        "again)",
+                        vsn, why);
+            json_array_append_new(skipped, json_pack("{s:s, s:s}", "release", vsn, "why", why));
+        } else {
+            strvec_push(&vsns, rel->vsn);
+            strvec_push(&names, rel->name);
+        }
+        release_def_free(rel);
+        diag_clear(&diag);
+    }
+    HistoryRelease *v = xcalloc(vsns.n ? vsns.n : 1, sizeof(*v));
+    json_t *recorded = json_array();
+    const char *perm = NULL;
+    for (size_t k = 0; k < vsns.n; k++) {
+        bool is_perm = marked && strcmp(marked, vsns.v[k]) == 0;
+        v[k] = (HistoryRelease){vsns.v[k], names.v[k], is_perm ? RELEASE_PERMANENT : RELEASE_UNPACKED};
+        if (is_perm) {
+            perm = vsns.v[k];
+            log_info("release %s (%s): recorded as permanent (%s names it)", vsns.v[k], names.v[k], mpath);
+        } else {
+            log_info("release %s (%s): recorded as unpacked", vsns.v[k], names.v[k]);
+        }
+        json_array_append_new(recorded, json_string(vsns.v[k]));
+    }
+    if (r == 0 && marked && !perm)
+        log_warning("%s names release %s, which was not recorded; no release is permanent", mpath, marked);
+    json_t *detail = json_pack("{s:s?, s:O, s:s?, s:O}", "damaged", damaged ? strrchr(damaged, '/') + 1 : NULL,
+                               "releases", recorded, "permanent", perm, "skipped", skipped);
+    if (r == 0 && (r = history_recover(h, v, vsns.n, "reld --recover", detail)) < 0)
+        log_error("%s: cannot record the releases: %s", tmp, history_last_error(h));
+    h = history_close(h); /* the last connection: its WAL goes into the file */
+    if (r == 0) {
+        char *tmp_wal = xasprintf("%s-wal", tmp), *wal = xasprintf("%s-wal", db);
+        if (rename(tmp_wal, wal) < 0 && errno != ENOENT) /* gone at the close; if not, it goes along */
+            r = -errno;
+        if (r == 0 && rename(tmp, db) < 0)
+            r = -errno;
+        if (r == 0)
+            r = sync_dir(root);
+        if (r < 0)
+            log_error("%s: cannot put the new database in place: %s", db, strerror(-r));
+        free(tmp_wal);
+        free(wal);
+    }
+    if (r == 0 && perm)
+        log_info("recovered %s: %zu release(s), %s permanent; start reld: it boots release %s", db, vsns.n, perm, perm);
+    else if (r == 0)
+        log_info("recovered %s: %zu release(s), all unpacked; start reld, then relctl install VSN and relctl "
+                 "make-permanent",
+                 db, vsns.n);
+    json_decref(detail);
+    json_decref(recorded);
+    json_decref(skipped);
+    free(v);
+    free(mpath);
+    free(marked);
+    strvec_clear(&dirs);
+    strvec_clear(&vsns);
+    strvec_clear(&names);
+    free(tmp);
+    return r;
+}
+
+/* Can the database be used as it is? Opens it as a start does, and reads
+ * what a start reads. 0: it can; -EUCLEAN/-ENOENT: a recovery is needed;
+ * another -errno: neither (logged). */
+static int probe(const char *root)
+{
+    History *h = NULL;
+    char *err = NULL, *perm = NULL;
+    json_t *rels = NULL;
+    int r = open_root_history(root, &h, &err);
+    if (r == 0 && (r = history_releases(h, &rels)) == 0 &&
+        ((r = history_release_in_state(h, RELEASE_PERMANENT, &perm)) == 0 || r == -ENOENT)) {
+        char *db = store_path_db(root);
+        log_info("%s is sound (%zu release(s), %s permanent); nothing to recover", db, json_array_size(rels),
+                 perm ? perm : "none");
+        free(db);
+        r = 0;
+    } else if (r < 0 && h) {
+        char *db = store_path_db(root);
+        free(err);
+        err = xasprintf("%s: %s", db, history_last_error(h));
+        free(db);
+        if (r == -EILSEQ)
+            r = -EUCLEAN;
+    }
+    if (r < 0 && r != -EUCLEAN && r != -ENOENT)
+        log_db_failure(root, r, err);
+    else if (r < 0)
+        log_warning("%s", err);
+    json_decref(rels);
+    free(perm);
+    free(err);
+    history_close(h);
+    return r;
+}
+
+int manager_recover(const DaemonConfig *cfg)
+{
+    int fd = -1, r = 0;
+    if (mkdir(cfg->root, 0755) < 0 && errno != EEXIST) {
+        r = -errno;
+        log_error("cannot create %s: %s", cfg->root, strerror(-r));
+    }
+    if (r == 0)
+        r = lock_root(cfg->root, &fd);
+    if (r == 0 && (r = probe(cfg->root)) == 0) {
+        close(fd);
+        return 0;
+    }
+    char *db = store_path_db(cfg->root), *damaged = NULL;
+    if ((r == -EUCLEAN || r == -ENOENT) && (r = move_damaged(cfg->root, db, &damaged)) == 0) {
+        if (damaged)
+            log_info("kept the damaged database as %s", damaged);
+        r = rebuild(cfg->root, db, damaged);
+    }
+    free(damaged);
+    free(db);
+    if (fd >= 0)
+        close(fd);
+    return r;
 }
 
 static void on_all_stopped(void *userdata)

@@ -40,8 +40,23 @@ typedef struct ManagerCaller {
 
 /* Opens root (cfg->root): takes its lock, opens and migrates the history,
  * reconciles after a crash, and boots the permanent release (a boot that
- * fails is logged, and reld serves on: the operator must see why). */
+ * fails is logged, and reld serves on: the operator must see why).
+ * The database is created only when the root is new (ROOT/releases holds
+ * nothing); a missing database where releases are (-ENOENT), or a damaged
+ * one (-EUCLEAN: not a database, 0 bytes, quick_check failed, unreadable
+ * releases) is refused with one line that names the file and says to run
+ * reld --recover, and nothing is changed. */
 int manager_new(sd_event *ev, const DaemonConfig *cfg, Manager **ret);
+/* reld --recover: with the root's lock, checks the database as
+ * manager_new would. Sound: says so and changes nothing. Missing or
+ * damaged: moves it (and its -wal, -shm) to ROOT/reld.db.damaged-<UTC
+ * time>, and builds a new one from ROOT/releases: each release that loads
+ * is recorded as unpacked, or as permanent when the marker ROOT/permanent
+ * (written at each make-permanent) names it, with one "recovered" event;
+ * one that does not load is logged and left out. 0, or -errno (logged);
+ * any other failure of the database (-EROFS, -EACCES, -EPROTO, ...) is
+ * not a recovery's to fix and changes nothing. */
+int manager_recover(const DaemonConfig *cfg);
 /* NULL; or m itself, unfreed, while a worker thread still uses it (reld
  * then exits without freeing: staging directories go at the next start). */
 Manager *manager_free(Manager *m);

@@ -1,9 +1,13 @@
 /* reld: the release handler daemon (SPEC.md "Command line").
  *
  *   reld [--root DIR] [--socket PATH] [--config FILE]
+ *   reld --recover [--root DIR] [--config FILE]
  *
  * Runs in the foreground (systemd starts it so, Type=notify). Exit status:
- * 0 after SIGTERM/SIGINT, 1 on a start-up failure, 2 on a usage error. */
+ * 0 after SIGTERM/SIGINT, 1 on a start-up failure, 2 on a usage error.
+ * --recover rebuilds a missing or damaged database from the release
+ * directories (manager_recover), then exits: 0 when the database is sound
+ * or was rebuilt, 1 when it could not be. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -14,6 +18,7 @@
 
 #include "config.h"
 #include "daemon.h"
+#include "manager.h"
 #include "util.h"
 
 /* An absolute path for dir (made if missing): processes start in their
@@ -29,13 +34,12 @@ static char *absolute_dir(const char *dir)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"root", required_argument, NULL, 'r'},
-        {"socket", required_argument, NULL, 's'},
-        {"config", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
+        {"root", required_argument, NULL, 'r'},   {"socket", required_argument, NULL, 's'},
+        {"config", required_argument, NULL, 'c'}, {"recover", no_argument, NULL, 'R'},
+        {"help", no_argument, NULL, 'h'},         {0},
     };
     const char *root = NULL, *sock = NULL, *config = NULL;
+    bool recover = false;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -48,8 +52,12 @@ int main(int argc, char **argv)
         case 'c':
             config = optarg;
             break;
+        case 'R':
+            recover = true;
+            break;
         case 'h':
-            puts("Usage: reld [--root DIR] [--socket PATH] [--config FILE]");
+            puts("Usage: reld [--root DIR] [--socket PATH] [--config FILE]\n"
+                 "       reld --recover [--root DIR] [--config FILE]");
             return 0;
         default:
             return 2;
@@ -81,6 +89,11 @@ int main(int argc, char **argv)
     }
     free(cfg.root);
     cfg.root = abs;
+    if (recover) {
+        int r = manager_recover(&cfg);
+        config_clear(&cfg);
+        return r < 0 ? 1 : 0;
+    }
     char *config_abs = config ? realpath(config, NULL) : NULL; /* SIGHUP re-reads it from wherever reld is */
     Daemon *d = NULL;
     int r = daemon_new(&cfg, config_abs ? config_abs : config, &d);

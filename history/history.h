@@ -24,7 +24,8 @@
  *            only open read-only
  *   -EIO     SQLITE_IOERR_*, and any other SQLite failure (SQLITE_ERROR, ...)
  *   -EUCLEAN SQLITE_CORRUPT, SQLITE_NOTADB: the file is damaged or is not a
- *            database ("structure needs cleaning")
+ *            database ("structure needs cleaning"); from history_open*
+ *            also a failed quick_check, a missing table, an empty file
  *   -ENOMEM  out of memory (SQLite's or ours)
  *   -EACCES, -ENOENT, ... from history_open: the system's error when the
  *            file cannot be opened (SQLITE_CANTOPEN); -EPROTO: a schema newer
@@ -46,8 +47,18 @@ typedef struct History History;
 #define RELEASE_OLD       "old"
 
 /* Opens (creating it if needed) and migrates the database; *err (caller
- * frees) says why not, "PATH: reason". */
+ * frees) says why not, "PATH: reason". Before anything writes to the file
+ * it is checked with PRAGMA quick_check (every page of every b-tree: 5.5
+ * ms for 10,000 events, 63 ms from a cold disk, linear in the size): a
+ * damaged file is -EUCLEAN with the first problem found, and is left as it
+ * was. After migrating, a database missing one of its tables is -EUCLEAN
+ * too. */
 int history_open(const char *path, History **ret, char **err);
+/* The same for a database that must exist already (reld's root holds
+ * releases): a missing file is -ENOENT, an empty one (0 bytes, or an SQLite
+ * database without reld's schema) -EUCLEAN; these are told before SQLite
+ * opens the file, so nothing beside it (a -wal) is touched either. */
+int history_open_existing(const char *path, History **ret, char **err);
 History *history_close(History *h);
 /* PRAGMA user_version, or -errno. */
 int history_schema_version(History *h);
@@ -81,6 +92,18 @@ int history_release_in_state(History *h, const char *state, char **ret_vsn);
 int history_release_remove(History *h, const char *vsn, const char *who);
 /* [{vsn, name, state, unpacked_at, changed_at}], oldest first. */
 int history_releases(History *h, json_t **ret);
+
+/* The releases a recovery found on disk (reld --recover), each with its
+ * state, recorded in a database that knows none yet (-EEXIST otherwise: a
+ * recovery fills a new database, never merges), and one event "recovered"
+ * (who; detail borrowed, may be NULL), all in one transaction. -EINVAL
+ * for a release without version or name or with a state not one of the
+ * four; -EEXIST for a version given twice, or a second current or
+ * permanent release. */
+typedef struct HistoryRelease {
+    const char *vsn, *name, *state;
+} HistoryRelease;
+int history_recover(History *h, const HistoryRelease *v, size_t n, const char *who, json_t *detail);
 
 /* An event that belongs to no attempt: kind is a word ("unpacked",
  * "state", "removed", "process_start", "process_exit", "restart_limit",

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -247,6 +248,22 @@ static void scribble(long off, const char *bytes, size_t n)
     ck_assert_int_eq(close(fd), 0);
 }
 
+/* 50 releases, then the last connection closes (the WAL goes into the
+ * file); returns the offset of the releases table's root page. */
+static long long fifty_releases_closed(void)
+{
+    for (int i = 0; i < 50; i++) {
+        char vsn[16];
+        snprintf(vsn, sizeof(vsn), "%d.0", i);
+        ck_assert_int_eq(history_release_add(h, vsn, "shop", "t"), 0);
+    }
+    h = history_close(h);
+    long long page = count("PRAGMA page_size"), root = count("SELECT rootpage FROM sqlite_master WHERE name = "
+                                                             "'releases'");
+    ck_assert_int_gt(root, 1);
+    return (root - 1) * page;
+}
+
 static void setup(void)
 {
     strcpy(dir, "/tmp/reld-test-history-XXXXXX");
@@ -440,6 +457,141 @@ START_TEST(open_refuses_a_file_that_is_not_a_database)
     ck_assert_int_eq(history_open(path, &h2, &err), -EUCLEAN);
     ck_assert_ptr_null(h2);
     ck_assert_msg(err && strstr(err, "file is not a database"), "%s", err ? err : "(null)");
+    free(err);
+}
+END_TEST
+
+/* The file's bytes (caller frees), or NULL when it does not exist. */
+static char *file_bytes(const char *p, size_t *len)
+{
+    FILE *f = fopen(p, "rb");
+    if (!f)
+        return NULL;
+    char *buf = malloc(1 << 20);
+    ck_assert_ptr_nonnull(buf);
+    *len = fread(buf, 1, 1 << 20, f);
+    fclose(f);
+    return buf;
+}
+
+START_TEST(open_refuses_a_damaged_page_and_leaves_the_file)
+{
+    long long off = fifty_releases_closed();
+    char junk[512];
+    memset(junk, 0xa5, sizeof(junk));
+    scribble(off, junk, sizeof(junk));
+    size_t len0 = 0, len1 = 0;
+    char *before = file_bytes(path, &len0);
+    char *err = NULL;
+    History *h2 = NULL;
+    ck_assert_int_eq(history_open(path, &h2, &err), -EUCLEAN);
+    ck_assert_ptr_null(h2);
+    ck_assert_msg(err && strncmp(err, path, strlen(path)) == 0 &&
+                      strstr(err, "the database is damaged (quick_check: ") && !strchr(err, '\n'),
+                  "%s", err ? err : "(null)");
+    free(err);
+    ck_assert_int_eq(history_open_existing(path, &h2, &err), -EUCLEAN);
+    free(err);
+    char *after = file_bytes(path, &len1);
+    ck_assert_uint_eq(len0, len1);
+    ck_assert_int_eq(memcmp(before, after, len0), 0);
+    free(before);
+    free(after);
+    /* Nor anything beside it: the -wal and -shm SQLite made to open it
+     * are gone again. */
+    char side[sizeof(path) + 8];
+    snprintf(side, sizeof(side), "%s-wal", path);
+    ck_assert_int_eq(access(side, F_OK), -1);
+    snprintf(side, sizeof(side), "%s-shm", path);
+    ck_assert_int_eq(access(side, F_OK), -1);
+}
+END_TEST
+
+START_TEST(open_refuses_a_database_missing_a_table)
+{
+    h = history_close(h);
+    sql_once("DROP TABLE events");
+    char *err = NULL;
+    History *h2 = NULL;
+    ck_assert_int_eq(history_open(path, &h2, &err), -EUCLEAN);
+    ck_assert_ptr_null(h2);
+    ck_assert_msg(err && strstr(err, "the database is damaged: it has no table events"), "%s", err ? err : "(null)");
+    free(err);
+}
+END_TEST
+
+START_TEST(open_existing_missing_empty_and_foreign)
+{
+    ck_assert_int_eq(history_release_add(h, "1.0", "shop", "t"), 0);
+    h = history_close(h);
+    char *err = NULL;
+    History *h2 = NULL;
+    /* A sound database: as history_open. */
+    ck_assert_int_eq(history_open_existing(path, &h2, &err), 0);
+    ck_assert_ptr_null(err);
+    char *state = NULL;
+    ck_assert_int_eq(history_release_state(h2, "1.0", &state), 0);
+    ck_assert_str_eq(state, "unpacked");
+    free(state);
+    h2 = history_close(h2);
+    /* Missing: -ENOENT, and nothing is created. */
+    ck_assert_int_eq(unlink(path), 0);
+    ck_assert_int_eq(history_open_existing(path, &h2, &err), -ENOENT);
+    ck_assert_ptr_null(h2);
+    ck_assert_msg(err && strncmp(err, path, strlen(path)) == 0 && strstr(err, "no such file"), "%s",
+                  err ? err : "(null)");
+    free(err);
+    ck_assert_int_eq(access(path, F_OK), -1);
+    /* 0 bytes, with a -wal beside it: -EUCLEAN, both left as they are
+     * (SQLite would take the file for a new database and delete the
+     * -wal). */
+    char wal[sizeof(path) + 8];
+    snprintf(wal, sizeof(wal), "%s-wal", path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    fd = open(wal, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "frames", 6), 6);
+    close(fd);
+    ck_assert_int_eq(history_open_existing(path, &h2, &err), -EUCLEAN);
+    ck_assert_ptr_null(h2);
+    ck_assert_msg(err && strstr(err, "the file is empty (0 bytes)"), "%s", err ? err : "(null)");
+    free(err);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_int_eq(st.st_size, 0);
+    ck_assert_int_eq(stat(wal, &st), 0);
+    ck_assert_int_eq(st.st_size, 6);
+    ck_assert_int_eq(unlink(wal), 0);
+    /* history_open takes the same file for a new database (a new root). */
+    ck_assert_int_eq(history_open(path, &h2, &err), 0);
+    h2 = history_close(h2);
+    /* An SQLite database without reld's schema. */
+    ck_assert_int_eq(unlink(path), 0);
+    sql_once("CREATE TABLE other (x); PRAGMA journal_mode=WAL");
+    ck_assert_int_eq(history_open_existing(path, &h2, &err), -EUCLEAN);
+    ck_assert_msg(err && strstr(err, "holds no reld history"), "%s", err ? err : "(null)");
+    free(err);
+    ck_assert_int_eq(count("PRAGMA user_version"), 0);
+    ck_assert_int_eq(count("SELECT count(*) FROM sqlite_master WHERE name = 'releases'"), 0);
+    /* Not a database at all, with a -wal: refused, by both, and the -wal
+     * stays (no checkpoint at the close of a refused file). */
+    char junk[4096];
+    memset(junk, 'x', sizeof(junk));
+    scribble(0, junk, sizeof(junk));
+    fd = open(wal, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, junk, 100), 100);
+    close(fd);
+    ck_assert_int_eq(history_open_existing(path, &h2, &err), -EUCLEAN);
+    ck_assert_msg(err && strstr(err, "file is not a database"), "%s", err ? err : "(null)");
+    free(err);
+    ck_assert_int_eq(history_open(path, &h2, &err), -EUCLEAN);
+    free(err);
+    ck_assert_int_eq(stat(wal, &st), 0);
+    ck_assert_int_eq(st.st_size, 100);
+    ck_assert_int_eq(history_open_existing(NULL, &h2, &err), -EINVAL);
     free(err);
 }
 END_TEST
@@ -758,19 +910,14 @@ END_TEST
 
 START_TEST(releases_damaged_page_is_euclean)
 {
-    for (int i = 0; i < 50; i++) {
-        char vsn[16];
-        snprintf(vsn, sizeof(vsn), "%d.0", i);
-        ck_assert_int_eq(history_release_add(h, vsn, "shop", "t"), 0);
-    }
-    h = history_close(h); /* the last connection: the WAL goes into the file */
-    long long page = count("PRAGMA page_size"), root = count("SELECT rootpage FROM sqlite_master WHERE name = "
-                                                             "'releases'");
-    ck_assert_int_gt(root, 1);
+    long long off = fifty_releases_closed();
+    reopen(); /* sound: quick_check passes */
     char junk[512];
     memset(junk, 0xa5, sizeof(junk));
-    scribble((root - 1) * page, junk, sizeof(junk));
-    reopen();
+    scribble(off, junk, sizeof(junk));
+    /* Another connection's commit makes h drop its cached pages: it reads
+     * the damaged page from the file. */
+    sql_once("INSERT INTO events(at, kind) VALUES ('x', 'other')");
     json_t *rels = NULL;
     ck_assert_fails(history_releases(h, &rels), -EUCLEAN, "malformed");
     ck_assert_ptr_null(rels);
@@ -783,6 +930,66 @@ START_TEST(releases_text_that_is_not_utf8_is_eilseq)
     json_t *rels = NULL;
     ck_assert_fails(history_releases(h, &rels), -EILSEQ, "column name holds text that is not UTF-8");
     ck_assert_ptr_null(rels);
+}
+END_TEST
+
+/* ---- history_recover ----------------------------------------------------- */
+
+START_TEST(recover_records_the_releases_and_one_event)
+{
+    HistoryRelease v[] = {{"1.0", "shop", RELEASE_PERMANENT}, {"2.0", "shop", RELEASE_UNPACKED}};
+    json_t *detail = json_pack("{s:s, s:[s,s]}", "damaged", "reld.db.damaged-x", "releases", "1.0", "2.0");
+    ck_assert_int_eq(history_recover(h, v, 2, "reld --recover", detail), 0);
+    json_decref(detail);
+    json_t *rels = NULL;
+    ck_assert_int_eq(history_releases(h, &rels), 0);
+    ck_assert_int_eq(json_array_size(rels), 2);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(rels, 0), "vsn")), "1.0");
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(rels, 0), "state")), "permanent");
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(rels, 1), "state")), "unpacked");
+    json_decref(rels);
+    json_t *l = list(10);
+    json_t *evs = json_object_get(l, "events");
+    ck_assert_int_eq(json_array_size(evs), 1);
+    json_t *e = json_array_get(evs, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(e, "kind")), "recovered");
+    ck_assert_str_eq(json_string_value(json_object_get(e, "who")), "reld --recover");
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(e, "detail"), "damaged")), "reld.db.damaged-x");
+    json_decref(l);
+    /* A recovery fills a new database, never a used one. */
+    HistoryRelease w[] = {{"3.0", "shop", RELEASE_UNPACKED}};
+    ck_assert_fails(history_recover(h, w, 1, "t", NULL), -EEXIST, "knows release 1.0 already");
+    ck_assert_int_eq(count("SELECT count(*) FROM releases"), 2);
+    ck_assert_int_eq(count("SELECT count(*) FROM events"), 1);
+}
+END_TEST
+
+START_TEST(recover_of_nothing_is_its_event)
+{
+    ck_assert_int_eq(history_recover(h, NULL, 0, "t", NULL), 0);
+    ck_assert_int_eq(count("SELECT count(*) FROM releases"), 0);
+    ck_assert_int_eq(count("SELECT count(*) FROM events WHERE kind = 'recovered' AND detail IS NULL"), 1);
+}
+END_TEST
+
+START_TEST(recover_all_or_nothing)
+{
+    HistoryRelease two_permanent[] = {{"1.0", "shop", RELEASE_PERMANENT}, {"2.0", "shop", RELEASE_PERMANENT}};
+    ck_assert_fails(history_recover(h, two_permanent, 2, "t", NULL), -EEXIST,
+                    "release 2.0 cannot be recorded as permanent");
+    HistoryRelease twice[] = {{"1.0", "shop", RELEASE_UNPACKED}, {"1.0", "shop", RELEASE_UNPACKED}};
+    ck_assert_fails(history_recover(h, twice, 2, "t", NULL), -EEXIST, "UNIQUE");
+    HistoryRelease bad_state[] = {{"1.0", "shop", "running"}};
+    ck_assert_fails(history_recover(h, bad_state, 1, "t", NULL), -EINVAL, "'running' is not a release state");
+    HistoryRelease no_name[] = {{"1.0", "", RELEASE_UNPACKED}};
+    ck_assert_fails(history_recover(h, no_name, 1, "t", NULL), -EINVAL, "needs a version and a name");
+    ck_assert_fails(history_recover(h, NULL, 1, "t", NULL), -EINVAL, "no releases");
+    /* The event fails last: the releases go with it. */
+    sql_once("CREATE TRIGGER t BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'injected'); END;");
+    HistoryRelease one[] = {{"1.0", "shop", RELEASE_UNPACKED}};
+    ck_assert_fails(history_recover(h, one, 1, "t", NULL), -EINVAL, "injected");
+    ck_assert_int_eq(count("SELECT count(*) FROM releases"), 0);
+    ck_assert_int_eq(count("SELECT count(*) FROM events"), 0);
 }
 END_TEST
 
@@ -1097,12 +1304,14 @@ static Suite *history_suite(void)
     Suite *s = suite_create("history");
     struct {
         const char *name;
-        const TTest *tests[10];
+        const TTest *tests[12];
     } cases[] = {
         {"history_open",
          {open_creates_a_fresh_database, open_migrates_version_1_and_keeps_its_rows,
           open_failed_migration_is_rolled_back, open_refuses_a_newer_schema, open_refuses_a_file_that_is_not_a_database,
-          open_says_why_a_file_cannot_be_opened, open_refuses_a_read_only_database, open_beside_a_writer_then_busy}},
+          open_says_why_a_file_cannot_be_opened, open_refuses_a_read_only_database, open_beside_a_writer_then_busy,
+          open_refuses_a_damaged_page_and_leaves_the_file, open_refuses_a_database_missing_a_table,
+          open_existing_missing_empty_and_foreign}},
         {"history_release_add",
          {release_add_writes_the_release_and_its_event, release_add_twice_is_eexist_and_writes_nothing,
           release_add_bad_arguments, release_add_failed_event_takes_the_release_back, release_add_disk_full_at_commit,
@@ -1117,6 +1326,8 @@ static Suite *history_suite(void)
          {release_remove_deletes_with_its_event, release_remove_failed_event_keeps_the_release}},
         {"history_releases",
          {releases_shape, releases_damaged_page_is_euclean, releases_text_that_is_not_utf8_is_eilseq}},
+        {"history_recover",
+         {recover_records_the_releases_and_one_event, recover_of_nothing_is_its_event, recover_all_or_nothing}},
         {"history_event", {event_with_and_without_detail, event_disk_full}},
         {"history_attempt_begin", {attempt_begin_and_bad_arguments, attempt_begin_refused_by_the_database}},
         {"history_attempt_instructions",

@@ -534,6 +534,225 @@ START_TEST(new_serves_when_the_permanent_release_cannot_boot)
 }
 END_TEST
 
+/* ---- the database at start, and manager_recover ---------------------------------------------- */
+
+/* The size of ROOT/rel, or -1 when it does not exist. */
+static long long size_of(const char *rel)
+{
+    char *path = xasprintf("%s/%s", root, rel);
+    struct stat st;
+    long long n = stat(path, &st) == 0 ? (long long)st.st_size : -1;
+    free(path);
+    return n;
+}
+
+/* ROOT/reld.db.damaged-* files kept by recoveries. */
+static size_t n_damaged(void)
+{
+    char *cmd = xasprintf("ls -A '%s' | grep -c '^reld\\.db\\.damaged-[0-9]\\{8\\}T[0-9]\\{6\\}Z$'", root);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = 0;
+    ck_assert_int_eq(fscanf(f, "%zu", &n), 1);
+    pclose(f);
+    free(cmd);
+    return n;
+}
+
+/* Releases 1 (permanent, running) and 2 (unpacked); then reld stops. */
+static void two_releases_stopped(void)
+{
+    unpack_release("1");
+    unpack_release("2");
+    install("1");
+    make_permanent("1");
+    stop_manager();
+}
+
+static void refused_and_nothing_changed(int want)
+{
+    put(root, "tmp/unpack-x/left", "by a crash\n"); /* a start that went on would empty tmp/ */
+    long long size = size_of("reld.db");
+    Manager *other = NULL;
+    ck_assert_int_eq(manager_new(ev, &cfg, &other), want);
+    ck_assert_ptr_null(other);
+    ck_assert_int_eq(size_of("reld.db"), size);
+    ck_assert(exists("tmp/unpack-x/left"));
+    ck_assert_uint_eq(n_damaged(), 0);
+}
+
+START_TEST(new_refuses_an_empty_database_where_releases_are)
+{
+    two_releases_stopped();
+    sh("truncate -s 0 '%s/reld.db'", root);
+    refused_and_nothing_changed(-EUCLEAN);
+    ck_assert_int_eq(size_of("reld.db"), 0);
+}
+END_TEST
+
+START_TEST(new_refuses_a_corrupt_database)
+{
+    two_releases_stopped();
+    sh("head -c 8192 /dev/urandom > '%s/reld.db'", root);
+    sh("cp '%s/reld.db' '%s/sound.db' && head -c 8192 /dev/urandom > '%s/reld.db'", root, work, root);
+    refused_and_nothing_changed(-EUCLEAN);
+    /* A database whose second page (the releases table's) is damaged:
+     * quick_check finds it. */
+    sh("cp '%s/sound.db' '%s/reld.db' && printf '%%512s' | tr ' ' '\\245' | "
+       "dd of='%s/reld.db' bs=512 seek=8 conv=notrunc status=none",
+       work, root, root);
+    refused_and_nothing_changed(-EUCLEAN);
+}
+END_TEST
+
+START_TEST(new_refuses_a_missing_database_where_releases_are)
+{
+    two_releases_stopped();
+    sh("rm -f '%s/reld.db'", root);
+    refused_and_nothing_changed(-ENOENT);
+    ck_assert(!exists("reld.db"));
+}
+END_TEST
+
+START_TEST(new_refuses_a_database_whose_releases_cannot_be_read)
+{
+    two_releases_stopped();
+    sql("UPDATE releases SET name = CAST(X'FF00' AS TEXT) WHERE vsn = '2'");
+    refused_and_nothing_changed(-EILSEQ);
+}
+END_TEST
+
+START_TEST(new_root_without_releases_takes_a_missing_or_empty_database)
+{
+    stop_manager();
+    sh("rm -f '%s/reld.db'*", root);
+    sh("mkdir -p '%s/releases' && touch '%s/reld.db'", root, root);
+    new_manager();
+    ck_assert_int_gt(size_of("reld.db"), 0);
+    unpack_release("1");
+    ck_assert_state("1", "unpacked");
+}
+END_TEST
+
+START_TEST(make_permanent_writes_the_marker_and_start_keeps_it_in_line)
+{
+    ck_assert(!exists("permanent"));
+    unpack_release("1");
+    unpack_release("2");
+    install("1");
+    ck_assert(!exists("permanent"));
+    make_permanent("1");
+    char *t = slurp_root("permanent");
+    ck_assert_str_eq(t, "1\n");
+    free(t);
+    install("2");
+    make_permanent("2");
+    t = slurp_root("permanent");
+    ck_assert_str_eq(t, "2\n");
+    free(t);
+    /* A start rewrites a marker that says otherwise, or that is gone. */
+    stop_manager();
+    put(root, "permanent", "1\n");
+    new_manager();
+    t = slurp_root("permanent");
+    ck_assert_str_eq(t, "2\n");
+    free(t);
+    stop_manager();
+    sh("rm '%s/permanent'", root);
+    new_manager();
+    t = slurp_root("permanent");
+    ck_assert_str_eq(t, "2\n");
+    free(t);
+    ck_assert_uint_eq(n_entries("tmp"), 0); /* its temporary file was renamed */
+}
+END_TEST
+
+START_TEST(recover_rebuilds_with_the_permanent_release)
+{
+    two_releases_stopped();
+    sh("head -c 8192 /dev/urandom > '%s/reld.db' && echo wal > '%s/reld.db-wal'", root, root);
+    ck_assert_int_eq(manager_recover(&cfg), 0);
+    ck_assert_uint_eq(n_damaged(), 1);
+    sh("test \"$(cat '%s'/reld.db.damaged-*-wal)\" = wal", root);
+    ck_assert(!exists("reld.db-wal"));
+    ck_assert(!exists("reld.db.recovering"));
+    sh("rm -f '%s/runs'", root);
+    new_manager();
+    ck_assert_state("1", "permanent");
+    ck_assert_state("2", "unpacked");
+    ck_assert_uint_eq(n_running(), 1); /* it boots */
+    ck_assert_uint_eq(n_events("recovered"), 1);
+    ck_assert_uint_eq(n_events("boot"), 1);
+    Diag d = {0};
+    json_t *h = manager_history(m, 1000, &d);
+    json_t *e = json_array_get(json_object_get(h, "events"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(e, "kind")), "recovered");
+    json_t *detail = json_object_get(e, "detail");
+    ck_assert_str_eq(json_string_value(json_object_get(detail, "permanent")), "1");
+    ck_assert_int_eq(json_array_size(json_object_get(detail, "releases")), 2);
+    ck_assert(strncmp(json_string_value(json_object_get(detail, "damaged")), "reld.db.damaged-", 16) == 0);
+    json_decref(h);
+    /* The rebuilt database takes the usual changes. */
+    install("2");
+    make_permanent("2");
+    ck_assert_state("1", "old");
+}
+END_TEST
+
+START_TEST(recover_without_a_marker_records_every_release_unpacked)
+{
+    two_releases_stopped();
+    sh("truncate -s 0 '%s/reld.db' && rm '%s/permanent'", root, root);
+    ck_assert_int_eq(manager_recover(&cfg), 0);
+    ck_assert_uint_eq(n_damaged(), 1);
+    new_manager();
+    ck_assert_state("1", "unpacked");
+    ck_assert_state("2", "unpacked");
+    ck_assert_uint_eq(n_running(), 0);
+    install("2");
+    make_permanent("2");
+    ck_assert_state("2", "permanent");
+}
+END_TEST
+
+START_TEST(recover_of_a_missing_database_and_a_release_that_does_not_load)
+{
+    two_releases_stopped();
+    sh("rm '%s/reld.db' && echo 'vsn: [' > '%s/releases/2/release.yaml'", root, root);
+    put(root, "permanent", "2\n"); /* names the release left out: none is permanent */
+    ck_assert_int_eq(manager_recover(&cfg), 0);
+    ck_assert_uint_eq(n_damaged(), 0); /* nothing to keep */
+    new_manager();
+    ck_assert_state("1", "unpacked");
+    ck_assert_ptr_null(state("2"));
+    ck_assert(exists("releases/2/release.yaml")); /* its files stay, for the operator */
+    ck_assert(!exists("permanent"));              /* the start said what the database says */
+}
+END_TEST
+
+START_TEST(recover_of_a_sound_database_changes_nothing)
+{
+    two_releases_stopped();
+    ck_assert_int_eq(manager_recover(&cfg), 0);
+    ck_assert_uint_eq(n_damaged(), 0);
+    new_manager();
+    ck_assert_state("1", "permanent");
+    ck_assert_uint_eq(n_events("recovered"), 0);
+    /* ... and one reld per root: not while another runs. */
+    ck_assert_int_eq(manager_recover(&cfg), -EBUSY);
+}
+END_TEST
+
+START_TEST(recover_leaves_what_it_cannot_fix)
+{
+    two_releases_stopped();
+    sql("PRAGMA user_version = 9"); /* a newer reld's */
+    ck_assert_int_eq(manager_recover(&cfg), -EPROTO);
+    ck_assert_uint_eq(n_damaged(), 0);
+    ck_assert_int_gt(size_of("reld.db"), 0);
+}
+END_TEST
+
 /* ---- manager_unpack ---------------------------------------------------------------------------- */
 
 START_TEST(unpack_a_release)
@@ -1124,6 +1343,14 @@ static Suite *manager_suite(void)
           new_reconcile_rolls_a_current_release_back, new_reconcile_forgets_a_release_without_files,
           new_reconcile_empties_tmp, new_boots_the_permanent_release,
           new_serves_when_the_permanent_release_cannot_boot}},
+        {"manager_new database",
+         {new_refuses_an_empty_database_where_releases_are, new_refuses_a_corrupt_database,
+          new_refuses_a_missing_database_where_releases_are, new_refuses_a_database_whose_releases_cannot_be_read,
+          new_root_without_releases_takes_a_missing_or_empty_database}},
+        {"manager_recover",
+         {recover_rebuilds_with_the_permanent_release, recover_without_a_marker_records_every_release_unpacked,
+          recover_of_a_missing_database_and_a_release_that_does_not_load, recover_of_a_sound_database_changes_nothing,
+          recover_leaves_what_it_cannot_fix, make_permanent_writes_the_marker_and_start_keeps_it_in_line}},
         {"manager_unpack",
          {unpack_a_release, unpack_refusals_are_one_line_and_leave_nothing,
           unpack_whose_record_fails_takes_its_files_back}},
