@@ -167,6 +167,7 @@ struct Executor {
     size_t i, step_end; /* the instruction under way; where its step ends */
     bool past_ponr;
     bool restarted; /* the script stopped or started processes: no inverse can give their state back */
+    Child *lost;    /* a process that went away during the script: its state is gone */
     long long start, t0;
     /* The work of the instruction or phase under way: calls, and stop runs. */
     Call *calls;
@@ -404,6 +405,8 @@ static void on_reply(Proc *p, json_t *m, int r, void *userdata)
                    request_cmd_names[req->cmd], req->module ? " " : "", req->module ? req->module : "",
                    why ? why : "refused", msg ? ": " : "", msg ? msg : "");
         work_failed(e, r);
+        if (r == -ECONNRESET && e->phase == PHASE_SCRIPT && !e->lost)
+            e->lost = call->child; /* whether or not its exit was seen yet */
         /* It may still do it, late: the recovery then resumes it, or drops
          * the code it staged. */
         if (r == -ETIMEDOUT && (req->cmd == REQ_SUSPEND || req->cmd == REQ_LOAD_OBJECT_CODE))
@@ -850,6 +853,10 @@ static bool queue_inverse(Executor *e)
         }
     if (e->restarted) {
         diag_error(e->diag, "undoing the %s: processes were restarted by it; their state is gone", what);
+        return false;
+    }
+    if (e->lost) {
+        diag_error(e->diag, "undoing the %s: %s went away; its state is gone", what, proc_label(e->lost->proc));
         return false;
     }
     size_t n;

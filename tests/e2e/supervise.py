@@ -285,7 +285,7 @@ def test_crash_during_upgrade(work):
               f"kill -9 of reld before instruction {k}: relctl fails, the process dies with reld", (rc, err))
         r.log.close()
         r = d.Reld(root)
-        ok = wait_for(lambda: [p for p in status(r)["processes"] if p["modules"]], timeout=5)
+        ok = wait_for(lambda: [p for p in status(r)["processes"] if p["modules"]], timeout=15)  # a loaded machine
         st = status(r)
         rc, out, err = r.relctl("history", "--json")
         h = json.loads(out)
