@@ -40,6 +40,50 @@ static void usage(FILE *f)
           f);
 }
 
+/* ---- arguments ------------------------------------------------------------ */
+
+/* arg for an error line (caller frees): when it is not valid UTF-8, every
+ * byte outside printable ASCII as \xNN; else control characters only. */
+static char *shown(const char *arg)
+{
+    json_t *j = json_string(arg);
+    bool utf8 = j != NULL;
+    json_decref(j);
+    char *out = xmalloc(4 * strlen(arg) + 1), *o = out;
+    for (const unsigned char *p = (const unsigned char *)arg; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f || (*p >= 0x80 && !utf8))
+            o += sprintf(o, "\\x%02x", *p);
+        else
+            *o++ = (char)*p;
+    }
+    *o = 0;
+    return out;
+}
+
+/* An argument that goes into a request must be valid UTF-8 (JSON holds
+ * nothing else: jansson would drop it, and a request without its version
+ * may mean another release) and, as every argument that names a release
+ * is, a release version. Else one line, and false: the caller exits
+ * EXIT_USAGE with nothing sent. */
+static bool check_version_arg(const char *cmd, const char *arg)
+{
+    json_t *j = json_string(arg);
+    bool utf8 = j != NULL;
+    json_decref(j);
+    if (utf8 && version_is_valid(arg))
+        return true;
+    char *text = shown(arg);
+    if (!utf8)
+        fprintf(stderr, "relctl: %s: the release version '%s' is not valid UTF-8\n", cmd, text);
+    else
+        fprintf(stderr,
+                "relctl: %s: '%s' is not a release version (letters, digits and . _ + ~ -, starting with a letter "
+                "or digit, at most 64)\n",
+                cmd, text);
+    free(text);
+    return false;
+}
+
 /* ---- talking to reld ----------------------------------------------------- */
 
 static const char *socket_path(void)
@@ -49,23 +93,29 @@ static const char *socket_path(void)
 }
 
 /* Sends one request (with fd, when not -1) and reads the one reply.
- * Returns 0 and the reply; -errno when reld cannot be reached. */
+ * Returns 0 and the reply; -EILSEQ when req (NULL: it could not be built)
+ * cannot be encoded; -errno when reld cannot be reached. */
 static int call(json_t *req, int fd, json_t **ret)
 {
     *ret = NULL;
+    char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    if (!text)
+        return -EILSEQ;
     const char *path = socket_path();
     struct sockaddr_un a = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(a.sun_path))
+    if (strlen(path) >= sizeof(a.sun_path)) {
+        free(text);
         return -ENAMETOOLONG;
+    }
     strcpy(a.sun_path, path);
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof(a)) < 0) {
         int r = -errno;
         if (s >= 0)
             close(s);
+        free(text);
         return r;
     }
-    char *text = json_dumps(req, JSON_COMPACT);
     size_t len = strlen(text);
     text = xrealloc(text, len + 2);
     text[len++] = '\n';
@@ -126,12 +176,19 @@ static int call(json_t *req, int fd, json_t **ret)
     return *ret ? 0 : -EPROTO;
 }
 
-/* Calls reld; on failure prints why (one line per reason) and returns
- * EXIT_REFUSED; on success returns 0 with the reply. */
+/* Calls reld with req (taken; NULL when building it failed); on failure
+ * prints why (one line per reason) and returns EXIT_REFUSED (EXIT_USAGE
+ * when the request cannot be encoded: nothing was sent); on success
+ * returns 0 with the reply. */
 static int call_or_report(json_t *req, int fd, json_t **ret)
 {
     int r = call(req, fd, ret);
     json_decref(req);
+    if (r == -EILSEQ) {
+        fprintf(stderr, "relctl: the request cannot be encoded as JSON (an argument that is not UTF-8?): "
+                        "nothing was sent\n");
+        return EXIT_USAGE;
+    }
     if (r < 0) {
         fprintf(stderr, "relctl: cannot reach reld at %s: %s\n", socket_path(),
                 r == -EPROTO ? "no reply" : strerror(-r));
@@ -153,11 +210,16 @@ static int call_or_report(json_t *req, int fd, json_t **ret)
     return EXIT_REFUSED;
 }
 
-static void print_json(json_t *j)
+/* Prints reld's reply (without its "ok"); EXIT_REFUSED when it cannot. */
+static int print_json(json_t *j)
 {
     json_object_del(j, "ok");
-    json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0) {
+        fprintf(stderr, "relctl: cannot print reld's reply as JSON\n");
+        return EXIT_REFUSED;
+    }
     putchar('\n');
+    return 0;
 }
 
 /* Options every daemon command takes: --json, --help. Returns -1 to go
@@ -202,12 +264,12 @@ static int cmd_unpack(int argc, char **argv)
     if (r)
         return r;
     if (json)
-        print_json(rep);
+        r = print_json(rep);
     else
         printf("unpacked release %s %s\n", json_string_value(json_object_get(rep, "name")),
                json_string_value(json_object_get(rep, "release")));
     json_decref(rep);
-    return 0;
+    return r;
 }
 
 /* ---- pack ------------------------------------------------------------------- */
@@ -256,13 +318,21 @@ static int cmd_install(int argc, char **argv)
     char *vsn = NULL;
     json_t *rep;
     int fd = strcmp(arg, "-") == 0 ? STDIN_FILENO : open(arg, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && !check_version_arg("install", arg)) /* not a file: a version, or nothing sensible */
+        return EXIT_USAGE;
     if (fd >= 0) {
         r = call_or_report(json_pack("{s:s}", "cmd", "unpack"), fd, &rep);
         if (fd != STDIN_FILENO)
             close(fd);
         if (r)
             return r;
-        vsn = xstrdup(json_string_value(json_object_get(rep, "release")));
+        const char *got = json_string_value(json_object_get(rep, "release"));
+        if (!got) {
+            fprintf(stderr, "relctl: reld's reply names no release\n");
+            json_decref(rep);
+            return EXIT_REFUSED;
+        }
+        vsn = xstrdup(got);
         if (!json)
             printf("unpacked release %s\n", vsn);
         json_decref(rep);
@@ -274,7 +344,7 @@ static int cmd_install(int argc, char **argv)
     if (r)
         return r;
     if (json)
-        print_json(rep);
+        r = print_json(rep);
     else if (json_is_string(json_object_get(rep, "from")))
         printf("%s from %s to %s: %lld instructions in %.3f ms (current; relctl make-permanent to keep it)\n",
                json_string_value(json_object_get(rep, "direction")), json_string_value(json_object_get(rep, "from")),
@@ -285,7 +355,7 @@ static int cmd_install(int argc, char **argv)
         printf("installed release %s (current; relctl make-permanent to keep it)\n",
                json_string_value(json_object_get(rep, "installed")));
     json_decref(rep);
-    return 0;
+    return r;
 }
 
 static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_line, int n_args)
@@ -316,13 +386,19 @@ static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_
         fprintf(stderr, "relctl: usage: relctl %s\n", usage_line);
         return EXIT_USAGE;
     }
+    if (argc - optind == 1 && !check_version_arg(cmd, argv[optind]))
+        return EXIT_USAGE;
     json_t *req = json_pack("{s:s}", "cmd", cmd), *rep;
-    if (argc - optind == 1)
-        json_object_set_new(req, "vsn", json_string(argv[optind]));
+    /* A version that does not go in would change the request's meaning
+     * (make-permanent without one means the current release). */
+    if (req && argc - optind == 1 && json_object_set_new(req, "vsn", json_string(argv[optind])) < 0) {
+        json_decref(req);
+        req = NULL;
+    }
     if ((r = call_or_report(req, -1, &rep)))
         return r;
     if (json) {
-        print_json(rep);
+        r = print_json(rep);
     } else if (strcmp(cmd, "releases") == 0) {
         size_t i;
         json_t *rel;
@@ -369,7 +445,7 @@ static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_
         printf("release %s is permanent\n", json_string_value(json_object_get(rep, "permanent")));
     }
     json_decref(rep);
-    return 0;
+    return r;
 }
 
 static int cmd_history(int argc, char **argv)
@@ -402,9 +478,9 @@ static int cmd_history(int argc, char **argv)
     if (r)
         return r;
     if (json) {
-        print_json(rep);
+        r = print_json(rep);
         json_decref(rep);
-        return 0;
+        return r;
     }
     size_t i, k;
     json_t *e, *in;
@@ -431,7 +507,7 @@ static int cmd_history(int argc, char **argv)
             char *instr = json_dumps(json_object_get(in, "instr"), JSON_COMPACT);
             printf("  %3lld  %-8s %8.3f ms  %s\n", (long long)json_integer_value(json_object_get(in, "idx")),
                    json_string_value(json_object_get(in, "outcome")),
-                   (double)json_integer_value(json_object_get(in, "duration_us")) / 1000.0, instr);
+                   (double)json_integer_value(json_object_get(in, "duration_us")) / 1000.0, instr ? instr : "?");
             free(instr);
         }
     }
@@ -453,8 +529,10 @@ static void print_relup(const Relup *r, bool json, bool stored, bool written)
 {
     if (json) {
         json_t *j = relup_to_json(r);
-        json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-        putchar('\n');
+        if (!j || json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0)
+            fprintf(stderr, "relctl: cannot print the relup as JSON\n");
+        else
+            putchar('\n');
         json_decref(j);
         return;
     }
@@ -504,6 +582,8 @@ static int cmd_relup(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *from = argv[optind], *to = argv[optind + 1];
+    if (!check_version_arg("relup", from) || !check_version_arg("relup", to))
+        return EXIT_USAGE;
     if (!root) {
         if (write) {
             fprintf(stderr, "relctl: --write needs --root (the daemon's root is written by the daemon)\n");
@@ -584,11 +664,13 @@ int main(int argc, char **argv)
             fprintf(stderr, "relctl: %s takes one release version\n", argv[i]);
             return EXIT_USAGE;
         }
+        if (!check_version_arg(argv[i], a[optind]))
+            return EXIT_USAGE;
         json_t *rep;
         if ((r = call_or_report(json_pack("{s:s, s:s}", "cmd", argv[i], "vsn", a[optind]), -1, &rep)))
             return r;
         if (json)
-            print_json(rep);
+            r = print_json(rep);
         else
             printf("%s from %s to %s: %lld instructions in %.3f ms\n", argv[i],
                    json_string_value(json_object_get(rep, "from")),
@@ -596,7 +678,7 @@ int main(int argc, char **argv)
                    (long long)json_integer_value(json_object_get(rep, "instructions")),
                    json_number_value(json_object_get(rep, "ms")));
         json_decref(rep);
-        return 0;
+        return r;
     }
     if (strcmp(argv[i], "history") == 0)
         return cmd_history(n, a);

@@ -34,9 +34,25 @@ static ManagerCaller caller(Client *c)
     return (ManagerCaller){.progress = on_progress, .done = on_done, .userdata = c};
 }
 
-static const char *vsn_of(json_t *req)
+/* The release version in field key of req: NULL when it is absent. A
+ * field that is there but is not a string holding a release version is
+ * refused (*bad), never taken as absent: for make-permanent, absent means
+ * "the current release". */
+static const char *version_field(Client *c, json_t *req, const char *key, bool *bad)
 {
-    return json_string_value(json_object_get(req, "vsn"));
+    json_t *v = json_object_get(req, key);
+    if (!v || *bad)
+        return NULL;
+    const char *s = json_string_value(v);
+    if (!s || !version_is_valid(s)) {
+        *bad = true;
+        client_reply_error(c,
+                           "bad request: %s is not a release version (letters, digits and . _ + ~ -, starting "
+                           "with a letter or digit, at most 64)",
+                           key);
+        return NULL;
+    }
+    return s;
 }
 
 /* A read: the reply or its reason. */
@@ -61,39 +77,62 @@ static void cmd_unpack(Client *c, json_t *req, Manager *m)
 
 static void cmd_install(Client *c, json_t *req, Manager *m)
 {
+    bool bad = false;
+    const char *vsn = version_field(c, req, "vsn", &bad);
+    if (bad)
+        return;
     ManagerCaller mc = caller(c);
-    manager_install(m, vsn_of(req), NULL, client_who(c), &mc);
+    manager_install(m, vsn, NULL, client_who(c), &mc);
 }
 
 static void cmd_upgrade(Client *c, json_t *req, Manager *m)
 {
+    bool bad = false;
+    const char *vsn = version_field(c, req, "vsn", &bad);
+    if (bad)
+        return;
     ManagerCaller mc = caller(c);
-    manager_install(m, vsn_of(req), "upgrade", client_who(c), &mc);
+    manager_install(m, vsn, "upgrade", client_who(c), &mc);
 }
 
 static void cmd_downgrade(Client *c, json_t *req, Manager *m)
 {
+    bool bad = false;
+    const char *vsn = version_field(c, req, "vsn", &bad);
+    if (bad)
+        return;
     ManagerCaller mc = caller(c);
-    manager_install(m, vsn_of(req), "downgrade", client_who(c), &mc);
+    manager_install(m, vsn, "downgrade", client_who(c), &mc);
 }
 
 static void cmd_remove(Client *c, json_t *req, Manager *m)
 {
+    bool bad = false;
+    const char *vsn = version_field(c, req, "vsn", &bad);
+    if (bad)
+        return;
     ManagerCaller mc = caller(c);
-    manager_remove(m, vsn_of(req), client_who(c), &mc);
+    manager_remove(m, vsn, client_who(c), &mc);
 }
 
 static void cmd_make_permanent(Client *c, json_t *req, Manager *m)
 {
+    bool bad = false;
+    const char *vsn = version_field(c, req, "vsn", &bad);
+    if (bad)
+        return;
     ManagerCaller mc = caller(c);
-    manager_make_permanent(m, vsn_of(req), client_who(c), &mc);
+    manager_make_permanent(m, vsn, client_who(c), &mc);
 }
 
 static void cmd_relup(Client *c, json_t *req, Manager *m)
 {
+    bool bad = false;
+    const char *from = version_field(c, req, "from", &bad), *to = version_field(c, req, "to", &bad);
+    if (bad)
+        return;
     ManagerCaller mc = caller(c);
-    manager_relup(m, json_string_value(json_object_get(req, "from")), json_string_value(json_object_get(req, "to")),
-                  client_who(c), &mc);
+    manager_relup(m, from, to, client_who(c), &mc);
 }
 
 static void cmd_releases(Client *c, json_t *req, Manager *m)
@@ -132,8 +171,15 @@ void commands_handle(Client *c, json_t *req, Manager *m)
     for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]) && !cmd; k++)
         if (strcmp(commands[k].name, name) == 0)
             cmd = &commands[k];
-    if (!cmd)
-        return client_reply_error(c, "unknown command '%.64s'", name);
+    if (!cmd) {
+        /* At most 64 bytes of it, cut between two characters. */
+        int n = 0;
+        while (name[n] && n < 64)
+            n++;
+        while (n > 0 && name[n] && ((unsigned char)name[n] & 0xc0) == 0x80)
+            n--;
+        return client_reply_error(c, "unknown command '%.*s'", n, name);
+    }
     bool write = cmd->access == ACCESS_WRITE;
     if (write ? !client_may_write(c) : !client_may_read(c)) {
         log_notice("refused %s for %s", cmd->name, client_who(c));

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "client.h"
@@ -32,9 +33,28 @@ struct Server {
     int fd;
     bool bound; /* the socket file is ours */
     sd_event_source *src;
+    sd_event_source *retry; /* after a shortage of file descriptors */
     Rights rights;
     ClientLink *clients;
+    unsigned n_clients, max_clients;
+    uint64_t timeout_usec;
+    bool starved;                            /* accept() found no descriptor: wait for one to close, or the retry */
+    long long said_full_ms, said_starved_ms; /* when it last said so: once a minute at most */
 };
+
+#define SAY_EVERY_MS 60000
+
+/* Watches the socket when a connection can be taken, else not: the
+ * connection waits in the backlog rather than the loop spinning on it. */
+static void update_accepting(Server *s)
+{
+    bool full = s->n_clients >= s->max_clients;
+    if (full && (!s->said_full_ms || mono_ms() - s->said_full_ms >= SAY_EVERY_MS)) {
+        log_warning("%u connections open, the limit: new ones wait until one closes", s->n_clients);
+        s->said_full_ms = mono_ms();
+    }
+    (void)sd_event_source_set_enabled(s->src, full || s->starved ? SD_EVENT_OFF : SD_EVENT_ON);
+}
 
 static bool lookup_group(const char *name, gid_t *ret)
 {
@@ -77,16 +97,41 @@ static void on_gone(Client *c, void *userdata)
             break;
         }
     free(l);
+    s->n_clients--;
+    s->starved = false; /* a descriptor is free again */
+    update_accepting(s);
+}
+
+static int on_retry(sd_event_source *src, uint64_t usec, void *userdata)
+{
+    Server *s = userdata;
+    s->starved = false;
+    update_accepting(s);
+    return 0;
 }
 
 static int on_connect(sd_event_source *src, int fd, uint32_t revents, void *userdata)
 {
     Server *s = userdata;
-    for (;;) {
+    while (s->n_clients < s->max_clients) {
         int cfd = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0 && (errno == EINTR || errno == ECONNABORTED))
+            continue;
+        if (cfd < 0 && errno == EAGAIN)
+            return 0;
         if (cfd < 0) {
-            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-                log_warning("accept on %s: %s", s->path, strerror(errno));
+            /* No descriptor (EMFILE, ENFILE) or memory: the connection
+             * stays queued; watching the socket again now would spin. */
+            int e = errno;
+            if (!s->said_starved_ms || mono_ms() - s->said_starved_ms >= SAY_EVERY_MS) {
+                log_warning("accept on %s: %s; new connections wait until one closes (%u open)", s->path, strerror(e),
+                            s->n_clients);
+                s->said_starved_ms = mono_ms();
+            }
+            s->starved = true;
+            (void)sd_event_source_set_time_relative(s->retry, SERVER_RETRY_USEC); /* cannot fail on a time source */
+            (void)sd_event_source_set_enabled(s->retry, SD_EVENT_ONESHOT);
+            update_accepting(s);
             return 0;
         }
         struct ucred cred;
@@ -102,7 +147,7 @@ static int on_connect(sd_event_source *src, int fd, uint32_t revents, void *user
         ClientLink *l = xcalloc(1, sizeof(*l));
         l->s = s;
         ClientHandlers h = {.request = on_request, .gone = on_gone, .userdata = l};
-        int e = client_new(s->ev, cfd, &cred, writer, reader, &h, &l->c);
+        int e = client_new(s->ev, cfd, &cred, writer, reader, s->timeout_usec, &h, &l->c);
         if (e < 0) {
             log_warning("cannot serve a connection: %s", strerror(-e));
             free(l);
@@ -110,7 +155,17 @@ static int on_connect(sd_event_source *src, int fd, uint32_t revents, void *user
         }
         l->next = s->clients;
         s->clients = l;
+        s->n_clients++;
     }
+    update_accepting(s);
+    return 0;
+}
+
+void server_set_limits(Server *s, unsigned max_clients, uint64_t idle_timeout_usec)
+{
+    s->max_clients = max_clients ? max_clients : SERVER_MAX_CLIENTS;
+    s->timeout_usec = idle_timeout_usec;
+    update_accepting(s);
 }
 
 int server_set_rights(Server *s, const DaemonConfig *cfg)
@@ -141,6 +196,8 @@ int server_new(sd_event *ev, Manager *m, const DaemonConfig *cfg, Server **ret)
     s->m = m;
     s->fd = -1;
     s->path = xstrdup(cfg->socket_path);
+    s->max_clients = SERVER_MAX_CLIENTS;
+    s->timeout_usec = SERVER_IDLE_TIMEOUT_USEC;
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     int r = 0;
     if (strlen(s->path) >= sizeof(a.sun_path)) {
@@ -191,6 +248,13 @@ int server_new(sd_event *ev, Manager *m, const DaemonConfig *cfg, Server **ret)
         log_error("cannot watch the socket: %s", strerror(-r));
         goto fail;
     }
+    /* Made now, off: also gives the loop the clock's timerfd that the
+     * clients' idle timeouts share, so none needs a descriptor later. */
+    if ((r = sd_event_add_time_relative(ev, &s->retry, CLOCK_MONOTONIC, SERVER_RETRY_USEC, 0, on_retry, s)) < 0 ||
+        (r = sd_event_source_set_enabled(s->retry, SD_EVENT_OFF)) < 0) {
+        log_error("cannot make a timer: %s", strerror(-r));
+        goto fail;
+    }
     *ret = s;
     return 0;
 fail:
@@ -205,6 +269,7 @@ Server *server_free(Server *s)
     while (s->clients)
         client_free(s->clients->c); /* its gone() unlinks it */
     sd_event_source_disable_unref(s->src);
+    sd_event_source_disable_unref(s->retry);
     if (s->fd >= 0)
         close(s->fd);
     if (s->bound)

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "client.h"
 #include "server.h"
 #include "util.h"
 #include "testlib.h"
@@ -37,7 +39,7 @@ static void run_for(int ms)
 {
     long long deadline = mono_ms() + ms;
     while (mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10000), 0);
 }
 
 static void put(const char *base, const char *rel, const char *content)
@@ -135,7 +137,7 @@ static char *ask_raw(const char *req, size_t len, int fd, bool shut)
         } else if (n == 0 || errno != EAGAIN) {
             eof = true;
         } else {
-            ck_assert_int_ge(sd_event_run(ev, 5 * 1000), 0);
+            ck_assert_int_ge(sd_event_run(ev, 5000), 0);
         }
     }
     ck_assert_msg(eof, "reld did not close the connection; got '%s'", out);
@@ -221,7 +223,7 @@ static char *ask_as(uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups, 
         }
         if (n == 0 || mono_ms() > deadline)
             break;
-        ck_assert_int_ge(sd_event_run(ev, 5 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 5000), 0);
     }
     close(pp[0]);
     int status = 0;
@@ -286,9 +288,9 @@ static void teardown(void)
     manager_shutdown(m, on_shut_down, NULL);
     long long deadline = mono_ms() + 10000;
     while (!shut_down && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10000), 0);
     while ((m = manager_free(m)) && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10000), 0);
     ck_assert_ptr_null(m);
     run_for(30);
     ev = sd_event_unref(ev);
@@ -539,7 +541,7 @@ START_TEST(client_request_in_pieces_and_half_closed)
         } else if (n == 0 || mono_ms() > deadline) {
             break;
         } else {
-            ck_assert_int_ge(sd_event_run(ev, 5 * 1000), 0);
+            ck_assert_int_ge(sd_event_run(ev, 5000), 0);
         }
     }
     close(s);
@@ -643,16 +645,24 @@ START_TEST(client_unpack_with_and_without_its_fd)
 }
 END_TEST
 
+/* The number of open descriptors: the least of three counts 20 ms apart,
+ * the loop running meanwhile (a worker thread may hold one for a moment). */
 static size_t n_open_fds(void)
 {
-    char *cmd = xasprintf("ls /proc/%d/fd | wc -l", (int)getpid());
-    FILE *f = popen(cmd, "r");
-    ck_assert_ptr_nonnull(f);
-    size_t n = 0;
-    ck_assert_int_eq(fscanf(f, "%zu", &n), 1);
-    pclose(f);
-    free(cmd);
-    return n;
+    size_t least = SIZE_MAX;
+    for (int i = 0; i < 3; i++) {
+        if (i)
+            run_for(20);
+        char *cmd = xasprintf("ls /proc/%d/fd | wc -l", (int)getpid());
+        FILE *f = popen(cmd, "r");
+        ck_assert_ptr_nonnull(f);
+        size_t n = 0;
+        ck_assert_int_eq(fscanf(f, "%zu", &n), 1);
+        pclose(f);
+        free(cmd);
+        least = n < least ? n : least;
+    }
+    return least;
 }
 
 START_TEST(client_descriptors_it_does_not_use_are_closed)
@@ -691,7 +701,7 @@ START_TEST(client_descriptors_it_does_not_use_are_closed)
         if (k > 0)
             n += k;
         else
-            ck_assert_int_ge(sd_event_run(ev, 5 * 1000), 0);
+            ck_assert_int_ge(sd_event_run(ev, 5000), 0);
     }
     buf[n] = 0;
     close(s);
@@ -752,8 +762,8 @@ static double cpu_seconds(void)
 {
     struct rusage ru;
     ck_assert_int_eq(getrusage(RUSAGE_SELF, &ru), 0);
-    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec / 1e6;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 START_TEST(client_gone_while_its_operation_runs)
@@ -814,6 +824,445 @@ START_TEST(client_gone_while_its_operation_runs)
     }
     ck_assert_msg(seen, "the unpack of a vanished client was not recorded");
     free(t);
+}
+END_TEST
+
+/* ---- every request is answered, in valid UTF-8 (issue 11, item 7) ------------------------- */
+
+START_TEST(reply_to_a_parse_error_that_cuts_a_character)
+{
+    /* jansson quotes the token up to the bad escape: the first byte of
+     * 'é' (0xc3 0xa9), cut from its second. */
+    json_t *r = one_reply(ask("{\"cmd\": \"\\\xc3\xa9\"}\n"));
+    ck_assert_str_eq(error_of(r), "bad request: invalid escape near '\"\\\\xc3'");
+    json_decref(r);
+    r = one_reply(ask("{\"cmd\": \"\\u12\xe2\x82\xac\"}\n"));
+    ck_assert_str_eq(error_of(r), "bad request: invalid escape near '\"\\u12\\xe2'");
+    json_decref(r);
+    /* An unknown command's name is cut at 64 bytes, between characters. */
+    char req[256] = "{\"cmd\": \"x";
+    for (int i = 0; i < 40; i++)
+        strcat(req, "\xc3\xa9");
+    strcat(req, "\"}\n");
+    r = one_reply(ask(req));
+    char want[128] = "unknown command 'x";
+    for (int i = 0; i < 31; i++)
+        strcat(want, "\xc3\xa9");
+    strcat(want, "'");
+    ck_assert_str_eq(error_of(r), want);
+    json_decref(r);
+    /* Before the permission check: anyone who can connect is answered. */
+    restart_server("reader_group: daemon\n");
+    r = one_reply(ask_as_nobody("{\"cmd\": \"\\\xc3\xa9\"}\n"));
+    ck_assert_str_eq(error_of(r), "bad request: invalid escape near '\"\\\\xc3'");
+    json_decref(r);
+}
+END_TEST
+
+START_TEST(reply_to_a_refused_unpack_whose_reason_is_not_utf8)
+{
+    put(src,
+        "\xff"
+        "evil/x\xfe",
+        "x\n");
+    char *t = xasprintf("%s/bad.tar.gz", work);
+    char *cmd = xasprintf("tar -C '%s' -czf '%s' releases/1 lib/a-1 '\xff"
+                          "evil'",
+                          src, t);
+    ck_assert_int_eq(system(cmd), 0);
+    free(cmd);
+    int fd = open(t, O_RDONLY | O_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    json_t *r = one_reply(ask_raw("{\"cmd\": \"unpack\"}\n", 18, fd, false));
+    close(fd);
+    const char *e = error_of(r);
+    ck_assert_msg(strstr(e, "\\xffevil") && strstr(e, "not part of a release tarball"), "%s", e);
+    json_t *errors = json_object_get(r, "errors");
+    ck_assert_uint_ge(json_array_size(errors), 1);
+    ck_assert_str_eq(json_string_value(json_array_get(errors, 0)), e);
+    json_decref(r);
+    free(t);
+    /* Nothing was unpacked. */
+    r = one_reply(ask("{\"cmd\": \"releases\"}\n"));
+    ck_assert_uint_eq(json_array_size(json_object_get(r, "releases")), 0);
+    json_decref(r);
+}
+END_TEST
+
+/* A client on a socketpair, without the server: its request handler does
+ * what the test says. */
+static enum { DIRECT_UNENCODABLE, DIRECT_HUGE } direct_mode;
+static bool direct_gone;
+
+static void direct_request(Client *c, json_t *req, void *userdata)
+{
+    if (direct_mode == DIRECT_UNENCODABLE) {
+        /* Text jansson cannot encode (made without its check). */
+        client_send(c, json_pack("{s:o}", "progress", json_stringn_nocheck("\xff", 1)));
+        client_reply_ok(c, json_pack("{s:o}", "release", json_stringn_nocheck("1\xff", 2)));
+        return;
+    }
+    size_t n = 4 << 20; /* far more than the socket buffers take */
+    char *big = xmalloc(n + 1);
+    memset(big, 'x', n);
+    big[n] = 0;
+    client_reply_ok(c, json_pack("{s:s}", "big", big));
+    free(big);
+}
+
+static void direct_on_gone(Client *c, void *userdata)
+{
+    direct_gone = true;
+}
+
+static int direct_client(uint64_t timeout_usec)
+{
+    int sp[2];
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp), 0);
+    struct ucred cred = {.pid = getpid(), .uid = getuid(), .gid = getgid()};
+    ClientHandlers h = {.request = direct_request, .gone = direct_on_gone};
+    Client *c = NULL;
+    direct_gone = false;
+    ck_assert_int_eq(client_new(ev, sp[0], &cred, true, true, timeout_usec, &h, &c), 0);
+    ck_assert_int_eq(send(sp[1], "{\"cmd\": \"x\"}\n", 13, MSG_NOSIGNAL), 13);
+    return sp[1];
+}
+
+START_TEST(reply_that_cannot_be_encoded_is_a_fixed_refusal)
+{
+    direct_mode = DIRECT_UNENCODABLE;
+    int s = direct_client(0);
+    char *out = xcalloc(1, 1);
+    size_t len = 0;
+    long long deadline = mono_ms() + 5000;
+    while (!direct_gone && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10000), 0);
+    for (;;) {
+        char buf[4096];
+        ssize_t n = recv(s, buf, sizeof(buf), 0);
+        if (n <= 0)
+            break;
+        out = xrealloc(out, len + (size_t)n + 1);
+        memcpy(out + len, buf, (size_t)n);
+        len += (size_t)n;
+        out[len] = 0;
+    }
+    close(s);
+    ck_assert(direct_gone);
+    /* The progress line is left out; the reply is a refusal. */
+    json_t *r = one_reply(out);
+    ck_assert_str_eq(error_of(r), "reld could not encode its reply (see its log)");
+    json_decref(r);
+}
+END_TEST
+
+/* ---- idle connections and the cap (issue 11, item 10) ---------------------------------------- */
+
+static int connect_nb(const char *path)
+{
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    ck_assert_int_ge(s, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+    ck_assert_msg(connect(s, (struct sockaddr *)&a, sizeof(a)) == 0, "connect: %s", strerror(errno));
+    return s;
+}
+
+/* What reld sent on s until now (caller frees), and whether it closed. */
+static char *drain(int s, bool *closed)
+{
+    char *out = xcalloc(1, 1);
+    size_t len = 0;
+    *closed = false;
+    for (;;) {
+        char buf[4096];
+        ssize_t n = recv(s, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n > 0) {
+            out = xrealloc(out, len + (size_t)n + 1);
+            memcpy(out + len, buf, (size_t)n);
+            len += (size_t)n;
+            out[len] = 0;
+            continue;
+        }
+        *closed = n == 0 || errno != EAGAIN;
+        return out;
+    }
+}
+
+/* Runs the loop for ms; the number of its iterations that dispatched
+ * something, and the CPU time used meanwhile. */
+static long run_counting(int ms, double *cpu)
+{
+    double cpu0 = cpu_seconds();
+    long n = 0;
+    long long deadline = mono_ms() + ms;
+    while (mono_ms() < deadline) {
+        int r = sd_event_run(ev, 10000);
+        ck_assert_int_ge(r, 0);
+        n += r > 0;
+    }
+    *cpu = cpu_seconds() - cpu0;
+    return n;
+}
+
+START_TEST(idle_connections_are_closed)
+{
+    server_set_limits(srv, 0, 300000);
+    int silent = connect_nb(sock_path), half = connect_nb(sock_path);
+    ck_assert_int_eq(send(half, "{\"cmd\": \"rel", 12, MSG_NOSIGNAL), 12);
+    /* One waiting for a long operation (an unpack stalled on a pipe) is not idle. */
+    int pp[2];
+    ck_assert_int_eq(pipe2(pp, O_CLOEXEC), 0);
+    int busy = connect_nb(sock_path);
+    char cbuf[CMSG_SPACE(sizeof(int))] = {0};
+    const char *req = "{\"cmd\": \"unpack\"}\n";
+    struct iovec iov = {.iov_base = (char *)req, .iov_len = strlen(req)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &pp[0], sizeof(int));
+    ck_assert_int_eq(sendmsg(busy, &mh, 0), (ssize_t)strlen(req));
+    close(pp[0]);
+    run_for(1000);
+    bool closed;
+    const int idle[] = {silent, half};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *r = one_reply(drain(idle[i], &closed));
+        ck_assert_msg(closed, "an idle connection is still open");
+        ck_assert_str_eq(error_of(r), "no complete request within 0.3 s: connection closed");
+        json_decref(r);
+        close(idle[i]);
+    }
+    char *out = drain(busy, &closed);
+    ck_assert_msg(!closed && !*out, "a connection waiting for its unpack was closed: '%s'", out);
+    /* The unpack ends (an empty archive): its reply comes. */
+    close(pp[1]);
+    long long deadline = mono_ms() + 5000;
+    while (!closed && mono_ms() < deadline) {
+        run_for(20);
+        free(out);
+        out = drain(busy, &closed);
+    }
+    close(busy);
+    json_t *r = one_reply(out);
+    ck_assert_msg(strstr(error_of(r), "empty archive"), "%s", error_of(r));
+    json_decref(r);
+    /* A peer that does not read its reply is closed too. */
+    direct_mode = DIRECT_HUGE;
+    int s = direct_client(300000);
+    deadline = mono_ms() + 5000;
+    while (!direct_gone && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10000), 0);
+    ck_assert_msg(direct_gone, "a client that does not read its reply is still there");
+    free(drain(s, &closed));
+    ck_assert(closed);
+    close(s);
+}
+END_TEST
+
+START_TEST(cap_new_connections_wait_without_spinning)
+{
+    server_set_limits(srv, 3, 0);
+    int held[3];
+    for (int i = 0; i < 3; i++)
+        held[i] = connect_nb(sock_path);
+    run_for(100);
+    int waiting = connect_nb(sock_path); /* queued in the backlog */
+    ck_assert_int_eq(send(waiting, "{\"cmd\": \"status\"}\n", 18, MSG_NOSIGNAL), 18);
+    double cpu;
+    long n = run_counting(1000, &cpu);
+    bool closed;
+    char *out = drain(waiting, &closed);
+    ck_assert_msg(!closed && !*out, "a connection over the cap was served: '%s'", out);
+    free(out);
+    ck_assert_msg(n < 20 && cpu < 0.15, "at the cap the loop ran %ld times, %.3f s of CPU in 1 s: it spins", n, cpu);
+    /* One closes: the waiting one is served. */
+    close(held[0]);
+    long long deadline = mono_ms() + 5000;
+    out = xcalloc(1, 1);
+    while (!closed && mono_ms() < deadline) {
+        run_for(20);
+        free(out);
+        out = drain(waiting, &closed);
+    }
+    close(waiting);
+    json_t *r = one_reply(out);
+    ck_assert_ok(r);
+    json_decref(r);
+    /* Raising the cap takes more at once. */
+    server_set_limits(srv, 0, 0);
+    r = one_reply(ask("{\"cmd\": \"releases\"}\n"));
+    ck_assert_ok(r);
+    json_decref(r);
+    close(held[1]);
+    close(held[2]);
+}
+END_TEST
+
+/* The child of emfile_*: a server of its own on path, with two file
+ * descriptors left; it reports its loop's iterations and CPU time over
+ * 1 s at EMFILE, then serves until ctl closes. Exit status: 0, or what
+ * failed. */
+typedef struct EmfileReport {
+    long iterations;
+    double cpu;
+} EmfileReport;
+
+static int emfile_child(const char *path, int ready, int ctl, int report)
+{
+    sd_event *e2 = NULL;
+    if (sd_event_new(&e2) < 0)
+        return 10;
+    DaemonConfig c2;
+    config_copy(&c2, &cfg);
+    free(c2.socket_path);
+    c2.socket_path = xstrdup(path);
+    Server *s2 = NULL;
+    if (server_new(e2, m, &c2, &s2) < 0) /* m: only for requests that never reach it */
+        return 11;
+    /* The limit: two free descriptors below it. */
+    int free_fds = 0, fd = 0;
+    for (; free_fds < 2; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF)
+            free_fds++;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return 12;
+    rl.rlim_cur = (rlim_t)fd;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return 13;
+    char go;
+    if (write(ready, "r", 1) != 1 || read(ctl, &go, 1) != 1)
+        return 14;
+    /* The parent's clients connected: two are taken, then EMFILE. */
+    long long deadline = mono_ms() + 300;
+    while (mono_ms() < deadline)
+        if (sd_event_run(e2, 10000) < 0)
+            return 15;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu0 = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+                  (double)ru.ru_stime.tv_usec / 1e6;
+    EmfileReport rep = {0};
+    deadline = mono_ms() + 1000;
+    while (mono_ms() < deadline) {
+        int r = sd_event_run(e2, 10000);
+        if (r < 0)
+            return 16;
+        rep.iterations += r > 0;
+    }
+    getrusage(RUSAGE_SELF, &ru);
+    rep.cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+              (double)ru.ru_stime.tv_usec / 1e6 - cpu0;
+    if (write(report, &rep, sizeof(rep)) != (ssize_t)sizeof(rep))
+        return 17;
+    /* Serve until the parent is done. */
+    if (fcntl(ctl, F_SETFL, O_NONBLOCK) < 0)
+        return 18;
+    deadline = mono_ms() + 20000;
+    while (mono_ms() < deadline && read(ctl, &go, 1) < 0 && errno == EAGAIN)
+        if (sd_event_run(e2, 10000) < 0)
+            return 19;
+    server_free(s2);
+    sd_event_unref(e2);
+    config_clear(&c2);
+    return 0;
+}
+
+START_TEST(emfile_pauses_accept_without_spinning)
+{
+    char *path = xasprintf("%s/run/emfile.sock", work);
+    int ready[2], ctl[2], report[2];
+    ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+    ck_assert_int_eq(pipe2(ctl, O_CLOEXEC), 0);
+    ck_assert_int_eq(pipe2(report, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(ready[0]);
+        close(ctl[1]);
+        close(report[0]);
+        _exit(emfile_child(path, ready[1], ctl[0], report[1]));
+    }
+    close(ready[1]);
+    close(ctl[0]);
+    close(report[1]);
+    char c;
+    ck_assert_int_eq(read(ready[0], &c, 1), 1);
+    enum { K = 6 };
+    int s[K];
+    for (int i = 0; i < K; i++)
+        s[i] = connect_nb(path);
+    ck_assert_int_eq(write(ctl[1], "g", 1), 1);
+    EmfileReport rep;
+    ck_assert_int_eq(read(report[0], &rep, sizeof(rep)), (ssize_t)sizeof(rep));
+    /* Now every connection asks: all are answered as descriptors free up. */
+    for (int i = 0; i < K; i++)
+        ck_assert_int_eq(send(s[i], "{\"cmd\": \"nope\"}\n", 16, MSG_NOSIGNAL), 16);
+    int answered = 0;
+    char *outs[K] = {0};
+    bool done[K] = {0};
+    long long deadline = mono_ms() + 10000;
+    while (answered < K && mono_ms() < deadline) {
+        usleep(10 * 1000);
+        for (int i = 0; i < K; i++) {
+            if (done[i])
+                continue;
+            bool closed;
+            char *more = drain(s[i], &closed);
+            char *joined = xasprintf("%s%s", outs[i] ? outs[i] : "", more);
+            free(more);
+            free(outs[i]);
+            outs[i] = joined;
+            if (closed) {
+                done[i] = true;
+                answered++;
+            }
+        }
+    }
+    ck_assert_int_eq(write(ctl[1], "q", 1), 1);
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the server's child failed: %d", status);
+    ck_assert_msg(rep.iterations < 20 && rep.cpu < 0.15,
+                  "at EMFILE the loop ran %ld times, %.3f s of CPU in 1 s: it spins", rep.iterations, rep.cpu);
+    ck_assert_int_eq(answered, K);
+    for (int i = 0; i < K; i++) {
+        json_t *r = one_reply(outs[i]);
+        ck_assert_str_eq(error_of(r), "unknown command 'nope'");
+        json_decref(r);
+        close(s[i]);
+    }
+    close(ready[0]);
+    close(ctl[1]);
+    close(report[0]);
+    free(path);
+}
+END_TEST
+
+/* ---- commands: fields --------------------------------------------------------------------- */
+
+START_TEST(commands_version_fields_are_versions)
+{
+    static const char *const reqs[] = {
+        "{\"cmd\": \"make-permanent\", \"vsn\": 1}\n",
+        "{\"cmd\": \"make-permanent\", \"vsn\": null}\n",
+        "{\"cmd\": \"make-permanent\", \"vsn\": \"../1\"}\n",
+        "{\"cmd\": \"install\", \"vsn\": [\"1\"]}\n",
+        "{\"cmd\": \"upgrade\", \"vsn\": \"\"}\n",
+        "{\"cmd\": \"downgrade\", \"vsn\": \"\xc3\xa9\"}\n",
+        "{\"cmd\": \"remove\", \"vsn\": {}}\n",
+        "{\"cmd\": \"relup\", \"from\": \"1\", \"to\": 2}\n",
+    };
+    for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++) {
+        json_t *r = one_reply(ask(reqs[i]));
+        const char *e = error_of(r);
+        ck_assert_msg(strncmp(e, "bad request: ", 13) == 0 && strstr(e, "is not a release version"), "%s -> %s",
+                      reqs[i], e);
+        json_decref(r);
+    }
 }
 END_TEST
 
@@ -954,7 +1403,14 @@ static Suite *server_suite(void)
           client_gone_while_its_operation_runs}},
         {"commands",
          {access_root_may_do_everything, access_readers_all_reads_but_does_not_write,
-          access_reader_group_by_primary_and_supplementary_group, access_writer_group_may_write}},
+          access_reader_group_by_primary_and_supplementary_group, access_writer_group_may_write,
+          commands_version_fields_are_versions}},
+        {"replies",
+         {reply_to_a_parse_error_that_cuts_a_character, reply_to_a_refused_unpack_whose_reason_is_not_utf8,
+          reply_that_cannot_be_encoded_is_a_fixed_refusal}},
+        {"connections",
+         {idle_connections_are_closed, cap_new_connections_wait_without_spinning,
+          emfile_pauses_accept_without_spinning}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
