@@ -871,6 +871,18 @@ int rel_runtime_fd(const RelRuntime *rt)
     return rt ? rt->fd : -1;
 }
 
+#ifdef RELD_FUZZING
+/* The fuzzing seam (tests/fuzz/fuzz-control.c, docs/fuzzing.md): one
+ * request line to the handler, as pump() hands it over, without reading
+ * the channel or waiting while suspended. Only fuzz-control compiles this
+ * file with RELD_FUZZING; the library has no such function. */
+void rel_runtime_fuzz_line(RelRuntime *rt, const char *line, size_t len);
+void rel_runtime_fuzz_line(RelRuntime *rt, const char *line, size_t len)
+{
+    handle_line(rt, line, len);
+}
+#endif
+
 /* ---- life ---------------------------------------------------------------- */
 
 int rel_runtime_new(RelRuntime **ret, char *err, size_t errlen)
