@@ -80,6 +80,31 @@ struct RelRuntime {
 /* The host table's callbacks need the runtime; a process has one. */
 static RelRuntime *the_runtime;
 
+/* Makes s valid UTF-8 in place: a byte that does not start or continue a
+ * well-formed sequence (a message cut inside a character by a fixed-size
+ * buffer, a path with other bytes) becomes '?'. A message that is not
+ * UTF-8 cannot be put into JSON, and reld would wait for an answer that is
+ * never sent. */
+static void make_utf8(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        size_t n = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3 : (*p & 0xF8) == 0xF0 ? 4 : 0;
+        bool ok = n > 0 && !(n == 2 && *p < 0xC2) && !(n == 4 && *p > 0xF4);
+        for (size_t k = 1; ok && k < n; k++)
+            ok = (p[k] & 0xC0) == 0x80;
+        if (ok && n == 3)
+            ok = !(p[0] == 0xE0 && p[1] < 0xA0) && !(p[0] == 0xED && p[1] >= 0xA0);
+        if (ok && n == 4)
+            ok = !(p[0] == 0xF0 && p[1] < 0x90) && !(p[0] == 0xF4 && p[1] >= 0x90);
+        if (!ok) {
+            *p++ = '?';
+            continue;
+        }
+        p += n;
+    }
+}
+
 static void say(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void say(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -89,6 +114,7 @@ static void say(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+    make_utf8(err);
 }
 
 /* ---- modules and versions ---------------------------------------------- */
@@ -357,8 +383,11 @@ static void reply_error(RelRuntime *rt, json_t *id, const char *code, const char
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    send_json(rt,
-              json_pack("{s:O, s:b, s:s, s:s}", "id", id ? id : json_null(), "ok", 0, "error", code, "message", msg));
+    make_utf8(msg);
+    json_t *m = json_pack("{s:O, s:b, s:s, s:s}", "id", id ? id : json_null(), "ok", 0, "error", code, "message", msg);
+    if (!m) /* never unanswered: the error code alone */
+        m = json_pack("{s:O, s:b, s:s}", "id", id ? id : json_null(), "ok", 0, "error", code);
+    send_json(rt, m);
 }
 
 static json_t *version_json(const RelVersion *v)
