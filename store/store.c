@@ -14,11 +14,9 @@
 
 #define MAX_DEFINITION_SIZE (64UL << 20)
 
-int store_read_file(const char *path, char **ret_buf, size_t *ret_len)
+/* Reads all of fd (taken) as store_read_file does. */
+static int read_fd(int fd, char **ret_buf, size_t *ret_len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
     struct stat st;
     int r = 0;
     if (fstat(fd, &st) < 0)
@@ -64,6 +62,18 @@ int store_read_file(const char *path, char **ret_buf, size_t *ret_len)
     *ret_buf = buf;
     *ret_len = len;
     return 0;
+}
+
+int store_read_file(const char *path, char **ret_buf, size_t *ret_len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    return fd < 0 ? -errno : read_fd(fd, ret_buf, ret_len);
+}
+
+int store_read_file_beneath(int dirfd, const char *rel, char **ret_buf, size_t *ret_len)
+{
+    int fd = store_open_beneath(dirfd, rel, O_RDONLY);
+    return fd < 0 ? fd : read_fd(fd, ret_buf, ret_len);
 }
 
 /* root/rel, or rel alone without a root (a path inside a tarball). */
@@ -126,13 +136,9 @@ static char *app_dir(const char *root, const char *name, const char *vsn)
     return store_path_app_dir(root, name, vsn);
 }
 
-/* Opens rel beneath the directory dirfd: the kernel refuses any path that
- * would leave it, through "..", an absolute symlink or a magic link
- * (openat2 RESOLVE_BENEATH, Linux 5.6). Returns an fd or -errno; -EXDEV
- * means "leaves the directory". */
-static int open_beneath(int dirfd, const char *rel, int flags)
+int store_open_beneath(int dirfd, const char *rel, int flags)
 {
-    struct open_how how = {.flags = flags | O_CLOEXEC, .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
+    struct open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC), .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
     int fd = (int)syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
     if (fd >= 0 || (errno != ENOSYS && errno != EPERM))
         return fd < 0 ? -errno : fd;
@@ -152,7 +158,7 @@ static int open_beneath(int dirfd, const char *rel, int flags)
     if (r < 0)
         return r;
     size_t dn = strlen(dir);
-    if (strncmp(path, dir, dn) != 0 || path[dn] != '/')
+    if (strcmp(path, dir) != 0 && (strncmp(path, dir, dn) != 0 || (path[dn] != '/' && strcmp(dir, "/") != 0)))
         return -EXDEV;
     fd = open(path, flags | O_CLOEXEC);
     return fd < 0 ? -errno : fd;
@@ -173,7 +179,7 @@ static void report_path(int r, const char *rel, const char *what, const AppDef *
  * look at what it is. 0 or -errno as report_path() takes it. */
 static int check_one(int appfd, const char *rel)
 {
-    int fd = open_beneath(appfd, rel, O_PATH);
+    int fd = store_open_beneath(appfd, rel, O_PATH);
     if (fd < 0)
         return fd;
     struct stat st;
@@ -194,7 +200,7 @@ typedef struct DirListing {
 
 static void listing_load(int appfd, DirListing *l)
 {
-    int fd = open_beneath(appfd, l->path, O_RDONLY | O_DIRECTORY);
+    int fd = store_open_beneath(appfd, l->path, O_RDONLY | O_DIRECTORY);
     DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
     if (!dir) {
         l->error = fd < 0 ? fd : -errno;
@@ -253,38 +259,49 @@ static void check_inside(int appfd, DirListing **dirs, size_t *n_dirs, const cha
     report_path(r, rel, what, a, pos, diag);
 }
 
-static int load_app(const char *root, ReleaseAppRef *ref, Diag *diag)
+/* Why a file of unit (a release's or an application's directory) was not
+ * read: nothing of the file itself. */
+static const char *open_error(int r)
 {
-    char *dir = app_dir(root, ref->name, ref->vsn);
-    char *path = xasprintf("%s/app.yaml", dir);
-    char *shown = xasprintf("lib/%s-%s/app.yaml", ref->name, ref->vsn);
+    return r == -EXDEV   ? "it leads outside its directory (a symlink, or a chain of them, leaving it); not read"
+           : r == -ELOOP ? "a symlink loop, or more than 40 links; not read"
+                         : strerror(-r);
+}
+
+/* Opens unit ("lib/web-2.0.1", "releases/2.0") beneath the root. */
+static int open_unit(int root_fd, const char *unit)
+{
+    return store_open_beneath(root_fd, unit, O_PATH | O_DIRECTORY);
+}
+
+static int load_app(int root_fd, ReleaseAppRef *ref, Diag *diag)
+{
+    char *unit = app_dir(NULL, ref->name, ref->vsn);
+    char *shown = xasprintf("%s/app.yaml", unit);
     char *buf = NULL;
     size_t len = 0;
-    int r = store_read_file(path, &buf, &len);
+    int dirfd = open_unit(root_fd, unit);
+    int r = dirfd < 0 ? dirfd : store_read_file_beneath(dirfd, "app.yaml", &buf, &len);
     if (r < 0) {
-        diag_error(diag, "%s: cannot read: %s (release %s wants %s %s)", shown, strerror(-r), ref->pos.file, ref->name,
+        diag_error(diag, "%s: cannot read: %s (release %s wants %s %s)", shown, open_error(r), ref->pos.file, ref->name,
                    ref->vsn);
     } else if ((r = appdefs_parse_app(shown, buf, len, &ref->app, diag)) == 0) {
         const AppDef *a = ref->app;
-        int dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-        if (dirfd < 0)
-            diag_error(diag, "lib/%s-%s: cannot open: %s", ref->name, ref->vsn, strerror(errno));
         DirListing *dirs = NULL;
         size_t n_dirs = 0;
-        for (size_t m = 0; dirfd >= 0 && m < a->n_modules; m++)
+        for (size_t m = 0; m < a->n_modules; m++)
             check_inside(dirfd, &dirs, &n_dirs, a->modules[m].file, "module file", a, a->modules[m].pos, diag);
-        for (size_t p = 0; dirfd >= 0 && p < a->n_processes; p++)
+        for (size_t p = 0; p < a->n_processes; p++)
             if (a->processes[p].exec[0] != '/')
                 check_inside(dirfd, &dirs, &n_dirs, a->processes[p].exec, "executable", a, a->processes[p].pos, diag);
         for (size_t i = 0; i < n_dirs; i++)
             listing_clear(&dirs[i]);
         free(dirs);
-        if (dirfd >= 0)
-            close(dirfd);
     }
+    if (dirfd >= 0)
+        close(dirfd);
     free(buf);
-    free(dir);
-    free(path);
+    free(unit);
     free(shown);
     return r;
 }
@@ -296,29 +313,39 @@ int store_load_release(const char *root, const char *vsn, ReleaseDef **ret, Diag
         diag_error(diag, "bad release version '%s'", vsn);
         return -EINVAL;
     }
-    char *path = store_path_release_file(root, vsn);
+    char *unit = store_path_release_dir(NULL, vsn);
     char *shown = store_path_release_file(NULL, vsn);
     char *buf = NULL;
     size_t len = 0;
     ReleaseDef *rel = NULL;
-    int r = store_read_file(path, &buf, &len);
-    if (r == -ENOENT)
+    int root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int r = root_fd < 0 ? -errno : open_unit(root_fd, unit);
+    if (r >= 0) {
+        int dirfd = r;
+        r = store_read_file_beneath(dirfd, "release.yaml", &buf, &len);
+        close(dirfd);
+    }
+    if (root_fd < 0)
+        diag_error(diag, "%s: cannot open the root: %s", root, strerror(-r));
+    else if (r == -ENOENT)
         diag_error(diag, "release %s is not in %s (no %s)", vsn, root, shown);
     else if (r < 0)
-        diag_error(diag, "%s: cannot read: %s", shown, strerror(-r));
+        diag_error(diag, "%s: cannot read: %s", shown, open_error(r));
     else if (appdefs_parse_release(shown, buf, len, &rel, diag) == 0) {
         if (strcmp(rel->vsn, vsn) != 0)
             diag_error_at(diag, shown, 1, 1, "defines release version %s but lies in releases/%s", rel->vsn, vsn);
         for (size_t i = 0; i < rel->n_apps; i++)
-            load_app(root, &rel->apps[i], diag);
+            load_app(root_fd, &rel->apps[i], diag);
         bool all = true;
         for (size_t i = 0; i < rel->n_apps; i++)
             all = all && rel->apps[i].app;
         if (all)
             appdefs_validate_release(rel, diag);
     }
+    if (root_fd >= 0)
+        close(root_fd);
     free(buf);
-    free(path);
+    free(unit);
     free(shown);
     if (diag_n_errors(diag) > before) {
         release_def_free(rel);
@@ -328,17 +355,37 @@ int store_load_release(const char *root, const char *vsn, ReleaseDef **ret, Diag
     return 0;
 }
 
+/* Opens file rel of application app beneath its directory in root. */
+static int open_in_app(const char *root, const AppDef *app, const char *rel)
+{
+    int root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd < 0)
+        return -errno;
+    char *unit = app_dir(NULL, app->name, app->vsn);
+    int dirfd = open_unit(root_fd, unit);
+    free(unit);
+    close(root_fd);
+    if (dirfd < 0)
+        return dirfd;
+    int fd = store_open_beneath(dirfd, rel, O_RDONLY);
+    close(dirfd);
+    return fd;
+}
+
 int store_module_changed(void *root, const AppDef *old_app, const AppDef *new_app, const char *module)
 {
     const ModuleDef *om = appdefs_app_find_module(old_app, module), *nm = appdefs_app_find_module(new_app, module);
     if (!om || !nm)
         return 1;
-    char *op = store_path_in_app(root, old_app->name, old_app->vsn, om->file);
-    char *np = store_path_in_app(root, new_app->name, new_app->vsn, nm->file);
+    int ofd = open_in_app(root, old_app, om->file), nfd = open_in_app(root, new_app, nm->file);
     int r = 0;
-    FILE *a = fopen(op, "rbe"), *b = fopen(np, "rbe");
+    FILE *a = ofd >= 0 ? fdopen(ofd, "rb") : NULL, *b = nfd >= 0 ? fdopen(nfd, "rb") : NULL;
+    if (!a && ofd >= 0)
+        close(ofd);
+    if (!b && nfd >= 0)
+        close(nfd);
     if (!a || !b) {
-        r = -errno;
+        r = ofd < 0 ? ofd : nfd < 0 ? nfd : -errno;
     } else {
         char ba[65536], bb[65536];
         for (;;) {
@@ -357,8 +404,6 @@ int store_module_changed(void *root, const AppDef *old_app, const AppDef *new_ap
         fclose(a);
     if (b)
         fclose(b);
-    free(op);
-    free(np);
     return r;
 }
 
@@ -414,20 +459,27 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
         release_def_free(b);
         return r < 0 ? r : r2;
     }
-    char *path = store_path_relup_file(root, to);
-    char *shown = store_path_relup_file(NULL, to);
+    char *shown = store_path_relup_file(NULL, to), *unit = store_path_release_dir(NULL, to);
     char *buf = NULL;
     size_t len = 0;
     Relup *stored = NULL;
     bool use_stored = false;
-    r = store_read_file(path, &buf, &len);
+    int root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    r = root_fd < 0 ? -errno : open_unit(root_fd, unit);
+    if (r >= 0) {
+        int dirfd = r;
+        r = store_read_file_beneath(dirfd, "relup.yaml", &buf, &len);
+        close(dirfd);
+    }
+    if (root_fd >= 0)
+        close(root_fd);
     if (r == 0) {
         r = relup_parse(shown, buf, len, &stored, diag);
         use_stored = r == 0 && strcmp(stored->from, from) == 0 && strcmp(stored->to, to) == 0;
     } else if (r == -ENOENT) {
         r = 0;
     } else {
-        diag_error(diag, "%s: cannot read: %s", shown, strerror(-r));
+        diag_error(diag, "%s: cannot read: %s", shown, open_error(r));
     }
     if (r == 0 && use_stored) {
         *ret = TAKE_PTR(stored);
@@ -440,7 +492,7 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
     }
     relup_free(stored);
     free(buf);
-    free(path);
+    free(unit);
     free(shown);
     release_def_free(a);
     release_def_free(b);

@@ -7,7 +7,11 @@
  *
  * This is where file-system facts are checked: a module file or a relative
  * executable must exist and, after following symlinks, stay inside its
- * application's directory. Messages name files relative to the root
+ * application's directory. Every file read from a release (release.yaml,
+ * relup.yaml, app.yaml, modules) is opened beneath its own unit
+ * (releases/<vsn>/ or lib/<app>-<vsn>/) with store_open_beneath: a file
+ * whose links lead outside is never read, so nothing of it can be quoted
+ * back. Messages name files relative to the root
  * ("lib/web-2.0.1/app.yaml:14:7: ...").
  *
  * Errors: 0 on success; -EINVAL when the definitions are wrong (the
@@ -40,7 +44,8 @@ int store_read_file(const char *path, char **ret_buf, size_t *ret_len);
 int store_load_release(const char *root, const char *vsn, ReleaseDef **ret, Diag *diag);
 
 /* RelupModuleChangedFn for a root: userdata is the root path. Compares the
- * two module files byte by byte. */
+ * two module files (each opened beneath its application's directory) byte
+ * by byte. */
 int store_module_changed(void *root, const AppDef *old_app, const AppDef *new_app, const char *module);
 
 /* The relup from -> to for a root: the stored releases/<to>/relup.yaml when
@@ -64,6 +69,17 @@ int store_write_relup(const char *root, const Relup *r, Diag *diag);
  * *ret_vsn and *ret_name name the release (caller frees). Thread-safe for
  * different tarballs; the final move is atomic per directory. */
 int store_unpack(const char *root, int fd, uint64_t limit, char **ret_vsn, char **ret_name, Diag *diag);
+
+/* Opens rel beneath the directory dirfd: the kernel refuses any path that
+ * would leave it, through "..", an absolute symlink or a chain of relative
+ * ones, or a magic link (openat2 RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+ * where openat2 is missing, the path resolved in user space is compared).
+ * Returns an fd or -errno: -EXDEV means "leads outside dirfd", -ELOOP a
+ * loop or more than 40 links. */
+int store_open_beneath(int dirfd, const char *rel, int flags);
+
+/* store_read_file of rel opened with store_open_beneath. */
+int store_read_file_beneath(int dirfd, const char *rel, char **ret_buf, size_t *ret_len);
 
 /* Removes a directory tree without following symlinks (best effort). */
 void store_remove_tree(const char *path);

@@ -1,6 +1,7 @@
 /* store: a release root on a real file system in a temporary directory. */
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,6 +27,14 @@ static void put(const char *rel, const char *content)
     fclose(f);
     free(path);
 }
+
+static void sh_run(char *cmd)
+{
+    ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+    free(cmd);
+}
+/* A shell command; %1$s is the root. */
+#define SH(fmt) sh_run(xasprintf(fmt, root))
 
 static void setup(void)
 {
@@ -219,6 +228,145 @@ START_TEST(read_file_refuses_directories)
 }
 END_TEST
 
+/* ---- resolution beneath a directory -------------------------------------------- */
+
+static int open_root(const char *rel)
+{
+    char *p = xasprintf("%s/%s", root, rel);
+    int fd = open(p, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    free(p);
+    ck_assert_int_ge(fd, 0);
+    return fd;
+}
+
+static void link_in(const char *rel, const char *target)
+{
+    char *p = xasprintf("%s/%s", root, rel);
+    ck_assert_int_eq(symlink(target, p), 0);
+    free(p);
+}
+
+START_TEST(open_beneath_refuses_chains_that_look_local)
+{
+    /* Each target looks local as text; on disk the chain climbs out. */
+    link_in("lib/a-1/L1", "../..");
+    link_in("lib/a-1/L2", "L1/..");
+    link_in("lib/a-1/L3", "L2/..");
+    link_in("lib/a-1/out", "L3/etc/hostname");
+    link_in("lib/a-1/abs", "/etc/hostname");
+    int dir = open_root("lib/a-1");
+    ck_assert_int_eq(store_open_beneath(dir, "L1", O_PATH), -EXDEV);
+    ck_assert_int_eq(store_open_beneath(dir, "L3", O_PATH), -EXDEV);
+    ck_assert_int_eq(store_open_beneath(dir, "out", O_RDONLY), -EXDEV);
+    ck_assert_int_eq(store_open_beneath(dir, "abs", O_RDONLY), -EXDEV);
+    ck_assert_int_eq(store_open_beneath(dir, "../a-2/app.yaml", O_RDONLY), -EXDEV);
+    ck_assert_int_eq(store_open_beneath(dir, "missing/x", O_RDONLY), -ENOENT);
+    close(dir);
+}
+END_TEST
+
+START_TEST(open_beneath_follows_links_inside)
+{
+    link_in("lib/a-1/self", ".");
+    link_in("lib/a-1/c1", "c2");
+    link_in("lib/a-1/c2", "self/self/modules/../modules/m.so");
+    int dir = open_root("lib/a-1");
+    int fd = store_open_beneath(dir, "c1", O_RDONLY);
+    ck_assert_int_ge(fd, 0);
+    char buf[32] = {0};
+    ck_assert_int_eq(read(fd, buf, sizeof(buf) - 1), 11);
+    ck_assert_str_eq(buf, "m version 1");
+    close(fd);
+    /* 40 links are followed, the 41st is a loop to the kernel. */
+    for (int k = 1; k <= 41; k++) {
+        char *name = xasprintf("lib/a-1/k%d", k), *target = k == 41 ? xstrdup("app.yaml") : xasprintf("k%d", k + 1);
+        link_in(name, target);
+        free(name);
+        free(target);
+    }
+    fd = store_open_beneath(dir, "k2", O_RDONLY);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_int_eq(store_open_beneath(dir, "k1", O_RDONLY), -ELOOP);
+    link_in("lib/a-1/loop1", "loop2");
+    link_in("lib/a-1/loop2", "loop1");
+    ck_assert_int_eq(store_open_beneath(dir, "loop1", O_RDONLY), -ELOOP);
+    close(dir);
+}
+END_TEST
+
+START_TEST(read_file_beneath_reads_nothing_outside)
+{
+    put("secret/s.yaml", "secret_key: 1\n");
+    link_in("lib/a-1/L1", "../..");
+    link_in("lib/a-1/L2", "L1/secret/s.yaml");
+    int dir = open_root("lib/a-1");
+    char *buf = (char *)"untouched";
+    size_t len = 0;
+    ck_assert_int_eq(store_read_file_beneath(dir, "L2", &buf, &len), -EXDEV);
+    ck_assert_str_eq(buf, "untouched");
+    ck_assert_int_eq(store_read_file_beneath(dir, "app.yaml", &buf, &len), 0);
+    ck_assert(strstr(buf, "name: a") != NULL);
+    free(buf);
+    close(dir);
+}
+END_TEST
+
+/* app.yaml, release.yaml, a module: a link leading out is not read, and
+ * nothing of what it points to is quoted. */
+START_TEST(load_release_reads_definitions_beneath_their_unit)
+{
+    put("outside/s.yaml", "secret_key: 1\n");
+    char *p = xasprintf("%s/lib/a-1/app.yaml", root);
+    unlink(p);
+    free(p);
+    link_in("lib/a-1/L1", "../..");
+    link_in("lib/a-1/app.yaml", "L1/outside/s.yaml");
+    ReleaseDef *rel = NULL;
+    ck_assert_int_eq(store_load_release(root, "1", &rel, &d), -EINVAL);
+    ck_assert_error("lib/a-1/app.yaml: cannot read: it leads outside its directory");
+    ck_assert(!test_diag_has(&d, "secret_key", false));
+    diag_clear(&d);
+
+    p = xasprintf("%s/releases/2/release.yaml", root);
+    unlink(p);
+    free(p);
+    link_in("releases/2/release.yaml", "../../outside/s.yaml");
+    ck_assert_int_eq(store_load_release(root, "2", &rel, &d), -EXDEV);
+    ck_assert_error("releases/2/release.yaml: cannot read: it leads outside its directory");
+    ck_assert(!test_diag_has(&d, "secret_key", false));
+    diag_clear(&d);
+
+    /* A stored relup that leads out is not read either. */
+    SH("rm '%1$s/releases/2/release.yaml' '%1$s/lib/a-1/app.yaml'");
+    put("releases/2/release.yaml", "release: r\nvsn: \"2\"\napplications: [{name: a, vsn: \"2\"}]\n");
+    put("lib/a-1/app.yaml",
+        "name: a\nvsn: \"1\"\nmodules: [m, n]\nprocesses: [{name: p, exec: bin/p, modules: [m]}]\n");
+    link_in("releases/2/relup.yaml", "../../outside/s.yaml");
+    Relup *r = NULL;
+    bool stored;
+    ck_assert_int_eq(store_relup(root, "1", "2", true, &r, &stored, &d), -EXDEV);
+    ck_assert_error("releases/2/relup.yaml: cannot read: it leads outside its directory");
+    ck_assert(!test_diag_has(&d, "secret_key", false));
+    ck_assert_ptr_null(r);
+}
+END_TEST
+
+START_TEST(module_changed_opens_beneath_the_application)
+{
+    ReleaseDef *a = NULL, *b = NULL;
+    ck_assert_int_eq(store_load_release(root, "1", &a, &d), 0);
+    ck_assert_int_eq(store_load_release(root, "2", &b, &d), 0);
+    char *p = xasprintf("%s/lib/a-2/modules/n.so", root);
+    unlink(p);
+    free(p);
+    link_in("lib/a-2/modules/n.so", "../../a-1/modules/n.so"); /* same bytes, but in another application */
+    ck_assert_int_eq(store_module_changed(root, a->apps[0].app, b->apps[0].app, "n"), -EXDEV);
+    release_def_free(a);
+    release_def_free(b);
+}
+END_TEST
+
 static Suite *store_suite(void)
 {
     Suite *s = suite_create("store");
@@ -240,6 +388,14 @@ static Suite *store_suite(void)
     tcase_add_test(tc, relup_derives_then_stored_relup_is_used);
     tcase_add_test(tc, relup_without_derive_refuses);
     tcase_add_test(tc, relup_broken_stored_relup_is_an_error);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("beneath");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, open_beneath_refuses_chains_that_look_local);
+    tcase_add_test(tc, open_beneath_follows_links_inside);
+    tcase_add_test(tc, read_file_beneath_reads_nothing_outside);
+    tcase_add_test(tc, load_release_reads_definitions_beneath_their_unit);
+    tcase_add_test(tc, module_changed_opens_beneath_the_application);
     suite_add_tcase(s, tc);
     return s;
 }
