@@ -81,5 +81,22 @@ int store_open_beneath(int dirfd, const char *rel, int flags);
 /* store_read_file of rel opened with store_open_beneath. */
 int store_read_file_beneath(int dirfd, const char *rel, char **ret_buf, size_t *ret_len);
 
+/* Content identity of a directory tree: SHA-256 (GNU Nettle) over a
+ * canonical walk of what lies beneath dirfd, in preorder, the entries of
+ * each directory in bytewise order of their names, each one record:
+ *
+ *   directory  "d" MODE " " PATH "\0"
+ *   file       "f" MODE " " SIZE " " PATH "\0" CONTENT
+ *   symlink    "l " PATH "\0" TARGET "\0"
+ *
+ * MODE is the permission bits (st_mode & 07777) in octal, SIZE decimal,
+ * PATH relative to dirfd ("modules/m.so"). Owners and times do not count; a
+ * hard link counts as the file it is. No link is followed. Returns 0, or
+ * -errno (-EINVAL: a device file, FIFO or socket in the tree). */
+#define STORE_HASH_SIZE ((size_t)32)
+int store_hash_tree(int dirfd, unsigned char out[STORE_HASH_SIZE]);
+/* out[0..STORE_HASH_SIZE*2] as lower-case hex, NUL-terminated. */
+void store_hash_hex(const unsigned char hash[STORE_HASH_SIZE], char out[STORE_HASH_SIZE * 2 + 1]);
+
 /* Removes a directory tree without following symlinks (best effort). */
 void store_remove_tree(const char *path);

@@ -367,6 +367,92 @@ START_TEST(module_changed_opens_beneath_the_application)
 }
 END_TEST
 
+/* ---- content identity ------------------------------------------------------------ */
+
+static void tree_hash(const char *rel, unsigned char out[STORE_HASH_SIZE])
+{
+    int fd = open_root(rel);
+    int dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    close(fd);
+    ck_assert_int_eq(store_hash_tree(dfd, out), 0);
+    close(dfd);
+}
+
+static void tree_hex(const char *rel, char hex[STORE_HASH_SIZE * 2 + 1])
+{
+    unsigned char h[STORE_HASH_SIZE];
+    tree_hash(rel, h);
+    store_hash_hex(h, hex);
+}
+
+START_TEST(hash_tree_known_answer)
+{
+    /* The canonical walk of store.h, computed independently:
+     * sha256(b"d0755 d\0" b"f0644 5 d/a\0hello" b"l d/l\0a\0" b"f0755 0 z\0") */
+    put("h/z", "");
+    put("h/d/a", "hello");
+    link_in("h/d/l", "a");
+    SH("chmod 0755 '%1$s/h/z' && chmod 0644 '%1$s/h/d/a' && chmod 0755 '%1$s/h/d'");
+    char hex[STORE_HASH_SIZE * 2 + 1];
+    tree_hex("h", hex);
+    ck_assert_str_eq(hex, "763a80b682523ee2d4ec5aba3e4be519eb02d958e890625afeca49eb9a4db5e6");
+    SH("mkdir '%1$s/e'");
+    tree_hex("e", hex);
+    ck_assert_str_eq(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"); /* sha256 of nothing */
+}
+END_TEST
+
+START_TEST(hash_tree_is_content)
+{
+    unsigned char a[STORE_HASH_SIZE], b[STORE_HASH_SIZE];
+    /* The same files made in another order, at another time: the same. */
+    SH("cp -a '%1$s/lib/a-1' '%1$s/copy' && touch -d 2001-01-01 '%1$s/copy/app.yaml'");
+    tree_hash("lib/a-1", a);
+    tree_hash("copy", b);
+    ck_assert_mem_eq(a, b, sizeof(a));
+    /* a hard link counts as the file it is */
+    SH("rm '%1$s/copy/modules/n.so' && ln '%1$s/copy/modules/m.so' '%1$s/copy/modules/n.so'");
+    put("lib/a-1/modules/n.so", "m version 1");
+    tree_hash("lib/a-1", a);
+    tree_hash("copy", b);
+    ck_assert_mem_eq(a, b, sizeof(a));
+    /* Each of: content, mode, name, link target, a file more. */
+    static const char *const changes[] = {
+        "printf x >> copy/modules/m.so", "chmod 0600 copy/bin/p", "mv copy/bin/p copy/bin/q",
+        "ln -s m.so copy/modules/x",     "touch copy/extra",      "mkdir copy/emptydir",
+    };
+    for (size_t i = 0; i < sizeof(changes) / sizeof(*changes); i++) {
+        SH("rm -rf '%1$s/copy' && cp -a '%1$s/lib/a-1' '%1$s/copy'");
+        tree_hash("copy", b);
+        ck_assert_mem_eq(a, b, sizeof(a));
+        sh_run(xasprintf("cd '%s' && %s", root, changes[i]));
+        tree_hash("copy", b);
+        ck_assert_msg(memcmp(a, b, sizeof(a)) != 0, "%s left the hash unchanged", changes[i]);
+    }
+    /* A symlink's target is its content: two targets, two hashes. */
+    SH("rm -rf '%1$s/copy' && cp -a '%1$s/lib/a-1' '%1$s/copy'");
+    link_in("copy/l", "m.so");
+    tree_hash("copy", a);
+    SH("rm '%1$s/copy/l' && ln -s n.so '%1$s/copy/l'");
+    tree_hash("copy", b);
+    ck_assert(memcmp(a, b, sizeof(a)) != 0);
+}
+END_TEST
+
+START_TEST(hash_tree_refuses_special_files)
+{
+    char *p = xasprintf("%s/lib/a-1/fifo", root);
+    ck_assert_int_eq(mkfifo(p, 0644), 0);
+    free(p);
+    int fd = open_root("lib/a-1");
+    int dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    unsigned char h[STORE_HASH_SIZE];
+    ck_assert_int_eq(store_hash_tree(dfd, h), -EINVAL);
+    close(dfd);
+    close(fd);
+}
+END_TEST
+
 static Suite *store_suite(void)
 {
     Suite *s = suite_create("store");
@@ -396,6 +482,12 @@ static Suite *store_suite(void)
     tcase_add_test(tc, read_file_beneath_reads_nothing_outside);
     tcase_add_test(tc, load_release_reads_definitions_beneath_their_unit);
     tcase_add_test(tc, module_changed_opens_beneath_the_application);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("hash");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, hash_tree_known_answer);
+    tcase_add_test(tc, hash_tree_is_content);
+    tcase_add_test(tc, hash_tree_refuses_special_files);
     suite_add_tcase(s, tc);
     return s;
 }
