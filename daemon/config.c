@@ -12,7 +12,9 @@ void config_init(DaemonConfig *c)
 {
     *c = (DaemonConfig){.root = xstrdup(CONFIG_DEFAULT_ROOT),
                         .socket_path = xstrdup(CONFIG_DEFAULT_SOCKET),
-                        .max_unpacked = CONFIG_DEFAULT_MAX_UNPACKED};
+                        .max_unpacked = CONFIG_DEFAULT_MAX_UNPACKED,
+                        .max_unpacked_files = CONFIG_DEFAULT_MAX_UNPACKED_FILES,
+                        .max_unpacked_depth = CONFIG_DEFAULT_MAX_UNPACKED_DEPTH};
 }
 
 void config_copy(DaemonConfig *dst, const DaemonConfig *src)
@@ -22,7 +24,9 @@ void config_copy(DaemonConfig *dst, const DaemonConfig *src)
                           .writer_group = xstrdup(src->writer_group),
                           .reader_group = xstrdup(src->reader_group),
                           .readers_all = src->readers_all,
-                          .max_unpacked = src->max_unpacked};
+                          .max_unpacked = src->max_unpacked,
+                          .max_unpacked_files = src->max_unpacked_files,
+                          .max_unpacked_depth = src->max_unpacked_depth};
 }
 
 void config_clear(DaemonConfig *c)
@@ -49,8 +53,15 @@ int config_load(DaemonConfig *c, const char *path, char **ret_err)
         *ret_err = xasprintf("%s: %s", path, strerror(-r));
         return r;
     }
-    static const char *const keys[] = {
-        "root", "socket", "writer_group", "reader_group", "readers", "max_unpacked_bytes", NULL};
+    static const char *const keys[] = {"root",
+                                       "socket",
+                                       "writer_group",
+                                       "reader_group",
+                                       "readers",
+                                       "max_unpacked_bytes",
+                                       "max_unpacked_files",
+                                       "max_unpacked_depth",
+                                       NULL};
     DaemonConfig n;
     config_copy(&n, c);
     Diag d = {0};
@@ -82,6 +93,10 @@ int config_load(DaemonConfig *c, const char *path, char **ret_err)
         long max = 0;
         if (yaml_get_long(&y, root, "max_unpacked_bytes", 1, 1L << 50, &max) && max)
             n.max_unpacked = (uint64_t)max;
+        if (yaml_get_long(&y, root, "max_unpacked_files", 1, 1L << 40, &max) && max)
+            n.max_unpacked_files = (uint64_t)max;
+        if (yaml_get_long(&y, root, "max_unpacked_depth", 3, 1024, &max) && max)
+            n.max_unpacked_depth = (unsigned)max;
     }
     yaml_ctx_done(&y);
     free(buf);

@@ -12,17 +12,21 @@
 #include <stdint.h>
 
 typedef struct DaemonConfig {
-    char *root;            /* default /var/lib/reld */
-    char *socket_path;     /* default /run/reld/reld.sock */
-    char *writer_group;    /* members may change releases; NULL: only root and reld's own user */
-    char *reader_group;    /* members may read; NULL: see readers_all */
-    bool readers_all;      /* anyone who can reach the socket may read */
-    uint64_t max_unpacked; /* bytes, default 1 GiB */
+    char *root;                  /* default /var/lib/reld */
+    char *socket_path;           /* default /run/reld/reld.sock */
+    char *writer_group;          /* members may change releases; NULL: only root and reld's own user */
+    char *reader_group;          /* members may read; NULL: see readers_all */
+    bool readers_all;            /* anyone who can reach the socket may read */
+    uint64_t max_unpacked;       /* bytes, default 1 GiB */
+    uint64_t max_unpacked_files; /* entries of one tarball, default 100,000 */
+    unsigned max_unpacked_depth; /* path components of an entry, default 32 */
 } DaemonConfig;
 
-#define CONFIG_DEFAULT_ROOT         "/var/lib/reld"
-#define CONFIG_DEFAULT_SOCKET       "/run/reld/reld.sock"
-#define CONFIG_DEFAULT_MAX_UNPACKED (1ULL << 30)
+#define CONFIG_DEFAULT_ROOT               "/var/lib/reld"
+#define CONFIG_DEFAULT_SOCKET             "/run/reld/reld.sock"
+#define CONFIG_DEFAULT_MAX_UNPACKED       (1ULL << 30)
+#define CONFIG_DEFAULT_MAX_UNPACKED_FILES 100000ULL
+#define CONFIG_DEFAULT_MAX_UNPACKED_DEPTH 32U
 
 /* Every default. */
 void config_init(DaemonConfig *c);

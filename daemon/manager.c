@@ -30,7 +30,7 @@ typedef struct Op {
     char *who, *root;
     char *vsn, *name, *from, *to;
     int fd;
-    uint64_t limit;
+    StoreLimits limits;
     int r;
     Diag diag;
     ReleaseDef *rel;
@@ -256,7 +256,7 @@ static void move_back(Manager *m, Aside *a)
 static void unpack_work(void *userdata)
 {
     Op *op = userdata;
-    op->r = store_unpack(op->root, op->fd, op->limit, &op->vsn, &op->name, &op->diag);
+    op->r = store_unpack(op->root, op->fd, &op->limits, &op->vsn, &op->name, &op->diag);
     close(op->fd);
     op->fd = -1;
 }
@@ -293,7 +293,8 @@ void manager_unpack(Manager *m, int fd, const char *who, const ManagerCaller *c)
 {
     Op *op = op_new(m, OP_UNPACK, who, c);
     op->fd = fd;
-    op->limit = m->cfg.max_unpacked;
+    op->limits = (StoreLimits){
+        .bytes = m->cfg.max_unpacked, .files = m->cfg.max_unpacked_files, .depth = m->cfg.max_unpacked_depth};
     int r = jobs_run(m->jobs, unpack_work, unpack_done, op);
     if (r < 0) {
         diag_error(&op->diag, "cannot start the unpack: %s", strerror(-r));

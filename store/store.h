@@ -4,6 +4,7 @@
  *   ROOT/releases/<vsn>/release.yaml
  *   ROOT/releases/<vsn>/relup.yaml      optional, a stored relup
  *   ROOT/lib/<app>-<appvsn>/app.yaml, modules/, bin/, priv/
+ *   ROOT/unpack.lock                    flock: unpacks moving releases into place
  *
  * This is where file-system facts are checked: a module file or a relative
  * executable must exist and, after following symlinks, stay inside its
@@ -58,17 +59,44 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
  * fsync, rename). */
 int store_write_relup(const char *root, const Relup *r, Diag *diag);
 
+/* The most one tarball may hold (reld's max_unpacked_bytes,
+ * max_unpacked_files and max_unpacked_depth). */
+typedef struct StoreLimits {
+    uint64_t bytes; /* unpacked size: contents (holes of sparse files too), plus 512 per entry */
+    uint64_t files; /* entries of any kind: files, directories, links */
+    unsigned depth; /* path components of an entry: "releases/1.0/release.yaml" is 3 */
+} StoreLimits;
+
 /* Unpacks a release tarball read from fd (any format libarchive reads) into
- * root: extracted into ROOT/tmp/unpack-*, refused on absolute paths, "..",
- * links leading outside, device files, FIFOs, setuid/setgid bits, more than
- * limit bytes, corrupt, truncated or empty archives; then validated
- * completely (store_load_release on the staged tree, every lib/ directory
- * part of the release, the version not yet present, application versions
- * already installed identical); only then moved into place. On failure
- * nothing is left: returns -EINVAL (reasons in diag) or -errno. On success
- * *ret_vsn and *ret_name name the release (caller frees). Thread-safe for
- * different tarballs; the final move is atomic per directory. */
-int store_unpack(const char *root, int fd, uint64_t limit, char **ret_vsn, char **ret_name, Diag *diag);
+ * root, safe by construction:
+ *
+ * - Every entry is created beneath ROOT/tmp/unpack-* through directory file
+ *   descriptors that never follow a symlink (openat2 RESOLVE_BENEATH |
+ *   RESOLVE_NO_SYMLINKS, O_NOFOLLOW, O_EXCL): no entry is written through a
+ *   link, whatever the order of the entries.
+ * - A hard link may only name a regular file this archive created before.
+ * - Once every entry is in, every symlink is resolved on disk, through every
+ *   other link of the archive, beneath its own unit (releases/<vsn>/ or
+ *   lib/<app>-<vsn>/, which move and go independently) with openat2
+ *   RESOLVE_BENEATH: one that leads outside, loops, or takes more than 40
+ *   links is refused. So no path of the release resolves outside it.
+ * - Refused too: absolute paths, "..", entries outside releases/ and lib/,
+ *   a symlink in place of releases/, lib/ or a unit, device files, FIFOs,
+ *   setuid/setgid bits, a path given twice, more than limits allow,
+ *   corrupt, truncated or empty archives.
+ *
+ * Then the staged tree is validated completely (store_load_release, which
+ * reads only beneath each unit; every lib/ directory part of the release),
+ * every file and directory fsynced, and under ROOT/unpack.lock (flock: unpacks
+ * sharing an application version are serialized) the version must not be
+ * present and an application version already installed must have the same
+ * content (store_hash_tree) as the staged one; the new application
+ * directories and then the release are renamed into place and the
+ * directories that changed fsynced. On failure nothing is left: returns
+ * -EINVAL (reasons in diag, a limit crossed is one line naming it) or
+ * -errno. On success *ret_vsn and *ret_name name the release (caller
+ * frees), durably on disk. Thread-safe. */
+int store_unpack(const char *root, int fd, const StoreLimits *limits, char **ret_vsn, char **ret_name, Diag *diag);
 
 /* Opens rel beneath the directory dirfd: the kernel refuses any path that
  * would leave it, through "..", an absolute symlink or a chain of relative

@@ -1,6 +1,8 @@
-/* Unpacking a release tarball into the store: extract into a staging
- * directory inside the root, refuse anything hostile, validate the release
- * completely, and only then move it into place. On any failure nothing is
+/* Unpacking a release tarball into the store (store.h, store_unpack):
+ * extract into a staging directory inside the root without ever going
+ * through a link, resolve every link the archive made beneath its own
+ * unit, validate the release completely, make it durable, and only then,
+ * under the root's lock, move it into place. On any failure nothing is
  * left behind (the staging directory is removed). */
 #include <archive.h>
 #include <archive_entry.h>
@@ -10,19 +12,40 @@
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "store.h"
 
-static int open_dir_beneath(int dirfd, const char *rel)
+/* Opens the directory rel beneath dirfd through real directories only: no
+ * symlink in any component, nothing outside dirfd. -errno on failure
+ * (-ELOOP: a component is a symlink). */
+static int open_dir_nofollow(int dirfd, const char *rel)
 {
-    struct open_how how = {.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW,
+    struct open_how how = {.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC,
                            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
     int fd = (int)syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
-    if (fd < 0 && (errno == ENOSYS || errno == EPERM)) /* no openat2: components were checked lexically */
-        fd = openat(dirfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0 || (errno != ENOSYS && errno != EPERM))
+        return fd < 0 ? -errno : fd;
+    /* No openat2: one component at a time, none of them a symlink (the
+     * paths come from clean_path: no "..", not absolute). */
+    fd = dup(dirfd);
+    for (const char *p = rel; fd >= 0 && *p;) {
+        size_t n = strcspn(p, "/");
+        char *comp = xstrndup(p, n);
+        int next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        struct stat st;
+        int saved = next < 0 && fstatat(fd, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode) ? ELOOP : errno;
+        free(comp);
+        close(fd);
+        fd = next;
+        errno = saved;
+        p += n;
+        while (*p == '/')
+            p++;
+    }
     return fd < 0 ? -errno : fd;
 }
 
@@ -56,42 +79,39 @@ static char *clean_path(const char *p)
     return out;
 }
 
-/* Does a symlink at `path` with target `target` point inside the tree? */
-static bool link_target_inside(const char *path, const char *target)
+static unsigned components(const char *path)
 {
-    int depth = 0;
+    unsigned n = 1;
     for (const char *p = path; (p = strchr(p, '/')); p++)
-        depth++; /* the directories the link lies in */
-    return path_walk_depth(target, depth) >= 0;
+        n++;
+    return n;
 }
 
-/* Creates the parent directories of path beneath root_fd and returns an fd
- * of the last one (or -errno). */
-static int make_parents(int root_fd, const char *path)
+/* The unit of a path of 3 or more components: its first two
+ * ("lib/web-2.0.1"), as a new string; *rest points after it. */
+static char *unit_of(const char *path, const char **rest)
 {
-    int fd = dup(root_fd);
-    const char *p = path, *slash;
-    while (fd >= 0 && (slash = strchr(p, '/'))) {
-        char *comp = xstrndup(p, (size_t)(slash - p));
-        if (mkdirat(fd, comp, 0755) < 0 && errno != EEXIST) {
-            free(comp);
-            close(fd);
-            return -errno;
-        }
-        int next = open_dir_beneath(fd, comp);
-        free(comp);
-        close(fd);
-        fd = next;
-        p = slash + 1;
-    }
-    return fd < 0 ? (fd == -1 ? -errno : fd) : fd;
+    const char *slash = strchr(strchr(path, '/') + 1, '/');
+    *rest = slash + 1;
+    return xstrndup(path, (size_t)(slash - path));
+}
+
+/* Does a symlink at `path` with target `target` point inside the archive,
+ * read as text? (The first, cheap refusal; on disk is decisive.) */
+static bool link_target_inside(const char *path, const char *target)
+{
+    return path_walk_depth(target, (int)components(path) - 1) >= 0;
 }
 
 typedef struct Extract {
     struct archive *a;
     int staging_fd;
-    uint64_t limit, total;
-    size_t entries;
+    StoreLimits lim;
+    uint64_t total, entries;
+    StrVec regular;     /* regular files created (hard links too), for hard links and fsync */
+    StrMap regular_idx; /* into regular; keys borrowed */
+    StrVec dirs;        /* directories created, parents first */
+    StrVec links;       /* symlinks created, resolved once every entry is in */
     Diag *diag;
 } Extract;
 
@@ -107,8 +127,45 @@ static int fail(Extract *x, const char *fmt, ...)
     return -EINVAL;
 }
 
-static int extract_file(Extract *x, int dirfd, const char *leaf, const char *path, mode_t mode)
+static int over_bytes(Extract *x)
 {
+    return fail(x, "the archive unpacks to more than the limit of %llu bytes (max_unpacked_bytes)",
+                (unsigned long long)x->lim.bytes);
+}
+
+/* Creates the directories of path up to its last "/" beneath the staging
+ * directory, never through a symlink, and returns an fd of the last one
+ * (or -errno). */
+static int make_parents(Extract *x, const char *path)
+{
+    int fd = dup(x->staging_fd);
+    if (fd < 0)
+        return -errno;
+    const char *p = path, *slash;
+    while ((slash = strchr(p, '/'))) {
+        char *comp = xstrndup(p, (size_t)(slash - p));
+        if (mkdirat(fd, comp, 0755) == 0) {
+            strvec_push_take(&x->dirs, xstrndup(path, (size_t)(slash - path)));
+        } else if (errno != EEXIST) {
+            int r = -errno;
+            free(comp);
+            close(fd);
+            return r;
+        }
+        int next = open_dir_nofollow(fd, comp);
+        free(comp);
+        close(fd);
+        if (next < 0)
+            return next;
+        fd = next;
+        p = slash + 1;
+    }
+    return fd;
+}
+
+static int extract_file(Extract *x, int dirfd, const char *leaf, const char *path, struct archive_entry *e)
+{
+    mode_t mode = archive_entry_mode(e);
     int fd = openat(dirfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode & 0111) ? 0755 : 0644);
     if (fd < 0)
         return errno == EEXIST ? fail(x, "%s: the archive holds it twice", path)
@@ -116,22 +173,85 @@ static int extract_file(Extract *x, int dirfd, const char *leaf, const char *pat
     const void *buf;
     size_t size;
     la_int64_t off;
+    uint64_t end = 0; /* the file's size so far: holes count */
     int r = 0, rc;
     while ((rc = archive_read_data_block(x->a, &buf, &size, &off)) == ARCHIVE_OK) {
-        x->total += size;
-        if (x->total > x->limit) {
-            r = fail(x, "the archive unpacks to more than the limit of %llu bytes", (unsigned long long)x->limit);
+        if (off < 0 || (uint64_t)off + size > x->lim.bytes) {
+            r = over_bytes(x);
             break;
         }
-        if (pwrite(fd, buf, size, off) != (ssize_t)size) {
-            r = fail(x, "%s: cannot write: %s", path, strerror(errno));
+        if ((uint64_t)off + size > end) {
+            x->total += (uint64_t)off + size - end;
+            end = (uint64_t)off + size;
+        }
+        if (x->total > x->lim.bytes) {
+            r = over_bytes(x);
             break;
         }
+        for (size_t done = 0; done < size;) {
+            ssize_t n = pwrite(fd, (const char *)buf + done, size - done, off + (off_t)done);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                r = fail(x, "%s: cannot write: %s", path, n < 0 ? strerror(errno) : "no space");
+                break;
+            }
+            done += (size_t)n;
+        }
+        if (r < 0)
+            break;
     }
     if (r == 0 && rc != ARCHIVE_EOF)
         r = fail(x, "corrupt or truncated archive at %s: %s", path, archive_error_string(x->a));
+    la_int64_t declared = archive_entry_size_is_set(e) ? archive_entry_size(e) : 0;
+    if (r == 0 && declared > 0 && (uint64_t)declared > end) { /* a sparse file's trailing hole */
+        x->total += (uint64_t)declared - end;
+        if (x->total > x->lim.bytes)
+            r = over_bytes(x);
+        else if (ftruncate(fd, (off_t)declared) < 0)
+            r = fail(x, "%s: cannot write: %s", path, strerror(errno));
+    }
+    /* Start writing it out now, while the next entries decompress: the
+     * fsync before the release is moved into place then finds little to do. */
+    if (r == 0)
+        (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
     if (close(fd) < 0 && r == 0)
         r = fail(x, "%s: cannot write: %s", path, strerror(errno));
+    return r;
+}
+
+static void add_regular(Extract *x, const char *path)
+{
+    strvec_push(&x->regular, path);
+    strmap_put(&x->regular_idx, x->regular.v[x->regular.n - 1], x->regular.n - 1);
+}
+
+static int extract_hard_link(Extract *x, int dirfd, const char *leaf, const char *path, const char *hard)
+{
+    char *target = clean_path(hard);
+    int r = 0;
+    if (!target) {
+        r = fail(x, "%s: hard link to '%s' outside the archive refused", path, hard);
+    } else if (!strmap_get(&x->regular_idx, target, NULL)) {
+        r = fail(x, "%s: hard link to '%s' refused: only a regular file the archive created before may be linked", path,
+                 hard);
+    } else {
+        /* Through real directories only, as it was created. */
+        const char *slash = strrchr(target, '/');
+        char *dir = xstrndup(target, (size_t)(slash - target));
+        int tfd = open_dir_nofollow(x->staging_fd, dir);
+        free(dir);
+        if (tfd < 0)
+            r = fail(x, "%s: hard link to '%s': %s", path, hard, strerror(-tfd));
+        else if (linkat(tfd, slash + 1, dirfd, leaf, 0) < 0)
+            r = errno == EEXIST ? fail(x, "%s: the archive holds it twice", path)
+                                : fail(x, "%s: hard link to '%s': %s", path, hard, strerror(errno));
+        else
+            add_regular(x, path);
+        if (tfd >= 0)
+            close(tfd);
+    }
+    free(target);
     return r;
 }
 
@@ -143,6 +263,12 @@ static int extract_entry(Extract *x, struct archive_entry *e)
     if (!path) {
         r = raw && raw[0] == '/' ? fail(x, "%s: absolute path refused", raw)
                                  : fail(x, "%s: path with '..' or empty refused", raw ? raw : "(null)");
+        goto out;
+    }
+    unsigned depth = components(path);
+    if (depth > x->lim.depth) {
+        r = fail(x, "%.200s%s: deeper than the limit of %u path components (max_unpacked_depth)", path,
+                 strlen(path) > 200 ? "..." : "", x->lim.depth);
         goto out;
     }
     if (strncmp(path, "releases/", 9) != 0 && strncmp(path, "lib/", 4) != 0 && strcmp(path, "releases") != 0 &&
@@ -164,47 +290,138 @@ static int extract_entry(Extract *x, struct archive_entry *e)
                                                       : "special file");
         goto out;
     }
-    x->entries++;
+    if (++x->entries > x->lim.files) {
+        r = fail(x, "the archive holds more than the limit of %llu entries (max_unpacked_files)",
+                 (unsigned long long)x->lim.files);
+        goto out;
+    }
     x->total += 512; /* every entry costs something, so a flood of empty files counts */
-    if (x->total > x->limit) {
-        r = fail(x, "the archive unpacks to more than the limit of %llu bytes", (unsigned long long)x->limit);
+    if (x->total > x->lim.bytes) {
+        r = over_bytes(x);
         goto out;
     }
     if (type == AE_IFDIR && !hard) {
         char *with_slash = xasprintf("%s/", path);
-        int fd = make_parents(x->staging_fd, with_slash);
+        int fd = make_parents(x, with_slash);
         free(with_slash);
         if (fd < 0)
-            r = fail(x, "%s: cannot create: %s", path, strerror(-fd));
+            r = fail(x, "%s: cannot create: %s", path,
+                     fd == -ELOOP ? "a symlink of the archive lies in the way" : strerror(-fd));
         else
             close(fd);
         goto out;
     }
-    int dirfd = make_parents(x->staging_fd, path);
-    if (dirfd < 0) {
-        r = fail(x, "%s: cannot create its directory: %s", path, strerror(-dirfd));
+    if (depth < 3) {
+        r = fail(x, "%s: %s in place of a directory refused (files go in releases/<vsn>/ and lib/<app>-<vsn>/)", path,
+                 hard               ? "hard link"
+                 : type == AE_IFLNK ? "symlink"
+                                    : "file");
         goto out;
     }
-    const char *leaf = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    int dirfd = make_parents(x, path);
+    if (dirfd < 0) {
+        r = fail(x, "%s: cannot create its directory: %s", path,
+                 dirfd == -ELOOP ? "a symlink of the archive lies in the way" : strerror(-dirfd));
+        goto out;
+    }
+    const char *leaf = strrchr(path, '/') + 1;
     if (hard) {
-        char *target = clean_path(hard);
-        if (!target)
-            r = fail(x, "%s: hard link to '%s' outside the archive refused", path, hard);
-        else if (linkat(x->staging_fd, target, dirfd, leaf, 0) < 0)
-            r = fail(x, "%s: hard link to '%s': %s", path, hard, strerror(errno));
-        free(target);
+        r = extract_hard_link(x, dirfd, leaf, path, hard);
     } else if (type == AE_IFLNK) {
         const char *target = archive_entry_symlink(e);
-        if (!link_target_inside(path, target))
+        if (!target || !*target || !link_target_inside(path, target))
             r = fail(x, "%s: symlink to '%s' outside the archive refused", path, target ? target : "");
         else if (symlinkat(target, dirfd, leaf) < 0)
-            r = fail(x, "%s: %s", path, strerror(errno));
+            r = errno == EEXIST ? fail(x, "%s: the archive holds it twice", path)
+                                : fail(x, "%s: %s", path, strerror(errno));
+        else
+            strvec_push(&x->links, path);
     } else {
-        r = extract_file(x, dirfd, leaf, path, mode);
+        r = extract_file(x, dirfd, leaf, path, e);
+        if (r == 0)
+            add_regular(x, path);
     }
     close(dirfd);
 out:
     free(path);
+    return r;
+}
+
+/* Every symlink the archive made, resolved on disk through all the others
+ * beneath its own unit: one that leads outside it, or loops, is refused.
+ * One that leads nowhere (its target absent) is harmless: nothing is ever
+ * added to a unit. */
+static int check_links(Extract *x)
+{
+    int r = 0;
+    for (size_t i = 0; i < x->links.n && r == 0; i++) {
+        const char *path = x->links.v[i], *rest;
+        char *unit = unit_of(path, &rest);
+        int ufd = open_dir_nofollow(x->staging_fd, unit);
+        int fd = ufd < 0 ? ufd : store_open_beneath(ufd, rest, O_PATH);
+        if (fd >= 0) {
+            close(fd);
+        } else if (fd != -ENOENT && fd != -ENOTDIR) {
+            char target[4096];
+            ssize_t n = ufd >= 0 ? readlinkat(ufd, rest, target, sizeof(target) - 1) : -1;
+            target[n < 0 ? 0 : n] = 0;
+            r = fd == -EXDEV
+                    ? fail(x, "%s: symlink to '%s' resolves outside %s (through the archive's other links) refused",
+                           path, target, unit)
+                : fd == -ELOOP ? fail(x, "%s: symlink to '%s' refused: a loop, or more than 40 links", path, target)
+                               : fail(x, "%s: symlink to '%s': %s", path, target, strerror(-fd));
+        }
+        if (ufd >= 0)
+            close(ufd);
+        free(unit);
+    }
+    return r;
+}
+
+/* fsync of the files and directories of the units named (prefixes such as
+ * "lib/web-2.0.1"); their writing out began as they were written. */
+static int sync_units(Extract *x, const StrVec *units)
+{
+    int r = 0;
+    for (size_t i = 0; i < x->regular.n && r == 0; i++) {
+        const char *rest;
+        char *unit = unit_of(x->regular.v[i], &rest);
+        if (strvec_contains(units, unit)) {
+            struct open_how how = {.flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC,
+                                   .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
+            int fd = (int)syscall(SYS_openat2, x->staging_fd, x->regular.v[i], &how, sizeof(how));
+            if (fd < 0 && (errno == ENOSYS || errno == EPERM)) {
+                const char *slash = strrchr(x->regular.v[i], '/');
+                char *dir = xstrndup(x->regular.v[i], (size_t)(slash - x->regular.v[i]));
+                int dfd = open_dir_nofollow(x->staging_fd, dir);
+                fd = dfd < 0 ? -1 : openat(dfd, slash + 1, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+                if (dfd >= 0)
+                    close(dfd);
+                free(dir);
+            }
+            if (fd < 0 || fsync(fd) < 0)
+                r = fail(x, "%s: cannot write it to disk: %s", x->regular.v[i], strerror(errno));
+            if (fd >= 0)
+                close(fd);
+        }
+        free(unit);
+    }
+    for (size_t i = x->dirs.n; i-- > 0 && r == 0;) { /* children before their parents */
+        if (components(x->dirs.v[i]) < 2)
+            continue; /* releases/ and lib/ of the staging directory: only renamed out of */
+        const char *rest;
+        char *with_slash = xasprintf("%s/", x->dirs.v[i]);
+        char *unit = unit_of(with_slash, &rest);
+        if (strvec_contains(units, unit)) {
+            int fd = open_dir_nofollow(x->staging_fd, x->dirs.v[i]);
+            if (fd < 0 || fsync(fd) < 0)
+                r = fail(x, "%s: cannot write it to disk: %s", x->dirs.v[i], strerror(fd < 0 ? -fd : errno));
+            if (fd >= 0)
+                close(fd);
+        }
+        free(unit);
+        free(with_slash);
+    }
     return r;
 }
 
@@ -245,11 +462,14 @@ void store_remove_tree(const char *path)
     free(copy);
 }
 
-/* The names of a directory's entries (no "." and ".."). */
-static StrVec list_dir(const char *path)
+/* The names of the directory rel beneath dirfd (no "." and ".."), sorted. */
+static StrVec list_dir(int dirfd, const char *rel)
 {
     StrVec v = {0};
-    DIR *d = opendir(path);
+    int fd = open_dir_nofollow(dirfd, rel);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d && fd >= 0)
+        close(fd);
     for (struct dirent *e; d && (e = readdir(d));)
         if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
             strvec_push(&v, e->d_name);
@@ -258,24 +478,116 @@ static StrVec list_dir(const char *path)
     return v;
 }
 
-static bool same_file(const char *a, const char *b)
+/* Does application directory name (in lib/) of the staging directory have
+ * the content of the one installed? Says why not in diag. */
+static bool same_app(Extract *x, int lib_fd, const char *name)
 {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    bool same =
-        store_read_file(a, &x, &nx) == 0 && store_read_file(b, &y, &ny) == 0 && nx == ny && memcmp(x, y, nx) == 0;
-    free(x);
-    free(y);
-    return same;
+    int mine = open_dir_nofollow(x->staging_fd, "lib"), theirs = -1, r = 0;
+    unsigned char a[STORE_HASH_SIZE], b[STORE_HASH_SIZE];
+    int staged = mine < 0 ? mine : open_dir_nofollow(mine, name);
+    if (staged < 0 || (r = store_hash_tree(staged, a)) < 0) {
+        fail(x, "lib/%s: cannot read the staged copy: %s", name, strerror(-(staged < 0 ? staged : r)));
+        r = -1;
+    } else if ((theirs = openat(lib_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0 ||
+               (r = store_hash_tree(theirs, b)) < 0) {
+        fail(x, "lib/%s: cannot read the copy already installed: %s", name, strerror(theirs < 0 ? errno : -r));
+        r = -1;
+    } else if (memcmp(a, b, sizeof(a)) != 0) {
+        char ha[STORE_HASH_SIZE * 2 + 1], hb[STORE_HASH_SIZE * 2 + 1];
+        store_hash_hex(a, ha);
+        store_hash_hex(b, hb);
+        fail(x,
+             "lib/%s: this application version is already installed with different content "
+             "(sha256 %.12s here, %.12s installed); give the changed application a new version",
+             name, ha, hb);
+        r = -1;
+    }
+    for (int *fd = (int[]){mine, staged, theirs}, k = 0; k < 3; k++)
+        if (fd[k] >= 0)
+            close(fd[k]);
+    return r == 0;
 }
 
-/* Checks the staged tree against its definitions and the root, then moves
- * it into place. */
-static int install_staged(const char *root, const char *staging, char **ret_vsn, char **ret_name, Diag *diag)
+/* Opens ROOT/<name>/, creating it (and syncing ROOT then) when missing. */
+static int open_root_dir(int root_fd, const char *name)
 {
-    char *rels_dir = store_path_releases(staging);
-    StrVec rels = list_dir(rels_dir);
-    free(rels_dir);
+    if (mkdirat(root_fd, name, 0755) == 0)
+        (void)fsync(root_fd);
+    int fd = openat(root_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+/* Under the root's lock: the version not present, application versions
+ * already installed identical, then the moves (applications first, the
+ * release last, so a release is never visible before its applications),
+ * each directory that changed synced. */
+static int move_into_place(Extract *x, const char *root, const char *vsn, const StrVec *libs, StrVec *to_sync)
+{
+    int root_fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd < 0)
+        return fail(x, "%s: cannot open the root: %s", root, strerror(errno));
+    int lib_fd = open_root_dir(root_fd, "lib"), rel_fd = open_root_dir(root_fd, "releases");
+    int lock_fd = openat(root_fd, "unpack.lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int s_lib = open_dir_nofollow(x->staging_fd, "lib"), s_rel = open_dir_nofollow(x->staging_fd, "releases");
+    int r = 0;
+    if (lib_fd < 0 || rel_fd < 0 || lock_fd < 0 || s_rel < 0)
+        r = fail(x, "%s: cannot open lib/, releases/ or unpack.lock: %s", root,
+                 strerror(lib_fd < 0   ? -lib_fd
+                          : rel_fd < 0 ? -rel_fd
+                                       : errno));
+    while (r == 0 && flock(lock_fd, LOCK_EX) < 0)
+        if (errno != EINTR)
+            r = fail(x, "%s/unpack.lock: %s", root, strerror(errno));
+    struct stat st;
+    if (r == 0 && fstatat(rel_fd, vsn, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        r = fail(x, "release %s is already present", vsn);
+    StrVec moving = {0}, moved = {0};
+    for (size_t i = 0; r == 0 && i < libs->n; i++) {
+        if (fstatat(lib_fd, libs->v[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            strvec_push(&moving, libs->v[i]);
+            char *unit = xasprintf("lib/%s", libs->v[i]);
+            if (!strvec_contains(to_sync, unit)) { /* installed a moment ago, removed since */
+                StrVec one = {0};
+                strvec_push(&one, unit);
+                r = sync_units(x, &one);
+                strvec_clear(&one);
+            }
+            free(unit);
+        } else if (!same_app(x, lib_fd, libs->v[i])) {
+            r = -EINVAL;
+        }
+    }
+    for (size_t i = 0; r == 0 && i < moving.n; i++) {
+        if (renameat2(s_lib, moving.v[i], lib_fd, moving.v[i], RENAME_NOREPLACE) == 0)
+            strvec_push(&moved, moving.v[i]);
+        else
+            r = -errno;
+    }
+    if (r == 0 && renameat2(s_rel, vsn, rel_fd, vsn, RENAME_NOREPLACE) < 0)
+        r = -errno;
+    if (r < 0 && r != -EINVAL) {
+        fail(x, "cannot move release %s into place: %s", vsn, strerror(-r));
+        for (size_t i = 0; i < moved.n; i++) /* put back what moved */
+            (void)renameat(lib_fd, moved.v[i], s_lib, moved.v[i]);
+        r = -EINVAL;
+    }
+    /* The renames, on disk before the release is recorded. */
+    if (r == 0 && ((moved.n && fsync(lib_fd) < 0) || fsync(rel_fd) < 0))
+        r = fail(x, "cannot write release %s's directories to disk: %s", vsn, strerror(errno));
+    strvec_clear(&moving);
+    strvec_clear(&moved);
+    for (int *fd = (int[]){lock_fd, s_lib, s_rel, lib_fd, rel_fd, root_fd}, k = 0; k < 6; k++)
+        if (fd[k] >= 0)
+            close(fd[k]); /* the lock goes with lock_fd */
+    return r;
+}
+
+/* Checks the staged tree against its definitions and the root, makes it
+ * durable, then moves it into place. */
+static int install_staged(Extract *x, const char *root, const char *staging, char **ret_vsn, char **ret_name)
+{
+    Diag *diag = x->diag;
+    StrVec rels = list_dir(x->staging_fd, "releases");
     if (rels.n != 1) {
         diag_error(diag, "a release tarball holds exactly one releases/<vsn>/ (this one holds %zu)", rels.n);
         strvec_clear(&rels);
@@ -286,12 +598,10 @@ static int install_staged(const char *root, const char *staging, char **ret_vsn,
     int r = store_load_release(staging, vsn, &rel, diag);
     if (r < 0) {
         strvec_clear(&rels);
-        return r < 0 && r != -EINVAL ? -EINVAL : r;
+        return -EINVAL;
     }
     /* Every application directory must belong to the release. */
-    char *lib_dir = xasprintf("%s/lib", staging);
-    StrVec libs = list_dir(lib_dir);
-    free(lib_dir);
+    StrVec libs = list_dir(x->staging_fd, "lib");
     for (size_t i = 0; i < libs.n; i++) {
         bool used = false;
         for (size_t a = 0; a < rel->n_apps && !used; a++) {
@@ -304,64 +614,37 @@ static int install_staged(const char *root, const char *staging, char **ret_vsn,
     }
     char *dest = store_path_release_dir(root, vsn);
     struct stat st;
-    if (stat(dest, &st) == 0)
+    if (lstat(dest, &st) == 0)
         diag_error(diag, "release %s is already present", vsn);
-    /* An application version already installed must be the same. */
+    free(dest);
+    /* What will move: the release, and the applications not installed yet
+     * (checked again under the lock). Only those need to reach the disk. */
+    StrVec to_sync = {0};
+    strvec_push_take(&to_sync, store_path_release_dir(NULL, vsn));
     for (size_t i = 0; i < libs.n; i++) {
-        char *mine = xasprintf("%s/lib/%s/app.yaml", staging, libs.v[i]);
-        char *theirs = xasprintf("%s/lib/%s/app.yaml", root, libs.v[i]);
-        if (stat(theirs, &st) == 0 && !same_file(mine, theirs))
-            diag_error(diag, "lib/%s differs from the copy already installed", libs.v[i]);
-        free(mine);
-        free(theirs);
+        char *installed = xasprintf("%s/lib/%s", root, libs.v[i]);
+        if (lstat(installed, &st) < 0)
+            strvec_push_take(&to_sync, xasprintf("lib/%s", libs.v[i]));
+        free(installed);
     }
-    if (diag_n_errors(diag)) {
-        r = -EINVAL;
-        goto done;
-    }
-    /* Move: new application directories first, the release last, so that a
-     * release is never visible before its applications. */
-    char *lib_root = xasprintf("%s/lib", root), *rel_root = xasprintf("%s/releases", root);
-    mkdir(lib_root, 0755);
-    mkdir(rel_root, 0755);
-    StrVec moved = {0};
-    for (size_t i = 0; i < libs.n && r == 0; i++) {
-        char *from = xasprintf("%s/lib/%s", staging, libs.v[i]), *to = xasprintf("%s/%s", lib_root, libs.v[i]);
-        if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
-            strvec_push(&moved, libs.v[i]);
-        else if (errno != EEXIST)
-            r = -errno;
-        free(from);
-        free(to);
-    }
-    char *from = xasprintf("%s/releases/%s", staging, vsn);
-    if (r == 0 && renameat2(AT_FDCWD, from, AT_FDCWD, dest, RENAME_NOREPLACE) < 0)
-        r = -errno;
-    if (r < 0) {
-        diag_error(diag, "cannot move release %s into place: %s", vsn, strerror(-r));
-        for (size_t i = 0; i < moved.n; i++) { /* put back what moved */
-            char *a = xasprintf("%s/%s", lib_root, moved.v[i]), *b = xasprintf("%s/lib/%s", staging, moved.v[i]);
-            rename(a, b);
-            free(a);
-            free(b);
-        }
-    } else {
+    if (diag_n_errors(diag) == 0)
+        r = sync_units(x, &to_sync);
+    if (diag_n_errors(diag) == 0)
+        r = move_into_place(x, root, vsn, &libs, &to_sync);
+    if (diag_n_errors(diag) == 0 && r == 0) {
         *ret_vsn = xstrdup(vsn);
         *ret_name = xstrdup(rel->name);
+    } else {
+        r = -EINVAL;
     }
-    free(from);
-    free(lib_root);
-    free(rel_root);
-    strvec_clear(&moved);
-done:
-    free(dest);
+    strvec_clear(&to_sync);
     strvec_clear(&libs);
     strvec_clear(&rels);
     release_def_free(rel);
     return r;
 }
 
-int store_unpack(const char *root, int fd, uint64_t limit, char **ret_vsn, char **ret_name, Diag *diag)
+int store_unpack(const char *root, int fd, const StoreLimits *limits, char **ret_vsn, char **ret_name, Diag *diag)
 {
     char *tmp = store_path_tmp(root);
     mkdir(tmp, 0700);
@@ -373,8 +656,8 @@ int store_unpack(const char *root, int fd, uint64_t limit, char **ret_vsn, char 
         free(staging);
         return r;
     }
-    Extract x = {.a = archive_read_new(), .limit = limit, .diag = diag};
-    x.staging_fd = open(staging, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    Extract x = {.a = archive_read_new(), .lim = *limits, .diag = diag};
+    x.staging_fd = open(staging, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     archive_read_support_filter_all(x.a);
     archive_read_support_format_all(x.a);
     int r = 0;
@@ -395,10 +678,16 @@ int store_unpack(const char *root, int fd, uint64_t limit, char **ret_vsn, char 
             r = fail(&x, "empty archive: no release in it");
     }
     archive_read_free(x.a);
+    if (r == 0)
+        r = check_links(&x);
+    if (r == 0)
+        r = install_staged(&x, root, staging, ret_vsn, ret_name);
     if (x.staging_fd >= 0)
         close(x.staging_fd);
-    if (r == 0)
-        r = install_staged(root, staging, ret_vsn, ret_name, diag);
+    strmap_clear(&x.regular_idx);
+    strvec_clear(&x.regular);
+    strvec_clear(&x.dirs);
+    strvec_clear(&x.links);
     store_remove_tree(staging);
     free(staging);
     return r;

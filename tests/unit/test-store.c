@@ -1,5 +1,8 @@
 /* store: a release root on a real file system in a temporary directory. */
+#include <archive.h>
+#include <archive_entry.h>
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -453,6 +456,212 @@ START_TEST(hash_tree_refuses_special_files)
 }
 END_TEST
 
+/* ---- store_unpack on tarballs made here ------------------------------------------ */
+
+typedef struct TarEntry {
+    const char *path;
+    char type; /* f file, x executable file, d directory, l symlink, h hard link */
+    const char *data_or_target;
+} TarEntry;
+
+static char *tar_of(const TarEntry *es, size_t n)
+{
+    char *path = xasprintf("%s.tar", root);
+    struct archive *a = archive_write_new();
+    ck_assert_int_eq(archive_write_set_format_pax_restricted(a), ARCHIVE_OK);
+    ck_assert_int_eq(archive_write_open_filename(a, path), ARCHIVE_OK);
+    for (size_t i = 0; i < n; i++) {
+        struct archive_entry *e = archive_entry_new();
+        archive_entry_set_pathname(e, es[i].path);
+        const char *v = es[i].data_or_target ? es[i].data_or_target : "";
+        switch (es[i].type) {
+        case 'd':
+            archive_entry_set_filetype(e, AE_IFDIR);
+            archive_entry_set_perm(e, 0755);
+            break;
+        case 'l':
+            archive_entry_set_filetype(e, AE_IFLNK);
+            archive_entry_set_perm(e, 0777);
+            archive_entry_set_symlink(e, v);
+            break;
+        case 'h':
+            archive_entry_set_filetype(e, AE_IFREG);
+            archive_entry_set_perm(e, 0644);
+            archive_entry_set_hardlink(e, v);
+            break;
+        default:
+            archive_entry_set_filetype(e, AE_IFREG);
+            archive_entry_set_perm(e, es[i].type == 'x' ? 0755 : 0644);
+            archive_entry_set_size(e, (la_int64_t)strlen(v));
+        }
+        ck_assert_int_eq(archive_write_header(a, e), ARCHIVE_OK);
+        if ((es[i].type == 'f' || es[i].type == 'x') && *v)
+            ck_assert_int_eq(archive_write_data(a, v, strlen(v)), (la_ssize_t)strlen(v));
+        archive_entry_free(e);
+    }
+    ck_assert_int_eq(archive_write_close(a), ARCHIVE_OK);
+    archive_write_free(a);
+    return path;
+}
+
+static const StoreLimits big = {.bytes = 1 << 20, .files = 1000, .depth = 16};
+
+static int unpack(const TarEntry *es, size_t n, const StoreLimits *lim, char **vsn)
+{
+    char *path = tar_of(es, n);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    char *name = NULL;
+    *vsn = NULL;
+    int r = store_unpack(root, fd, lim, vsn, &name, &d);
+    close(fd);
+    unlink(path);
+    free(path);
+    free(name);
+    char *tmp = xasprintf("%s/tmp", root);
+    DIR *dir = opendir(tmp);
+    int left = 0;
+    for (struct dirent *e; dir && (e = readdir(dir));)
+        left += e->d_name[0] != '.';
+    if (dir)
+        closedir(dir);
+    free(tmp);
+    ck_assert_msg(left == 0, "a staging directory is left");
+    return r;
+}
+
+#define REL3                                                                                                           \
+    {                                                                                                                  \
+        "releases/3/release.yaml", 'f', "release: r\nvsn: \"3\"\napplications: [{name: a, vsn: \"1\"}]\n"              \
+    }
+#define APP1                                                                                                           \
+    {                                                                                                                  \
+        "lib/a-1/app.yaml", 'f',                                                                                       \
+            "name: a\nvsn: \"1\"\nmodules: [m, n]\nprocesses: [{name: p, exec: bin/p, modules: [m]}]\n"                \
+    }
+#define APP1_FILES                                                                                                     \
+    APP1, {"lib/a-1/modules/n.so", 'f', "n"},                                                                          \
+    {                                                                                                                  \
+        "lib/a-1/bin/p", 'x', "#!/bin/sh\n"                                                                            \
+    }
+
+static bool exists(const char *rel)
+{
+    char *p = xasprintf("%s/%s", root, rel);
+    struct stat st;
+    bool yes = lstat(p, &st) == 0;
+    free(p);
+    return yes;
+}
+
+START_TEST(unpack_refuses_a_chain_that_climbs_out)
+{
+    const TarEntry es[] = {REL3,
+                           APP1_FILES,
+                           {"lib/a-1/modules/m.so", 'f', "m version 1"},
+                           {"lib/a-1/L1", 'l', "../.."},
+                           {"lib/a-1/L2", 'l', "L1/.."},
+                           {"lib/a-1/L3", 'l', "L2/.."}};
+    char *vsn;
+    ck_assert_int_eq(unpack(es, sizeof(es) / sizeof(*es), &big, &vsn), -EINVAL);
+    ck_assert_int_eq(d.errors.n, 1);
+    ck_assert_error("lib/a-1/L1: symlink to '../..' resolves outside lib/a-1");
+    ck_assert(!exists("releases/3"));
+}
+END_TEST
+
+START_TEST(unpack_refuses_hard_links_but_to_its_own_files)
+{
+    static const TarEntry chain[] = {
+        {"lib/a-9/L1", 'l', "../.."}, {"lib/a-9/L2", 'l', "L1/.."}, {"lib/a-9/h", 'h', "lib/a-9/L2/lib/a-1/app.yaml"}};
+    static const TarEntry to_link[] = {{"lib/a-9/s", 'l', "x"}, {"lib/a-9/h", 'h', "lib/a-9/s"}};
+    static const TarEntry to_dir[] = {{"lib/a-9/x/y", 'f', "y"}, {"lib/a-9/h", 'h', "lib/a-9/x"}};
+    static const TarEntry later[] = {{"lib/a-9/h", 'h', "lib/a-9/later"}, {"lib/a-9/later", 'f', "x"}};
+    static const TarEntry installed[] = {{"lib/a-9/h", 'h', "lib/a-1/app.yaml"}};
+    struct {
+        const TarEntry *es;
+        size_t n;
+    } cases[] = {{chain, 3}, {to_link, 2}, {to_dir, 2}, {later, 2}, {installed, 1}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        char *vsn;
+        diag_clear(&d);
+        ck_assert_int_eq(unpack(cases[i].es, cases[i].n, &big, &vsn), -EINVAL);
+        ck_assert_int_eq(d.errors.n, 1);
+        ck_assert_msg(strstr(d.errors.v[0], "only a regular file the archive created before may be linked"), "%s",
+                      d.errors.v[0]);
+    }
+    struct stat st;
+    char *p = xasprintf("%s/lib/a-1/app.yaml", root);
+    ck_assert_int_eq(stat(p, &st), 0);
+    ck_assert_int_eq(st.st_nlink, 1);
+    free(p);
+}
+END_TEST
+
+START_TEST(unpack_limits_one_line_each)
+{
+    static const TarEntry es[] = {
+        {"releases/3/release.yaml", 'f', "release: r\nvsn: \"3\"\napplications: [{name: b, vsn: \"1\"}]\n"},
+        {"lib/b-1/app.yaml", 'f', "name: b\nvsn: \"1\"\nmodules: [m]\n"},
+        {"lib/b-1/modules/m.so", 'f', "m"},
+        {"lib/b-1/priv/a/b/c/d", 'f', "deep"},
+        {"lib/b-1/priv/x", 'f', "x"},
+        {"lib/b-1/priv/y", 'f', "y"}};
+    char *vsn;
+    StoreLimits files = big, depth = big, bytes = big;
+    files.files = 5;
+    depth.depth = 6;
+    bytes.bytes = 6 * 512 + 10;
+    ck_assert_int_eq(unpack(es, 6, &files, &vsn), -EINVAL);
+    ck_assert_int_eq(d.errors.n, 1);
+    ck_assert_str_eq(d.errors.v[0], "the archive holds more than the limit of 5 entries (max_unpacked_files)");
+    diag_clear(&d);
+    ck_assert_int_eq(unpack(es, 6, &depth, &vsn), -EINVAL);
+    ck_assert_int_eq(d.errors.n, 1);
+    ck_assert_str_eq(d.errors.v[0],
+                     "lib/b-1/priv/a/b/c/d: deeper than the limit of 6 path components (max_unpacked_depth)");
+    diag_clear(&d);
+    ck_assert_int_eq(unpack(es, 6, &bytes, &vsn), -EINVAL);
+    ck_assert_int_eq(d.errors.n, 1);
+    ck_assert_str_eq(d.errors.v[0], "the archive unpacks to more than the limit of 3082 bytes (max_unpacked_bytes)");
+    diag_clear(&d);
+    depth.depth = 7;
+    files.files = 6;
+    files.depth = 7;
+    ck_assert_msg(unpack(es, 6, &files, &vsn) == 0, "%s", test_diag_text(&d)); /* exactly at the limits */
+    ck_assert_str_eq(vsn, "3");
+    free(vsn);
+}
+END_TEST
+
+START_TEST(unpack_compares_applications_by_content)
+{
+    /* Release 3 reuses a-1: with another m.so it is refused, with the same
+     * files it is accepted and the installed copy stays. */
+    static const TarEntry other[] = {REL3, APP1_FILES, {"lib/a-1/modules/m.so", 'f', "m version 1, changed"}};
+    static const TarEntry same[] = {REL3, APP1_FILES, {"lib/a-1/modules/m.so", 'f', "m version 1"}};
+    char *p = xasprintf("%s/lib/a-1/modules/m.so", root);
+    struct stat before, after;
+    ck_assert_int_eq(stat(p, &before), 0);
+    char *vsn;
+    ck_assert_int_eq(unpack(other, 5, &big, &vsn), -EINVAL);
+    ck_assert_int_eq(d.errors.n, 1);
+    ck_assert_error("lib/a-1: this application version is already installed with different content (sha256 ");
+    ck_assert(!exists("releases/3"));
+    diag_clear(&d);
+    /* The fixture's files as an unpack makes them: 0644, 0755 when executable. */
+    SH("chmod 0644 '%1$s/lib/a-1/app.yaml' '%1$s/lib/a-1/modules/m.so' '%1$s/lib/a-1/modules/n.so' && "
+       "chmod 0755 '%1$s/lib/a-1/bin/p' '%1$s/lib/a-1' '%1$s/lib/a-1/modules' '%1$s/lib/a-1/bin'");
+    ck_assert_msg(unpack(same, 5, &big, &vsn) == 0, "%s", test_diag_text(&d));
+    ck_assert_str_eq(vsn, "3");
+    free(vsn);
+    ck_assert_int_eq(stat(p, &after), 0);
+    ck_assert_int_eq(before.st_ino, after.st_ino);
+    ck_assert(exists("releases/3/release.yaml") && exists("unpack.lock"));
+    free(p);
+}
+END_TEST
+
 static Suite *store_suite(void)
 {
     Suite *s = suite_create("store");
@@ -488,6 +697,13 @@ static Suite *store_suite(void)
     tcase_add_test(tc, hash_tree_known_answer);
     tcase_add_test(tc, hash_tree_is_content);
     tcase_add_test(tc, hash_tree_refuses_special_files);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("unpack");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, unpack_refuses_a_chain_that_climbs_out);
+    tcase_add_test(tc, unpack_refuses_hard_links_but_to_its_own_files);
+    tcase_add_test(tc, unpack_limits_one_line_each);
+    tcase_add_test(tc, unpack_compares_applications_by_content);
     suite_add_tcase(s, tc);
     return s;
 }
