@@ -5,15 +5,227 @@
 #include <stdarg.h>
 #include <string.h>
 
-/* Parses the first document of buf into c; false after reporting a syntax
- * error. Sets c->empty when the input holds no node content. */
-static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag)
+/* ---- bounds (yamlutil.h) ------------------------------------------------- */
+
+/* libyaml collects %TAG directives comparing each with every one before it,
+ * and resolves every tag against all of them: quadratic before the first
+ * event. Directives stand only in the prologue, the lines before the first
+ * "---" or content, so counting lines that start with '%' there is exact. */
+static bool check_directives(const char *file, const char *buf, size_t len, Diag *diag)
 {
-    *c = (YamlCtx){.file = file, .diag = diag};
+    size_t p = len >= 3 && memcmp(buf, "\xef\xbb\xbf", 3) == 0 ? 3 : 0;
+    int n = 0;
+    for (int line = 1; p < len; line++) {
+        const char *eol = memchr(buf + p, '\n', len - p);
+        size_t end = eol ? (size_t)(eol - buf) : len, q = p;
+        while (q < end && (buf[q] == ' ' || buf[q] == '\t' || buf[q] == '\r'))
+            q++;
+        if (buf[p] == '%' && ++n > YAML_MAX_DIRECTIVES) {
+            diag_error_at(diag, file, line, 1,
+                          "more than %d directives (lines starting with '%%'; the limit per document)",
+                          YAML_MAX_DIRECTIVES);
+            return false;
+        }
+        if (buf[p] != '%' && q < end && buf[q] != '#')
+            break; /* "---" or content: the prologue is over */
+        p = end + 1;
+    }
+    return true;
+}
+
+typedef struct Anchor {
+    char *name;
+    size_t nodes, bytes; /* what an alias to it stands for */
+    int height;          /* collections nested in it, itself included */
+    bool open;           /* a collection not ended yet: an alias to it is a cycle */
+} Anchor;
+
+typedef struct Frame {
+    size_t nodes, bytes;
+    int height;
+    int anchor; /* index into the anchors, or -1 */
+} Frame;
+
+typedef struct Bounds {
+    const char *file;
+    Diag *diag;
+    size_t max_nodes, nodes, alias_nodes, alias_bytes;
+    Frame stack[YAML_MAX_DEPTH + 1]; /* stack[0] holds the root */
+    int depth;                       /* open collections */
+    Anchor anchors[YAML_MAX_ANCHORS];
+    int n_anchors;
+} Bounds;
+
+static void bounds_error(Bounds *b, const yaml_event_t *e, const char *fmt, ...) UTIL_PRINTF(3, 4);
+static void bounds_error(Bounds *b, const yaml_event_t *e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = xvasprintf(fmt, ap);
+    va_end(ap);
+    diag_error_at(b->diag, b->file, (int)e->start_mark.line + 1, (int)e->start_mark.column + 1, "%s", msg);
+    free(msg);
+}
+
+/* A node of nodes/bytes/height (its collections) joins the open collection. */
+static void bounds_add(Bounds *b, size_t nodes, size_t bytes, int height)
+{
+    Frame *f = &b->stack[b->depth];
+    f->nodes += nodes;
+    f->bytes += bytes;
+    if (height + 1 > f->height)
+        f->height = height + 1;
+}
+
+/* Registers the anchor of a node; 0 when there is none or it was taken,
+ * 1 when libyaml will refuse it (a duplicate: stop counting here), -1 after
+ * reporting too many. */
+static int bounds_anchor(Bounds *b, const yaml_event_t *e, const yaml_char_t *name, int *index)
+{
+    *index = -1;
+    if (!name)
+        return 0;
+    for (int i = 0; i < b->n_anchors; i++)
+        if (strcmp(b->anchors[i].name, (const char *)name) == 0)
+            return 1;
+    if (b->n_anchors == YAML_MAX_ANCHORS) {
+        bounds_error(b, e, "more than %d anchors (the limit per document)", YAML_MAX_ANCHORS);
+        return -1;
+    }
+    *index = b->n_anchors;
+    b->anchors[b->n_anchors++] = (Anchor){.name = xstrdup((const char *)name), .open = true};
+    return 0;
+}
+
+/* One event; 1 to go on, 0 to stop with no error (the document ended, or
+ * libyaml will report what follows), -1 after reporting a crossed bound. */
+static int bounds_event(Bounds *b, const yaml_event_t *e)
+{
+    int a;
+    switch (e->type) {
+    case YAML_SCALAR_EVENT:
+    case YAML_SEQUENCE_START_EVENT:
+    case YAML_MAPPING_START_EVENT: {
+        if (++b->nodes > b->max_nodes) {
+            bounds_error(b, e, "more than %zu nodes (the limit for this document)", b->max_nodes);
+            return -1;
+        }
+        const yaml_char_t *anchor = e->type == YAML_SCALAR_EVENT           ? e->data.scalar.anchor
+                                    : e->type == YAML_SEQUENCE_START_EVENT ? e->data.sequence_start.anchor
+                                                                           : e->data.mapping_start.anchor;
+        int r = bounds_anchor(b, e, anchor, &a);
+        if (r != 0)
+            return r > 0 ? 0 : -1;
+        if (e->type == YAML_SCALAR_EVENT) {
+            bounds_add(b, 1, e->data.scalar.length, 0);
+            if (a >= 0)
+                b->anchors[a] = (Anchor){b->anchors[a].name, 1, e->data.scalar.length, 0, false};
+            return 1;
+        }
+        if (b->depth == YAML_MAX_DEPTH) {
+            bounds_error(b, e, "collections nested more than %d deep (the limit per document)", YAML_MAX_DEPTH);
+            return -1;
+        }
+        b->stack[++b->depth] = (Frame){.nodes = 1, .height = 1, .anchor = a};
+        return 1;
+    }
+    case YAML_SEQUENCE_END_EVENT:
+    case YAML_MAPPING_END_EVENT: {
+        Frame f = b->stack[b->depth--];
+        if (f.anchor >= 0)
+            b->anchors[f.anchor] = (Anchor){b->anchors[f.anchor].name, f.nodes, f.bytes, f.height, false};
+        bounds_add(b, f.nodes, f.bytes, f.height);
+        return 1;
+    }
+    case YAML_ALIAS_EVENT: {
+        const char *name = (const char *)e->data.alias.anchor;
+        const Anchor *an = NULL;
+        for (int i = 0; i < b->n_anchors && !an; i++)
+            if (strcmp(b->anchors[i].name, name) == 0)
+                an = &b->anchors[i];
+        if (!an)
+            return 0; /* libyaml: "found undefined alias" */
+        if (an->open) {
+            bounds_error(b, e, "alias '*%s' refers to a node that contains it", name);
+            return -1;
+        }
+        b->alias_nodes += an->nodes;
+        b->alias_bytes += an->bytes;
+        if (b->alias_nodes > YAML_MAX_ALIAS_NODES) {
+            bounds_error(b, e, "aliases stand for more than %d nodes in all (the limit per document)",
+                         YAML_MAX_ALIAS_NODES);
+            return -1;
+        }
+        if (b->alias_bytes > YAML_MAX_ALIAS_BYTES) {
+            bounds_error(b, e, "aliases stand for more than %d bytes of text in all (the limit per document)",
+                         YAML_MAX_ALIAS_BYTES);
+            return -1;
+        }
+        if (b->depth + an->height > YAML_MAX_DEPTH) {
+            bounds_error(b, e, "alias '*%s' nests collections more than %d deep (the limit per document)", name,
+                         YAML_MAX_DEPTH);
+            return -1;
+        }
+        bounds_add(b, an->nodes, an->bytes, an->height);
+        return 1;
+    }
+    case YAML_DOCUMENT_END_EVENT:
+    case YAML_STREAM_END_EVENT:
+        return 0;
+    case YAML_NO_EVENT:
+    case YAML_STREAM_START_EVENT:
+    case YAML_DOCUMENT_START_EVENT:
+        break;
+    }
+    return 1;
+}
+
+/* Walks the events of the first document checking every bound; false after
+ * reporting one crossed. A syntax error ends the walk with no error: the
+ * loader, which stops at the same place, reports it. Sets *nodes to the
+ * nodes a walk of the loaded document visits. */
+static bool check_bounds(const char *file, const char *buf, size_t len, size_t max_nodes, size_t *nodes, Diag *diag)
+{
+    if (!check_directives(file, buf, len, diag))
+        return false;
+    Bounds *b = xcalloc(1, sizeof(*b));
+    *b = (Bounds){.file = file, .diag = diag, .max_nodes = max_nodes};
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser))
         abort();
     yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
+    yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
+    int r = 1;
+    while (r > 0) {
+        yaml_event_t e;
+        if (!yaml_parser_parse(&parser, &e))
+            break;
+        r = bounds_event(b, &e);
+        yaml_event_delete(&e);
+    }
+    yaml_parser_delete(&parser);
+    *nodes = b->stack[0].nodes;
+    for (int i = 0; i < b->n_anchors; i++)
+        free(b->anchors[i].name);
+    free(b);
+    return r >= 0;
+}
+
+/* ---- loading --------------------------------------------------------------- */
+
+/* Parses the first document of buf into c; false after reporting a syntax
+ * error or a crossed bound. Sets c->empty when the input holds no node
+ * content. */
+static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len, size_t max_nodes, Diag *diag)
+{
+    *c = (YamlCtx){.file = file, .diag = diag};
+    if (!check_bounds(file, buf, len, max_nodes, &c->nodes, diag))
+        return false;
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser))
+        abort();
+    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
+    yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
     if (!yaml_parser_load(&parser, &c->doc)) {
         yaml_mark_t m = parser.problem_mark;
         diag_error_at(diag, file, (int)m.line + 1, (int)m.column + 1, "%s%s%s",
@@ -31,9 +243,10 @@ static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len,
     return true;
 }
 
-yaml_node_t *yaml_ctx_load(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag)
+yaml_node_t *yaml_ctx_load_limit(YamlCtx *c, const char *file, const char *buf, size_t len, size_t max_nodes,
+                                 Diag *diag)
 {
-    if (!ctx_parse(c, file, buf, len, diag))
+    if (!ctx_parse(c, file, buf, len, max_nodes, diag))
         return NULL;
     yaml_node_t *root = yaml_document_get_root_node(&c->doc);
     if (!root)
@@ -41,9 +254,14 @@ yaml_node_t *yaml_ctx_load(YamlCtx *c, const char *file, const char *buf, size_t
     return root;
 }
 
+yaml_node_t *yaml_ctx_load(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag)
+{
+    return yaml_ctx_load_limit(c, file, buf, len, YAML_MAX_NODES, diag);
+}
+
 yaml_node_t *yaml_ctx_load_optional(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag)
 {
-    if (!ctx_parse(c, file, buf, len, diag) || c->empty)
+    if (!ctx_parse(c, file, buf, len, YAML_MAX_NODES, diag) || c->empty)
         return NULL;
     return yaml_document_get_root_node(&c->doc);
 }
@@ -110,12 +328,39 @@ yaml_node_t *yaml_map_get(YamlCtx *c, yaml_node_t *m, const char *key)
     return NULL;
 }
 
+typedef struct KeyRef {
+    const char *key;
+    size_t index; /* its pair's place in the mapping */
+} KeyRef;
+
+static int keyref_cmp(const void *a, const void *b)
+{
+    const KeyRef *x = a, *y = b;
+    int r = strcmp(x->key, y->key);
+    return r ? r : (x->index > y->index) - (x->index < y->index);
+}
+
 void yaml_map_check_keys(YamlCtx *c, yaml_node_t *m, const char *const *allowed, const char *what)
 {
     if (!m || m->type != YAML_MAPPING_NODE)
         return;
-    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
-        yaml_node_t *kn = yaml_child(c, p->key);
+    /* Duplicates by sorting (stable on the pair's place), not by comparing
+     * every key with every other: a mapping may have a million keys. */
+    size_t n = (size_t)(m->data.mapping.pairs.top - m->data.mapping.pairs.start), n_refs = 0;
+    KeyRef *refs = xmalloc((n + 1) * sizeof(*refs));
+    bool *dup = xcalloc(n + 1, sizeof(*dup));
+    for (size_t i = 0; i < n; i++) {
+        const char *k = yaml_scalar(yaml_child(c, m->data.mapping.pairs.start[i].key));
+        if (k)
+            refs[n_refs++] = (KeyRef){k, i};
+    }
+    qsort(refs, n_refs, sizeof(*refs), keyref_cmp);
+    for (size_t i = 1; i < n_refs; i++)
+        if (strcmp(refs[i - 1].key, refs[i].key) == 0)
+            dup[refs[i].index] = true;
+    free(refs);
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *kn = yaml_child(c, m->data.mapping.pairs.start[i].key);
         const char *k = yaml_scalar(kn);
         if (!k) {
             yaml_error(c, kn, "%s key must be a string, not %s", what, yaml_kind(kn));
@@ -127,14 +372,10 @@ void yaml_map_check_keys(YamlCtx *c, yaml_node_t *m, const char *const *allowed,
                 known = true;
         if (!known)
             yaml_error(c, kn, "unknown key '%s' in %s", k, what);
-        for (yaml_node_pair_t *q = m->data.mapping.pairs.start; q < p; q++) {
-            const char *k2 = yaml_scalar(yaml_child(c, q->key));
-            if (k2 && strcmp(k, k2) == 0) {
-                yaml_error(c, kn, "duplicate key '%s' in %s", k, what);
-                break;
-            }
-        }
+        if (dup[i])
+            yaml_error(c, kn, "duplicate key '%s' in %s", k, what);
     }
+    free(dup);
 }
 
 bool yaml_get_string(YamlCtx *c, yaml_node_t *m, const char *key, bool required, char **out)

@@ -11,19 +11,44 @@
 
 #include "util.h"
 
+/* Bounds on one document (docs/formats.md "Limits"), checked on the event
+ * stream before libyaml builds the document, so that a hostile input costs
+ * work and memory in proportion to its own size and no more: libyaml keeps
+ * an alias as a reference to its anchor's node, and every walk over the
+ * document (checks, yaml_to_json) copies that node once per alias, so a few
+ * hundred bytes of nested aliases (a "billion laughs") would otherwise
+ * stand for 10^9 nodes, and an alias inside its own anchor for infinitely
+ * many. Crossing a bound is one error "file:line:col: what" at the node
+ * that crossed it, and nothing is loaded. */
+#define YAML_MAX_NODES       1000000 /* nodes in the input (yaml_ctx_load) */
+#define YAML_MAX_DEPTH       64      /* collections nested, through aliases too */
+#define YAML_MAX_ALIAS_NODES 100000  /* nodes that all aliases together stand for */
+#define YAML_MAX_ALIAS_BYTES 1048576 /* scalar bytes that all aliases together stand for */
+#define YAML_MAX_ANCHORS     256     /* libyaml looks anchors up linearly */
+#define YAML_MAX_DIRECTIVES  16      /* %TAG/%YAML lines; libyaml compares each with every other */
+
 typedef struct YamlCtx {
     const char *file; /* borrowed, for messages; NULL is "<input>" */
     yaml_document_t doc;
     bool have_doc;
     bool empty; /* the input holds no node content (see yaml_ctx_load_optional) */
     Diag *diag;
+    /* Nodes a walk of the whole document visits: those of the input, and
+     * for each alias the nodes it stands for. At most max_nodes +
+     * YAML_MAX_ALIAS_NODES. */
+    size_t nodes;
 } YamlCtx;
 
 /* Loads the first document of buf; later documents are not read. Reports a
- * syntax error (with position) and returns NULL on failure or when the
- * input holds no document at all; the root node else. Call yaml_ctx_done
- * afterwards whatever it returned. */
+ * syntax error or a crossed bound (with position) and returns NULL on
+ * failure or when the input holds no document at all; the root node else.
+ * The input must be UTF-8. Call yaml_ctx_done afterwards whatever it
+ * returned. */
 yaml_node_t *yaml_ctx_load(YamlCtx *c, const char *file, const char *buf, size_t len, Diag *diag);
+/* Like yaml_ctx_load with max_nodes instead of YAML_MAX_NODES, for the one
+ * kind of document that is large by nature (a stored relup). */
+yaml_node_t *yaml_ctx_load_limit(YamlCtx *c, const char *file, const char *buf, size_t len, size_t max_nodes,
+                                 Diag *diag);
 
 /* Like yaml_ctx_load, for inputs where nothing at all is allowed (a config
  * file whose every setting has a default). An input without node content
@@ -44,7 +69,8 @@ const char *yaml_scalar(const yaml_node_t *n); /* NULL unless a scalar */
 /* Looks key up in a mapping; NULL when absent or when m is no mapping. */
 yaml_node_t *yaml_map_get(YamlCtx *c, yaml_node_t *m, const char *key);
 /* Reports keys of m not in allowed (NULL-terminated) and duplicate keys.
- * what names the mapping in messages ("application", "process"). */
+ * what names the mapping in messages ("application", "process"). Takes
+ * O(k log k) comparisons for k keys. */
 void yaml_map_check_keys(YamlCtx *c, yaml_node_t *m, const char *const *allowed, const char *what);
 
 /* Typed field readers. Each reports its own errors and returns false on

@@ -6,9 +6,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "testbound.h"
 #include "testlib.h"
 #include "util.h"
 #include "yamlutil.h"
+
+TESTBOUND_STRCMP
 
 static Diag d;
 
@@ -938,9 +941,294 @@ START_TEST(yaml_to_json_non_string_keys)
 }
 END_TEST
 
+/* ---- yamlutil: bounds (docs/formats.md "Limits") -------------------------- */
+
+/* Text built with printf-like pieces; the caller frees it. */
+__attribute__((noinline)) static char *text_of(void (*write)(FILE *))
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    write(f);
+    fclose(f);
+    return buf;
+}
+
+/* Nine levels of ten aliases each: 10^9 nodes from 400 bytes. */
+static void write_laughs(FILE *f)
+{
+    fprintf(f, "a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for (int c = 'b'; c <= 'i'; c++)
+        fprintf(f, "%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n", c, c, c - 1, c - 1, c - 1, c - 1,
+                c - 1, c - 1, c - 1, c - 1, c - 1, c - 1);
+}
+
+START_TEST(yaml_bounds_billion_laughs)
+{
+    /* Aliases so far: b 110, c 1,110, d 11,110 nodes; at e, the eighth *d
+     * brings them past 100,000. libyaml alone would load this (an alias is
+     * a reference), and every walk would then copy 10^9 nodes. */
+    char *text = text_of(write_laughs);
+    ck_assert_ptr_null(load(text));
+    ck_assert_uint_eq(d.errors.n, 1);
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:5:36: aliases stand for more than 100000 nodes in all (the limit per "
+                                    "document)");
+    free(text);
+}
+END_TEST
+
+START_TEST(yaml_bounds_alias_in_its_own_anchor)
+{
+    /* libyaml builds a node that contains itself: a walk never ends. */
+    ck_assert_ptr_null(load("a: &a [1, *a]\n"));
+    ck_assert_uint_eq(d.errors.n, 1);
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:1:11: alias '*a' refers to a node that contains it");
+    yaml_ctx_done(&y);
+    diag_clear(&d);
+    ck_assert_ptr_null(load("- &m {k: [x, {j: *m}]}\n"));
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:1:18: alias '*m' refers to a node that contains it");
+}
+END_TEST
+
+START_TEST(yaml_bounds_depth)
+{
+    char *open = repeat('[', 64, 0), *close = repeat(']', 64, 0);
+    char *text = xasprintf("%s%s\n", open, close); /* 64 deep: fine */
+    ck_assert_ptr_nonnull(load(text));
+    ck_assert_no_errors();
+    yaml_ctx_done(&y);
+    free(text);
+    text = xasprintf("%s[]%s\n", open, close);
+    ck_assert_ptr_null(load(text));
+    ck_assert_uint_eq(d.errors.n, 1);
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:1:65: collections nested more than 64 deep (the limit per document)");
+    yaml_ctx_done(&y);
+    diag_clear(&d);
+    free(text);
+    free(open);
+    free(close);
+
+    /* Through an alias: a is 62 deep, b's list puts it at 2 + 62, c's at 3 + 62. */
+    open = repeat('[', 62, 0);
+    close = repeat(']', 62, 0);
+    text = xasprintf("a: &a %s%s\nb: [*a]\n", open, close);
+    ck_assert_ptr_nonnull(load(text));
+    ck_assert_no_errors();
+    yaml_ctx_done(&y);
+    free(text);
+    text = xasprintf("a: &a %s%s\nc: [[*a]]\n", open, close);
+    ck_assert_ptr_null(load(text));
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:2:6: alias '*a' nests collections more than 64 deep (the limit per "
+                                    "document)");
+    free(text);
+    free(open);
+    free(close);
+}
+END_TEST
+
+static void write_million(FILE *f)
+{
+    fputc('[', f);
+    for (int i = 0; i < 1000000; i++)
+        fputs("a,", f);
+    fputs("]\n", f);
+}
+
+START_TEST(yaml_bounds_nodes)
+{
+    /* The list and a million scalars: the last scalar is one too many. */
+    char *text = text_of(write_million);
+    ck_assert_ptr_null(load(text));
+    ck_assert_uint_eq(d.errors.n, 1);
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:1:2000000: more than 1000000 nodes (the limit for this document)");
+    yaml_ctx_done(&y);
+    diag_clear(&d);
+    /* Where a document may be larger. */
+    ck_assert_ptr_nonnull(yaml_ctx_load_limit(&y, "c.yaml", text, strlen(text), 1000001, &d));
+    ck_assert_no_errors();
+    ck_assert_uint_eq(y.nodes, 1000001);
+    free(text);
+}
+END_TEST
+
+static void write_anchors(FILE *f)
+{
+    for (int i = 1; i <= 257; i++)
+        fprintf(f, "- &a%d x\n", i);
+}
+
+START_TEST(yaml_bounds_anchors)
+{
+    char *text = text_of(write_anchors);
+    ck_assert_ptr_null(load(text));
+    ck_assert_uint_eq(d.errors.n, 1);
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:257:3: more than 256 anchors (the limit per document)");
+    free(text);
+}
+END_TEST
+
+static void write_directives(FILE *f)
+{
+    for (int i = 1; i <= 17; i++)
+        fprintf(f, "%s%%TAG !t%d! tag:example.com,2024:%d:\n", i == 3 ? "# a comment\n\n" : "", i, i);
+    fputs("---\na: !t1!x 1\n", f);
+}
+
+START_TEST(yaml_bounds_directives)
+{
+    /* libyaml compares each %TAG with every other: 40,000 lines take 12 s. */
+    char *text = text_of(write_directives);
+    ck_assert_ptr_null(load(text));
+    ck_assert_uint_eq(d.errors.n, 1);
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:19:1: more than 16 directives (lines starting with '%'; the limit per "
+                                    "document)");
+    yaml_ctx_done(&y);
+    diag_clear(&d);
+    /* 16 are fine, and a '%' after the prologue is no directive. */
+    char *cut = strstr(text, "%TAG !t17!");
+    memmove(cut, strchr(cut, '\n') + 1, strlen(strchr(cut, '\n') + 1) + 1);
+    ck_assert_ptr_nonnull(load(text));
+    ck_assert_no_errors();
+    free(text);
+}
+END_TEST
+
+START_TEST(yaml_bounds_alias_bytes)
+{
+    /* Ten aliases to 100,000 bytes are 1,000,000; the eleventh crosses 1 MiB. */
+    char *big = repeat('x', 100000, 0);
+    char *text = xasprintf("a: &a %s\nb: [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n", big);
+    ck_assert_ptr_null(load(text));
+    ck_assert_uint_eq(d.errors.n, 1);
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:2:45: aliases stand for more than 1048576 bytes of text in all (the "
+                                    "limit per document)");
+    free(text);
+    free(big);
+}
+END_TEST
+
+/* Values of a JSON tree, keys counted too (as the YAML nodes they were). */
+static size_t json_count(const json_t *j)
+{
+    size_t n = 1;
+    const char *k;
+    json_t *v;
+    size_t i;
+    if (json_is_array(j))
+        json_array_foreach(j, i, v) n += json_count(v);
+    if (json_is_object(j))
+        json_object_foreach((json_t *)j, k, v) n += 1 + json_count(v);
+    return n;
+}
+
+/* Every bound at its limit, and nothing past it. */
+static void write_worst(FILE *f)
+{
+    for (int i = 1; i <= YAML_MAX_DIRECTIVES; i++)
+        fprintf(f, "%%TAG !t%d! tag:example.com,2024:%d:\n", i, i);
+    fputs("---\ndeep: ", f);
+    for (int i = 1; i < YAML_MAX_DEPTH; i++) /* the root mapping is the first */
+        fputc('[', f);
+    fputs("x", f);
+    for (int i = 1; i < YAML_MAX_DEPTH; i++)
+        fputc(']', f);
+    fputs("\nlist: &l [", f);
+    for (int i = 0; i < 999; i++)
+        fputs("x, ", f);
+    fputs("]\ncopies: [", f);
+    for (int i = 0; i < YAML_MAX_ALIAS_NODES / 1000; i++) /* 1,000 nodes each */
+        fputs("*l, ", f);
+    fputs("]\nanchors:\n", f);
+    for (int i = 1; i < YAML_MAX_ANCHORS; i++)
+        fprintf(f, "  - &a%d !t%d!s x\n", i, 1 + i % YAML_MAX_DIRECTIVES);
+}
+
+static bool worst_case_and_bomb(void)
+{
+    Diag dd = {0};
+    YamlCtx c;
+    char *text = text_of(write_worst);
+    yaml_node_t *root = yaml_ctx_load(&c, "w.yaml", text, strlen(text), &dd);
+    bool ok = root && dd.errors.n == 0;
+    if (!ok)
+        fprintf(stderr, "worst case refused: %s\n", test_diag_text(&dd));
+    /* The walk visits what the bounds allow: the nodes of the input and
+     * 100,000 for the aliases. */
+    size_t raw = 1 /* root */ + 1 + (YAML_MAX_DEPTH - 1) + 1 /* deep */ + 2 + 999 /* list */ + 2 /* copies */ + 2 +
+                 (YAML_MAX_ANCHORS - 1) /* anchors */;
+    if (ok && c.nodes != raw + YAML_MAX_ALIAS_NODES) {
+        fprintf(stderr, "worst case: %zu nodes, not %zu\n", c.nodes, raw + YAML_MAX_ALIAS_NODES);
+        ok = false;
+    }
+    if (ok) {
+        json_t *j = yaml_to_json(&c, root);
+        if (json_count(j) != c.nodes) {
+            fprintf(stderr, "worst case: the walk made %zu values of %zu nodes\n", json_count(j), c.nodes);
+            ok = false;
+        }
+        json_decref(j);
+    }
+    yaml_ctx_done(&c);
+    free(text);
+    diag_clear(&dd);
+
+    /* The bomb, walked as the parsers would walk it, had it loaded. */
+    text = text_of(write_laughs);
+    root = yaml_ctx_load(&c, "w.yaml", text, strlen(text), &dd);
+    if (root) {
+        fprintf(stderr, "billion laughs loaded\n");
+        json_decref(yaml_to_json(&c, root));
+        ok = false;
+    }
+    yaml_ctx_done(&c);
+    free(text);
+    diag_clear(&dd);
+    return ok;
+}
+
+START_TEST(yaml_bounds_worst_case_is_bounded)
+{
+    ck_assert_bounded(worst_case_and_bomb, 256, 10000000);
+}
+END_TEST
+
+static void write_keys(FILE *f)
+{
+    for (int i = 0; i < 200000; i++)
+        fprintf(f, "k%d: 0\n", i);
+    fputs("k5: 1\n", f);
+}
+
+static bool keys_sorted_not_compared_pairwise(void)
+{
+    Diag dd = {0};
+    YamlCtx c;
+    char *text = text_of(write_keys);
+    yaml_node_t *root = yaml_ctx_load(&c, "k.yaml", text, strlen(text), &dd);
+    static const char *const allowed[] = {"k0", "k1", "k2", "k3", "k4", "k5", NULL};
+    yaml_map_check_keys(&c, root, allowed, "m");
+    bool ok = dd.errors.n == 200000 - 6 + 1 && test_diag_has(&dd, "k.yaml:200001:1: duplicate key 'k5' in m", true) &&
+              test_diag_has(&dd, "k.yaml:200000:1: unknown key 'k199999' in m", true);
+    if (!ok)
+        fprintf(stderr, "%zu errors, last %s\n", dd.errors.n, dd.errors.n ? dd.errors.v[dd.errors.n - 1] : "");
+    yaml_ctx_done(&c);
+    free(text);
+    diag_clear(&dd);
+    return ok;
+}
+
+START_TEST(yaml_map_check_keys_many_keys)
+{
+    /* 200,000 keys: comparing each with every other would be 2 x 10^10
+     * comparisons; sorting is about 4 x 10^6. */
+    ck_assert_bounded(keys_sorted_not_compared_pairwise, 512, 20000000);
+}
+END_TEST
+
 static void add(Suite *s, const char *name, bool yaml, const TTest *const *tests)
 {
     TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, 120); /* the bounds are checked by work, not time: a loaded machine or ASan takes longer */
     if (yaml)
         tcase_add_checked_fixture(tc, ysetup, yteardown);
     else
@@ -994,12 +1282,16 @@ static Suite *util_suite(void)
     add(s, "yaml_scalar", true, T(yaml_scalar_values));
     add(s, "yaml_map_get", true, T(yaml_map_get_lookups));
     add(s, "yaml_map_check_keys", true,
-        T(yaml_map_check_keys_good, yaml_map_check_keys_unknown_and_duplicate, yaml_map_check_keys_non_string_key));
+        T(yaml_map_check_keys_good, yaml_map_check_keys_unknown_and_duplicate, yaml_map_check_keys_non_string_key,
+          yaml_map_check_keys_many_keys));
     add(s, "yaml_get_string", true,
         T(yaml_get_string_present_and_absent, yaml_get_string_missing_required, yaml_get_string_wrong_type));
     add(s, "yaml_get_long", true, T(yaml_get_long_in_range, yaml_get_long_out_of_range, yaml_get_long_not_an_integer));
     add(s, "yaml_get_strlist", true, T(yaml_get_strlist_list_and_single, yaml_get_strlist_wrong_types));
     add(s, "yaml_to_json", true, T(yaml_to_json_scalars, yaml_to_json_nested, yaml_to_json_non_string_keys));
+    add(s, "yaml_bounds", true,
+        T(yaml_bounds_billion_laughs, yaml_bounds_alias_in_its_own_anchor, yaml_bounds_depth, yaml_bounds_nodes,
+          yaml_bounds_anchors, yaml_bounds_directives, yaml_bounds_alias_bytes, yaml_bounds_worst_case_is_bounded));
     return s;
 }
 
