@@ -1,7 +1,6 @@
 #include "appdefs.h"
 
 #include <errno.h>
-#include <regex.h>
 #include <string.h>
 
 #include "yamlutil.h"
@@ -32,19 +31,6 @@ const char *appup_op_name(AppupOp op)
 static bool path_stays_inside(const char *p)
 {
     return path_walk_depth(p, 0) > 0;
-}
-
-int appdefs_regex_full_match(const char *re, const char *s)
-{
-    char *anchored = xasprintf("^(%s)$", re);
-    regex_t r;
-    int rc = regcomp(&r, anchored, REG_EXTENDED | REG_NOSUB);
-    free(anchored);
-    if (rc != 0)
-        return -EINVAL;
-    rc = regexec(&r, s, 0, NULL, 0) == 0;
-    regfree(&r);
-    return rc;
 }
 
 /* ---- app.yaml ---------------------------------------------------------- */
@@ -174,7 +160,9 @@ static bool parse_instr(YamlCtx *c, yaml_node_t *m, AppupInstr *out)
     return true;
 }
 
-static void parse_appup_dir(YamlCtx *c, yaml_node_t *list, const char *dir, Appup *out)
+/* *states counts the states of the compiled patterns of the whole app.yaml
+ * (APPDEFS_REGEX_MAX_ALL_STATES). */
+static void parse_appup_dir(YamlCtx *c, yaml_node_t *list, const char *dir, Appup *out, size_t *states)
 {
     const char *vkey = strcmp(dir, "up") == 0 ? "from" : "to";
     if (list->type != YAML_SEQUENCE_NODE) {
@@ -204,10 +192,23 @@ static void parse_appup_dir(YamlCtx *c, yaml_node_t *list, const char *dir, Appu
             yaml_map_check_keys(c, v, rekeys, vkey);
             if (!res) {
                 yaml_error(c, v, "%s must be a version or {regex: ERE}", vkey);
-            } else if (appdefs_regex_full_match(res, "") == -EINVAL) {
-                yaml_error(c, re, "bad regular expression '%s' (POSIX ERE)", res);
             } else {
-                e.regex = xstrdup(res);
+                char *why = NULL;
+                if (appdefs_regex_compile(res, &e.re, &why) < 0) {
+                    if (strlen(res) > APPDEFS_REGEX_MAX_LEN)
+                        yaml_error(c, re, "bad regular expression: %s", why);
+                    else
+                        yaml_error(c, re, "bad regular expression '%s': %s", res, why);
+                } else if ((*states += appdefs_regex_states(e.re)) > APPDEFS_REGEX_MAX_ALL_STATES) {
+                    if (*states - appdefs_regex_states(e.re) <= APPDEFS_REGEX_MAX_ALL_STATES) /* once */
+                        yaml_error(c, re,
+                                   "the regular expressions of this file have more than %d states in all (the limit)",
+                                   APPDEFS_REGEX_MAX_ALL_STATES);
+                    e.re = appdefs_regex_free(e.re);
+                } else {
+                    e.regex = xstrdup(res);
+                }
+                free(why);
             }
         }
         yaml_node_t *instrs = yaml_map_get(c, m, "instructions");
@@ -244,6 +245,13 @@ static bool listen_is_valid(const char *s)
     return colon[1] && !*end && port >= 1 && port <= 65535;
 }
 
+/* The process's name for messages about its parts: a bad name was
+ * reported once, and is not quoted again with each of them. */
+static const char *process_name(const ProcessDef *p)
+{
+    return p->name && name_is_valid(p->name) ? p->name : "?";
+}
+
 static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
 {
     static const char *const keys[] = {"name", "exec", "args", "modules", "restart", "shutdown_ms", "sockets", NULL};
@@ -262,7 +270,7 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
             for (size_t k = 0; k < p->modules.n; k++)
                 if (!appdefs_app_find_module(a, p->modules.v[k]))
                     diag_error_at(c->diag, c->file, pos[k].line, pos[k].col, "unknown module '%s' in process '%s'",
-                                  p->modules.v[k], p->name ? p->name : "?");
+                                  p->modules.v[k], process_name(p));
         free(pos);
     }
     if ((n = yaml_map_get(c, m, "restart"))) {
@@ -284,6 +292,7 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
         return;
     }
     size_t cap = 0;
+    StrMap seen = {0}; /* socket names, borrowed from p->sockets */
     for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
         yaml_node_t *sm = yaml_child(c, *it);
         if (sm->type != YAML_MAPPING_NODE) {
@@ -298,12 +307,14 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
         if (yaml_get_string(c, sm, "listen", true, &s.listen) && s.listen && !listen_is_valid(s.listen))
             yaml_error(c, yaml_map_get(c, sm, "listen"),
                        "bad listen address '%s': use host:port, [v6]:port or unix:/path", s.listen);
-        for (size_t k = 0; s.name && k < p->n_sockets; k++)
-            if (p->sockets[k].name && strcmp(p->sockets[k].name, s.name) == 0)
-                yaml_error(c, sm, "duplicate socket '%s' in process '%s'", s.name, p->name ? p->name : "?");
+        if (s.name && strmap_get(&seen, s.name, NULL))
+            yaml_error(c, sm, "duplicate socket '%s' in process '%s'", s.name, process_name(p));
+        else if (s.name)
+            strmap_put(&seen, s.name, 0);
         GROW(p->sockets, cap, p->n_sockets + 1);
         p->sockets[p->n_sockets++] = s;
     }
+    strmap_clear(&seen);
 }
 
 static void parse_modules(YamlCtx *c, yaml_node_t *list, AppDef *a)
@@ -339,6 +350,8 @@ static void parse_modules(YamlCtx *c, yaml_node_t *list, AppDef *a)
                        md.file);
         if (appdefs_app_find_module(a, md.name))
             yaml_error(c, name_node, "duplicate module '%s'", md.name);
+        else
+            strmap_put(&a->module_index, md.name, a->n_modules); /* the key is md.name's own copy */
         GROW(a->modules, cap, a->n_modules + 1);
         a->modules[a->n_modules++] = md;
     }
@@ -369,16 +382,20 @@ int appdefs_parse_app(const char *file, const char *buf, size_t len, AppDef **re
     yaml_node_t *n;
     if ((n = yaml_map_get(&c, root, "applications")) &&
         yaml_get_strlist(&c, n, "applications", &a->applications, &a->application_pos)) {
+        StrMap seen = {0}; /* keys borrowed from a->applications */
         for (size_t i = 0; i < a->applications.n; i++) {
             SrcPos p = a->application_pos[i];
             if (!name_is_valid(a->applications.v[i]))
                 diag_error_at(diag, file, p.line, p.col, "bad application name '%s'", a->applications.v[i]);
-            else if (strvec_index(&a->applications, a->applications.v[i]) != (ssize_t)i)
+            else if (strmap_get(&seen, a->applications.v[i], NULL))
                 diag_error_at(diag, file, p.line, p.col, "duplicate application '%s' in applications",
                               a->applications.v[i]);
             else if (a->name && strcmp(a->applications.v[i], a->name) == 0)
                 diag_error_at(diag, file, p.line, p.col, "application '%s' depends on itself", a->name);
+            if (name_is_valid(a->applications.v[i]))
+                strmap_put(&seen, a->applications.v[i], i);
         }
+        strmap_clear(&seen);
     }
     if ((n = yaml_map_get(&c, root, "modules")))
         parse_modules(&c, n, a);
@@ -387,6 +404,7 @@ int appdefs_parse_app(const char *file, const char *buf, size_t len, AppDef **re
             yaml_error(&c, n, "processes must be a list, not %s", yaml_kind(n));
         } else {
             size_t cap = 0;
+            StrMap seen = {0}; /* process names, borrowed from a->processes */
             for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
                 yaml_node_t *pm = yaml_child(&c, *it);
                 if (pm->type != YAML_MAPPING_NODE) {
@@ -396,10 +414,15 @@ int appdefs_parse_app(const char *file, const char *buf, size_t len, AppDef **re
                 GROW(a->processes, cap, a->n_processes + 1);
                 ProcessDef *p = &a->processes[a->n_processes++];
                 parse_process(&c, pm, a, p);
-                for (size_t k = 0; p->name && k + 1 < a->n_processes; k++)
-                    if (a->processes[k].name && strcmp(a->processes[k].name, p->name) == 0)
-                        yaml_error(&c, pm, "duplicate process '%s'", p->name);
+                if (p->name && strmap_get(&seen, p->name, NULL))
+                    yaml_error(&c, pm, "duplicate process '%s'", p->name);
+                else if (p->name)
+                    strmap_put(&seen, p->name, 0);
             }
+            strmap_clear(&seen);
+            for (size_t i = 0; i < a->n_processes; i++)
+                for (size_t k = 0; k < a->processes[i].modules.n; k++)
+                    strmap_put(&a->run_index, a->processes[i].modules.v[k], i);
         }
     }
     if ((n = yaml_map_get(&c, root, "appup"))) {
@@ -409,10 +432,11 @@ int appdefs_parse_app(const char *file, const char *buf, size_t len, AppDef **re
         } else {
             yaml_map_check_keys(&c, n, akeys, "appup");
             yaml_node_t *d;
+            size_t states = 0;
             if ((d = yaml_map_get(&c, n, "up")))
-                parse_appup_dir(&c, d, "up", &a->up);
+                parse_appup_dir(&c, d, "up", &a->up, &states);
             if ((d = yaml_map_get(&c, n, "down")))
-                parse_appup_dir(&c, d, "down", &a->down);
+                parse_appup_dir(&c, d, "down", &a->down, &states);
         }
     }
 
@@ -501,54 +525,78 @@ static ssize_t release_index(const ReleaseDef *rel, const char *app)
 
 const ModuleDef *appdefs_app_find_module(const AppDef *app, const char *module)
 {
-    for (size_t i = 0; i < app->n_modules; i++)
-        if (strcmp(app->modules[i].name, module) == 0)
-            return &app->modules[i];
-    return NULL;
+    size_t i;
+    return strmap_get(&app->module_index, module, &i) ? &app->modules[i] : NULL;
 }
 
 bool appdefs_app_runs_module(const AppDef *app, const char *module)
 {
-    for (size_t i = 0; i < app->n_processes; i++)
-        if (strvec_contains(&app->processes[i].modules, module))
-            return true;
-    return false;
+    return strmap_get(&app->run_index, module, NULL);
 }
 
 enum { WHITE, GREY, BLACK };
 
-/* Depth-first search for a dependency cycle; on finding one, reports it
- * once with every application on it, in order. */
-static bool find_cycle(const ReleaseDef *rel, size_t i, int *color, size_t *stack, size_t depth, Diag *diag)
+/* Reports the cycle stack[from..depth] -> stack[from], found at the
+ * dependency d of the application at the top of the stack. One line, built
+ * in one pass; a cycle of more than 32 applications shows its first 31 and
+ * how many more there are. */
+static void report_cycle(const ReleaseDef *rel, const size_t *stack, size_t from, size_t depth, size_t d, Diag *diag)
 {
-    color[i] = GREY;
-    stack[depth] = i;
-    const AppDef *a = rel->apps[i].app;
-    for (size_t d = 0; d < a->applications.n; d++) {
+    enum { SHOWN = 32 };
+    size_t n = depth - from + 1, len = 1;
+    for (size_t k = from; k <= depth; k++)
+        len += strlen(rel->apps[stack[k]].name) + 4;
+    char *cycle = xmalloc(len + 64), *w = cycle;
+    for (size_t k = from; k <= depth; k++) {
+        if (n > SHOWN && k == from + SHOWN - 1) {
+            w += sprintf(w, "... (%zu more) -> ", depth - k + 1);
+            break;
+        }
+        w = stpcpy(stpcpy(w, rel->apps[stack[k]].name), " -> ");
+    }
+    *w = 0;
+    const AppDef *a = rel->apps[stack[depth]].app;
+    SrcPos p = a->application_pos[d];
+    diag_error_at(diag, a->file, p.line, p.col, "dependency cycle between applications: %s%s", cycle,
+                  rel->apps[stack[from]].name);
+    free(cycle);
+}
+
+/* Depth-first search for a dependency cycle from root, with a stack of its
+ * own (a chain of a hundred thousand applications must not overflow the
+ * thread's); on finding one, reports it once with every application on it,
+ * in order. next[i] is the next dependency of i to follow. */
+static bool find_cycle(const ReleaseDef *rel, size_t root, int *color, size_t *stack, size_t *next, Diag *diag)
+{
+    size_t depth = 0;
+    stack[0] = root;
+    color[root] = GREY;
+    next[root] = 0;
+    for (;;) {
+        size_t i = stack[depth];
+        const AppDef *a = rel->apps[i].app;
+        if (next[i] == a->applications.n) {
+            color[i] = BLACK;
+            if (depth == 0)
+                return false;
+            depth--;
+            continue;
+        }
+        size_t d = next[i]++;
         ssize_t j = release_index(rel, a->applications.v[d]);
-        if (j < 0)
+        if (j < 0 || color[j] == BLACK)
             continue;
         if (color[j] == GREY) {
             size_t from = 0;
             while (stack[from] != (size_t)j)
                 from++;
-            char *cycle = xstrdup("");
-            for (size_t k = from; k <= depth; k++) {
-                char *n = xasprintf("%s%s -> ", cycle, rel->apps[stack[k]].name);
-                free(cycle);
-                cycle = n;
-            }
-            SrcPos p = a->application_pos[d];
-            diag_error_at(diag, a->file, p.line, p.col, "dependency cycle between applications: %s%s", cycle,
-                          rel->apps[j].name);
-            free(cycle);
+            report_cycle(rel, stack, from, depth, d, diag);
             return true;
         }
-        if (color[j] == WHITE && find_cycle(rel, j, color, stack, depth + 1, diag))
-            return true;
+        color[j] = GREY;
+        next[j] = 0;
+        stack[++depth] = (size_t)j;
     }
-    color[i] = BLACK;
-    return false;
 }
 
 /* Modules a dep_mods list may name: any module of the release, and any
@@ -616,12 +664,13 @@ int appdefs_validate_release(const ReleaseDef *rel, Diag *diag)
         return -EINVAL; /* the graph below needs every app present */
 
     int *color = xcalloc(rel->n_apps + 1, sizeof(int));
-    size_t *stack = xcalloc(rel->n_apps + 1, sizeof(size_t));
+    size_t *stack = xcalloc(rel->n_apps + 1, sizeof(size_t)), *next = xcalloc(rel->n_apps + 1, sizeof(size_t));
     for (size_t i = 0; i < rel->n_apps; i++)
-        if (color[i] == WHITE && find_cycle(rel, i, color, stack, 0, diag))
+        if (color[i] == WHITE && find_cycle(rel, i, color, stack, next, diag))
             break;
     free(color);
     free(stack);
+    free(next);
     StrMap known = {0};
     for (size_t i = 0; i < rel->n_apps; i++) {
         const AppDef *a = rel->apps[i].app;
@@ -731,7 +780,7 @@ const AppupEntry *appdefs_appup_find(const Appup *appup, const char *vsn)
         const AppupEntry *e = &appup->entries[i];
         if (e->version && strcmp(e->version, vsn) == 0)
             return e;
-        if (e->regex && appdefs_regex_full_match(e->regex, vsn) == 1)
+        if (e->re && appdefs_regex_match(e->re, vsn) == 1)
             return e;
     }
     return NULL;
@@ -755,6 +804,7 @@ static void appup_clear(Appup *u)
         AppupEntry *en = &u->entries[e];
         free(en->version);
         free(en->regex);
+        appdefs_regex_free(en->re);
         for (size_t i = 0; i < en->n_instrs; i++)
             appup_instr_clear(&en->instrs[i]);
         free(en->instrs);
@@ -792,6 +842,8 @@ AppDef *appdef_free(AppDef *a)
     free(a->processes);
     appup_clear(&a->up);
     appup_clear(&a->down);
+    strmap_clear(&a->module_index);
+    strmap_clear(&a->run_index);
     free(a);
     return NULL;
 }

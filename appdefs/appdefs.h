@@ -55,10 +55,37 @@ typedef struct AppupInstr {
     SrcPos pos;
 } AppupInstr;
 
+/* Appup version patterns ({regex: RE}): a subset of POSIX ERE
+ * (docs/formats.md "Appups"), compiled once, when the appup is parsed, to an
+ * automaton of at most APPDEFS_REGEX_MAX_STATES states, and matched by
+ * simulating it: a match costs at most states x (length + 1) steps and
+ * memory in proportion to the states, whatever the pattern. */
+#define APPDEFS_REGEX_MAX_LEN    256  /* bytes */
+#define APPDEFS_REGEX_MAX_STATES 1024 /* once {m,n} are expanded */
+#define APPDEFS_REGEX_MAX_DEPTH  16   /* groups nested */
+#define APPDEFS_REGEX_MAX_REPEAT 255  /* m and n of {m,n} (POSIX's RE_DUP_MAX) */
+/* The patterns of one app.yaml together: a 25-byte pattern can compile to
+ * 1,000 states (8 KB), and every lookup tries them all. */
+#define APPDEFS_REGEX_MAX_ALL_STATES 65536
+
+typedef struct AppdefsRegex AppdefsRegex;
+
+/* Compiles re. On error returns -EINVAL and, when why is not NULL, a new
+ * string saying what is wrong and where. */
+int appdefs_regex_compile(const char *re, AppdefsRegex **ret, char **why);
+/* 1 when the whole of s matches r, else 0. Reentrant. */
+int appdefs_regex_match(const AppdefsRegex *r, const char *s);
+size_t appdefs_regex_states(const AppdefsRegex *r);
+AppdefsRegex *appdefs_regex_free(AppdefsRegex *r);
+/* Does the whole string s match re? -EINVAL when re is bad. Compiles re at
+ * every call: the parser keeps an entry's compiled pattern instead. */
+int appdefs_regex_full_match(const char *re, const char *s);
+
 /* One appup entry: a version pattern and its instructions. */
 typedef struct AppupEntry {
-    char *version; /* exact version, or NULL when regex is set */
-    char *regex;   /* POSIX ERE matched against the whole version */
+    char *version;    /* exact version, or NULL when regex is set */
+    char *regex;      /* the pattern as written, matched against the whole version */
+    AppdefsRegex *re; /* regex compiled by the parser, owned */
     AppupInstr *instrs;
     size_t n_instrs;
     SrcPos pos;
@@ -103,6 +130,10 @@ typedef struct AppDef {
     ProcessDef *processes;
     size_t n_processes;
     Appup up, down; /* up entries match "from", down entries match "to" */
+    /* Built by the parser, so that lookups take constant time in
+     * applications of thousands of modules. */
+    StrMap module_index; /* module name -> index into modules (its first definition) */
+    StrMap run_index;    /* the modules some process runs */
 } AppDef;
 
 typedef struct ReleaseAppRef {
@@ -143,6 +174,7 @@ int appdefs_validate_release(const ReleaseDef *rel, Diag *diag);
 size_t *appdefs_release_order(const ReleaseDef *rel);
 
 const ReleaseAppRef *appdefs_release_find(const ReleaseDef *rel, const char *app);
+/* The module's first definition in app, or NULL. */
 const ModuleDef *appdefs_app_find_module(const AppDef *app, const char *module);
 /* True when a process of app declares that it runs module. */
 bool appdefs_app_runs_module(const AppDef *app, const char *module);
@@ -150,9 +182,6 @@ bool appdefs_app_runs_module(const AppDef *app, const char *module);
 /* Finds the first entry of appup whose version or regex matches vsn, as
  * OTP's appup_search_for_version. NULL when none does. */
 const AppupEntry *appdefs_appup_find(const Appup *appup, const char *vsn);
-
-/* Does the whole string s match the POSIX ERE re? -EINVAL when re is bad. */
-int appdefs_regex_full_match(const char *re, const char *s);
 
 AppDef *appdef_free(AppDef *a);
 ReleaseDef *release_def_free(ReleaseDef *r);

@@ -5,7 +5,10 @@
 #include <string.h>
 
 #include "appdefs.h"
+#include "testbound.h"
 #include "testlib.h"
+
+TESTBOUND_STRCMP
 
 static Diag d;
 static AppDef *app;
@@ -435,6 +438,478 @@ START_TEST(regex_full_match)
 }
 END_TEST
 
+/* ---- bounded work for hostile definitions (docs/formats.md "Limits") ----- */
+
+/* Text built with printf-like pieces; the caller frees it. */
+__attribute__((noinline)) static char *text_of(void (*write)(FILE *))
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    write(f);
+    fclose(f);
+    return buf;
+}
+
+/* The first errors of dd, on stderr (from a child: test_diag_text's
+ * buffer is for short lists). */
+static void print_errors(const char *what, const Diag *dd)
+{
+    fprintf(stderr, "%s: %zu errors\n", what, dd->errors.n);
+    for (size_t i = 0; i < dd->errors.n && i < 3; i++)
+        fprintf(stderr, "  %.300s\n", dd->errors.v[i]);
+}
+
+/* Parses an app.yaml whose one appup entry has from: {regex: re}; the error
+ * about it (line 5, column 21), or NULL when there is none. */
+static char *regex_error(const char *re)
+{
+    char *quoted = xstrdup(""); /* re in a double-quoted YAML scalar */
+    for (const char *c = re; *c; c++) {
+        char *n = xasprintf("%s%s%c", quoted, *c == '\\' || *c == '"' ? "\\" : "", *c);
+        free(quoted);
+        quoted = n;
+    }
+    char *text =
+        xasprintf("name: x\nvsn: \"1\"\nappup:\n  up:\n    - from: {regex: \"%s\"}\n      instructions: []\n", quoted);
+    Diag dd = {0};
+    AppDef *a = NULL;
+    int r = appdefs_parse_app("app.yaml", text, strlen(text), &a, &dd);
+    char *err = r < 0 && dd.errors.n ? xstrdup(dd.errors.v[0]) : NULL;
+    appdef_free(a);
+    diag_clear(&dd);
+    free(text);
+    free(quoted);
+    return err;
+}
+
+static bool regex_refused(const char *re, const char *want)
+{
+    char *err = regex_error(re);
+    bool ok = err && strcmp(err, want) == 0;
+    if (!ok)
+        fprintf(stderr, "regex '%.80s': got '%.300s', want '%s'\n", re, err ? err : "(accepted)", want);
+    free(err);
+    return ok;
+}
+
+static bool regex_bomb_refused(void)
+{
+    /* Issue 11: each '+' doubled what glibc's regcomp took (6.2 GB). */
+    char *re = xasprintf("1\\..%s", "++++++++++++++++++++++++++++++++++++++++");
+    char *want = xasprintf("app.yaml:5:21: bad regular expression '%s': '+' right after '+': consecutive quantifiers "
+                           "(in OTP's PCRE '?' and '+' there make the first lazy or possessive) (at character 6)",
+                           re);
+    bool ok = regex_refused(re, want);
+    free(re);
+    free(want);
+    return ok;
+}
+
+START_TEST(bound_regex_bomb)
+{
+    ck_assert_bounded(regex_bomb_refused, 256, 10000000);
+}
+END_TEST
+
+static bool regex_language_refused(void)
+{
+    static const char *const cases[][2] = {
+        {"1\\.\\d+", "'\\d' is not supported: a backslash goes only before one of .[](){}*+?|^$\\-~/ (glibc and "
+                     "OTP's PCRE read the others differently; write [0-9] for \\d) (at character 5)"},
+        {"a\\>", "'\\>' is not supported: a backslash goes only before one of .[](){}*+?|^$\\-~/ (glibc and OTP's "
+                 "PCRE read the others differently; write [0-9] for \\d) (at character 3)"},
+        {"[a-c-x]", "'-' inside [...] only first, last or between the ends of a range (at character 5)"},
+        {"a**", "'*' right after '*': consecutive quantifiers (in OTP's PCRE '?' and '+' there make the first lazy or "
+                "possessive) (at character 3)"},
+        {"a+?", "'?' right after '+': consecutive quantifiers (in OTP's PCRE '?' and '+' there make the first lazy "
+                "or possessive) (at character 3)"},
+        {"a{2}{3}", "'{' right after '{2}': consecutive quantifiers (in OTP's PCRE '?' and '+' there make the first "
+                    "lazy or possessive) (at character 5)"},
+        {"(a{0,255}){5}", "more than 1024 states once {m,n} are expanded (at character 1)"},
+        {"((((((((((((((((((x))))))))))))))))))", "groups nested more than 16 deep (at character 18)"},
+        {"a{256}", "a bound of {m,n} over 255 (at character 2)"},
+        {"a{3,2}", "bound {3,2} runs backwards (at character 2)"},
+        {"a{,2}", "'{' that is no bound {m}, {m,} or {m,n} (write \\{ for the character) (at character 2)"},
+        {"{1}", "'{' has nothing to repeat (at character 1)"},
+        {"[\\.]", "backslash inside [...] (POSIX reads it as itself, OTP's PCRE as an escape) (at character 2)"},
+        {"[[=a=]]", "'[=' (equivalence classes and collating elements) is not supported (at character 2)"},
+        {"[[:word:]]", "unknown character class '[:word:]' (at character 2)"},
+        {"[z-a]", "range 'z-a' runs backwards (at character 3)"},
+        {"[a", "'[' without its ']' (at character 1)"},
+        {"(a", "'(' without its ')' (at character 3)"},
+        {"a)", "')' without its '(' (at character 2)"},
+        {"1|^2", "'^' only at the start and '$' only at the end (the pattern is anchored anyway) (at character 3)"},
+        {"a\\", "a backslash at the end (at character 2)"},
+    };
+    bool ok = true;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        char *want = xasprintf("app.yaml:5:21: bad regular expression '%s': %s", cases[i][0], cases[i][1]);
+        ok = regex_refused(cases[i][0], want) && ok;
+        free(want);
+    }
+    /* Too long to quote. */
+    char *re = xasprintf("%0257d", 1);
+    ok = regex_refused(re, "app.yaml:5:21: bad regular expression: 257 bytes long; the limit is 256") && ok;
+    free(re);
+    return ok;
+}
+
+START_TEST(bound_regex_language)
+{
+    ck_assert_bounded(regex_language_refused, 256, 10000000);
+}
+END_TEST
+
+START_TEST(bound_regex_accepted)
+{
+    /* What OTP's appups write, and what the differential test generates. */
+    static const struct {
+        const char *re, *yes, *no;
+    } cases[] = {
+        {"1\\.0\\..*", "1.0.7", "1.07"},
+        {"3\\.[0-9]+\\..*", "3.12.0", "3.x.0"},
+        {"^2\\.[0-9]+(\\.[0-9]+)?$", "2.1.3", "2.1."},
+        {"[[:digit:]]{1,3}(-rc[0-9])?", "10-rc1", "1000"},
+        {"1\\.[0-9]*[13579]|2\\.0", "1.17", "1.2"},
+        {"[^a-z]+~x\\+y", "1.0~x+y", "a~x+y"},
+        {"(1|2){0,3}\\$", "121$", "1213$"},
+        {"()*a{0}b{2,}c?", "bbb", "abb"},
+        {"[]a-]+", "-]a", "b"},
+        {"a$", "a", "a$"},
+        {"a\\$", "a$", "a"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        ck_assert_msg(appdefs_regex_full_match(cases[i].re, cases[i].yes) == 1, "%s %s", cases[i].re, cases[i].yes);
+        ck_assert_msg(appdefs_regex_full_match(cases[i].re, cases[i].no) == 0, "%s %s", cases[i].re, cases[i].no);
+        char *err = regex_error(cases[i].re);
+        ck_assert_msg(!err, "%s", err);
+        /* Small patterns, small automata: a match is a few hundred steps. */
+        char *text = xasprintf("name: x\nvsn: \"9\"\nappup:\n  up:\n    - {from: {regex: '%s'}, instructions: []}\n",
+                               cases[i].re);
+        ck_assert_int_eq(parse(text), 0);
+        ck_assert_uint_le(appdefs_regex_states(app->up.entries[0].re), 2 * strlen(cases[i].re) + 8);
+        ck_assert_ptr_eq(appdefs_appup_find(&app->up, cases[i].yes), &app->up.entries[0]);
+        app = appdef_free(app);
+        free(text);
+    }
+}
+END_TEST
+
+/* The largest patterns the bounds accept, as many as one file may hold
+ * (64 of about 1,020 states), then a last one that matches. */
+static int n_worst = 64;
+
+static void write_worst_regexes(FILE *f)
+{
+    fputs("name: x\nvsn: \"1\"\nappup:\n  up:\n", f);
+    for (int i = 0; i < n_worst; i++) {
+        fputs("    - {from: {regex: \"", f);
+        if (i % 2) {
+            fputs("[0-9]{0,255}[a-z.]{0,255}", f);
+        } else { /* as deep as groups go */
+            for (int k = 0; k < APPDEFS_REGEX_MAX_DEPTH; k++)
+                fputc('(', f);
+            fputs(".{0,126}[0-8]", f);
+            for (int k = 0; k < APPDEFS_REGEX_MAX_DEPTH; k++)
+                fputc(')', f);
+            fputs("{2,4}", f);
+        }
+        fputs("\"}, instructions: []}\n", f);
+    }
+    fputs("    - {from: {regex: \"9.*\"}, instructions: []}\n", f);
+}
+
+static bool worst_regexes_bounded(void)
+{
+    char *text = text_of(write_worst_regexes);
+    Diag dd = {0};
+    AppDef *a = NULL;
+    bool ok = appdefs_parse_app("app.yaml", text, strlen(text), &a, &dd) == 0;
+    if (!ok)
+        print_errors("worst regexes", &dd);
+    /* The work of a match: at most states x (length + 1) steps. */
+    for (size_t i = 0; ok && i < a->up.n_entries; i++)
+        if (appdefs_regex_states(a->up.entries[i].re) > APPDEFS_REGEX_MAX_STATES) {
+            fprintf(stderr, "entry %zu: %zu states\n", i, appdefs_regex_states(a->up.entries[i].re));
+            ok = false;
+        }
+    /* The longest version a pattern meets, which keeps states of each alive
+     * to its last character, and is matched by none but the last entry. */
+    char *vsn = xasprintf("9%062d-", 0);
+    for (int k = 0; ok && k < 10; k++)
+        ok = appdefs_appup_find(&a->up, vsn) == &a->up.entries[n_worst];
+    free(vsn);
+    appdef_free(a);
+    diag_clear(&dd);
+    free(text);
+    return ok;
+}
+
+START_TEST(bound_regex_worst_case_is_bounded)
+{
+    ck_assert_bounded(worst_regexes_bounded, 64, 10000000);
+}
+END_TEST
+
+static bool regexes_of_a_file_bounded(void)
+{
+    /* One more: 65 x 1,020 states. Kept, they were 8 KB each, and every
+     * lookup tried them all. */
+    n_worst = 65;
+    char *text = text_of(write_worst_regexes);
+    n_worst = 64;
+    Diag dd = {0};
+    AppDef *a = NULL;
+    bool ok = appdefs_parse_app("app.yaml", text, strlen(text), &a, &dd) == -EINVAL && dd.errors.n == 1 &&
+              strcmp(dd.errors.v[0], "app.yaml:69:22: the regular expressions of this file have more than 65536 "
+                                     "states in all (the limit)") == 0;
+    if (!ok)
+        print_errors(__func__, &dd);
+    appdef_free(a);
+    diag_clear(&dd);
+    free(text);
+    return ok;
+}
+
+START_TEST(bound_regex_all_states_of_a_file)
+{
+    ck_assert_bounded(regexes_of_a_file_bounded, 64, 10000000);
+}
+END_TEST
+
+START_TEST(bound_regex_compiled_once)
+{
+    /* The entry holds its compiled pattern: what it matches no longer
+     * depends on the text, which is not compiled again at each lookup. */
+    ck_assert_int_eq(
+        parse("name: x\nvsn: \"3\"\nappup:\n  up:\n    - {from: {regex: \"2\\\\..*\"}, instructions: []}\n"), 0);
+    free(app->up.entries[0].regex);
+    app->up.entries[0].regex = xstrdup("(");
+    ck_assert_ptr_eq(appdefs_appup_find(&app->up, "2.5"), &app->up.entries[0]);
+    ck_assert_ptr_null(appdefs_appup_find(&app->up, "3.5"));
+}
+END_TEST
+
+static bool alias_cycle_in_extra_refused(void)
+{
+    /* Before the bounds, yaml_to_json recursed into this forever. */
+    const char *text = "name: x\nvsn: \"2\"\nmodules: [m]\nappup:\n  up:\n    - from: \"1\"\n      instructions:\n"
+                       "        - {update: m, change: {advanced: &x {a: [*x]}}}\n";
+    Diag dd = {0};
+    AppDef *a = NULL;
+    bool ok = appdefs_parse_app("app.yaml", text, strlen(text), &a, &dd) == -EINVAL && dd.errors.n == 1 &&
+              strcmp(dd.errors.v[0], "app.yaml:8:50: alias '*x' refers to a node that contains it") == 0;
+    if (!ok)
+        print_errors("alias cycle", &dd);
+    appdef_free(a);
+    diag_clear(&dd);
+    return ok;
+}
+
+START_TEST(bound_alias_cycle_in_extra)
+{
+    ck_assert_bounded(alias_cycle_in_extra_refused, 256, 10000000);
+}
+END_TEST
+
+enum { MANY = 50000 };
+
+static void write_many_modules(FILE *f)
+{
+    fputs("name: x\nvsn: \"1\"\nmodules:\n", f);
+    for (int i = 0; i < MANY; i++)
+        fprintf(f, "  - m%d\n", i);
+    fputs("  - m7\nprocesses:\n  - name: p\n    exec: bin/p\n    modules:\n", f);
+    for (int i = 0; i < MANY; i++)
+        fprintf(f, "      - m%d\n", i);
+    fputs("      - gone\n", f);
+}
+
+static bool many_modules(void)
+{
+    char *text = text_of(write_many_modules);
+    Diag dd = {0};
+    AppDef *a = NULL;
+    bool ok = appdefs_parse_app("app.yaml", text, strlen(text), &a, &dd) == -EINVAL && dd.errors.n == 2 &&
+              strcmp(dd.errors.v[0], "app.yaml:50004:5: duplicate module 'm7'") == 0 &&
+              strcmp(dd.errors.v[1], "app.yaml:100009:9: unknown module 'gone' in process 'p'") == 0;
+    if (!ok)
+        print_errors(__func__, &dd);
+    appdef_free(a);
+    diag_clear(&dd);
+    free(text);
+    return ok;
+}
+
+START_TEST(bound_many_modules)
+{
+    /* Each module looked up among all before it: 10^9 comparisons. */
+    ck_assert_bounded(many_modules, 512, 20000000);
+}
+END_TEST
+
+static void write_many_processes(FILE *f)
+{
+    fputs("name: x\nvsn: \"1\"\nprocesses:\n", f);
+    for (int i = 0; i < MANY; i++)
+        fprintf(f, "  - {name: p%d, exec: /bin/true}\n", i);
+    fputs("  - {name: p9, exec: /bin/true}\n", f);
+}
+
+static bool many_processes(void)
+{
+    char *text = text_of(write_many_processes);
+    Diag dd = {0};
+    AppDef *a = NULL;
+    bool ok = appdefs_parse_app("app.yaml", text, strlen(text), &a, &dd) == -EINVAL && dd.errors.n == 1 &&
+              strcmp(dd.errors.v[0], "app.yaml:50004:5: duplicate process 'p9'") == 0;
+    if (!ok)
+        print_errors(__func__, &dd);
+    appdef_free(a);
+    diag_clear(&dd);
+    free(text);
+    return ok;
+}
+
+START_TEST(bound_many_processes)
+{
+    ck_assert_bounded(many_processes, 512, 20000000);
+}
+END_TEST
+
+static void write_many_sockets(FILE *f)
+{
+    fputs("name: x\nvsn: \"1\"\nprocesses:\n  - name: p\n    exec: /bin/true\n    sockets:\n", f);
+    for (int i = 0; i < MANY; i++)
+        fprintf(f, "      - {name: s%d, listen: \"unix:/run/s%d\"}\n", i, i);
+    fputs("      - {name: s3, listen: \"unix:/run/x\"}\n", f);
+}
+
+static bool many_sockets(void)
+{
+    char *text = text_of(write_many_sockets);
+    Diag dd = {0};
+    AppDef *a = NULL;
+    bool ok = appdefs_parse_app("app.yaml", text, strlen(text), &a, &dd) == -EINVAL && dd.errors.n == 1 &&
+              strcmp(dd.errors.v[0], "app.yaml:50007:9: duplicate socket 's3' in process 'p'") == 0;
+    if (!ok)
+        print_errors(__func__, &dd);
+    appdef_free(a);
+    diag_clear(&dd);
+    free(text);
+    return ok;
+}
+
+START_TEST(bound_many_sockets)
+{
+    ck_assert_bounded(many_sockets, 512, 20000000);
+}
+END_TEST
+
+static void write_many_dependencies(FILE *f)
+{
+    fputs("name: x\nvsn: \"1\"\napplications:\n", f);
+    for (int i = 0; i < MANY; i++)
+        fprintf(f, "  - a%d\n", i);
+    fputs("  - a4\n", f);
+}
+
+static bool many_dependencies(void)
+{
+    char *text = text_of(write_many_dependencies);
+    Diag dd = {0};
+    AppDef *a = NULL;
+    bool ok = appdefs_parse_app("app.yaml", text, strlen(text), &a, &dd) == -EINVAL && dd.errors.n == 1 &&
+              strcmp(dd.errors.v[0], "app.yaml:50004:5: duplicate application 'a4' in applications") == 0;
+    if (!ok)
+        print_errors(__func__, &dd);
+    appdef_free(a);
+    diag_clear(&dd);
+    free(text);
+    return ok;
+}
+
+START_TEST(bound_many_dependencies)
+{
+    ck_assert_bounded(many_dependencies, 512, 20000000);
+}
+END_TEST
+
+static bool bad_process_name_quoted_once(void)
+{
+    /* A bad name, however long, is quoted in the one message about it and
+     * not again in each about its sockets. */
+    char *name = xasprintf("%0100000d", 0);
+    char *text = xasprintf("name: x\nvsn: \"1\"\nprocesses:\n  - name: \"%s\"\n    exec: /bin/true\n    sockets:\n"
+                           "      - {name: s, listen: \"unix:/a\"}\n      - {name: s, listen: \"unix:/b\"}\n",
+                           name);
+    Diag dd = {0};
+    AppDef *a = NULL;
+    bool ok = appdefs_parse_app("app.yaml", text, strlen(text), &a, &dd) == -EINVAL && dd.errors.n == 2 &&
+              strcmp(dd.errors.v[1], "app.yaml:8:9: duplicate socket 's' in process '?'") == 0;
+    if (!ok)
+        print_errors(__func__, &dd);
+    appdef_free(a);
+    diag_clear(&dd);
+    free(text);
+    free(name);
+    return ok;
+}
+
+START_TEST(bound_bad_process_name_quoted_once)
+{
+    ck_assert(bad_process_name_quoted_once());
+}
+END_TEST
+
+enum { CHAIN = 300000 };
+
+/* A release of CHAIN applications, each depending on the next and the last
+ * on the first, built without YAML (whose bounds would refuse a
+ * release.yaml this long): only the cycle search is measured. */
+static bool long_cycle_named(void)
+{
+    ReleaseDef *r = xcalloc(1, sizeof(*r));
+    r->file = xstrdup("release.yaml");
+    r->name = xstrdup("r");
+    r->vsn = xstrdup("1");
+    r->apps = xcalloc(CHAIN, sizeof(*r->apps));
+    r->n_apps = CHAIN;
+    for (size_t i = 0; i < CHAIN; i++) {
+        ReleaseAppRef *ref = &r->apps[i];
+        ref->name = xasprintf("a%zu", i);
+        ref->vsn = xstrdup("1");
+        strmap_put(&r->by_name, ref->name, i);
+        AppDef *a = ref->app = xcalloc(1, sizeof(*a));
+        a->file = xasprintf("lib/a%zu-1/app.yaml", i);
+        a->name = xstrdup(ref->name);
+        a->vsn = xstrdup("1");
+        strvec_push_take(&a->applications, xasprintf("a%zu", (i + 1) % CHAIN));
+        a->application_pos = xcalloc(1, sizeof(SrcPos));
+        a->application_pos[0] = (SrcPos){.file = a->file, .line = 3, .col = 16};
+    }
+    Diag dd = {0};
+    bool ok =
+        appdefs_validate_release(r, &dd) == -EINVAL && dd.errors.n == 1 &&
+        strncmp(dd.errors.v[0],
+                "lib/a299999-1/app.yaml:3:16: dependency cycle between applications: a0 -> a1 -> a2 -> ", 86) == 0 &&
+        strstr(dd.errors.v[0], " -> a30 -> ... (299969 more) -> a0") && strlen(dd.errors.v[0]) < 400;
+    if (!ok)
+        print_errors(__func__, &dd);
+    diag_clear(&dd);
+    release_def_free(r);
+    return ok;
+}
+
+START_TEST(bound_long_dependency_cycle)
+{
+    /* A recursive search overflowed the stack; the message was built in
+     * quadratic time. */
+    ck_assert_bounded(long_cycle_named, 512, 20000000);
+}
+END_TEST
+
 static Suite *appdefs_suite(void)
 {
     Suite *s = suite_create("appdefs");
@@ -474,6 +949,24 @@ static Suite *appdefs_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, appup_find_first_match_wins);
     tcase_add_test(tc, regex_full_match);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("bounds");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120); /* bounded by work, not time: a loaded machine or ASan takes longer */
+    tcase_add_test(tc, bound_regex_bomb);
+    tcase_add_test(tc, bound_regex_language);
+    tcase_add_test(tc, bound_regex_accepted);
+    tcase_add_test(tc, bound_regex_worst_case_is_bounded);
+    tcase_add_test(tc, bound_regex_all_states_of_a_file);
+    tcase_add_test(tc, bound_regex_compiled_once);
+    tcase_add_test(tc, bound_alias_cycle_in_extra);
+    tcase_add_test(tc, bound_many_modules);
+    tcase_add_test(tc, bound_many_processes);
+    tcase_add_test(tc, bound_many_sockets);
+    tcase_add_test(tc, bound_many_dependencies);
+    tcase_add_test(tc, bound_bad_process_name_quoted_once);
+    tcase_add_test(tc, bound_long_dependency_cycle);
     suite_add_tcase(s, tc);
     return s;
 }
