@@ -76,6 +76,11 @@ json_t *relup_to_json(const Relup *r)
 
 /* ---- reading ------------------------------------------------------------ */
 
+/* A stored relup is a YAML document within yamlutil.h's bounds, of at most
+ * this many nodes: five times the relup of the benchmark release (1,000
+ * applications of 20 modules: 734,015 nodes; docs/formats.md "Limits"). */
+#define RELUP_MAX_NODES 4000000
+
 static bool parse_purge_field(YamlCtx *c, yaml_node_t *m, const char *key, PurgeMethod *out)
 {
     char *s = NULL;
@@ -195,6 +200,7 @@ static bool parse_instr(YamlCtx *c, yaml_node_t *m, RelupInstr *out)
         parse_purge_field(c, m, "post_purge", &i.post_purge);
     }
     if (has_modules_field(op)) {
+        size_t cap = 0;
         yaml_node_t *mods = yaml_map_get(c, m, "modules");
         if (!mods)
             yaml_error(c, m, "missing field 'modules'");
@@ -205,7 +211,7 @@ static bool parse_instr(YamlCtx *c, yaml_node_t *m, RelupInstr *out)
                 RelupModule rm;
                 if (!parse_module_item(c, op, yaml_child(c, *it), &rm))
                     continue;
-                i.mods = xrealloc(i.mods, (i.n_mods + 1) * sizeof(*i.mods));
+                GROW(i.mods, cap, i.n_mods + 1);
                 i.mods[i.n_mods++] = rm;
             }
     }
@@ -243,7 +249,7 @@ int relup_parse(const char *file, const char *buf, size_t len, Relup **ret, Diag
     size_t before = diag_n_errors(diag);
     YamlCtx c;
     Relup *r = xcalloc(1, sizeof(*r));
-    yaml_node_t *root = yaml_ctx_load(&c, file, buf, len, diag);
+    yaml_node_t *root = yaml_ctx_load_limit(&c, file, buf, len, RELUP_MAX_NODES, diag);
     if (root && root->type != YAML_MAPPING_NODE)
         yaml_error(&c, root, "a relup must be a mapping {from, to, up, down}, not %s", yaml_kind(root));
     else if (root) {

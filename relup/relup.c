@@ -765,14 +765,6 @@ int relup_compute(const ReleaseDef *from, const ReleaseDef *to, const RelupOptio
 
 /* ---- systools_rc:check_script ----------------------------------------- */
 
-static bool mods_contain(const RelupInstr *i, const char *m)
-{
-    for (size_t k = 0; k < i->n_mods; k++)
-        if (strcmp(i->mods[k].module, m) == 0)
-            return true;
-    return false;
-}
-
 /* The modules named by the instructions of kind op in s (keys borrowed). */
 static StrMap modules_of(const RelupScript *s, RelupOp op, size_t end)
 {
@@ -816,25 +808,25 @@ int relup_check_script(const RelupScript *s, const char *what, Diag *diag)
     if (ponr == s->n)
         diag_error(diag, "%s: no point_of_no_return", what);
     /* Only load_object_code comes before the point of no return, so the
-     * modules loaded before any load are those of all of them. */
-    StrMap loaded = modules_of(s, RELUP_LOAD_OBJECT_CODE, ponr);
+     * modules loaded before any load after it are those of all of them.
+     * A load before it is already wrong; as in OTP, only what comes before
+     * that load counts: the modules of the load_object_code seen so far. */
+    StrMap loaded = modules_of(s, RELUP_LOAD_OBJECT_CODE, ponr), so_far = {0};
     for (size_t i = 0; i < s->n; i++) {
         const RelupInstr *in = &s->v[i];
         if (i < ponr && in->op != RELUP_LOAD_OBJECT_CODE)
             diag_error(diag, "%s: instruction %zu: %s before point_of_no_return", what, i + 1, relup_op_name(in->op));
+        if (i < ponr && in->op == RELUP_LOAD_OBJECT_CODE)
+            for (size_t k = 0; k < in->n_mods; k++)
+                strmap_put(&so_far, in->mods[k].module, i);
         if (in->op != RELUP_LOAD)
             continue;
-        bool found = false;
-        if (i < ponr) /* already wrong; as OTP, only what comes before it counts */
-            for (size_t j = 0; j < i && !found; j++)
-                found = s->v[j].op == RELUP_LOAD_OBJECT_CODE && mods_contain(&s->v[j], in->module);
-        else
-            found = strmap_get(&loaded, in->module, NULL);
-        if (!found)
+        if (!strmap_get(i < ponr ? &so_far : &loaded, in->module, NULL))
             diag_error(diag, "%s: instruction %zu: no load_object_code for module '%s' before it", what, i + 1,
                        in->module);
     }
     strmap_clear(&loaded);
+    strmap_clear(&so_far);
     check_paired(s, RELUP_SUSPEND, RELUP_RESUME, what, "resumed", diag);
     check_paired(s, RELUP_RESUME, RELUP_SUSPEND, what, "suspended", diag);
     check_paired(s, RELUP_CODE_CHANGE, RELUP_SUSPEND, what, "suspended", diag);

@@ -8,7 +8,11 @@
 #include <string.h>
 
 #include "relup.h"
+#include "testbound.h"
 #include "testlib.h"
+#include "yamlutil.h"
+
+TESTBOUND_STRCMP
 
 static Diag d;
 static ReleaseDef *r1, *r2;
@@ -548,6 +552,124 @@ START_TEST(parse_rejects_scripts_otp_would_refuse)
 }
 END_TEST
 
+/* ---- bounds of stored relups (docs/formats.md "Limits") ------------------ */
+
+/* Text built with printf-like pieces; the caller frees it. */
+__attribute__((noinline)) static char *text_of(void (*write)(FILE *))
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    write(f);
+    fclose(f);
+    return buf;
+}
+
+static void print_errors(const char *what, const Diag *dd)
+{
+    fprintf(stderr, "%s: %zu errors\n", what, dd->errors.n);
+    for (size_t i = 0; i < dd->errors.n && i < 3; i++)
+        fprintf(stderr, "  %.300s\n", dd->errors.v[i]);
+}
+
+/* A code_change whose extra is nine levels of ten aliases: 10^9 nodes. */
+static void write_laughs_relup(FILE *f)
+{
+    fputs("from: \"1\"\nto: \"2\"\ndown: [{op: point_of_no_return}]\nup:\n"
+          "  - {op: load_object_code, app: a, vsn: \"2\", modules: [m]}\n  - {op: point_of_no_return}\n"
+          "  - {op: suspend, modules: [m]}\n  - {op: code_change, mode: up, modules: [{module: m, extra: {\n",
+          f);
+    fputs("      a: &a [x, x, x, x, x, x, x, x, x, x],\n", f); /* line 9 */
+    for (int c = 'b'; c <= 'i'; c++)
+        fprintf(f, "      %c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c],\n", c, c, c - 1, c - 1, c - 1,
+                c - 1, c - 1, c - 1, c - 1, c - 1, c - 1, c - 1);
+    fputs("  }}]}\n  - {op: resume, modules: [m]}\n", f);
+}
+
+/* A relup larger than other documents may be: load_object_code of
+ * 1,000,100 module names. */
+static void write_large_relup(FILE *f)
+{
+    fputs("{from: \"1\", to: \"2\", down: [{op: point_of_no_return}], up: [{op: point_of_no_return},\n"
+          "{op: load_object_code, app: a, vsn: \"2\", modules: [",
+          f);
+    for (int i = 0; i < 1000100; i++)
+        fputs("m,", f);
+    fputs("]}]}\n", f);
+}
+
+static bool stored_relup_bounds(void)
+{
+    Diag dd = {0};
+    Relup *x = NULL;
+    char *text = text_of(write_laughs_relup);
+    /* Line 13 is e's: the eighth *d takes the aliases past 100,000 nodes. */
+    bool ok = relup_parse("relup.yaml", text, strlen(text), &x, &dd) == -EINVAL && dd.errors.n == 1 &&
+              strcmp(dd.errors.v[0], "relup.yaml:13:42: aliases stand for more than 100000 nodes in all (the limit "
+                                     "per document)") == 0;
+    if (!ok)
+        print_errors("billion laughs", &dd);
+    x = relup_free(x);
+    diag_clear(&dd);
+    free(text);
+
+    text = text_of(write_large_relup);
+    if (relup_parse("relup.yaml", text, strlen(text), &x, &dd) != 0 || x->up.v[1].n_mods != 1000100) {
+        print_errors("large relup", &dd);
+        ok = false;
+    }
+    relup_free(x);
+    diag_clear(&dd);
+    free(text);
+    return ok;
+}
+
+START_TEST(parse_bounds)
+{
+    ck_assert_bounded(stored_relup_bounds, 768, 20000000);
+}
+END_TEST
+
+enum { LOADS = 20000 };
+
+/* Every load comes before the point of no return: each is an error, and
+ * each was once looked up in every load_object_code before it. */
+static void write_loads_before_ponr(FILE *f)
+{
+    fputs("{from: \"1\", to: \"2\", down: [{op: point_of_no_return}], up: [\n"
+          "{op: load_object_code, app: a, vsn: \"2\", modules: [",
+          f);
+    for (int i = 0; i < LOADS; i++)
+        fprintf(f, "m%d,", i);
+    fputs("]},\n", f);
+    for (int i = LOADS; i-- > 0;)
+        fprintf(f, "{op: load, module: m%d, pre_purge: brutal_purge, post_purge: brutal_purge},\n", i);
+    fputs("{op: point_of_no_return}]}\n", f);
+}
+
+static bool check_script_linear(void)
+{
+    Diag dd = {0};
+    Relup *x = NULL;
+    char *text = text_of(write_loads_before_ponr);
+    bool ok = relup_parse("relup.yaml", text, strlen(text), &x, &dd) == -EINVAL && dd.errors.n == LOADS &&
+              strcmp(dd.errors.v[0], "relup.yaml: up: instruction 2: load before point_of_no_return") == 0;
+    if (!ok)
+        print_errors("loads before the point of no return", &dd);
+    relup_free(x);
+    diag_clear(&dd);
+    free(text);
+    return ok;
+}
+
+START_TEST(parse_check_is_linear)
+{
+    /* 20,000 loads, each looked up among 20,000 modules: 2 x 10^8
+     * comparisons. */
+    ck_assert_bounded(check_script_linear, 512, 20000000);
+}
+END_TEST
+
 static Suite *relup_suite(void)
 {
     Suite *s = suite_create("relup");
@@ -571,10 +693,12 @@ static Suite *relup_suite(void)
           error_load_of_module_no_application_has, error_application_instructions}},
         {"json",
          {json_shape_and_round_trip, parse_rejects_bad_syntax_with_positions, parse_rejects_scripts_otp_would_refuse}},
+        {"bounds", {parse_bounds, parse_check_is_linear}},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         TCase *tc = tcase_create(cases[c].name);
         tcase_add_checked_fixture(tc, setup, teardown);
+        tcase_set_timeout(tc, 120); /* the bounds are checked by work, not time: a loaded machine or ASan is slower */
         for (size_t t = 0; cases[c].tests[t]; t++)
             tcase_add_test(tc, cases[c].tests[t]);
         suite_add_tcase(s, tc);
