@@ -340,8 +340,10 @@ static void parse_modules(YamlCtx *c, yaml_node_t *list, AppDef *a)
             yaml_error(c, n, "module must be a name or {name, file}, not %s", yaml_kind(n));
             continue;
         }
-        if (!md.name)
+        if (!md.name) {
+            free(md.file); /* refused: nothing keeps it */
             continue;
+        }
         check_name(c, name_node, "module", md.name);
         if (!md.file)
             md.file = xasprintf("modules/%s.so", md.name);
