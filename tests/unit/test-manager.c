@@ -82,14 +82,14 @@ static void run_for(int ms)
 {
     long long deadline = mono_ms() + ms;
     while (mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
 }
 
 static void wait_result(Result *res, int ms)
 {
     long long deadline = mono_ms() + ms;
     while (res->n == 0 && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert_msg(res->n == 1, "the operation ended %d times", res->n);
 }
 
@@ -337,7 +337,7 @@ static char *slurp_root(const char *rel)
         size_t len = strlen(buf);
         if ((len > 0 && buf[len - 1] == '\n') || mono_ms() >= deadline)
             break;
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     }
     free(path);
     return buf;
@@ -379,11 +379,11 @@ static void stop_manager(void)
     manager_shutdown(m, on_shut_down, NULL);
     long long deadline = mono_ms() + 10000;
     while (!shut_down && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert_msg(shut_down, "manager_shutdown never called back");
     deadline = mono_ms() + 10000;
     while ((m = manager_free(m)) && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert_ptr_null(m);
 }
 
@@ -965,7 +965,7 @@ START_TEST(install_whose_record_fails_runs_nothing)
     /* As it was: nothing was started. */
     long long deadline = mono_ms() + 8000;
     while (n_running() > 0 && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert_uint_eq(n_running(), 0);
     run_for(100);
     Diag d = {0};
@@ -1276,7 +1276,7 @@ START_TEST(forget_caller_the_operation_goes_on)
     manager_forget_caller(m, &res);
     long long deadline = mono_ms() + 10000;
     while (!state("1") && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     run_for(50);
     ck_assert_state("1", "unpacked"); /* done and recorded */
     ck_assert_int_eq(res.n, 0);       /* nobody told */
@@ -1304,7 +1304,7 @@ START_TEST(shutdown_stops_every_process_then_calls_back)
     result_clear(&res);
     long long deadline = mono_ms() + 10000;
     while (!shut_down && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000), 0);
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
     ck_assert(shut_down);
     ck_assert_uint_eq(n_running(), 0);
     ck_assert_uint_eq(n_events("process_stop"), stops_before + 2);
