@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
@@ -103,15 +104,114 @@ static bool link_target_inside(const char *path, const char *target)
     return path_walk_depth(target, (int)components(path) - 1) >= 0;
 }
 
+/* Files are fsynced on a few threads of their own while the next entries
+ * decompress: their writing out overlaps the extraction, and concurrent
+ * fsyncs share journal commits. The extraction hands over each written
+ * file's descriptor; a thread fsyncs and closes it. */
+#define SYNC_THREADS 4
+#define SYNC_QUEUE   64
+
+typedef struct Syncer {
+    pthread_mutex_t mu;
+    pthread_cond_t more, room;
+    int q[SYNC_QUEUE];
+    size_t head, n;
+    bool done;   /* nothing more comes: threads exit once the queue is empty */
+    bool cancel; /* close what is left without fsync */
+    int error;   /* the first errno of an fsync */
+    pthread_t threads[SYNC_THREADS];
+    int n_threads; /* -1: none could be started, fsync inline */
+} Syncer;
+
+static void *syncer_main(void *p)
+{
+    Syncer *s = p;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (s->n == 0 && !s->done)
+            pthread_cond_wait(&s->more, &s->mu);
+        if (s->n == 0)
+            break;
+        int fd = s->q[s->head];
+        s->head = (s->head + 1) % SYNC_QUEUE;
+        s->n--;
+        bool cancel = s->cancel;
+        pthread_cond_signal(&s->room);
+        pthread_mutex_unlock(&s->mu);
+        int e = !cancel && fsync(fd) < 0 ? errno : 0;
+        close(fd);
+        pthread_mutex_lock(&s->mu);
+        if (e && !s->error)
+            s->error = e;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* fsyncs and closes fd, soon; 0, or the errno of an earlier fsync. */
+static int syncer_push(Syncer *s, int fd)
+{
+    if (s->n_threads == 0) {
+        pthread_mutex_init(&s->mu, NULL);
+        pthread_cond_init(&s->more, NULL);
+        pthread_cond_init(&s->room, NULL);
+        while (s->n_threads < SYNC_THREADS && pthread_create(&s->threads[s->n_threads], NULL, syncer_main, s) == 0)
+            s->n_threads++;
+        if (s->n_threads == 0)
+            s->n_threads = -1;
+    }
+    if (s->n_threads < 0) {
+        int e = fsync(fd) < 0 ? errno : 0;
+        close(fd);
+        return e;
+    }
+    pthread_mutex_lock(&s->mu);
+    while (s->n == SYNC_QUEUE)
+        pthread_cond_wait(&s->room, &s->mu);
+    s->q[(s->head + s->n) % SYNC_QUEUE] = fd;
+    s->n++;
+    int e = s->error;
+    pthread_cond_signal(&s->more);
+    pthread_mutex_unlock(&s->mu);
+    return e;
+}
+
+/* Waits for every file handed over (closed without fsync when cancel);
+ * 0, or the errno of a failed fsync. */
+static int syncer_finish(Syncer *s, bool cancel)
+{
+    if (s->n_threads <= 0)
+        return 0;
+    pthread_mutex_lock(&s->mu);
+    s->done = true;
+    s->cancel = cancel;
+    pthread_cond_broadcast(&s->more);
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < s->n_threads; i++)
+        pthread_join(s->threads[i], NULL);
+    pthread_cond_destroy(&s->more);
+    pthread_cond_destroy(&s->room);
+    pthread_mutex_destroy(&s->mu);
+    s->n_threads = 0;
+    return s->error;
+}
+
 typedef struct Extract {
     struct archive *a;
+    const char *root;
     int staging_fd;
     StoreLimits lim;
     uint64_t total, entries;
-    StrVec regular;     /* regular files created (hard links too), for hard links and fsync */
+    StrVec regular; /* regular files created (hard links too), for hard links and fsync */
+    bool *synced;   /* per regular file: handed to the syncer (its data will be on disk) */
+    size_t synced_cap;
     StrMap regular_idx; /* into regular; keys borrowed */
     StrVec dirs;        /* directories created, parents first */
     StrVec links;       /* symlinks created, resolved once every entry is in */
+    StrVec units;       /* "releases/<vsn>", "lib/<app>-<vsn>" seen so far */
+    bool *unit_new;     /* per unit: not installed yet when first seen (so it will move) */
+    size_t unit_cap;
+    Syncer syncer;
     Diag *diag;
 } Extract;
 
@@ -163,6 +263,36 @@ static int make_parents(Extract *x, const char *path)
     return fd;
 }
 
+static void add_regular(Extract *x, const char *path, bool synced)
+{
+    strvec_push(&x->regular, path);
+    GROW(x->synced, x->synced_cap, x->regular.n);
+    x->synced[x->regular.n - 1] = synced;
+    strmap_put(&x->regular_idx, x->regular.v[x->regular.n - 1], x->regular.n - 1);
+}
+
+/* Is path (3 components or more) in a unit that is not installed yet, so
+ * that it will move into place? The release's own directory always is (an
+ * installed one is refused later). Decided when the unit is first seen and
+ * checked again under the lock. */
+static bool unit_is_new(Extract *x, const char *path)
+{
+    const char *rest;
+    char *unit = unit_of(path, &rest);
+    ssize_t i = strvec_index(&x->units, unit);
+    if (i < 0) {
+        char *installed = xasprintf("%s/%s", x->root, unit);
+        struct stat st;
+        strvec_push(&x->units, unit);
+        i = (ssize_t)x->units.n - 1;
+        GROW(x->unit_new, x->unit_cap, x->units.n);
+        x->unit_new[i] = strncmp(unit, "releases/", 9) == 0 || lstat(installed, &st) < 0;
+        free(installed);
+    }
+    free(unit);
+    return x->unit_new[i];
+}
+
 static int extract_file(Extract *x, int dirfd, const char *leaf, const char *path, struct archive_entry *e)
 {
     mode_t mode = archive_entry_mode(e);
@@ -211,19 +341,18 @@ static int extract_file(Extract *x, int dirfd, const char *leaf, const char *pat
         else if (ftruncate(fd, (off_t)declared) < 0)
             r = fail(x, "%s: cannot write: %s", path, strerror(errno));
     }
-    /* Start writing it out now, while the next entries decompress: the
-     * fsync before the release is moved into place then finds little to do. */
-    if (r == 0)
-        (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-    if (close(fd) < 0 && r == 0)
-        r = fail(x, "%s: cannot write: %s", path, strerror(errno));
-    return r;
-}
-
-static void add_regular(Extract *x, const char *path)
-{
-    strvec_push(&x->regular, path);
-    strmap_put(&x->regular_idx, x->regular.v[x->regular.n - 1], x->regular.n - 1);
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    /* A file of a unit that will move reaches the disk now, on the
+     * syncer's threads, while the next entries decompress. */
+    bool sync = unit_is_new(x, path);
+    int err = sync ? syncer_push(&x->syncer, fd) : close(fd) < 0 ? errno : 0;
+    if (err)
+        return fail(x, "%s: cannot write it to disk: %s", path, strerror(err));
+    add_regular(x, path, sync);
+    return 0;
 }
 
 static int extract_hard_link(Extract *x, int dirfd, const char *leaf, const char *path, const char *hard)
@@ -246,8 +375,11 @@ static int extract_hard_link(Extract *x, int dirfd, const char *leaf, const char
         else if (linkat(tfd, slash + 1, dirfd, leaf, 0) < 0)
             r = errno == EEXIST ? fail(x, "%s: the archive holds it twice", path)
                                 : fail(x, "%s: hard link to '%s': %s", path, hard, strerror(errno));
-        else
-            add_regular(x, path);
+        else {
+            size_t t = 0;
+            strmap_get(&x->regular_idx, target, &t);
+            add_regular(x, path, x->synced[t]); /* the same inode: on disk when its first name's is */
+        }
         if (tfd >= 0)
             close(tfd);
     }
@@ -338,8 +470,6 @@ static int extract_entry(Extract *x, struct archive_entry *e)
             strvec_push(&x->links, path);
     } else {
         r = extract_file(x, dirfd, leaf, path, e);
-        if (r == 0)
-            add_regular(x, path);
     }
     close(dirfd);
 out:
@@ -378,12 +508,14 @@ static int check_links(Extract *x)
     return r;
 }
 
-/* fsync of the files and directories of the units named (prefixes such as
- * "lib/web-2.0.1"); their writing out began as they were written. */
+/* fsync of the directories of the units named (such as "lib/web-2.0.1"),
+ * and of their files the syncer did not take. */
 static int sync_units(Extract *x, const StrVec *units)
 {
     int r = 0;
     for (size_t i = 0; i < x->regular.n && r == 0; i++) {
+        if (x->synced[i])
+            continue;
         const char *rest;
         char *unit = unit_of(x->regular.v[i], &rest);
         if (strvec_contains(units, unit)) {
@@ -627,6 +759,9 @@ static int install_staged(Extract *x, const char *root, const char *staging, cha
             strvec_push_take(&to_sync, xasprintf("lib/%s", libs.v[i]));
         free(installed);
     }
+    int e = syncer_finish(&x->syncer, diag_n_errors(diag) > 0);
+    if (e)
+        fail(x, "cannot write release %s to disk: %s", vsn, strerror(e));
     if (diag_n_errors(diag) == 0)
         r = sync_units(x, &to_sync);
     if (diag_n_errors(diag) == 0)
@@ -656,7 +791,7 @@ int store_unpack(const char *root, int fd, const StoreLimits *limits, char **ret
         free(staging);
         return r;
     }
-    Extract x = {.a = archive_read_new(), .lim = *limits, .diag = diag};
+    Extract x = {.a = archive_read_new(), .root = root, .lim = *limits, .diag = diag};
     x.staging_fd = open(staging, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     archive_read_support_filter_all(x.a);
     archive_read_support_format_all(x.a);
@@ -682,10 +817,14 @@ int store_unpack(const char *root, int fd, const StoreLimits *limits, char **ret
         r = check_links(&x);
     if (r == 0)
         r = install_staged(&x, root, staging, ret_vsn, ret_name);
+    syncer_finish(&x.syncer, true); /* a refusal: what is left closes unsynced */
     if (x.staging_fd >= 0)
         close(x.staging_fd);
     strmap_clear(&x.regular_idx);
     strvec_clear(&x.regular);
+    free(x.synced);
+    strvec_clear(&x.units);
+    free(x.unit_new);
     strvec_clear(&x.dirs);
     strvec_clear(&x.links);
     store_remove_tree(staging);

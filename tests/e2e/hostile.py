@@ -616,11 +616,19 @@ def test_fsync(work):
     calls = open(trace).read().splitlines()
     synced = set()
     order = []
+    pending = {}  # pid -> path of an fsync strace shows in two parts (threads)
     for line in calls:
-        m = re.search(r"(fsync|fdatasync)\(\d+<([^>]*)>\) += 0", line)
-        if m:
+        pid = line.split()[0]
+        m = re.search(r"(fsync|fdatasync)\(\d+<([^>]*)>(\) += 0| <unfinished)", line)
+        if m and m.group(3).startswith(")"):
             synced.add(m.group(2))
             order.append(("sync", m.group(2)))
+        elif m:
+            pending[pid] = m.group(2)
+        m = re.search(r"<\.\.\. (fsync|fdatasync) resumed>\) += 0", line)
+        if m and pid in pending:
+            synced.add(pending[pid])
+            order.append(("sync", pending.pop(pid)))
         m = re.search(r"renameat2\(.*\"([^\"]+)\", \d+<([^>]*)>, \"([^\"]+)\"", line)
         if m:
             order.append(("rename", os.path.join(m.group(2), m.group(3))))
