@@ -689,6 +689,9 @@ static int move_into_place(Extract *x, const char *root, const char *vsn, const 
             r = -EINVAL;
         }
     }
+    /* The moves (when nothing was refused above: diag says why then); a
+     * failure puts back what moved. */
+    bool synced_all = false, release_moved = false;
     for (size_t i = 0; r == 0 && i < moving.n; i++) {
         if (renameat2(s_lib, moving.v[i], lib_fd, moving.v[i], RENAME_NOREPLACE) == 0)
             strvec_push(&moved, moving.v[i]);
@@ -697,15 +700,24 @@ static int move_into_place(Extract *x, const char *root, const char *vsn, const 
     }
     if (r == 0 && renameat2(s_rel, vsn, rel_fd, vsn, RENAME_NOREPLACE) < 0)
         r = -errno;
-    if (r < 0 && r != -EINVAL) {
-        fail(x, "cannot move release %s into place: %s", vsn, strerror(-r));
-        for (size_t i = 0; i < moved.n; i++) /* put back what moved */
-            (void)renameat(lib_fd, moved.v[i], s_lib, moved.v[i]);
-        r = -EINVAL;
-    }
+    release_moved = r == 0;
     /* The renames, on disk before the release is recorded. */
     if (r == 0 && ((moved.n && fsync(lib_fd) < 0) || fsync(rel_fd) < 0))
-        r = fail(x, "cannot write release %s's directories to disk: %s", vsn, strerror(errno));
+        r = -errno;
+    else
+        synced_all = r == 0;
+    if (r < 0 && diag_n_errors(x->diag) == 0) {
+        if (release_moved && !synced_all)
+            fail(x, "cannot write release %s's directories to disk: %s", vsn, strerror(-r));
+        else
+            fail(x, "cannot move release %s into place: %s", vsn, strerror(-r));
+        if (release_moved) /* put back what moved: nothing is left in place unrecorded */
+            (void)renameat(rel_fd, vsn, s_rel, vsn);
+        for (size_t i = 0; i < moved.n; i++)
+            (void)renameat(lib_fd, moved.v[i], s_lib, moved.v[i]);
+    }
+    if (r < 0)
+        r = -EINVAL;
     strvec_clear(&moving);
     strvec_clear(&moved);
     for (int *fd = (int[]){lock_fd, s_lib, s_rel, lib_fd, rel_fd, root_fd}, k = 0; k < 6; k++)
