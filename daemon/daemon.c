@@ -60,7 +60,7 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
     } else if (server_set_rights(d->server, &n) < 0) {
         log_error("SIGHUP: cannot apply %s; rights unchanged", d->config_path);
     } else {
-        manager_set_max_unpacked(d->m, n.max_unpacked);
+        manager_set_unpack_limits(d->m, &n);
         config_clear(&d->cfg);
         d->cfg = n;
         n = (DaemonConfig){0};

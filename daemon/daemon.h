@@ -3,7 +3,7 @@
  * manager (the release root) and the server (the control socket), and
  * the signals of a service: SIGTERM and SIGINT stop it (processes stopped
  * first, STOPPING=1), SIGHUP re-reads the configuration file (the rights
- * of new connections, the socket's mode and group, max_unpacked_bytes; a
+ * of new connections, the socket's mode and group, the max_unpacked_* limits; a
  * changed root or socket needs a restart and is refused with a log line;
  * a wrong file is logged and the old configuration stays). READY=1 once
  * it listens, WATCHDOG=1 at half of WatchdogSec= (sd-event), from a loop

@@ -121,9 +121,11 @@ void manager_forget_caller(Manager *m, void *userdata)
             op->caller.userdata = NULL;
 }
 
-void manager_set_max_unpacked(Manager *m, uint64_t bytes)
+void manager_set_unpack_limits(Manager *m, const DaemonConfig *cfg)
 {
-    m->cfg.max_unpacked = bytes;
+    m->cfg.max_unpacked = cfg->max_unpacked;
+    m->cfg.max_unpacked_files = cfg->max_unpacked_files;
+    m->cfg.max_unpacked_depth = cfg->max_unpacked_depth;
 }
 
 static char *state_of(Manager *m, const char *which)

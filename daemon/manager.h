@@ -64,8 +64,9 @@ Manager *manager_free(Manager *m);
  * calls done(userdata). An upgrade under way is abandoned: its attempt
  * shows as interrupted at the next start. */
 void manager_shutdown(Manager *m, void (*done)(void *userdata), void *userdata);
-/* The unpack limit, changed by a reload of the configuration. */
-void manager_set_max_unpacked(Manager *m, uint64_t bytes);
+/* The unpack limits (bytes, files, depth) of cfg, as a reload of the
+ * configuration changes them; for the unpacks that start from now on. */
+void manager_set_unpack_limits(Manager *m, const DaemonConfig *cfg);
 
 /* Unpacks the tarball read from fd (taken) as release: reply {release, name}. */
 void manager_unpack(Manager *m, int fd, const char *who, const ManagerCaller *c);
