@@ -792,7 +792,11 @@ START_TEST(unpack_refusals_are_one_line_and_leave_nothing)
     ck_assert_msg(strchr(first_error(&res), '\n') == NULL, "%s", first_error(&res));
     result_clear(&res);
     /* More than the limit. */
-    manager_set_max_unpacked(m, 100);
+    DaemonConfig limits;
+    config_init(&limits);
+    limits.max_unpacked = 100;
+    manager_set_unpack_limits(m, &limits);
+    config_clear(&limits);
     t = release_tarball("2");
     unpack_to(&res, t);
     ck_assert_int_lt(res.r, 0);
