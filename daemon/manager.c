@@ -575,7 +575,7 @@ static void marker_sync(const char *root, const char *perm)
 {
     char *v = NULL;
     int r = marker_read(root, &v);
-    if (perm ? r < 0 || strcmp(v, perm) != 0 : r != -ENOENT)
+    if (perm ? r < 0 || !v || strcmp(v, perm) != 0 : r != -ENOENT)
         marker_write(root, perm);
     free(v);
 }

@@ -330,11 +330,11 @@ static int quick_check(History *h)
     int r = query_text(h, "PRAGMA quick_check(1)", 0, NULL, &v);
     if (r == -ENOENT)
         r = failf(h, -EIO, "PRAGMA quick_check returned nothing");
-    if (r == 0 && strcmp(v, "ok") != 0) {
-        for (char *p = v; *p; p++) /* its messages hold newlines: one line */
+    if (r == 0 && (!v || strcmp(v, "ok") != 0)) {
+        for (char *p = v; p && *p; p++) /* its messages hold newlines: one line */
             if (*p == '\n' || *p == '\r' || *p == '\t')
                 *p = ' ';
-        r = failf(h, -EUCLEAN, "the database is damaged (quick_check: %s)", v);
+        r = failf(h, -EUCLEAN, "the database is damaged (quick_check: %s)", v ? v : "no answer");
     }
     free(v);
     return r;

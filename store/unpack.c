@@ -290,7 +290,7 @@ static bool unit_is_new(Extract *x, const char *path)
         free(installed);
     }
     free(unit);
-    return x->unit_new[i];
+    return x->unit_new && x->unit_new[i]; /* units and unit_new grow together: never NULL here */
 }
 
 static int extract_file(Extract *x, int dirfd, const char *leaf, const char *path, struct archive_entry *e)
@@ -377,8 +377,8 @@ static int extract_hard_link(Extract *x, int dirfd, const char *leaf, const char
                                 : fail(x, "%s: hard link to '%s': %s", path, hard, strerror(errno));
         else {
             size_t t = 0;
-            strmap_get(&x->regular_idx, target, &t);
-            add_regular(x, path, x->synced[t]); /* the same inode: on disk when its first name's is */
+            bool known = strmap_get(&x->regular_idx, target, &t) && x->synced;
+            add_regular(x, path, known && x->synced[t]); /* the same inode: on disk when its first name's is */
         }
         if (tfd >= 0)
             close(tfd);

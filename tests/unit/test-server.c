@@ -437,7 +437,7 @@ START_TEST(set_rights_changes_mode_and_access)
     n.readers_all = true;
     ck_assert_int_eq(server_set_rights(srv, &n), 0);
     ck_assert_uint_eq(sock_mode(NULL), 0666);
-    json_t *r = one_reply(out = ask_as_nobody("{\"cmd\": \"status\"}\n"));
+    json_t *r = one_reply(ask_as_nobody("{\"cmd\": \"status\"}\n"));
     ck_assert_ok(r);
     json_decref(r);
     /* A group that does not exist: refused, nothing changes. */
@@ -445,7 +445,7 @@ START_TEST(set_rights_changes_mode_and_access)
     n.writer_group = xstrdup("no-such-group-reld");
     ck_assert_int_eq(server_set_rights(srv, &n), -ENOENT);
     ck_assert_uint_eq(sock_mode(NULL), 0666);
-    r = one_reply(out = ask_as_nobody("{\"cmd\": \"status\"}\n"));
+    r = one_reply(ask_as_nobody("{\"cmd\": \"status\"}\n"));
     ck_assert_ok(r);
     json_decref(r);
     /* Back to writers only. */
