@@ -1,5 +1,6 @@
 #include "appdefs.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
 
@@ -245,6 +246,256 @@ static bool listen_is_valid(const char *s)
     return colon[1] && !*end && port >= 1 && port <= 65535;
 }
 
+/* ---- health checks ----------------------------------------------------- */
+
+static const char *const health_check_kind_names[] = {
+    [HEALTH_CHECK_EXEC] = "exec",
+    [HEALTH_CHECK_TCP] = "tcp",
+    [HEALTH_CHECK_HTTP] = "http",
+    [HEALTH_CHECK_RUNTIME] = "runtime",
+};
+
+const char *health_check_kind_name(HealthCheckKind k)
+{
+    return k < _HEALTH_CHECK_KIND_MAX ? health_check_kind_names[k] : "?";
+}
+
+/* "ADDR:PORT" or "[V6ADDR]:PORT" with a numeric address (a name lookup
+ * would block the daemon's loop, and a check talks to a local process);
+ * with default_port > 0 the ":PORT" may be left out. inet_pton is pure. */
+static bool parse_host_port(const char *s, size_t len, int default_port, char **host, int *port)
+{
+    const char *end = s + len, *h = s, *he, *colon;
+    if (len && s[0] == '[') {
+        he = memchr(s, ']', len);
+        if (!he)
+            return false;
+        h = s + 1;
+        colon = he + 1 < end ? he + 1 : NULL;
+        if (colon && *colon != ':')
+            return false;
+    } else {
+        colon = memchr(s, ':', len);
+        he = colon ? colon : end;
+        if (colon && memchr(colon + 1, ':', (size_t)(end - colon - 1)))
+            return false; /* an IPv6 address needs its brackets */
+    }
+    long p = default_port;
+    if (colon) {
+        p = 0;
+        const char *d = colon + 1;
+        if (d == end || end - d > 5)
+            return false;
+        for (; d < end; d++) {
+            if (*d < '0' || *d > '9')
+                return false;
+            p = p * 10 + (*d - '0');
+        }
+    }
+    if (p < 1 || p > 65535 || he == h || he - h >= INET6_ADDRSTRLEN)
+        return false;
+    char buf[INET6_ADDRSTRLEN];
+    memcpy(buf, h, (size_t)(he - h));
+    buf[he - h] = 0;
+    unsigned char addr[sizeof(struct in6_addr)];
+    bool v6 = s[0] == '[';
+    if (inet_pton(v6 ? AF_INET6 : AF_INET, buf, addr) != 1)
+        return false;
+    *host = xstrdup(buf);
+    *port = (int)p;
+    return true;
+}
+
+/* http://HOST[:PORT][/PATH] into check; false with *why set when it is not one. */
+static bool parse_http_url(const char *url, HealthCheck *hc, const char **why)
+{
+    static const char scheme[] = "http://";
+    size_t n = strlen(url);
+    if (n > HEALTH_URL_MAX) {
+        *why = "longer than 2048 bytes";
+        return false;
+    }
+    if (strncmp(url, "https://", 8) == 0) {
+        *why = "https is not supported: reld speaks plain HTTP to a process on this machine";
+        return false;
+    }
+    if (strncmp(url, scheme, sizeof(scheme) - 1) != 0) {
+        *why = "use http://ADDRESS[:PORT]/PATH";
+        return false;
+    }
+    const char *auth = url + sizeof(scheme) - 1, *rest = auth + strcspn(auth, "/?#");
+    for (const char *c = rest; *c; c++)
+        if (*c <= ' ' || *c > '~' || *c == '#') {
+            *why = "the path may hold printable ASCII characters but no space and no '#'";
+            return false;
+        }
+    if (memchr(auth, '@', (size_t)(rest - auth)) ||
+        !parse_host_port(auth, (size_t)(rest - auth), 80, &hc->host, &hc->port)) {
+        *why = "the host must be a numeric address (127.0.0.1, [::1]), with an optional port from 1 to 65535: no name "
+               "lookups";
+        return false;
+    }
+    hc->path = *rest == '/' ? xstrdup(rest) : xasprintf("/%s", rest);
+    return true;
+}
+
+static void parse_health_exec(YamlCtx *c, yaml_node_t *n, HealthCheck *hc)
+{
+    const char *s = yaml_scalar(n);
+    if (s && strpbrk(s, " \t")) {
+        yaml_error(c, n, "exec '%s' is one program name: write a list [program, arguments...] (no shell)", s);
+        return;
+    }
+    if (!yaml_get_strlist(c, n, "health exec", &hc->argv, NULL))
+        return;
+    if (hc->argv.n == 0 || !hc->argv.v[0][0])
+        yaml_error(c, n, "health exec needs a program");
+    else if (hc->argv.v[0][0] != '/' && !path_stays_inside(hc->argv.v[0]))
+        yaml_error(c, n, "health exec '%s' resolves outside the application's directory", hc->argv.v[0]);
+}
+
+static void parse_health_http(YamlCtx *c, yaml_node_t *n, HealthCheck *hc)
+{
+    const char *url = yaml_scalar(n);
+    yaml_node_t *url_node = n;
+    if (!url) {
+        if (n->type != YAML_MAPPING_NODE) {
+            yaml_error(c, n, "http must be a url or {url, status}, not %s", yaml_kind(n));
+            return;
+        }
+        static const char *const keys[] = {"url", "status", NULL};
+        yaml_map_check_keys(c, n, keys, "http check");
+        long status = 200;
+        if (yaml_get_long(c, n, "status", 100, 599, &status))
+            hc->status = (int)status;
+        if (!(url_node = yaml_map_get(c, n, "url"))) {
+            yaml_error(c, n, "missing field 'url'");
+            return;
+        }
+        if (!(url = yaml_scalar(url_node))) {
+            yaml_error(c, url_node, "field 'url' must be a string, not %s", yaml_kind(url_node));
+            return;
+        }
+    }
+    const char *why = NULL;
+    if (!parse_http_url(url, hc, &why)) {
+        if (strlen(url) > 200)
+            yaml_error(c, url_node, "bad http url: %s", why);
+        else
+            yaml_error(c, url_node, "bad http url '%s': %s", url, why);
+        return;
+    }
+    hc->target = xstrdup(url);
+}
+
+/* The one key of a check mapping that names its kind; -1 (reported) when none or several. */
+static int health_kind(YamlCtx *c, yaml_node_t *m, yaml_node_t **arg)
+{
+    int found = -1;
+    for (int k = 0; k < _HEALTH_CHECK_KIND_MAX; k++) {
+        yaml_node_t *v = yaml_map_get(c, m, health_check_kind_names[k]);
+        if (!v)
+            continue;
+        if (found >= 0) {
+            yaml_error(c, m, "health check has two kinds, '%s' and '%s': write a list of checks",
+                       health_check_kind_names[found], health_check_kind_names[k]);
+            return -1;
+        }
+        found = k;
+        *arg = v;
+    }
+    if (found < 0)
+        yaml_error(c, m, "health check names no kind (exec, tcp, http or runtime)");
+    return found;
+}
+
+static void health_check_clear(HealthCheck *hc)
+{
+    strvec_clear(&hc->argv);
+    free(hc->host);
+    free(hc->path);
+    free(hc->target);
+    *hc = (HealthCheck){0};
+}
+
+static bool parse_health_check(YamlCtx *c, yaml_node_t *m, HealthCheck *out)
+{
+    static const char *const keys[] = {"exec", "tcp", "http", "runtime", "interval_ms", "timeout_ms", NULL};
+    if (m->type != YAML_MAPPING_NODE) {
+        yaml_error(c, m, "health check must be a mapping such as {tcp: \"127.0.0.1:8080\"}, not %s", yaml_kind(m));
+        return false;
+    }
+    size_t before = diag_n_errors(c->diag);
+    yaml_map_check_keys(c, m, keys, "health check");
+    HealthCheck hc = {.pos = yaml_pos(c, m),
+                      .interval_ms = HEALTH_INTERVAL_DEFAULT_MS,
+                      .timeout_ms = HEALTH_TIMEOUT_DEFAULT_MS,
+                      .status = 200};
+    yaml_get_long(c, m, "interval_ms", HEALTH_INTERVAL_MIN_MS, HEALTH_INTERVAL_MAX_MS, &hc.interval_ms);
+    yaml_get_long(c, m, "timeout_ms", HEALTH_TIMEOUT_MIN_MS, HEALTH_TIMEOUT_MAX_MS, &hc.timeout_ms);
+    yaml_node_t *arg = NULL;
+    int kind = health_kind(c, m, &arg);
+    if (kind >= 0)
+        hc.kind = (HealthCheckKind)kind;
+    const char *s = arg ? yaml_scalar(arg) : NULL;
+    switch (kind) {
+    case HEALTH_CHECK_EXEC:
+        parse_health_exec(c, arg, &hc);
+        break;
+    case HEALTH_CHECK_TCP:
+        if (!s)
+            yaml_error(c, arg, "tcp must be an address \"ADDRESS:PORT\", not %s", yaml_kind(arg));
+        else if (!parse_host_port(s, strlen(s), 0, &hc.host, &hc.port))
+            yaml_error(c, arg,
+                       "bad tcp address '%s': use a numeric address and a port, 127.0.0.1:8080 or [::1]:8080 "
+                       "(no name lookups)",
+                       s);
+        else
+            hc.target = xstrdup(s);
+        break;
+    case HEALTH_CHECK_HTTP:
+        parse_health_http(c, arg, &hc);
+        break;
+    case HEALTH_CHECK_RUNTIME:
+        if (!s || strcmp(s, "true") != 0)
+            yaml_error(c, arg, "runtime must be true (leave the check out to have none)");
+        break;
+    default:
+        break;
+    }
+    if (diag_n_errors(c->diag) > before) {
+        health_check_clear(&hc);
+        return false;
+    }
+    *out = hc;
+    return true;
+}
+
+static void add_health_check(YamlCtx *c, yaml_node_t *m, ProcessDef *p, size_t *cap)
+{
+    HealthCheck hc;
+    if (!parse_health_check(c, m, &hc))
+        return;
+    GROW(p->checks, *cap, p->n_checks + 1);
+    p->checks[p->n_checks++] = hc;
+}
+
+/* health: one check (a mapping) or a list of them, all of which must pass. */
+static void parse_health(YamlCtx *c, yaml_node_t *n, ProcessDef *p)
+{
+    size_t cap = 0;
+    if (n->type == YAML_MAPPING_NODE) {
+        add_health_check(c, n, p, &cap);
+    } else if (n->type != YAML_SEQUENCE_NODE) {
+        yaml_error(c, n, "health must be a check or a list of checks, not %s", yaml_kind(n));
+    } else if (n->data.sequence.items.top - n->data.sequence.items.start > HEALTH_MAX_CHECKS) {
+        yaml_error(c, n, "more than %d health checks in one process", HEALTH_MAX_CHECKS);
+    } else {
+        for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++)
+            add_health_check(c, yaml_child(c, *it), p, &cap);
+    }
+}
+
 /* The process's name for messages about its parts: a bad name was
  * reported once, and is not quoted again with each of them. */
 static const char *process_name(const ProcessDef *p)
@@ -254,7 +505,8 @@ static const char *process_name(const ProcessDef *p)
 
 static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
 {
-    static const char *const keys[] = {"name", "exec", "args", "modules", "restart", "shutdown_ms", "sockets", NULL};
+    static const char *const keys[] = {"name",        "exec",    "args",   "modules", "restart",
+                                       "shutdown_ms", "sockets", "health", NULL};
     yaml_map_check_keys(c, m, keys, "process");
     *p = (ProcessDef){.pos = yaml_pos(c, m), .shutdown_ms = 5000};
     yaml_node_t *n;
@@ -285,6 +537,8 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
             yaml_error(c, n, "restart must be permanent, transient or temporary");
     }
     yaml_get_long(c, m, "shutdown_ms", 0, 3600000L, &p->shutdown_ms);
+    if ((n = yaml_map_get(c, m, "health")))
+        parse_health(c, n, p);
     if (!(n = yaml_map_get(c, m, "sockets")))
         return;
     if (n->type != YAML_SEQUENCE_NODE) {
@@ -840,6 +1094,9 @@ AppDef *appdef_free(AppDef *a)
             free(p->sockets[s].listen);
         }
         free(p->sockets);
+        for (size_t k = 0; k < p->n_checks; k++)
+            health_check_clear(&p->checks[k]);
+        free(p->checks);
     }
     free(a->processes);
     appup_clear(&a->up);

@@ -108,6 +108,41 @@ typedef struct SocketDef {
     SrcPos pos;
 } SocketDef;
 
+/* Health checks of a process (docs/formats.md "Health checks"): what
+ * tells that it works, as Kubernetes' probes and Docker's HEALTHCHECK do.
+ * A process has none, one or several (all must pass). The parser checks
+ * the syntax only; running them is the daemon's health component. */
+typedef enum HealthCheckKind {
+    HEALTH_CHECK_EXEC,    /* a command exits 0 */
+    HEALTH_CHECK_TCP,     /* a TCP connect succeeds */
+    HEALTH_CHECK_HTTP,    /* an HTTP GET answers the expected status */
+    HEALTH_CHECK_RUNTIME, /* the process's runtime answers its health command */
+    _HEALTH_CHECK_KIND_MAX,
+} HealthCheckKind;
+const char *health_check_kind_name(HealthCheckKind k); /* "exec" | "tcp" | "http" | "runtime" */
+
+#define HEALTH_MAX_CHECKS          8 /* per process */
+#define HEALTH_INTERVAL_DEFAULT_MS 1000L
+#define HEALTH_INTERVAL_MIN_MS     100L /* an exec check forks each time */
+#define HEALTH_INTERVAL_MAX_MS     3600000L
+#define HEALTH_TIMEOUT_DEFAULT_MS  1000L
+#define HEALTH_TIMEOUT_MIN_MS      10L
+#define HEALTH_TIMEOUT_MAX_MS      600000L
+#define HEALTH_URL_MAX             2048 /* bytes of an http url */
+
+typedef struct HealthCheck {
+    HealthCheckKind kind;
+    StrVec argv;      /* exec: the program (relative to the application's directory, or absolute), then its arguments */
+    char *host;       /* tcp, http: a numeric IPv4 or IPv6 address, without brackets */
+    int port;         /* tcp, http: 1-65535 (http: 80 when the url has none) */
+    char *path;       /* http: the path and query, "/" at least */
+    int status;       /* http: the expected status, 200 by default */
+    char *target;     /* tcp: "host:port", http: the url, as written: for messages */
+    long interval_ms; /* from the end of one run to the start of the next */
+    long timeout_ms;  /* a run that takes longer fails (an exec check is killed) */
+    SrcPos pos;
+} HealthCheck;
+
 typedef struct ProcessDef {
     char *name;
     char *exec; /* relative to the application's directory, or absolute */
@@ -117,6 +152,8 @@ typedef struct ProcessDef {
     long shutdown_ms;
     SocketDef *sockets;
     size_t n_sockets;
+    HealthCheck *checks; /* health: in the order written */
+    size_t n_checks;
     SrcPos pos;
 } ProcessDef;
 

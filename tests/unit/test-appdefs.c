@@ -910,6 +910,228 @@ START_TEST(bound_long_dependency_cycle)
 }
 END_TEST
 
+/* ---- health checks ----------------------------------------------------- */
+
+/* A process p whose health: block is body (lines indented 6, from line 7). */
+static int parse_health(const char *body)
+{
+    char *y = xasprintf("name: x\nvsn: \"1\"\nprocesses:\n  - name: p\n    exec: bin/p\n    health:\n%s", body);
+    int r = parse(y);
+    free(y);
+    return r;
+}
+
+static void reparse(void)
+{
+    app = appdef_free(app);
+    diag_clear(&d);
+}
+
+START_TEST(health_one_check_as_a_mapping)
+{
+    ck_assert_msg(parse_health("      exec: [bin/check, --quick]\n      interval_ms: 500\n      timeout_ms: 2000\n") ==
+                      0,
+                  "%s", all_errors());
+    const ProcessDef *p = &app->processes[0];
+    ck_assert_int_eq(p->n_checks, 1);
+    ck_assert_int_eq(p->checks[0].kind, HEALTH_CHECK_EXEC);
+    ck_assert_int_eq(p->checks[0].argv.n, 2);
+    ck_assert_str_eq(p->checks[0].argv.v[0], "bin/check");
+    ck_assert_str_eq(p->checks[0].argv.v[1], "--quick");
+    ck_assert_int_eq(p->checks[0].interval_ms, 500);
+    ck_assert_int_eq(p->checks[0].timeout_ms, 2000);
+    ck_assert_int_eq(p->checks[0].pos.line, 7);
+    ck_assert_int_eq(p->checks[0].pos.col, 7);
+    ck_assert_str_eq(health_check_kind_name(HEALTH_CHECK_EXEC), "exec");
+    ck_assert_str_eq(health_check_kind_name(HEALTH_CHECK_RUNTIME), "runtime");
+}
+END_TEST
+
+START_TEST(health_every_kind_in_a_list_with_defaults)
+{
+    ck_assert_msg(parse_health("      - exec: /usr/bin/true\n"
+                               "      - tcp: \"127.0.0.1:8080\"\n"
+                               "      - tcp: \"[::1]:9\"\n"
+                               "      - http: http://127.0.0.1:8080/health?deep=1\n"
+                               "      - http: {url: \"http://[::1]\", status: 204}\n"
+                               "      - http: {url: \"http://10.0.0.1:81?x\"}\n"
+                               "      - runtime: true\n") == 0,
+                  "%s", all_errors());
+    const ProcessDef *p = &app->processes[0];
+    ck_assert_int_eq(p->n_checks, 7);
+    const HealthCheck *c = p->checks;
+    ck_assert_int_eq(c[0].kind, HEALTH_CHECK_EXEC);
+    ck_assert_int_eq(c[0].argv.n, 1);
+    ck_assert_str_eq(c[0].argv.v[0], "/usr/bin/true");
+    ck_assert_int_eq(c[0].interval_ms, HEALTH_INTERVAL_DEFAULT_MS);
+    ck_assert_int_eq(c[0].timeout_ms, HEALTH_TIMEOUT_DEFAULT_MS);
+    ck_assert_int_eq(c[1].kind, HEALTH_CHECK_TCP);
+    ck_assert_str_eq(c[1].host, "127.0.0.1");
+    ck_assert_int_eq(c[1].port, 8080);
+    ck_assert_str_eq(c[1].target, "127.0.0.1:8080");
+    ck_assert_str_eq(c[2].host, "::1");
+    ck_assert_int_eq(c[2].port, 9);
+    ck_assert_int_eq(c[3].kind, HEALTH_CHECK_HTTP);
+    ck_assert_str_eq(c[3].host, "127.0.0.1");
+    ck_assert_int_eq(c[3].port, 8080);
+    ck_assert_str_eq(c[3].path, "/health?deep=1");
+    ck_assert_int_eq(c[3].status, 200);
+    ck_assert_str_eq(c[3].target, "http://127.0.0.1:8080/health?deep=1");
+    ck_assert_str_eq(c[4].host, "::1");
+    ck_assert_int_eq(c[4].port, 80);
+    ck_assert_str_eq(c[4].path, "/");
+    ck_assert_int_eq(c[4].status, 204);
+    ck_assert_str_eq(c[5].path, "/?x");
+    ck_assert_int_eq(c[5].port, 81);
+    ck_assert_int_eq(c[6].kind, HEALTH_CHECK_RUNTIME);
+    ck_assert_int_eq(c[6].pos.line, 13);
+}
+END_TEST
+
+START_TEST(health_none_is_no_checks)
+{
+    ck_assert_int_eq(parse("name: x\nvsn: \"1\"\nprocesses:\n  - {name: p, exec: bin/p}\n"), 0);
+    ck_assert_int_eq(app->processes[0].n_checks, 0);
+    ck_assert_ptr_null(app->processes[0].checks);
+}
+END_TEST
+
+START_TEST(health_error_shape)
+{
+    ck_assert_int_eq(parse_health("      hello\n"), -EINVAL);
+    ck_assert_error("app.yaml:7:7: health must be a check or a list of checks, not a scalar");
+    reparse();
+    ck_assert_int_eq(parse_health("      - [tcp]\n      - {}\n      - {tcp: \"127.0.0.1:1\", exec: [bin/c]}\n"
+                                  "      - {tcp: \"127.0.0.1:1\", retries: 3}\n"),
+                     -EINVAL);
+    ck_assert_error("app.yaml:7:9: health check must be a mapping such as {tcp: \"127.0.0.1:8080\"}, not a list");
+    ck_assert_error("app.yaml:8:9: health check names no kind (exec, tcp, http or runtime)");
+    ck_assert_error("app.yaml:9:9: health check has two kinds, 'exec' and 'tcp'");
+    ck_assert_error("app.yaml:10:30: unknown key 'retries' in health check");
+}
+END_TEST
+
+START_TEST(health_error_too_many_checks)
+{
+    char body[1024] = "";
+    for (int i = 0; i <= HEALTH_MAX_CHECKS; i++)
+        strcat(body, "      - runtime: true\n");
+    ck_assert_int_eq(parse_health(body), -EINVAL);
+    ck_assert_error("app.yaml:7:7: more than 8 health checks in one process");
+}
+END_TEST
+
+START_TEST(health_error_intervals_and_timeouts)
+{
+    ck_assert_int_eq(parse_health("      - {runtime: true, interval_ms: 99}\n"
+                                  "      - {runtime: true, interval_ms: 3600001}\n"
+                                  "      - {runtime: true, timeout_ms: 9}\n"
+                                  "      - {runtime: true, timeout_ms: soon}\n"
+                                  "      - {runtime: true, timeout_ms: 600001}\n"),
+                     -EINVAL);
+    ck_assert_error("app.yaml:7:38: field 'interval_ms' must be an integer from 100 to 3600000");
+    ck_assert_error("app.yaml:8:38: field 'interval_ms' must be an integer from 100 to 3600000");
+    ck_assert_error("app.yaml:9:37: field 'timeout_ms' must be an integer from 10 to 600000");
+    ck_assert_error("app.yaml:10:37: field 'timeout_ms' must be an integer from 10 to 600000");
+    ck_assert_error("app.yaml:11:37: field 'timeout_ms' must be an integer from 10 to 600000");
+    ck_assert_int_eq(d.errors.n, 5);
+}
+END_TEST
+
+START_TEST(health_error_exec)
+{
+    ck_assert_int_eq(parse_health("      - exec: \"bin/check --quick\"\n"
+                                  "      - exec: []\n"
+                                  "      - exec: [../other/check]\n"
+                                  "      - exec: {run: x}\n"
+                                  "      - exec: [\"\"]\n"),
+                     -EINVAL);
+    ck_assert_error("app.yaml:7:15: exec 'bin/check --quick' is one program name: write a list [program, "
+                    "arguments...] (no shell)");
+    ck_assert_error("app.yaml:8:15: health exec needs a program");
+    ck_assert_error("app.yaml:9:15: health exec '../other/check' resolves outside the application's directory");
+    ck_assert_error("app.yaml:10:15: health exec must be");
+    ck_assert_error("app.yaml:11:15: health exec needs a program");
+}
+END_TEST
+
+START_TEST(health_error_tcp)
+{
+    static const char *const bad[] = {
+        "localhost:80",  "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536",
+        "127.0.0.1:80x", "::1:80",    "[::1]",      "[::1]80",     "[127.0.0.1]:80",
+        "999.0.0.1:80",  "[::1:80",   ":80",        "[]:80",       "127.0.0.1:123456",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *body = xasprintf("      tcp: \"%s\"\n", bad[i]);
+        ck_assert_int_eq(parse_health(body), -EINVAL);
+        char *want = xasprintf("app.yaml:7:12: bad tcp address '%s': use a numeric address and a port", bad[i]);
+        ck_assert_error(want);
+        free(want);
+        free(body);
+        reparse();
+    }
+    ck_assert_int_eq(parse_health("      tcp: [127.0.0.1, 80]\n"), -EINVAL);
+    ck_assert_error("app.yaml:7:12: tcp must be an address \"ADDRESS:PORT\", not a list");
+}
+END_TEST
+
+START_TEST(health_error_http)
+{
+    ck_assert_int_eq(parse_health("      - http: https://127.0.0.1/health\n"
+                                  "      - http: ftp://127.0.0.1/\n"
+                                  "      - http: http://localhost:8080/\n"
+                                  "      - http: \"http://127.0.0.1/a b\"\n"
+                                  "      - http: \"http://127.0.0.1/a#top\"\n"
+                                  "      - http: http://user@127.0.0.1/\n"),
+                     -EINVAL);
+    ck_assert_error("app.yaml:7:15: bad http url 'https://127.0.0.1/health': https is not supported");
+    ck_assert_error("app.yaml:8:15: bad http url 'ftp://127.0.0.1/': use http://ADDRESS[:PORT]/PATH");
+    ck_assert_error("app.yaml:9:15: bad http url 'http://localhost:8080/': the host must be a numeric address");
+    ck_assert_error("app.yaml:10:15: bad http url 'http://127.0.0.1/a b': the path may hold printable ASCII");
+    ck_assert_error("app.yaml:11:15: bad http url 'http://127.0.0.1/a#top': the path");
+    ck_assert_error("app.yaml:12:15: bad http url 'http://user@127.0.0.1/': the host must be a numeric address");
+    ck_assert_int_eq(d.errors.n, 6);
+    reparse();
+    ck_assert_int_eq(parse_health("      - http: {url: \"http://127.0.0.1/\", status: 600}\n"
+                                  "      - http: {status: 200}\n"
+                                  "      - http: {url: [x]}\n"
+                                  "      - http: {url: \"http://127.0.0.1/\", method: POST}\n"
+                                  "      - http: [x]\n"
+                                  "      - http: \"http://127.0.0.1:0/\"\n"),
+                     -EINVAL);
+    ck_assert_error("app.yaml:7:50: field 'status' must be an integer from 100 to 599");
+    ck_assert_error("app.yaml:8:15: missing field 'url'");
+    ck_assert_error("app.yaml:9:21: field 'url' must be a string, not a list");
+    ck_assert_error("app.yaml:10:42: unknown key 'method' in http check");
+    ck_assert_error("app.yaml:11:15: http must be a url or {url, status}, not a list");
+    ck_assert_error("app.yaml:12:15: bad http url 'http://127.0.0.1:0/'");
+    ck_assert_int_eq(d.errors.n, 6);
+}
+END_TEST
+
+START_TEST(health_error_long_url_is_not_quoted)
+{
+    char *url = xcalloc(HEALTH_URL_MAX + 32, 1);
+    strcpy(url, "http://127.0.0.1/");
+    memset(url + strlen(url), 'a', HEALTH_URL_MAX);
+    char *body = xasprintf("      http: %s\n", url);
+    ck_assert_int_eq(parse_health(body), -EINVAL);
+    ck_assert_error("app.yaml:7:13: bad http url: longer than 2048 bytes");
+    ck_assert(strlen(d.errors.v[0]) < 200);
+    free(body);
+    free(url);
+}
+END_TEST
+
+START_TEST(health_error_runtime)
+{
+    ck_assert_int_eq(parse_health("      - runtime: false\n      - runtime: [yes]\n"), -EINVAL);
+    ck_assert_error("app.yaml:7:18: runtime must be true (leave the check out to have none)");
+    ck_assert_error("app.yaml:8:18: runtime must be true");
+}
+END_TEST
+
 static Suite *appdefs_suite(void)
 {
     Suite *s = suite_create("appdefs");
@@ -967,6 +1189,21 @@ static Suite *appdefs_suite(void)
     tcase_add_test(tc, bound_many_dependencies);
     tcase_add_test(tc, bound_bad_process_name_quoted_once);
     tcase_add_test(tc, bound_long_dependency_cycle);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("health");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, health_one_check_as_a_mapping);
+    tcase_add_test(tc, health_every_kind_in_a_list_with_defaults);
+    tcase_add_test(tc, health_none_is_no_checks);
+    tcase_add_test(tc, health_error_shape);
+    tcase_add_test(tc, health_error_too_many_checks);
+    tcase_add_test(tc, health_error_intervals_and_timeouts);
+    tcase_add_test(tc, health_error_exec);
+    tcase_add_test(tc, health_error_tcp);
+    tcase_add_test(tc, health_error_http);
+    tcase_add_test(tc, health_error_long_url_is_not_quoted);
+    tcase_add_test(tc, health_error_runtime);
     suite_add_tcase(s, tc);
     return s;
 }
