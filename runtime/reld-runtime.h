@@ -33,6 +33,14 @@
  * stream socket), RELD_PROCESS (the process name), RELD_MODULES
  * ("name=/path/file.so:name2=/path2.so", loaded at start, in order).
  *
+ * Rehearsal (the `rehearse` command): the runtime forks a copy of the
+ * process, which loads the new code and runs code_change up and down on
+ * the copy of the live state, then exits; the host is stopped only for the
+ * fork. The copy is the runtime's own child: it reaps exactly that pid, so
+ * a host that reaps any child (waitpid(-1), SIGCHLD set to SIG_IGN) takes
+ * the copy's exit status away, and the rehearsal then reports that its
+ * end could not be told.
+ *
  * Errors: functions returning int return 0 or a negative errno. Nothing
  * here exits the process except a brutal purge of code still in use, which
  * is its documented purpose. */
@@ -40,7 +48,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define RELD_MODULE_ABI       1
+/* ABI 2 appends state_version, health and verify to ABI 1's descriptor
+ * (RelModuleDesc below). The runtime loads both: of an ABI 1 descriptor it
+ * reads only ABI 1's fields (its first RELD_MODULE_DESC_V1_SIZE bytes on
+ * x86-64), never past them. */
+#define RELD_MODULE_ABI       2
 #define RELD_PROTOCOL_VERSION 1
 
 /* ---- the module ABI ---------------------------------------------------- */
@@ -90,7 +102,24 @@ typedef struct RelModuleDesc {
     void (*terminate)(void *state);
 
     const void *api; /* the module's own table of functions */
+
+    /* ---- ABI 2 ---- */
+    /* Bump when the layout of the state changes: a load_module (no
+     * code_change) between versions whose state_version differs is an
+     * error of the appup (relctl check). 0: not declared. */
+    uint32_t state_version;
+    /* Optional: answers reld's health check. 0 healthy; a negative errno
+     * unhealthy, with a reason in msg. Called at a safe point. */
+    int (*health)(void *state, char *msg, size_t msglen);
+    /* Optional: checks a state after code_change in a rehearsal (and may be
+     * used by tests). 0 good; negative errno with a reason in err. */
+    int (*verify)(void *state, char *err, size_t errlen);
 } RelModuleDesc;
+
+/* The sizes of the two layouts, which tools reading descriptors from ELF
+ * files rely on (x86-64: state_version at 64, health at 72, verify at 80). */
+#define RELD_MODULE_DESC_V1_SIZE offsetof(RelModuleDesc, state_version)
+#define RELD_MODULE_DESC_V2_SIZE sizeof(RelModuleDesc)
 
 /* In a module's source: RELD_MODULE_DEFINE(.name = "kv_server", ...). */
 #define RELD_MODULE_DEFINE(...)                                                                                        \
@@ -114,7 +143,11 @@ RelRuntime *rel_runtime_free(RelRuntime *rt);
 /* Loads a module by path at start (what RELD_MODULES does), calling init. */
 int rel_runtime_load(RelRuntime *rt, const char *name, const char *path, char *err, size_t errlen);
 
-/* The file descriptor to poll for reading; -1 when unmanaged. */
+/* The file descriptor to poll for reading; -1 when unmanaged. It is an
+ * epoll descriptor holding the control channel and, while a rehearsal
+ * runs (docs/runtime.md), the copy's result pipe and its timer: readable
+ * when any of them is, so that the answer to a rehearsal comes from
+ * rel_runtime_dispatch() while the host goes on serving. */
 int rel_runtime_fd(const RelRuntime *rt);
 
 /* Handles every command waiting on the control channel. Call it when the

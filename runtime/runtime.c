@@ -6,12 +6,19 @@
  * 0.2-0.7 ms, time the host would serve no request, so a loader thread
  * does them. It answers load_object_code itself; the opened version is
  * adopted at the start of the next dispatch, which reld's next command
- * triggers (it sends one after the answer). */
+ * triggers (it sends one after the answer).
+ *
+ * A rehearsal (cmd "rehearse") forks a copy of the process that converts
+ * the copy of the live state and exits; its result comes back on a pipe,
+ * which rel_runtime_fd()'s epoll set holds beside the control channel, so
+ * the host serves while the copy works and dispatch answers when it ends. */
 #include "reld-runtime.h"
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <link.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -19,15 +26,33 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_LINE 65536
 
+/* A rehearsal: at most 256 modules, at most an hour, 10 s unless asked;
+ * what the copy reports is read up to 64 KiB. */
+#define REHEARSE_MAX_MODULES 256
+#define REHEARSE_MAX_MS      3600000
+#define REHEARSE_DEFAULT_MS  10000
+#define REHEARSE_MAX_REPORT  65536
+#define HEALTH_MAX_MESSAGE   1024
+
 struct RelVersion {
     RelModule *owner;
     void *dl;
-    const RelModuleDesc *desc;
+    const RelModuleDesc *desc; /* only ABI 1's fields are read through it */
+    /* ABI 2's fields, copied at the open; zero for an ABI 1 module, whose
+     * descriptor ends before them. */
+    uint32_t state_version;
+    int (*health)(void *state, char *msg, size_t msglen);
+    int (*verify)(void *state, char *err, size_t errlen);
     unsigned pins;
 };
 
@@ -58,14 +83,30 @@ typedef struct LoadJob {
 typedef struct Loader {
     pthread_t thread;
     bool started, stopping;
+    bool busy; /* the thread is inside a job (dlopen, dlclose) */
     pthread_mutex_t lock;
     pthread_cond_t wake, opened; /* work for the thread; a job on the done list */
+    pthread_cond_t idle;         /* no job left nor under way */
     LoadJob *todo, **todo_tail;  /* for the thread */
     LoadJob *done;               /* opened, to adopt at the next dispatch */
 } Loader;
 
+/* The rehearsal under way, if any (pid != 0): the copy, the read end of
+ * its report pipe, the timer of its deadline, and what it said so far. */
+typedef struct Rehearsal {
+    pid_t pid;
+    int pipe, timer;
+    json_t *id;
+    int timeout_ms;
+    long long fork_us, started_us;
+    char *report; /* lines of JSON from the copy */
+    size_t len;
+} Rehearsal;
+
 struct RelRuntime {
     int fd;
+    int ep; /* epoll: fd, and a rehearsal's pipe and timer (rel_runtime_fd) */
+    Rehearsal rehearsal;
     pthread_mutex_t send_lock; /* the host's thread and the loader's both answer */
     Loader loader;
     RelModule **mods;
@@ -176,6 +217,19 @@ static void *host_module_state(const char *name)
     return rel_module_state(rel_runtime_module(the_runtime, name));
 }
 
+/* The size of the descriptor's symbol in its object's symbol table, or 0
+ * when it cannot be told (then its ABI field is trusted). An ABI 1 module
+ * has a smaller descriptor than this header's: nothing past its size is
+ * read. */
+static size_t desc_size(const RelModuleDesc *d)
+{
+    Dl_info info;
+    const ElfW(Sym) *sym = NULL;
+    if (!dladdr1(d, &info, (void **)&sym, RTLD_DL_SYMENT) || !sym || info.dli_saddr != (const void *)d)
+        return 0;
+    return (size_t)sym->st_size;
+}
+
 /* Opens a shared object and checks its descriptor. Nothing of it runs but
  * its ELF constructors (which a module should not have). in_use: handles
  * the module has open now (current, old), which dlopen would hand back
@@ -190,14 +244,20 @@ static int version_open(const char *name, const char *path, const char *want_ver
         return -ENOEXEC;
     }
     const RelModuleDesc *d = dlsym(dl, "reld_module");
+    size_t size = d ? desc_size(d) : 0;
     int r = 0;
     if (!d) {
         *code = "no_descriptor";
         say(err, errlen, "%s exports no reld_module descriptor", path);
         r = -ENOEXEC;
-    } else if (d->abi != RELD_MODULE_ABI) {
+    } else if (d->abi != 1 && d->abi != RELD_MODULE_ABI) {
         *code = "abi";
-        say(err, errlen, "%s has module ABI %u, this runtime speaks %d", path, d->abi, RELD_MODULE_ABI);
+        say(err, errlen, "%s has module ABI %u, this runtime speaks 1 and %d", path, d->abi, RELD_MODULE_ABI);
+        r = -EPROTO;
+    } else if (size && size < (d->abi == 1 ? RELD_MODULE_DESC_V1_SIZE : RELD_MODULE_DESC_V2_SIZE)) {
+        *code = "abi";
+        say(err, errlen, "%s: its reld_module has %zu bytes, fewer than module ABI %u's %zu", path, size, d->abi,
+            d->abi == 1 ? RELD_MODULE_DESC_V1_SIZE : RELD_MODULE_DESC_V2_SIZE);
         r = -EPROTO;
     } else if (!d->name || strcmp(d->name, name) != 0) {
         *code = "name";
@@ -226,6 +286,11 @@ static int version_open(const char *name, const char *path, const char *want_ver
     }
     v->dl = dl;
     v->desc = d;
+    if (d->abi >= 2) { /* an ABI 1 descriptor ends before these */
+        v->state_version = d->state_version;
+        v->health = d->health;
+        v->verify = d->verify;
+    }
     *ret = v;
     return 0;
 }
@@ -479,6 +544,9 @@ static void *loader_main(void *arg)
     Loader *l = &rt->loader;
     pthread_mutex_lock(&l->lock);
     for (;;) {
+        l->busy = false;
+        if (!l->todo)
+            pthread_cond_broadcast(&l->idle);
         while (!l->todo && !l->stopping)
             pthread_cond_wait(&l->wake, &l->lock);
         LoadJob *job = l->todo;
@@ -486,6 +554,7 @@ static void *loader_main(void *arg)
             break; /* stopping, nothing left */
         if (!(l->todo = job->next))
             l->todo_tail = &l->todo;
+        l->busy = true;
         pthread_mutex_unlock(&l->lock);
         if (job->close) {
             version_free(job->close);
@@ -553,6 +622,21 @@ static void loader_wait(RelRuntime *rt, RelModule *m)
         pthread_mutex_unlock(&l->lock);
         loader_adopt(rt);
     }
+}
+
+/* Waits until the loader thread has no job left nor under way, so that a
+ * fork finds it outside the dynamic loader (whose lock a copy could never
+ * take) and outside our mutex. Only the host's thread queues jobs: none
+ * comes between this and the fork. */
+static void loader_quiesce(RelRuntime *rt)
+{
+    Loader *l = &rt->loader;
+    if (!l->started)
+        return;
+    pthread_mutex_lock(&l->lock);
+    while (l->todo || l->busy)
+        pthread_cond_wait(&l->idle, &l->lock);
+    pthread_mutex_unlock(&l->lock);
 }
 
 static int loader_start(RelRuntime *rt)
@@ -783,6 +867,511 @@ static bool names_any_module(RelRuntime *rt, json_t *mods)
     return false;
 }
 
+static void cmd_status(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m)
+{
+    reply_ok(rt, id, status_json(rt));
+}
+
+static void cmd_suspend_resume(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m)
+{
+    const char *cmd = json_string_value(json_object_get(req, "cmd"));
+    json_t *mods = json_object_get(req, "modules");
+    if (!json_is_array(mods))
+        return reply_error(rt, id, "bad_request", "%s needs a modules list", cmd);
+    if (names_any_module(rt, mods))
+        rt->suspended = strcmp(cmd, "suspend") == 0;
+    reply_ok(rt, id, json_pack("{s:b}", "suspended", rt->suspended));
+}
+
+/* ---- health ------------------------------------------------------------------ */
+
+/* Asks each module's current version (those with a health callback) at
+ * this safe point. The module list is status's, each entry with "healthy"
+ * (null: no callback) and, when unhealthy, "message": a superset, so that
+ * a controller taking "modules" from replies keeps what it knows. */
+static void cmd_health(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *unused)
+{
+    json_t *mods = modules_json(rt);
+    char all[HEALTH_MAX_MESSAGE] = "";
+    bool healthy = true;
+    size_t i;
+    json_t *entry;
+    json_array_foreach(mods, i, entry)
+    {
+        RelModule *m = find_any(rt, json_string_value(json_object_get(entry, "name")));
+        if (!m || !m->current || m->removed || !m->current->health) {
+            json_object_set_new(entry, "healthy", json_null());
+            continue;
+        }
+        char msg[256] = "";
+        int r = m->current->health(m->state, msg, sizeof(msg));
+        msg[sizeof(msg) - 1] = 0; /* whatever the callback left */
+        make_utf8(msg);
+        json_object_set_new(entry, "healthy", json_boolean(r >= 0));
+        if (r >= 0)
+            continue;
+        if (!*msg)
+            snprintf(msg, sizeof(msg), "%s", strerror(r > -4096 ? -r : EIO));
+        json_object_set_new(entry, "message", json_string(msg));
+        size_t used = strlen(all);
+        snprintf(all + used, sizeof(all) - used, "%s%s: %s", healthy ? "" : "; ", m->name, msg);
+        healthy = false;
+    }
+    make_utf8(all); /* cut inside a character by the bound */
+    reply_ok(rt, id, json_pack("{s:b, s:s, s:o}", "healthy", healthy, "message", all, "modules", mods));
+}
+
+/* ---- rehearsal ------------------------------------------------------------------ */
+
+static long long now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000LL + t.tv_nsec / 1000;
+}
+
+/* In the copy: one line of JSON to the parent (fd 3). A pipe write of
+ * less than PIPE_BUF is whole; a longer one is still in order. */
+static void copy_report(json_t *msg)
+{
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (!text)
+        return;
+    size_t len = strlen(text);
+    text[len++] = '\n';
+    for (size_t off = 0; off < len;) {
+        ssize_t n = write(3, text + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break; /* the parent is gone or gave up */
+        off += (size_t)n;
+    }
+    free(text);
+}
+
+/* In the copy: the step about to run, so that a crash in it is named. */
+static void copy_step(const char *module, const char *step)
+{
+    copy_report(json_pack("{s:s, s:s}", "module", module, "step", step));
+}
+
+static void copy_fail(const char *module, const char *step, int r, const char *err) __attribute__((noreturn));
+static void copy_fail(const char *module, const char *step, int r, const char *err)
+{
+    char msg[1024];
+    snprintf(msg, sizeof(msg), "%s: %s: %s%s%s", module, step, strerror(r < 0 && r > -4096 ? -r : EIO),
+             err && *err ? ": " : "", err ? err : "");
+    make_utf8(msg);
+    copy_report(json_pack("{s:s, s:s, s:s}", "module", module, "step", step, "error", msg));
+    _exit(1);
+}
+
+/* One module of a rehearse request, as the copy runs it. */
+typedef struct Rehearsed {
+    const char *name;
+    RelModule *m;
+    RelVersion *older, *newer;
+    bool change, added;
+    char *extra; /* JSON text */
+} Rehearsed;
+
+/* The copy's work, on its only thread, with the copy of the live state:
+ * each listed module's new code opened (an added one started with init);
+ * code_change up in order, each followed by the new version's verify;
+ * code_change down in reverse order, each followed by the old version's
+ * verify. Reports and exits: 0 success, 1 an error; a crash is the
+ * signal that ends it. */
+static void copy_main(RelRuntime *rt, json_t *list) __attribute__((noreturn));
+static void copy_main(RelRuntime *rt, json_t *list)
+{
+    size_t n = json_array_size(list);
+    Rehearsed *v = calloc(n ? n : 1, sizeof(*v));
+    char err[512];
+    if (!v)
+        copy_fail("rehearsal", "start", -ENOMEM, NULL);
+    for (size_t k = 0; k < n; k++) {
+        json_t *item = json_array_get(list, k);
+        json_t *change = json_object_get(item, "change");
+        json_t *extra = json_object_get(item, "extra");
+        Rehearsed *x = &v[k];
+        x->name = json_string_value(json_object_get(item, "module"));
+        x->m = rel_runtime_module(rt, x->name);
+        x->change = !change || json_is_true(change);
+        x->extra = json_dumps(extra ? extra : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+        const char *code = NULL;
+        void *in_use[2] = {x->m && x->m->current ? x->m->current->dl : NULL, x->m && x->m->old ? x->m->old->dl : NULL};
+        *err = 0;
+        copy_step(x->name, "load");
+        int r = version_open(x->name, json_string_value(json_object_get(item, "path")),
+                             json_string_value(json_object_get(item, "version")), in_use, &x->newer, &code, err,
+                             sizeof(err));
+        if (r < 0)
+            copy_fail(x->name, "load", r, err);
+        if (x->newer->desc->attach)
+            x->newer->desc->attach(&rt->host);
+        if (!x->m || !x->m->current) { /* added: a fresh start, as load would do */
+            x->added = true;
+            copy_step(x->name, "init");
+            if (!(x->m = module_add(rt, x->name)))
+                copy_fail(x->name, "init", -ENOMEM, NULL);
+            if ((r = module_start(x->m, x->newer, err, sizeof(err))) < 0)
+                copy_fail(x->name, "init", r, err);
+        }
+    }
+    for (size_t k = 0; k < n; k++) {
+        Rehearsed *x = &v[k];
+        if (x->added)
+            continue;
+        x->older = x->m->current;
+        x->m->current = x->newer; /* as load: the new code is current */
+        if (x->change && x->newer->desc->code_change) {
+            void *state = x->m->state;
+            *err = 0;
+            copy_step(x->name, "code_change up");
+            int r = x->newer->desc->code_change(REL_UP, x->older->desc->version, x->m->state,
+                                                x->extra ? x->extra : "null", &state, err, sizeof(err));
+            if (r < 0)
+                copy_fail(x->name, "code_change up", r, err);
+            x->m->state = state;
+        }
+        if (x->newer->verify) {
+            *err = 0;
+            copy_step(x->name, "verify");
+            int r = x->newer->verify(x->m->state, err, sizeof(err));
+            if (r < 0)
+                copy_fail(x->name, "verify", r, err);
+        }
+    }
+    for (size_t k = n; k-- > 0;) {
+        Rehearsed *x = &v[k];
+        if (x->added || !x->change)
+            continue;
+        if (x->newer->desc->code_change) {
+            void *state = x->m->state;
+            *err = 0;
+            copy_step(x->name, "code_change down");
+            int r = x->newer->desc->code_change(REL_DOWN, x->older->desc->version, x->m->state,
+                                                x->extra ? x->extra : "null", &state, err, sizeof(err));
+            if (r < 0)
+                copy_fail(x->name, "code_change down", r, err);
+            x->m->state = state;
+        }
+        x->m->current = x->older;
+        if (x->older->verify) {
+            *err = 0;
+            copy_step(x->name, "verify old");
+            int r = x->older->verify(x->m->state, err, sizeof(err));
+            if (r < 0)
+                copy_fail(x->name, "verify old", r, err);
+        }
+    }
+    json_t *done = json_array();
+    for (size_t k = 0; k < n; k++) {
+        Rehearsed *x = &v[k];
+        bool verified = x->newer->verify || (x->older && x->change && x->older->verify);
+        json_array_append_new(done, json_pack("{s:s, s:o, s:s, s:b, s:b}", "module", x->name, "from",
+                                              x->older ? json_string(x->older->desc->version) : json_null(), "to",
+                                              x->newer->desc->version, "change", x->change && !x->added, "verified",
+                                              verified));
+    }
+    copy_report(json_pack("{s:b, s:o}", "ok", 1, "rehearsed", done));
+    _exit(0);
+}
+
+/* In the copy, first: nothing of the parent's but its memory. Every fd
+ * goes but 0, 1, 2 and the report pipe (as fd 3): the copy touches no
+ * socket, the control channel least. Signals as a fresh process has them,
+ * so that a crash ends it with its signal; it dies with its parent. */
+static void copy_prepare(RelRuntime *rt, int report, pid_t parent)
+{
+    if (report != 3 && dup2(report, 3) < 0)
+        _exit(2);
+    if (close_range(4, ~0U, 0) < 0)
+        for (int fd = 4; fd < 65536; fd++) /* a kernel before 5.9 */
+            (void)close(fd);
+    static const int fatal[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTERM, SIGINT, SIGHUP, SIGPIPE};
+    for (size_t k = 0; k < sizeof(fatal) / sizeof(*fatal); k++)
+        (void)signal(fatal[k], SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    (void)sigprocmask(SIG_SETMASK, &none, NULL);
+    (void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(2);               /* the parent died before prctl */
+    rt->loader.started = false; /* the copy has no loader thread: it closes nothing */
+    rt->fd = -1;
+}
+
+static void rehearsal_close(RelRuntime *rt)
+{
+    Rehearsal *h = &rt->rehearsal;
+    if (h->pipe >= 0) {
+        (void)epoll_ctl(rt->ep, EPOLL_CTL_DEL, h->pipe, NULL);
+        close(h->pipe);
+    }
+    if (h->timer >= 0) {
+        (void)epoll_ctl(rt->ep, EPOLL_CTL_DEL, h->timer, NULL);
+        close(h->timer);
+    }
+    json_decref(h->id);
+    free(h->report);
+    *h = (Rehearsal){.pipe = -1, .timer = -1};
+}
+
+/* The copy's last report line with key, or NULL (borrowed from *all,
+ * which the caller frees). */
+static json_t *last_report(Rehearsal *h, const char *key, json_t **all)
+{
+    json_t *found = NULL;
+    if (!*all)
+        *all = json_array();
+    for (char *line = h->report, *end; line && line < h->report + h->len; line = end + 1) {
+        end = memchr(line, '\n', (size_t)(h->report + h->len - line));
+        if (!end)
+            break; /* cut short: the copy died writing it */
+        json_t *j = json_loadb(line, (size_t)(end - line), 0, NULL);
+        if (json_is_object(j) && json_object_get(j, key)) {
+            json_array_append(*all, j);
+            found = j;
+        }
+        json_decref(j);
+    }
+    return found;
+}
+
+/* The rehearsal ended (the copy's pipe at its end, or its deadline: then
+ * it is killed first): reaps the copy, exactly its pid, and answers. */
+static void rehearsal_end(RelRuntime *rt, bool timed_out, const char *why)
+{
+    Rehearsal *h = &rt->rehearsal;
+    if (timed_out || why)
+        (void)kill(h->pid, SIGKILL);
+    int status = 0;
+    pid_t w;
+    while ((w = waitpid(h->pid, &status, 0)) < 0 && errno == EINTR)
+        ;
+    json_t *all = NULL;
+    json_t *ok = last_report(h, "ok", &all), *step = last_report(h, "step", &all),
+           *error = last_report(h, "error", &all);
+    const char *module = step ? json_string_value(json_object_get(step, "module")) : NULL;
+    const char *what = step ? json_string_value(json_object_get(step, "step")) : NULL;
+    char msg[1024];
+    const char *outcome, *signame = NULL;
+    if (why) {
+        outcome = "aborted";
+        snprintf(msg, sizeof(msg), "%s", why);
+    } else if (timed_out) {
+        outcome = "timeout";
+        snprintf(msg, sizeof(msg), "%s: %s: no result within %d ms (the copy was killed)",
+                 module ? module : "rehearsal", what ? what : "start", h->timeout_ms);
+    } else if (w == h->pid && WIFSIGNALED(status)) {
+        outcome = "crashed";
+        signame = sigabbrev_np(WTERMSIG(status));
+        snprintf(msg, sizeof(msg), "%s: %s: killed by SIG%s", module ? module : "rehearsal", what ? what : "start",
+                 signame ? signame : "?");
+    } else if (error) {
+        outcome = "failed";
+        snprintf(msg, sizeof(msg), "%s", json_string_value(json_object_get(error, "error")));
+    } else if (ok && (w != h->pid || (WIFEXITED(status) && WEXITSTATUS(status) == 0))) {
+        outcome = "ok"; /* w != pid: the host reaped the copy, but it reported success */
+    } else if (w != h->pid) {
+        outcome = "failed";
+        snprintf(msg, sizeof(msg), "%s: %s: the copy ended and its status is lost (the host reaped it)",
+                 module ? module : "rehearsal", what ? what : "start");
+    } else {
+        outcome = "failed";
+        snprintf(msg, sizeof(msg), "%s: %s: the copy exited with status %d", module ? module : "rehearsal",
+                 what ? what : "start", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
+    long long elapsed = (now_us() - h->started_us) / 1000;
+    json_t *reply;
+    if (strcmp(outcome, "ok") == 0) {
+        reply =
+            json_pack("{s:O, s:b, s:O, s:I, s:I}", "id", h->id, "ok", 1, "rehearsed", json_object_get(ok, "rehearsed"),
+                      "fork_us", (json_int_t)h->fork_us, "elapsed_ms", (json_int_t)elapsed);
+    } else {
+        make_utf8(msg);
+        reply = json_pack("{s:O, s:b, s:s, s:s, s:s, s:o, s:o, s:o, s:I, s:I}", "id", h->id, "ok", 0, "error",
+                          "rehearsal_failed", "message", msg, "outcome", outcome, "module",
+                          module ? json_string(module) : json_null(), "step", what ? json_string(what) : json_null(),
+                          "signal", signame ? json_sprintf("SIG%s", signame) : json_null(), "fork_us",
+                          (json_int_t)h->fork_us, "elapsed_ms", (json_int_t)elapsed);
+    }
+    if (!reply) /* never unanswered */
+        reply = json_pack("{s:O, s:b, s:s}", "id", h->id, "ok", 0, "error", "rehearsal_failed");
+    json_decref(all);
+    rehearsal_close(rt);
+    send_json(rt, reply);
+}
+
+/* Reads what the copy wrote, ends the rehearsal at the pipe's end or the
+ * deadline. Called at every dispatch: both fds are non-blocking. */
+static void rehearsal_poll(RelRuntime *rt)
+{
+    Rehearsal *h = &rt->rehearsal;
+    if (!h->pid)
+        return;
+    for (;;) {
+        char buf[4096];
+        ssize_t n = read(h->pipe, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        if (n <= 0)
+            return rehearsal_end(rt, false, NULL);
+        size_t keep = h->len + (size_t)n <= REHEARSE_MAX_REPORT ? (size_t)n : REHEARSE_MAX_REPORT - h->len;
+        char *grown = keep ? realloc(h->report, h->len + keep) : h->report;
+        if (grown) {
+            memcpy(grown + h->len, buf, keep);
+            h->report = grown;
+            h->len += keep;
+        }
+    }
+    uint64_t expired = 0;
+    if (read(h->timer, &expired, sizeof(expired)) == (ssize_t)sizeof(expired) && expired)
+        rehearsal_end(rt, true, NULL);
+}
+
+static bool rehearse_item_ok(json_t *item, const char **why)
+{
+    json_t *change = json_object_get(item, "change"), *version = json_object_get(item, "version");
+    if (!json_is_object(item))
+        *why = "each of modules must be an object";
+    else if (!json_is_string(json_object_get(item, "module")))
+        *why = "each of modules needs a module (a string)";
+    else if (!json_is_string(json_object_get(item, "path")))
+        *why = "each of modules needs a path (a string)";
+    else if (change && !json_is_boolean(change))
+        *why = "change must be true or false";
+    else if (version && !json_is_string(version))
+        *why = "version must be a string";
+    else
+        return true;
+    return false;
+}
+
+/* Forks the copy and returns: the answer comes from dispatch when the
+ * copy ends (rehearsal_poll). The host is stopped for the fork alone. */
+static void cmd_rehearse(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *unused)
+{
+    json_t *list = json_object_get(req, "modules"), *t = json_object_get(req, "timeout_ms");
+    size_t i;
+    json_t *item;
+    const char *why = NULL;
+    if (!json_is_array(list) || json_array_size(list) == 0 || json_array_size(list) > REHEARSE_MAX_MODULES)
+        return reply_error(rt, id, "bad_request", "rehearse needs a modules list of 1 to %d", REHEARSE_MAX_MODULES);
+    json_array_foreach(list, i, item)
+    {
+        if (!rehearse_item_ok(item, &why))
+            return reply_error(rt, id, "bad_request", "%s", why);
+    }
+    if (t && (!json_is_integer(t) || json_integer_value(t) < 1 || json_integer_value(t) > REHEARSE_MAX_MS))
+        return reply_error(rt, id, "bad_request", "timeout_ms must be an integer from 1 to %d", REHEARSE_MAX_MS);
+    if (rt->rehearsal.pid)
+        return reply_error(rt, id, "busy", "a rehearsal is already under way (pid %d)", (int)rt->rehearsal.pid);
+    if (rt->ep < 0)
+        return reply_error(rt, id, "no_memory", "no epoll set to watch a rehearsal with");
+    Rehearsal *h = &rt->rehearsal;
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+        return reply_error(rt, id, "no_memory", "cannot make the rehearsal's pipe: %s", strerror(errno));
+    h->pipe = p[0];
+    h->timer = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    h->timeout_ms = t ? (int)json_integer_value(t) : REHEARSE_DEFAULT_MS;
+    struct itimerspec when = {.it_value = {h->timeout_ms / 1000, h->timeout_ms % 1000 * 1000000L}};
+    struct epoll_event pe = {.events = EPOLLIN, .data.fd = h->pipe}, te = {.events = EPOLLIN, .data.fd = h->timer};
+    if (h->timer < 0 || timerfd_settime(h->timer, 0, &when, NULL) < 0 ||
+        epoll_ctl(rt->ep, EPOLL_CTL_ADD, h->pipe, &pe) < 0 || epoll_ctl(rt->ep, EPOLL_CTL_ADD, h->timer, &te) < 0) {
+        int e = errno;
+        close(p[1]);
+        rehearsal_close(rt);
+        return reply_error(rt, id, "no_memory", "cannot watch a rehearsal: %s", strerror(e));
+    }
+    loader_quiesce(rt);
+    pid_t parent = getpid();
+    long long t0 = now_us();
+    pid_t pid = fork();
+    if (pid == 0) {
+        copy_prepare(rt, p[1], parent);
+        copy_main(rt, list);
+    }
+    h->fork_us = now_us() - t0;
+    h->started_us = t0;
+    int e = errno;
+    close(p[1]);
+    if (pid < 0) {
+        rehearsal_close(rt);
+        return reply_error(rt, id, "fork_failed", "cannot fork a copy to rehearse in: %s", strerror(e));
+    }
+    h->pid = pid;
+    h->id = json_incref(id ? id : json_null());
+}
+
+/* ---- dispatch ------------------------------------------------------------------- */
+
+/* A command's handler: name is the request's "module" (NULL without one);
+ * m that module when the process has (or had) it. */
+typedef void CommandFn(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m);
+
+typedef enum CommandNeeds {
+    NEEDS_NOTHING,
+    NEEDS_NAME,   /* a "module" field, not necessarily a module the process has */
+    NEEDS_MODULE, /* a module the process has */
+} CommandNeeds;
+
+typedef struct Command {
+    const char *name;
+    CommandNeeds needs;
+    CommandFn *run;
+} Command;
+
+static void run_load_object_code(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m)
+{
+    cmd_load_object_code(rt, id, req, name);
+}
+static void run_load(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m)
+{
+    cmd_load(rt, id, req, m);
+}
+static void run_code_change(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m)
+{
+    cmd_code_change(rt, id, req, m);
+}
+static void run_purge(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m)
+{
+    cmd_purge(rt, id, req, m);
+}
+static void run_drop_object_code(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m)
+{
+    cmd_drop_object_code(rt, id, m);
+}
+static void run_revert(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m)
+{
+    cmd_revert(rt, id, req, m);
+}
+static void run_remove(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m)
+{
+    cmd_remove(rt, id, m);
+}
+
+static const Command commands[] = {
+    {"status", NEEDS_NOTHING, cmd_status},
+    {"suspend", NEEDS_NOTHING, cmd_suspend_resume},
+    {"resume", NEEDS_NOTHING, cmd_suspend_resume},
+    {"health", NEEDS_NOTHING, cmd_health},
+    {"rehearse", NEEDS_NOTHING, cmd_rehearse},
+    {"load_object_code", NEEDS_NAME, run_load_object_code},
+    {"load", NEEDS_MODULE, run_load},
+    {"code_change", NEEDS_MODULE, run_code_change},
+    {"purge", NEEDS_MODULE, run_purge},
+    {"drop_object_code", NEEDS_MODULE, run_drop_object_code},
+    {"revert", NEEDS_MODULE, run_revert},
+    {"remove", NEEDS_MODULE, run_remove},
+};
+
 static void handle_line(RelRuntime *rt, const char *line, size_t len)
 {
     loader_adopt(rt);
@@ -796,63 +1385,46 @@ static void handle_line(RelRuntime *rt, const char *line, size_t len)
     json_t *id = json_object_get(req, "id");
     const char *cmd = json_string_value(json_object_get(req, "cmd"));
     const char *name = json_string_value(json_object_get(req, "module"));
-    json_t *mods = json_object_get(req, "modules");
+    const Command *c = NULL;
+    for (size_t k = 0; cmd && k < sizeof(commands) / sizeof(*commands) && !c; k++)
+        if (strcmp(commands[k].name, cmd) == 0)
+            c = &commands[k];
     RelModule *m = name ? find_any(rt, name) : NULL;
-    if (m && m->loading && cmd && strcmp(cmd, "load_object_code") != 0)
+    /* A command for a module whose new code is still being opened waits
+     * for it (load_object_code itself refuses). */
+    if (c && c->needs != NEEDS_NAME && m && m->loading)
         loader_wait(rt, m);
 
-    if (!cmd) {
+    if (!cmd)
         reply_error(rt, id, "bad_request", "no cmd");
-    } else if (strcmp(cmd, "status") == 0) {
-        reply_ok(rt, id, status_json(rt));
-    } else if (strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0) {
-        if (!json_is_array(mods)) {
-            reply_error(rt, id, "bad_request", "%s needs a modules list", cmd);
-        } else {
-            bool suspend = cmd[0] == 's';
-            bool ours = names_any_module(rt, mods);
-            if (ours)
-                rt->suspended = suspend;
-            reply_ok(rt, id, json_pack("{s:b}", "suspended", rt->suspended));
-        }
-    } else if (!name) {
-        if (strcmp(cmd, "load_object_code") == 0 || strcmp(cmd, "drop_object_code") == 0 || strcmp(cmd, "load") == 0 ||
-            strcmp(cmd, "code_change") == 0 || strcmp(cmd, "purge") == 0 || strcmp(cmd, "remove") == 0 ||
-            strcmp(cmd, "revert") == 0)
-            reply_error(rt, id, "bad_request", "%s needs a module", cmd);
-        else
-            reply_error(rt, id, "unknown_command", "unknown command '%s'", cmd);
-    } else if (strcmp(cmd, "load_object_code") == 0) {
-        cmd_load_object_code(rt, id, req, name);
-    } else if (!m) {
-        reply_error(rt, id, "no_module", "this process has no module %s", name);
-    } else if (strcmp(cmd, "load") == 0) {
-        cmd_load(rt, id, req, m);
-    } else if (strcmp(cmd, "code_change") == 0) {
-        cmd_code_change(rt, id, req, m);
-    } else if (strcmp(cmd, "purge") == 0) {
-        cmd_purge(rt, id, req, m);
-    } else if (strcmp(cmd, "drop_object_code") == 0) {
-        cmd_drop_object_code(rt, id, m);
-    } else if (strcmp(cmd, "revert") == 0) {
-        cmd_revert(rt, id, req, m);
-    } else if (strcmp(cmd, "remove") == 0) {
-        cmd_remove(rt, id, m);
-    } else {
+    else if (!c)
         reply_error(rt, id, "unknown_command", "unknown command '%s'", cmd);
-    }
+    else if (c->needs != NEEDS_NOTHING && !name)
+        reply_error(rt, id, "bad_request", "%s needs a module", cmd);
+    else if (c->needs == NEEDS_MODULE && !m)
+        reply_error(rt, id, "no_module", "this process has no module %s", name);
+    else
+        c->run(rt, id, req, name, m);
     json_decref(req);
 }
 
-/* Reads what is there (blocking when wait), handles complete lines.
- * Returns 0, or -ECONNRESET when reld closed the channel. */
+/* Waits until the control channel (or, during a rehearsal, the copy's
+ * pipe or timer) has something. */
+static void wait_readable(RelRuntime *rt)
+{
+    struct pollfd p = {.fd = rt->ep >= 0 ? rt->ep : rt->fd, .events = POLLIN};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR)
+        ;
+}
+
+/* Reads what is there (blocking when wait), handles complete lines, and
+ * looks after a rehearsal under way. Returns 0, or -ECONNRESET when reld
+ * closed the channel. */
 static int pump(RelRuntime *rt, bool wait)
 {
-    if (wait) {
-        struct pollfd p = {.fd = rt->fd, .events = POLLIN};
-        while (poll(&p, 1, -1) < 0 && errno == EINTR)
-            ;
-    }
+    if (wait)
+        wait_readable(rt);
+    rehearsal_poll(rt);
     char buf[16384];
     ssize_t n = recv(rt->fd, buf, sizeof(buf), MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -887,7 +1459,10 @@ int rel_runtime_dispatch(RelRuntime *rt)
     while (r == 0 && rt->suspended)
         r = pump(rt, true); /* suspended: wait here, at the safe point */
     if (r < 0) {
-        /* reld went away: go on unmanaged rather than stay suspended. */
+        /* reld went away: go on unmanaged rather than stay suspended; a
+         * rehearsal has no one left to tell. */
+        if (rt->rehearsal.pid)
+            rehearsal_end(rt, false, "the control channel closed");
         close(rt->fd);
         rt->fd = -1;
         rt->suspended = false;
@@ -897,7 +1472,7 @@ int rel_runtime_dispatch(RelRuntime *rt)
 
 int rel_runtime_fd(const RelRuntime *rt)
 {
-    return rt ? rt->fd : -1;
+    return rt && rt->fd >= 0 ? (rt->ep >= 0 ? rt->ep : rt->fd) : -1;
 }
 
 #ifdef RELD_FUZZING
@@ -922,10 +1497,13 @@ int rel_runtime_new(RelRuntime **ret, char *err, size_t errlen)
         return -ENOMEM;
     }
     rt->fd = -1;
+    rt->ep = -1;
+    rt->rehearsal = (Rehearsal){.pipe = -1, .timer = -1};
     pthread_mutex_init(&rt->send_lock, NULL);
     pthread_mutex_init(&rt->loader.lock, NULL);
     pthread_cond_init(&rt->loader.wake, NULL);
     pthread_cond_init(&rt->loader.opened, NULL);
+    pthread_cond_init(&rt->loader.idle, NULL);
     rt->loader.todo_tail = &rt->loader.todo;
     rt->host = (RelHost){.abi = RELD_MODULE_ABI, .module_api = host_module_api, .module_state = host_module_state};
     the_runtime = rt;
@@ -940,6 +1518,16 @@ int rel_runtime_new(RelRuntime **ret, char *err, size_t errlen)
             return -EINVAL;
         }
         rt->fd = (int)v;
+        /* The fd the host polls: the channel, and a rehearsal's pipe and
+         * timer while one runs. */
+        struct epoll_event ce = {.events = EPOLLIN, .data.fd = rt->fd};
+        rt->ep = epoll_create1(EPOLL_CLOEXEC);
+        if (rt->ep < 0 || epoll_ctl(rt->ep, EPOLL_CTL_ADD, rt->fd, &ce) < 0) {
+            int e = errno;
+            say(err, errlen, "cannot watch the control channel (RELD_CONTROL_FD=%s): %s", fd, strerror(e));
+            rel_runtime_free(rt);
+            return -e;
+        }
     }
     const char *mods = getenv("RELD_MODULES");
     if (mods && *mods) {
@@ -980,6 +1568,8 @@ RelRuntime *rel_runtime_free(RelRuntime *rt)
 {
     if (!rt)
         return NULL;
+    if (rt->rehearsal.pid) /* answered: reld never waits for an answer that does not come */
+        rehearsal_end(rt, false, "the process is ending");
     loader_stop(rt); /* closes what it was given, hands over what it opened */
     for (size_t i = 0; i < rt->n_mods; i++) {
         RelModule *m = rt->mods[i];
@@ -994,11 +1584,14 @@ RelRuntime *rel_runtime_free(RelRuntime *rt)
     free(rt->mods);
     if (rt->fd >= 0)
         close(rt->fd);
+    if (rt->ep >= 0)
+        close(rt->ep);
     free(rt->in);
     pthread_mutex_destroy(&rt->send_lock);
     pthread_mutex_destroy(&rt->loader.lock);
     pthread_cond_destroy(&rt->loader.wake);
     pthread_cond_destroy(&rt->loader.opened);
+    pthread_cond_destroy(&rt->loader.idle);
     if (the_runtime == rt)
         the_runtime = NULL;
     free(rt);

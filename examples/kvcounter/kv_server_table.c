@@ -2,15 +2,30 @@
  * with a running total, a new state layout. code_change converts version
  * 1's array up into the table and the table back down into the array.
  *
- * One source, three builds (examples/meson.build):
+ * Every build has a health callback (unhealthy while the key "__unhealthy"
+ * has a count), verify (the table's invariants) and state_version 2.
+ *
+ * One source, several builds (examples/meson.build), the faulty ones for
+ * the tests of rehearsals and health gates (docs/runtime.md):
  *   KV_VERSION=2                    version 2
  *   KV_VERSION=2 + KV_BROKEN        "2b", whose code_change fails on purpose
+ *   KV_VERSION=2 + KV_CRASH         "2crash": code_change up from 1 crashes
+ *                                   (SIGSEGV) when the state has more than
+ *                                   1,000 keys: a fresh state converts fine
+ *   KV_VERSION=2 + KV_HANG          "2hang": code_change up from 1 never
+ *                                   returns when the state has more than
+ *                                   1,000 keys
+ *   KV_VERSION=2 + KV_BAD_TOTAL     "2badtotal": code_change up forgets the
+ *                                   running total, which verify finds
+ *   KV_VERSION=2 + KV_SICK          "2sick": converts right, always unhealthy
  *   KV_VERSION=3                    adds TOP n through the library module
  *                                   kv_lib (named in dep_mods), same layout */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "kv_common.h"
 #include "reld-runtime.h"
@@ -19,6 +34,14 @@
 #define KV_VERSION_STRING "3"
 #elif defined(KV_BROKEN)
 #define KV_VERSION_STRING "2b"
+#elif defined(KV_CRASH)
+#define KV_VERSION_STRING "2crash"
+#elif defined(KV_HANG)
+#define KV_VERSION_STRING "2hang"
+#elif defined(KV_BAD_TOTAL)
+#define KV_VERSION_STRING "2badtotal"
+#elif defined(KV_SICK)
+#define KV_VERSION_STRING "2sick"
 #else
 #define KV_VERSION_STRING "2"
 #endif
@@ -129,8 +152,21 @@ static void terminate(void *state)
     table_free(state);
 }
 
+/* The faults of the test builds: only on a state larger than any a unit
+ * test with a fresh state would make. */
+#define KV_FAULT_KEYS 1000
+
 static int up_from_v1(StateV1 *old, void **ret)
 {
+#if defined(KV_CRASH)
+    if (old->n > KV_FAULT_KEYS) {
+        int *volatile nowhere = NULL; /* volatile: a real SIGSEGV, not a trap the compiler puts there */
+        *nowhere = 1;
+    }
+#elif defined(KV_HANG)
+    while (old->n > KV_FAULT_KEYS)
+        pause();
+#endif
     size_t cap = 64;
     while (cap < old->n * 2 + 2)
         cap *= 2;
@@ -144,7 +180,9 @@ static int up_from_v1(StateV1 *old, void **ret)
             return -ENOMEM; /* old is untouched */
         }
         s->count = (uint64_t)old->items[i].count;
+#ifndef KV_BAD_TOTAL
         t->total += s->count;
+#endif
     }
     free(old->items); /* success: the old state is ours to free */
     free(old);
@@ -262,12 +300,53 @@ static size_t handle(void *state, const char *line, size_t len, char *out, size_
     return kv_reply(out, outsz, "ERR unknown command %s\n", verb);
 }
 
+/* Healthy unless a client set the key "__unhealthy"; 2sick never is. */
+static int health(void *state, char *msg, size_t msglen)
+{
+#ifdef KV_SICK
+    snprintf(msg, msglen, "kv_server %s is unhealthy on purpose", KV_VERSION_STRING);
+    return -EIO;
+#else
+    Slot *s = table_get(state, "__unhealthy", false);
+    if (s && s->count > 0) {
+        snprintf(msg, msglen, "the key __unhealthy is set (%llu)", (unsigned long long)s->count);
+        return -EIO;
+    }
+    return 0;
+#endif
+}
+
+/* The table's invariants: as many keys as n, at most half full, the
+ * running total the sum of the counts. */
+static int verify(void *state, char *err, size_t errlen)
+{
+    StateV2 *t = state;
+    size_t n = 0;
+    uint64_t sum = 0;
+    for (size_t i = 0; t && i < t->cap; i++)
+        if (t->slots[i].key) {
+            n++;
+            sum += t->slots[i].count;
+        }
+    if (!t || n != t->n || t->n * 2 > t->cap) {
+        snprintf(err, errlen, "table of %zu keys counts %zu in %zu slots", n, t ? t->n : 0, t ? t->cap : 0);
+        return -EUCLEAN;
+    }
+    if (sum != t->total) {
+        snprintf(err, errlen, "running total %llu, but the counts sum to %llu", (unsigned long long)t->total,
+                 (unsigned long long)sum);
+        return -EUCLEAN;
+    }
+    return 0;
+}
+
 static const KvServerApi api = {.handle = handle};
 
 #if KV_VERSION == 3
 RELD_MODULE_DEFINE(.name = "kv_server", .version = KV_VERSION_STRING, .attach = attach, .init = init,
-                   .code_change = code_change, .terminate = terminate, .api = &api);
+                   .code_change = code_change, .terminate = terminate, .api = &api, .state_version = 2,
+                   .health = health, .verify = verify);
 #else
 RELD_MODULE_DEFINE(.name = "kv_server", .version = KV_VERSION_STRING, .init = init, .code_change = code_change,
-                   .terminate = terminate, .api = &api);
+                   .terminate = terminate, .api = &api, .state_version = 2, .health = health, .verify = verify);
 #endif

@@ -62,10 +62,10 @@ def module(name):
 class Proc:
     """A kv-host process with a control channel, as reld would start it."""
 
-    def __init__(self, version="1", extra_modules=()):
+    def __init__(self, version="1", extra_modules=(), path=None):
         self.port = free_port()
         ours, theirs = socket.socketpair()
-        mods = [f"kv_server={module('kv_server-' + version)}"] + list(extra_modules)
+        mods = [f"kv_server={path or module('kv_server-' + version)}"] + list(extra_modules)
         env = dict(os.environ, RELD_CONTROL_FD=str(theirs.fileno()), RELD_PROCESS="kv",
                    RELD_MODULES=":".join(mods))
         self.p = subprocess.Popen([os.path.join(ARGS.bin, "kv-host"), "--listen", f"127.0.0.1:{self.port}"],
@@ -121,6 +121,14 @@ class Proc:
 
     def alive(self):
         return self.p.poll() is None
+
+    def children(self):
+        """The pids of the process's children, zombies included (not reaped)."""
+        kids = []
+        for task in os.listdir(f"/proc/{self.p.pid}/task"):
+            with open(f"/proc/{self.p.pid}/task/{task}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+        return kids
 
     def stop(self):
         if self.alive():
@@ -432,6 +440,240 @@ def test_reld_gone_while_suspended():
     p.stop()
 
 
+def fill(port, n, prefix="key"):
+    """INCR n distinct keys on one connection (pipelined); True when each was answered OK."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall("".join(f"INCR {prefix}{i}\n" for i in range(n)).encode())
+        data = b""
+        while data.count(b"\n") < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.count(b"OK ") == n
+
+
+def rehearse(proc, version, timeout_ms=5000, change=True, extra="array-to-table", path=None, wait=10):
+    return proc.cmd("rehearse", timeout=wait, timeout_ms=timeout_ms,
+                    modules=[{"module": "kv_server", "path": path or module(f"kv_server-{version}"),
+                              "extra": extra, "change": change}])
+
+
+def unchanged(proc, pid, counts):
+    """The process is the same one, runs kv_server 1 with nothing staged, and its counters are intact."""
+    st = proc.cmd("status")
+    mods = st["modules"] if st else []
+    got = {k: proc.request(f"GET {k}") for k in counts}
+    return (proc.alive() and st and st["pid"] == pid and proc.p.pid == pid and
+            mods == [{"name": "kv_server", "version": "1", "old_version": None, "staged_version": None, "pins": 0,
+                      "old_pins": 0}] and
+            all(got[k] == f"OK {k} {v}" for k, v in counts.items()) and
+            proc.request("VERSION") == "OK kv_server 1"), (st, got)
+
+
+def test_health():
+    p = Proc("1")
+    h = p.cmd("health")
+    tap(h and h["ok"] and h["healthy"] is True and h["message"] == "" and h["modules"][0]["healthy"] is True and
+        h["modules"][0]["version"] == "1" and h["modules"][0]["old_version"] is None,
+        "health: kv_server 1's callback says healthy; the module list is status's, with healthy", h)
+    p.request("INCR __unhealthy")
+    h = p.cmd("health")
+    tap(h and h["ok"] and h["healthy"] is False and
+        h["message"] == "kv_server: the key __unhealthy is set (1)" and h["modules"][0]["healthy"] is False and
+        h["modules"][0]["message"] == "the key __unhealthy is set (1)",
+        "health: unhealthy by a request, the message names the module and its reason", h)
+    replies, _ = upgrade(p, "kv_server", "2", "array-to-table")
+    h = p.cmd("health")
+    tap(all_ok(replies) and h["healthy"] is False and "kv_server: the key __unhealthy is set (1)" == h["message"],
+        "health after 1 -> 2 asks version 2, on the converted state", h)
+    p.stop()
+
+    p = Proc("2sick")
+    h = p.cmd("health")
+    tap(h and h["healthy"] is False and h["message"] == "kv_server: kv_server 2sick is unhealthy on purpose",
+        "health: a version that is always unhealthy (2sick)", h)
+    p.stop()
+
+    p = Proc("1", path=os.path.join(ARGS.bad, "abi1-kv_server.so"))
+    h = p.cmd("health")
+    tap(h and h["ok"] and h["healthy"] is True and h["modules"][0]["healthy"] is None,
+        "health: a module of ABI 1 has no callback: healthy, its entry healthy null", h)
+    p.stop()
+
+
+def test_abi1_module():
+    p = Proc("1", path=os.path.join(ARGS.bad, "abi1-kv_server.so"))
+    tap(p.hello and p.hello["modules"][0]["version"] == "1" and p.request("INCR a") == "OK a 1",
+        "a module of ABI 1 (a 64-byte descriptor) loads and serves", p.hello)
+    fill(p.port, 20)
+    r = rehearse(p, "2")
+    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "1", "to": "2", "change": True,
+                                               "verified": True}],
+        "rehearsal from ABI 1 to ABI 2: verified by the new version only", r)
+    replies, _ = upgrade(p, "kv_server", "2", "array-to-table")
+    tap(all_ok(replies) and p.request("GET a") == "OK a 1" and p.request("VERSION") == "OK kv_server 2",
+        "and upgraded to version 2 (ABI 2), state converted", replies)
+    replies, _ = upgrade(p, "kv_server", "1", "array-to-table", down=True)
+    tap(all_ok(replies), "and down again, to a module of ABI 1", replies)
+    p.stop()
+
+
+def test_rehearsal_success_under_load():
+    p = Proc("1")
+    pid = p.p.pid
+    tap(fill(p.port, 1500), "the live state: 1,500 keys")
+    for _ in range(3):
+        p.request("INCR kept")
+    load = Load(p.port, seconds=2.0, prefix="s")
+    time.sleep(0.3)
+    r = rehearse(p, "2")
+    check_load("rehearsal 1 -> 2", load)
+    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "1", "to": "2", "change": True,
+                                               "verified": True}] and r["fork_us"] >= 0,
+        f"rehearsal 1 -> 2 on the live state succeeds (fork {r and r.get('fork_us')} us, "
+        f"{r and r.get('elapsed_ms')} ms)", r)
+    ok, why = unchanged(p, pid, {"kept": 3, "key0": 1, "key1499": 1})
+    tap(ok, "nothing of the rehearsal reached the process: same pid, version 1, nothing staged, counters", why)
+    tap(p.children() == [], "the copy was reaped", p.children())
+    # A module the process does not have yet: its code opened and started in the copy.
+    r = p.cmd("rehearse", timeout_ms=5000, modules=[{"module": "kv_lib", "path": module("kv_lib-1")}])
+    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_lib", "from": None, "to": "1", "change": False,
+                                               "verified": False}] and
+        [m["name"] for m in p.cmd("status")["modules"]] == ["kv_server"],
+        "an added module is loaded and started in the copy only", r)
+    p.stop()
+
+
+def test_rehearsal_catches_the_live_state_crash():
+    # A fresh state converts fine: what a unit test of 2crash would see.
+    p = Proc("1")
+    fill(p.port, 1000)
+    r = rehearse(p, "2crash")
+    tap(r and r["ok"], "2crash converts a state of 1,000 keys (a unit test would pass)", r)
+    p.stop()
+
+    p = Proc("1")
+    pid = p.p.pid
+    fill(p.port, 1001)
+    for _ in range(4):
+        p.request("INCR kept")
+    load = Load(p.port, seconds=2.0, prefix="c")
+    time.sleep(0.3)
+    r = rehearse(p, "2crash")
+    check_load("rehearsal of 2crash", load)
+    tap(r and r["ok"] is False and r["error"] == "rehearsal_failed" and r["outcome"] == "crashed" and
+        r["signal"] == "SIGSEGV" and r["module"] == "kv_server" and r["step"] == "code_change up" and
+        r["message"] == "kv_server: code_change up: killed by SIGSEGV",
+        "the rehearsal of 2crash on 1,001 keys reports the crash: module, step, signal", r)
+    ok, why = unchanged(p, pid, {"kept": 4, "key0": 1, "key1000": 1})
+    tap(ok, "the process is untouched: same pid, version 1, counters intact", why)
+    tap(p.children() == [], "the crashed copy was reaped", p.children())
+
+    # The same upgrade without the rehearsal: the process itself crashes.
+    replies = [p.cmd("load_object_code", module="kv_server", path=module("kv_server-2crash"), version="2crash"),
+               p.cmd("suspend", modules=["kv_server"]), p.cmd("load", module="kv_server")]
+    try:
+        cc = p.cmd("code_change", module="kv_server", mode="up", extra=None)
+    except EOFError:
+        cc = "control channel closed"
+    try:
+        p.p.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+    tap(all_ok(replies) and not isinstance(cc, dict) and p.p.returncode == -signal.SIGSEGV,
+        "without the rehearsal the same upgrade kills the process (SIGSEGV): its state is gone",
+        f"{replies} {cc} rc={p.p.returncode}")
+    p.stop()
+
+
+def test_rehearsal_errors_and_timeout():
+    p = Proc("1")
+    pid = p.p.pid
+    fill(p.port, 1200)
+    r = rehearse(p, "2b")
+    tap(r and r["ok"] is False and r["outcome"] == "failed" and r["step"] == "code_change up" and
+        r["message"].startswith("kv_server: code_change up: ") and "fails on purpose" in r["message"] and
+        r["signal"] is None,
+        "a code_change that returns an error: the module's message", r)
+    r = rehearse(p, "2badtotal")
+    tap(r and r["ok"] is False and r["outcome"] == "failed" and r["step"] == "verify" and
+        "running total 0, but the counts sum to 1200" in r["message"],
+        "verify after code_change up finds a state converted wrong", r)
+    r = rehearse(p, "nonexistent", path="/nonexistent/kv.so")
+    tap(r and r["ok"] is False and r["step"] == "load" and "cannot load /nonexistent/kv.so" in r["message"],
+        "new code that cannot be loaded fails at load", r)
+    r = rehearse(p, "2", path=module("kv_server-1"))
+    tap(r and r["ok"] is False and r["step"] == "load" and "already loaded" in r["message"],
+        "the object already loaded is refused, as load_object_code does", r)
+
+    load = Load(p.port, seconds=2.0, prefix="h")
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    r = rehearse(p, "2hang", timeout_ms=800)
+    waited = time.monotonic() - t0
+    check_load("a rehearsal that hangs", load)
+    tap(r and r["ok"] is False and r["outcome"] == "timeout" and r["step"] == "code_change up" and
+        r["message"] == "kv_server: code_change up: no result within 800 ms (the copy was killed)" and
+        waited >= 0.75, f"a code_change that never returns: timeout, the copy killed ({waited * 1000:.0f} ms)", r)
+    tap(p.children() == [], "the killed copy was reaped", p.children())
+
+    # One at a time.
+    p.send_raw((json.dumps({"id": "a", "cmd": "rehearse", "timeout_ms": 600,
+                            "modules": [{"module": "kv_server", "path": module("kv_server-2hang")}]}) + "\n"
+                + json.dumps({"id": "b", "cmd": "rehearse",
+                              "modules": [{"module": "kv_server", "path": module("kv_server-2")}]}) + "\n").encode())
+    second = p.read(5)
+    tap(second and second["id"] == "b" and second["error"] == "busy", "a second rehearsal meanwhile is refused",
+        second)
+    tap(p.request("INCR kept") == "OK kept 1", "the process serves while the copy hangs")
+    first = p.read(5)
+    tap(first and first["id"] == "a" and first["outcome"] == "timeout", "the first ends in its time", first)
+
+    bad = [({}, "modules list"), ({"modules": []}, "modules list"), ({"modules": [{"module": "kv_server"}]}, "path"),
+           ({"modules": [{"path": "/x"}]}, "module"), ({"modules": ["kv_server"]}, "object"),
+           ({"modules": [{"module": "kv_server", "path": "/x", "change": "yes"}]}, "change"),
+           ({"modules": [{"module": "kv_server", "path": "/x"}], "timeout_ms": 0}, "timeout_ms"),
+           ({"modules": [{"module": "kv_server", "path": "/x"}], "timeout_ms": "5"}, "timeout_ms")]
+    for fields, word in bad:
+        r = p.cmd("rehearse", **fields)
+        tap(r and r["ok"] is False and r["error"] == "bad_request" and word in r["message"],
+            f"rehearse refused: {json.dumps(fields)}", r)
+    ok, why = unchanged(p, pid, {"kept": 1, "key0": 1})
+    tap(ok and p.children() == [], "after all that the process is untouched and has no child", why)
+
+    # reld goes away during a rehearsal: the copy is killed and reaped.
+    p.send_raw((json.dumps({"id": 1, "cmd": "rehearse", "timeout_ms": 60000,
+                            "modules": [{"module": "kv_server", "path": module("kv_server-2hang")}]}) + "\n").encode())
+    time.sleep(0.3)
+    had = p.children()
+    p.ctl.close()
+    time.sleep(0.3)
+    tap(len(had) == 1 and p.alive() and p.request("INCR kept") == "OK kept 2" and p.children() == [],
+        "reld gone during a rehearsal: the copy is killed and reaped, the process serves on", (had, p.children()))
+    p.stop()
+
+
+def test_rehearsal_2_to_3():
+    p = Proc("2")
+    fill(p.port, 50)
+    r = p.cmd("rehearse", timeout_ms=5000,
+              modules=[{"module": "kv_lib", "path": module("kv_lib-1"), "version": "1"},
+                       {"module": "kv_server", "path": module("kv_server-3"), "version": "3", "extra": None}])
+    tap(r and r["ok"] and [x["module"] for x in r["rehearsed"]] == ["kv_lib", "kv_server"] and
+        r["rehearsed"][1] == {"module": "kv_server", "from": "2", "to": "3", "change": True, "verified": True},
+        "rehearsal of 2 -> 3: kv_lib added, kv_server converted up and down, verified both ways", r)
+    # Only a load (no code_change, the same layout): the new version's verify on the state as it is.
+    r = rehearse(p, "3", change=False)
+    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "2", "to": "3", "change": False,
+                                               "verified": True}], "a load without code_change is verified", r)
+    r = p.cmd("rehearse", timeout_ms=5000,
+              modules=[{"module": "kv_server", "path": module("kv_server-3"), "version": "4"}])
+    tap(r and r["ok"] is False and r["step"] == "load" and "not 4" in r["message"],
+        "a version other than the one expected fails at load", r)
+    p.stop()
+
+
 def main():
     global ARGS
     ap = argparse.ArgumentParser()
@@ -440,7 +682,9 @@ def main():
     ARGS = ap.parse_args()
     print("TAP version 13")
     for t in (test_upgrades_under_load, test_failing_code_change, test_suspend_timeout, test_purge_in_use,
-              test_bad_objects, test_loader_thread, test_malformed_messages, test_reld_gone_while_suspended):
+              test_bad_objects, test_loader_thread, test_malformed_messages, test_reld_gone_while_suspended,
+              test_health, test_abi1_module, test_rehearsal_success_under_load,
+              test_rehearsal_catches_the_live_state_crash, test_rehearsal_errors_and_timeout, test_rehearsal_2_to_3):
         try:
             t()
         except Exception as e:  # a crash of the driver is a failed check, not a silent pass
