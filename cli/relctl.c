@@ -31,6 +31,8 @@ static void usage(FILE *f)
           "  history [--limit N]       state changes, unpacks, attempts and their instructions\n"
           "  status [--watch [S]]      what reld runs now (refreshed every S seconds)\n"
           "  pack DIR -o FILE          validate a release laid out in DIR and write its tarball\n"
+          "  check [--strict] [--root DIR] [OLD] NEW\n"
+          "                            offline: modules, executables and appups before anything runs\n"
           "  relup [--root DIR] [--write] [--no-derive] FROM TO\n"
           "                            the plan from FROM to TO (and back); with --root offline,\n"
           "                            --write stores it as releases/TO/relup.yaml\n"
@@ -301,6 +303,20 @@ static int cmd_pack(char **argv)
     fprintf(stderr, "relctl: cannot run %s: %s\n", path, strerror(errno));
     free(path);
     return EXIT_REFUSED;
+}
+
+/* check [OLD] NEW: relctl-pack --check, which reads tarballs (libarchive,
+ * which relctl does not link: cmd_pack says why). */
+static int cmd_check(int argc, char **argv)
+{
+    char **args = xcalloc((size_t)argc + 2, sizeof(*args));
+    args[0] = argv[0];
+    args[1] = (char *)"--check";
+    for (int k = 1; k < argc; k++)
+        args[k + 1] = argv[k];
+    int r = cmd_pack(args); /* returns only when relctl-pack cannot run */
+    free(args);
+    return r;
 }
 
 /* install TARBALL|VSN: a file is unpacked first. */
@@ -653,6 +669,8 @@ int main(int argc, char **argv)
         return cmd_install(n, a);
     if (strcmp(argv[i], "pack") == 0)
         return cmd_pack(a);
+    if (strcmp(argv[i], "check") == 0)
+        return cmd_check(n, a);
     if (strcmp(argv[i], "upgrade") == 0 || strcmp(argv[i], "downgrade") == 0) {
         bool json = false;
         char *usage_line = xasprintf("%s [--json] VSN", argv[i]);

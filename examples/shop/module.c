@@ -1,5 +1,9 @@
-/* A stand-in module for the relup example: a real shared object whose
- * content differs per version, so relctl can tell which modules changed.
- * The hot-code module ABI replaces this with real callbacks. */
-const char reld_example_module_name[] = MODULE_NAME;
-const char reld_example_module_version[] = MODULE_VSN;
+/* A module of the relup example: a real shared object with a real
+ * descriptor (so relctl check and pack accept it), whose content differs
+ * per version, so relctl can tell which modules changed. It has no
+ * callbacks: the example's processes are stand-ins that load nothing. */
+#include "reld-runtime.h"
+
+static const int nothing = 0; /* an api table */
+
+RELD_MODULE_DEFINE(.name = MODULE_NAME, .version = MODULE_VSN, .api = &nothing);
