@@ -24,6 +24,7 @@ typedef enum RequestCmd {
     REQ_REVERT,
     REQ_PURGE,
     REQ_REMOVE,
+    REQ_REHEARSE,
     REQ_N_CMDS
 } RequestCmd;
 
@@ -38,6 +39,7 @@ static const char *const request_cmd_names[REQ_N_CMDS] = {
     [REQ_REVERT] = "revert",
     [REQ_PURGE] = "purge",
     [REQ_REMOVE] = "remove",
+    [REQ_REHEARSE] = "rehearse",
 };
 
 /* How a request of a process's queue takes a failure before it. */
@@ -51,13 +53,15 @@ typedef struct Request {
     RequestCmd cmd;
     RequestKind kind;
     int timeout_ms;
-    char *module;      /* every command but suspend and resume */
-    char *path;        /* load_object_code: the new object */
-    StrVec modules;    /* suspend, resume */
-    PurgeMethod purge; /* load: its pre_purge; purge: the method */
-    bool down;         /* code_change: mode down */
-    json_t *extra;     /* code_change: owned, never NULL */
-    char *version;     /* revert: the version to make current again; NULL: none */
+    char *module;        /* every command but suspend and resume */
+    char *path;          /* load_object_code: the new object */
+    StrVec modules;      /* suspend, resume */
+    PurgeMethod purge;   /* load: its pre_purge; purge: the method */
+    bool down;           /* code_change: mode down */
+    json_t *extra;       /* code_change: owned, never NULL */
+    char *version;       /* revert: the version to make current again; NULL: none */
+    json_t *rehearse;    /* rehearse: the modules list, owned */
+    int copy_timeout_ms; /* rehearse: the process's own deadline for its copy */
 } Request;
 
 static void request_clear(Request *r)
@@ -67,6 +71,7 @@ static void request_clear(Request *r)
     strvec_clear(&r->modules);
     json_decref(r->extra);
     free(r->version);
+    json_decref(r->rehearse);
     *r = (Request){0};
 }
 
@@ -99,6 +104,10 @@ static json_t *request_json(const Request *r)
         break;
     case REQ_PURGE:
         json_object_set_new(j, "method", json_string(purge_method_name(r->purge)));
+        break;
+    case REQ_REHEARSE:
+        json_object_set_new(j, "timeout_ms", json_integer(r->copy_timeout_ms));
+        json_object_set(j, "modules", r->rehearse);
         break;
     case REQ_DROP_OBJECT_CODE:
     case REQ_STATUS:
@@ -157,6 +166,8 @@ typedef enum Phase {
     PHASE_DONE
 } Phase;
 
+typedef enum RehearsalState { REHEARSAL_NOT_STARTED, REHEARSAL_OUT, REHEARSAL_ENDED } RehearsalState;
+
 struct Executor {
     ExecutorParams p;
     Supervisor *s;
@@ -194,6 +205,10 @@ struct Executor {
      * (a commit, a WAL checkpoint) may lengthen the pause. */
     Record *records;
     size_t n_records;
+    /* The rehearsal (executor.h): where it is, and its results. */
+    RehearsalState rehearsal_state;
+    json_t *rehearsal;
+    long long rehearsal_t0;
 };
 
 #define APPEND(v, n, x)                                                                                                \
@@ -327,6 +342,7 @@ static void note_success(Executor *e, Child *c, const Request *req)
     case REQ_RESUME:
     case REQ_REVERT:
     case REQ_PURGE:
+    case REQ_REHEARSE:
     case REQ_N_CMDS:
         break; /* nothing a process needs back */
     }
@@ -378,6 +394,10 @@ static const char *phase_doing(const Executor *e)
 
 static void call_send_next(Call *call);
 
+static json_t *rehearsal_entry(const Executor *e, const Child *c);
+static int rehearsal_answered(Executor *e, Child *c, json_t *reply, int r);
+static void rehearsal_warn_skipped(Executor *e);
+
 static void on_reply(Proc *p, json_t *m, int r, void *userdata)
 {
     Call *call = userdata;
@@ -386,6 +406,8 @@ static void on_reply(Proc *p, json_t *m, int r, void *userdata)
     call->out = false;
     if (r == 0 && !json_is_true(json_object_get(m, "ok")))
         r = -EPROTO;
+    if (req->cmd == REQ_REHEARSE)
+        r = rehearsal_answered(e, call->child, m, r);
     if (r == 0 && req->cmd == REQ_STATUS && old_code_in_use(m, req->module)) {
         diag_error(e->diag, "%s[%d]: soft_purge of %s cannot be honoured: its old code is still in use", proc_label(p),
                    (int)proc_pid(p), req->module);
@@ -1061,6 +1083,7 @@ static int phase_ended(Executor *e)
         break;
     case PHASE_POST_PURGE:
         diag_clear(e->diag); /* a refused soft post-purge is not a failure */
+        rehearsal_warn_skipped(e);
         return switch_over_begin(e);
     case PHASE_SWITCH_OVER:
         switch_over_end(e);
@@ -1121,6 +1144,205 @@ static int finish(Executor *e, int r)
     return phase_run(e, PHASE_POST_PURGE);
 }
 
+/* ---- the rehearsal ----------------------------------------------------------------- */
+
+/* The code_change instruction of the script for module, or NULL. */
+static const RelupInstr *code_change_of(const Executor *e, const char *module, const RelupModule **ret_mod)
+{
+    for (size_t k = 0; k < e->script->n; k++) {
+        const RelupInstr *in = &e->script->v[k];
+        for (size_t m = 0; in->op == RELUP_CODE_CHANGE && m < in->n_mods; m++)
+            if (strcmp(in->mods[m].module, module) == 0) {
+                *ret_mod = &in->mods[m];
+                return in;
+            }
+    }
+    return NULL;
+}
+
+/* What process c is to rehearse: an entry per module of the script's
+ * load_object_code that it runs (docs/runtime.md "rehearse"), or NULL. */
+static json_t *rehearsal_modules(const Executor *e, const Child *c)
+{
+    json_t *list = NULL;
+    for (size_t k = 0; k < e->script->n; k++) {
+        const RelupInstr *in = &e->script->v[k];
+        if (in->op != RELUP_LOAD_OBJECT_CODE)
+            continue;
+        const ReleaseAppRef *ref = appdefs_release_find(e->p.to, in->app);
+        for (size_t m = 0; m < in->n_mods; m++) {
+            const ModuleDef *md = ref ? appdefs_app_find_module(ref->app, in->mods[m].module) : NULL;
+            if (!md || !child_has_module(e, c, md->name))
+                continue; /* no such module: the script's own load_object_code says so */
+            const RelupModule *cm = NULL;
+            const RelupInstr *cc = code_change_of(e, md->name, &cm);
+            char *path = store_path_in_app(e->p.root, in->app, in->vsn, md->file);
+            json_t *item =
+                json_pack("{s:s, s:s, s:b, s:s, s:O}", "module", md->name, "path", path, "change", cc != NULL, "mode",
+                          cc && cc->down ? "down" : "up", "extra", cm && cm->extra ? cm->extra : json_null());
+            free(path);
+            if (!list)
+                list = json_array();
+            json_array_append_new(list, item);
+        }
+    }
+    return list;
+}
+
+static json_t *rehearsal_entry(const Executor *e, const Child *c)
+{
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(e->rehearsal, "processes"), i, p)
+    {
+        if (json_integer_value(json_object_get(p, "pid")) == proc_pid(c->proc) &&
+            strcmp(json_string_value(json_object_get(p, "process")), proc_label(c->proc)) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+/* A process answered its rehearse (or did not, r): its entry says how.
+ * Returns r, or 0 for a runtime too old to rehearse (not a failure). */
+static int rehearsal_answered(Executor *e, Child *c, json_t *reply, int r)
+{
+    json_t *entry = rehearsal_entry(e, c);
+    const char *error = json_string_value(json_object_get(reply, "error"));
+    const char *msg = json_string_value(json_object_get(reply, "message"));
+    if (r == -EPROTO && error && strcmp(error, "unknown_command") == 0) {
+        json_object_set_new(entry, "outcome", json_string("skipped: its runtime has no rehearse command"));
+        return 0; /* warned at the end (rehearsal_warn_skipped) */
+    }
+    char *outcome = r == 0             ? xstrdup("ok")
+                    : r == -EPROTO     ? xasprintf("failed: %s", msg     ? msg
+                                                                 : error ? error
+                                                                         : "refused")
+                    : r == -ETIMEDOUT  ? xstrdup("failed: no answer in time")
+                    : r == -ECONNRESET ? xstrdup("failed: the process went away")
+                                       : xasprintf("failed: %s", strerror(-r));
+    json_object_set_new(entry, "outcome", json_string(outcome));
+    free(outcome);
+    json_t *fork_us = json_object_get(reply, "fork_us");
+    if (json_is_integer(fork_us))
+        json_object_set(entry, "fork_us", fork_us);
+    if (r == 0 && json_is_array(json_object_get(reply, "rehearsed")))
+        json_object_set(entry, "rehearsed", json_object_get(reply, "rehearsed"));
+    return r;
+}
+
+/* One warning per process not rehearsed: when the rehearsal ends, and
+ * again after the post-purges (which clear diag) of a run that went on. */
+static void rehearsal_warn_skipped(Executor *e)
+{
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(e->rehearsal, "processes"), i, p)
+    {
+        const char *outcome = json_string_value(json_object_get(p, "outcome"));
+        if (outcome && strncmp(outcome, "skipped: ", 9) == 0)
+            diag_warning(e->diag, "%s[%d]: not rehearsed: %s", json_string_value(json_object_get(p, "process")),
+                         (int)json_integer_value(json_object_get(p, "pid")), outcome + 9);
+    }
+}
+
+/* The rehearsal's record: the attempt's instruction 0. */
+static void record_rehearsal(Executor *e, char *outcome)
+{
+    e->records = xrealloc(e->records, (e->n_records + 1) * sizeof(*e->records));
+    e->records[e->n_records++] = (Record){
+        .idx = 0,
+        .instr = json_pack("{s:s, s:O}", "op", "rehearse", "processes", json_object_get(e->rehearsal, "processes")),
+        .outcome = outcome,
+        .start = 0,
+        .dur = mono_us() - e->rehearsal_t0,
+    };
+}
+
+/* Sends every process concerned its rehearse. EXECUTOR_WAITING while they
+ * answer, else rehearsal_ended()'s result. */
+static int rehearsal_begin(Executor *e)
+{
+    int timeout = e->p.rehearse_timeout_ms > 0 ? e->p.rehearse_timeout_ms : 10000;
+    e->rehearsal_state = REHEARSAL_OUT;
+    e->rehearsal_t0 = mono_us();
+    e->rehearsal = json_pack("{s:n, s:[]}", "ok", "processes");
+    work_begin(e);
+    size_t n;
+    Child **all = all_children(e->s, &n);
+    for (size_t k = 0; k < n; k++) {
+        Child *c = all[k];
+        json_t *mods = proc_pid(c->proc) && proc_speaks_protocol(c->proc) ? rehearsal_modules(e, c) : NULL;
+        if (!mods)
+            continue;
+        json_t *names = json_array();
+        size_t i;
+        json_t *item;
+        json_array_foreach(mods, i, item)
+        {
+            json_array_append(names, json_object_get(item, "module"));
+        }
+        json_array_append_new(json_object_get(e->rehearsal, "processes"),
+                              json_pack("{s:s, s:i, s:o, s:s}", "process", proc_label(c->proc), "pid",
+                                        (int)proc_pid(c->proc), "modules", names, "outcome", "running"));
+        /* The process kills its copy at the deadline and answers: reld
+         * waits a little longer than that for the answer. */
+        Request req = {.cmd = REQ_REHEARSE, .timeout_ms = timeout + 2000, .copy_timeout_ms = timeout, .rehearse = mods};
+        add_request(e, c, &req);
+    }
+    free(all);
+    record_rehearsal(e, xstrdup("running"));
+    int r = flush_records(e);
+    if (r < 0) {
+        diag_error(e->diag, "cannot record the rehearsal in the history (%s): stopped before it",
+                   history_last_error(e->p.history));
+        work_failed(e, r);
+        calls_clear(e);
+        return -1; /* rehearsal_ended() takes work_r */
+    }
+    start_calls(e);
+    if (e->n_out > 0) {
+        e->waiting = true;
+        return EXECUTOR_WAITING;
+    }
+    return 0;
+}
+
+/* Every process answered (or not): 0 when all passed, else the run ends
+ * here with nothing run (the script's instructions recorded "not run"). */
+static int rehearsal_ended(Executor *e)
+{
+    int r = e->work_r;
+    e->waiting = false;
+    e->rehearsal_state = REHEARSAL_ENDED;
+    calls_clear(e);
+    json_object_set_new(e->rehearsal, "ok", json_boolean(r == 0));
+    record_rehearsal(e, r == 0 ? xstrdup("ok")
+                               : xasprintf("failed: %s", e->diag->errors.n ? e->diag->errors.v[e->diag->errors.n - 1]
+                                                                           : strerror(-r)));
+    if (r < 0)
+        for (size_t k = 0; k < e->script->n; k++)
+            record_instruction(e, k, xstrdup("not run"), mono_us() - e->start, 0);
+    int w = flush_records(e);
+    if (w < 0) {
+        diag_error(e->diag, "cannot record the rehearsal's outcome in the history (%s): stopped",
+                   history_last_error(e->p.history));
+        r = r < 0 ? r : w;
+    }
+    if (r == 0)
+        rehearsal_warn_skipped(e); /* again after the post-purges, which clear diag */
+    if (r < 0) {
+        diag_warning(e->diag, "rehearsal failed: no instruction ran, release %s runs untouched", e->p.from->vsn);
+        e->result = r;
+        e->phase = PHASE_DONE;
+    }
+    return r;
+}
+
+json_t *executor_rehearsal(const Executor *e)
+{
+    return e->rehearsal;
+}
+
 /* Instruction i ended with r: its record, and where the step goes next. */
 static void instr_ended(Executor *e, int r)
 {
@@ -1161,6 +1383,22 @@ static int injected_fault(Executor *e)
 int executor_step(Executor *e, Diag *diag)
 {
     e->diag = diag;
+    if (e->phase == PHASE_DONE)
+        return e->result;
+    if (e->p.rehearse && e->rehearsal_state != REHEARSAL_ENDED) {
+        /* Before anything else: the script starts only if every process
+         * concerned converted a copy of its state. */
+        int q = e->rehearsal_state == REHEARSAL_NOT_STARTED ? rehearsal_begin(e) : 0;
+        if (q == EXECUTOR_WAITING)
+            return q;
+        if ((q = rehearsal_ended(e)) < 0)
+            return q;
+        if (e->p.rehearse_only) {
+            e->phase = PHASE_DONE;
+            e->result = 0;
+            return 0;
+        }
+    }
     int r = 0;
     if (e->waiting) {
         e->waiting = false;
@@ -1284,6 +1522,7 @@ Executor *executor_free(Executor *e)
     free(e->script_stopped);
     free(e->to_restart);
     free(e->fresh);
+    json_decref(e->rehearsal);
     free(e);
     return NULL;
 }

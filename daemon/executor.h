@@ -10,7 +10,7 @@
  * again then. A suspend..resume group runs as one step: nothing else reld
  * does (a disk write least) lengthens the pause.
  *
- * Phases: the script; then, after a success, the post-purges (OTP's
+ * Phases: with params.rehearse, the rehearsal first (below); the script; then, after a success, the post-purges (OTP's
  * post_purge) and the switch-over (every process takes its new definition;
  * processes without the runtime in a changed application restart on the
  * new version; applications the new release lacks stop); after a failure
@@ -24,6 +24,23 @@
  * it. A record that cannot be written stops the script before its next
  * step, as a failure with that reason: nothing runs that the history does
  * not show.
+ *
+ * Rehearsal (issue 10, docs/runtime.md "rehearse"): before the script's
+ * first instruction, before anything is suspended or loaded, every running
+ * process that speaks the protocol and runs a module the script loads (by
+ * its current or its new definition) is sent one `rehearse` naming those
+ * modules (path, code_change or not, its mode and extra): all processes at
+ * once, each answering within rehearse_timeout_ms (the process kills its
+ * copy then; reld waits 2 s more for the answer). If any fails, the run
+ * ends with no instruction run: executor_step() returns -EPROTO (a
+ * process's copy failed, crashed or timed out) or -ETIMEDOUT (a process
+ * did not answer), diag has one error per process naming it (label[pid]),
+ * the module, the step and the reason, and the warning "rehearsal failed:
+ * no instruction ran, release FROM runs untouched". A process whose runtime
+ * answers unknown_command (older than rehearse) is not rehearsed: a warning,
+ * not a failure. The rehearsal is recorded as the attempt's instruction 0
+ * ({"op": "rehearse", "processes": [...]}, outcome "ok" or "failed: why");
+ * after a failure the script's instructions are recorded "not run".
  *
  * Ownership: the executor borrows the supervisor, history, both releases
  * and the script (they must outlive it); it owns its requests and records.
@@ -61,11 +78,24 @@ typedef struct ExecutorParams {
     void (*wake)(void *userdata);
     void *userdata;
     ExecutorFaults faults;
+    /* The rehearsal (above). rehearse_only (a dry run): the run ends after
+     * it, returning 0 or its failure, and nothing of the script runs.
+     * rehearse_timeout_ms: per process; 0 means 10000. */
+    bool rehearse, rehearse_only;
+    int rehearse_timeout_ms;
 } ExecutorParams;
 
 int executor_new(const ExecutorParams *params, Executor **ret);
 int executor_step(Executor *e, Diag *diag);
 /* Instructions done, of *ret_n. */
 size_t executor_position(const Executor *e, size_t *ret_n);
+/* The rehearsal's results; NULL before it or without one. Borrowed, valid
+ * until executor_free():
+ *   {"ok": true|false|null (under way),
+ *    "processes": [{"process": "app/proc", "pid": N, "modules": ["m", ...],
+ *                   "outcome": "running" | "ok" | "skipped: why" | "failed: why",
+ *                   "fork_us": N (when it answered), "rehearsed": [...] (on success,
+ *                   the runtime's list: module, from, to, mode, change, verified)}]} */
+json_t *executor_rehearsal(const Executor *e);
 /* Abandons a run (reld stops): calls out are forgotten, records written. */
 Executor *executor_free(Executor *e);

@@ -972,16 +972,45 @@ static void copy_fail(const char *module, const char *step, int r, const char *e
 typedef struct Rehearsed {
     const char *name;
     RelModule *m;
-    RelVersion *older, *newer;
-    bool change, added;
+    RelVersion *origin, *target; /* what the process runs now; the code the request names */
+    RelVersion *conv;            /* the newer of the two, which converts both ways (OTP's rule) */
+    bool change, down, added;
     char *extra; /* JSON text */
 } Rehearsed;
 
+/* In the copy: code_change by x->conv in direction dir, the state then
+ * belonging to `to`, which verifies it (step names verify_step). */
+static void copy_convert(Rehearsed *x, RelDirection dir, RelVersion *to, const char *verify_step)
+{
+    char err[512] = "";
+    const char *step = dir == REL_UP ? "code_change up" : "code_change down";
+    RelVersion *other = x->conv == x->target ? x->origin : x->target;
+    if (x->change && x->conv->desc->code_change) {
+        void *state = x->m->state;
+        copy_step(x->name, step);
+        int r = x->conv->desc->code_change(dir, other->desc->version, x->m->state, x->extra ? x->extra : "null", &state,
+                                           err, sizeof(err));
+        if (r < 0)
+            copy_fail(x->name, step, r, err);
+        x->m->state = state;
+    }
+    x->m->current = to;
+    if (to->verify) {
+        *err = 0;
+        copy_step(x->name, verify_step);
+        int r = to->verify(x->m->state, err, sizeof(err));
+        if (r < 0)
+            copy_fail(x->name, verify_step, r, err);
+    }
+}
+
 /* The copy's work, on its only thread, with the copy of the live state:
  * each listed module's new code opened (an added one started with init);
- * code_change up in order, each followed by the new version's verify;
- * code_change down in reverse order, each followed by the old version's
- * verify. Reports and exits: 0 success, 1 an error; a crash is the
+ * then in order each conversion as the relup would run it (mode up: the
+ * new code's code_change up; down: the current code's code_change down),
+ * followed by the verify of the version that then runs; then in reverse
+ * order the conversion back, followed by the verify of the version that
+ * ran before. Reports and exits: 0 success, 1 an error; a crash is the
  * signal that ends it. */
 static void copy_main(RelRuntime *rt, json_t *list) __attribute__((noreturn));
 static void copy_main(RelRuntime *rt, json_t *list)
@@ -995,86 +1024,50 @@ static void copy_main(RelRuntime *rt, json_t *list)
         json_t *item = json_array_get(list, k);
         json_t *change = json_object_get(item, "change");
         json_t *extra = json_object_get(item, "extra");
+        const char *mode = json_string_value(json_object_get(item, "mode"));
         Rehearsed *x = &v[k];
         x->name = json_string_value(json_object_get(item, "module"));
         x->m = rel_runtime_module(rt, x->name);
         x->change = !change || json_is_true(change);
+        x->down = mode && strcmp(mode, "down") == 0;
         x->extra = json_dumps(extra ? extra : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
         const char *code = NULL;
         void *in_use[2] = {x->m && x->m->current ? x->m->current->dl : NULL, x->m && x->m->old ? x->m->old->dl : NULL};
         *err = 0;
         copy_step(x->name, "load");
         int r = version_open(x->name, json_string_value(json_object_get(item, "path")),
-                             json_string_value(json_object_get(item, "version")), in_use, &x->newer, &code, err,
+                             json_string_value(json_object_get(item, "version")), in_use, &x->target, &code, err,
                              sizeof(err));
         if (r < 0)
             copy_fail(x->name, "load", r, err);
-        if (x->newer->desc->attach)
-            x->newer->desc->attach(&rt->host);
+        if (x->target->desc->attach)
+            x->target->desc->attach(&rt->host);
         if (!x->m || !x->m->current) { /* added: a fresh start, as load would do */
             x->added = true;
             copy_step(x->name, "init");
             if (!(x->m = module_add(rt, x->name)))
                 copy_fail(x->name, "init", -ENOMEM, NULL);
-            if ((r = module_start(x->m, x->newer, err, sizeof(err))) < 0)
+            if ((r = module_start(x->m, x->target, err, sizeof(err))) < 0)
                 copy_fail(x->name, "init", r, err);
-        }
-    }
-    for (size_t k = 0; k < n; k++) {
-        Rehearsed *x = &v[k];
-        if (x->added)
             continue;
-        x->older = x->m->current;
-        x->m->current = x->newer; /* as load: the new code is current */
-        if (x->change && x->newer->desc->code_change) {
-            void *state = x->m->state;
-            *err = 0;
-            copy_step(x->name, "code_change up");
-            int r = x->newer->desc->code_change(REL_UP, x->older->desc->version, x->m->state,
-                                                x->extra ? x->extra : "null", &state, err, sizeof(err));
-            if (r < 0)
-                copy_fail(x->name, "code_change up", r, err);
-            x->m->state = state;
         }
-        if (x->newer->verify) {
-            *err = 0;
-            copy_step(x->name, "verify");
-            int r = x->newer->verify(x->m->state, err, sizeof(err));
-            if (r < 0)
-                copy_fail(x->name, "verify", r, err);
-        }
+        x->origin = x->m->current;
+        x->conv = x->down ? x->origin : x->target;
     }
-    for (size_t k = n; k-- > 0;) {
-        Rehearsed *x = &v[k];
-        if (x->added || !x->change)
-            continue;
-        if (x->newer->desc->code_change) {
-            void *state = x->m->state;
-            *err = 0;
-            copy_step(x->name, "code_change down");
-            int r = x->newer->desc->code_change(REL_DOWN, x->older->desc->version, x->m->state,
-                                                x->extra ? x->extra : "null", &state, err, sizeof(err));
-            if (r < 0)
-                copy_fail(x->name, "code_change down", r, err);
-            x->m->state = state;
-        }
-        x->m->current = x->older;
-        if (x->older->verify) {
-            *err = 0;
-            copy_step(x->name, "verify old");
-            int r = x->older->verify(x->m->state, err, sizeof(err));
-            if (r < 0)
-                copy_fail(x->name, "verify old", r, err);
-        }
-    }
+    for (size_t k = 0; k < n; k++)
+        if (!v[k].added)
+            copy_convert(&v[k], v[k].down ? REL_DOWN : REL_UP, v[k].target, "verify");
+    for (size_t k = n; k-- > 0;)
+        if (!v[k].added && v[k].change)
+            copy_convert(&v[k], v[k].down ? REL_UP : REL_DOWN, v[k].origin, "verify old");
     json_t *done = json_array();
     for (size_t k = 0; k < n; k++) {
         Rehearsed *x = &v[k];
-        bool verified = x->newer->verify || (x->older && x->change && x->older->verify);
-        json_array_append_new(done, json_pack("{s:s, s:o, s:s, s:b, s:b}", "module", x->name, "from",
-                                              x->older ? json_string(x->older->desc->version) : json_null(), "to",
-                                              x->newer->desc->version, "change", x->change && !x->added, "verified",
-                                              verified));
+        bool verified = x->target->verify || (x->origin && x->change && x->origin->verify);
+        json_array_append_new(done, json_pack("{s:s, s:o, s:s, s:s, s:b, s:b}", "module", x->name, "from",
+                                              x->origin ? json_string(x->origin->desc->version) : json_null(), "to",
+                                              x->target->desc->version, "mode", x->down ? "down" : "up", "change",
+                                              x->change && !x->added, "verified", verified));
     }
     copy_report(json_pack("{s:b, s:o}", "ok", 1, "rehearsed", done));
     _exit(0);
@@ -1237,7 +1230,8 @@ static void rehearsal_poll(RelRuntime *rt)
 
 static bool rehearse_item_ok(json_t *item, const char **why)
 {
-    json_t *change = json_object_get(item, "change"), *version = json_object_get(item, "version");
+    json_t *change = json_object_get(item, "change"), *version = json_object_get(item, "version"),
+           *mode = json_object_get(item, "mode");
     if (!json_is_object(item))
         *why = "each of modules must be an object";
     else if (!json_is_string(json_object_get(item, "module")))
@@ -1248,6 +1242,9 @@ static bool rehearse_item_ok(json_t *item, const char **why)
         *why = "change must be true or false";
     else if (version && !json_is_string(version))
         *why = "version must be a string";
+    else if (mode && (!json_is_string(mode) ||
+                      (strcmp(json_string_value(mode), "up") != 0 && strcmp(json_string_value(mode), "down") != 0)))
+        *why = "mode must be up or down";
     else
         return true;
     return false;

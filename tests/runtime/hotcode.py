@@ -508,8 +508,8 @@ def test_abi1_module():
         "a module of ABI 1 (a 64-byte descriptor) loads and serves", p.hello)
     fill(p.port, 20)
     r = rehearse(p, "2")
-    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "1", "to": "2", "change": True,
-                                               "verified": True}],
+    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "1", "to": "2", "mode": "up",
+                                               "change": True, "verified": True}],
         "rehearsal from ABI 1 to ABI 2: verified by the new version only", r)
     replies, _ = upgrade(p, "kv_server", "2", "array-to-table")
     tap(all_ok(replies) and p.request("GET a") == "OK a 1" and p.request("VERSION") == "OK kv_server 2",
@@ -529,8 +529,8 @@ def test_rehearsal_success_under_load():
     time.sleep(0.3)
     r = rehearse(p, "2")
     check_load("rehearsal 1 -> 2", load)
-    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "1", "to": "2", "change": True,
-                                               "verified": True}] and r["fork_us"] >= 0,
+    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "1", "to": "2", "mode": "up",
+                                               "change": True, "verified": True}] and r["fork_us"] >= 0,
         f"rehearsal 1 -> 2 on the live state succeeds (fork {r and r.get('fork_us')} us, "
         f"{r and r.get('elapsed_ms')} ms)", r)
     ok, why = unchanged(p, pid, {"kept": 3, "key0": 1, "key1499": 1})
@@ -538,8 +538,8 @@ def test_rehearsal_success_under_load():
     tap(p.children() == [], "the copy was reaped", p.children())
     # A module the process does not have yet: its code opened and started in the copy.
     r = p.cmd("rehearse", timeout_ms=5000, modules=[{"module": "kv_lib", "path": module("kv_lib-1")}])
-    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_lib", "from": None, "to": "1", "change": False,
-                                               "verified": False}] and
+    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_lib", "from": None, "to": "1", "mode": "up",
+                                               "change": False, "verified": False}] and
         [m["name"] for m in p.cmd("status")["modules"]] == ["kv_server"],
         "an added module is loaded and started in the copy only", r)
     p.stop()
@@ -661,12 +661,22 @@ def test_rehearsal_2_to_3():
               modules=[{"module": "kv_lib", "path": module("kv_lib-1"), "version": "1"},
                        {"module": "kv_server", "path": module("kv_server-3"), "version": "3", "extra": None}])
     tap(r and r["ok"] and [x["module"] for x in r["rehearsed"]] == ["kv_lib", "kv_server"] and
-        r["rehearsed"][1] == {"module": "kv_server", "from": "2", "to": "3", "change": True, "verified": True},
+        r["rehearsed"][1] == {"module": "kv_server", "from": "2", "to": "3", "mode": "up", "change": True,
+                                "verified": True},
         "rehearsal of 2 -> 3: kv_lib added, kv_server converted up and down, verified both ways", r)
     # Only a load (no code_change, the same layout): the new version's verify on the state as it is.
     r = rehearse(p, "3", change=False)
-    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "2", "to": "3", "change": False,
-                                               "verified": True}], "a load without code_change is verified", r)
+    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "2", "to": "3", "mode": "up",
+                                               "change": False, "verified": True}],
+        "a load without code_change is verified", r)
+    # A downgrade: the current code (2) converts down to 1's layout, 1's verify checks it, and back up.
+    r = p.cmd("rehearse", timeout_ms=5000, modules=[{"module": "kv_server", "path": module("kv_server-1"),
+                                                     "mode": "down", "extra": "array-to-table"}])
+    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "2", "to": "1", "mode": "down",
+                                               "change": True, "verified": True}],
+        "rehearsal of a downgrade 2 -> 1: code_change down by the current code, verified both ways", r)
+    r = p.cmd("rehearse", modules=[{"module": "kv_server", "path": module("kv_server-1"), "mode": "sideways"}])
+    tap(r and r["error"] == "bad_request" and "mode" in r["message"], "a mode other than up or down is refused", r)
     r = p.cmd("rehearse", timeout_ms=5000,
               modules=[{"module": "kv_server", "path": module("kv_server-3"), "version": "4"}])
     tap(r and r["ok"] is False and r["step"] == "load" and "not 4" in r["message"],

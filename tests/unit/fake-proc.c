@@ -19,7 +19,12 @@
  *   CMD:ACTION      or CMD@MODULE:ACTION, where ACTION is
  *                     fail       answers ok:false, error "injected"
  *                     slow=MS    answers MS ms late (busy between safe points)
- *                     hang       never answers, reads nothing more */
+ *                     hang       never answers, reads nothing more
+ *                   and for rehearse (which otherwise succeeds, its list as
+ *                   the runtime's: module, from, to, mode, change, verified):
+ *                     error      its copy's code_change failed (rehearsal_failed)
+ *                     crash      its copy was killed by SIGSEGV (rehearsal_failed)
+ *                     unknown    a runtime without rehearse (unknown_command) */
 #include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
@@ -169,6 +174,44 @@ static void fail(json_t *id, const char *code, const char *message)
         json_pack("{s:O, s:b, s:s, s:s}", "id", id ? id : json_null(), "ok", 0, "error", code, "message", message));
 }
 
+/* rehearse: what the runtime answers, without a copy: the outcome the
+ * rules ask for, for the first module of the list. */
+static void rehearse(json_t *id, json_t *req, const char *act)
+{
+    json_t *list = json_object_get(req, "modules");
+    json_t *first = json_array_get(list, 0);
+    const char *mod = json_string_value(json_object_get(first, "module"));
+    if (act && strcmp(act, "unknown") == 0)
+        return fail(id, "unknown_command", "unknown command");
+    if (act && (strcmp(act, "error") == 0 || strcmp(act, "crash") == 0)) {
+        bool crash = act[0] == 'c';
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s: code_change up: %s", mod ? mod : "?",
+                 crash ? "killed by SIGSEGV" : "Protocol error: failed on purpose");
+        return send_json(json_pack("{s:O, s:b, s:s, s:s, s:s, s:s, s:o, s:i}", "id", id ? id : json_null(), "ok", 0,
+                                   "error", "rehearsal_failed", "message", msg, "outcome", crash ? "crashed" : "failed",
+                                   "module", mod ? mod : "?", "signal", crash ? json_string("SIGSEGV") : json_null(),
+                                   "fork_us", 1));
+    }
+    json_t *done = json_array();
+    size_t i;
+    json_t *item;
+    json_array_foreach(list, i, item)
+    {
+        Mod *m = find(json_string_value(json_object_get(item, "module")), false);
+        char to[64] = "";
+        if (!version_of(json_string_value(json_object_get(item, "path")), to, sizeof(to))) {
+            json_decref(done);
+            return fail(id, "rehearsal_failed", "load: cannot read the module file");
+        }
+        json_array_append_new(
+            done, json_pack("{s:O, s:o, s:s, s:O, s:O, s:b}", "module", json_object_get(item, "module"), "from",
+                            m && *m->cur ? json_string(m->cur) : json_null(), "to", to, "mode",
+                            json_object_get(item, "mode"), "change", json_object_get(item, "change"), "verified", 0));
+    }
+    reply(id, json_pack("{s:o, s:i, s:i}", "rehearsed", done, "fork_us", 1, "elapsed_ms", 1), false);
+}
+
 static void handle(json_t *req)
 {
     json_t *id = json_object_get(req, "id");
@@ -188,6 +231,8 @@ static void handle(json_t *req)
         while (nanosleep(&t, &t) < 0)
             ;
     }
+    if (strcmp(cmd, "rehearse") == 0 && !(act && strcmp(act, "fail") == 0))
+        return rehearse(id, req, act);
     Mod *m = module ? find(module, strcmp(cmd, "load_object_code") == 0) : NULL;
     const char *mode = json_string_value(json_object_get(req, "mode"));
     if (act && strcmp(act, "fail") == 0) {

@@ -37,6 +37,9 @@ static Diag d;
 static bool woken;
 static long long run_ms;
 static StrVec env_set; /* FAKE_BEHAVIOUR_* variables a test set */
+/* The rehearsal's parameters for run() (ExecutorParams). */
+static bool rehearse, rehearse_only;
+static int rehearse_ms;
 
 /* ---- the release root ---------------------------------------------------------- */
 
@@ -127,6 +130,8 @@ static void base_root(void)
 static void setup(void)
 {
     strcpy(root, "/tmp/reld-test-executor-XXXXXX");
+    rehearse = rehearse_only = false;
+    rehearse_ms = 0;
     ck_assert_ptr_nonnull(mkdtemp(root));
     d = (Diag){0};
     char *log = xasprintf("%s/fake.log", root);
@@ -341,7 +346,10 @@ static int run_with(StepHook hook)
                         .to = to,
                         .script = script,
                         .attempt = attempt,
-                        .wake = on_wake};
+                        .wake = on_wake,
+                        .rehearse = rehearse,
+                        .rehearse_only = rehearse_only,
+                        .rehearse_timeout_ms = rehearse_ms};
     ck_assert_int_eq(executor_new(&p, &ex), 0);
     long long t0 = mono_ms();
     int r;
@@ -428,7 +436,12 @@ static void summarise(char **out, json_t *req)
             json_t *x;
             json_array_foreach(v, i, x)
             {
-                char *t = xasprintf("%s%s%s", text, i ? "," : "", json_string_value(x));
+                /* rehearse's modules are objects: "module/mode", with "+" for a code_change */
+                char *t = json_is_object(x) ? xasprintf("%s%s%s/%s%s", text, i ? "," : "",
+                                                        json_string_value(json_object_get(x, "module")),
+                                                        json_string_value(json_object_get(x, "mode")),
+                                                        json_is_true(json_object_get(x, "change")) ? "+" : "")
+                                            : xasprintf("%s%s%s", text, i ? "," : "", json_string_value(x));
                 free(text);
                 text = t;
             }
@@ -1160,6 +1173,231 @@ START_TEST(history_failing_after_ponr_runs_the_inverse)
 }
 END_TEST
 
+/* ---- the rehearsal ------------------------------------------------------------------------ */
+
+#define POST_REHEARSAL_PA                                                                                              \
+    LOC_A2_M "; " LOC_A2_N "; suspend m; load m brutal_purge; " CC_UP_M                                                \
+             "; resume m; load n brutal_purge; purge m brutal_purge; purge n brutal_purge"
+
+/* The rehearsal's entry of a process, from executor_rehearsal(). */
+static json_t *rehearsal_of(const char *label)
+{
+    json_t *j = executor_rehearsal(ex);
+    ck_assert_ptr_nonnull(j);
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(j, "processes"), i, p)
+    {
+        if (strcmp(json_string_value(json_object_get(p, "process")), label) == 0)
+            return p;
+    }
+    ck_abort_msg("no rehearsal of %s", label);
+    return NULL;
+}
+
+static const char *rehearsal_outcome(const char *label)
+{
+    return json_string_value(json_object_get(rehearsal_of(label), "outcome"));
+}
+
+/* Does the fake's log hold text (a raw request)? */
+static bool log_holds(const char *text)
+{
+    char *path = xasprintf("%s/fake.log", root), *buf = NULL;
+    size_t len;
+    ck_assert_int_eq(store_read_file(path, &buf, &len), 0);
+    bool found = strstr(buf, text) != NULL;
+    free(path);
+    free(buf);
+    return found;
+}
+
+START_TEST(rehearsal_passes_then_the_script_runs)
+{
+    rehearse = true;
+    boot("1");
+    pid_t pa = pid_of("a", "pa"), pa2 = pid_of("a", "pa2"), pc = pid_of("c", "pc");
+    plan("1", "2", true);
+    ck_assert_int_eq(run(), 0);
+    ck_errors("");
+    ck_warnings("");
+    ck_assert(!sync_proc("a", "pa"));
+    ck_assert(!sync_proc("a", "pa2"));
+    /* First, to every process that runs a module the script loads: its
+     * modules, whether each is converted (+) and how. */
+    ck_assert_text(log_of("pa", pa), "rehearse m/up+,n/up; " POST_REHEARSAL_PA);
+    ck_assert_text(log_of("pa2", pa2), "rehearse m/up+; " LOC_A2_M "; suspend m; load m brutal_purge; " CC_UP_M
+                                       "; resume m; purge m brutal_purge");
+    ck_assert_text(log_of("pc", pc), "");
+    ck_assert(log_holds("\"timeout_ms\":10000"));
+    ck_assert(log_holds("\"extra\":\"m-extra\""));
+    ck_assert_str_eq(version_in("a", "pa", "m"), "2");
+    ck_assert_str_eq(app_vsn("a"), "2");
+    /* The record: instruction 0, then the script. */
+    ck_assert_text(outcomes(), "0 ok | 1 ok | 2 ok | 3 ok | 4 ok | 5 ok | 6 ok | 7 ok | 8 ok | 9 ok");
+    json_t *j = executor_rehearsal(ex);
+    ck_assert(json_is_true(json_object_get(j, "ok")));
+    ck_assert_int_eq(json_array_size(json_object_get(j, "processes")), 2);
+    ck_assert_str_eq(rehearsal_outcome("a/pa"), "ok");
+    ck_assert_str_eq(rehearsal_outcome("a/pa2"), "ok");
+    ck_assert_int_eq(json_integer_value(json_object_get(rehearsal_of("a/pa"), "pid")), pa);
+    /* The paths sent were the new release's: the fake read version 2 from them. */
+    json_t *r = json_object_get(rehearsal_of("a/pa"), "rehearsed");
+    ck_assert_int_eq(json_array_size(r), 2);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(r, 0), "from")), "1");
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(r, 0), "to")), "2");
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(r, 1), "to")), "2");
+}
+END_TEST
+
+/* A failure: nothing of the script runs, in any process. */
+static void ck_nothing_ran(pid_t pa, pid_t pa2, pid_t pb, pid_t pc)
+{
+    ck_assert_int_eq(pid_of("a", "pa"), pa);
+    ck_assert_int_eq(pid_of("a", "pa2"), pa2);
+    ck_assert_int_eq(pid_of("b", "pb"), pb);
+    ck_assert_int_eq(pid_of("c", "pc"), pc);
+    ck_assert_text(log_of("pa2", 0), "start; rehearse m/up+");
+    ck_assert_text(log_of("pb", 0), "start");
+    ck_assert_text(log_of("pc", 0), "start");
+    ck_assert_str_eq(app_vsn("a"), "1");
+    ck_assert_str_eq(app_vsn("b"), "1");
+    ck_assert_ptr_eq(proc_def(child("b", "pb")->proc), def_in(from, "b", 0));
+    ck_assert(json_is_false(json_object_get(executor_rehearsal(ex), "ok")));
+}
+
+START_TEST(rehearsal_error_refuses_before_anything_ran)
+{
+    rehearse = true;
+    behave("pa2", "rehearse:error");
+    boot("1");
+    pid_t pa = pid_of("a", "pa"), pa2 = pid_of("a", "pa2"), pb = pid_of("b", "pb"), pc = pid_of("c", "pc");
+    plan("1", "2", true);
+    ck_assert_int_eq(run(), -EPROTO);
+    ck_errors("a/pa2[PID]: rehearse: rehearsal_failed: m: code_change up: Protocol error: failed on purpose");
+    ck_warnings("rehearsal failed: no instruction ran, release 1 runs untouched");
+    ck_assert(!sync_proc("a", "pa"));
+    ck_assert(!sync_proc("a", "pa2"));
+    ck_nothing_ran(pa, pa2, pb, pc);
+    ck_assert_text(log_of("pa", 0), "start; rehearse m/up+,n/up");
+    ck_assert_str_eq(version_in("a", "pa", "m"), "1");
+    ck_assert_str_eq(module_field("a", "pa", "m", "staged_version"), "null");
+    ck_assert_str_eq(rehearsal_outcome("a/pa"), "ok");
+    ck_assert_str_eq(rehearsal_outcome("a/pa2"), "failed: m: code_change up: Protocol error: failed on purpose");
+    ck_assert_text(outcomes(), "0 failed: a/pa2[PID]: rehearse: rehearsal_failed: m: code_change up: Protocol error: "
+                               "failed on purpose | 1 not run | 2 not run | 3 not run | 4 not run | 5 not run | 6 not "
+                               "run | 7 not run | 8 not run | 9 not run");
+}
+END_TEST
+
+START_TEST(rehearsal_crash_refuses_before_anything_ran)
+{
+    rehearse = true;
+    behave("pa", "rehearse:crash");
+    boot("1");
+    pid_t pa = pid_of("a", "pa"), pa2 = pid_of("a", "pa2"), pb = pid_of("b", "pb"), pc = pid_of("c", "pc");
+    plan("1", "2", true);
+    ck_assert_int_eq(run(), -EPROTO);
+    ck_errors("a/pa[PID]: rehearse: rehearsal_failed: m: code_change up: killed by SIGSEGV");
+    ck_warnings("rehearsal failed: no instruction ran, release 1 runs untouched");
+    ck_assert(!sync_proc("a", "pa"));
+    ck_assert(!sync_proc("a", "pa2"));
+    ck_nothing_ran(pa, pa2, pb, pc);
+    ck_assert_text(log_of("pa", 0), "start; rehearse m/up+,n/up");
+    ck_assert_str_eq(rehearsal_outcome("a/pa"), "failed: m: code_change up: killed by SIGSEGV");
+    ck_assert_str_eq(rehearsal_outcome("a/pa2"), "ok");
+    ck_assert_text(outcomes(), "0 failed: a/pa[PID]: rehearse: rehearsal_failed: m: code_change up: killed by "
+                               "SIGSEGV | 1 not run | 2 not run | 3 not run | 4 not run | 5 not run | 6 not run | 7 "
+                               "not run | 8 not run | 9 not run");
+}
+END_TEST
+
+START_TEST(rehearsal_timeout_refuses_before_anything_ran)
+{
+    rehearse = true;
+    rehearse_ms = 200; /* reld waits 2 s more for the process's own answer */
+    behave("pa", "rehearse:hang");
+    boot("1");
+    pid_t pa = pid_of("a", "pa"), pa2 = pid_of("a", "pa2"), pb = pid_of("b", "pb"), pc = pid_of("c", "pc");
+    plan("1", "2", true);
+    ck_assert_int_eq(run(), -ETIMEDOUT);
+    ck_assert_int_ge(run_ms, 2200);
+    ck_errors("a/pa[PID]: rehearse: no answer in time");
+    ck_warnings("rehearsal failed: no instruction ran, release 1 runs untouched");
+    ck_assert(!sync_proc("a", "pa2"));
+    ck_assert(log_holds("\"timeout_ms\":200"));
+    ck_nothing_ran(pa, pa2, pb, pc);
+    ck_assert_text(log_of("pa", 0), "start; rehearse m/up+,n/up");
+    ck_assert_str_eq(rehearsal_outcome("a/pa"), "failed: no answer in time");
+    ck_assert_text(outcomes(), "0 failed: a/pa[PID]: rehearse: no answer in time | 1 not run | 2 not run | 3 not run "
+                               "| 4 not run | 5 not run | 6 not run | 7 not run | 8 not run | 9 not run");
+}
+END_TEST
+
+START_TEST(rehearsal_skips_a_runtime_without_rehearse)
+{
+    rehearse = true;
+    behave("pa", "rehearse:unknown");
+    boot("1");
+    pid_t pa = pid_of("a", "pa");
+    plan("1", "2", true);
+    ck_assert_int_eq(run(), 0);
+    ck_errors("");
+    ck_warnings("a/pa[PID]: not rehearsed: its runtime has no rehearse command");
+    ck_assert(!sync_proc("a", "pa"));
+    ck_assert_text(log_of("pa", pa), "rehearse m/up+,n/up; " POST_REHEARSAL_PA);
+    ck_assert_str_eq(version_in("a", "pa", "m"), "2");
+    ck_assert_str_eq(rehearsal_outcome("a/pa"), "skipped: its runtime has no rehearse command");
+    ck_assert_str_eq(rehearsal_outcome("a/pa2"), "ok");
+    ck_assert_text(outcomes(), "0 ok | 1 ok | 2 ok | 3 ok | 4 ok | 5 ok | 6 ok | 7 ok | 8 ok | 9 ok");
+}
+END_TEST
+
+START_TEST(rehearse_only_runs_nothing_else)
+{
+    rehearse = rehearse_only = true;
+    boot("1");
+    pid_t pa = pid_of("a", "pa"), pa2 = pid_of("a", "pa2"), pb = pid_of("b", "pb"), pc = pid_of("c", "pc");
+    plan("1", "2", true);
+    ck_assert_int_eq(run(), 0);
+    ck_errors("");
+    ck_warnings("");
+    ck_assert(!sync_proc("a", "pa"));
+    ck_assert(!sync_proc("a", "pa2"));
+    ck_assert_text(log_of("pa", 0), "start; rehearse m/up+,n/up");
+    ck_assert_text(log_of("pa2", 0), "start; rehearse m/up+");
+    ck_assert_int_eq(pid_of("a", "pa"), pa);
+    ck_assert_int_eq(pid_of("a", "pa2"), pa2);
+    ck_assert_int_eq(pid_of("b", "pb"), pb);
+    ck_assert_int_eq(pid_of("c", "pc"), pc);
+    ck_assert_str_eq(app_vsn("a"), "1");
+    ck_assert_str_eq(version_in("a", "pa", "m"), "1");
+    ck_assert(json_is_true(json_object_get(executor_rehearsal(ex), "ok")));
+    ck_assert_text(outcomes(), "0 ok");
+}
+END_TEST
+
+START_TEST(rehearsal_of_a_downgrade)
+{
+    rehearse = true;
+    boot("2");
+    pid_t pa = pid_of("a", "pa");
+    plan("1", "2", false);
+    ck_assert_int_eq(run(), 0);
+    ck_errors("");
+    ck_assert(!sync_proc("a", "pa"));
+    /* Going down, the current code converts (mode down) before the older loads. */
+    ck_assert_text(log_of("pa", pa), "rehearse m/down+,n/up; load_object_code m lib/a-1/modules/m.so; "
+                                     "load_object_code n lib/a-1/modules/n.so; suspend m; code_change m down "
+                                     "\"m-extra\"; load m brutal_purge; resume m; load n brutal_purge; purge m "
+                                     "brutal_purge; purge n brutal_purge");
+    json_t *r = json_array_get(json_object_get(rehearsal_of("a/pa"), "rehearsed"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(r, "from")), "2");
+    ck_assert_str_eq(json_string_value(json_object_get(r, "to")), "1");
+    ck_assert_str_eq(version_in("a", "pa", "m"), "1");
+}
+END_TEST
+
 static Suite *executor_suite(void)
 {
     Suite *s = suite_create("executor");
@@ -1184,6 +1422,13 @@ static Suite *executor_suite(void)
     tcase_add_test(tc, abandoned_run_forgets_its_calls);
     tcase_add_test(tc, history_failing_before_ponr_drops_the_staged_code);
     tcase_add_test(tc, history_failing_after_ponr_runs_the_inverse);
+    tcase_add_test(tc, rehearsal_passes_then_the_script_runs);
+    tcase_add_test(tc, rehearsal_error_refuses_before_anything_ran);
+    tcase_add_test(tc, rehearsal_crash_refuses_before_anything_ran);
+    tcase_add_test(tc, rehearsal_timeout_refuses_before_anything_ran);
+    tcase_add_test(tc, rehearsal_skips_a_runtime_without_rehearse);
+    tcase_add_test(tc, rehearse_only_runs_nothing_else);
+    tcase_add_test(tc, rehearsal_of_a_downgrade);
     suite_add_tcase(s, tc);
     return s;
 }
