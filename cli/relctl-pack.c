@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "check/check.h"
 #include "store.h"
 #include "cli.h"
 #include "util.h"
