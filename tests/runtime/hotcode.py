@@ -563,8 +563,8 @@ def test_rehearsal_catches_the_live_state_crash():
     r = rehearse(p, "2crash")
     check_load("rehearsal of 2crash", load)
     tap(r and r["ok"] is False and r["error"] == "rehearsal_failed" and r["outcome"] == "crashed" and
-        r["signal"] == "SIGSEGV" and r["module"] == "kv_server" and r["step"] == "code_change up" and
-        r["message"] == "kv_server: code_change up: killed by SIGSEGV",
+        r["signal"] == "SIGABRT" and r["module"] == "kv_server" and r["step"] == "code_change up" and
+        r["message"] == "kv_server: code_change up: killed by SIGABRT",
         "the rehearsal of 2crash on 1,001 keys reports the crash: module, step, signal", r)
     ok, why = unchanged(p, pid, {"kept": 4, "key0": 1, "key1000": 1})
     tap(ok, "the process is untouched: same pid, version 1, counters intact", why)
@@ -581,8 +581,8 @@ def test_rehearsal_catches_the_live_state_crash():
         p.p.wait(5)
     except subprocess.TimeoutExpired:
         pass
-    tap(all_ok(replies) and not isinstance(cc, dict) and p.p.returncode == -signal.SIGSEGV,
-        "without the rehearsal the same upgrade kills the process (SIGSEGV): its state is gone",
+    tap(all_ok(replies) and not isinstance(cc, dict) and p.p.returncode == -signal.SIGABRT,
+        "without the rehearsal the same upgrade kills the process (SIGABRT): its state is gone",
         f"{replies} {cc} rc={p.p.returncode}")
     p.stop()
 

@@ -291,6 +291,8 @@ static const char *module_field(const char *app, const char *proc, const char *m
 }
 #define version_in(app, proc, module) module_field(app, proc, module, "version")
 
+static bool log_holds(const char *text);
+
 /* ---- running the executor ---------------------------------------------------------- */
 
 static void plan(const char *lo, const char *hi, bool up)
@@ -916,6 +918,17 @@ END_TEST
 
 /* A plain process replaced at the switch-over stops as its old release
  * said: its shutdown_ms there (300), not the new release's (60 s). */
+/* Waits (the loop turning, at most ms) until process pid logged its start. */
+static bool await_logged_start(pid_t pid, int ms)
+{
+    char *line = xasprintf(" %d start", (int)pid);
+    bool found = false;
+    for (long long end = mono_ms() + ms; !(found = log_holds(line)) && mono_ms() < end;)
+        ck_assert_int_ge(sd_event_run(ev, 10000), 0); /* 10 ms at most: the log is a file, no event */
+    free(line);
+    return found;
+}
+
 START_TEST(switch_over_stops_with_the_old_shutdown_ms)
 {
     put_app("b", "1", "", "q",
@@ -925,6 +938,9 @@ START_TEST(switch_over_stops_with_the_old_shutdown_ms)
     behave("pb", "ignore_sigterm=1");
     boot("1");
     pid_t pb = pid_of("b", "pb");
+    /* pb says no hello: its start line in the log says it ignores SIGTERM
+     * now (a slow start, under ASan, would otherwise take the SIGTERM). */
+    ck_assert_msg(await_logged_start(pb, 5000), "pb did not start");
     plan("1", "2", true);
     ck_assert_int_eq(run(), 0);
     ck_errors("");
