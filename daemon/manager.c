@@ -15,6 +15,7 @@
 #include "jobs.h"
 #include "log.h"
 #include "relup.h"
+#include "crashpoint.h"
 #include "store.h"
 #include "supervisor.h"
 #include "upgrade.h"
@@ -35,7 +36,7 @@ typedef struct Op {
     Diag diag;
     ReleaseDef *rel;
     json_t *result;
-    char *trash; /* OP_REMOVE: the directory its files were moved to */
+    StoreAside aside; /* OP_REMOVE: where its files went */
     struct Op *next;
 } Op;
 
@@ -82,7 +83,7 @@ static void op_free(Op *op)
     free(op->name);
     free(op->from);
     free(op->to);
-    free(op->trash);
+    store_aside_clear(&op->aside);
     diag_clear(&op->diag);
     release_def_free(op->rel);
     json_decref(op->result);
@@ -137,122 +138,6 @@ static char *state_of(Manager *m, const char *which)
     return v;
 }
 
-/* The application directories (paths) release vsn uses that no other
- * release does. false when that cannot be told (an other release's
- * definition cannot be read): then no application directory goes. */
-static bool unused_app_dirs(Manager *m, const char *vsn, StrVec *ret)
-{
-    Diag diag = {0};
-    ReleaseDef *rel = NULL;
-    json_t *all = NULL;
-    bool known = history_releases(m->hist, &all) == 0;
-    char *path = store_path_release_file(m->cfg.root, vsn), *buf = NULL;
-    size_t len;
-    if (known && (store_read_file(path, &buf, &len) < 0 || appdefs_parse_release(path, buf, len, &rel, &diag) < 0))
-        known = false;
-    free(path);
-    free(buf);
-    StrVec used = {0};
-    size_t i;
-    json_t *r;
-    json_array_foreach(all, i, r)
-    {
-        const char *other = json_string_value(json_object_get(r, "vsn"));
-        if (!known || strcmp(other, vsn) == 0)
-            continue;
-        char *opath = store_path_release_file(m->cfg.root, other), *obuf = NULL;
-        ReleaseDef *o = NULL;
-        if (store_read_file(opath, &obuf, &len) < 0 || appdefs_parse_release(opath, obuf, len, &o, &diag) < 0) {
-            log_error("remove %s: cannot read release %s's definition; keeping every application directory", vsn,
-                      other);
-            known = false;
-        }
-        for (size_t a = 0; o && a < o->n_apps; a++)
-            strvec_push_take(&used, store_path_app_dir(m->cfg.root, o->apps[a].name, o->apps[a].vsn));
-        release_def_free(o);
-        free(obuf);
-        free(opath);
-    }
-    for (size_t a = 0; known && a < rel->n_apps; a++) {
-        char *dir = store_path_app_dir(m->cfg.root, rel->apps[a].name, rel->apps[a].vsn);
-        if (!strvec_contains(&used, dir))
-            strvec_push(ret, dir);
-        free(dir);
-    }
-    strvec_clear(&used);
-    json_decref(all);
-    release_def_free(rel);
-    diag_clear(&diag);
-    return known;
-}
-
-/* Release vsn's files moved out of the way, into ROOT/tmp/ (which the
- * next start empties): its releases/<vsn>, and the application
- * directories no other release uses. Renames: quick, and each atomic. */
-typedef struct Aside {
-    char *trash; /* ROOT/tmp/remove-XXXXXX */
-    char *release_dir, *release_moved;
-    StrVec dirs, moved; /* application directories, and where each went in trash */
-} Aside;
-
-static void aside_clear(Aside *a)
-{
-    free(a->trash);
-    free(a->release_dir);
-    free(a->release_moved);
-    strvec_clear(&a->dirs);
-    strvec_clear(&a->moved);
-    *a = (Aside){0};
-}
-
-/* 0, or -errno when the release directory could not be moved (nothing
- * was). An application directory that cannot be moved is logged and
- * stays (a stale directory harms nothing; a missing one would). */
-static int move_aside(Manager *m, const char *vsn, Aside *ret)
-{
-    StrVec unused = {0};
-    bool known = unused_app_dirs(m, vsn, &unused);
-    char *tmp = store_path_tmp(m->cfg.root);
-    Aside a = {.trash = xasprintf("%s/remove-XXXXXX", tmp), .release_dir = store_path_release_dir(m->cfg.root, vsn)};
-    int r = 0;
-    if ((mkdir(tmp, 0700) < 0 && errno != EEXIST) || !mkdtemp(a.trash))
-        r = -errno;
-    if (r == 0) {
-        a.release_moved = xasprintf("%s/release", a.trash);
-        if (rename(a.release_dir, a.release_moved) < 0)
-            r = -errno;
-    }
-    for (size_t k = 0; r == 0 && known && k < unused.n; k++) {
-        const char *base = strrchr(unused.v[k], '/') + 1;
-        char *to = xasprintf("%s/%s", a.trash, base);
-        if (rename(unused.v[k], to) == 0) {
-            strvec_push(&a.dirs, unused.v[k]);
-            strvec_push(&a.moved, to);
-        } else if (errno != ENOENT) {
-            log_error("release %s: cannot remove %s: %s", vsn, unused.v[k], strerror(errno));
-        }
-        free(to);
-    }
-    strvec_clear(&unused);
-    free(tmp);
-    if (r < 0) {
-        aside_clear(&a);
-        return r;
-    }
-    *ret = a;
-    return 0;
-}
-
-/* The files move back where they were (a removal that was not recorded). */
-static void move_back(Manager *m, Aside *a)
-{
-    if (rename(a->release_moved, a->release_dir) < 0)
-        log_error("cannot put %s back: %s", a->release_dir, strerror(errno));
-    for (size_t k = 0; k < a->dirs.n; k++)
-        if (rename(a->moved.v[k], a->dirs.v[k]) < 0)
-            log_error("cannot put %s back: %s", a->dirs.v[k], strerror(errno));
-}
-
 /* ---- unpack --------------------------------------------------------------------- */
 
 static void unpack_work(void *userdata)
@@ -263,32 +148,48 @@ static void unpack_work(void *userdata)
     op->fd = -1;
 }
 
+/* An unpack the database refused: its files in place go back out, so
+ * both agree. */
+static void take_back_out(Manager *m, const char *vsn)
+{
+    StoreAside a;
+    Diag d = {0};
+    if (store_release_aside(m->cfg.root, vsn, &a, &d) < 0) {
+        log_error("release %s: cannot take its files back out: %s", vsn, d.errors.n ? d.errors.v[0] : "unknown");
+    } else {
+        store_remove_tree(a.trash); /* one release's files: small */
+        store_aside_clear(&a);
+    }
+    diag_clear(&d);
+}
+
 static void unpack_done(void *userdata)
 {
     Op *op = userdata;
     Manager *m = op->m;
-    if (op->r == 0) {
+    bool was_present = op->r == 1;
+    if (op->r >= 0) {
         int r = history_release_add(m->hist, op->vsn, op->name, op->who);
-        if (r < 0) {
-            /* The files are in place; the database refused. Take them back
-             * out so both agree. */
+        if (r == -EEXIST && was_present) {
+            r = 0; /* the same tarball again: nothing to do */
+        } else if (r < 0) {
             diag_error(&op->diag, r == -EEXIST ? "release %s is already present" : "cannot record release %s: %s",
                        op->vsn, history_last_error(m->hist));
-            Aside a;
-            int d = move_aside(m, op->vsn, &a);
-            if (d < 0)
-                log_error("release %s: cannot take its files back out: %s", op->vsn, strerror(-d));
-            else
-                store_remove_tree(a.trash); /* one release's files: small */
-            aside_clear(&a);
-            op->r = r;
-        } else {
-            log_info("unpacked release %s %s for %s", op->name, op->vsn, op->who);
+            if (!was_present) /* files that were there before have their row */
+                take_back_out(m, op->vsn);
         }
+        op->r = r;
+        if (r == 0)
+            CRASH_POINT("unpack:recorded");
+        if (r == 0)
+            log_info("%s release %s %s for %s", was_present ? "already unpacked:" : "unpacked", op->name, op->vsn,
+                     op->who);
     } else {
         log_info("unpack for %s refused: %s", op->who, op->diag.errors.n ? op->diag.errors.v[0] : strerror(-op->r));
     }
-    op_done(op, op->r, op->r == 0 ? json_pack("{s:s, s:s}", "release", op->vsn, "name", op->name) : NULL);
+    op_done(op, op->r,
+            op->r == 0 ? json_pack("{s:s, s:s, s:b}", "release", op->vsn, "name", op->name, "unchanged", was_present)
+                       : NULL);
 }
 
 void manager_unpack(Manager *m, int fd, const char *who, const ManagerCaller *c)
@@ -325,6 +226,25 @@ static int boot(Manager *m, ReleaseDef *rel, Diag *diag)
     return 0;
 }
 
+/* A loaded release recorded as current, then started. */
+static int boot_recorded(Manager *m, Op *op)
+{
+    CRASH_POINT("install:loaded");
+    /* Recorded before it runs: a release that runs is never unrecorded. */
+    int r = history_release_set_state(m->hist, op->vsn, RELEASE_CURRENT, op->who);
+    if (r < 0) {
+        diag_error(&op->diag, "cannot record release %s as current: %s; nothing was started", op->vsn,
+                   history_last_error(m->hist));
+        return r;
+    }
+    CRASH_POINT("install:recorded");
+    r = boot(m, TAKE_PTR(op->rel), &op->diag);
+    if (r < 0 && history_release_set_state(m->hist, op->vsn, RELEASE_UNPACKED, op->who) < 0)
+        log_error("release %s did not start and stays recorded as current (%s); reld's next start rolls it back",
+                  op->vsn, history_last_error(m->hist));
+    return r;
+}
+
 static void boot_done(void *userdata)
 {
     Op *op = userdata;
@@ -334,16 +254,12 @@ static void boot_done(void *userdata)
         diag_error(&op->diag, "reld is stopping; release %s was not started", op->vsn);
         op->r = -ECANCELED;
     }
-    /* Recorded before it runs: a release that runs is never unrecorded. */
-    if (op->r == 0 && (op->r = history_release_set_state(m->hist, op->vsn, RELEASE_CURRENT, op->who)) < 0)
-        diag_error(&op->diag, "cannot record release %s as current: %s; nothing was started", op->vsn,
-                   history_last_error(m->hist));
-    else if (op->r == 0 && (op->r = boot(m, TAKE_PTR(op->rel), &op->diag)) < 0 &&
-             history_release_set_state(m->hist, op->vsn, RELEASE_UNPACKED, op->who) < 0)
-        log_error("release %s did not start and stays recorded as current (%s); reld's next start rolls it back",
-                  op->vsn, history_last_error(m->hist));
     if (op->r == 0)
+        op->r = boot_recorded(m, op);
+    if (op->r == 0) {
+        CRASH_POINT("install:started");
         log_info("installed release %s for %s", op->vsn, op->who);
+    }
     op_done(op, op->r, op->r == 0 ? json_pack("{s:s}", "installed", op->vsn) : NULL);
 }
 
@@ -398,11 +314,13 @@ static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
         release_def_free(m->running);
         m->running = upgrade_take_target(u);
         bool running_was_current = op->r == 1;
+        CRASH_POINT("upgrade:done");
         if (!upgrade_recorded(u))
             r = -EIO;
         else
             r = record_change(m, u, running_was_current, op->who, &op->diag);
         if (r == 0) {
+            CRASH_POINT("upgrade:recorded");
             log_info("release %s is current (%.3f ms)", upgrade_to(u), upgrade_ms(u));
             size_t n;
             (void)upgrade_position(u, &n);
@@ -468,6 +386,9 @@ void manager_install(Manager *m, const char *vsn, const char *direction, const c
         return refuse(m, c, r, "release %s is not known (relctl unpack it first)", vsn);
     if (r < 0)
         return refuse(m, c, r, "cannot read the release database: %s", history_last_error(m->hist));
+    for (Op *o = m->ops; o; o = o->next)
+        if (o->kind == OP_REMOVE && strcmp(o->vsn, vsn) == 0)
+            return refuse(m, c, -EBUSY, "release %s is being removed", vsn);
     char *cur = state_of(m, RELEASE_CURRENT), *perm = state_of(m, RELEASE_PERMANENT);
     const char *running = m->running ? m->running->vsn : NULL;
     Op *op = op_new(m, OP_BOOT, who, c);
@@ -613,7 +534,9 @@ void manager_make_permanent(Manager *m, const char *vsn, const char *who, const 
             refuse(m, c, r, "cannot record the change: %s", history_last_error(m->hist));
         } else {
             log_info("release %s is permanent, for %s", vsn, who);
+            CRASH_POINT("permanent:recorded");
             marker_write(m->cfg.root, vsn);
+            CRASH_POINT("permanent:marked");
             json_t *reply = json_pack("{s:s}", "permanent", vsn);
             c->done(c->userdata, 0, reply, &(Diag){0});
             json_decref(reply);
@@ -626,17 +549,52 @@ void manager_make_permanent(Manager *m, const char *vsn, const char *who, const 
 
 /* ---- remove ------------------------------------------------------------------------- */
 
-static void remove_work(void *userdata)
+/* Removal: the files move out of the way first (renames, under the
+ * unpack lock, on a thread), then the row goes, then the moved files are
+ * deleted (seconds for 10^6 files, on a thread). A crash between leaves a
+ * row without files, which the next start forgets; the moved files are
+ * in tmp/, which it empties. */
+static void remove_aside_work(void *userdata)
 {
     Op *op = userdata;
-    store_remove_tree(op->trash);
+    op->r = store_release_aside(op->root, op->vsn, &op->aside, &op->diag);
+}
+
+static void remove_delete_work(void *userdata)
+{
+    Op *op = userdata;
+    store_remove_tree(op->aside.trash);
 }
 
 static void remove_done(void *userdata)
 {
     Op *op = userdata;
+    CRASH_POINT("remove:deleted");
     log_info("removed release %s for %s", op->vsn, op->who);
     op_done(op, 0, json_pack("{s:s}", "removed", op->vsn));
+}
+
+static void remove_aside_done(void *userdata)
+{
+    Op *op = userdata;
+    Manager *m = op->m;
+    if (op->r < 0)
+        return op_done(op, op->r, NULL); /* nothing moved; diag says why */
+    for (size_t k = 0; k < op->diag.warnings.n; k++)
+        log_warning("remove %s: %s", op->vsn, op->diag.warnings.v[k]);
+    CRASH_POINT("remove:aside");
+    int r = history_release_remove(m->hist, op->vsn, op->who);
+    if (r < 0) {
+        /* Not recorded: the files go back, as if nothing happened. */
+        diag_error(&op->diag, "cannot record the removal of release %s: %s", op->vsn, history_last_error(m->hist));
+        (void)store_release_back(&op->aside, &op->diag); /* each failure is in diag */
+        return op_done(op, r, NULL);
+    }
+    CRASH_POINT("remove:recorded");
+    if ((r = jobs_run(m->jobs, remove_delete_work, remove_done, op)) < 0) {
+        log_error("remove %s: no thread to delete its files (%s); the next start deletes them", op->vsn, strerror(-r));
+        remove_done(op);
+    }
 }
 
 void manager_remove(Manager *m, const char *vsn, const char *who, const ManagerCaller *c)
@@ -647,6 +605,10 @@ void manager_remove(Manager *m, const char *vsn, const char *who, const ManagerC
         return refuse(m, c, -EBUSY, "release %s is part of the %s from %s to %s under way; it cannot be removed", vsn,
                       upgrade_up(m->upgrade) ? "upgrade" : "downgrade", upgrade_from(m->upgrade),
                       upgrade_to(m->upgrade));
+    for (Op *o = m->ops; o; o = o->next)
+        if ((o->kind == OP_REMOVE || o->kind == OP_BOOT) && o->vsn && strcmp(o->vsn, vsn) == 0)
+            return refuse(m, c, -EBUSY, "release %s is being %s; one at a time", vsn,
+                          o->kind == OP_REMOVE ? "removed" : "installed");
     char *state = NULL;
     int r = history_release_state(m->hist, vsn, &state);
     if (r == -ENOENT)
@@ -662,29 +624,11 @@ void manager_remove(Manager *m, const char *vsn, const char *who, const ManagerC
         return;
     }
     free(state);
-    /* The files move out of the way first (renames: quick and atomic),
-     * then the row goes: a crash between leaves a row without files, which
-     * the next start forgets; the moved files are in tmp/, which it
-     * empties. Deleting them (seconds for 10^6 files) runs on a thread. */
-    Aside a;
-    if ((r = move_aside(m, vsn, &a)) < 0)
-        return refuse(m, c, r, "cannot remove release %s's files: %s", vsn, strerror(-r));
-    if ((r = history_release_remove(m->hist, vsn, who)) < 0) {
-        /* Not recorded: the files go back, as if nothing happened. */
-        char *why = xstrdup(history_last_error(m->hist));
-        move_back(m, &a);
-        refuse(m, c, r, "cannot record the removal of release %s: %s", vsn, why);
-        free(why);
-        aside_clear(&a);
-        return;
-    }
     Op *op = op_new(m, OP_REMOVE, who, c);
     op->vsn = xstrdup(vsn);
-    op->trash = TAKE_PTR(a.trash);
-    aside_clear(&a);
-    if ((r = jobs_run(m->jobs, remove_work, remove_done, op)) < 0) {
-        log_error("remove %s: no thread to delete its files (%s); the next start deletes them", vsn, strerror(-r));
-        remove_done(op);
+    if ((r = jobs_run(m->jobs, remove_aside_work, remove_aside_done, op)) < 0) {
+        diag_error(&op->diag, "cannot start the removal: %s", strerror(-r));
+        op_done(op, r, NULL);
     }
 }
 
@@ -716,7 +660,8 @@ json_t *manager_status(Manager *m, Diag *diag)
     if (!rels)
         return NULL;
     char *cur = state_of(m, RELEASE_CURRENT), *perm = state_of(m, RELEASE_PERMANENT);
-    json_t *s = json_pack("{s:s, s:o, s:o, s:O, s:o}", "root", m->cfg.root, "current",
+    json_t *s = json_pack("{s:s, s:o, s:o, s:o, s:O, s:o}", "root", m->cfg.root, "running",
+                          m->running ? json_string(m->running->vsn) : json_null(), "current",
                           cur ? json_string(cur) : json_null(), "permanent", perm ? json_string(perm) : json_null(),
                           "releases", json_object_get(rels, "releases"), "processes", supervisor_status(m->sup));
     json_decref(rels);
@@ -851,6 +796,46 @@ static int read_failure(Manager *m, int r, const char *what)
     return r;
 }
 
+static int release_dirs(const char *root, StrVec *ret);
+
+/* Release directories the database does not know: an unpack whose files
+ * were in place, complete and on disk, when reld stopped before recording
+ * it (store_unpack moves the release directory last). Recorded now, as
+ * the unpack would have; one that does not load stays for the operator
+ * (as a recovery leaves it). */
+static void adopt_unrecorded(Manager *m, json_t *rels)
+{
+    StrVec dirs = {0};
+    (void)release_dirs(m->cfg.root, &dirs); /* logged; then there is nothing to adopt */
+    for (size_t k = 0; k < dirs.n; k++) {
+        const char *vsn = dirs.v[k];
+        bool known = false;
+        size_t i;
+        json_t *rel;
+        json_array_foreach(rels, i, rel) known =
+            known || strcmp(json_string_value(json_object_get(rel, "vsn")), vsn) == 0;
+        if (known)
+            continue;
+        ReleaseDef *def = NULL;
+        Diag d = {0};
+        if (store_load_release(m->cfg.root, vsn, &def, &d) == 0) {
+            if (history_release_add(m->hist, vsn, def->name, "reld (start)") < 0)
+                log_error("cannot record release %s: %s", vsn, history_last_error(m->hist));
+            else
+                log_warning("release %s was unpacked but not recorded when reld stopped; recorded now", vsn);
+        } else { /* not reld's doing (an unpack moves in only what loads): the operator's */
+            char *dir = store_path_release_dir(m->cfg.root, vsn);
+            log_warning("release %s is in %s but not in the database, and does not load (%s); left as it is: "
+                        "remove %s to unpack this version again",
+                        vsn, m->cfg.root, d.errors.n ? d.errors.v[0] : "unknown error", dir);
+            free(dir);
+        }
+        release_def_free(def);
+        diag_clear(&d);
+    }
+    strvec_clear(&dirs);
+}
+
 /* Brings the database and the files into agreement after a crash. 0, or
  * -errno when the database cannot be read (reld must not start). */
 static int reconcile(Manager *m)
@@ -895,7 +880,16 @@ static int reconcile(Manager *m)
         }
         free(path);
     }
+    adopt_unrecorded(m, rels);
     json_decref(rels);
+    StrVec swept = {0};
+    Diag d = {0};
+    if (store_sweep(m->cfg.root, &swept, &d) < 0 || d.warnings.n)
+        log_error("%s", d.errors.n ? d.errors.v[0] : d.warnings.v[0]);
+    for (size_t k = 0; k < swept.n; k++)
+        log_warning("lib/%s: no release uses it (an interrupted unpack or removal left it); deleted", swept.v[k]);
+    strvec_clear(&swept);
+    diag_clear(&d);
     return 0;
 }
 

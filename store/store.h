@@ -95,7 +95,10 @@ typedef struct StoreLimits {
  * directories that changed fsynced. On failure nothing is left: returns
  * -EINVAL (reasons in diag, a limit crossed is one line naming it) or
  * -errno. On success *ret_vsn and *ret_name name the release (caller
- * frees), durably on disk. Thread-safe. */
+ * frees), durably on disk, and the result is 0, or 1 when the release was
+ * already present with the same content (nothing changed: unpacking the
+ * same tarball twice is not an error; a different tarball of a version
+ * present is). Thread-safe. */
 int store_unpack(const char *root, int fd, const StoreLimits *limits, char **ret_vsn, char **ret_name, Diag *diag);
 
 /* Opens rel beneath the directory dirfd: the kernel refuses any path that
@@ -125,6 +128,33 @@ int store_read_file_beneath(int dirfd, const char *rel, char **ret_buf, size_t *
 int store_hash_tree(int dirfd, unsigned char out[STORE_HASH_SIZE]);
 /* out[0..STORE_HASH_SIZE*2] as lower-case hex, NUL-terminated. */
 void store_hash_hex(const unsigned char hash[STORE_HASH_SIZE], char out[STORE_HASH_SIZE * 2 + 1]);
+
+/* Release vsn's files taken out of the root, into ROOT/tmp/remove-XXXXXX/
+ * (which reld's start empties): releases/<vsn>, then the application
+ * directories that no other release directory on disk uses (all of them
+ * stay when some release's definition cannot be read: a stale directory
+ * harms nothing, a missing one would). Renames under ROOT/unpack.lock, so
+ * never concurrent with an unpack's, then ROOT/releases and ROOT/lib
+ * synced. 0 and *ret (caller clears) when the release directory moved,
+ * else -errno with nothing moved; warnings in diag. */
+typedef struct StoreAside {
+    char *root;
+    char *trash;  /* ROOT/tmp/remove-XXXXXX: store_remove_tree() it once the removal is recorded */
+    StrVec units; /* what moved, relative to the root: "releases/2.0", "lib/web-2.0.1" */
+    StrVec moved; /* where each went */
+} StoreAside;
+int store_release_aside(const char *root, const char *vsn, StoreAside *ret, Diag *diag);
+/* Puts back what store_release_aside moved (a removal that was not
+ * recorded). 0, or -errno with each failure in diag. */
+int store_release_back(StoreAside *a, Diag *diag);
+void store_aside_clear(StoreAside *a);
+
+/* The application directories in ROOT/lib that no release directory on
+ * disk uses (left by an unpack or a removal that was interrupted), moved
+ * out and deleted, under ROOT/unpack.lock; their names are added to
+ * *ret_swept. Nothing goes when some release's definition cannot be read
+ * (a warning in diag). 0, or -errno. */
+int store_sweep(const char *root, StrVec *ret_swept, Diag *diag);
 
 /* Removes a directory tree without following symlinks (best effort). */
 void store_remove_tree(const char *path);

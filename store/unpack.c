@@ -18,6 +18,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "crashpoint.h"
 #include "store.h"
 
 /* Opens the directory rel beneath dirfd through real directories only: no
@@ -640,6 +641,36 @@ static bool same_app(Extract *x, int lib_fd, const char *name)
     return r == 0;
 }
 
+/* Is release vsn, already in the root, the one staged: its releases/<vsn>
+ * and every application directory of it the same content? Says why not
+ * in diag. */
+static bool same_release(Extract *x, int root_fd, const char *vsn, const StrVec *libs)
+{
+    int theirs = -1, mine = -1, r = 0;
+    unsigned char a[STORE_HASH_SIZE], b[STORE_HASH_SIZE];
+    char *unit = store_path_release_dir(NULL, vsn);
+    if ((mine = open_dir_nofollow(x->staging_fd, unit)) < 0 || (r = store_hash_tree(mine, a)) < 0 ||
+        (theirs = open_dir_nofollow(root_fd, unit)) < 0 || (r = store_hash_tree(theirs, b)) < 0) {
+        fail(x, "%s: cannot compare with the release already present: %s", unit,
+             strerror(-(mine < 0     ? mine
+                        : theirs < 0 ? theirs
+                                     : r)));
+        r = -1;
+    } else if (memcmp(a, b, sizeof(a)) != 0) {
+        fail(x, "release %s is already present with different content; give the changed release a new version", vsn);
+        r = -1;
+    }
+    int lib_fd = r == 0 ? open_dir_nofollow(root_fd, "lib") : -1;
+    for (size_t i = 0; r == 0 && i < libs->n; i++)
+        if (lib_fd < 0 || !same_app(x, lib_fd, libs->v[i]))
+            r = -1;
+    for (int *fd = (int[]){mine, theirs, lib_fd}, k = 0; k < 3; k++)
+        if (fd[k] >= 0)
+            close(fd[k]);
+    free(unit);
+    return r == 0;
+}
+
 /* Opens ROOT/<name>/, creating it (and syncing ROOT then) when missing. */
 static int open_root_dir(int root_fd, const char *name)
 {
@@ -671,8 +702,11 @@ static int move_into_place(Extract *x, const char *root, const char *vsn, const 
         if (errno != EINTR)
             r = fail(x, "%s/unpack.lock: %s", root, strerror(errno));
     struct stat st;
-    if (r == 0 && fstatat(rel_fd, vsn, &st, AT_SYMLINK_NOFOLLOW) == 0)
-        r = fail(x, "release %s is already present", vsn);
+    if (r == 0 && fstatat(rel_fd, vsn, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        /* Unpacked before: the same content is not an error (an install
+         * from a tarball goes on), different content is. */
+        r = same_release(x, root_fd, vsn, libs) ? 1 : -EINVAL;
+    }
     StrVec moving = {0}, moved = {0};
     for (size_t i = 0; r == 0 && i < libs->n; i++) {
         if (fstatat(lib_fd, libs->v[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
@@ -698,9 +732,13 @@ static int move_into_place(Extract *x, const char *root, const char *vsn, const 
         else
             r = -errno;
     }
+    if (r == 0)
+        CRASH_POINT("unpack:apps-moved");
     if (r == 0 && renameat2(s_rel, vsn, rel_fd, vsn, RENAME_NOREPLACE) < 0)
         r = -errno;
     release_moved = r == 0;
+    if (r == 0)
+        CRASH_POINT("unpack:release-moved");
     /* The renames, on disk before the release is recorded. */
     if (r == 0 && ((moved.n && fsync(lib_fd) < 0) || fsync(rel_fd) < 0))
         r = -errno;
@@ -718,6 +756,8 @@ static int move_into_place(Extract *x, const char *root, const char *vsn, const 
     }
     if (r < 0)
         r = -EINVAL;
+    if (r == 0)
+        CRASH_POINT("unpack:on-disk");
     strvec_clear(&moving);
     strvec_clear(&moved);
     for (int *fd = (int[]){lock_fd, s_lib, s_rel, lib_fd, rel_fd, root_fd}, k = 0; k < 6; k++)
@@ -758,13 +798,13 @@ static int install_staged(Extract *x, const char *root, const char *staging, cha
     }
     char *dest = store_path_release_dir(root, vsn);
     struct stat st;
-    if (lstat(dest, &st) == 0)
-        diag_error(diag, "release %s is already present", vsn);
+    bool present = lstat(dest, &st) == 0; /* compared under the lock */
     free(dest);
     /* What will move: the release, and the applications not installed yet
      * (checked again under the lock). Only those need to reach the disk. */
     StrVec to_sync = {0};
-    strvec_push_take(&to_sync, store_path_release_dir(NULL, vsn));
+    if (!present)
+        strvec_push_take(&to_sync, store_path_release_dir(NULL, vsn));
     for (size_t i = 0; i < libs.n; i++) {
         char *installed = xasprintf("%s/lib/%s", root, libs.v[i]);
         if (lstat(installed, &st) < 0)
@@ -777,8 +817,10 @@ static int install_staged(Extract *x, const char *root, const char *staging, cha
     if (diag_n_errors(diag) == 0)
         r = sync_units(x, &to_sync);
     if (diag_n_errors(diag) == 0)
+        CRASH_POINT("unpack:synced");
+    if (diag_n_errors(diag) == 0)
         r = move_into_place(x, root, vsn, &libs, &to_sync);
-    if (diag_n_errors(diag) == 0 && r == 0) {
+    if (diag_n_errors(diag) == 0 && r >= 0) {
         *ret_vsn = xstrdup(vsn);
         *ret_name = xstrdup(rel->name);
     } else {
@@ -827,6 +869,8 @@ int store_unpack(const char *root, int fd, const StoreLimits *limits, char **ret
     archive_read_free(x.a);
     if (r == 0)
         r = check_links(&x);
+    if (r == 0)
+        CRASH_POINT("unpack:staged");
     if (r == 0)
         r = install_staged(&x, root, staging, ret_vsn, ret_name);
     syncer_finish(&x.syncer, true); /* a refusal: what is left closes unsynced */

@@ -256,16 +256,20 @@ def test_hostile(work):
     gz = open(release_tar(A.shop, *REL2, os.path.join(work, "t.tar.gz")), "rb").read()
     empty_tar = io.BytesIO()
     tarfile.open(fileobj=empty_tar, mode="w").close()
+    other = release_tar(A.shop, *REL1, os.path.join(work, "other.tar"), "w",
+                        lambda t: add_entry(t, "releases/1.0/notes.txt", data=b"not in the first tarball\n"))
     files = [
         ("corrupt archive", raw("c.tar.gz", os.urandom(4096)), "cannot read the archive"),
         ("truncated archive", raw("t2.tar.gz", gz[: len(gz) // 2]), "truncated"),
         ("empty file", raw("e.tar", b""), ""),
         ("empty archive", raw("e2.tar", empty_tar.getvalue()), "empty archive"),
-        ("a release already present", good, "release 1.0 is already present"),
+        ("a release already present with other content", other, "release 1.0 is already present with different content"),
     ]
     for name, path, want in files:
         rc, out, err = r.relctl("unpack", path)
         tap(rc == 1 and want in err and err.startswith("relctl: "), f"refused: {name}", err)
+    rc, out, err = r.relctl("unpack", good)
+    tap(rc == 0, "the same tarball again proceeds (nothing changes)", err)
 
     # Definitions that disagree with the files.
     def bad_app(t):
@@ -412,7 +416,7 @@ def test_remove_keeps_dirs_when_unsure(work):
         "remove keeps every application directory when another release's definition cannot be read", err)
     r.stop()
     log = open(os.path.join(work, "reld.log")).read()
-    tap("cannot read release 1.0's definition; keeping every application directory" in log,
+    tap("release 2.0's application directories stay: a release's definition cannot be read" in log,
         "and says so in its log", log[-500:])
 
 

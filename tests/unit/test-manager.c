@@ -436,7 +436,8 @@ START_TEST(new_on_a_fresh_root)
     ck_assert_uint_eq(json_array_size(json_object_get(s, "releases")), 0);
     ck_assert_uint_eq(json_array_size(json_object_get(s, "processes")), 0);
     ck_assert(json_is_null(json_object_get(s, "upgrade")));
-    ck_assert_uint_eq(json_object_size(s), 6);
+    ck_assert(json_is_null(json_object_get(s, "running")));
+    ck_assert_uint_eq(json_object_size(s), 7);
     json_decref(s);
 }
 END_TEST
@@ -493,6 +494,46 @@ START_TEST(new_reconcile_forgets_a_release_without_files)
     ck_assert_ptr_null(state("3"));
     ck_assert_state("1", "unpacked");
     ck_assert_uint_eq(n_events("removed"), 1);
+}
+END_TEST
+
+/* kill -9 between an unpack's last rename and its row (crash.py kills at
+ * every step; this is the state it leaves). */
+START_TEST(new_reconcile_records_a_release_unpacked_but_not_recorded)
+{
+    unpack_release("1");
+    unpack_release("2");
+    m = manager_free(m);
+    sql("DELETE FROM releases WHERE vsn = '2'");
+    new_manager();
+    ck_assert_state("2", "unpacked");
+    ck_assert_state("1", "unpacked");
+}
+END_TEST
+
+START_TEST(new_reconcile_sweeps_application_directories_no_release_uses)
+{
+    unpack_release("1");
+    unpack_release("2");
+    m = manager_free(m);
+    /* An unpack interrupted after its applications moved in, before its
+     * release did; and a removal interrupted after its release moved out. */
+    put(root, "lib/c-7/app.yaml", "name: c\n");
+    sh("rm -rf '%s/releases/2'", root);
+    new_manager();
+    ck_assert(!exists("lib/c-7"));
+    ck_assert(!exists("lib/b-1"));
+    ck_assert(!exists("lib/a-2"));
+    ck_assert(exists("lib/a-1")); /* release 1's */
+    ck_assert_ptr_null(state("2"));
+    ck_assert_state("1", "unpacked");
+    /* Nothing goes when a release's definition cannot be read. */
+    m = manager_free(m);
+    put(root, "lib/c-7/app.yaml", "name: c\n");
+    put(root, "releases/1/release.yaml", "vsn: [\n");
+    new_manager();
+    ck_assert(exists("lib/c-7"));
+    ck_assert(exists("lib/a-1"));
 }
 END_TEST
 
@@ -778,10 +819,23 @@ START_TEST(unpack_refusals_are_one_line_and_leave_nothing)
     unpack_release("1");
     const char *t = release_tarball("1");
     Result res = {0};
+    /* The same tarball again proceeds and changes nothing (an install
+     * from a tarball after a downgrade). */
+    unpack_to(&res, t);
+    ck_assert_int_eq(res.r, 0);
+    ck_assert_uint_eq(n_events("unpacked"), 1);
+    result_clear(&res);
+    /* Another content under the same version is refused. */
+    put(src, "releases/1/notes.txt", "a file the first tarball did not hold\n");
+    t = release_tarball("1");
     unpack_to(&res, t);
     ck_assert_int_eq(res.r, -EINVAL);
-    ck_assert_str_eq(first_error(&res), "release 1 is already present");
+    ck_assert_str_eq(first_error(&res),
+                     "release 1 is already present with different content; give the changed release a new version");
     result_clear(&res);
+    char *notes = xasprintf("%s/releases/1/notes.txt", src);
+    ck_assert_int_eq(unlink(notes), 0);
+    free(notes);
     /* Not a tarball. */
     put(work, "junk.tar.gz", "this is not an archive\n");
     char junk[sizeof(work) + 32];
@@ -938,7 +992,7 @@ START_TEST(install_an_upgrade_and_refusals_while_it_runs)
     ck_assert_str_eq(json_string_value(json_object_get(s, "permanent")), "1");
     json_decref(s);
     char *runs = NULL;
-    long long deadline = mono_ms() + 5000;
+    long long deadline = mono_ms() + 20000; /* a bounded wait: ASan on a loaded machine is slow */
     do {
         free(runs);
         run_for(20);
@@ -1344,9 +1398,11 @@ static Suite *manager_suite(void)
     } cases[] = {
         {"manager_new",
          {new_on_a_fresh_root, new_second_on_the_same_root_is_ebusy, new_root_that_cannot_be_made,
-          new_reconcile_rolls_a_current_release_back, new_reconcile_forgets_a_release_without_files,
-          new_reconcile_empties_tmp, new_boots_the_permanent_release,
-          new_serves_when_the_permanent_release_cannot_boot}},
+          new_boots_the_permanent_release, new_serves_when_the_permanent_release_cannot_boot}},
+        {"manager_new reconcile",
+         {new_reconcile_rolls_a_current_release_back, new_reconcile_forgets_a_release_without_files,
+          new_reconcile_records_a_release_unpacked_but_not_recorded,
+          new_reconcile_sweeps_application_directories_no_release_uses, new_reconcile_empties_tmp}},
         {"manager_new database",
          {new_refuses_an_empty_database_where_releases_are, new_refuses_a_corrupt_database,
           new_refuses_a_missing_database_where_releases_are, new_refuses_a_database_whose_releases_cannot_be_read,

@@ -629,19 +629,34 @@ START_TEST(client_unpack_with_and_without_its_fd)
     ck_assert_str_eq(json_string_value(json_object_get(r, "name")), "t");
     json_decref(r);
     free(t);
-    /* The same again: refused, with every reason and the warnings. */
+    /* The same again: proceeds, and says nothing changed. */
     t = release_tarball("1");
     fd = open(t, O_RDONLY | O_CLOEXEC);
     out = ask_raw("{\"cmd\": \"unpack\"}\n", 18, fd, false);
     close(fd);
     r = one_reply(out);
-    ck_assert_str_eq(error_of(r), "release 1 is already present");
-    ck_assert(json_is_array(json_object_get(r, "errors")));
-    ck_assert(json_is_array(json_object_get(r, "warnings")));
-    ck_assert_str_eq(json_string_value(json_array_get(json_object_get(r, "errors"), 0)),
-                     "release 1 is already present");
+    ck_assert_ok(r);
+    ck_assert(json_is_true(json_object_get(r, "unchanged")));
     json_decref(r);
     free(t);
+    /* Another content under the same version: refused, with every reason
+     * and the warnings. */
+    put(src, "releases/1/notes.txt", "not in the first tarball\n");
+    t = release_tarball("1");
+    fd = open(t, O_RDONLY | O_CLOEXEC);
+    out = ask_raw("{\"cmd\": \"unpack\"}\n", 18, fd, false);
+    close(fd);
+    r = one_reply(out);
+    const char *want = "release 1 is already present with different content; give the changed release a new version";
+    ck_assert_str_eq(error_of(r), want);
+    ck_assert(json_is_array(json_object_get(r, "errors")));
+    ck_assert(json_is_array(json_object_get(r, "warnings")));
+    ck_assert_str_eq(json_string_value(json_array_get(json_object_get(r, "errors"), 0)), want);
+    json_decref(r);
+    free(t);
+    char *notes = xasprintf("%s/releases/1/notes.txt", src);
+    ck_assert_int_eq(unlink(notes), 0);
+    free(notes);
 }
 END_TEST
 
