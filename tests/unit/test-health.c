@@ -446,6 +446,39 @@ START_TEST(tcp_refused)
 }
 END_TEST
 
+/* A listener whose accept queue is full drops new connections' SYNs: the
+ * connect hangs until the check's timeout. */
+START_TEST(tcp_times_out)
+{
+    int port, fd = listener(&port), fill[8], n_fill = 0;
+    ck_assert_int_eq(listen(fd, 0), 0);
+    struct sockaddr_in a = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    /* Fill the queue: connects that complete, never accepted, until one hangs. */
+    for (; n_fill < 8; n_fill++) {
+        fill[n_fill] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(fill[n_fill], 0);
+        if (connect(fill[n_fill], (struct sockaddr *)&a, sizeof(a)) < 0)
+            ck_assert_int_eq(errno, EINPROGRESS);
+        struct pollfd pf = {.fd = fill[n_fill], .events = POLLOUT};
+        if (poll(&pf, 1, 500) == 0) { /* this one hangs: the queue is full */
+            n_fill++;
+            break;
+        }
+    }
+    char *c = xasprintf("      tcp: \"127.0.0.1:%d\"\n      timeout_ms: 200\n", port);
+    start_probe(c);
+    ck_assert(run_until(has_result, 10000));
+    char *want = xasprintf("tcp 127.0.0.1:%d: timed out after 200 ms", port);
+    ck_assert_str_eq(reason(), want);
+    free(want);
+    free(c);
+    for (int i = 0; i < n_fill; i++)
+        close(fill[i]);
+    close(fd);
+}
+END_TEST
+
 /* ---- http ------------------------------------------------------------------ */
 
 static void http_probe(Mode m, const char *extra)
@@ -923,6 +956,7 @@ static Suite *health_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, tcp_connects);
     tcase_add_test(tc, tcp_refused);
+    tcase_add_test(tc, tcp_times_out);
     tcase_add_test(tc, http_200_is_healthy);
     tcase_add_test(tc, http_503_is_unhealthy);
     tcase_add_test(tc, http_expected_status);
