@@ -354,7 +354,7 @@ static int lookup(const ElfFile *e, const char *name, Elf64_Sym *ret)
     int r;
     if (e->gnu_hash) {
         uint32_t hdr[4]; /* nbuckets, symoffset, bloom size (words), bloom shift */
-        if ((r = elf_read_vaddr(e, e->gnu_hash, hdr, sizeof(hdr))) < 0)
+        if (elf_read_vaddr(e, e->gnu_hash, hdr, sizeof(hdr)) < 0)
             return -ENOEXEC;
         if (hdr[0] == 0)
             return -ENOENT;
@@ -446,7 +446,7 @@ int elf_read_pointer(const ElfFile *e, uint64_t vaddr, uint64_t *ret, char **why
             say(why, "its relocations (DT_RELA) lie outside the file");
             return -ENOEXEC;
         }
-        Elf64_Rela chunk[512];
+        Elf64_Rela chunk[512] = {{0}}; /* read_at fills what the loop reads; the analyzer cannot tell */
         uint64_t total = e->relasz / sizeof(Elf64_Rela);
         for (uint64_t i = 0; i < total;) {
             size_t n = total - i < 512 ? (size_t)(total - i) : 512;

@@ -180,7 +180,7 @@ static int desc_read(const ElfFile *e, CheckModuleDesc *ret, char **why)
         uint64_t p = 0;
         char *inner = NULL;
         char *s = NULL;
-        if ((r = elf_read_pointer(e, sym.st_value + strs[i].off, &p, &inner)) < 0) {
+        if (elf_read_pointer(e, sym.st_value + strs[i].off, &p, &inner) < 0) {
             free(*why);
             *why = xasprintf("the %s of its reld_module descriptor %s", strs[i].what, inner ? inner : "cannot be read");
             free(inner);
