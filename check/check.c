@@ -224,7 +224,10 @@ typedef struct Ctx {
     CheckReport *rep;
     StrVec sysdirs; /* where the dynamic loader looks on this system, in order */
     bool have_dirs; /* sysdirs computed */
-    StrVec visited; /* libraries of the release already checked */
+    char *cache;    /* /etc/ld.so.cache, or NULL when absent or not in the format read here */
+    size_t cache_len;
+    bool have_cache; /* cache read (or found missing) */
+    StrVec visited;  /* libraries of the release already checked */
 } Ctx;
 
 static char *in_sysroot(const Ctx *c, const char *abs)
@@ -314,6 +317,64 @@ static const StrVec *system_dirs(Ctx *c)
     for (size_t i = 0; i < sizeof(defaults) / sizeof(*defaults); i++)
         push_dir(&c->sysdirs, defaults[i]);
     return &c->sysdirs;
+}
+
+static bool system_lib_ok(const Ctx *c, const char *abs);
+
+/* /etc/ld.so.cache in glibc's format since 2.32 ("glibc-ld.so.cache1.1";
+ * the older "ld.so-1.7.0" is not read: the directories then stand in):
+ * a 48-byte header (nlibs at 20), then nlibs entries of 24 bytes (flags,
+ * key, value: offsets of strings from the start of the file). */
+#define CACHE_MAGIC     "glibc-ld.so.cache1.1"
+#define CACHE_HEADER    48
+#define CACHE_ENTRY     24
+#define CACHE_ELF_LIBC6 0x0003 /* FLAG_ELF_LIBC6, under FLAG_TYPE_MASK 0x00ff */
+#if defined(__x86_64__)
+#define CACHE_ARCH 0x0300 /* FLAG_X8664_LIB64 */
+#else
+#define CACHE_ARCH 0x0a00 /* FLAG_AARCH64_LIB64 */
+#endif
+
+static const char *cache_string(const Ctx *c, uint32_t off)
+{
+    if (off >= c->cache_len || !memchr(c->cache + off, 0, c->cache_len - off))
+        return NULL;
+    return c->cache + off;
+}
+
+/* Is needed in the cache, for this machine, at a path that holds it? */
+static bool cache_finds(Ctx *c, const char *needed)
+{
+    if (!c->have_cache) {
+        c->have_cache = true;
+        char *path = in_sysroot(c, "/etc/ld.so.cache");
+        if (store_read_file(path, &c->cache, &c->cache_len) < 0 || c->cache_len < CACHE_HEADER ||
+            memcmp(c->cache, CACHE_MAGIC, strlen(CACHE_MAGIC)) != 0) {
+            free(c->cache);
+            c->cache = NULL;
+        }
+        free(path);
+    }
+    if (!c->cache)
+        return false;
+    uint32_t n;
+    memcpy(&n, c->cache + 20, sizeof(n));
+    if (n > (c->cache_len - CACHE_HEADER) / CACHE_ENTRY)
+        return false; /* a damaged cache: the directories decide */
+    for (uint32_t i = 0; i < n; i++) {
+        const char *e = c->cache + CACHE_HEADER + (size_t)i * CACHE_ENTRY;
+        int32_t flags;
+        uint32_t key, value;
+        memcpy(&flags, e, 4);
+        memcpy(&key, e + 4, 4);
+        memcpy(&value, e + 8, 4);
+        if ((flags & 0xff) != CACHE_ELF_LIBC6 || (flags & 0xff00) != CACHE_ARCH)
+            continue;
+        const char *k = cache_string(c, key), *v = cache_string(c, value);
+        if (k && v && v[0] == '/' && strcmp(k, needed) == 0 && system_lib_ok(c, v))
+            return true;
+    }
+    return false;
 }
 
 /* A path relative to the root, with "." and ".." resolved lexically;
@@ -459,6 +520,8 @@ static void check_needed(Ctx *c, const char *obj_rel, const ElfFile *e, const ch
             }
             if (!found)
                 found = search_path_list(c, e->runpath, obj_dir, n, exe_rpath, who, depth);
+            if (!found)
+                found = cache_finds(c, n);
             const StrVec *dirs = system_dirs(c);
             for (size_t k = 0; !found && k < dirs->n; k++) {
                 char *p = xasprintf("%s/%s", dirs->v[k], n);
@@ -690,7 +753,9 @@ static void check_module(Ctx *c, const AppDef *a, const ModuleDef *m)
     if (r == 0) {
         r = desc_read(&e, &info->desc, &why);
         /* What the module needs must load too (dlopen resolves it). */
-        check_needed(c, info->file, &e, e.runpath ? NULL : e.rpath, info->file, "", 0);
+        char *who = xasprintf(" (module %s of %s)", m->name, a->name);
+        check_needed(c, info->file, &e, e.runpath ? NULL : e.rpath, info->file, who, 0);
+        free(who);
         elf_close(&e);
     }
     close(fd);
@@ -740,6 +805,7 @@ static void ctx_close(Ctx *c)
         close(c->root_fd);
     strvec_clear(&c->sysdirs);
     strvec_clear(&c->visited);
+    free(c->cache);
 }
 
 /* Loads release vsn of c's root (its errors are findings) and checks it. */

@@ -15,8 +15,10 @@
  *    machine (class, byte order, e_machine) whose program interpreter
  *    exists and whose every DT_NEEDED resolves, in the release (DT_RUNPATH,
  *    else DT_RPATH, with $ORIGIN resolved inside the release root) or on
- *    the system (the directories of /etc/ld.so.conf and the files it
- *    includes, then this architecture's default directories), libraries
+ *    the system (/etc/ld.so.cache, the directories of /etc/ld.so.conf
+ *    and the files it includes, then this architecture's default
+ *    directories; a candidate must be an ELF file for this machine, as
+ *    ld.so skips others), libraries
  *    found in the release checked in turn; or a script whose `#!`
  *    interpreter exists and is executable. A module's own DT_NEEDED are
  *    checked the same way.

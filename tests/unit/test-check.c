@@ -653,6 +653,71 @@ START_TEST(exec_mutated_files_never_crash)
 }
 END_TEST
 
+/* Writes an ld.so.cache in glibc's format (1.1) with the entries given:
+ * flags, name, path. */
+static void put_cache(const char *rel, const int32_t *flags, const char *const *names, const char *const *paths,
+                      uint32_t n, uint32_t claimed)
+{
+    size_t strings = 48 + (size_t)n * 24, len = strings;
+    for (uint32_t i = 0; i < n; i++)
+        len += strlen(names[i]) + strlen(paths[i]) + 2;
+    char *buf = xcalloc(1, len);
+    static const char magic[20] = "glibc-ld.so.cache1.1"; /* no NUL: the header has none */
+    memcpy(buf, magic, sizeof(magic));
+    memcpy(buf + 20, &claimed, 4);
+    size_t at = strings;
+    for (uint32_t i = 0; i < n; i++) {
+        char *e = buf + 48 + (size_t)i * 24;
+        uint32_t key = (uint32_t)at, value = (uint32_t)(at + strlen(names[i]) + 1);
+        memcpy(e, &flags[i], 4);
+        memcpy(e + 4, &key, 4);
+        memcpy(e + 8, &value, 4);
+        strcpy(buf + key, names[i]);
+        strcpy(buf + value, paths[i]);
+        at = value + strlen(paths[i]) + 1;
+    }
+    put_mode(rel, buf, len, 0644);
+    free(buf);
+}
+
+START_TEST(exec_libraries_of_the_ld_so_cache)
+{
+    /* The library is only where the cache says (no ld.so.conf names its
+     * directory); an entry for another machine does not count. */
+    char *sys = xasprintf("%s/sysroot", root);
+    copy_in("CHECK_BUILD", "libcheckdep.so", "sysroot/opt/cached/libcheckdep.so", 0644);
+    static const char *const links[] = {"lib", "lib64", "usr"};
+    for (size_t i = 0; i < 3; i++) {
+        char *at = xasprintf("%s/%s", sys, links[i]), *to = xasprintf("/%s", links[i]);
+        ck_assert_int_eq(symlink(to, at), 0);
+        free(at);
+        free(to);
+    }
+    release("1", "1.0.0", NULL);
+    module_file("1.0.0", "CHECK_BUILD", "check-m-sv1.so");
+    copy_in("CHECK_BUILD", "check-needs-dep", "lib/a-1.0.0/bin/p", 0755);
+    CheckOptions o = {.sysroot = sys};
+    const int32_t flags[] = {0x0a03, 0x0303};
+    const char *const names[] = {"libcheckdep.so", "libcheckdep.so"};
+    const char *const wrong[] = {"/opt/cached/libcheckdep.so", "/opt/elsewhere/libcheckdep.so"};
+    put_cache("sysroot/etc/ld.so.cache", flags, names, wrong, 2, 2);
+    ck_assert_int_eq(check_release(root, "1", &o, &rep), -EINVAL);
+    ck_assert_msg(has(CHECK_ERROR, "needs libcheckdep.so, found neither"), "%s", all());
+    check_report_clear(&rep);
+    const char *const right[] = {"/opt/elsewhere/libcheckdep.so", "/opt/cached/libcheckdep.so"};
+    put_cache("sysroot/etc/ld.so.cache", flags, names, right, 2, 2);
+    ck_assert_msg(check_release(root, "1", &o, &rep) == 0, "%s", all());
+    check_report_clear(&rep);
+    /* A cache that claims more entries than it holds is not read. */
+    put_cache("sysroot/etc/ld.so.cache", flags, names, right, 2, 0x7fffffff);
+    ck_assert_int_eq(check_release(root, "1", &o, &rep), -EINVAL);
+    check_report_clear(&rep);
+    put("sysroot/etc/ld.so.cache", "ld.so-1.7.0\0garbage");
+    ck_assert_int_eq(check_release(root, "1", &o, &rep), -EINVAL);
+    free(sys);
+}
+END_TEST
+
 /* ---- between two releases ----------------------------------------------------------- */
 
 /* Releases 1 (a 1.0.0, module m from old) and 2 (a 2.0.0, module m from
@@ -821,6 +886,7 @@ static Suite *check_suite(void)
         {"exec", exec_scripts},
         {"exec", exec_not_runnable},
         {"exec", exec_libraries_of_a_sysroot},
+        {"exec", exec_libraries_of_the_ld_so_cache},
         {"exec", exec_mutated_files_never_crash},
         {"upgrade", upgrade_covered},
         {"upgrade", upgrade_changed_module_not_reached},
