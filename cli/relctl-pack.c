@@ -314,6 +314,16 @@ static int check_main(int argc, char **argv)
                 fprintf(stderr, "%s\n", line);
             free(line);
         }
+        /* What each module says it is, as read from its file. */
+        for (size_t i = 0; i < rep.n_modules; i++) {
+            const CheckModuleInfo *m = &rep.modules[i];
+            if (!m->read || !m->desc.name || !m->desc.version)
+                continue;
+            printf("module %s %s (ABI %u", m->desc.name, m->desc.version, m->desc.abi);
+            if (m->desc.abi >= 2)
+                printf(", state_version %u", m->desc.state_version);
+            printf(") %s%s%s\n", new.prefix ? new.prefix : "", new.prefix ? "/" : "", m->file);
+        }
         if (n == 2 && old.root)
             printf("check %s -> %s: %zu modules, %zu executables: %zu errors, %zu warnings\n", old.vsn, new.vsn,
                    rep.n_modules, rep.n_executables, rep.n_errors, rep.n_warnings);

@@ -74,12 +74,15 @@ def run(work):
         tap(rc == 0 and os.path.exists(tars[v]), "pack checks and packs kv %s" % v, err)
 
     rc, o, e = relctl("check", tars["1"], tars["2"])
-    tap(rc == 0 and o == "check 1 -> 2: 1 modules, 1 executables: 0 errors, 0 warnings\n" and e == "",
+    tap(rc == 0 and o == "module kv_server 2 (ABI 2, state_version 2) lib/kvcounter-2.0.0/modules/kv_server.so\n"
+        "check 1 -> 2: 1 modules, 1 executables: 0 errors, 0 warnings\n" and e == "",
         "check OLD.tar.gz NEW.tar.gz: clean, exit 0", o + e)
     rc, o, e = relctl("check", "--strict", tars["2"], tars["3"])
     tap(rc == 0 and "2 modules" in o and e == "", "check --strict 2 -> 3: clean", o + e)
     rc, o, e = relctl("check", tars["3"])
-    tap(rc == 0 and o.startswith("check 3: 2 modules, 1 executables: 0 errors"), "check of one tarball", o + e)
+    tap(rc == 0 and o.splitlines()[-1].startswith("check 3: 2 modules, 1 executables: 0 errors") and
+        "module kv_lib 1 (ABI 2, state_version 0) lib/kvcounter-3.0.0/modules/kv_lib.so" in o.splitlines(),
+        "check of one tarball: each module's name and version as its file says", o + e)
     rc, o, e = relctl("check", "--root", A.kvroot, "1", "3")
     tap(rc == 0 and e == "", "check --root DIR OLD NEW", o + e)
     rc, o, e = relctl("check", "--json", tars["1"], tars["2"])
