@@ -435,13 +435,19 @@ static bool system_lib_ok(const Ctx *c, const char *abs)
     return ok;
 }
 
-static void check_needed(Ctx *c, const char *obj_rel, const ElfFile *e, const char *exe_rpath, const char *shown,
+/* The executable a library is loaded for: its DT_RPATH (NULL when it has
+ * DT_RUNPATH, which then applies to its own DT_NEEDED only) and its
+ * directory in the release, for $ORIGIN. */
+typedef struct Exe {
+    const char *rpath, *dir;
+} Exe;
+
+static void check_needed(Ctx *c, const char *obj_rel, const ElfFile *e, const Exe *exe, const char *shown,
                          const char *who, int depth);
 
 /* Looks for needed in the release under rel_dir (a path relative to the
  * root). 1 found (and checked in turn), 0 not there. */
-static int release_lib(Ctx *c, const char *rel_dir, const char *needed, const char *exe_rpath, const char *who,
-                       int depth)
+static int release_lib(Ctx *c, const char *rel_dir, const char *needed, const Exe *exe, const char *who, int depth)
 {
     char *rel = xasprintf("%s/%s", rel_dir, needed), *norm = normalize(rel);
     free(rel);
@@ -455,7 +461,7 @@ static int release_lib(Ctx *c, const char *rel_dir, const char *needed, const ch
         if (!strvec_contains(&c->visited, norm)) {
             strvec_push(&c->visited, norm);
             if (depth < MAX_LIB_DEPTH)
-                check_needed(c, norm, &e, exe_rpath, norm, who, depth + 1);
+                check_needed(c, norm, &e, exe, norm, who, depth + 1);
         }
         elf_close(&e);
     }
@@ -467,7 +473,7 @@ static int release_lib(Ctx *c, const char *rel_dir, const char *needed, const ch
 
 /* Searches one colon-separated list of directories (DT_RPATH/DT_RUNPATH),
  * $ORIGIN being obj_dir. 1 found, 0 not. */
-static int search_path_list(Ctx *c, const char *list, const char *obj_dir, const char *needed, const char *exe_rpath,
+static int search_path_list(Ctx *c, const char *list, const char *obj_dir, const char *needed, const Exe *exe,
                             const char *who, int depth)
 {
     if (!list)
@@ -482,7 +488,7 @@ static int search_path_list(Ctx *c, const char *list, const char *obj_dir, const
             rest = d + 9;
         if (rest && obj_dir) {
             char *rel = xasprintf("%s%s", obj_dir, rest);
-            found = release_lib(c, rel, needed, exe_rpath, who, depth);
+            found = release_lib(c, rel, needed, exe, who, depth);
             free(rel);
         } else if (d[0] == '/') {
             char *p = xasprintf("%s/%s", d, needed);
@@ -497,7 +503,7 @@ static int search_path_list(Ctx *c, const char *list, const char *obj_dir, const
 /* Every DT_NEEDED of e (the object at obj_rel in the release) must resolve
  * as ld.so resolves it: DT_RPATH (of the object, then of the executable)
  * when the object has no DT_RUNPATH, then DT_RUNPATH, then the system. */
-static void check_needed(Ctx *c, const char *obj_rel, const ElfFile *e, const char *exe_rpath, const char *shown,
+static void check_needed(Ctx *c, const char *obj_rel, const ElfFile *e, const Exe *exe, const char *shown,
                          const char *who, int depth)
 {
     char *obj_dir = obj_rel ? dir_of(obj_rel) : NULL;
@@ -514,12 +520,13 @@ static void check_needed(Ctx *c, const char *obj_rel, const ElfFile *e, const ch
             }
         } else {
             if (!e->runpath) {
-                found = search_path_list(c, e->rpath, obj_dir, n, exe_rpath, who, depth);
-                if (!found && exe_rpath && exe_rpath != e->rpath)
-                    found = search_path_list(c, exe_rpath, obj_dir, n, exe_rpath, who, depth);
+                found = search_path_list(c, e->rpath, obj_dir, n, exe, who, depth);
+                /* The executable's DT_RPATH, its $ORIGIN the executable's. */
+                if (!found && exe->rpath && exe->rpath != e->rpath)
+                    found = search_path_list(c, exe->rpath, exe->dir, n, exe, who, depth);
             }
             if (!found)
-                found = search_path_list(c, e->runpath, obj_dir, n, exe_rpath, who, depth);
+                found = search_path_list(c, e->runpath, obj_dir, n, exe, who, depth);
             if (!found)
                 found = cache_finds(c, n);
             const StrVec *dirs = system_dirs(c);
@@ -631,8 +638,12 @@ static void check_elf_exec(Ctx *c, const ElfFile *e, const char *obj_rel, const 
             return;
         }
     }
-    if (obj_rel)
-        check_needed(c, obj_rel, e, e->runpath ? NULL : e->rpath, shown, who, 0);
+    if (obj_rel) {
+        char *dir = dir_of(obj_rel);
+        Exe exe = {e->runpath ? NULL : e->rpath, dir};
+        check_needed(c, obj_rel, e, &exe, shown, who, 0);
+        free(dir);
+    }
 }
 
 static void check_exec(Ctx *c, const ReleaseAppRef *ref, const ProcessDef *p)
@@ -754,7 +765,12 @@ static void check_module(Ctx *c, const AppDef *a, const ModuleDef *m)
         r = desc_read(&e, &info->desc, &why);
         /* What the module needs must load too (dlopen resolves it). */
         char *who = xasprintf(" (module %s of %s)", m->name, a->name);
-        check_needed(c, info->file, &e, e.runpath ? NULL : e.rpath, info->file, who, 0);
+        /* Loaded by a host whose own paths check does not know: the
+         * module's DT_RPATH stands for them. */
+        char *dir = dir_of(info->file);
+        Exe exe = {e.runpath ? NULL : e.rpath, dir};
+        check_needed(c, info->file, &e, &exe, info->file, who, 0);
+        free(dir);
         free(who);
         elf_close(&e);
     }

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check/check.h"
@@ -164,6 +165,19 @@ static int memfd_of(const void *buf, size_t len)
     ck_assert_int_ge(fd, 0);
     ck_assert_int_eq(write(fd, buf, len), (ssize_t)len);
     return fd;
+}
+
+/* Runs rel (under root) and says whether ld.so could start it: exit 127
+ * is its "cannot load" (and the shell's "cannot run"). */
+static bool loads(const char *rel)
+{
+    /* Without meson's LD_LIBRARY_PATH, which check does not read either:
+     * the build directory is not where the release runs. */
+    char *cmd = xasprintf("env -u LD_LIBRARY_PATH '%s/%s' 2>/dev/null", root, rel);
+    int st = system(cmd);
+    free(cmd);
+    ck_assert_int_ne(st, -1);
+    return WIFEXITED(st) && WEXITSTATUS(st) != 127;
 }
 
 /* ---- descriptors ---------------------------------------------------------------- */
@@ -479,10 +493,12 @@ START_TEST(exec_missing_library_then_shipped)
                                    "nor on this system (process p of a)"),
                   "%s", all());
     ck_assert_uint_eq(rep.n_errors, 1);
+    ck_assert(!loads("lib/a-1.0.0/bin/p"));
     check_report_clear(&rep);
     /* Shipped where its DT_RUNPATH ($ORIGIN/../lib) looks. */
     copy_in("CHECK_BUILD", "libcheckdep.so", "lib/a-1.0.0/lib/libcheckdep.so", 0644);
     ck_assert_msg(check_release(root, "1", NULL, &rep) == 0, "%s", all());
+    ck_assert(loads("lib/a-1.0.0/bin/p"));
     check_report_clear(&rep);
     /* A library of the release that is not for this machine is skipped,
      * as ld.so skips it. */
@@ -492,6 +508,38 @@ START_TEST(exec_missing_library_then_shipped)
     put_mode("lib/a-1.0.0/lib/libcheckdep.so", (const char *)h, sizeof(h), 0644);
     ck_assert_int_eq(check_release(root, "1", NULL, &rep), -EINVAL);
     ck_assert_msg(has(CHECK_ERROR, "needs libcheckdep.so, found neither"), "%s", all());
+}
+END_TEST
+
+START_TEST(exec_library_needing_a_library_through_the_executables_rpath)
+{
+    /* bin/p has DT_RPATH $ORIGIN/../lib/sub:$ORIGIN/../deps; it needs
+     * lib/sub/libcheckchain.so, which needs libcheckdep.so, found in deps/
+     * through bin/p's DT_RPATH with bin/p's $ORIGIN. Each verdict is
+     * ld.so's own: the program is run. */
+    release("1", "1.0.0", NULL);
+    module_file("1.0.0", "CHECK_BUILD", "check-m-sv1.so");
+    copy_in("CHECK_BUILD", "check-needs-chain", "lib/a-1.0.0/bin/p", 0755);
+    copy_in("CHECK_BUILD", "libcheckchain.so", "lib/a-1.0.0/lib/sub/libcheckchain.so", 0644);
+    ck_assert_int_eq(check_release(root, "1", NULL, &rep), -EINVAL);
+    ck_assert_msg(has(CHECK_ERROR, "lib/a-1.0.0/lib/sub/libcheckchain.so: error: needs libcheckdep.so, found neither "
+                                   "in the release nor on this system (process p of a)"),
+                  "%s", all());
+    ck_assert_uint_eq(rep.n_errors, 1);
+    ck_assert(!loads("lib/a-1.0.0/bin/p"));
+    check_report_clear(&rep);
+    copy_in("CHECK_BUILD", "libcheckdep.so", "lib/a-1.0.0/deps/libcheckdep.so", 0644);
+    ck_assert_msg(check_release(root, "1", NULL, &rep) == 0, "%s", all());
+    ck_assert(loads("lib/a-1.0.0/bin/p"));
+    check_report_clear(&rep);
+    /* In lib/deps, where $ORIGIN/../deps of the library (not of the
+     * executable) would lead: neither ld.so nor check finds it there. */
+    char *from = xasprintf("%s/lib/a-1.0.0/deps", root), *to = xasprintf("%s/lib/a-1.0.0/lib/deps", root);
+    ck_assert_int_eq(rename(from, to), 0);
+    free(from);
+    free(to);
+    ck_assert_int_eq(check_release(root, "1", NULL, &rep), -EINVAL);
+    ck_assert(!loads("lib/a-1.0.0/bin/p"));
 }
 END_TEST
 
@@ -881,6 +929,7 @@ static Suite *check_suite(void)
         {"release", release_module_name_abi_and_missing_descriptor},
         {"release", release_definitions_that_do_not_load},
         {"exec", exec_missing_library_then_shipped},
+        {"exec", exec_library_needing_a_library_through_the_executables_rpath},
         {"exec", exec_runpath_leading_outside_the_release},
         {"exec", exec_linked_against_the_shared_runtime},
         {"exec", exec_scripts},
