@@ -290,11 +290,15 @@ static int check_main(int argc, char **argv)
     if (r == 0 && n == 2)
         r = side_open(root, argv[optind], &old);
     CheckReport rep = {0};
-    if (r == 0)
+    bool opened = r == 0; /* else standard error said why */
+    if (opened)
         r = n == 2 ? check_upgrade(old.root, old.vsn, new.root, new.vsn, &o, &rep)
                    : check_release(new.root, new.vsn, &o, &rep);
     int status = r == 0 ? 0 : EXIT_REFUSED;
-    if (json && new.root) {
+    if (json && !opened) {
+        /* Standard output is JSON whatever happens. */
+        puts("{\"ok\": false, \"error\": \"a release could not be read (standard error says why)\"}");
+    } else if (json) {
         json_t *j = report_json(&rep, n == 2 ? &old : NULL, &new);
         if (!j || json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0) {
             fprintf(stderr, "relctl: cannot print the report as JSON\n");
@@ -303,7 +307,7 @@ static int check_main(int argc, char **argv)
             putchar('\n');
         }
         json_decref(j);
-    } else if (new.root) {
+    } else if (opened) {
         for (size_t i = 0; i < rep.n; i++) {
             /* File names as the user gave the release: under its directory. */
             const Side *s = rep.v[i].old ? &old : &new;

@@ -194,6 +194,11 @@ def run(work):
     rc, o, e = relctl("check", os.path.join(work, "nothing.tar.gz"))
     tap(rc == 1 and e == "relctl: %s: No such file or directory\n" % os.path.join(work, "nothing.tar.gz"),
         "a missing file: one line, exit 1", e)
+    rc, o, e = relctl("check", tars["1"], os.path.join(work, "nothing.tar.gz"))
+    tap(rc == 1 and o == "" and e == "relctl: %s: No such file or directory\n" % os.path.join(work, "nothing.tar.gz"),
+        "OLD good, NEW missing: no summary, exit 1", o + e)
+    rc, o, e = relctl("check", "--json", os.path.join(work, "nothing.tar.gz"), tars["1"])
+    tap(rc == 1 and json.loads(o)["ok"] is False, "--json when a release cannot be read: ok false, exit 1", o + e)
     rc, o, e = relctl("check")
     tap(rc == 2 and "usage" in e, "no argument: usage, exit 2", e)
     rc, o, e = relctl("check", "a", "b", "c")
