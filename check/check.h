@@ -110,9 +110,13 @@ int check_release(const char *root, const char *vsn, const CheckOptions *opts, C
 int check_upgrade(const char *old_root, const char *old_vsn, const char *new_root, const char *new_vsn,
                   const CheckOptions *opts, CheckReport *rep);
 
-/* For reld's unpack, on the staged root: check_release with default
- * options, errors into diag->errors and warnings into diag->warnings as
- * "file:line:col: message" lines. Returns 0 or -EINVAL (or -errno). */
+/* For reld's unpack: check_release with default options, errors into
+ * diag->errors and warnings into diag->warnings as "file:line:col: message"
+ * lines (store's style). Returns 0, -EINVAL when it found an error, or
+ * -errno when it could not check. root may be the staging root of an
+ * unpack (it holds releases/<vsn>/ and lib/ as a root does) or reld's own
+ * root once the release is there. Like every function here: thread-safe
+ * (no global state), and it reads files, so it runs off reld's loop. */
 int check_release_diag(const char *root, const char *vsn, Diag *diag);
 
 /* ---- the parts, for tests and other callers ------------------------------ */
