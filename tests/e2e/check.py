@@ -109,6 +109,10 @@ def run(work):
         "pack refuses a host whose libreld-runtime.so.0 is nowhere, and writes nothing", e)
     rc, o, e = relctl("check", tars["1"], d)
     tap(rc == 1 and want in e.splitlines() and "1 errors" in o, "check names the missing library, exit 1", o + e)
+    rc, o, e = relctl("pack", "--no-check", d, "-o", out)
+    tap(rc == 0 and os.path.exists(out) and "packed without its checks (--no-check)" in e,
+        "pack --no-check (a release for another machine) packs it, and says so", o + e)
+    os.unlink(out)
     # Made by hand (tar), not by pack: check reads the tarball.
     t = os.path.join(work, "by-hand.tar.gz")
     with tarfile.open(t, "w:gz") as tf:
