@@ -633,9 +633,22 @@ START_TEST(exec_not_runnable)
     char *buf = slurp(path, &len);
     free(path);
     put_mode("lib/a-1.0.0/bin/p", buf, 100, 0755);
-    free(buf);
     ck_assert_int_eq(check_release(root, "1", NULL, &rep), -EINVAL);
     ck_assert_msg(has(CHECK_ERROR, "a truncated ELF file: its program headers lie outside its 100 bytes"), "%s", all());
+    /* A program interpreter (PT_INTERP) this machine does not have: the
+     * kernel cannot start it. */
+    char *interp = memmem(buf, len, "ld-linux-x86-64.so.2", 20);
+    ck_assert_ptr_nonnull(interp);
+    interp[19] = '9';
+    check_report_clear(&rep);
+    put_mode("lib/a-1.0.0/bin/p", buf, len, 0755);
+    copy_in("CHECK_BUILD", "libcheckdep.so", "lib/a-1.0.0/lib/libcheckdep.so", 0644);
+    ck_assert_int_eq(check_release(root, "1", NULL, &rep), -EINVAL);
+    ck_assert_msg(has(CHECK_ERROR, "lib/a-1.0.0/bin/p: error: its program interpreter /lib64/ld-linux-x86-64.so.9 "
+                                   "does not exist (process p of a)"),
+                  "%s", all());
+    ck_assert(!loads("lib/a-1.0.0/bin/p"));
+    free(buf);
 }
 END_TEST
 
