@@ -222,9 +222,10 @@ typedef struct Ctx {
     const char *root;
     int root_fd;
     CheckReport *rep;
-    StrVec sysdirs; /* where the dynamic loader looks on this system, in order */
-    bool have_dirs; /* sysdirs computed */
-    char *cache;    /* /etc/ld.so.cache, or NULL when absent or not in the format read here */
+    StrVec sysdirs;   /* where the dynamic loader looks on this system, in order */
+    bool have_dirs;   /* sysdirs computed */
+    StrVec conf_read; /* ld.so.conf files read (each once) */
+    char *cache;      /* /etc/ld.so.cache, or NULL when absent or not in the format read here */
     size_t cache_len;
     bool have_cache; /* cache read (or found missing) */
     StrVec visited;  /* libraries of the release already checked */
@@ -249,8 +250,11 @@ static void push_dir(StrVec *v, const char *d)
  * comments after #. */
 static void read_ld_conf(Ctx *c, const char *abs, int depth)
 {
-    if (depth > MAX_CONF_DEPTH)
+    /* Each file once: files that include each other (or a directory of
+     * files that each include it) would otherwise multiply. */
+    if (depth > MAX_CONF_DEPTH || strvec_contains(&c->conf_read, abs))
         return;
+    strvec_push(&c->conf_read, abs);
     char *path = in_sysroot(c, abs), *buf = NULL;
     size_t len;
     int r = store_read_file(path, &buf, &len);
@@ -820,6 +824,7 @@ static void ctx_close(Ctx *c)
     if (c->root_fd >= 0)
         close(c->root_fd);
     strvec_clear(&c->sysdirs);
+    strvec_clear(&c->conf_read);
     strvec_clear(&c->visited);
     free(c->cache);
 }

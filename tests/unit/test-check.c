@@ -659,7 +659,13 @@ START_TEST(exec_libraries_of_a_sysroot)
      * through links. */
     char *sys = xasprintf("%s/sysroot", root);
     put("sysroot/etc/ld.so.conf", "# comment\ninclude /etc/ld.so.conf.d/*.conf\n");
-    put("sysroot/etc/ld.so.conf.d/x.conf", "/opt/mine/lib  # where it is\n");
+    put("sysroot/etc/ld.so.conf.d/x.conf", "/opt/mine/lib  # where it is\ninclude ../ld.so.conf\n");
+    /* Twenty files that each include all of them: read once each. */
+    for (int i = 0; i < 20; i++) {
+        char *f = xasprintf("sysroot/etc/ld.so.conf.d/loop%02d.conf", i);
+        put(f, "include /etc/ld.so.conf.d/*.conf\n/opt/nothing\n");
+        free(f);
+    }
     copy_in("CHECK_BUILD", "libcheckdep.so", "sysroot/opt/mine/lib/libcheckdep.so", 0644);
     static const char *const links[] = {"lib", "lib64", "usr"};
     for (size_t i = 0; i < 3; i++) {
@@ -775,6 +781,25 @@ START_TEST(exec_libraries_of_the_ld_so_cache)
     check_report_clear(&rep);
     put("sysroot/etc/ld.so.cache", "ld.so-1.7.0\0garbage");
     ck_assert_int_eq(check_release(root, "1", &o, &rep), -EINVAL);
+    check_report_clear(&rep);
+    /* This machine's own cache, mutated: never a crash, never a library
+     * found where the mutated cache does not hold it. */
+    size_t len;
+    char *real = NULL;
+    if (store_read_file("/etc/ld.so.cache", &real, &len) == 0) {
+        unsigned seed = 99;
+        for (int i = 0; i < 200; i++) {
+            char *m = xmalloc(len + 1);
+            memcpy(m, real, len);
+            for (int k = 0; k < 4; k++)
+                m[(size_t)rand_r(&seed) % (len < 4096 ? len : 4096)] = (char)rand_r(&seed);
+            put_mode("sysroot/etc/ld.so.cache", m, len, 0644);
+            free(m);
+            ck_assert_int_eq(check_release(root, "1", &o, &rep), -EINVAL); /* /opt/cached is in no real cache */
+            check_report_clear(&rep);
+        }
+        free(real);
+    }
     free(sys);
 }
 END_TEST
