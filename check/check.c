@@ -518,8 +518,10 @@ static void check_needed(Ctx *c, const char *obj_rel, const ElfFile *e, const Ex
             if (n[0] == '/')
                 found = system_lib_ok(c, n);
             else {
+                char *pn = printable(n);
                 add(c->rep, CHECK_ERROR, shown, 0, 0,
-                    "needs %s by a relative path, which depends on the working directory%s", n, who);
+                    "needs %s by a relative path, which depends on the working directory%s", pn, who);
+                free(pn);
                 continue;
             }
         } else {
