@@ -1350,6 +1350,26 @@ START_TEST(rehearsal_timeout_refuses_before_anything_ran)
 }
 END_TEST
 
+START_TEST(rehearsal_process_gone_refuses_before_anything_ran)
+{
+    rehearse = true;
+    behave("pa", "exit_at=rehearse"); /* as a process killed while its copy works */
+    boot("1");
+    pid_t pa = pid_of("a", "pa"), pa2 = pid_of("a", "pa2"), pb = pid_of("b", "pb"), pc = pid_of("c", "pc");
+    plan("1", "2", true);
+    ck_assert_int_eq(run(), -ECONNRESET);
+    ck_errors("a/pa[PID]: rehearse: the process went away");
+    ck_warnings("rehearsal failed: no instruction ran, release 1 runs untouched");
+    ck_assert(!sync_proc("a", "pa2"));
+    /* pa's supervisor restarts it (restart: permanent); the executor did nothing more */
+    ck_nothing_ran(pid_of("a", "pa"), pa2, pb, pc);
+    ck_assert_text(log_of("pa", pa), "rehearse m/up+,n/up");
+    ck_assert_str_eq(rehearsal_outcome("a/pa"), "failed: the process went away");
+    ck_assert_text(outcomes(), "0 failed: a/pa[PID]: rehearse: the process went away | 1 not run | 2 not run | 3 not "
+                               "run | 4 not run | 5 not run | 6 not run | 7 not run | 8 not run | 9 not run");
+}
+END_TEST
+
 START_TEST(rehearsal_skips_a_runtime_without_rehearse)
 {
     rehearse = true;
@@ -1442,6 +1462,7 @@ static Suite *executor_suite(void)
     tcase_add_test(tc, rehearsal_error_refuses_before_anything_ran);
     tcase_add_test(tc, rehearsal_crash_refuses_before_anything_ran);
     tcase_add_test(tc, rehearsal_timeout_refuses_before_anything_ran);
+    tcase_add_test(tc, rehearsal_process_gone_refuses_before_anything_ran);
     tcase_add_test(tc, rehearsal_skips_a_runtime_without_rehearse);
     tcase_add_test(tc, rehearse_only_runs_nothing_else);
     tcase_add_test(tc, rehearsal_of_a_downgrade);
