@@ -652,6 +652,11 @@ def test_rehearsal_errors_and_timeout():
                             "modules": [{"module": "kv_server", "path": module("kv_server-2hang")}]}) + "\n").encode())
     time.sleep(0.3)
     had = p.children()
+    fds = sorted(os.listdir(f"/proc/{had[0]}/fd"), key=int) if len(had) == 1 else None
+    threads = os.listdir(f"/proc/{had[0]}/task") if len(had) == 1 else None
+    tap(fds == ["0", "1", "2", "3"] and threads == [str(had[0])],
+        "the copy has fds 0, 1, 2 and its report pipe only (no socket of the process), and one thread",
+        (fds, threads))
     p.ctl.close()
     time.sleep(0.3)
     tap(len(had) == 1 and p.alive() and p.request("INCR kept") == "OK kept 2" and p.children() == [],
