@@ -3,14 +3,20 @@
  * which relctl runs for `relctl pack`.
  *
  * Exit status of both: 0 success; 1 the request was refused or failed
- * (bad definitions, no such release, ...); 2 usage error. Errors are
- * printed on stderr, one line each, prefixed "relctl: ". */
+ * (bad definitions, no such release, ...; for install, upgrade and
+ * downgrade: refused before anything changed); 2 usage error; for install,
+ * upgrade and downgrade also 3 rolled back by itself (the release before
+ * runs, healthy) and 4 needs an operator (the way back failed, or the
+ * release before is not healthy either). Errors are printed on stderr, one
+ * line each, prefixed "relctl: ". */
 #include <stdio.h>
 
 #include "util.h"
 
-#define EXIT_REFUSED 1
-#define EXIT_USAGE   2
+#define EXIT_REFUSED        1
+#define EXIT_USAGE          2
+#define EXIT_ROLLED_BACK    3
+#define EXIT_NEEDS_OPERATOR 4
 
 /* Prints what a library said: warnings, then errors. */
 static inline void print_diag(const Diag *d)

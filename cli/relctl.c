@@ -25,6 +25,10 @@ static void usage(FILE *f)
           "  unpack TARBALL|-          hand a release tarball (or standard input) to reld\n"
           "  install TARBALL|VSN       unpack if needed; start it, or go to it from the running release\n"
           "  upgrade VSN / downgrade VSN   go to a newer / older release by its relup, live\n"
+          "      these three wait for the release to be healthy and go back by themselves when it\n"
+          "      is not: --no-wait, --commit (make it permanent once healthy), --min-healthy MS,\n"
+          "      --health-timeout MS; exit 3: rolled back, 4: needs an operator. --rehearse: each\n"
+          "      process converts a copy of its live state with the new code first\n"
           "  releases                  the releases reld knows, with their states\n"
           "  make-permanent [VSN]      make the current release (or VSN) permanent\n"
           "  remove VSN                remove a release that is neither permanent nor running\n"
@@ -178,6 +182,24 @@ static int call(json_t *req, int fd, json_t **ret)
     return *ret ? 0 : -EPROTO;
 }
 
+/* Prints a reply's warnings, and its errors when it failed: 0 when it
+ * succeeded, else EXIT_REFUSED. */
+static int report(const json_t *rep)
+{
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(rep, "warnings"), i, w)
+        fprintf(stderr, "relctl: warning: %s\n", json_string_value(w));
+    if (json_is_true(json_object_get(rep, "ok")))
+        return 0;
+    json_t *errors = json_object_get(rep, "errors");
+    if (json_array_size(errors))
+        json_array_foreach(errors, i, w) fprintf(stderr, "relctl: %s\n", json_string_value(w));
+    else
+        fprintf(stderr, "relctl: %s\n", json_string_value(json_object_get(rep, "error")));
+    return EXIT_REFUSED;
+}
+
 /* Calls reld with req (taken; NULL when building it failed); on failure
  * prints why (one line per reason) and returns EXIT_REFUSED (EXIT_USAGE
  * when the request cannot be encoded: nothing was sent); on success
@@ -196,17 +218,8 @@ static int call_or_report(json_t *req, int fd, json_t **ret)
                 r == -EPROTO ? "no reply" : strerror(-r));
         return EXIT_REFUSED;
     }
-    json_t *warnings = json_object_get(*ret, "warnings");
-    size_t i;
-    json_t *w;
-    json_array_foreach(warnings, i, w) fprintf(stderr, "relctl: warning: %s\n", json_string_value(w));
-    if (json_is_true(json_object_get(*ret, "ok")))
+    if (report(*ret) == 0)
         return 0;
-    json_t *errors = json_object_get(*ret, "errors");
-    if (json_array_size(errors))
-        json_array_foreach(errors, i, w) fprintf(stderr, "relctl: %s\n", json_string_value(w));
-    else
-        fprintf(stderr, "relctl: %s\n", json_string_value(json_object_get(*ret, "error")));
     json_decref(*ret);
     *ret = NULL;
     return EXIT_REFUSED;
@@ -319,22 +332,107 @@ static int cmd_check(int argc, char **argv)
     return r;
 }
 
-/* install TARBALL|VSN: a file is unpacked first. */
-static int cmd_install(int argc, char **argv)
+/* Was arg meant as a file (a path, or a tarball's name), UTF-8 and so
+ * printable as it is? "2.0" is a version; "./2.0", "kv-2.tar.gz" are not. */
+static bool looks_like_a_file(const char *arg)
 {
-    bool json = false;
-    int r = common_opts(argc, argv, &json, "install [--json] TARBALL|VSN");
-    if (r >= 0)
-        return r;
+    static const char *const suffixes[] = {".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tar.bz2"};
+    json_t *j = json_string(arg);
+    bool utf8 = j != NULL;
+    json_decref(j);
+    if (!utf8)
+        return false; /* check_version_arg says what is wrong with it */
+    if (strchr(arg, '/'))
+        return true;
+    size_t n = strlen(arg);
+    for (size_t k = 0; k < sizeof(suffixes) / sizeof(suffixes[0]); k++)
+        if (n > strlen(suffixes[k]) && strcmp(arg + n - strlen(suffixes[k]), suffixes[k]) == 0)
+            return true;
+    return false;
+}
+
+/* The exit status an install's outcome means (cli.h). */
+static int outcome_status(const json_t *rep)
+{
+    static const struct {
+        const char *outcome;
+        int status;
+    } table[] = {
+        {"committed", 0},
+        {"current", 0},
+        {"unchanged", 0},
+        {"refused", EXIT_REFUSED},
+        {"rolled_back", EXIT_ROLLED_BACK},
+        {"needs_operator", EXIT_NEEDS_OPERATOR},
+    };
+    const char *o = json_string_value(json_object_get(rep, "outcome"));
+    bool ok = json_is_true(json_object_get(rep, "ok"));
+    for (size_t k = 0; o && k < sizeof(table) / sizeof(table[0]); k++)
+        if (strcmp(o, table[k].outcome) == 0)
+            return ok ? 0 : table[k].status ? table[k].status : EXIT_REFUSED;
+    return ok ? 0 : EXIT_REFUSED;
+}
+
+/* install TARBALL|VSN, upgrade VSN, downgrade VSN: a file is unpacked
+ * first; then reld goes to the release and (unless --no-wait) waits for
+ * it to be healthy, going back by itself when it is not. */
+static int cmd_go(int argc, char **argv, const char *cmd)
+{
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"no-wait", no_argument, NULL, 'n'},
+                                         {"commit", no_argument, NULL, 'c'},
+                                         {"min-healthy", required_argument, NULL, 'm'},
+                                         {"health-timeout", required_argument, NULL, 't'},
+                                         {"rehearse", no_argument, NULL, 'r'},
+                                         {0}};
+    bool install = strcmp(cmd, "install") == 0, json = false, no_wait = false, commit = false, rehearse = false;
+    long ms[2] = {-1, -1}; /* --min-healthy, --health-timeout */
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        char *end = NULL;
+        if (c == 'j') {
+            json = true;
+        } else if (c == 'n') {
+            no_wait = true;
+        } else if (c == 'c') {
+            commit = true;
+        } else if (c == 'r') {
+            rehearse = true;
+        } else if (c == 'm' || c == 't') {
+            long v = strtol(optarg, &end, 10);
+            if (!*optarg || *end || v < (c == 'm' ? 0 : 1) || v > 86400000) {
+                fprintf(stderr, "relctl: --%s takes milliseconds (%s to 86400000)\n",
+                        c == 'm' ? "min-healthy" : "health-timeout", c == 'm' ? "0" : "1");
+                return EXIT_USAGE;
+            }
+            ms[c == 't'] = v;
+        } else if (c == 'h') {
+            printf("Usage: relctl %s [--json] [--rehearse] [--no-wait] [--commit] [--min-healthy MS] "
+                   "[--health-timeout MS] %s\n",
+                   cmd, install ? "TARBALL|VSN" : "VSN");
+            return 0;
+        } else {
+            return EXIT_USAGE;
+        }
+    }
     if (argc - optind != 1) {
-        fprintf(stderr, "relctl: install takes one tarball or release version\n");
+        fprintf(stderr, "relctl: %s takes one %s\n", cmd, install ? "tarball or release version" : "release version");
         return EXIT_USAGE;
     }
     const char *arg = argv[optind];
     char *vsn = NULL;
     json_t *rep;
-    int fd = strcmp(arg, "-") == 0 ? STDIN_FILENO : open(arg, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 && !check_version_arg("install", arg)) /* not a file: a version, or nothing sensible */
+    int r, fd = -1;
+    if (install) {
+        fd = strcmp(arg, "-") == 0 ? STDIN_FILENO : open(arg, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && looks_like_a_file(arg)) { /* meant as a tarball: say so, not "no such release" */
+            fprintf(stderr, "relctl: install: %s: %s\n", arg, strerror(errno));
+            return EXIT_USAGE;
+        }
+    }
+    if (fd < 0 && !check_version_arg(cmd, arg)) /* not a file: a version, or nothing sensible */
         return EXIT_USAGE;
     if (fd >= 0) {
         r = call_or_report(json_pack("{s:s}", "cmd", "unpack"), fd, &rep);
@@ -350,28 +448,54 @@ static int cmd_install(int argc, char **argv)
         }
         vsn = xstrdup(got);
         if (!json)
-            printf("unpacked release %s\n", vsn);
+            printf("%s release %s\n",
+                   json_is_true(json_object_get(rep, "unchanged")) ? "already unpacked:" : "unpacked", vsn);
         json_decref(rep);
     } else {
         vsn = xstrdup(arg);
     }
-    r = call_or_report(json_pack("{s:s, s:s}", "cmd", "install", "vsn", vsn), -1, &rep);
+    json_t *req = json_pack("{s:s, s:s, s:b, s:b, s:b}", "cmd", cmd, "vsn", vsn, "no_wait", no_wait, "commit", commit,
+                            "rehearse", rehearse);
     free(vsn);
-    if (r)
-        return r;
-    if (json)
-        r = print_json(rep);
-    else if (json_is_string(json_object_get(rep, "from")))
-        printf("%s from %s to %s: %lld instructions in %.3f ms (current; relctl make-permanent to keep it)\n",
-               json_string_value(json_object_get(rep, "direction")), json_string_value(json_object_get(rep, "from")),
-               json_string_value(json_object_get(rep, "installed")),
-               (long long)json_integer_value(json_object_get(rep, "instructions")),
-               json_number_value(json_object_get(rep, "ms")));
-    else
-        printf("installed release %s (current; relctl make-permanent to keep it)\n",
-               json_string_value(json_object_get(rep, "installed")));
+    if (req && ms[0] >= 0)
+        json_object_set_new(req, "min_healthy_ms", json_integer(ms[0]));
+    if (req && ms[1] >= 0)
+        json_object_set_new(req, "health_timeout_ms", json_integer(ms[1]));
+    r = req ? call(req, -1, &rep) : -EILSEQ;
+    json_decref(req);
+    if (r < 0) {
+        fprintf(stderr, "relctl: cannot reach reld at %s: %s\n", socket_path(),
+                r == -EPROTO ? "no reply" : strerror(-r));
+        return EXIT_REFUSED;
+    }
+    (void)report(rep); /* warnings, and the reasons of a failure */
+    int status = outcome_status(rep);
+    if (json) {
+        (void)print_json(rep); /* a failure too: the outcome is in it */
+    } else if (status == 0) {
+        const char *o = json_string_value(json_object_get(rep, "outcome"));
+        const char *installed = json_string_value(json_object_get(rep, "installed"));
+        json_t *health = json_object_get(rep, "health");
+        char waited[64] = "";
+        if (json_is_object(health))
+            snprintf(waited, sizeof(waited), ", healthy after %lld ms",
+                     (long long)json_integer_value(json_object_get(health, "waited_ms")));
+        const char *state = o && strcmp(o, "committed") == 0   ? "permanent"
+                            : o && strcmp(o, "unchanged") == 0 ? "already running"
+                                                               : "current; relctl make-permanent to keep it";
+        if (json_is_string(json_object_get(rep, "from")))
+            printf("%s from %s to %s: %lld instructions in %.3f ms%s (%s)\n",
+                   json_string_value(json_object_get(rep, "direction")),
+                   json_string_value(json_object_get(rep, "from")), installed,
+                   (long long)json_integer_value(json_object_get(rep, "instructions")),
+                   json_number_value(json_object_get(rep, "ms")), waited, state);
+        else
+            printf("installed release %s%s (%s)\n", installed, waited, state);
+    } else if (json_is_string(json_object_get(rep, "outcome"))) {
+        fprintf(stderr, "relctl: outcome: %s\n", json_string_value(json_object_get(rep, "outcome")));
+    }
     json_decref(rep);
-    return r;
+    return status;
 }
 
 static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_line, int n_args)
@@ -453,7 +577,26 @@ static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_
             json_array_foreach(json_object_get(p, "modules"), k, m)
                 printf(" %s %s", json_string_value(json_object_get(m, "name")),
                        json_string_value(json_object_get(m, "version")));
+            json_t *h = json_object_get(p, "health");
+            const char *why = json_string_value(json_object_get(h, "reason"));
+            if (json_is_object(h))
+                printf("; health %s%s%s%s", json_string_value(json_object_get(h, "state")), why ? " (" : "",
+                       why ? why : "", why ? ")" : "");
             putchar('\n');
+        }
+        json_t *gate = json_object_get(rep, "health_gate");
+        if (json_is_object(gate))
+            printf("waiting for release %s to be healthy: %lld of %lld processes healthy long enough, %lld ms left\n",
+                   json_string_value(json_object_get(gate, "release")),
+                   (long long)json_integer_value(json_object_get(gate, "healthy")),
+                   (long long)json_integer_value(json_object_get(gate, "of")),
+                   (long long)json_integer_value(json_object_get(gate, "remaining_ms")));
+        json_t *last = json_object_get(rep, "last_outcome");
+        if (json_is_object(last)) {
+            const char *why = json_string_value(json_object_get(last, "reason"));
+            printf("last install: release %s: %s at %s%s%s\n", json_string_value(json_object_get(last, "release")),
+                   json_string_value(json_object_get(last, "outcome")), json_string_value(json_object_get(last, "at")),
+                   why ? ": " : "", why ? why : "");
         }
     } else if (strcmp(cmd, "remove") == 0) {
         printf("removed release %s\n", json_string_value(json_object_get(rep, "removed")));
@@ -666,38 +809,13 @@ int main(int argc, char **argv)
     if (strcmp(argv[i], "unpack") == 0)
         return cmd_unpack(n, a);
     if (strcmp(argv[i], "install") == 0)
-        return cmd_install(n, a);
+        return cmd_go(n, a, "install");
     if (strcmp(argv[i], "pack") == 0)
         return cmd_pack(a);
     if (strcmp(argv[i], "check") == 0)
         return cmd_check(n, a);
-    if (strcmp(argv[i], "upgrade") == 0 || strcmp(argv[i], "downgrade") == 0) {
-        bool json = false;
-        char *usage_line = xasprintf("%s [--json] VSN", argv[i]);
-        int r = common_opts(n, a, &json, usage_line);
-        free(usage_line);
-        if (r >= 0)
-            return r;
-        if (n - optind != 1) {
-            fprintf(stderr, "relctl: %s takes one release version\n", argv[i]);
-            return EXIT_USAGE;
-        }
-        if (!check_version_arg(argv[i], a[optind]))
-            return EXIT_USAGE;
-        json_t *rep;
-        if ((r = call_or_report(json_pack("{s:s, s:s}", "cmd", argv[i], "vsn", a[optind]), -1, &rep)))
-            return r;
-        if (json)
-            r = print_json(rep);
-        else
-            printf("%s from %s to %s: %lld instructions in %.3f ms\n", argv[i],
-                   json_string_value(json_object_get(rep, "from")),
-                   json_string_value(json_object_get(rep, "installed")),
-                   (long long)json_integer_value(json_object_get(rep, "instructions")),
-                   json_number_value(json_object_get(rep, "ms")));
-        json_decref(rep);
-        return r;
-    }
+    if (strcmp(argv[i], "upgrade") == 0 || strcmp(argv[i], "downgrade") == 0)
+        return cmd_go(n, a, argv[i]);
     if (strcmp(argv[i], "history") == 0)
         return cmd_history(n, a);
     if (strcmp(argv[i], "releases") == 0)

@@ -223,12 +223,20 @@ static json_t *valid_lines(const StrVec *v)
     return a;
 }
 
-void client_reply_diag(Client *c, const Diag *diag, const char *fallback)
+void client_reply_diag_with(Client *c, const Diag *diag, const char *fallback, const json_t *extra)
 {
     char *first = valid_utf8(diag->errors.n ? diag->errors.v[0] : fallback);
-    reply(c, json_pack("{s:b, s:s, s:o, s:o}", "ok", 0, "error", first, "errors", valid_lines(&diag->errors),
-                       "warnings", valid_lines(&diag->warnings)));
+    json_t *m = json_pack("{s:b, s:s, s:o, s:o}", "ok", 0, "error", first, "errors", valid_lines(&diag->errors),
+                          "warnings", valid_lines(&diag->warnings));
+    if (extra)
+        (void)json_object_update_missing(m, (json_t *)extra); /* only fails on a non-object: extra is one */
+    reply(c, m);
     free(first);
+}
+
+void client_reply_diag(Client *c, const Diag *diag, const char *fallback)
+{
+    client_reply_diag_with(c, diag, fallback, NULL);
 }
 
 /* ---- the connection ----------------------------------------------------------------- */

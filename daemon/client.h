@@ -62,3 +62,5 @@ void client_reply_error(Client *c, const char *fmt, ...) __attribute__((format(p
 /* {"ok": false, "error": the first error (or fallback), "errors", "warnings"},
  * each line made valid UTF-8. */
 void client_reply_diag(Client *c, const Diag *diag, const char *fallback);
+/* The same, with extra's fields (borrowed; those not already there). */
+void client_reply_diag_with(Client *c, const Diag *diag, const char *fallback, const json_t *extra);

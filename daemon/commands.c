@@ -24,7 +24,7 @@ static void on_done(void *userdata, int r, json_t *reply, const Diag *diag)
 {
     Client *c = userdata;
     if (r < 0)
-        client_reply_diag(c, diag, strerror(-r));
+        client_reply_diag_with(c, diag, strerror(-r), reply); /* an install's outcome goes with its reasons */
     else
         client_reply_ok(c, json_deep_copy(reply));
 }
@@ -32,6 +32,17 @@ static void on_done(void *userdata, int r, json_t *reply, const Diag *diag)
 static ManagerCaller caller(Client *c)
 {
     return (ManagerCaller){.progress = on_progress, .done = on_done, .userdata = c};
+}
+
+/* An install, upgrade or downgrade always says its outcome: one refused
+ * before it began (not known, busy, ...) is "refused". */
+static void on_install_done(void *userdata, int r, json_t *reply, const Diag *diag)
+{
+    json_t *full = reply ? json_incref(reply) : json_object();
+    if (!json_object_get(full, "outcome"))
+        json_object_set_new(full, "outcome", json_string("refused"));
+    on_done(userdata, r, full, diag);
+    json_decref(full);
 }
 
 /* The release version in field key of req: NULL when it is absent. A
@@ -75,34 +86,67 @@ static void cmd_unpack(Client *c, json_t *req, Manager *m)
     manager_unpack(m, client_take_fd(c), client_who(c), &mc);
 }
 
-static void cmd_install(Client *c, json_t *req, Manager *m)
+/* Optional fields: absent leaves *out alone; a wrong type is refused
+ * (false, the reply sent). */
+static bool bool_field(Client *c, json_t *req, const char *key, bool *out)
+{
+    json_t *v = json_object_get(req, key);
+    if (v && !json_is_boolean(v)) {
+        client_reply_error(c, "bad request: %s must be true or false", key);
+        return false;
+    }
+    if (v)
+        *out = json_is_true(v);
+    return true;
+}
+
+static bool ms_field(Client *c, json_t *req, const char *key, long *out)
+{
+    json_t *v = json_object_get(req, key);
+    if (v && (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 86400000)) {
+        client_reply_error(c, "bad request: %s must be milliseconds, 0 to 86400000", key);
+        return false;
+    }
+    if (v)
+        *out = (long)json_integer_value(v);
+    return true;
+}
+
+/* install, upgrade, downgrade: {vsn, no_wait?, commit?, rehearse?,
+ * min_healthy_ms?, health_timeout_ms?, rehearse_timeout_ms?} (manager.h,
+ * ManagerInstall). */
+static void install(Client *c, json_t *req, Manager *m, const char *direction)
 {
     bool bad = false;
-    const char *vsn = version_field(c, req, "vsn", &bad);
+    ManagerInstall in = {.vsn = version_field(c, req, "vsn", &bad),
+                         .direction = direction,
+                         .min_healthy_ms = -1,
+                         .health_timeout_ms = -1,
+                         .rehearse_timeout_ms = -1};
     if (bad)
         return;
-    ManagerCaller mc = caller(c);
-    manager_install(m, vsn, NULL, client_who(c), &mc);
+    if (!bool_field(c, req, "no_wait", &in.no_wait) || !bool_field(c, req, "commit", &in.commit) ||
+        !bool_field(c, req, "rehearse", &in.rehearse) || !ms_field(c, req, "min_healthy_ms", &in.min_healthy_ms) ||
+        !ms_field(c, req, "health_timeout_ms", &in.health_timeout_ms) ||
+        !ms_field(c, req, "rehearse_timeout_ms", &in.rehearse_timeout_ms))
+        return;
+    ManagerCaller mc = {.progress = on_progress, .done = on_install_done, .userdata = c};
+    manager_install(m, &in, client_who(c), &mc);
+}
+
+static void cmd_install(Client *c, json_t *req, Manager *m)
+{
+    install(c, req, m, NULL);
 }
 
 static void cmd_upgrade(Client *c, json_t *req, Manager *m)
 {
-    bool bad = false;
-    const char *vsn = version_field(c, req, "vsn", &bad);
-    if (bad)
-        return;
-    ManagerCaller mc = caller(c);
-    manager_install(m, vsn, "upgrade", client_who(c), &mc);
+    install(c, req, m, "upgrade");
 }
 
 static void cmd_downgrade(Client *c, json_t *req, Manager *m)
 {
-    bool bad = false;
-    const char *vsn = version_field(c, req, "vsn", &bad);
-    if (bad)
-        return;
-    ManagerCaller mc = caller(c);
-    manager_install(m, vsn, "downgrade", client_who(c), &mc);
+    install(c, req, m, "downgrade");
 }
 
 static void cmd_remove(Client *c, json_t *req, Manager *m)

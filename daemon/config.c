@@ -14,7 +14,9 @@ void config_init(DaemonConfig *c)
                         .socket_path = xstrdup(CONFIG_DEFAULT_SOCKET),
                         .max_unpacked = CONFIG_DEFAULT_MAX_UNPACKED,
                         .max_unpacked_files = CONFIG_DEFAULT_MAX_UNPACKED_FILES,
-                        .max_unpacked_depth = CONFIG_DEFAULT_MAX_UNPACKED_DEPTH};
+                        .max_unpacked_depth = CONFIG_DEFAULT_MAX_UNPACKED_DEPTH,
+                        .min_healthy_ms = CONFIG_DEFAULT_MIN_HEALTHY_MS,
+                        .health_timeout_ms = CONFIG_DEFAULT_HEALTH_TIMEOUT_MS};
 }
 
 void config_copy(DaemonConfig *dst, const DaemonConfig *src)
@@ -26,7 +28,9 @@ void config_copy(DaemonConfig *dst, const DaemonConfig *src)
                           .readers_all = src->readers_all,
                           .max_unpacked = src->max_unpacked,
                           .max_unpacked_files = src->max_unpacked_files,
-                          .max_unpacked_depth = src->max_unpacked_depth};
+                          .max_unpacked_depth = src->max_unpacked_depth,
+                          .min_healthy_ms = src->min_healthy_ms,
+                          .health_timeout_ms = src->health_timeout_ms};
 }
 
 void config_clear(DaemonConfig *c)
@@ -61,6 +65,8 @@ int config_load(DaemonConfig *c, const char *path, char **ret_err)
                                        "max_unpacked_bytes",
                                        "max_unpacked_files",
                                        "max_unpacked_depth",
+                                       "min_healthy_ms",
+                                       "health_timeout_ms",
                                        NULL};
     DaemonConfig n;
     config_copy(&n, c);
@@ -97,6 +103,8 @@ int config_load(DaemonConfig *c, const char *path, char **ret_err)
             n.max_unpacked_files = (uint64_t)max;
         if (yaml_get_long(&y, root, "max_unpacked_depth", 3, 1024, &max) && max)
             n.max_unpacked_depth = (unsigned)max;
+        (void)yaml_get_long(&y, root, "min_healthy_ms", 0, 3600000, &n.min_healthy_ms); /* errors: in d */
+        (void)yaml_get_long(&y, root, "health_timeout_ms", 1, 86400000, &n.health_timeout_ms);
     }
     yaml_ctx_done(&y);
     free(buf);

@@ -20,6 +20,10 @@ typedef struct DaemonConfig {
     uint64_t max_unpacked;       /* bytes, default 1 GiB */
     uint64_t max_unpacked_files; /* entries of one tarball, default 100,000 */
     unsigned max_unpacked_depth; /* path components of an entry, default 32 */
+    /* The health gate after install, upgrade and downgrade (health.h): the
+     * new release must stay healthy this long, within this time. */
+    long min_healthy_ms;    /* default 1000 */
+    long health_timeout_ms; /* default 60000 */
 } DaemonConfig;
 
 #define CONFIG_DEFAULT_ROOT               "/var/lib/reld"
@@ -27,6 +31,8 @@ typedef struct DaemonConfig {
 #define CONFIG_DEFAULT_MAX_UNPACKED       (1ULL << 30)
 #define CONFIG_DEFAULT_MAX_UNPACKED_FILES 100000ULL
 #define CONFIG_DEFAULT_MAX_UNPACKED_DEPTH 32U
+#define CONFIG_DEFAULT_MIN_HEALTHY_MS     1000L
+#define CONFIG_DEFAULT_HEALTH_TIMEOUT_MS  60000L
 
 /* Every default. */
 void config_init(DaemonConfig *c);

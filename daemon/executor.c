@@ -1456,6 +1456,11 @@ int executor_step(Executor *e, Diag *diag)
     return 1;
 }
 
+bool executor_past_point_of_no_return(const Executor *e)
+{
+    return e->past_ponr;
+}
+
 size_t executor_position(const Executor *e, size_t *ret_n)
 {
     *ret_n = e->script->n;

@@ -89,6 +89,9 @@ int executor_new(const ExecutorParams *params, Executor **ret);
 int executor_step(Executor *e, Diag *diag);
 /* Instructions done, of *ret_n. */
 size_t executor_position(const Executor *e, size_t *ret_n);
+/* Did the script pass its point of no return (something changed in a
+ * process)? Before it, a failure leaves everything as it was. */
+bool executor_past_point_of_no_return(const Executor *e);
 /* The rehearsal's results; NULL before it or without one. Borrowed, valid
  * until executor_free():
  *   {"ok": true|false|null (under way),

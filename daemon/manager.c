@@ -15,12 +15,40 @@
 #include "jobs.h"
 #include "log.h"
 #include "relup.h"
+#include "check/check.h"
 #include "crashpoint.h"
+#include "health.h"
 #include "store.h"
 #include "supervisor.h"
 #include "upgrade.h"
 
 typedef enum OpKind { OP_UNPACK, OP_BOOT, OP_REMOVE, OP_RELUP, OP_UPGRADE } OpKind;
+
+/* What an install, upgrade or downgrade came to, as a script can act on
+ * it (relctl's exit status, docs/relctl.1). */
+typedef enum Outcome {
+    OUTCOME_COMMITTED,      /* healthy, and made permanent (--commit) */
+    OUTCOME_CURRENT,        /* healthy (or not waited for), current */
+    OUTCOME_UNCHANGED,      /* it already ran: nothing to do */
+    OUTCOME_REFUSED,        /* refused before anything changed */
+    OUTCOME_ROLLED_BACK,    /* it failed or was not healthy; the release before runs, healthy */
+    OUTCOME_NEEDS_OPERATOR, /* the way back failed too, or the release before is not healthy */
+    _OUTCOME_MAX,
+} Outcome;
+
+static const char *const outcome_names[_OUTCOME_MAX] = {
+    [OUTCOME_COMMITTED] = "committed",     [OUTCOME_CURRENT] = "current",
+    [OUTCOME_UNCHANGED] = "unchanged",     [OUTCOME_REFUSED] = "refused",
+    [OUTCOME_ROLLED_BACK] = "rolled_back", [OUTCOME_NEEDS_OPERATOR] = "needs_operator",
+};
+
+/* Where an install stands once its processes run (the health gate). */
+typedef enum GatePhase {
+    GATE_NONE,
+    GATE_NEW,          /* the new release must become healthy */
+    GATE_ROLLING_BACK, /* it did not: going back to the release before, once */
+    GATE_OLD,          /* the release before must be healthy again */
+} GatePhase;
 
 /* An operation under way and who waits for it. The fields after `kind`
  * are filled on a worker thread (jobs.h) and read back on the main one. */
@@ -37,6 +65,14 @@ typedef struct Op {
     ReleaseDef *rel;
     json_t *result;
     StoreAside aside; /* OP_REMOVE: where its files went */
+    /* install, upgrade, downgrade: the request, and the health gate */
+    ManagerInstall in;
+    char *before; /* the release that ran before (NULL: none) */
+    GatePhase phase;
+    HealthGate *gate;
+    long long gate_ms; /* when the gate began */
+    char *unhealthy;   /* why the new release was not healthy */
+    json_t *success;   /* the reply once healthy */
     struct Op *next;
 } Op;
 
@@ -50,7 +86,9 @@ struct Manager {
     ReleaseDef *running; /* the definitions of the running release; the supervisor points into them */
     Upgrade *upgrade;    /* the one under way, or NULL */
     Op *upgrade_op;
-    bool booting; /* a first install is loading its release */
+    Op *gate_op;          /* an install waiting for its health verdict, or NULL */
+    json_t *last_outcome; /* of the last install, upgrade or downgrade: {outcome, release, reason?, at} */
+    bool booting;         /* a first install is loading its release */
     Op *ops;
     void (*shutdown_done)(void *userdata);
     void *shutdown_data;
@@ -84,6 +122,13 @@ static void op_free(Op *op)
     free(op->from);
     free(op->to);
     store_aside_clear(&op->aside);
+    health_gate_free(op->gate);
+    free(op->before);
+    free(op->unhealthy);
+    json_decref(op->success);
+    if (op->m->gate_op == op)
+        op->m->gate_op = NULL;
+    supervisor_forget(op->m->sup, op); /* a first install's stop, going back */
     diag_clear(&op->diag);
     release_def_free(op->rel);
     json_decref(op->result);
@@ -127,6 +172,8 @@ void manager_set_unpack_limits(Manager *m, const DaemonConfig *cfg)
     m->cfg.max_unpacked = cfg->max_unpacked;
     m->cfg.max_unpacked_files = cfg->max_unpacked_files;
     m->cfg.max_unpacked_depth = cfg->max_unpacked_depth;
+    m->cfg.min_healthy_ms = cfg->min_healthy_ms;
+    m->cfg.health_timeout_ms = cfg->health_timeout_ms;
 }
 
 static char *state_of(Manager *m, const char *which)
@@ -140,10 +187,19 @@ static char *state_of(Manager *m, const char *which)
 
 /* ---- unpack --------------------------------------------------------------------- */
 
+/* What can be known of a staged release before anything of it runs
+ * (check.h: module descriptors read from the ELF files, executables and
+ * the libraries they need on this machine); a refusal leaves nothing in
+ * place. */
+static int check_staged(const char *staging, const char *vsn, void *userdata, Diag *diag)
+{
+    return check_release_diag(staging, vsn, diag);
+}
+
 static void unpack_work(void *userdata)
 {
     Op *op = userdata;
-    op->r = store_unpack(op->root, op->fd, &op->limits, &op->vsn, &op->name, &op->diag);
+    op->r = store_unpack_validated(op->root, op->fd, &op->limits, check_staged, NULL, &op->vsn, &op->name, &op->diag);
     close(op->fd);
     op->fd = -1;
 }
@@ -245,6 +301,155 @@ static int boot_recorded(Manager *m, Op *op)
     return r;
 }
 
+/* ---- outcomes, the health gate and the way back ------------------------------------- */
+
+static int set_permanent(Manager *m, const char *vsn, const char *who, Diag *diag);
+static void change_release(Manager *m, Op *op, const char *running, bool running_is_current, const char *direction);
+
+/* Ends an install, upgrade or downgrade with outcome o: the reply (taken,
+ * may be NULL) gets "outcome"; the history and `relctl status` keep it
+ * with its first reason. r: the failure's errno (ignored on success). */
+static void finish(Op *op, Outcome o, int r, json_t *reply)
+{
+    Manager *m = op->m;
+    bool ok = o == OUTCOME_COMMITTED || o == OUTCOME_CURRENT || o == OUTCOME_UNCHANGED;
+    const char *release = op->to ? op->to : op->vsn, *reason = op->diag.errors.n ? op->diag.errors.v[0] : NULL;
+    if (!reply)
+        reply = json_object();
+    json_object_set_new(reply, "outcome", json_string(outcome_names[o]));
+    char at[32];
+    time_t now = time(NULL);
+    strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    json_decref(m->last_outcome);
+    m->last_outcome = json_pack("{s:s, s:s?, s:s?, s:s?, s:s}", "outcome", outcome_names[o], "release", release, "from",
+                                op->before, "reason", reason, "at", at);
+    if (o != OUTCOME_UNCHANGED &&
+        history_event(m->hist, "outcome", op->who, release, m->last_outcome) < 0) /* borrows it */
+        log_error("cannot record the outcome (%s) of release %s: %s", outcome_names[o], release ? release : "?",
+                  history_last_error(m->hist));
+    if (!ok)
+        log_warning("release %s: %s: %s", release ? release : "?", outcome_names[o], reason ? reason : strerror(-r));
+    if (m->gate_op == op)
+        m->gate_op = NULL;
+    op_done(op, ok ? 0 : r < 0 ? r : -EIO, reply);
+}
+
+/* Healthy (or not waited for): current, or permanent with --commit. */
+static void succeed(Op *op, long long waited_ms)
+{
+    Manager *m = op->m;
+    json_t *reply = TAKE_PTR(op->success);
+    if (!reply)
+        reply = json_pack("{s:s}", "installed", op->to);
+    if (waited_ms >= 0)
+        json_object_set_new(reply, "health", json_pack("{s:b, s:I}", "healthy", 1, "waited_ms", (json_int_t)waited_ms));
+    if (!op->in.commit)
+        return finish(op, OUTCOME_CURRENT, 0, reply);
+    int r = set_permanent(m, op->to, op->who, &op->diag);
+    if (r < 0) {
+        json_decref(reply);
+        return finish(op, OUTCOME_CURRENT, r, NULL); /* current and healthy, not made permanent: a failure */
+    }
+    finish(op, OUTCOME_COMMITTED, 0, reply);
+}
+
+static void on_gate(HealthGate *g, bool healthy, const char *reason, void *userdata);
+static void on_verdict(Op *op, bool healthy, const char *reason, long long waited);
+
+/* Waits for the running release to be healthy (phase GATE_NEW or GATE_OLD). */
+static void gate_start(Op *op, GatePhase phase)
+{
+    Manager *m = op->m;
+    HealthProbe **probes = NULL;
+    size_t n = supervisor_probes(m->sup, &probes);
+    long window = op->in.min_healthy_ms >= 0 ? op->in.min_healthy_ms : m->cfg.min_healthy_ms;
+    long timeout = op->in.health_timeout_ms > 0 ? op->in.health_timeout_ms : m->cfg.health_timeout_ms;
+    op->phase = phase;
+    op->gate = health_gate_free(op->gate);
+    op->gate_ms = mono_ms();
+    m->gate_op = op;
+    int r = health_gate_new(m->ev, probes, n, window, timeout, on_gate, op, &op->gate);
+    free(probes);
+    if (r < 0) {
+        char *why = xasprintf("cannot watch the processes' health: %s", strerror(-r));
+        on_gate(NULL, false, why, op);
+        free(why);
+    }
+}
+
+static void on_boot_stopped(void *userdata)
+{
+    Op *op = userdata;
+    Manager *m = op->m;
+    supervisor_clear(m->sup); /* its processes point into the definitions */
+    m->running = release_def_free(m->running);
+    if (history_release_set_state(m->hist, op->to, RELEASE_UNPACKED, "reld (automatic rollback)") < 0) {
+        diag_error(&op->diag, "cannot record release %s as unpacked again: %s", op->to, history_last_error(m->hist));
+        return finish(op, OUTCOME_NEEDS_OPERATOR, -EIO, NULL);
+    }
+    diag_warning(&op->diag, "release %s was stopped: nothing runs, as before the install", op->to);
+    finish(op, OUTCOME_ROLLED_BACK, -ECANCELED, NULL);
+}
+
+/* The new release is not healthy: back, once. A first install stops (as
+ * before it, nothing runs); an upgrade or downgrade goes back to the
+ * release before by its relup (the other direction). */
+static void roll_back(Op *op)
+{
+    Manager *m = op->m;
+    op->phase = GATE_ROLLING_BACK;
+    json_t *detail = json_pack("{s:s, s:s?, s:s}", "from", op->to, "to", op->before, "reason", op->unhealthy);
+    if (history_event(m->hist, "automatic_rollback", "reld", op->to, detail) < 0)
+        log_error("cannot record the automatic rollback: %s", history_last_error(m->hist));
+    json_decref(detail);
+    if (!op->before) {
+        (void)supervisor_stop_all(m->sup, on_boot_stopped, op); /* cannot fail */
+        return;
+    }
+    free(op->vsn);
+    op->vsn = xstrdup(op->before);
+    char *who = xasprintf("reld (automatic rollback for %s)", op->who);
+    free(op->who);
+    op->who = who;
+    change_release(m, op, op->to, true, NULL);
+}
+
+static void on_gate(HealthGate *g, bool healthy, const char *gate_reason, void *userdata)
+{
+    Op *op = userdata;
+    long long waited = mono_ms() - op->gate_ms;
+    char *reason = xstrdup(gate_reason ? gate_reason : ""); /* the gate's, which goes now */
+    op->gate = health_gate_free(op->gate);
+    on_verdict(op, healthy, reason, waited);
+    free(reason);
+}
+
+static void on_verdict(Op *op, bool healthy, const char *reason, long long waited)
+{
+    Manager *m = op->m;
+    const char *release = op->phase == GATE_OLD ? op->before : op->to;
+    json_t *detail = json_pack("{s:b, s:s, s:I}", "healthy", healthy, "reason", reason ? reason : "", "waited_ms",
+                               (json_int_t)waited);
+    if (history_event(m->hist, "health", "reld", release, detail) < 0)
+        log_error("cannot record the health of release %s: %s", release ? release : "?", history_last_error(m->hist));
+    json_decref(detail);
+    if (op->phase == GATE_NEW && healthy)
+        return succeed(op, waited);
+    if (op->phase == GATE_NEW) {
+        op->unhealthy = xstrdup(reason);
+        diag_error(&op->diag, "release %s did not become healthy: %s", op->to, reason);
+        log_warning("release %s is not healthy (%s); going back to %s", op->to, reason,
+                    op->before ? op->before : "nothing running");
+        return roll_back(op);
+    }
+    if (healthy) {
+        diag_warning(&op->diag, "release %s runs again, healthy", release ? release : "?");
+        return finish(op, OUTCOME_ROLLED_BACK, -ECANCELED, NULL);
+    }
+    diag_error(&op->diag, "release %s, back in place, is not healthy either: %s", release ? release : "?", reason);
+    finish(op, OUTCOME_NEEDS_OPERATOR, -EIO, NULL);
+}
+
 static void boot_done(void *userdata)
 {
     Op *op = userdata;
@@ -256,11 +461,14 @@ static void boot_done(void *userdata)
     }
     if (op->r == 0)
         op->r = boot_recorded(m, op);
-    if (op->r == 0) {
-        CRASH_POINT("install:started");
-        log_info("installed release %s for %s", op->vsn, op->who);
-    }
-    op_done(op, op->r, op->r == 0 ? json_pack("{s:s}", "installed", op->vsn) : NULL);
+    if (op->r < 0)
+        return finish(op, OUTCOME_REFUSED, op->r, NULL);
+    CRASH_POINT("install:started");
+    log_info("installed release %s for %s", op->vsn, op->who);
+    op->success = json_pack("{s:s}", "installed", op->vsn);
+    if (op->in.no_wait)
+        return succeed(op, -1);
+    gate_start(op, GATE_NEW);
 }
 
 /* ---- upgrades and downgrades ------------------------------------------------------------ */
@@ -308,6 +516,8 @@ static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
         diag_error(&op->diag, "%s", ud->errors.v[k]);
     for (size_t k = 0; k < ud->warnings.n; k++)
         diag_warning(&op->diag, "%s", ud->warnings.v[k]);
+    supervisor_hold_health(m->sup, false);
+    bool changed = planned && upgrade_changed_anything(u);
     json_t *reply = NULL;
     if (r == 0) {
         /* The processes run `to`: so do the definitions, recorded or not. */
@@ -329,12 +539,29 @@ static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
         } else {
             log_error("%s", op->diag.errors.n ? op->diag.errors.v[0] : "cannot record the change");
         }
-    } else if (!planned) {
-        (void)0; /* refused while planning: logged by upgrade.c */
     }
     m->upgrade = upgrade_free(m->upgrade);
     m->upgrade_op = NULL;
-    op_done(op, r, reply);
+    if (op->phase == GATE_ROLLING_BACK) { /* the way back, after an unhealthy new release */
+        json_decref(reply);
+        if (r == 0)
+            return gate_start(op, GATE_OLD);
+        diag_error(&op->diag, "the way back to release %s failed", op->before);
+        return finish(op, OUTCOME_NEEDS_OPERATOR, r, NULL);
+    }
+    if (r == 0) {
+        op->success = reply;
+        if (op->in.no_wait)
+            return succeed(op, -1);
+        return gate_start(op, GATE_NEW);
+    }
+    if (!changed) /* refused while planning or rehearsing, or failed before the point of no return */
+        return finish(op, OUTCOME_REFUSED, r, NULL);
+    if (!upgrade_recorded(u) || !m->running || strcmp(m->running->vsn, op->before) != 0)
+        return finish(op, OUTCOME_NEEDS_OPERATOR, r, NULL);
+    /* The executor went back by itself (the inverse, or a restart on the old
+     * release): that release must be healthy again. */
+    gate_start(op, GATE_OLD);
 }
 
 static void change_release(Manager *m, Op *op, const char *running, bool running_is_current, const char *direction)
@@ -343,7 +570,7 @@ static void change_release(Manager *m, Op *op, const char *running, bool running
     if (direction && up != (strcmp(direction, "upgrade") == 0)) {
         diag_error(&op->diag, "release %s is %s than the running %s: use %s", op->vsn, up ? "newer" : "older", running,
                    up ? "upgrade" : "downgrade");
-        return op_done(op, -EINVAL, NULL);
+        return finish(op, OUTCOME_REFUSED, -EINVAL, NULL);
     }
     op->kind = OP_UPGRADE;
     op->r = running_is_current ? 1 : 0; /* kept for record_change */
@@ -357,19 +584,24 @@ static void change_release(Manager *m, Op *op, const char *running, bool running
                        .to = op->vsn,
                        .up = up,
                        .who = op->who,
+                       .rehearse =
+                           op->in.rehearse && op->phase != GATE_ROLLING_BACK, /* the way back: as fast as can be */
+                       .rehearse_timeout_ms = op->in.rehearse_timeout_ms > 0 ? (int)op->in.rehearse_timeout_ms : 0,
                        .progress = on_upgrade_progress,
                        .finished = on_upgrade_finished,
                        .userdata = m};
     int r = upgrade_start(&p, &m->upgrade);
     if (r < 0) {
-        diag_error(&op->diag, "cannot start the upgrade: %s", strerror(-r));
-        return op_done(op, r, NULL);
+        diag_error(&op->diag, "cannot start the %s: %s", up ? "upgrade" : "downgrade", strerror(-r));
+        return finish(op, op->phase == GATE_ROLLING_BACK ? OUTCOME_NEEDS_OPERATOR : OUTCOME_REFUSED, r, NULL);
     }
+    supervisor_hold_health(m->sup, true); /* no health command between a load and its code_change */
     m->upgrade_op = op;
 }
 
-void manager_install(Manager *m, const char *vsn, const char *direction, const char *who, const ManagerCaller *c)
+void manager_install(Manager *m, const ManagerInstall *in, const char *who, const ManagerCaller *c)
 {
+    const char *vsn = in->vsn, *direction = in->direction;
     if (!vsn)
         return refuse(m, c, -EINVAL, "install needs a release version or tarball");
     if (m->upgrade)
@@ -377,6 +609,8 @@ void manager_install(Manager *m, const char *vsn, const char *direction, const c
                       upgrade_to(m->upgrade));
     if (m->booting)
         return refuse(m, c, -EBUSY, "a release is being installed; one at a time");
+    if (m->gate_op)
+        return refuse(m, c, -EBUSY, "release %s is being checked for health; one at a time", m->gate_op->to);
     if (m->shutdown_done)
         return refuse(m, c, -ESHUTDOWN, "reld is stopping");
     char *state = NULL;
@@ -389,26 +623,36 @@ void manager_install(Manager *m, const char *vsn, const char *direction, const c
     for (Op *o = m->ops; o; o = o->next)
         if (o->kind == OP_REMOVE && strcmp(o->vsn, vsn) == 0)
             return refuse(m, c, -EBUSY, "release %s is being removed", vsn);
-    char *cur = state_of(m, RELEASE_CURRENT), *perm = state_of(m, RELEASE_PERMANENT);
+    char *cur = state_of(m, RELEASE_CURRENT);
     const char *running = m->running ? m->running->vsn : NULL;
     Op *op = op_new(m, OP_BOOT, who, c);
     op->vsn = xstrdup(vsn);
+    op->to = xstrdup(vsn);
+    op->before = running ? xstrdup(running) : NULL;
+    op->in = *in;
+    op->in.vsn = op->to;
+    op->in.direction = NULL;
     if (running && strcmp(running, vsn) == 0) {
-        diag_error(&op->diag, "release %s is already running", vsn);
-        op_done(op, -EALREADY, NULL);
+        /* Already there: nothing to do (and --commit makes it permanent). */
+        json_t *reply = json_pack("{s:s}", "installed", vsn);
+        if (in->commit && (r = set_permanent(m, vsn, who, &op->diag)) < 0) {
+            json_decref(reply);
+            finish(op, OUTCOME_CURRENT, r, NULL);
+        } else {
+            finish(op, OUTCOME_UNCHANGED, 0, reply);
+        }
     } else if (running) {
         change_release(m, op, running, cur && strcmp(cur, running) == 0, direction);
     } else if (direction) {
         diag_error(&op->diag, "no release is running to %s from", direction);
-        op_done(op, -EINVAL, NULL);
+        finish(op, OUTCOME_REFUSED, -EINVAL, NULL);
     } else if ((r = jobs_run(m->jobs, load_work, boot_done, op)) < 0) {
         diag_error(&op->diag, "cannot start the install: %s", strerror(-r));
-        op_done(op, r, NULL);
+        finish(op, OUTCOME_REFUSED, r, NULL);
     } else {
         m->booting = true;
     }
     free(cur);
-    free(perm);
 }
 
 /* ---- the permanent marker ------------------------------------------------------------ */
@@ -503,48 +747,57 @@ static void marker_sync(const char *root, const char *perm)
 
 /* ---- make-permanent ------------------------------------------------------------------ */
 
-void manager_make_permanent(Manager *m, const char *vsn, const char *who, const ManagerCaller *c)
+/* Makes the current release vsn permanent (the permanent one before
+ * becomes old: both or neither). 0 (also when it already is), or -errno
+ * with the reason in diag. */
+static int set_permanent(Manager *m, const char *vsn, const char *who, Diag *diag)
 {
-    if (m->upgrade)
-        return refuse(m, c, -EBUSY, "an upgrade from %s to %s is under way; make it permanent when it is done",
-                      upgrade_from(m->upgrade), upgrade_to(m->upgrade));
-    char *cur = state_of(m, RELEASE_CURRENT), *perm = state_of(m, RELEASE_PERMANENT), *state = NULL;
-    if (!vsn)
-        vsn = cur;
-    int r;
-    if (!vsn) {
-        refuse(m, c, -ENOENT, "no release is current (installed and not yet permanent)");
-    } else if ((r = history_release_state(m->hist, vsn, &state)) < 0) {
-        if (r == -ENOENT)
-            refuse(m, c, r, "release %s is not known", vsn);
-        else
-            refuse(m, c, r, "cannot read the release database: %s", history_last_error(m->hist));
+    char *perm = state_of(m, RELEASE_PERMANENT), *state = NULL;
+    int r = history_release_state(m->hist, vsn, &state);
+    if (r == -ENOENT) {
+        diag_error(diag, "release %s is not known", vsn);
+    } else if (r < 0) {
+        diag_error(diag, "cannot read the release database: %s", history_last_error(m->hist));
     } else if (strcmp(state, RELEASE_PERMANENT) == 0) {
-        json_t *reply = json_pack("{s:s}", "permanent", vsn);
-        c->done(c->userdata, 0, reply, &(Diag){0});
-        json_decref(reply);
+        r = 0;
     } else if (strcmp(state, RELEASE_CURRENT) != 0) {
-        refuse(m, c, -EINVAL, "release %s is %s; only the current release can be made permanent", vsn, state);
+        diag_error(diag, "release %s is %s; only the current release can be made permanent", vsn, state);
+        r = -EINVAL;
     } else {
-        /* The old permanent one becomes old as this one becomes permanent:
-         * both or neither. */
         HistoryStateChange v[] = {{perm, RELEASE_OLD}, {vsn, RELEASE_PERMANENT}};
         r = perm ? history_release_set_states(m->hist, v, 2, who) : history_release_set_states(m->hist, v + 1, 1, who);
         if (r < 0) {
-            refuse(m, c, r, "cannot record the change: %s", history_last_error(m->hist));
+            diag_error(diag, "cannot record the change: %s", history_last_error(m->hist));
         } else {
             log_info("release %s is permanent, for %s", vsn, who);
             CRASH_POINT("permanent:recorded");
             marker_write(m->cfg.root, vsn);
             CRASH_POINT("permanent:marked");
-            json_t *reply = json_pack("{s:s}", "permanent", vsn);
-            c->done(c->userdata, 0, reply, &(Diag){0});
-            json_decref(reply);
         }
     }
-    free(cur);
     free(perm);
     free(state);
+    return r;
+}
+
+void manager_make_permanent(Manager *m, const char *vsn, const char *who, const ManagerCaller *c)
+{
+    if (m->upgrade)
+        return refuse(m, c, -EBUSY, "an upgrade from %s to %s is under way; make it permanent when it is done",
+                      upgrade_from(m->upgrade), upgrade_to(m->upgrade));
+    if (m->gate_op)
+        return refuse(m, c, -EBUSY, "release %s is being checked for health; make it permanent when it is done",
+                      m->gate_op->to);
+    char *cur = state_of(m, RELEASE_CURRENT);
+    if (!vsn && !cur)
+        return refuse(m, c, -ENOENT, "no release is current (installed and not yet permanent)");
+    Diag d = {0};
+    int r = set_permanent(m, vsn ? vsn : cur, who, &d);
+    json_t *reply = r == 0 ? json_pack("{s:s}", "permanent", vsn ? vsn : cur) : NULL;
+    c->done(c->userdata, r, reply, &d);
+    json_decref(reply);
+    diag_clear(&d);
+    free(cur);
 }
 
 /* ---- remove ------------------------------------------------------------------------- */
@@ -605,6 +858,9 @@ void manager_remove(Manager *m, const char *vsn, const char *who, const ManagerC
         return refuse(m, c, -EBUSY, "release %s is part of the %s from %s to %s under way; it cannot be removed", vsn,
                       upgrade_up(m->upgrade) ? "upgrade" : "downgrade", upgrade_from(m->upgrade),
                       upgrade_to(m->upgrade));
+    if (m->gate_op && ((m->gate_op->to && strcmp(m->gate_op->to, vsn) == 0) ||
+                       (m->gate_op->before && strcmp(m->gate_op->before, vsn) == 0)))
+        return refuse(m, c, -EBUSY, "release %s is part of an install being checked for health", vsn);
     for (Op *o = m->ops; o; o = o->next)
         if ((o->kind == OP_REMOVE || o->kind == OP_BOOT) && o->vsn && strcmp(o->vsn, vsn) == 0)
             return refuse(m, c, -EBUSY, "release %s is being %s; one at a time", vsn,
@@ -674,6 +930,13 @@ json_t *manager_status(Manager *m, Diag *diag)
     } else {
         json_object_set_new(s, "upgrade", json_null());
     }
+    if (m->gate_op && m->gate_op->gate) {
+        json_t *g = health_gate_status(m->gate_op->gate);
+        json_object_set_new(g, "release",
+                            json_string(m->gate_op->phase == GATE_OLD ? m->gate_op->before : m->gate_op->to));
+        json_object_set_new(s, "health_gate", g);
+    }
+    json_object_set(s, "last_outcome", m->last_outcome ? m->last_outcome : json_null());
     free(cur);
     free(perm);
     return s;
@@ -818,14 +1081,15 @@ static void adopt_unrecorded(Manager *m, json_t *rels)
             continue;
         ReleaseDef *def = NULL;
         Diag d = {0};
-        if (store_load_release(m->cfg.root, vsn, &def, &d) == 0) {
+        if (store_load_release(m->cfg.root, vsn, &def, &d) == 0 && check_release_diag(m->cfg.root, vsn, &d) == 0) {
             if (history_release_add(m->hist, vsn, def->name, "reld (start)") < 0)
                 log_error("cannot record release %s: %s", vsn, history_last_error(m->hist));
             else
                 log_warning("release %s was unpacked but not recorded when reld stopped; recorded now", vsn);
         } else { /* not reld's doing (an unpack moves in only what loads): the operator's */
             char *dir = store_path_release_dir(m->cfg.root, vsn);
-            log_warning("release %s is in %s but not in the database, and does not load (%s); left as it is: "
+            log_warning("release %s is in %s but not in the database, and does not load or pass the checks (%s); "
+                        "left as it is: "
                         "remove %s to unpack this version again",
                         vsn, m->cfg.root, d.errors.n ? d.errors.v[0] : "unknown error", dir);
             free(dir);
@@ -1211,6 +1475,10 @@ void manager_shutdown(Manager *m, void (*done)(void *userdata), void *userdata)
             m->upgrade_op = NULL;
         }
     }
+    if (m->gate_op) {
+        diag_error(&m->gate_op->diag, "reld is stopping; release %s was not found healthy yet", m->gate_op->to);
+        finish(m->gate_op, OUTCOME_NEEDS_OPERATOR, -ESHUTDOWN, NULL);
+    }
     (void)supervisor_stop_all(m->sup, on_all_stopped, m); /* cannot fail */
 }
 
@@ -1227,6 +1495,7 @@ Manager *manager_free(Manager *m)
     m->upgrade = upgrade_free(m->upgrade);
     while (m->ops)
         op_free(m->ops);
+    json_decref(m->last_outcome);
     m->sup = supervisor_free(m->sup); /* SIGKILLs what still runs */
     m->running = release_def_free(m->running);
     m->jobs = jobs_free(m->jobs);

@@ -64,16 +64,39 @@ Manager *manager_free(Manager *m);
  * calls done(userdata). An upgrade under way is abandoned: its attempt
  * shows as interrupted at the next start. */
 void manager_shutdown(Manager *m, void (*done)(void *userdata), void *userdata);
-/* The unpack limits (bytes, files, depth) of cfg, as a reload of the
- * configuration changes them; for the unpacks that start from now on. */
+/* The unpack limits (bytes, files, depth) and the health gate's defaults
+ * of cfg, as a reload of the configuration changes them; for the
+ * operations that start from now on. */
 void manager_set_unpack_limits(Manager *m, const DaemonConfig *cfg);
 
 /* Unpacks the tarball read from fd (taken) as release: reply {release, name}. */
 void manager_unpack(Manager *m, int fd, const char *who, const ManagerCaller *c);
-/* Starts release vsn when none runs, or changes the running release to it
- * (direction: NULL decides by version, "upgrade"/"downgrade" check it):
- * reply {installed[, from, direction, instructions, ms]}. */
-void manager_install(Manager *m, const char *vsn, const char *direction, const char *who, const ManagerCaller *c);
+/* An install, upgrade or downgrade as asked. */
+typedef struct ManagerInstall {
+    const char *vsn;          /* the release to run */
+    const char *direction;    /* NULL decides by version; "upgrade"/"downgrade" check it */
+    bool no_wait;             /* done once it runs, without the health gate */
+    bool commit;              /* once healthy, make it permanent */
+    long min_healthy_ms;      /* the gate's window; < 0: the config's */
+    long health_timeout_ms;   /* how long the gate waits; <= 0: the config's */
+    bool rehearse;            /* an upgrade or downgrade rehearses first (executor.h) */
+    long rehearse_timeout_ms; /* per process; <= 0: the executor's default */
+} ManagerInstall;
+
+/* Starts release in->vsn when none runs, or changes the running release
+ * to it; then, unless no_wait, waits for it to be healthy (health.h: every
+ * process running and passing its checks for min_healthy_ms, within
+ * health_timeout_ms). Not healthy: the new release goes back, by itself
+ * and once — a first install is stopped (nothing runs, as before), an
+ * upgrade or downgrade is reversed to the release that ran before — and
+ * that release must be healthy again. Every reply (success or not) has
+ * "outcome": committed | current | unchanged (it already ran) on success;
+ * refused (nothing changed) | rolled_back (the release before runs,
+ * healthy) | needs_operator on failure, and the reasons name the process,
+ * its last check or exit and its last output. Success reply: {installed,
+ * outcome, health?: {healthy, waited_ms}[, from, direction, instructions,
+ * ms]}. */
+void manager_install(Manager *m, const ManagerInstall *in, const char *who, const ManagerCaller *c);
 /* reply {removed}. */
 void manager_remove(Manager *m, const char *vsn, const char *who, const ManagerCaller *c);
 /* The relup from -> to, stored or computed (on a worker thread: it can

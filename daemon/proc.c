@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -37,9 +38,17 @@ typedef struct OutPipe {
     unsigned lines_in_window, dropped;
 } OutPipe;
 
+/* The last lines of a process's output (relayed: not when they go to the
+ * journal), for the messages that say why it failed. */
+#define TAIL_LINES    3
+#define TAIL_LINE_MAX 200
+
 struct Proc {
     sd_event *ev;
     char *label;
+    char tail[TAIL_LINES][TAIL_LINE_MAX + 1];
+    unsigned tail_next;
+    char tail_text[TAIL_LINES * (TAIL_LINE_MAX + 3) + 1];
     ProcSource src;
     int *listen_fds;
     size_t n_listen;
@@ -56,11 +65,14 @@ struct Proc {
     OutPipe *pipes; /* output still to relay, of this run and earlier ones */
     ProcExited exited;
     void *userdata;
-    /* The call out, if any. */
-    ProcCallDone call_done;
-    void *call_data;
-    long long call_id;
-    sd_event_source *call_timer;
+    /* The call out on each lane, if any. */
+    struct ProcCallSlot {
+        Proc *p;
+        ProcCallDone done;
+        void *data;
+        long long id;
+        sd_event_source *timer;
+    } calls[_PROC_LANE_MAX];
 };
 
 static long long next_call_id;
@@ -199,6 +211,11 @@ void proc_set_source(Proc *p, ProcSource *src)
 
 static void relay_line(OutPipe *o, const char *line, size_t len)
 {
+    if (o->owner && len) {
+        Proc *p = o->owner;
+        snprintf(p->tail[p->tail_next], sizeof(p->tail[0]), "%.*s", (int)len, line);
+        p->tail_next = (p->tail_next + 1) % TAIL_LINES;
+    }
     long long now = mono_ms();
     if (now - o->window_start_ms >= PROC_RELAY_PERIOD_MS) {
         if (o->dropped)
@@ -229,9 +246,10 @@ static void out_pipe_free(OutPipe *o)
     free(o);
 }
 
-static int on_output(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+/* Reads what the pipe holds now: 1 when it read some, 0 when there was
+ * nothing, -1 when the pipe has ended (o is freed then). */
+static int read_output(OutPipe *o, int fd)
 {
-    OutPipe *o = userdata;
     char buf[65536];
     ssize_t n = read(fd, buf, sizeof(buf));
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -240,7 +258,7 @@ static int on_output(sd_event_source *src, int fd, uint32_t revents, void *userd
         if (o->len)
             relay_line(o, o->line, o->len);
         out_pipe_free(o); /* closes fd: the source owns it */
-        return 0;
+        return -1;
     }
     for (ssize_t i = 0; i < n; i++) {
         if (buf[i] == '\n' || o->len == sizeof(o->line)) {
@@ -251,7 +269,46 @@ static int on_output(sd_event_source *src, int fd, uint32_t revents, void *userd
         }
         o->line[o->len++] = buf[i];
     }
+    return 1;
+}
+
+static int on_output(sd_event_source *src, int fd, uint32_t revents, void *userdata)
+{
+    (void)read_output(userdata, fd); /* its end frees it */
     return 0;
+}
+
+/* Reads the pipes of process pid to what they hold now (never waiting:
+ * the pipes block), so that its last words (a loader's "cannot open
+ * shared object file") are relayed before its exit is told. */
+static void drain_output(Proc *p, pid_t pid)
+{
+    for (OutPipe *o = p->pipes, *next; o; o = next) {
+        next = o->next;
+        int fd = o->pid == pid ? sd_event_source_get_io_fd(o->src) : -1;
+        for (int k = 0; fd >= 0 && k < 16; k++) {
+            struct pollfd pfd = {.fd = fd, .events = POLLIN};
+            if (poll(&pfd, 1, 0) != 1 || read_output(o, fd) != 1)
+                break;
+        }
+    }
+}
+
+const char *proc_dir(const Proc *p)
+{
+    return p->src.dir;
+}
+
+const char *proc_last_output(Proc *p)
+{
+    char *t = p->tail_text;
+    *t = 0;
+    for (unsigned k = 0; k < TAIL_LINES; k++) {
+        const char *line = p->tail[(p->tail_next + k) % TAIL_LINES];
+        if (*line)
+            t += sprintf(t, "%s%s", t == p->tail_text ? "" : " | ", line);
+    }
+    return p->tail_text;
 }
 
 /* Relays what fd (a pipe's read end, taken) carries. */
@@ -277,17 +334,22 @@ static int watch_output(Proc *p, int fd)
 
 /* ---- control channel -------------------------------------------------------- */
 
-static void call_end(Proc *p, json_t *reply, int r)
+static void call_forget(struct ProcCallSlot *c)
 {
-    ProcCallDone done = p->call_done;
-    void *data = p->call_data;
-    p->call_done = NULL;
-    p->call_data = NULL;
-    p->call_id = 0;
-    if (p->call_timer)
-        (void)sd_event_source_set_enabled(p->call_timer, SD_EVENT_OFF); /* cannot fail */
+    c->done = NULL;
+    c->data = NULL;
+    c->id = 0;
+    if (c->timer)
+        (void)sd_event_source_set_enabled(c->timer, SD_EVENT_OFF); /* cannot fail */
+}
+
+static void call_end(struct ProcCallSlot *c, json_t *reply, int r)
+{
+    ProcCallDone done = c->done;
+    void *data = c->data;
+    call_forget(c);
     if (done)
-        done(p, reply, r, data);
+        done(c->p, reply, r, data);
 }
 
 static void channel_close(Proc *p)
@@ -298,8 +360,9 @@ static void channel_close(Proc *p)
     free(p->out);
     p->out = NULL;
     p->out_len = p->out_off = 0;
-    if (p->call_done)
-        call_end(p, NULL, -ECONNRESET);
+    for (ProcLane l = 0; l < _PROC_LANE_MAX; l++)
+        if (p->calls[l].done)
+            call_end(&p->calls[l], NULL, -ECONNRESET);
 }
 
 static void take_modules(Proc *p, json_t *m)
@@ -330,8 +393,11 @@ static void handle_line(Proc *p, const char *line, size_t len)
          * timed-out requests, answers to one-way sends) only told what the
          * process runs now. */
         json_t *id = json_object_get(m, "id");
-        if (p->call_done && json_is_integer(id) && json_integer_value(id) == p->call_id)
-            call_end(p, m, 0);
+        for (ProcLane l = 0; l < _PROC_LANE_MAX; l++)
+            if (p->calls[l].done && json_is_integer(id) && json_integer_value(id) == p->calls[l].id) {
+                call_end(&p->calls[l], m, 0);
+                break;
+            }
     }
     json_decref(m);
 }
@@ -409,13 +475,14 @@ static int send_line(Proc *p, json_t *req)
     return r;
 }
 
+void proc_cancel_call_on(Proc *p, ProcLane lane)
+{
+    call_forget(&p->calls[lane]);
+}
+
 void proc_cancel_call(Proc *p)
 {
-    p->call_done = NULL;
-    p->call_data = NULL;
-    p->call_id = 0;
-    if (p->call_timer)
-        (void)sd_event_source_set_enabled(p->call_timer, SD_EVENT_OFF); /* cannot fail */
+    proc_cancel_call_on(p, PROC_LANE_CONTROL);
 }
 
 int proc_send(Proc *p, json_t *req)
@@ -432,7 +499,13 @@ static int on_call_timeout(sd_event_source *s, uint64_t usec, void *userdata)
 
 int proc_call(Proc *p, json_t *req, int timeout_ms, ProcCallDone done, void *userdata)
 {
-    if (p->call_done) {
+    return proc_call_on(p, PROC_LANE_CONTROL, req, timeout_ms, done, userdata);
+}
+
+int proc_call_on(Proc *p, ProcLane lane, json_t *req, int timeout_ms, ProcCallDone done, void *userdata)
+{
+    struct ProcCallSlot *c = &p->calls[lane];
+    if (c->done) {
         json_decref(req);
         return -EBUSY;
     }
@@ -442,18 +515,19 @@ int proc_call(Proc *p, json_t *req, int timeout_ms, ProcCallDone done, void *use
     if (r < 0)
         return r;
     uint64_t at = (uint64_t)(mono_us() + (long long)timeout_ms * 1000);
-    if (p->call_timer) {
-        r = sd_event_source_set_time(p->call_timer, at);
+    c->p = p;
+    if (c->timer) {
+        r = sd_event_source_set_time(c->timer, at);
         if (r >= 0)
-            r = sd_event_source_set_enabled(p->call_timer, SD_EVENT_ONESHOT);
+            r = sd_event_source_set_enabled(c->timer, SD_EVENT_ONESHOT);
     } else {
-        r = sd_event_add_time(p->ev, &p->call_timer, CLOCK_MONOTONIC, at, 1000, on_call_timeout, p);
+        r = sd_event_add_time(p->ev, &c->timer, CLOCK_MONOTONIC, at, 1000, on_call_timeout, c);
     }
     if (r < 0)
         return r;
-    p->call_done = done;
-    p->call_data = userdata;
-    p->call_id = id;
+    c->done = done;
+    c->data = userdata;
+    c->id = id;
     return 0;
 }
 
@@ -472,6 +546,7 @@ static int on_exit_(sd_event_source *src, const siginfo_t *si, void *userdata)
     else
         log_info("%s[%d] %s %d", p->label, (int)p->pid, signaled ? "killed by signal" : "exited with status",
                  si->si_status);
+    drain_output(p, p->pid);
     p->pid = 0;
     json_decref(p->modules);
     p->modules = NULL;
@@ -711,7 +786,8 @@ Proc *proc_free(Proc *p)
         (void)kill(p->pid, SIGKILL);    /* in case it has not made its group yet */
         (void)waitpid(p->pid, NULL, 0); /* immediate: SIGKILL cannot be refused */
     }
-    p->call_done = NULL; /* nobody to tell */
+    for (ProcLane l = 0; l < _PROC_LANE_MAX; l++)
+        p->calls[l].done = NULL; /* nobody to tell */
     channel_close(p);
     while (p->pipes) { /* what is left of its output, as far as it came */
         if (p->pipes->len)
@@ -720,7 +796,8 @@ Proc *proc_free(Proc *p)
     }
     sd_event_source_disable_unref(p->child_src);
     sd_event_source_disable_unref(p->kill_timer);
-    sd_event_source_disable_unref(p->call_timer);
+    for (ProcLane l = 0; l < _PROC_LANE_MAX; l++)
+        sd_event_source_disable_unref(p->calls[l].timer);
     for (size_t i = 0; i < p->n_listen; i++)
         close(p->listen_fds[i]);
     free(p->listen_fds);

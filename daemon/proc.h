@@ -18,7 +18,7 @@
  * Control channel (docs/runtime.md): sends are buffered and flushed when
  * the socket can take them, so a process that does not read never blocks
  * reld. A call is one request with a fresh id; its reply, a timeout or the
- * channel's loss ends it (ProcCallDone), at most one call at a time.
+ * channel's loss ends it (ProcCallDone), at most one call at a time per lane.
  * Replies that carry a module list update proc_modules().
  *
  * Stop: SIGTERM, then SIGKILL after the definition's shutdown_ms, on timers;
@@ -71,16 +71,30 @@ int proc_spawn(Proc *p);
  * when its exit will come through ProcExited. */
 int proc_stop(Proc *p);
 
+/* Calls go on lanes, at most one call out per lane: the control lane
+ * (the executor's instructions) and the health lane (health checks), so
+ * that a health check never makes an instruction wait or fail with -EBUSY.
+ * The process answers in the order it was asked. */
+typedef enum ProcLane { PROC_LANE_CONTROL, PROC_LANE_HEALTH, _PROC_LANE_MAX } ProcLane;
+
 /* Sends req (taken) with a fresh id and calls done when it ends. -EBUSY
- * while another call is out, -ECONNRESET when the channel is gone (done
- * is not called then). */
+ * while another call is out on the lane, -ECONNRESET when the channel is
+ * gone (done is not called then). proc_call is the control lane's. */
+int proc_call_on(Proc *p, ProcLane lane, json_t *req, int timeout_ms, ProcCallDone done, void *userdata);
 int proc_call(Proc *p, json_t *req, int timeout_ms, ProcCallDone done, void *userdata);
-/* Forgets the call out, if any: done is not called; its reply, when it
- * comes, only tells what the process runs. */
+/* Forgets the call out on the lane, if any: done is not called; its reply,
+ * when it comes, only tells what the process runs. */
+void proc_cancel_call_on(Proc *p, ProcLane lane);
 void proc_cancel_call(Proc *p);
 /* Sends req (taken) and expects nothing back. */
 int proc_send(Proc *p, json_t *req);
 
+/* Its last lines of output (at most 3 of 200 bytes, " | " between them;
+ * "" when none came through reld: with the journal they go there); at its
+ * exit, every line it wrote before. Borrowed until the next call. */
+const char *proc_last_output(Proc *p);
+/* Its application's directory (its working directory). */
+const char *proc_dir(const Proc *p);
 pid_t proc_pid(const Proc *p);
 const char *proc_label(const Proc *p);
 const ProcessDef *proc_def(const Proc *p);

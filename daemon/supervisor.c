@@ -26,6 +26,7 @@ struct Supervisor {
     size_t n_apps;
     StopRun *stops;
     sd_event_source *stops_done; /* calls back finished stop runs from the loop */
+    bool health_held;
 };
 
 static void record(Child *c, const char *kind, json_t *detail)
@@ -157,6 +158,40 @@ static void app_give_up(App *a, const char *why)
     free(v);
 }
 
+static int child_health_ask(HealthProbe *probe, void *userdata);
+static void child_health_cancel(HealthProbe *probe, void *userdata);
+static const HealthProbeOps probe_ops = {.runtime_ask = child_health_ask, .runtime_cancel = child_health_cancel};
+
+/* A new probe for c, in the place of its old one (which leaves its gates). */
+static void renew_probe(Child *c)
+{
+    HealthProbe *fresh = NULL;
+    const char *dir = proc_dir(c->proc);
+    if (health_probe_new(c->app->s->ev, proc_label(c->proc), proc_def(c->proc), dir, &probe_ops, c, &fresh) < 0)
+        return; /* keeps the old one: only memory can fail here */
+    health_probe_free(c->probe);
+    c->probe = fresh;
+}
+
+/* How a process ended, for its health: "exit 127", "killed by signal 11 (Segmentation fault)". */
+static char *how_it_ended(const siginfo_t *si)
+{
+    if (si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED)
+        return xasprintf("killed by signal %d (%s)", si->si_status, strsignal(si->si_status));
+    return xasprintf("exit %d", si->si_status);
+}
+
+/* The child's health probe after an exit; final: no restart follows. */
+static void tell_probe_exit(Child *c, const siginfo_t *si, bool final)
+{
+    char *why = how_it_ended(si);
+    const char *out = proc_last_output(c->proc);
+    char *full = out && *out ? xasprintf("%s; its last output: %s", why, out) : NULL;
+    health_probe_exited(c->probe, full ? full : why, final);
+    free(full);
+    free(why);
+}
+
 static void on_exit_(Proc *p, const siginfo_t *si, void *userdata)
 {
     Child *c = userdata;
@@ -173,12 +208,20 @@ static void on_exit_(Proc *p, const siginfo_t *si, void *userdata)
             run->next++;
             (void)stop_run_advance(s, run);
         }
-    if (proc_stopping(p) || a->stopped)
-        return;
     const ProcessDef *def = proc_def(p);
     bool restart = def->restart == RESTART_PERMANENT || (def->restart == RESTART_TRANSIENT && !clean);
-    if (!restart)
+    if (!proc_stopping(p) && !a->stopped && !restart) {
+        /* Its policy lets it end (a transient's clean exit, a temporary's
+         * any): not a failure. A fresh probe leaves every gate that waits
+         * for it (health.h), and says how it ended. */
+        renew_probe(c);
+        tell_probe_exit(c, si, true);
         return;
+    }
+    if (proc_stopping(p) || a->stopped) {
+        tell_probe_exit(c, si, true);
+        return;
+    }
     long long t = mono_ms();
     size_t k = 0; /* keep the restarts within the period */
     for (size_t i = 0; i < a->n_restarts; i++)
@@ -187,6 +230,7 @@ static void on_exit_(Proc *p, const siginfo_t *si, void *userdata)
     a->n_restarts = k;
     if (a->n_restarts >= SUPERVISOR_MAX_RESTARTS) {
         char *why = xasprintf("more than %d restarts in %d ms", SUPERVISOR_MAX_RESTARTS, SUPERVISOR_PERIOD_MS);
+        tell_probe_exit(c, si, true);
         app_give_up(a, why);
         free(why);
         return;
@@ -194,10 +238,13 @@ static void on_exit_(Proc *p, const siginfo_t *si, void *userdata)
     a->restart_ms[a->n_restarts++] = t;
     c->restarts++;
     int r = proc_spawn(p);
-    if (r < 0)
+    tell_probe_exit(c, si, r < 0);
+    if (r < 0) {
         log_error("%s: cannot restart: %s", proc_label(p), strerror(-r));
-    else
+    } else {
+        health_probe_started(c->probe, proc_pid(p));
         record(c, "process_restart", json_pack("{s:i, s:i}", "pid", (int)proc_pid(p), "restarts", c->restarts));
+    }
 }
 
 /* ---- applications and children --------------------------------------------------- */
@@ -217,9 +264,55 @@ static ProcSource source_for(const Supervisor *s, const char *app, const char *v
     return src;
 }
 
+/* ---- health: the runtime's health command, on the health lane ---------------------- */
+
+static void on_health_reply(Proc *p, json_t *reply, int r, void *userdata)
+{
+    Child *c = userdata;
+    health_probe_runtime_reply(c->probe, reply, r);
+}
+
+static int child_health_ask(HealthProbe *probe, void *userdata)
+{
+    Child *c = userdata;
+    if (c->app->s->health_held)
+        return -EBUSY; /* skipped: asked again at the next interval */
+    if (!proc_speaks_protocol(c->proc))
+        return -EPROTONOSUPPORT; /* it does not link the runtime (or has not said hello yet) */
+    /* The probe's own timeout ends the wait (child_health_cancel); this one
+     * only bounds a call nobody forgot. */
+    return proc_call_on(c->proc, PROC_LANE_HEALTH, json_pack("{s:s}", "cmd", "health"), 600000, on_health_reply, c);
+}
+
+static void child_health_cancel(HealthProbe *probe, void *userdata)
+{
+    Child *c = userdata;
+    proc_cancel_call_on(c->proc, PROC_LANE_HEALTH);
+}
+
+void supervisor_hold_health(Supervisor *s, bool hold)
+{
+    s->health_held = hold;
+}
+
+size_t supervisor_probes(const Supervisor *s, HealthProbe ***ret)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_apps; i++)
+        n += s->apps[i]->n_children;
+    HealthProbe **v = xcalloc(n + 1, sizeof(*v));
+    n = 0;
+    for (size_t i = 0; i < s->n_apps; i++)
+        for (size_t k = 0; k < s->apps[i]->n_children; k++)
+            v[n++] = s->apps[i]->children[k]->probe;
+    *ret = v;
+    return n;
+}
+
 static void app_free(App *a)
 {
     for (size_t i = 0; i < a->n_children; i++) {
+        health_probe_free(a->children[i]->probe);
         proc_free(a->children[i]->proc);
         free(a->children[i]);
     }
@@ -242,12 +335,17 @@ static App *app_new(Supervisor *s, const ReleaseAppRef *ref, Diag *diag)
         const ProcessDef *pd = &ref->app->processes[i];
         Child *c = xcalloc(1, sizeof(*c));
         c->app = a;
-        char *label = xasprintf("%s/%s", a->name, pd->name);
+        char *label = xasprintf("%s/%s", a->name, pd->name), *dir = store_path_app_dir(s->root, a->name, a->vsn);
         ProcSource src = source_for(s, a->name, a->vsn, ref->app, pd);
         c->proc = proc_new(s->ev, label, &src, on_exit_, c, diag);
         proc_source_clear(&src);
+        int r = c->proc ? health_probe_new(s->ev, label, pd, dir, &probe_ops, c, &c->probe) : 0;
+        if (r < 0)
+            diag_error(diag, "%s: cannot follow its health: %s", label, strerror(-r));
         free(label);
-        if (!c->proc) {
+        free(dir);
+        if (!c->proc || r < 0) {
+            proc_free(c->proc);
             free(c);
             app_free(a);
             return NULL;
@@ -262,6 +360,7 @@ int supervisor_start_child(Supervisor *s, Child *c)
     int r = proc_spawn(c->proc);
     if (r < 0)
         return r;
+    health_probe_started(c->probe, proc_pid(c->proc));
     record(c, "process_start", json_pack("{s:i}", "pid", (int)proc_pid(c->proc)));
     return 0;
 }
@@ -292,6 +391,11 @@ static void apps_free(Supervisor *s)
     free(s->apps);
     s->apps = NULL;
     s->n_apps = 0;
+}
+
+void supervisor_clear(Supervisor *s)
+{
+    apps_free(s);
 }
 
 int supervisor_add_app(Supervisor *s, const ReleaseAppRef *ref, Diag *diag)
@@ -359,6 +463,7 @@ void supervisor_adopt_app(Supervisor *s, App *a, const ReleaseDef *rel)
         if (!nd)
             continue;
         ProcSource src = source_for(s, a->name, a->vsn, napp, nd);
+        health_probe_set_definition(a->children[k]->probe, nd, src.dir);
         proc_set_source(a->children[k]->proc, &src);
     }
 }
@@ -431,10 +536,11 @@ json_t *supervisor_status(const Supervisor *s)
                                 : proc_pid(p)                   ? "running"
                                 : s->apps[i]->stopped           ? "stopped"
                                                                 : "exited";
-            json_array_append_new(v, json_pack("{s:s, s:s, s:s, s:i, s:s, s:i, s:O}", "app", s->apps[i]->name, "vsn",
-                                               s->apps[i]->vsn, "process", proc_def(p)->name, "pid", (int)proc_pid(p),
-                                               "state", state, "restarts", c->restarts, "modules",
-                                               proc_modules(p) ? proc_modules(p) : json_null()));
+            json_array_append_new(v, json_pack("{s:s, s:s, s:s, s:i, s:s, s:i, s:O, s:o}", "app", s->apps[i]->name,
+                                               "vsn", s->apps[i]->vsn, "process", proc_def(p)->name, "pid",
+                                               (int)proc_pid(p), "state", state, "restarts", c->restarts, "modules",
+                                               proc_modules(p) ? proc_modules(p) : json_null(), "health",
+                                               health_probe_status(c->probe)));
         }
     return v;
 }

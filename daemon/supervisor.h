@@ -24,6 +24,7 @@
 #include <systemd/sd-event.h>
 
 #include "appdefs.h"
+#include "health.h"
 #include "history.h"
 #include "proc.h"
 
@@ -36,6 +37,7 @@ typedef struct App App;
 typedef struct Child {
     App *app;
     Proc *proc;
+    HealthProbe *probe; /* its health checks (health.h), told of every start and exit */
     int restarts;
 } Child;
 
@@ -58,6 +60,9 @@ Supervisor *supervisor_free(Supervisor *s);
  * On a failure to start, kills what it started and returns -errno. */
 int supervisor_start_release(Supervisor *s, const ReleaseDef *rel, Diag *diag);
 bool supervisor_running(const Supervisor *s);
+/* Forgets every application (SIGKILLs what still runs; stop them first),
+ * so that the release's definitions may go. */
+void supervisor_clear(Supervisor *s);
 
 size_t supervisor_n_apps(const Supervisor *s);
 App *supervisor_app(const Supervisor *s, size_t i); /* in start order */
@@ -94,5 +99,14 @@ void supervisor_adopt_app(Supervisor *s, App *a, const ReleaseDef *rel);
 /* The ProcessDef of child c in release rel, or NULL (and its AppDef). */
 const ProcessDef *supervisor_def_in(const ReleaseDef *rel, const Child *c, const AppDef **ret_app);
 
-/* [{app, vsn, process, pid, state, restarts, modules}] */
+/* [{app, vsn, process, pid, state, restarts, modules, health}] */
 json_t *supervisor_status(const Supervisor *s);
+
+/* Every child's health probe, applications in start order (caller frees
+ * the array, not the probes; they live as long as their child). */
+size_t supervisor_probes(const Supervisor *s, HealthProbe ***ret);
+/* While held, no runtime health check asks a process (a check due is
+ * skipped, not failed): an upgrade's script must not meet a health command
+ * between a load and its code_change. A call already out is answered first
+ * (a process handles its commands in order). */
+void supervisor_hold_health(Supervisor *s, bool hold);

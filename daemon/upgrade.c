@@ -117,6 +117,11 @@ static const RelupScript *script(const Upgrade *u)
     return u->p.up ? &u->relup->up : &u->relup->down;
 }
 
+bool upgrade_changed_anything(const Upgrade *u)
+{
+    return u->ex && executor_past_point_of_no_return(u->ex);
+}
+
 size_t upgrade_position(const Upgrade *u, size_t *ret_n)
 {
     *ret_n = 0;
@@ -269,7 +274,9 @@ static void plan_done(void *userdata)
                          .attempt = u->attempt,
                          .wake = on_wake,
                          .userdata = u,
-                         .faults = u->hooks.faults};
+                         .faults = u->hooks.faults,
+                         .rehearse = u->p.rehearse,
+                         .rehearse_timeout_ms = u->p.rehearse_timeout_ms};
     r = executor_new(&ep, &u->ex);
     if (r >= 0)
         r = sd_event_add_defer(u->p.ev, &u->step, on_step, u);

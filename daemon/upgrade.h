@@ -42,6 +42,10 @@ typedef struct UpgradeParams {
     const char *to;
     bool up;
     const char *who;
+    /* Rehearse first (executor.h): each process concerned converts a copy of
+     * its live state with the new code before anything changes. */
+    bool rehearse;
+    int rehearse_timeout_ms; /* 0: the executor's default */
     void (*progress)(void *userdata, size_t k, size_t n, const char *instruction);
     /* r: 0 done (every application runs `to`), -errno failed or refused
      * (planned == false: nothing ran, no attempt was recorded). Whether
@@ -67,5 +71,9 @@ double upgrade_ms(const Upgrade *u); /* since the attempt began */
 void upgrade_cancel(Upgrade *u);
 /* Is the attempt's outcome in the history? (When not, upgrade_diag() says why.) */
 bool upgrade_recorded(const Upgrade *u);
+/* Did it change anything in a process (pass the script's point of no
+ * return)? false when it was refused while planning or rehearsing, or
+ * failed before it: release `from` runs untouched. */
+bool upgrade_changed_anything(const Upgrade *u);
 /* The target's definitions, once it succeeded: the caller owns them. */
 ReleaseDef *upgrade_take_target(Upgrade *u);

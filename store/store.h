@@ -100,6 +100,15 @@ typedef struct StoreLimits {
  * same tarball twice is not an error; a different tarball of a version
  * present is). Thread-safe. */
 int store_unpack(const char *root, int fd, const StoreLimits *limits, char **ret_vsn, char **ret_name, Diag *diag);
+/* The caller's own checks of a staged release (staging is a root holding
+ * it: releases/<vsn>/, lib/), after store_load_release and before anything
+ * moves into place: 0 to go on, -errno (reasons in diag) to refuse. Runs on
+ * the unpacking thread. */
+typedef int (*StoreValidate)(const char *staging, const char *vsn, void *userdata, Diag *diag);
+/* store_unpack, with validate (may be NULL) on the staged release: what it
+ * refuses is never in place, not even for a moment. */
+int store_unpack_validated(const char *root, int fd, const StoreLimits *limits, StoreValidate validate, void *userdata,
+                           char **ret_vsn, char **ret_name, Diag *diag);
 
 /* Opens rel beneath the directory dirfd: the kernel refuses any path that
  * would leave it, through "..", an absolute symlink or a chain of relative

@@ -213,6 +213,8 @@ typedef struct Extract {
     bool *unit_new;     /* per unit: not installed yet when first seen (so it will move) */
     size_t unit_cap;
     Syncer syncer;
+    StoreValidate validate; /* the caller's checks of the staged release, or NULL */
+    void *validate_data;
     Diag *diag;
 } Extract;
 
@@ -780,7 +782,12 @@ static int install_staged(Extract *x, const char *root, const char *staging, cha
     const char *vsn = rels.v[0];
     ReleaseDef *rel = NULL;
     int r = store_load_release(staging, vsn, &rel, diag);
+    if (r == 0 && x->validate && x->validate(staging, vsn, x->validate_data, diag) < 0)
+        r = -EINVAL;
     if (r < 0) {
+        if (diag_n_errors(diag) == 0)
+            diag_error(diag, "release %s: refused by its checks", vsn);
+        release_def_free(rel);
         strvec_clear(&rels);
         return -EINVAL;
     }
@@ -835,6 +842,12 @@ static int install_staged(Extract *x, const char *root, const char *staging, cha
 
 int store_unpack(const char *root, int fd, const StoreLimits *limits, char **ret_vsn, char **ret_name, Diag *diag)
 {
+    return store_unpack_validated(root, fd, limits, NULL, NULL, ret_vsn, ret_name, diag);
+}
+
+int store_unpack_validated(const char *root, int fd, const StoreLimits *limits, StoreValidate validate, void *userdata,
+                           char **ret_vsn, char **ret_name, Diag *diag)
+{
     char *tmp = store_path_tmp(root);
     mkdir(tmp, 0700);
     char *staging = xasprintf("%s/unpack-XXXXXX", tmp);
@@ -845,7 +858,12 @@ int store_unpack(const char *root, int fd, const StoreLimits *limits, char **ret
         free(staging);
         return r;
     }
-    Extract x = {.a = archive_read_new(), .root = root, .lim = *limits, .diag = diag};
+    Extract x = {.a = archive_read_new(),
+                 .root = root,
+                 .lim = *limits,
+                 .validate = validate,
+                 .validate_data = userdata,
+                 .diag = diag};
     x.staging_fd = open(staging, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     archive_read_support_filter_all(x.a);
     archive_read_support_format_all(x.a);

@@ -59,7 +59,7 @@ class Reld:
             args += ["--config", path]
         self.log = open(os.path.join(self.work, "reld.log"), "a")
         self.p = subprocess.Popen(args, stderr=self.log)
-        for _ in range(500):  # until it accepts: a killed reld leaves its socket file
+        for _ in range(3000):  # until it accepts (a killed reld leaves its socket file); ASan on a loaded machine is slow
             if self.p.poll() is not None:
                 break
             try:

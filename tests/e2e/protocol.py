@@ -89,7 +89,10 @@ def test_arguments(work):
         (["upgrade", CUT], not_utf8, "upgrade with a character cut in two"),
         (["upgrade", "../2"], not_vsn, "upgrade ../2 (UTF-8, not a version)"),
         (["make-permanent", "2 "], not_vsn, "make-permanent '2 ' (UTF-8, not a version)"),
-        (["install", "./no-such.tar.gz"], not_vsn, "install of a missing file that is not a version either"),
+        (["install", "./no-such.tar.gz"], "./no-such.tar.gz: No such file or directory",
+         "install of a missing file that is not a version either"),
+        (["install", "no-such.tar.gz"], "no-such.tar.gz: No such file or directory",
+         "install of a missing tarball whose name could pass for a version"),
     ]
     for args, want, name in cases:
         prev = state(r)

@@ -68,6 +68,8 @@ static void assert_defaults(const DaemonConfig *x)
     ck_assert_ptr_null(x->reader_group);
     ck_assert(!x->readers_all);
     ck_assert_uint_eq(x->max_unpacked, CONFIG_DEFAULT_MAX_UNPACKED);
+    ck_assert_int_eq(x->min_healthy_ms, CONFIG_DEFAULT_MIN_HEALTHY_MS);
+    ck_assert_int_eq(x->health_timeout_ms, CONFIG_DEFAULT_HEALTH_TIMEOUT_MS);
 }
 
 /* err is one line "PATH:LINE:COL: ..." that contains part. */
@@ -217,6 +219,15 @@ START_TEST(load_each_key_alone_keeps_the_others)
     ck_assert_int_eq(load("max_unpacked_bytes: 1125899906842624\n"), 0); /* 2^50, the largest */
     ck_assert_uint_eq(c.max_unpacked, 1ULL << 50);
     ck_assert_str_eq(c.root, CONFIG_DEFAULT_ROOT);
+
+    /* The health gate's window may be 0 (healthy as soon as every process
+     * runs and passes once); its timeout may not. */
+    ck_assert_int_eq(load("min_healthy_ms: 0\nhealth_timeout_ms: 5000\n"), 0);
+    ck_assert_int_eq(c.min_healthy_ms, 0);
+    ck_assert_int_eq(c.health_timeout_ms, 5000);
+    ck_assert_int_eq(load("min_healthy_ms: 250\n"), 0);
+    ck_assert_int_eq(c.min_healthy_ms, 250);
+    ck_assert_int_eq(c.health_timeout_ms, 5000);
 }
 END_TEST
 
@@ -249,6 +260,9 @@ START_TEST(load_wrong_values_are_one_line_each)
         {"max_unpacked_bytes: -5\n", "must be an integer from 1 to", ":1:21: "},
         {"max_unpacked_bytes: 1GiB\n", "must be an integer from 1 to", ":1:21: "},
         {"max_unpacked_bytes: 1125899906842625\n", "must be an integer from 1 to", ":1:21: "},
+        {"min_healthy_ms: -1\n", "must be an integer from 0 to 3600000", ":1:17: "},
+        {"health_timeout_ms: 0\n", "must be an integer from 1 to 86400000", ":1:20: "},
+        {"health_timeout_ms: soon\n", "must be an integer from 1 to 86400000", ":1:20: "},
         {"root: [a, b]\n", "field 'root' must be a string", ":1:7: "},
         {"socket: {a: 1}\n", "field 'socket' must be a string", ":1:9: "},
         {"writer_group: [ops]\n", "field 'writer_group' must be a string", ":1:15: "},

@@ -149,9 +149,11 @@ static void source_app(const char *name, const char *vsn)
     free(dir);
     free(y);
     dir = xasprintf("lib/%s-%s/modules/%s_m.so", name, vsn, name);
-    char *content = xasprintf("module %s_m of %s %s\n", name, name, vsn);
-    put(src, dir, content);
-    free(content);
+    put(src, dir, ""); /* its directory */
+    char *path = xasprintf("%s/%s", src, dir), *module = xasprintf("%s_m", name);
+    test_copy_module(module, vsn, path);
+    free(module);
+    free(path);
     free(dir);
 }
 
@@ -224,10 +226,26 @@ static void unpack_release(const char *vsn)
     result_clear(&res);
 }
 
+/* base/rel in a static buffer (until the next call). */
+static const char *in_dir(const char *base, const char *rel)
+{
+    static char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", base, rel);
+    return path;
+}
+
+/* An install as relctl asks it, with a short health window (the gate's own
+ * tests set theirs). */
+static ManagerInstall ask(const char *vsn, const char *direction)
+{
+    return (ManagerInstall){.vsn = vsn, .direction = direction, .min_healthy_ms = 50, .health_timeout_ms = 10000};
+}
+
 static void install_to(Result *res, const char *vsn, const char *direction)
 {
     ManagerCaller c = caller(res);
-    manager_install(m, vsn, direction, "tester", &c);
+    ManagerInstall in = ask(vsn, direction);
+    manager_install(m, &in, "tester", &c);
     wait_result(res, 15000);
 }
 
@@ -437,7 +455,8 @@ START_TEST(new_on_a_fresh_root)
     ck_assert_uint_eq(json_array_size(json_object_get(s, "processes")), 0);
     ck_assert(json_is_null(json_object_get(s, "upgrade")));
     ck_assert(json_is_null(json_object_get(s, "running")));
-    ck_assert_uint_eq(json_object_size(s), 7);
+    ck_assert(json_is_null(json_object_get(s, "last_outcome")));
+    ck_assert_uint_eq(json_object_size(s), 8);
     json_decref(s);
 }
 END_TEST
@@ -814,6 +833,37 @@ START_TEST(unpack_a_release)
 }
 END_TEST
 
+/* What can be known before anything runs (check.h) is checked at unpack:
+ * a module that is no shared object, or names another module; an
+ * executable that does not exist. Refused with one line each, nothing
+ * left, nothing recorded. */
+START_TEST(unpack_refuses_what_cannot_run_here)
+{
+    put(src, "lib/a-1/modules/a_m.so", "not an ELF file\n");
+    Result res = {0};
+    unpack_to(&res, release_tarball("1"));
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_msg(strstr(first_error(&res), "lib/a-1/app.yaml:") && strstr(first_error(&res), "a_m.so: not an ELF"),
+                  "%s", first_error(&res));
+    ck_assert_msg(strchr(first_error(&res), '\n') == NULL, "%s", first_error(&res));
+    ck_assert(!exists("releases/1"));
+    ck_assert(!exists("lib/a-1"));
+    ck_assert_ptr_null(state("1"));
+    result_clear(&res);
+    /* Another module's descriptor. */
+    test_copy_module("b_m", "1", in_dir(src, "lib/a-1/modules/a_m.so"));
+    unpack_to(&res, release_tarball("1"));
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_msg(strstr(first_error(&res), "b_m") && strstr(first_error(&res), "a_m"), "%s", first_error(&res));
+    ck_assert(!exists("releases/1"));
+    result_clear(&res);
+    /* The right one: unpacked. */
+    test_copy_module("a_m", "1", in_dir(src, "lib/a-1/modules/a_m.so"));
+    unpack_release("1");
+    ck_assert_state("1", "unpacked");
+}
+END_TEST
+
 START_TEST(unpack_refusals_are_one_line_and_leave_nothing)
 {
     unpack_release("1");
@@ -881,6 +931,154 @@ START_TEST(unpack_whose_record_fails_takes_its_files_back)
 }
 END_TEST
 
+/* ---- the health gate and the way back -------------------------------------------------- */
+
+/* Application NAME-VSN whose process runs `script` (sh -c) under
+ * restart: permanent, with an exec health check `check` (sh -c, run in
+ * the application's directory) when not NULL. */
+static void gated_app(const char *name, const char *vsn, const char *script, const char *check)
+{
+    char *dir = xasprintf("lib/%s-%s/app.yaml", name, vsn);
+    char *hc = check ? xasprintf("    health: {exec: [/bin/sh, -c, '%s'], interval_ms: 100, timeout_ms: 2000}\n", check)
+                     : xstrdup("");
+    char *y = xasprintf("name: %s\nvsn: \"%s\"\nprocesses:\n  - name: p\n    exec: /bin/sh\n"
+                        "    args: ['-c', '%s']\n    shutdown_ms: 3000\n%s",
+                        name, vsn, script, hc);
+    put(src, dir, y);
+    free(y);
+    free(hc);
+    free(dir);
+}
+
+static const char *const SERVES = "trap \"exit 0\" TERM; read x <&3";
+
+static void unpack_gated(const char *vsn, const char *app_dir)
+{
+    char paths[128], name[32];
+    snprintf(paths, sizeof(paths), "releases/%s lib/%s", vsn, app_dir);
+    snprintf(name, sizeof(name), "g-%s", vsn);
+    Result res = {0};
+    unpack_to(&res, tarball(name, paths));
+    ck_assert_msg(res.r == 0, "unpack %s: %s", vsn, first_error(&res));
+    result_clear(&res);
+}
+
+static ManagerInstall gated(const char *vsn, long window_ms, long timeout_ms)
+{
+    return (ManagerInstall){.vsn = vsn, .min_healthy_ms = window_ms, .health_timeout_ms = timeout_ms};
+}
+
+static void install_as(Result *res, ManagerInstall in)
+{
+    ManagerCaller c = caller(res);
+    manager_install(m, &in, "tester", &c);
+    wait_result(res, 60000);
+}
+
+static const char *outcome(const Result *res)
+{
+    return json_string_value(json_object_get(res->reply, "outcome"));
+}
+
+START_TEST(gate_a_first_install_that_crash_loops_fails_and_is_not_left_current)
+{
+    gated_app("d", "1", "echo d: error while loading shared libraries: libx.so.0 >&2; exit 127", NULL);
+    put(src, "releases/6/release.yaml", "release: t\nvsn: \"6\"\napplications: [{name: d, vsn: \"1\"}]\n");
+    unpack_gated("6", "d-1");
+    Result res = {0};
+    install_as(&res, gated("6", 500, 30000));
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_str_eq(outcome(&res), "rolled_back");
+    ck_assert_msg(strstr(first_error(&res), "release 6 did not become healthy") &&
+                      strstr(first_error(&res), "d/p: stopped for good") && strstr(first_error(&res), "exit 127") &&
+                      strstr(first_error(&res), "libx.so.0"),
+                  "%s", first_error(&res));
+    ck_assert_state("6", "unpacked");
+    ck_assert_uint_eq(n_running(), 0);
+    ck_assert_uint_eq(n_events("automatic_rollback"), 1);
+    Diag d = {0};
+    json_t *s = manager_status(m, &d);
+    ck_assert(json_is_null(json_object_get(s, "running")));
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(s, "last_outcome"), "outcome")), "rolled_back");
+    json_decref(s);
+    result_clear(&res);
+}
+END_TEST
+
+/* c-1 healthy unless ROOT/sick exists; c-2 never healthy. */
+static void two_gated_releases(void)
+{
+    gated_app("c", "1", SERVES, "test ! -e ../../sick");
+    gated_app("c", "2", SERVES, "echo not ready; exit 1");
+    put(src, "releases/4/release.yaml", "release: t\nvsn: \"4\"\napplications: [{name: c, vsn: \"1\"}]\n");
+    put(src, "releases/5/release.yaml", "release: t\nvsn: \"5\"\napplications: [{name: c, vsn: \"2\"}]\n");
+    unpack_gated("4", "c-1");
+    unpack_gated("5", "c-2");
+    Result res = {0};
+    ManagerInstall in = gated("4", 100, 20000);
+    in.commit = true;
+    install_as(&res, in);
+    ck_assert_msg(res.r == 0, "%s", first_error(&res));
+    ck_assert_str_eq(outcome(&res), "committed");
+    ck_assert(json_is_true(json_object_get(json_object_get(res.reply, "health"), "healthy")));
+    ck_assert_state("4", "permanent");
+    result_clear(&res);
+}
+
+START_TEST(gate_an_unhealthy_upgrade_goes_back_once_by_itself)
+{
+    two_gated_releases();
+    Result res = {0};
+    install_as(&res, gated("5", 100, 1500));
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_str_eq(outcome(&res), "rolled_back");
+    ck_assert_msg(strstr(first_error(&res), "release 5 did not become healthy") &&
+                      strstr(first_error(&res), "c/p: exec") && strstr(first_error(&res), "not ready"),
+                  "%s", first_error(&res));
+    ck_assert_state("4", "permanent");
+    ck_assert_state("5", "unpacked");
+    ck_assert_uint_eq(n_events("automatic_rollback"), 1); /* once, never a loop */
+    Diag d = {0};
+    json_t *s = manager_status(m, &d);
+    ck_assert_str_eq(json_string_value(json_object_get(s, "running")), "4");
+    json_decref(s);
+    result_clear(&res);
+}
+END_TEST
+
+START_TEST(gate_an_unhealthy_release_before_needs_an_operator)
+{
+    two_gated_releases();
+    put(root, "sick", "the release before is sick too\n");
+    Result res = {0};
+    install_as(&res, gated("5", 100, 1500));
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_str_eq(outcome(&res), "needs_operator");
+    ck_assert_msg(strstr(first_error(&res), "release 5 did not become healthy"), "%s", first_error(&res));
+    ck_assert_uint_eq(n_events("automatic_rollback"), 1);
+    result_clear(&res);
+}
+END_TEST
+
+START_TEST(gate_no_wait_and_the_same_release_again)
+{
+    two_gated_releases();
+    Result res = {0};
+    ManagerInstall in = gated("5", 100, 1500);
+    in.no_wait = true; /* not waited for: current at once, unhealthy or not */
+    install_as(&res, in);
+    ck_assert_int_eq(res.r, 0);
+    ck_assert_str_eq(outcome(&res), "current");
+    ck_assert_ptr_null(json_object_get(res.reply, "health"));
+    ck_assert_state("5", "current");
+    result_clear(&res);
+    install_as(&res, gated("5", 100, 1500));
+    ck_assert_int_eq(res.r, 0);
+    ck_assert_str_eq(outcome(&res), "unchanged");
+    result_clear(&res);
+}
+END_TEST
+
 /* ---- manager_install --------------------------------------------------------------------------- */
 
 START_TEST(install_the_first_release)
@@ -888,11 +1086,12 @@ START_TEST(install_the_first_release)
     unpack_release("1");
     Result res = {0};
     ManagerCaller c = caller(&res);
-    manager_install(m, "1", NULL, "tester", &c);
+    ManagerInstall in1 = ask("1", NULL);
+    manager_install(m, &in1, "tester", &c);
     /* A second install while the first loads is refused. */
     Result busy = {0};
     ManagerCaller cb = caller(&busy);
-    manager_install(m, "1", NULL, "tester", &cb);
+    manager_install(m, &in1, "tester", &cb);
     ck_assert_int_eq(busy.n, 1);
     ck_assert_int_eq(busy.r, -EBUSY);
     ck_assert_str_eq(first_error(&busy), "a release is being installed; one at a time");
@@ -928,9 +1127,9 @@ START_TEST(install_refusals)
     ck_assert_str_eq(first_error(&res), "no release is running to upgrade from");
     result_clear(&res);
     install("1");
-    install_to(&res, "1", NULL);
-    ck_assert_int_eq(res.r, -EALREADY);
-    ck_assert_str_eq(first_error(&res), "release 1 is already running");
+    install_to(&res, "1", NULL); /* already there: nothing to do, and no error */
+    ck_assert_int_eq(res.r, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "outcome")), "unchanged");
     result_clear(&res);
     unpack_release("2");
     install_to(&res, "2", "downgrade");
@@ -951,7 +1150,8 @@ START_TEST(install_an_upgrade_and_refusals_while_it_runs)
     make_permanent("1");
     Result res = {0};
     ManagerCaller c = caller(&res);
-    manager_install(m, "2", "upgrade", "tester", &c);
+    ManagerInstall in2 = ask("2", "upgrade");
+    manager_install(m, &in2, "tester", &c);
     /* Under way from the request on (it plans on a worker thread). */
     Diag d = {0};
     json_t *s = manager_status(m, &d);
@@ -1413,7 +1613,11 @@ static Suite *manager_suite(void)
           recover_leaves_what_it_cannot_fix, make_permanent_writes_the_marker_and_start_keeps_it_in_line}},
         {"manager_unpack",
          {unpack_a_release, unpack_refusals_are_one_line_and_leave_nothing,
-          unpack_whose_record_fails_takes_its_files_back}},
+          unpack_whose_record_fails_takes_its_files_back, unpack_refuses_what_cannot_run_here}},
+        {"manager_install health",
+         {gate_a_first_install_that_crash_loops_fails_and_is_not_left_current,
+          gate_an_unhealthy_upgrade_goes_back_once_by_itself, gate_an_unhealthy_release_before_needs_an_operator,
+          gate_no_wait_and_the_same_release_again}},
         {"manager_install",
          {install_the_first_release, install_refusals, install_an_upgrade_and_refusals_while_it_runs,
           install_whose_record_fails_runs_nothing}},

@@ -69,8 +69,11 @@ static void source_app(const char *name, const char *vsn)
     free(rel);
     free(y);
     rel = xasprintf("lib/%s-%s/modules/%s_m.so", name, vsn, name);
-    y = xasprintf("module %s_m %s\n", name, vsn);
-    put(src, rel, y);
+    put(src, rel, ""); /* its directory */
+    char *path = xasprintf("%s/%s", src, rel);
+    y = xasprintf("%s_m", name);
+    test_copy_module(y, vsn, path);
+    free(path);
     free(rel);
     free(y);
 }

@@ -894,7 +894,13 @@ START_TEST(status_shape)
     json_t *st = supervisor_status(s);
     ck_assert_uint_eq(json_array_size(st), 2);
     json_t *p = json_array_get(st, 0), *q = json_array_get(st, 1);
-    ck_assert_uint_eq(json_object_size(p), 7);
+    ck_assert_uint_eq(json_object_size(p), 8);
+    /* Health from the probes the supervisor tells of starts and exits: a
+     * process without checks is healthy while it runs; one that ended for
+     * good is down, and says how it ended. */
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(p, "health"), "state")), "healthy");
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(q, "health"), "state")), "down");
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(q, "health"), "reason")), "exit 0");
     ck_assert_str_eq(json_string_value(json_object_get(p, "app")), "a");
     ck_assert_str_eq(json_string_value(json_object_get(p, "vsn")), "1");
     ck_assert_str_eq(json_string_value(json_object_get(p, "process")), "p");
@@ -904,7 +910,7 @@ START_TEST(status_shape)
     json_t *mods = json_object_get(p, "modules");
     ck_assert(json_is_array(mods));
     ck_assert_str_eq(json_string_value(json_object_get(json_array_get(mods, 0), "version")), "4");
-    ck_assert_uint_eq(json_object_size(q), 7);
+    ck_assert_uint_eq(json_object_size(q), 8);
     ck_assert_str_eq(json_string_value(json_object_get(q, "process")), "q");
     ck_assert_int_eq(json_integer_value(json_object_get(q, "pid")), 0);
     ck_assert_str_eq(json_string_value(json_object_get(q, "state")), "exited");

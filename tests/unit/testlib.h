@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "appdefs.h"
@@ -34,6 +36,26 @@ static inline int test_release_n(const char *rel_yaml, const char *const *apps, 
     *ret = rel;
     return 0;
 }
+/* Copies the real module test-NAME-VSN.so (tests/unit/test-module.c, built
+ * into $RELD_TEST_MODULES) to dest, whose directory must exist: reld
+ * checks each module's descriptor at unpack, so a release's modules must
+ * be shared objects naming themselves. */
+static inline void test_copy_module(const char *name, const char *vsn, const char *dest)
+{
+    const char *dir = getenv("RELD_TEST_MODULES");
+    ck_assert_msg(dir != NULL, "RELD_TEST_MODULES is not set (tests/meson.build sets it)");
+    char *from = xasprintf("%s/test-%s-%s.so", dir, name, vsn);
+    FILE *in = fopen(from, "rb"), *out = fopen(dest, "wb");
+    ck_assert_msg(in && out, "copy %s to %s: %s", from, dest, strerror(errno));
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+        ck_assert_uint_eq(fwrite(buf, 1, n, out), n);
+    ck_assert_int_eq(fclose(in), 0);
+    ck_assert_int_eq(fclose(out), 0);
+    free(from);
+}
+
 /* apps is an array (-Wsizeof-pointer-div says when it is not). */
 #define test_release(rel_yaml, apps, ret, d)                                                                           \
     test_release_n((rel_yaml), (apps), sizeof(apps) / sizeof(*(apps)), (ret), (d))
