@@ -930,3 +930,104 @@ int history_attempts_interrupted(History *h)
 {
     return IN_TRANSACTION(h, attempts_interrupted(h));
 }
+
+/* One suspend..resume window of the pauses query, summed over attempts. */
+static void pause_add(json_t *windows, int64_t idx, json_t *modules, double ms)
+{
+    json_t *w = NULL;
+    size_t i;
+    json_t *v;
+    json_array_foreach(windows, i, v)
+    {
+        if (json_integer_value(json_object_get(v, "idx")) == idx)
+            w = v;
+    }
+    if (!w) {
+        json_array_append_new(windows, json_pack("{s:I, s:O, s:i, s:f, s:f, s:f}", "idx", (json_int_t)idx, "modules",
+                                                 modules ? modules : json_null(), "n", 0, "min_ms", ms, "max_ms", ms,
+                                                 "last_ms", ms));
+        w = json_array_get(windows, json_array_size(windows) - 1);
+    }
+    double lo = json_real_value(json_object_get(w, "min_ms")), hi = json_real_value(json_object_get(w, "max_ms"));
+    json_object_set_new(w, "n", json_integer(json_integer_value(json_object_get(w, "n")) + 1));
+    json_object_set_new(w, "min_ms", json_real(ms < lo ? ms : lo));
+    json_object_set_new(w, "max_ms", json_real(ms > hi ? ms : hi));
+    json_object_set_new(w, "last_ms", json_real(ms)); /* rows come oldest attempt first */
+}
+
+/* The windows of rows (one attempt's instructions after another, by idx). */
+static json_t *pause_windows(json_t *rows, int64_t *ret_attempts)
+{
+    json_t *windows = json_array();
+    int64_t attempt = -1, n_attempts = 0;
+    json_t *open = NULL; /* the suspend whose resume is to come */
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row)
+    {
+        int64_t a = json_integer_value(json_object_get(row, "attempt"));
+        if (a != attempt) {
+            attempt = a;
+            open = NULL;
+            n_attempts++;
+        }
+        const char *op = json_string_value(json_object_get(json_object_get(row, "instr"), "op"));
+        if (!op)
+            continue;
+        if (strcmp(op, "suspend") == 0) {
+            open = row;
+        } else if (strcmp(op, "resume") == 0 && open) {
+            int64_t start = json_integer_value(json_object_get(open, "start_us"));
+            int64_t end = json_integer_value(json_object_get(row, "start_us")) +
+                          json_integer_value(json_object_get(row, "duration_us"));
+            json_t *mods = json_object_get(json_object_get(open, "instr"), "modules");
+            pause_add(windows, json_integer_value(json_object_get(open, "idx")), mods, (double)(end - start) / 1000.0);
+            open = NULL;
+        }
+    }
+    *ret_attempts = n_attempts;
+    return windows;
+}
+
+static int pauses(History *h, const char *from, const char *to, json_t **ret)
+{
+    sqlite3_stmt *st = NULL;
+    json_t *r_rows = NULL;
+    /* Attempts that went through (result ok) with timings (schema 2), the
+     * rehearsal's record (idx 0) left out. */
+    int r = prep(h,
+                 "SELECT i.attempt_id AS attempt, i.idx, i.instr, i.start_us, i.duration_us FROM instructions i "
+                 "JOIN attempts a ON a.id = i.attempt_id WHERE a.result = 'ok' AND a.kind IN ('upgrade', "
+                 "'downgrade') AND a.from_vsn = ?1 AND a.to_vsn = ?2 AND i.idx > 0 AND i.outcome = 'ok' AND "
+                 "i.start_us IS NOT NULL ORDER BY i.attempt_id, i.idx",
+                 2, (const char *const[]){from, to}, &st);
+    if (r == 0)
+        r = rows(h, st, &r_rows);
+    (void)sqlite3_finalize(st); /* NULL or its last step's result, already taken */
+    if (r < 0)
+        return r;
+    int64_t n = 0;
+    json_t *windows = pause_windows(r_rows, &n);
+    json_decref(r_rows);
+    json_t *o = json_pack("{s:I, s:o}", "attempts", (json_int_t)n, "windows", windows);
+    if (!o)
+        return failf(h, -ENOMEM, "out of memory");
+    *ret = o;
+    return 0;
+}
+
+int history_pauses(History *h, const char *from, const char *to, json_t **ret)
+{
+    if (!from || !to || !ret)
+        return failf(h, -EINVAL, "the pauses of an upgrade need its two releases");
+    json_t *o = NULL;
+    int r = exec(h, "BEGIN");
+    if (r == 0)
+        r = end(h, pauses(h, from, to, &o));
+    if (r < 0) {
+        json_decref(o);
+        return r;
+    }
+    *ret = o;
+    return 0;
+}

@@ -143,3 +143,16 @@ int history_attempts_interrupted(History *h);
  * {"events": [...], "attempts": [{..., "instructions": [...]}]}, read in
  * one transaction; -EINVAL when limit <= 0. */
 int history_list(History *h, int limit, json_t **ret);
+
+/* The pauses of earlier upgrades from -> to (kind "upgrade" or
+ * "downgrade", result "ok"), for a dry run's expected pause: each
+ * suspend..resume window, from the suspend's start to the end of its
+ * resume (instructions with their start, schema 2), summed over those
+ * attempts by the suspend's idx (the same relup numbers its instructions
+ * the same): {"attempts": N (attempts with such rows), "windows": [{"idx":
+ * k, "modules": [the suspend's], "n", "min_ms", "max_ms", "last_ms" (the
+ * newest attempt's)}]}, in the order of idx of their first attempt.
+ * Attempts of other kinds (a dry run's "dry_run") and failed ones count
+ * not. {"attempts": 0, "windows": []} when there is none. -EINVAL for a
+ * NULL argument. */
+int history_pauses(History *h, const char *from, const char *to, json_t **ret);

@@ -1299,6 +1299,93 @@ START_TEST(last_error_is_the_last_failure)
 }
 END_TEST
 
+/* ---- history_pauses ------------------------------------------------------- */
+
+/* An attempt from -> to of kind with result, whose suspend (idx 2) starts
+ * at start_us and whose resume (idx 5) ends dur_us later. */
+static void pause_attempt(const char *kind, const char *from, const char *to, const char *result, int64_t start_us,
+                          int64_t dur_us)
+{
+    int64_t id = 0;
+    ck_assert_int_eq(history_attempt_begin(h, "t", kind, from, to, &id), 0);
+    HistoryInstruction v[] = {
+        {.idx = 0, .instr = json_pack("{s:s}", "op", "rehearse"), .outcome = "ok", .start_us = 0, .duration_us = 900},
+        {.idx = 1, .instr = json_pack("{s:s}", "op", "point_of_no_return"), .outcome = "ok", .start_us = 10},
+        {.idx = 2,
+         .instr = json_pack("{s:s, s:[s]}", "op", "suspend", "modules", "kv"),
+         .outcome = "ok",
+         .start_us = start_us,
+         .duration_us = 5},
+        {.idx = 3, .instr = json_pack("{s:s}", "op", "load"), .outcome = "ok", .start_us = start_us + 5},
+        {.idx = 4, .instr = json_pack("{s:s}", "op", "code_change"), .outcome = "ok", .start_us = start_us + 6},
+        {.idx = 5,
+         .instr = json_pack("{s:s, s:[s]}", "op", "resume", "modules", "kv"),
+         .outcome = "ok",
+         .start_us = start_us + dur_us - 4,
+         .duration_us = 4},
+    };
+    size_t n = sizeof(v) / sizeof(v[0]);
+    ck_assert_int_eq(history_attempt_instructions(h, id, v, n), 0);
+    for (size_t k = 0; k < n; k++)
+        json_decref(v[k].instr);
+    ck_assert_int_eq(history_attempt_end(h, id, result, NULL), 0);
+}
+
+START_TEST(pauses_of_earlier_upgrades)
+{
+    pause_attempt("upgrade", "1", "2", "ok", 100, 3000);      /* 3 ms */
+    pause_attempt("upgrade", "1", "2", "failed", 100, 90000); /* failed: not counted */
+    pause_attempt("dry_run", "1", "2", "ok", 100, 70000);     /* a dry run: not counted */
+    pause_attempt("downgrade", "2", "1", "ok", 100, 50000);   /* the other way */
+    pause_attempt("upgrade", "1", "2", "ok", 200, 1500);      /* 1.5 ms, the newest */
+    json_t *p = NULL;
+    ck_assert_int_eq(history_pauses(h, "1", "2", &p), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(p, "attempts")), 2);
+    json_t *w = json_object_get(p, "windows");
+    ck_assert_int_eq(json_array_size(w), 1);
+    json_t *w0 = json_array_get(w, 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(w0, "idx")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(w0, "n")), 2);
+    ck_assert_str_eq(json_string_value(json_array_get(json_object_get(w0, "modules"), 0)), "kv");
+    ck_assert_double_eq_tol(json_real_value(json_object_get(w0, "min_ms")), 1.5, 1e-9);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(w0, "max_ms")), 3.0, 1e-9);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(w0, "last_ms")), 1.5, 1e-9);
+    json_decref(p);
+    ck_assert_int_eq(history_pauses(h, "2", "1", &p), 0);
+    ck_assert_double_eq_tol(
+        json_real_value(json_object_get(json_array_get(json_object_get(p, "windows"), 0), "max_ms")), 50.0, 1e-9);
+    json_decref(p);
+}
+END_TEST
+
+START_TEST(pauses_none_and_bad_arguments)
+{
+    json_t *p = NULL;
+    ck_assert_int_eq(history_pauses(h, "1", "2", &p), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(p, "attempts")), 0);
+    ck_assert_int_eq(json_array_size(json_object_get(p, "windows")), 0);
+    json_decref(p);
+    /* A suspend without its resume (an attempt that stopped inside its
+     * group cannot be "ok", but rows can be missing): no window. */
+    int64_t id = 0;
+    ck_assert_int_eq(history_attempt_begin(h, "t", "upgrade", "1", "2", &id), 0);
+    HistoryInstruction v = {.idx = 1, .instr = json_pack("{s:s}", "op", "suspend"), .outcome = "ok", .start_us = 5};
+    ck_assert_int_eq(history_attempt_instructions(h, id, &v, 1), 0);
+    json_decref(v.instr);
+    ck_assert_int_eq(history_attempt_end(h, id, "ok", NULL), 0);
+    ck_assert_int_eq(history_pauses(h, "1", "2", &p), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(p, "attempts")), 1);
+    ck_assert_int_eq(json_array_size(json_object_get(p, "windows")), 0);
+    json_decref(p);
+    p = NULL;
+    ck_assert_int_eq(history_pauses(h, NULL, "2", &p), -EINVAL);
+    ck_assert_int_eq(history_pauses(h, "1", NULL, &p), -EINVAL);
+    ck_assert_int_eq(history_pauses(h, "1", "2", NULL), -EINVAL);
+    ck_assert_ptr_null(p);
+    ck_assert_str_eq(history_last_error(h), "the pauses of an upgrade need its two releases");
+}
+END_TEST
+
 static Suite *history_suite(void)
 {
     Suite *s = suite_create("history");
@@ -1339,6 +1426,7 @@ static Suite *history_suite(void)
          {interrupted_attempt_is_closed_after_a_restart, interrupted_is_one_transaction}},
         {"history_list", {list_shape_and_limit, list_of_a_damaged_database_fails}},
         {"history_last_error", {last_error_is_the_last_failure}},
+        {"history_pauses", {pauses_of_earlier_upgrades, pauses_none_and_bad_arguments}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
