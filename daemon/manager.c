@@ -1274,27 +1274,12 @@ static int move_damaged(const char *root, const char *db, char **ret)
     return 0;
 }
 
-static int by_version(const void *a, const void *b)
-{
-    return strverscmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* The entries of ROOT/releases, in version order. */
+/* The entries of ROOT/releases, in version order (logged when unreadable). */
 static int release_dirs(const char *root, StrVec *ret)
 {
-    char *dir = store_path_releases(root);
-    DIR *d = opendir(dir);
-    int r = d || errno == ENOENT ? 0 : -errno;
-    for (struct dirent *e; d && (e = readdir(d));)
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-            strvec_push(ret, e->d_name);
-    if (d)
-        closedir(d);
+    int r = store_release_dirs(root, ret);
     if (r < 0)
-        log_error("cannot read %s: %s", dir, strerror(-r));
-    free(dir);
-    if (ret->n)
-        qsort(ret->v, ret->n, sizeof(*ret->v), by_version);
+        log_error("cannot read %s/releases: %s", root, strerror(-r));
     return r;
 }
 

@@ -37,8 +37,12 @@ static int lock_root(const char *root, Diag *diag)
     return r < 0 ? r : fd;
 }
 
-/* The release directories on disk (names in ROOT/releases). */
-static int release_names(const char *root, StrVec *ret)
+static int by_version(const void *a, const void *b)
+{
+    return strverscmp(*(char *const *)a, *(char *const *)b);
+}
+
+int store_release_dirs(const char *root, StrVec *ret)
 {
     char *dir = store_path_releases(root);
     DIR *d = opendir(dir);
@@ -49,6 +53,8 @@ static int release_names(const char *root, StrVec *ret)
     if (d)
         closedir(d);
     free(dir);
+    if (ret->n)
+        qsort(ret->v, ret->n, sizeof(*ret->v), by_version);
     return r;
 }
 
@@ -81,7 +87,7 @@ static int release_apps(const char *dir, const char *vsn, StrVec *ret)
 static bool apps_in_use(const char *root, const char *except, StrVec *ret)
 {
     StrVec names = {0};
-    bool known = release_names(root, &names) == 0;
+    bool known = store_release_dirs(root, &names) == 0;
     for (size_t i = 0; known && i < names.n; i++) {
         if (except && strcmp(names.v[i], except) == 0)
             continue;

@@ -138,6 +138,11 @@ int store_hash_tree(int dirfd, unsigned char out[STORE_HASH_SIZE]);
 /* out[0..STORE_HASH_SIZE*2] as lower-case hex, NUL-terminated. */
 void store_hash_hex(const unsigned char hash[STORE_HASH_SIZE], char out[STORE_HASH_SIZE * 2 + 1]);
 
+/* The entries of ROOT/releases (release versions), in version order
+ * (strverscmp); none when it does not exist. 0, or -errno when it cannot
+ * be read. */
+int store_release_dirs(const char *root, StrVec *ret);
+
 /* Release vsn's files taken out of the root, into ROOT/tmp/remove-XXXXXX/
  * (which reld's start empties): releases/<vsn>, then the application
  * directories that no other release directory on disk uses (all of them

@@ -17,6 +17,7 @@
 
 #include "health.h"
 #include "testlib.h"
+#include "testloop.h"
 
 static char dir[] = "/tmp/reld-test-health-XXXXXX";
 static sd_event *ev;
@@ -26,22 +27,7 @@ static Diag d;
 
 /* ---- the loop --------------------------------------------------------- */
 
-typedef bool (*Cond)(void);
-
-static bool run_until(Cond cond, int ms)
-{
-    long long deadline = mono_ms() + ms;
-    while (!cond() && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
-    return cond();
-}
-
-static void run_for(int ms)
-{
-    long long deadline = mono_ms() + ms;
-    while (mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
-}
+typedef TestCond Cond;
 
 /* ---- an HTTP server on a thread ----------------------------------------- */
 
@@ -297,7 +283,7 @@ START_TEST(exec_true_is_healthy)
 {
     start_probe("      exec: /bin/true\n");
     ck_assert_int_eq(health_probe_state(probe), HEALTH_STARTING);
-    ck_assert_msg(run_until(has_result, 10000), "no result");
+    ck_assert_msg(test_run_until(ev, has_result, 10000), "no result");
     ck_assert_int_eq(health_probe_state(probe), HEALTH_HEALTHY);
     ck_assert_ptr_null(health_probe_reason(probe));
     ck_assert_reason("exec /bin/true: exit 0");
@@ -309,7 +295,7 @@ END_TEST
 START_TEST(exec_false_is_unhealthy)
 {
     start_probe("      exec: /bin/false\n");
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     ck_assert_int_eq(health_probe_state(probe), HEALTH_UNHEALTHY);
     ck_assert_str_eq(reason(), "exec /bin/false: exit 1");
 }
@@ -326,7 +312,7 @@ START_TEST(exec_script_says_why)
     fclose(f);
     free(path);
     start_probe("      exec: [check, --quick]\n");
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     ck_assert_str_eq(reason(), "exec check: exit 1: not ready: db down");
     json_t *s = health_probe_status(probe);
     const char *out = json_string_value(json_object_get(json_array_get(json_object_get(s, "checks"), 0), "output"));
@@ -344,7 +330,7 @@ START_TEST(exec_output_is_bounded)
     write_script("check", "i=0; while [ $i -lt 3000 ]; do echo \"line $i of a long output\"; i=$((i+1)); done; "
                           "printf 'last\\001 line'; exit 3");
     start_probe("      exec: [check]\n");
-    ck_assert(run_until(has_result, 20000));
+    ck_assert(test_run_until(ev, has_result, 20000));
     ck_assert_str_eq(reason(), "exec check: exit 3: last? line");
     json_t *s = health_probe_status(probe);
     const char *out = json_string_value(json_object_get(json_array_get(json_object_get(s, "checks"), 0), "output"));
@@ -357,7 +343,7 @@ END_TEST
 START_TEST(exec_missing_program)
 {
     start_probe("      exec: [bin/nothing]\n");
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     ck_assert_str_eq(reason(), "exec bin/nothing: cannot run: no such file or directory");
 }
 END_TEST
@@ -368,14 +354,14 @@ START_TEST(exec_timeout_kills_the_check)
 {
     write_script("slow", "sleep 60 & echo $! > bg.pid; echo $$ > fg.pid; echo waiting; sleep 60");
     start_probe("      exec: [slow]\n      timeout_ms: 300\n");
-    ck_assert(run_until(has_result, 20000));
+    ck_assert(test_run_until(ev, has_result, 20000));
     ck_assert_str_eq(reason(), "exec slow: timed out after 300 ms: waiting");
     watched = read_pid("fg.pid");
     ck_assert_int_gt(watched, 0);
     ck_assert(pid_dead(watched)); /* reaped by the probe */
     watched = read_pid("bg.pid");
     ck_assert_int_gt(watched, 0);
-    ck_assert_msg(run_until(watched_dead, 10000), "the check's child %d survived", (int)watched);
+    ck_assert_msg(test_run_until(ev, watched_dead, 10000), "the check's child %d survived", (int)watched);
 }
 END_TEST
 
@@ -387,7 +373,7 @@ START_TEST(exec_exit_of_the_process_kills_the_check)
     start_probe("      exec: [slow]\n      timeout_ms: 60000\n");
     watched = 0;
     for (long long end = mono_ms() + 10000; !(watched = read_pid("fg.pid")) && mono_ms() < end;)
-        run_for(20);
+        test_run_for(ev, 20);
     ck_assert_int_gt(watched, 0);
     health_probe_exited(probe, "exit 3", false);
     ck_assert(pid_dead(watched));
@@ -403,7 +389,7 @@ START_TEST(exec_runs_again_after_its_interval)
     start_probe("      exec: [count]\n      interval_ms: 100\n");
     bool three = false;
     for (long long end = mono_ms() + 20000; !three && mono_ms() < end;) {
-        run_for(50);
+        test_run_for(ev, 50);
         char *path = xasprintf("%s/runs", dir);
         struct stat st;
         three = stat(path, &st) == 0 && st.st_size >= 6;
@@ -421,7 +407,7 @@ START_TEST(tcp_connects)
     int port, fd = listener(&port);
     char *c = xasprintf("      tcp: \"127.0.0.1:%d\"\n", port);
     start_probe(c);
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     ck_assert_int_eq(health_probe_state(probe), HEALTH_HEALTHY);
     char *want = xasprintf("tcp 127.0.0.1:%d: connected", port);
     ck_assert_reason(want);
@@ -437,7 +423,7 @@ START_TEST(tcp_refused)
     close(fd); /* nobody listens there now */
     char *c = xasprintf("      tcp: \"127.0.0.1:%d\"\n", port);
     start_probe(c);
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     ck_assert_int_eq(health_probe_state(probe), HEALTH_UNHEALTHY);
     char *want = xasprintf("tcp 127.0.0.1:%d: connection refused", port);
     ck_assert_str_eq(reason(), want);
@@ -468,7 +454,7 @@ START_TEST(tcp_times_out)
     }
     char *c = xasprintf("      tcp: \"127.0.0.1:%d\"\n      timeout_ms: 200\n", port);
     start_probe(c);
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     char *want = xasprintf("tcp 127.0.0.1:%d: timed out after 200 ms", port);
     ck_assert_str_eq(reason(), want);
     free(want);
@@ -488,7 +474,7 @@ static void http_probe(Mode m, const char *extra)
         xasprintf("      http: {url: \"http://127.0.0.1:%d/health?x=1\"%s}\n      timeout_ms: 300\n", srv.port, extra);
     start_probe(c);
     free(c);
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
 }
 
 START_TEST(http_200_is_healthy)
@@ -555,7 +541,7 @@ static bool asked(void)
 START_TEST(runtime_answers)
 {
     start_probe("      runtime: true\n      interval_ms: 100\n");
-    ck_assert(run_until(asked, 10000));
+    ck_assert(test_run_until(ev, asked, 10000));
     ck_assert_int_eq(health_probe_state(probe), HEALTH_STARTING);
     json_t *rep = json_pack("{s:b, s:b, s:s}", "ok", 1, "healthy", 1, "message", "fine");
     health_probe_runtime_reply(probe, rep, 0);
@@ -564,24 +550,24 @@ START_TEST(runtime_answers)
     ck_assert_reason("runtime: healthy: fine");
     /* The next run: unhealthy, with the module's message. */
     n_asks = 0;
-    ck_assert(run_until(asked, 10000));
+    ck_assert(test_run_until(ev, asked, 10000));
     rep = json_pack("{s:b, s:b, s:s}", "ok", 1, "healthy", 0, "message", "db down\n");
     health_probe_runtime_reply(probe, rep, 0);
     json_decref(rep);
     ck_assert_str_eq(reason(), "runtime: db down?");
     /* Refused, then no answer. */
     n_asks = 0;
-    ck_assert(run_until(asked, 10000));
+    ck_assert(test_run_until(ev, asked, 10000));
     rep = json_pack("{s:b, s:s}", "ok", 0, "message", "unknown command");
     health_probe_runtime_reply(probe, rep, 0);
     json_decref(rep);
     ck_assert_str_eq(reason(), "runtime: the health command was refused: unknown command");
     n_asks = 0;
-    ck_assert(run_until(asked, 10000));
+    ck_assert(test_run_until(ev, asked, 10000));
     health_probe_runtime_reply(probe, NULL, -ECONNRESET);
     ck_assert_str_eq(reason(), "runtime: no answer: connection reset by peer");
     n_asks = 0;
-    ck_assert(run_until(asked, 10000));
+    ck_assert(test_run_until(ev, asked, 10000));
     rep = json_pack("{s:b}", "ok", 1);
     health_probe_runtime_reply(probe, rep, 0);
     json_decref(rep);
@@ -595,7 +581,7 @@ END_TEST
 START_TEST(runtime_timeout_cancels)
 {
     start_probe("      runtime: true\n      timeout_ms: 100\n      interval_ms: 60000\n");
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     ck_assert_str_eq(reason(), "runtime: timed out after 100 ms");
     ck_assert_int_eq(n_cancels, 1);
     health_probe_runtime_answer(probe, 0, true, "late");
@@ -607,12 +593,12 @@ START_TEST(runtime_busy_skips_a_run)
 {
     ask_r = -EBUSY;
     start_probe("      runtime: true\n      interval_ms: 100\n");
-    ck_assert(run_until(asked, 10000));
-    run_for(50);
+    ck_assert(test_run_until(ev, asked, 10000));
+    test_run_for(ev, 50);
     ck_assert_int_eq(health_probe_state(probe), HEALTH_STARTING);
     ask_r = -EIO;
     n_asks = 0;
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     ck_assert_str_eq(reason(), "runtime: cannot ask: input/output error");
 }
 END_TEST
@@ -624,7 +610,7 @@ START_TEST(runtime_without_ask)
     static const HealthProbeOps none = {0};
     ck_assert_int_eq(health_probe_new(ev, "a/p", &app->processes[0], dir, &none, NULL, &probe), 0);
     health_probe_started(probe, 1);
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     ck_assert_str_eq(reason(), "runtime: no way to ask the process");
 }
 END_TEST
@@ -633,7 +619,7 @@ END_TEST
 START_TEST(runtime_exit_cancels)
 {
     start_probe("      runtime: true\n");
-    ck_assert(run_until(asked, 10000));
+    ck_assert(test_run_until(ev, asked, 10000));
     health_probe_exited(probe, NULL, false);
     ck_assert_int_eq(n_cancels, 1);
     health_probe_runtime_answer(probe, 0, true, NULL); /* ignored */
@@ -666,7 +652,7 @@ END_TEST
 START_TEST(probe_restart_forgets_results)
 {
     start_probe("      exec: /bin/false\n");
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     health_probe_exited(probe, NULL, false);
     health_probe_started(probe, 2);
     ck_assert_int_eq(health_probe_state(probe), HEALTH_STARTING);
@@ -681,13 +667,13 @@ END_TEST
 START_TEST(probe_new_definition)
 {
     start_probe("      exec: /bin/false\n");
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     AppDef *old = app;
     app = NULL;
     const ProcessDef *def = define("      exec: /bin/true\n");
     health_probe_set_definition(probe, def, dir);
     appdef_free(old);
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     ck_assert_int_eq(health_probe_state(probe), HEALTH_HEALTHY);
 }
 END_TEST
@@ -755,13 +741,13 @@ START_TEST(gate_healthy_after_the_window)
     free(c);
     long long at = new_gate(&probe, 1, 500, 30000);
     ck_assert_int_eq(n_verdicts, 0);
-    ck_assert(run_until(decided, 30000));
+    ck_assert(test_run_until(ev, decided, 30000));
     ck_assert(verdict_healthy);
     ck_assert_str_eq(verdict_reason, "");
     ck_assert_int_ge(verdict_ms - at, 500);
     ck_assert_int_ge(server_requests(), 2); /* it kept checking during the window */
     ck_assert(health_gate_decided(gate));
-    run_for(200);
+    test_run_for(ev, 200);
     ck_assert_int_eq(n_verdicts, 1);
 }
 END_TEST
@@ -773,10 +759,10 @@ START_TEST(gate_asks_for_fresh_results)
     char *c = xasprintf("      http: \"http://127.0.0.1:%d/\"\n      interval_ms: 3600000\n", srv.port);
     start_probe(c);
     free(c);
-    ck_assert(run_until(has_result, 10000));
+    ck_assert(test_run_until(ev, has_result, 10000));
     int before = server_requests();
     new_gate(&probe, 1, 0, 30000);
-    ck_assert(run_until(decided, 30000));
+    ck_assert(test_run_until(ev, decided, 30000));
     ck_assert(verdict_healthy);
     ck_assert_int_eq(server_requests(), before + 1);
 }
@@ -803,7 +789,7 @@ START_TEST(gate_restart_resets_the_window)
     ck_assert_int_ge(
         sd_event_add_time_relative(ev, &t, CLOCK_MONOTONIC, 300 * 1000ULL, 1000, on_restart_timer, &restarted), 0);
     new_gate(&probe, 1, 600, 30000);
-    ck_assert(run_until(decided, 30000));
+    ck_assert(test_run_until(ev, decided, 30000));
     ck_assert(timer_hit);
     ck_assert(verdict_healthy);
     ck_assert_int_ge(verdict_ms - restarted, 600);
@@ -817,7 +803,7 @@ START_TEST(gate_verdict_from_the_loop)
     new_gate(NULL, 0, 0, 1000);
     ck_assert_int_eq(n_verdicts, 0);
     ck_assert(health_gate_decided(gate));
-    ck_assert(run_until(decided, 10000));
+    ck_assert(test_run_until(ev, decided, 10000));
     ck_assert(verdict_healthy);
 }
 END_TEST
@@ -835,13 +821,13 @@ START_TEST(gate_timeout_fails_once_with_the_reason)
     ck_assert_int_eq(json_integer_value(json_object_get(st, "of")), 1);
     ck_assert_int_eq(json_integer_value(json_object_get(st, "healthy")), 0);
     json_decref(st);
-    ck_assert(run_until(decided, 30000));
+    ck_assert(test_run_until(ev, decided, 30000));
     ck_assert(!verdict_healthy);
     ck_assert_int_ge(verdict_ms - at, 800);
     char *want = xasprintf("not healthy within 800 ms: a/p: http://127.0.0.1:%d/ready: status 503", srv.port);
     ck_assert_str_eq(verdict_reason, want);
     free(want);
-    run_for(300);
+    test_run_for(ev, 300);
     ck_assert_int_eq(n_verdicts, 1);
 }
 END_TEST
@@ -863,7 +849,7 @@ START_TEST(gate_reasons_name_every_member)
         health_probe_started(probe, 3 + i);
         health_probe_exited(probe, "exit 127: libfoo.so: cannot open shared object file", false);
     }
-    ck_assert(run_until(decided, 30000));
+    ck_assert(test_run_until(ev, decided, 30000));
     ck_assert(!verdict_healthy);
     ck_assert_msg(strstr(verdict_reason, "a/p: not running (restarted 1 time; last exit: exit 127: libfoo.so: "
                                          "cannot open shared object file)"),
@@ -881,7 +867,7 @@ START_TEST(gate_final_exit_fails_at_once)
     new_gate(&probe, 1, 100, 600000);
     health_probe_started(probe, 1);
     health_probe_exited(probe, "exit 127", true);
-    ck_assert(run_until(decided, 30000));
+    ck_assert(test_run_until(ev, decided, 30000));
     ck_assert(!verdict_healthy);
     ck_assert_str_eq(verdict_reason, "a/p: stopped for good (last exit: exit 127)");
 }
@@ -896,12 +882,12 @@ START_TEST(gate_freed_mid_probe)
     new_gate(&probe, 1, 100, 600000);
     watched = 0;
     for (long long end = mono_ms() + 10000; !(watched = read_pid("fg.pid")) && mono_ms() < end;)
-        run_for(20);
+        test_run_for(ev, 20);
     ck_assert_int_gt(watched, 0);
     gate = health_gate_free(gate);
     probe = health_probe_free(probe);
     ck_assert(pid_dead(watched));
-    run_for(100);
+    test_run_for(ev, 100);
     ck_assert_int_eq(n_verdicts, 0);
 }
 END_TEST
@@ -916,7 +902,7 @@ START_TEST(gate_member_freed_first)
     health_probe_started(probe, 1);
     new_gate(members, 2, 100, 30000);
     members[1] = health_probe_free(members[1]); /* never started */
-    ck_assert(run_until(decided, 30000));
+    ck_assert(test_run_until(ev, decided, 30000));
     ck_assert(verdict_healthy);
 }
 END_TEST

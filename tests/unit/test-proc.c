@@ -18,6 +18,7 @@
 
 #include "proc.h"
 #include "testlib.h"
+#include "testloop.h"
 
 static char dir[] = "/tmp/reld-test-proc-XXXXXX";
 static sd_event *ev;
@@ -119,23 +120,7 @@ static Proc *start(const char *script, const char *extra)
     return p;
 }
 
-typedef bool (*Cond)(void);
-
-/* Runs the loop until cond() or ms have passed; cond() at the end. */
-static bool run_until(Cond cond, int ms)
-{
-    long long deadline = mono_ms() + ms;
-    while (!cond() && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
-    return cond();
-}
-
-static void run_for(int ms)
-{
-    long long deadline = mono_ms() + ms;
-    while (mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
-}
+typedef TestCond Cond;
 
 static bool exited(void)
 {
@@ -187,7 +172,7 @@ static bool file_complete(void)
 static char *wait_file(const char *name, int ms)
 {
     wanted_file = name;
-    ck_assert_msg(run_until(file_complete, ms), "%s did not appear", name);
+    ck_assert_msg(test_run_until(ev, file_complete, ms), "%s did not appear", name);
     return slurp(name);
 }
 
@@ -315,7 +300,7 @@ static void teardown(void)
     capture_end();
     p = proc_free(p);
     /* Output pipes go when their process's end of them closes. */
-    run_for(30);
+    test_run_for(ev, 30);
     ev = sd_event_unref(ev);
     rel = release_def_free(rel);
     json_decref(call_reply);
@@ -419,7 +404,7 @@ START_TEST(spawn_environment_and_descriptors)
     unsetenv("RELD_TEST_KEEP");
     unsetenv("TEST_PLAIN");
     wanted_file = "env.txt";
-    ck_assert(run_until(file_complete, 5000));
+    ck_assert(test_run_until(ev, file_complete, 5000));
     char *env = slurp("env.txt");
     char pid[24];
     snprintf(pid, sizeof(pid), "%d", (int)proc_pid(p));
@@ -473,9 +458,9 @@ START_TEST(spawn_relays_output_lines)
     capture_start();
     start("echo first line; echo 'to stderr' >&2; printf 'no newline at the end'", "");
     pid_t pid = proc_pid(p);
-    ck_assert(run_until(exited, 5000));
+    ck_assert(test_run_until(ev, exited, 5000));
     wanted_log = "no newline at the end";
-    bool ok = run_until(log_has_wanted, 2000);
+    bool ok = test_run_until(ev, log_has_wanted, 2000);
     capture_end();
     char *log = slurp("reld.log");
     ck_assert_msg(ok, "log: %s", log);
@@ -495,9 +480,9 @@ START_TEST(spawn_output_rate_limit)
     capture_start();
     start("i=0; while [ $i -lt 5000 ]; do echo \"line $i\"; i=$((i+1)); done", "");
     pid_t pid = proc_pid(p);
-    ck_assert(run_until(exited, 10000));
+    ck_assert(test_run_until(ev, exited, 10000));
     wanted_log = "lines of output dropped";
-    bool ok = run_until(log_has_wanted, 5000);
+    bool ok = test_run_until(ev, log_has_wanted, 5000);
     capture_end();
     char *log = slurp("reld.log");
     ck_assert_msg(ok, "no 'dropped' warning");
@@ -518,7 +503,7 @@ END_TEST
 START_TEST(spawn_exit_is_reported)
 {
     start("exit 3", "");
-    ck_assert(run_until(exited, 5000));
+    ck_assert(test_run_until(ev, exited, 5000));
     ck_assert_int_eq(n_exits, 1);
     ck_assert_int_eq(last_exit.si_code, CLD_EXITED);
     ck_assert_int_eq(last_exit.si_status, 3);
@@ -542,7 +527,7 @@ START_TEST(spawn_missing_executable_exits_127)
     src.path = path_in("no-such-program");
     proc_set_source(p, &src);
     ck_assert_int_eq(proc_spawn(p), 0);
-    ck_assert(run_until(exited, 5000));
+    ck_assert(test_run_until(ev, exited, 5000));
     ck_assert_int_eq(last_exit.si_code, CLD_EXITED);
     ck_assert_int_eq(last_exit.si_status, 127);
 }
@@ -556,7 +541,7 @@ START_TEST(spawn_missing_directory_exits_126)
     src.dir = path_in("gone");
     proc_set_source(p, &src);
     ck_assert_int_eq(proc_spawn(p), 0);
-    ck_assert(run_until(exited, 5000));
+    ck_assert(test_run_until(ev, exited, 5000));
     ck_assert_int_eq(last_exit.si_status, 126);
 }
 END_TEST
@@ -577,7 +562,7 @@ START_TEST(set_source_takes_effect_at_the_next_start)
     char *path = path_in("run2.txt");
     ck_assert_int_ne(access(path, F_OK), 0); /* the running process is not touched */
     ck_assert_int_eq(proc_stop(p), 0);
-    ck_assert(run_until(exited, 5000));
+    ck_assert(test_run_until(ev, exited, 5000));
     ck_assert_int_eq(proc_spawn(p), 0);
     s = wait_file("run2.txt", 5000);
     ck_assert_str_eq(s, "two\n");
@@ -597,7 +582,7 @@ START_TEST(stop_sends_sigterm)
     ck_assert_int_eq(proc_stop(p), 0);
     ck_assert(proc_stopping(p));
     ck_assert_int_eq(n_exits, 0); /* never from inside proc_stop */
-    ck_assert(run_until(exited, 5000));
+    ck_assert(test_run_until(ev, exited, 5000));
     ck_assert_int_eq(last_exit.si_code, CLD_KILLED);
     ck_assert_int_eq(last_exit.si_status, SIGTERM);
     ck_assert(stopping_at_exit);
@@ -623,7 +608,7 @@ START_TEST(stop_of_a_process_ignoring_sigterm_kills_it_after_shutdown_ms)
     ck_assert_int_eq(proc_stop(p), 0);
     sd_event_source *timer = NULL;
     ck_assert_int_ge(sd_event_add_time_relative(ev, &timer, CLOCK_MONOTONIC, 100 * 1000ULL, 0, on_timer, NULL), 0);
-    ck_assert(run_until(exited, 5000));
+    ck_assert(test_run_until(ev, exited, 5000));
     capture_end();
     ck_assert_int_eq(last_exit.si_code, CLD_KILLED);
     ck_assert_int_eq(last_exit.si_status, SIGKILL);
@@ -644,10 +629,10 @@ START_TEST(stop_twice_does_not_postpone_the_sigkill)
     free(wait_file("ready.txt", 5000));
     long long t0 = mono_ms();
     ck_assert_int_eq(proc_stop(p), 0);
-    run_for(300);
+    test_run_for(ev, 300);
     ck_assert_int_eq(n_exits, 0);
     ck_assert_int_eq(proc_stop(p), 0); /* asked again (reld stops while a restart stops it) */
-    ck_assert(run_until(exited, 5000));
+    ck_assert(test_run_until(ev, exited, 5000));
     ck_assert_int_eq(last_exit.si_status, SIGKILL);
     ck_assert_msg(exit_at_ms - t0 < 700, "SIGKILL %lld ms after the first SIGTERM; shutdown_ms is 500",
                   exit_at_ms - t0);
@@ -659,7 +644,7 @@ START_TEST(stop_of_a_process_not_running_is_immediate)
     make(WAIT_SCRIPT, "");
     ck_assert_int_eq(proc_stop(p), 1);
     ck_assert(proc_stopping(p));
-    run_for(20);
+    test_run_for(ev, 20);
     ck_assert_int_eq(n_exits, 0);
 }
 END_TEST
@@ -668,11 +653,11 @@ START_TEST(stop_then_spawn_clears_stopping)
 {
     start(WAIT_SCRIPT, "");
     ck_assert_int_eq(proc_stop(p), 0);
-    ck_assert(run_until(exited, 5000));
+    ck_assert(test_run_until(ev, exited, 5000));
     ck_assert_int_eq(proc_spawn(p), 0);
     ck_assert(!proc_stopping(p));
     /* The kill timer of the earlier stop must not fire on the new run. */
-    run_for(200);
+    test_run_for(ev, 200);
     ck_assert_int_eq(n_exits, 1);
     ck_assert_int_gt(proc_pid(p), 0);
 }
@@ -696,7 +681,7 @@ START_TEST(call_gets_its_reply)
     int tag;
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "status"), 5000, on_call, &tag), 0);
     ck_assert_int_eq(n_calls_done, 0);
-    ck_assert(run_until(call_ended, 5000));
+    ck_assert(test_run_until(ev, call_ended, 5000));
     ck_assert_int_eq(n_calls_done, 1);
     ck_assert_int_eq(call_r, 0);
     ck_assert_ptr_eq(call_data, &tag);
@@ -717,7 +702,7 @@ START_TEST(call_gets_its_reply)
     /* A second call after the first ended is fine, with a new id. */
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "again"), 5000, on_call, NULL), 0);
     json_int_t first = json_integer_value(json_object_get(call_reply, "id"));
-    ck_assert(run_until(call_ended, 5000) && n_calls_done >= 1);
+    ck_assert(test_run_until(ev, call_ended, 5000) && n_calls_done >= 1);
     long long until = mono_ms() + 5000;
     while (n_calls_done < 2 && mono_ms() < until)
         ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
@@ -733,13 +718,13 @@ START_TEST(call_times_out)
     start("while read -r line <&3; do echo \"$line\" >> requests.txt; done", "");
     long long t0 = mono_ms();
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "suspend"), 150, on_call, NULL), 0);
-    ck_assert(run_until(call_ended, 5000));
+    ck_assert(test_run_until(ev, call_ended, 5000));
     ck_assert_int_eq(call_r, -ETIMEDOUT);
     ck_assert_ptr_null(call_reply);
     ck_assert_int_ge(mono_ms() - t0, 140);
     /* The channel stays usable: the next call may go out. */
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "again"), 100, on_call, NULL), 0);
-    run_for(300);
+    test_run_for(ev, 300);
     ck_assert_int_eq(n_calls_done, 2);
     ck_assert_int_eq(call_r, -ETIMEDOUT);
 }
@@ -755,7 +740,7 @@ START_TEST(call_late_reply_after_a_timeout_ends_nothing)
           ">&3; done",
           "");
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "load"), 100, on_call, NULL), 0);
-    ck_assert(run_until(call_ended, 5000));
+    ck_assert(test_run_until(ev, call_ended, 5000));
     ck_assert_int_eq(call_r, -ETIMEDOUT);
     /* A second call goes out before the late reply of the first comes: the
      * late reply does not end it. */
@@ -780,12 +765,12 @@ START_TEST(call_to_a_process_that_dies_is_econnreset)
 {
     start("read -r line <&3; exit 0", "");
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "suspend"), 5000, on_call, NULL), 0);
-    ck_assert(run_until(call_ended, 5000));
+    ck_assert(test_run_until(ev, call_ended, 5000));
     ck_assert_int_eq(n_calls_done, 1);
     ck_assert_int_eq(call_r, -ECONNRESET);
     ck_assert_ptr_null(call_reply);
-    ck_assert(run_until(exited, 5000));
-    run_for(50);
+    ck_assert(test_run_until(ev, exited, 5000));
+    test_run_for(ev, 50);
     ck_assert_int_eq(n_calls_done, 1); /* once */
 }
 END_TEST
@@ -795,7 +780,7 @@ START_TEST(call_while_another_is_out_is_ebusy)
     start("while read -r line <&3; do :; done", "");
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "one"), 5000, on_call, NULL), 0);
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "two"), 5000, on_call, NULL), -EBUSY);
-    run_for(30);
+    test_run_for(ev, 30);
     ck_assert_int_eq(n_calls_done, 0); /* the first is still out, the second never was */
 }
 END_TEST
@@ -804,7 +789,7 @@ START_TEST(call_without_a_channel_is_econnreset)
 {
     make(WAIT_SCRIPT, "");
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "x"), 100, on_call, NULL), -ECONNRESET);
-    run_for(150);
+    test_run_for(ev, 150);
     ck_assert_int_eq(n_calls_done, 0);
     ck_assert_int_eq(proc_send(p, json_pack("{s:s}", "cmd", "x")), -ECONNRESET);
 }
@@ -820,7 +805,7 @@ START_TEST(call_hello_makes_it_speak_the_protocol)
     ck_assert(proc_speaks_protocol(p));
     ck_assert_str_eq(proc_module_version(p, "m"), "3");
     ck_assert_int_eq(proc_stop(p), 0);
-    ck_assert(run_until(exited, 5000));
+    ck_assert(test_run_until(ev, exited, 5000));
     ck_assert(!proc_speaks_protocol(p)); /* gone with its run */
     ck_assert_ptr_null(proc_modules(p));
 }
@@ -836,11 +821,11 @@ START_TEST(cancel_call_calls_nobody)
           "");
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "x"), 150, on_call, NULL), 0);
     proc_cancel_call(p);
-    run_for(400); /* past the reply and the timeout */
+    test_run_for(ev, 400); /* past the reply and the timeout */
     ck_assert_int_eq(n_calls_done, 0);
     /* Another call may go out at once. */
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "y"), 5000, on_call, NULL), 0);
-    ck_assert(run_until(call_ended, 5000));
+    ck_assert(test_run_until(ev, call_ended, 5000));
     ck_assert_int_eq(call_r, 0);
 }
 END_TEST
@@ -886,7 +871,7 @@ START_TEST(send_expects_no_reply)
     ck_assert_msg(strstr(req, "\"cmd\":\"drop_object_code\""), "%s", req);
     ck_assert_msg(strstr(req, "\"id\":"), "%s", req);
     free(req);
-    run_for(50);
+    test_run_for(ev, 50);
     ck_assert_int_eq(n_calls_done, 0);
     /* Its answer only told what the process runs. */
     ck_assert_str_eq(proc_module_version(p, "m"), "7");
@@ -915,7 +900,7 @@ START_TEST(free_during_a_call_calls_nobody)
     start("while read -r line <&3; do :; done", "");
     ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "x"), 100, on_call, NULL), 0);
     p = proc_free(p);
-    run_for(200);
+    test_run_for(ev, 200);
     ck_assert_int_eq(n_calls_done, 0);
 }
 END_TEST

@@ -15,6 +15,7 @@
 
 #include "supervisor.h"
 #include "testlib.h"
+#include "testloop.h"
 
 static char root[] = "/tmp/reld-test-supervisor-XXXXXX";
 static sd_event *ev;
@@ -115,22 +116,7 @@ static pid_t pid_of(const char *app_name, size_t k)
     return proc_pid(child(app_name, k)->proc);
 }
 
-typedef bool (*Cond)(void);
-
-static bool run_until(Cond cond, int ms)
-{
-    long long deadline = mono_ms() + ms;
-    while (!cond() && mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
-    return cond();
-}
-
-static void run_for(int ms)
-{
-    long long deadline = mono_ms() + ms;
-    while (mono_ms() < deadline)
-        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
-}
+typedef TestCond Cond;
 
 static char *slurp(const char *name)
 {
@@ -237,10 +223,10 @@ static void teardown(void)
     /* Stopped as reld stops them (their traps run), then freed. */
     if (s && !nothing_runs()) {
         (void)supervisor_stop_all(s, NULL, NULL);
-        run_until(nothing_runs, 8000);
+        test_run_until(ev, nothing_runs, 8000);
     }
     s = supervisor_free(s);
-    run_for(30); /* output pipes close */
+    test_run_for(ev, 30); /* output pipes close */
     ev = sd_event_unref(ev);
     hist = history_close(hist);
     rel = release_def_free(rel);
@@ -373,13 +359,13 @@ START_TEST(start_release_during_a_stop_ends_that_stop)
                         cat2(process("x", "permanent", slow("x", "0.3")), process("y", "permanent", slow("y", "0"))))};
     rel = release("1", "[{name: a, vsn: \"1\"}]", apps, 1);
     start(rel);
-    run_for(100);
+    test_run_for(ev, 100);
     int tag;
     ck_assert_int_eq(supervisor_stop_all(s, on_done, &tag), 0);
     char *apps2[] = {app("b", "1", "", process("p", "permanent", serve("b/p")))};
     rel2 = release("2", "[{name: b, vsn: \"1\"}]", apps2, 1);
     start(rel2);
-    run_for(800);
+    test_run_for(ev, 800);
     ck_assert_msg(n_done == 1, "the stop run of the replaced release never called back");
     ck_assert(!supervisor_stopping(s));
     ck_assert_int_gt(pid_of("b", 0), 0);
@@ -417,7 +403,7 @@ START_TEST(restart_permanent_after_any_exit)
     pid_t first = pid_of("a", 0);
     watched_app = "a";
     watched_k = 0;
-    ck_assert(run_until(restarted, 5000));
+    ck_assert(test_run_until(ev, restarted, 5000));
     ck_assert_int_ne(pid_of("a", 0), first);
     ck_assert_int_eq(child("a", 0)->restarts, 1);
     char *ex = events("process_exit"), *re = events("process_restart");
@@ -437,10 +423,10 @@ START_TEST(restart_transient_only_after_a_failure)
     start(rel);
     watched_app = "a";
     watched_k = 1;
-    ck_assert(run_until(restarted, 5000));
+    ck_assert(test_run_until(ev, restarted, 5000));
     watched_k = 0;
-    ck_assert(run_until(exited_now, 5000));
-    run_for(200);
+    ck_assert(test_run_until(ev, exited_now, 5000));
+    test_run_for(ev, 200);
     ck_assert_int_eq(pid_of("a", 0), 0);
     ck_assert_int_eq(child("a", 0)->restarts, 0);
     ck_assert_int_eq(child("a", 1)->restarts, 1);
@@ -459,10 +445,10 @@ START_TEST(restart_temporary_never)
     start(rel);
     watched_app = "a";
     watched_k = 0;
-    ck_assert(run_until(exited_now, 5000));
+    ck_assert(test_run_until(ev, exited_now, 5000));
     watched_k = 1;
-    ck_assert(run_until(exited_now, 5000));
-    run_for(200);
+    ck_assert(test_run_until(ev, exited_now, 5000));
+    test_run_for(ev, 200);
     ck_assert_int_eq(child("a", 0)->restarts, 0);
     ck_assert_int_eq(child("a", 1)->restarts, 0);
     ck_assert_int_eq(pid_of("a", 1), 0);
@@ -494,7 +480,7 @@ START_TEST(restart_intensity_stops_the_application)
         app("b", "1", "", process("p", "permanent", serve("b/p")))};
     rel = release("1", "[{name: a, vsn: \"1\"}, {name: b, vsn: \"1\"}]", apps, 2);
     start(rel);
-    ck_assert(run_until(app_a_stopped, 10000));
+    ck_assert(test_run_until(ev, app_a_stopped, 10000));
     ck_assert_int_eq(child("a", 0)->restarts, SUPERVISOR_MAX_RESTARTS);
     char *ex = events("process_exit"), *lim = events("restart_limit");
     ck_assert_uint_eq(n_lines(ex), SUPERVISOR_MAX_RESTARTS + 1);
@@ -524,7 +510,7 @@ START_TEST(restart_intensity_stops_the_application)
     ck_assert_str_eq(json_string_value(json_object_get(json_array_get(st, 1), "state")), "stopped");
     ck_assert_str_eq(json_string_value(json_object_get(json_array_get(st, 2), "state")), "running");
     json_decref(st);
-    run_for(200);
+    test_run_for(ev, 200);
     ck_assert_int_eq(child("a", 0)->restarts, SUPERVISOR_MAX_RESTARTS); /* no more */
 }
 END_TEST
@@ -538,13 +524,13 @@ START_TEST(stop_one_at_a_time_in_the_given_order)
         app("b", "1", "", process("z", "permanent", serve("b/z")))};
     rel = release("1", "[{name: a, vsn: \"1\"}, {name: b, vsn: \"1\"}]", apps, 2);
     start(rel);
-    run_for(100); /* the traps are set */
+    test_run_for(ev, 100); /* the traps are set */
     Child *v[] = {child("a", 0), child("a", 1)};
     int tag;
     ck_assert_int_eq(supervisor_stop(s, v, 2, on_done, &tag), 0);
     ck_assert(supervisor_stopping(s));
     ck_assert_int_eq(n_done, 0);
-    ck_assert(run_until(done_once, 5000));
+    ck_assert(test_run_until(ev, done_once, 5000));
     char *o = slurp("order");
     /* y got SIGTERM only once x had exited. */
     ck_assert_str_eq(o, "x term\nx exit\ny term\ny exit\n");
@@ -555,7 +541,7 @@ START_TEST(stop_one_at_a_time_in_the_given_order)
     ck_assert_int_gt(pid_of("b", 0), 0); /* not asked */
     ck_assert(!supervisor_stopping(s));
     /* Stopped: no restarts, recorded as stops. */
-    run_for(200);
+    test_run_for(ev, 200);
     ck_assert_int_eq(pid_of("a", 0), 0);
     ck_assert_int_eq(child("a", 0)->restarts, 0);
     char *st = events("process_stop");
@@ -572,7 +558,7 @@ START_TEST(stop_calls_done_from_the_loop_even_with_nothing_to_stop)
     start(rel);
     watched_app = "a";
     watched_k = 0;
-    ck_assert(run_until(exited_now, 5000));
+    ck_assert(test_run_until(ev, exited_now, 5000));
     Child *v[] = {child("a", 0)};
     ck_assert_int_eq(supervisor_stop(s, v, 1, on_done, NULL), 0);
     ck_assert_int_eq(n_done, 0); /* not from inside the call */
@@ -582,7 +568,7 @@ START_TEST(stop_calls_done_from_the_loop_even_with_nothing_to_stop)
     ck_assert_int_eq(supervisor_stop(s, NULL, 0, NULL, NULL), 0);
     ck_assert_int_eq(supervisor_stop(s, NULL, 0, on_done, NULL), 0);
     ck_assert_int_eq(n_done, 1);
-    run_for(50);
+    test_run_for(ev, 50);
     ck_assert_int_eq(n_done, 2);
     ck_assert(!supervisor_stopping(s));
 }
@@ -594,7 +580,7 @@ START_TEST(stop_two_runs_at_once_each_calls_back)
         "a", "1", "", cat2(process("x", "permanent", slow("x", "0.4")), process("y", "permanent", slow("y", "0.4"))))};
     rel = release("1", "[{name: a, vsn: \"1\"}]", apps, 1);
     start(rel);
-    run_for(100);
+    test_run_for(ev, 100);
     int t1, t2;
     Child *v1[] = {child("a", 0)}, *v2[] = {child("a", 1)};
     ck_assert_int_eq(supervisor_stop(s, v1, 1, on_done, &t1), 0);
@@ -617,14 +603,14 @@ START_TEST(forget_calls_nobody_and_the_stop_goes_on)
     char *apps[] = {app("a", "1", "", process("x", "permanent", slow("x", "0.1")))};
     rel = release("1", "[{name: a, vsn: \"1\"}]", apps, 1);
     start(rel);
-    run_for(100);
+    test_run_for(ev, 100);
     int tag;
     Child *v[] = {child("a", 0)};
     ck_assert_int_eq(supervisor_stop(s, v, 1, on_done, &tag), 0);
     supervisor_forget(s, &tag);
     supervisor_forget(s, NULL); /* nobody's: no effect */
-    ck_assert(run_until(nothing_runs, 5000));
-    run_for(100);
+    ck_assert(test_run_until(ev, nothing_runs, 5000));
+    test_run_for(ev, 100);
     ck_assert_int_eq(n_done, 0);
     ck_assert(!supervisor_stopping(s));
     char *o = slurp("order");
@@ -643,11 +629,11 @@ START_TEST(stop_all_in_reverse_start_order)
         app("a", "1", "", cat2(process("p1", "permanent", serve("a/p1")), process("p2", "permanent", serve("a/p2"))))};
     rel = release("1", "[{name: b, vsn: \"1\"}, {name: a, vsn: \"1\"}]", apps, 2);
     start(rel);
-    run_for(100);
+    test_run_for(ev, 100);
     int tag;
     ck_assert_int_eq(supervisor_stop_all(s, on_done, &tag), 0);
     ck_assert_int_eq(n_done, 0);
-    ck_assert(run_until(done_once, 8000));
+    ck_assert(test_run_until(ev, done_once, 8000));
     ck_assert_ptr_eq(done_data, &tag);
     char *o = slurp("order");
     ck_assert_str_eq(o, "b/p2\nb/p1\na/p2\na/p1\n");
@@ -659,7 +645,7 @@ START_TEST(stop_all_in_reverse_start_order)
     for (size_t i = 0; i < 4; i++)
         ck_assert_str_eq(json_string_value(json_object_get(json_array_get(st, i), "state")), "stopped");
     json_decref(st);
-    run_for(200);
+    test_run_for(ev, 200);
     ck_assert(nothing_runs()); /* no restarts */
 }
 END_TEST
@@ -668,7 +654,7 @@ START_TEST(stop_all_with_nothing_running)
 {
     ck_assert_int_eq(supervisor_stop_all(s, on_done, NULL), 0);
     ck_assert_int_eq(n_done, 0);
-    ck_assert(run_until(done_once, 1000));
+    ck_assert(test_run_until(ev, done_once, 1000));
 }
 END_TEST
 
@@ -682,7 +668,7 @@ START_TEST(start_child_after_a_stop)
     pid_t first = pid_of("a", 0);
     Child *v[] = {child("a", 0)};
     ck_assert_int_eq(supervisor_stop(s, v, 1, on_done, NULL), 0);
-    ck_assert(run_until(done_once, 5000));
+    ck_assert(test_run_until(ev, done_once, 5000));
     ck_assert_int_eq(supervisor_start_child(s, child("a", 0)), 0);
     ck_assert_int_gt(pid_of("a", 0), 0);
     ck_assert_int_ne(pid_of("a", 0), first);
@@ -695,7 +681,7 @@ START_TEST(start_child_after_a_stop)
     ck_assert_int_eq(kill(second, SIGKILL), 0);
     watched_app = "a";
     watched_k = 0;
-    ck_assert(run_until(restarted, 5000));
+    ck_assert(test_run_until(ev, restarted, 5000));
     ck_assert_int_ne(pid_of("a", 0), second);
 }
 END_TEST
@@ -755,7 +741,7 @@ START_TEST(remove_app_forgets_it)
     ck_assert_ptr_nonnull(b);
     Child *v[] = {b->children[0]};
     ck_assert_int_eq(supervisor_stop(s, v, 1, on_done, NULL), 0);
-    ck_assert(run_until(done_once, 5000));
+    ck_assert(test_run_until(ev, done_once, 5000));
     supervisor_remove_app(s, b);
     ck_assert_uint_eq(supervisor_n_apps(s), 2);
     ck_assert_ptr_null(supervisor_find_app(s, "b"));
@@ -807,9 +793,9 @@ START_TEST(adopt_release_takes_the_new_definitions_for_the_next_start)
     /* The next start runs 2's process in 2's directory. */
     Child *v[] = {child("a", 0)};
     ck_assert_int_eq(supervisor_stop(s, v, 1, on_done, NULL), 0);
-    ck_assert(run_until(done_once, 5000));
+    ck_assert(test_run_until(ev, done_once, 5000));
     ck_assert_int_eq(supervisor_start_child(s, child("a", 0)), 0);
-    ck_assert(run_until(a_runs_v2, 5000));
+    ck_assert(test_run_until(ev, a_runs_v2, 5000));
     char *run = slurp("a-run");
     char *want = xasprintf("v2 %s/lib/a-2\n", root);
     ck_assert_str_eq(run, want);
@@ -887,10 +873,10 @@ START_TEST(status_shape)
                              process("q", "temporary", xstrdup("exit 0"))))};
     rel = release("1", "[{name: a, vsn: \"1\"}]", apps, 1);
     start(rel);
-    ck_assert(run_until(hello_seen, 5000));
+    ck_assert(test_run_until(ev, hello_seen, 5000));
     watched_app = "a";
     watched_k = 1;
-    ck_assert(run_until(exited_now, 5000));
+    ck_assert(test_run_until(ev, exited_now, 5000));
     json_t *st = supervisor_status(s);
     ck_assert_uint_eq(json_array_size(st), 2);
     json_t *p = json_array_get(st, 0), *q = json_array_get(st, 1);
@@ -922,7 +908,7 @@ START_TEST(status_shape)
     st = supervisor_status(s);
     ck_assert_str_eq(json_string_value(json_object_get(json_array_get(st, 0), "state")), "stopping");
     json_decref(st);
-    ck_assert(run_until(done_once, 5000));
+    ck_assert(test_run_until(ev, done_once, 5000));
 }
 END_TEST
 
