@@ -29,6 +29,8 @@ static void usage(FILE *f)
           "      is not: --no-wait, --commit (make it permanent once healthy), --min-healthy MS,\n"
           "      --health-timeout MS; exit 3: rolled back, 4: needs an operator. --rehearse: each\n"
           "      process converts a copy of its live state with the new code first\n"
+          "      --dry-run: change nothing; print the plan, the processes each step reaches, the\n"
+          "      expected pause from earlier upgrades and the rehearsal (--no-rehearse skips it)\n"
           "  releases                  the releases reld knows, with their states\n"
           "  make-permanent [VSN]      make the current release (or VSN) permanent\n"
           "  remove VSN                remove a release that is neither permanent nor running\n"
@@ -364,6 +366,7 @@ static int outcome_status(const json_t *rep)
         {"refused", EXIT_REFUSED},
         {"rolled_back", EXIT_ROLLED_BACK},
         {"needs_operator", EXIT_NEEDS_OPERATOR},
+        {"dry_run", 0},
     };
     const char *o = json_string_value(json_object_get(rep, "outcome"));
     bool ok = json_is_true(json_object_get(rep, "ok"));
@@ -371,6 +374,135 @@ static int outcome_status(const json_t *rep)
         if (strcmp(o, table[k].outcome) == 0)
             return ok ? 0 : table[k].status ? table[k].status : EXIT_REFUSED;
     return ok ? 0 : EXIT_REFUSED;
+}
+
+static const char *cmd_dir(const json_t *rep)
+{
+    const char *d = json_string_value(json_object_get(rep, "direction"));
+    return d ? d : "install";
+}
+
+/* One process an instruction reaches, as "app/proc[pid]: what". */
+static void print_reached(const json_t *p)
+{
+    const char *does = json_string_value(json_object_get(p, "does"));
+    const char *module = json_string_value(json_object_get(p, "module"));
+    json_t *mods = json_object_get(p, "modules"), *pause = json_object_get(p, "expected_pause_ms");
+    json_int_t pid = json_integer_value(json_object_get(p, "pid"));
+    printf("       %s", json_string_value(json_object_get(p, "process")));
+    if (pid)
+        printf("[%lld]", (long long)pid);
+    printf(":");
+    if (does)
+        printf(" %s", does);
+    if (json_array_size(mods)) {
+        size_t i;
+        json_t *m;
+        printf(" (");
+        json_array_foreach(mods, i, m) printf("%s%s", i ? ", " : "", json_string_value(m));
+        printf(")");
+    }
+    if (module) {
+        const char *vsn = json_string_value(json_object_get(p, "version"));
+        const char *purges = json_string_value(json_object_get(p, "purges"));
+        printf(" %s runs %s", module, vsn ? vsn : "(none)");
+        if (purges)
+            printf(", purges %s", purges);
+    }
+    if (json_is_object(pause))
+        printf("; expected pause %.3f ms (max %.3f ms, of %lld earlier)",
+               json_number_value(json_object_get(pause, "last")), json_number_value(json_object_get(pause, "max")),
+               (long long)json_integer_value(json_object_get(pause, "of")));
+    else if (does && strcmp(does, "suspended") == 0)
+        printf("; no earlier pause known");
+    if (json_is_true(json_object_get(p, "kills")))
+        printf("; the purge KILLS it: %s", json_string_value(json_object_get(p, "why")));
+    if (json_is_string(json_object_get(p, "refused")))
+        printf("; %s", json_string_value(json_object_get(p, "refused")));
+    printf("\n");
+}
+
+/* A dry run's report (manager.h, upgrade.h upgrade_dry_run). */
+static void print_dry_run(const json_t *rep)
+{
+    const char *from = json_string_value(json_object_get(rep, "from"));
+    const char *to = json_string_value(json_object_get(rep, "to"));
+    const char *outcome = json_string_value(json_object_get(rep, "outcome"));
+    size_t i;
+    json_t *v;
+    if (outcome && strcmp(outcome, "unchanged") == 0) {
+        printf("dry run: release %s already runs: unchanged\n", to);
+        return;
+    }
+    if (json_is_array(json_object_get(rep, "starts"))) {
+        printf("dry run: install of release %s (nothing runs): would start, in order:\n", to);
+        json_array_foreach(json_object_get(rep, "starts"), i, v)
+        {
+            size_t k;
+            json_t *p;
+            printf("  %s %s:", json_string_value(json_object_get(v, "application")),
+                   json_string_value(json_object_get(v, "vsn")));
+            json_array_foreach(json_object_get(v, "processes"), k, p) printf(" %s", json_string_value(p));
+            printf("\n");
+        }
+        printf("nothing changed\n");
+        return;
+    }
+    if (!json_is_array(json_object_get(rep, "instructions"))) {
+        printf("dry run: %s to %s: no plan\n", cmd_dir(rep), to ? to : "?");
+        return;
+    }
+    printf("dry run: %s from %s to %s, %zu instructions:\n", cmd_dir(rep), from ? from : "?", to ? to : "?",
+           json_array_size(json_object_get(rep, "instructions")));
+    json_array_foreach(json_object_get(rep, "instructions"), i, v)
+    {
+        size_t k;
+        json_t *p;
+        printf("  %3lld. %s\n", (long long)json_integer_value(json_object_get(v, "k")),
+               json_string_value(json_object_get(v, "instruction")));
+        json_array_foreach(json_object_get(v, "processes"), k, p) print_reached(p);
+    }
+    json_t *restarts = json_object_get(rep, "restarts");
+    printf("restarted at the switch-over (no runtime): %s\n", json_array_size(restarts) ? "" : "none");
+    json_array_foreach(restarts, i, v)
+    {
+        const char *vto = json_string_value(json_object_get(v, "to"));
+        printf("  %s[%lld]: %s -> %s\n", json_string_value(json_object_get(v, "process")),
+               (long long)json_integer_value(json_object_get(v, "pid")), json_string_value(json_object_get(v, "from")),
+               vto ? vto : "(stops)");
+    }
+    json_int_t earlier = json_integer_value(json_object_get(rep, "earlier_upgrades"));
+    if (!earlier) {
+        printf("expected pause: no earlier upgrade from %s to %s\n", from, to);
+    } else {
+        const char *label;
+        printf("expected pause per process (the last of %lld earlier upgrades from %s to %s):\n", (long long)earlier,
+               from, to);
+        json_object_foreach(json_object_get(rep, "expected_pause_ms"), label, v)
+            printf("  %s: %.3f ms (max %.3f ms)\n", label, json_number_value(json_object_get(v, "last")),
+                   json_number_value(json_object_get(v, "max")));
+    }
+    json_t *reh = json_object_get(rep, "rehearsal");
+    if (!json_is_object(reh)) {
+        printf("rehearsal: not asked (--no-rehearse)\n");
+    } else {
+        json_t *procs = json_object_get(reh, "processes");
+        printf("rehearsal: %s\n", json_is_true(json_object_get(reh, "ok"))
+                                      ? json_array_size(procs) ? "ok" : "ok, no process concerned"
+                                      : "FAILED");
+        json_array_foreach(procs, i, v)
+        {
+            json_t *fork_us = json_object_get(v, "fork_us");
+            printf("  %s[%lld]: %s", json_string_value(json_object_get(v, "process")),
+                   (long long)json_integer_value(json_object_get(v, "pid")),
+                   json_string_value(json_object_get(v, "outcome")));
+            if (json_is_integer(fork_us))
+                printf(" (fork %.3f ms)", (double)json_integer_value(fork_us) / 1000.0);
+            printf("\n");
+        }
+    }
+    printf("%s\n", outcome && strcmp(outcome, "dry_run") == 0 ? "nothing changed (outcome dry_run)"
+                                                              : "nothing changed; it would be refused");
 }
 
 /* install TARBALL|VSN, upgrade VSN, downgrade VSN: a file is unpacked
@@ -385,8 +517,11 @@ static int cmd_go(int argc, char **argv, const char *cmd)
                                          {"min-healthy", required_argument, NULL, 'm'},
                                          {"health-timeout", required_argument, NULL, 't'},
                                          {"rehearse", no_argument, NULL, 'r'},
+                                         {"no-rehearse", no_argument, NULL, 'R'},
+                                         {"dry-run", no_argument, NULL, 'd'},
                                          {0}};
     bool install = strcmp(cmd, "install") == 0, json = false, no_wait = false, commit = false, rehearse = false;
+    bool no_rehearse = false, dry_run = false;
     long ms[2] = {-1, -1}; /* --min-healthy, --health-timeout */
     int c;
     optind = 1;
@@ -400,6 +535,10 @@ static int cmd_go(int argc, char **argv, const char *cmd)
             commit = true;
         } else if (c == 'r') {
             rehearse = true;
+        } else if (c == 'R') {
+            no_rehearse = true;
+        } else if (c == 'd') {
+            dry_run = true;
         } else if (c == 'm' || c == 't') {
             long v = strtol(optarg, &end, 10);
             if (!*optarg || *end || v < (c == 'm' ? 0 : 1) || v > 86400000) {
@@ -409,8 +548,8 @@ static int cmd_go(int argc, char **argv, const char *cmd)
             }
             ms[c == 't'] = v;
         } else if (c == 'h') {
-            printf("Usage: relctl %s [--json] [--rehearse] [--no-wait] [--commit] [--min-healthy MS] "
-                   "[--health-timeout MS] %s\n",
+            printf("Usage: relctl %s [--json] [--rehearse|--no-rehearse] [--dry-run] [--no-wait] [--commit] "
+                   "[--min-healthy MS] [--health-timeout MS] %s\n",
                    cmd, install ? "TARBALL|VSN" : "VSN");
             return 0;
         } else {
@@ -421,6 +560,15 @@ static int cmd_go(int argc, char **argv, const char *cmd)
         fprintf(stderr, "relctl: %s takes one %s\n", cmd, install ? "tarball or release version" : "release version");
         return EXIT_USAGE;
     }
+    if (rehearse && no_rehearse) {
+        fprintf(stderr, "relctl: %s: --rehearse and --no-rehearse contradict each other\n", cmd);
+        return EXIT_USAGE;
+    }
+    if (dry_run && (commit || no_wait)) {
+        fprintf(stderr, "relctl: %s: --dry-run changes nothing: no --%s\n", cmd, commit ? "commit" : "no-wait");
+        return EXIT_USAGE;
+    }
+    rehearse = dry_run ? !no_rehearse : rehearse; /* a dry run rehearses unless told not to */
     const char *arg = argv[optind];
     char *vsn = NULL;
     json_t *rep;
@@ -456,6 +604,8 @@ static int cmd_go(int argc, char **argv, const char *cmd)
     }
     json_t *req = json_pack("{s:s, s:s, s:b, s:b, s:b}", "cmd", cmd, "vsn", vsn, "no_wait", no_wait, "commit", commit,
                             "rehearse", rehearse);
+    if (req && dry_run)
+        json_object_set_new(req, "dry_run", json_true());
     free(vsn);
     if (req && ms[0] >= 0)
         json_object_set_new(req, "min_healthy_ms", json_integer(ms[0]));
@@ -472,6 +622,8 @@ static int cmd_go(int argc, char **argv, const char *cmd)
     int status = outcome_status(rep);
     if (json) {
         (void)print_json(rep); /* a failure too: the outcome is in it */
+    } else if (json_is_true(json_object_get(rep, "dry_run"))) {
+        print_dry_run(rep);
     } else if (status == 0) {
         const char *o = json_string_value(json_object_get(rep, "outcome"));
         const char *installed = json_string_value(json_object_get(rep, "installed"));

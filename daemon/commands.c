@@ -113,7 +113,7 @@ static bool ms_field(Client *c, json_t *req, const char *key, long *out)
 }
 
 /* install, upgrade, downgrade: {vsn, no_wait?, commit?, rehearse?,
- * min_healthy_ms?, health_timeout_ms?, rehearse_timeout_ms?} (manager.h,
+ * min_healthy_ms?, health_timeout_ms?, rehearse_timeout_ms?, dry_run?} (manager.h,
  * ManagerInstall). */
 static void install(Client *c, json_t *req, Manager *m, const char *direction)
 {
@@ -128,7 +128,8 @@ static void install(Client *c, json_t *req, Manager *m, const char *direction)
     if (!bool_field(c, req, "no_wait", &in.no_wait) || !bool_field(c, req, "commit", &in.commit) ||
         !bool_field(c, req, "rehearse", &in.rehearse) || !ms_field(c, req, "min_healthy_ms", &in.min_healthy_ms) ||
         !ms_field(c, req, "health_timeout_ms", &in.health_timeout_ms) ||
-        !ms_field(c, req, "rehearse_timeout_ms", &in.rehearse_timeout_ms))
+        !ms_field(c, req, "rehearse_timeout_ms", &in.rehearse_timeout_ms) ||
+        !bool_field(c, req, "dry_run", &in.dry_run))
         return;
     ManagerCaller mc = {.progress = on_progress, .done = on_install_done, .userdata = c};
     manager_install(m, &in, client_who(c), &mc);

@@ -33,6 +33,7 @@ typedef enum Outcome {
     OUTCOME_REFUSED,        /* refused before anything changed */
     OUTCOME_ROLLED_BACK,    /* it failed or was not healthy; the release before runs, healthy */
     OUTCOME_NEEDS_OPERATOR, /* the way back failed too, or the release before is not healthy */
+    OUTCOME_DRY_RUN,        /* a dry run reported, nothing changed (its rehearsal passed) */
     _OUTCOME_MAX,
 } Outcome;
 
@@ -40,6 +41,7 @@ static const char *const outcome_names[_OUTCOME_MAX] = {
     [OUTCOME_COMMITTED] = "committed",     [OUTCOME_CURRENT] = "current",
     [OUTCOME_UNCHANGED] = "unchanged",     [OUTCOME_REFUSED] = "refused",
     [OUTCOME_ROLLED_BACK] = "rolled_back", [OUTCOME_NEEDS_OPERATOR] = "needs_operator",
+    [OUTCOME_DRY_RUN] = "dry_run",
 };
 
 /* Where an install stands once its processes run (the health gate). */
@@ -309,8 +311,12 @@ static void change_release(Manager *m, Op *op, const char *running, bool running
 /* Ends an install, upgrade or downgrade with outcome o: the reply (taken,
  * may be NULL) gets "outcome"; the history and `relctl status` keep it
  * with its first reason. r: the failure's errno (ignored on success). */
+static void dry_run_done(Op *op, Outcome o, int r, json_t *reply);
+
 static void finish(Op *op, Outcome o, int r, json_t *reply)
 {
+    if (op->in.dry_run) /* refused on the way (change_release): nothing to keep */
+        return dry_run_done(op, o, r, reply);
     Manager *m = op->m;
     bool ok = o == OUTCOME_COMMITTED || o == OUTCOME_CURRENT || o == OUTCOME_UNCHANGED;
     const char *release = op->to ? op->to : op->vsn, *reason = op->diag.errors.n ? op->diag.errors.v[0] : NULL;
@@ -506,10 +512,14 @@ static int record_change(Manager *m, Upgrade *u, bool running_was_current, const
     return r;
 }
 
+static void dry_run_finished(Manager *m, Op *op, Upgrade *u, int r);
+
 static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
 {
     Manager *m = userdata;
     Op *op = m->upgrade_op;
+    if (op->in.dry_run)
+        return dry_run_finished(m, op, u, r);
     const char *verb = upgrade_up(u) ? "upgrade" : "downgrade";
     const Diag *ud = upgrade_diag(u);
     for (size_t k = 0; k < ud->errors.n; k++)
@@ -587,6 +597,7 @@ static void change_release(Manager *m, Op *op, const char *running, bool running
                        .rehearse =
                            op->in.rehearse && op->phase != GATE_ROLLING_BACK, /* the way back: as fast as can be */
                        .rehearse_timeout_ms = op->in.rehearse_timeout_ms > 0 ? (int)op->in.rehearse_timeout_ms : 0,
+                       .dry_run = op->in.dry_run,
                        .progress = on_upgrade_progress,
                        .finished = on_upgrade_finished,
                        .userdata = m};
@@ -597,6 +608,73 @@ static void change_release(Manager *m, Op *op, const char *running, bool running
     }
     supervisor_hold_health(m->sup, true); /* no health command between a load and its code_change */
     m->upgrade_op = op;
+}
+
+/* ---- dry runs ------------------------------------------------------------------------ */
+
+/* A dry run's end: its report, and no outcome kept (finish() records one
+ * for status and the history; a dry run changed nothing to record). */
+static void dry_run_done(Op *op, Outcome o, int r, json_t *reply)
+{
+    if (!reply)
+        reply = json_pack("{s:b, s:s}", "dry_run", 1, "to", op->to);
+    json_object_set_new(reply, "outcome", json_string(outcome_names[o]));
+    op_done(op, r, reply);
+}
+
+static void dry_run_finished(Manager *m, Op *op, Upgrade *u, int r)
+{
+    const Diag *ud = upgrade_diag(u);
+    for (size_t k = 0; k < ud->errors.n; k++)
+        diag_error(&op->diag, "%s", ud->errors.v[k]);
+    for (size_t k = 0; k < ud->warnings.n; k++)
+        diag_warning(&op->diag, "%s", ud->warnings.v[k]);
+    supervisor_hold_health(m->sup, false);
+    json_t *report = upgrade_dry_run(u) ? json_deep_copy(upgrade_dry_run(u)) : NULL;
+    m->upgrade = upgrade_free(m->upgrade);
+    m->upgrade_op = NULL;
+    if (r < 0 && !op->diag.errors.n)
+        diag_error(&op->diag, "the dry run failed: %s", strerror(-r));
+    dry_run_done(op, r == 0 ? OUTCOME_DRY_RUN : OUTCOME_REFUSED, r, report);
+}
+
+/* A first install's dry run: what would start, in start order. */
+static void dry_boot_done(void *userdata)
+{
+    Op *op = userdata;
+    if (op->r < 0)
+        return dry_run_done(op, OUTCOME_REFUSED, op->r, NULL);
+    json_t *starts = json_array();
+    size_t *order = appdefs_release_order(op->rel);
+    for (size_t k = 0; k < op->rel->n_apps; k++) {
+        const ReleaseAppRef *ref = &op->rel->apps[order[k]];
+        json_t *procs = json_array();
+        for (size_t i = 0; i < ref->app->n_processes; i++)
+            json_array_append_new(procs, json_string(ref->app->processes[i].name));
+        json_array_append_new(
+            starts, json_pack("{s:s, s:s, s:o}", "application", ref->app->name, "vsn", ref->vsn, "processes", procs));
+    }
+    free(order);
+    dry_run_done(op, OUTCOME_DRY_RUN, 0,
+                 json_pack("{s:b, s:n, s:s, s:o}", "dry_run", 1, "from", "to", op->to, "starts", starts));
+}
+
+/* Nothing changes: the report of what an install would do. */
+static void dry_run(Manager *m, Op *op, const char *running, const char *cur, const char *direction)
+{
+    int r;
+    if (running && strcmp(running, op->to) == 0) {
+        dry_run_done(op, OUTCOME_UNCHANGED, 0,
+                     json_pack("{s:b, s:s, s:s}", "dry_run", 1, "from", running, "to", op->to));
+    } else if (running) {
+        change_release(m, op, running, cur && strcmp(cur, running) == 0, direction);
+    } else if (direction) {
+        diag_error(&op->diag, "no release is running to %s from", direction);
+        dry_run_done(op, OUTCOME_REFUSED, -EINVAL, NULL);
+    } else if ((r = jobs_run(m->jobs, load_work, dry_boot_done, op)) < 0) {
+        diag_error(&op->diag, "cannot start the dry run: %s", strerror(-r));
+        dry_run_done(op, OUTCOME_REFUSED, r, NULL);
+    }
 }
 
 void manager_install(Manager *m, const ManagerInstall *in, const char *who, const ManagerCaller *c)
@@ -632,7 +710,9 @@ void manager_install(Manager *m, const ManagerInstall *in, const char *who, cons
     op->in = *in;
     op->in.vsn = op->to;
     op->in.direction = NULL;
-    if (running && strcmp(running, vsn) == 0) {
+    if (in->dry_run) {
+        dry_run(m, op, running, cur, direction);
+    } else if (running && strcmp(running, vsn) == 0) {
         /* Already there: nothing to do (and --commit makes it permanent). */
         json_t *reply = json_pack("{s:s}", "installed", vsn);
         if (in->commit && (r = set_permanent(m, vsn, who, &op->diag)) < 0) {

@@ -81,6 +81,7 @@ typedef struct ManagerInstall {
     long health_timeout_ms;   /* how long the gate waits; <= 0: the config's */
     bool rehearse;            /* an upgrade or downgrade rehearses first (executor.h) */
     long rehearse_timeout_ms; /* per process; <= 0: the executor's default */
+    bool dry_run;             /* change nothing: report the plan (below) */
 } ManagerInstall;
 
 /* Starts release in->vsn when none runs, or changes the running release
@@ -95,7 +96,16 @@ typedef struct ManagerInstall {
  * healthy) | needs_operator on failure, and the reasons name the process,
  * its last check or exit and its last output. Success reply: {installed,
  * outcome, health?: {healthy, waited_ms}[, from, direction, instructions,
- * ms]}. */
+ * ms]}.
+ *
+ * dry_run: changes nothing (no state, no process touched, no instruction
+ * run, no outcome kept for status) and reports. A change of release: the
+ * plan as upgrade_dry_run() (upgrade.h) reports it, after the rehearsal
+ * when rehearse (recorded as an attempt of kind "dry_run"); outcome
+ * "dry_run", or "refused" (r < 0) when the rehearsal failed, the reasons
+ * in diag. A first install: {dry_run, to, starts: [{application, vsn,
+ * processes: [name, ...]}] in start order}, outcome "dry_run". The running
+ * release: {dry_run, to}, outcome "unchanged". */
 void manager_install(Manager *m, const ManagerInstall *in, const char *who, const ManagerCaller *c);
 /* reply {removed}. */
 void manager_remove(Manager *m, const char *vsn, const char *who, const ManagerCaller *c);

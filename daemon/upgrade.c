@@ -39,6 +39,7 @@ struct Upgrade {
     bool delayed;
     bool recorded;  /* the attempt's outcome is in the history */
     bool cancelled; /* while planning: reld stops; nothing is to run */
+    json_t *dry;    /* a dry run's report (upgrade_dry_run) */
 };
 
 #ifdef RELD_TEST_HOOKS
@@ -136,6 +137,7 @@ Upgrade *upgrade_free(Upgrade *u)
     sd_event_source_disable_unref(u->step);
     sd_event_source_disable_unref(u->delay);
     relup_free(u->relup);
+    json_decref(u->dry);
     release_def_free(u->target);
     diag_clear(&u->diag);
     free(u->from);
@@ -161,7 +163,11 @@ static void send_progress(Upgrade *u)
 
 static void finish(Upgrade *u, int r)
 {
-    const char *verb = u->p.up ? "upgrade" : "downgrade";
+    const char *verb = u->p.dry_run ? (u->p.up ? "dry run of the upgrade" : "dry run of the downgrade")
+                       : u->p.up    ? "upgrade"
+                                    : "downgrade";
+    if (u->dry && u->ex && executor_rehearsal(u->ex))
+        json_object_set(u->dry, "rehearsal", executor_rehearsal(u->ex));
     char *why = NULL;
     if (r < 0)
         why = xasprintf("%s%s%s", u->diag.errors.n ? u->diag.errors.v[0] : strerror(-r), u->diag.warnings.n ? "; " : "",
@@ -238,6 +244,254 @@ static void plan(void *userdata)
         u->plan_r = store_load_release(u->root, u->to, &u->target, &u->diag);
 }
 
+/* ---- a dry run ---------------------------------------------------------------- */
+
+/* What process c reports of module (proc_modules(): {name, version,
+ * old_version, pins, old_pins}), or NULL. */
+static json_t *module_status(const Child *c, const char *module)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(proc_modules(c->proc), i, m)
+    {
+        const char *name = json_string_value(json_object_get(m, "name"));
+        if (name && strcmp(name, module) == 0)
+            return m;
+    }
+    return NULL;
+}
+
+/* Does c run module, by its current definition or its new one (as the
+ * executor decides whom an instruction reaches)? */
+static bool child_runs(const Upgrade *u, const Child *c, const char *module)
+{
+    const ProcessDef *nd = supervisor_def_in(u->target, c, NULL);
+    return strvec_contains(&proc_def(c->proc)->modules, module) || (nd && strvec_contains(&nd->modules, module));
+}
+
+static json_t *reached(const Child *c)
+{
+    return json_pack("{s:s, s:i}", "process", proc_label(c->proc), "pid", (int)proc_pid(c->proc));
+}
+
+/* The modules of in that c runs, or NULL. */
+static json_t *modules_run(const Upgrade *u, const Child *c, const RelupInstr *in)
+{
+    json_t *v = NULL;
+    for (size_t m = 0; m < in->n_mods; m++)
+        if (child_runs(u, c, in->mods[m].module)) {
+            if (!v)
+                v = json_array();
+            json_array_append_new(v, json_string(in->mods[m].module));
+        }
+    return v;
+}
+
+/* A load's or purge's effect on c's module: the versions it runs, and
+ * whether a brutal purge would kill it (pinned old code: docs/runtime.md,
+ * "Purges"), from what it last reported. */
+static void purge_effect(json_t *p, const Child *c, const char *module, PurgeMethod pre, PurgeMethod post, bool load)
+{
+    json_t *st = module_status(c, module);
+    const char *vsn = json_string_value(json_object_get(st, "version"));
+    const char *old = json_string_value(json_object_get(st, "old_version"));
+    json_int_t pins = json_integer_value(json_object_get(st, "pins"));
+    json_int_t old_pins = json_integer_value(json_object_get(st, "old_pins"));
+    json_object_set_new(p, "module", json_string(module));
+    json_object_set_new(p, "version", vsn ? json_string(vsn) : json_null());
+    json_object_set_new(p, "old_version", old ? json_string(old) : json_null());
+    if (load) {
+        /* pre_purge: the old version left from an earlier upgrade goes now;
+         * post_purge: the version current now, old after the load, goes
+         * once the script succeeded. */
+        json_object_set_new(p, "purges", old ? json_string(old) : json_null());
+        bool pre_kills = old && old_pins > 0 && pre == PURGE_BRUTAL;
+        bool post_kills = vsn && pins > 0 && post == PURGE_BRUTAL;
+        json_object_set_new(p, "kills", json_boolean(pre_kills || post_kills));
+        if (old && old_pins > 0 && pre == PURGE_SOFT)
+            json_object_set_new(p, "refused",
+                                json_string("soft_purge of pinned old code: the upgrade would stop "
+                                            "at its point of no return"));
+        if (pre_kills || post_kills)
+            json_object_set_new(p, "why",
+                                json_string(pre_kills ? "its old code is pinned (brutal_purge kills it)"
+                                                      : "its current code is pinned and becomes old (the "
+                                                        "post_purge, brutal, kills it)"));
+    } else {
+        /* A purge after the load: what is current now is old then. */
+        json_object_set_new(p, "purges", vsn ? json_string(vsn) : json_null());
+        json_object_set_new(p, "kills", json_boolean(vsn && pins > 0));
+        if (vsn && pins > 0)
+            json_object_set_new(p, "why", json_string("its code is pinned (a purge is brutal: it kills the process)"));
+    }
+}
+
+/* Is application name of another version (or absent) in the target? */
+static bool app_changes(const Upgrade *u, const char *name)
+{
+    const ReleaseAppRef *a = appdefs_release_find(u->p.from_def, name), *b = appdefs_release_find(u->target, name);
+    return !a || !b || strcmp(a->vsn, b->vsn) != 0;
+}
+
+/* The processes instruction in reaches, as the executor would send it. */
+static json_t *instr_processes(const Upgrade *u, const RelupInstr *in, json_t *pauses)
+{
+    json_t *v = json_array();
+    Supervisor *s = u->p.supervisor;
+    if (in->op == RELUP_START_APPLICATION) {
+        const ReleaseAppRef *ref = appdefs_release_find(u->target, in->app);
+        for (size_t k = 0; ref && k < ref->app->n_processes; k++) {
+            char *label = xasprintf("%s/%s", in->app, ref->app->processes[k].name);
+            json_array_append_new(v, json_pack("{s:s, s:n, s:s}", "process", label, "pid", "does", "starts"));
+            free(label);
+        }
+        return v;
+    }
+    for (size_t a = 0; a < supervisor_n_apps(s); a++) {
+        App *app = supervisor_app(s, a);
+        for (size_t k = 0; k < app->n_children; k++) {
+            const Child *c = app->children[k];
+            bool protocol = proc_speaks_protocol(c->proc) && proc_pid(c->proc);
+            json_t *p = NULL, *mods = NULL;
+            switch (in->op) {
+            case RELUP_LOAD_OBJECT_CODE:
+            case RELUP_SUSPEND:
+            case RELUP_RESUME:
+            case RELUP_CODE_CHANGE:
+            case RELUP_PURGE:
+                if (!protocol || !(mods = modules_run(u, c, in)))
+                    break;
+                p = reached(c);
+                json_object_set_new(p, "modules", mods);
+                if (in->op == RELUP_SUSPEND) {
+                    json_object_set_new(p, "does", json_string("suspended"));
+                    json_object_set(p, "expected_pause_ms", json_object_get(pauses, "ms"));
+                } else if (in->op == RELUP_PURGE) {
+                    purge_effect(p, c, json_string_value(json_array_get(mods, 0)), PURGE_BRUTAL, PURGE_BRUTAL, false);
+                }
+                break;
+            case RELUP_LOAD:
+            case RELUP_REMOVE:
+                if (!protocol || !child_runs(u, c, in->module))
+                    break;
+                p = reached(c);
+                purge_effect(p, c, in->module, in->pre_purge, in->post_purge, in->op == RELUP_LOAD);
+                break;
+            case RELUP_STOP:
+            case RELUP_START:
+                if (!proc_pid(c->proc) || !(mods = modules_run(u, c, in)))
+                    break;
+                p = reached(c);
+                json_object_set_new(p, "modules", mods);
+                json_object_set_new(p, "does", json_string(in->op == RELUP_STOP ? "stops" : "starts on the new code"));
+                break;
+            case RELUP_STOP_APPLICATION:
+                if (!proc_pid(c->proc) || strcmp(app->name, in->app) != 0)
+                    break;
+                p = reached(c);
+                json_object_set_new(p, "does", json_string("stops"));
+                break;
+            case RELUP_POINT_OF_NO_RETURN:
+            case RELUP_UNLOAD_APPLICATION:
+            case RELUP_START_APPLICATION:
+            case RELUP_N_OPS:
+                break;
+            }
+            if (p)
+                json_array_append_new(v, p);
+        }
+    }
+    return v;
+}
+
+/* The window of the suspend at idx k in pauses (history_pauses), or NULL. */
+static json_t *pause_window(json_t *pauses, size_t k)
+{
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(pauses, "windows"), i, w)
+    {
+        if (json_integer_value(json_object_get(w, "idx")) == (json_int_t)k)
+            return w;
+    }
+    return NULL;
+}
+
+/* The report of a dry run (upgrade_dry_run), from the plan, the processes
+ * as they run now and the history of earlier upgrades. */
+static void dry_run_report(Upgrade *u)
+{
+    const RelupScript *sc = script(u);
+    json_t *pauses = NULL;
+    if (history_pauses(u->p.history, u->from, u->to, &pauses) < 0) {
+        diag_warning(&u->diag, "the pauses of earlier upgrades cannot be read: %s", history_last_error(u->p.history));
+        pauses = NULL;
+    }
+    json_t *instrs = json_array(), *expected = json_object();
+    for (size_t k = 0; k < sc->n; k++) {
+        json_t *w = sc->v[k].op == RELUP_SUSPEND ? pause_window(pauses, k + 1) : NULL;
+        json_t *ms = w ? json_pack("{s:O, s:O, s:O}", "last", json_object_get(w, "last_ms"), "max",
+                                   json_object_get(w, "max_ms"), "of", json_object_get(w, "n"))
+                       : json_null();
+        json_t *wrap = json_pack("{s:o}", "ms", ms);
+        json_t *procs = instr_processes(u, &sc->v[k], wrap);
+        json_decref(wrap);
+        char *line = relup_instr_format(&sc->v[k]);
+        json_array_append_new(instrs,
+                              json_pack("{s:i, s:s, s:o}", "k", (int)k + 1, "instruction", line, "processes", procs));
+        free(line);
+        /* A process in several suspended groups pauses in each: the sum. */
+        size_t i;
+        json_t *p;
+        json_array_foreach(procs, i, p)
+        {
+            json_t *pm = json_object_get(p, "expected_pause_ms");
+            if (!json_is_object(pm))
+                continue;
+            const char *label = json_string_value(json_object_get(p, "process"));
+            json_t *e = json_object_get(expected, label);
+            if (!e) {
+                json_object_set_new(expected, label, json_deep_copy(pm));
+                continue;
+            }
+            json_object_set_new(e, "last",
+                                json_real(json_number_value(json_object_get(e, "last")) +
+                                          json_number_value(json_object_get(pm, "last"))));
+            json_object_set_new(e, "max",
+                                json_real(json_number_value(json_object_get(e, "max")) +
+                                          json_number_value(json_object_get(pm, "max"))));
+        }
+    }
+    /* Processes without the runtime in a changed application: restarted on
+     * the new version at the switch-over; applications the target lacks
+     * stop. */
+    json_t *restarts = json_array();
+    Supervisor *s = u->p.supervisor;
+    for (size_t a = 0; a < supervisor_n_apps(s); a++) {
+        App *app = supervisor_app(s, a);
+        for (size_t k = 0; k < app->n_children; k++) {
+            const Child *c = app->children[k];
+            if (!proc_pid(c->proc) || proc_speaks_protocol(c->proc) || !app_changes(u, app->name))
+                continue;
+            json_t *p = reached(c);
+            const ReleaseAppRef *to = appdefs_release_find(u->target, app->name);
+            json_object_set_new(p, "from", json_string(app->vsn));
+            json_object_set_new(p, "to", to ? json_string(to->vsn) : json_null());
+            json_array_append_new(restarts, p);
+        }
+    }
+    json_int_t earlier = json_integer_value(json_object_get(pauses, "attempts"));
+    u->dry = json_pack("{s:b, s:s, s:s, s:s, s:o, s:o, s:I, s:o, s:n}", "dry_run", 1, "from", u->from, "to", u->to,
+                       "direction", u->p.up ? "upgrade" : "downgrade", "instructions", instrs, "restarts", restarts,
+                       "earlier_upgrades", earlier, "expected_pause_ms", expected, "rehearsal");
+    json_decref(pauses);
+}
+
+json_t *upgrade_dry_run(const Upgrade *u)
+{
+    return u->dry;
+}
+
 /* Planned: the attempt begins and the executor takes its first step. */
 static void plan_done(void *userdata)
 {
@@ -256,6 +510,12 @@ static void plan_done(void *userdata)
         return;
     }
     diag_clear(&u->diag); /* derivation warnings were for relctl relup */
+    if (u->p.dry_run) {
+        dry_run_report(u);
+        if (!u->p.rehearse) /* nothing to ask any process: done */
+            return u->p.finished(u->p.userdata, u, 0, true);
+        verb = "dry_run";
+    }
     int r = history_attempt_begin(u->p.history, u->who, verb, u->from, u->to, &u->attempt);
     if (r < 0) {
         diag_error(&u->diag, "cannot record the %s in the history: %s", verb, history_last_error(u->p.history));
@@ -276,6 +536,7 @@ static void plan_done(void *userdata)
                          .userdata = u,
                          .faults = u->hooks.faults,
                          .rehearse = u->p.rehearse,
+                         .rehearse_only = u->p.dry_run,
                          .rehearse_timeout_ms = u->p.rehearse_timeout_ms};
     r = executor_new(&ep, &u->ex);
     if (r >= 0)

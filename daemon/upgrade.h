@@ -46,6 +46,13 @@ typedef struct UpgradeParams {
      * its live state with the new code before anything changes. */
     bool rehearse;
     int rehearse_timeout_ms; /* 0: the executor's default */
+    /* A dry run changes nothing: it plans as the upgrade would (the same
+     * relup), reports (upgrade_dry_run()) and, with rehearse, runs the
+     * rehearsal alone (ExecutorParams.rehearse_only), recorded as an
+     * attempt of kind "dry_run" (its instruction 0; history_pauses counts
+     * it not). Without rehearse nothing is recorded. finished() then says
+     * 0, or the rehearsal's failure (planned true, nothing changed). */
+    bool dry_run;
     void (*progress)(void *userdata, size_t k, size_t n, const char *instruction);
     /* r: 0 done (every application runs `to`), -errno failed or refused
      * (planned == false: nothing ran, no attempt was recorded). Whether
@@ -75,5 +82,22 @@ bool upgrade_recorded(const Upgrade *u);
  * return)? false when it was refused while planning or rehearsing, or
  * failed before it: release `from` runs untouched. */
 bool upgrade_changed_anything(const Upgrade *u);
+/* A dry run's report, once planned (NULL before, and for a real run);
+ * borrowed, valid until upgrade_free():
+ *   {"dry_run": true, "from", "to", "direction": "upgrade"|"downgrade",
+ *    "instructions": [{"k": 1.., "instruction": "suspend kv", "processes":
+ *        [{"process": "app/proc", "pid", "modules"?, "does"?: "suspended" |
+ *          "stops" | "starts" | "starts on the new code",
+ *          "expected_pause_ms"?: {"last", "max", "of"} or null (suspend),
+ *          "module"?, "version"?, "old_version"?, "purges"?, "kills"?, "why"?,
+ *          "refused"? (load, remove, purge: from what the process last
+ *          reported, proc_modules())}]}],
+ *    "restarts": [{"process", "pid", "from", "to"}] (no runtime, changed
+ *        application: restarted at the switch-over),
+ *    "earlier_upgrades": N (history_pauses' attempts),
+ *    "expected_pause_ms": {"app/proc": {"last", "max", "of"}} (summed over its
+ *        suspended groups; {} without an earlier upgrade),
+ *    "rehearsal": executor_rehearsal() or null (not asked)} */
+json_t *upgrade_dry_run(const Upgrade *u);
 /* The target's definitions, once it succeeded: the caller owns them. */
 ReleaseDef *upgrade_take_target(Upgrade *u);

@@ -1589,6 +1589,193 @@ START_TEST(free_refuses_while_a_worker_thread_runs)
 }
 END_TEST
 
+/* ---- manager_install dry_run ---------------------------------------------------------------------------- */
+
+/* The pid of process app/proc in manager_status, 0 when it does not run. */
+static long long pid_of(const char *app)
+{
+    Diag d = {0};
+    json_t *s = manager_status(m, &d);
+    ck_assert_ptr_nonnull(s);
+    long long pid = 0;
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(s, "processes"), i, p)
+    {
+        if (strcmp(json_string_value(json_object_get(p, "app")), app) == 0)
+            pid = json_integer_value(json_object_get(p, "pid"));
+    }
+    json_decref(s);
+    diag_clear(&d);
+    return pid;
+}
+
+/* Attempts of kind in the history. */
+static size_t n_attempts(const char *kind)
+{
+    Diag d = {0};
+    json_t *h = manager_history(m, 1000, &d);
+    ck_assert_ptr_nonnull(h);
+    size_t n = 0, i;
+    json_t *a;
+    json_array_foreach(json_object_get(h, "attempts"), i, a) n +=
+        strcmp(json_string_value(json_object_get(a, "kind")), kind) == 0;
+    json_decref(h);
+    diag_clear(&d);
+    return n;
+}
+
+static void dry_run_to(Result *res, const char *vsn, const char *direction, bool rehearse)
+{
+    ManagerCaller c = caller(res);
+    ManagerInstall in = ask(vsn, direction);
+    in.dry_run = true;
+    in.rehearse = rehearse;
+    manager_install(m, &in, "tester", &c);
+    wait_result(res, 15000);
+}
+
+START_TEST(dry_run_of_an_upgrade_changes_nothing_and_names_the_processes)
+{
+    unpack_release("1");
+    unpack_release("2");
+    install("1");
+    make_permanent("1");
+    long long pid = pid_of("a");
+    ck_assert_int_gt(pid, 0);
+    size_t outcomes = n_events("outcome"), states = n_events("state");
+    Result res = {0};
+    dry_run_to(&res, "2", "upgrade", true);
+    ck_assert_msg(res.r == 0, "dry run: %d %s", res.r, first_error(&res));
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "outcome")), "dry_run");
+    ck_assert(json_is_true(json_object_get(res.reply, "dry_run")));
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "from")), "1");
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "to")), "2");
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "direction")), "upgrade");
+    ck_assert_int_eq(res.n_progress, 0); /* no instruction ran */
+    /* The plan: the relup's instructions, b's start among them. */
+    json_t *instrs = json_object_get(res.reply, "instructions");
+    ck_assert_uint_gt(json_array_size(instrs), 0);
+    bool starts_b = false;
+    size_t i;
+    json_t *in;
+    json_array_foreach(instrs, i, in)
+    {
+        ck_assert_int_eq(json_integer_value(json_object_get(in, "k")), (json_int_t)i + 1);
+        ck_assert(json_is_string(json_object_get(in, "instruction")));
+        json_t *p0 = json_array_get(json_object_get(in, "processes"), 0);
+        if (strstr(json_string_value(json_object_get(in, "instruction")), "start_application") && p0)
+            starts_b = strcmp(json_string_value(json_object_get(p0, "process")), "b/p") == 0;
+    }
+    ck_assert_msg(starts_b, "no start_application b reaching b/p in the plan");
+    /* a/p has no runtime: it restarts at the switch-over, by its pid. */
+    json_t *restarts = json_object_get(res.reply, "restarts");
+    ck_assert_uint_eq(json_array_size(restarts), 1);
+    json_t *r0 = json_array_get(restarts, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(r0, "process")), "a/p");
+    ck_assert_int_eq(json_integer_value(json_object_get(r0, "pid")), pid);
+    ck_assert_str_eq(json_string_value(json_object_get(r0, "from")), "1");
+    ck_assert_str_eq(json_string_value(json_object_get(r0, "to")), "2");
+    ck_assert_int_eq(json_integer_value(json_object_get(res.reply, "earlier_upgrades")), 0);
+    ck_assert_uint_eq(json_object_size(json_object_get(res.reply, "expected_pause_ms")), 0);
+    /* Rehearsed (nobody speaks the protocol: nobody to ask), recorded as a dry run. */
+    json_t *reh = json_object_get(res.reply, "rehearsal");
+    ck_assert(json_is_true(json_object_get(reh, "ok")));
+    ck_assert_uint_eq(json_array_size(json_object_get(reh, "processes")), 0);
+    ck_assert_uint_eq(n_attempts("dry_run"), 1);
+    result_clear(&res);
+    /* Without the rehearsal: nothing recorded at all. */
+    dry_run_to(&res, "2", NULL, false);
+    ck_assert_msg(res.r == 0, "dry run: %d %s", res.r, first_error(&res));
+    ck_assert(json_is_null(json_object_get(res.reply, "rehearsal")));
+    ck_assert_uint_eq(n_attempts("dry_run"), 1);
+    result_clear(&res);
+    /* Nothing changed: states, processes, pids, records. */
+    ck_assert_state("1", "permanent");
+    ck_assert_state("2", "unpacked");
+    ck_assert_uint_eq(n_running(), 1);
+    ck_assert_int_eq(pid_of("a"), pid);
+    ck_assert_int_eq(pid_of("b"), 0);
+    ck_assert_uint_eq(n_attempts("upgrade"), 0);
+    ck_assert_uint_eq(n_events("outcome"), outcomes);
+    ck_assert_uint_eq(n_events("state"), states);
+    Diag d = {0};
+    json_t *st = manager_status(m, &d);
+    ck_assert(json_is_null(json_object_get(st, "upgrade")));
+    ck_assert_str_eq(json_string_value(json_object_get(st, "permanent")), "1");
+    json_decref(st);
+    diag_clear(&d);
+    /* And the upgrade itself still goes, after its dry runs. */
+    install_to(&res, "2", "upgrade");
+    ck_assert_msg(res.r == 0, "upgrade: %d %s", res.r, first_error(&res));
+    result_clear(&res);
+    ck_assert_state("2", "current");
+}
+END_TEST
+
+START_TEST(dry_run_refusals_and_the_running_release)
+{
+    Result res = {0};
+    dry_run_to(&res, "9", NULL, true);
+    ck_assert_int_eq(res.r, -ENOENT);
+    ck_assert_str_eq(first_error(&res), "release 9 is not known (relctl unpack it first)");
+    result_clear(&res);
+    unpack_release("1");
+    unpack_release("2");
+    dry_run_to(&res, "2", "upgrade", true);
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_str_eq(first_error(&res), "no release is running to upgrade from");
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "outcome")), "refused");
+    result_clear(&res);
+    install("2");
+    size_t outcomes = n_events("outcome");
+    dry_run_to(&res, "1", "upgrade", true);
+    ck_assert_int_eq(res.r, -EINVAL);
+    ck_assert_str_eq(first_error(&res), "release 1 is older than the running 2: use downgrade");
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "outcome")), "refused");
+    ck_assert(json_is_true(json_object_get(res.reply, "dry_run")));
+    result_clear(&res);
+    dry_run_to(&res, "2", NULL, true);
+    ck_assert_int_eq(res.r, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "outcome")), "unchanged");
+    ck_assert(json_is_true(json_object_get(res.reply, "dry_run")));
+    result_clear(&res);
+    /* A dry run keeps no outcome (status's last attempt stays the install's). */
+    ck_assert_uint_eq(n_events("outcome"), outcomes);
+    ck_assert_state("2", "current");
+    ck_assert_state("1", "unpacked");
+}
+END_TEST
+
+START_TEST(dry_run_of_a_first_install_lists_what_would_start)
+{
+    unpack_release("2");
+    Result res = {0};
+    dry_run_to(&res, "2", NULL, true);
+    ck_assert_msg(res.r == 0, "dry run: %d %s", res.r, first_error(&res));
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "outcome")), "dry_run");
+    ck_assert(json_is_null(json_object_get(res.reply, "from")));
+    json_t *starts = json_object_get(res.reply, "starts");
+    ck_assert_uint_eq(json_array_size(starts), 2);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(starts, 0), "application")), "a");
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(starts, 0), "vsn")), "2");
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(starts, 1), "application")), "b");
+    ck_assert_str_eq(json_string_value(json_array_get(json_object_get(json_array_get(starts, 1), "processes"), 0)),
+                     "p");
+    result_clear(&res);
+    ck_assert_uint_eq(n_running(), 0);
+    ck_assert_state("2", "unpacked");
+    ck_assert(!exists("runs"));
+    /* A release whose definitions cannot be read: refused, one line. */
+    sql("INSERT INTO releases VALUES ('5', 't', 'unpacked', 'x', 'x')");
+    dry_run_to(&res, "5", NULL, true);
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(res.reply, "outcome")), "refused");
+    ck_assert_uint_eq(res.n_errors, 1);
+    result_clear(&res);
+}
+END_TEST
+
 static Suite *manager_suite(void)
 {
     Suite *s = suite_create("manager");
@@ -1632,6 +1819,9 @@ static Suite *manager_suite(void)
         {"manager_forget_caller", {forget_caller_the_operation_goes_on}},
         {"manager_shutdown", {shutdown_stops_every_process_then_calls_back}},
         {"manager_free", {free_refuses_while_a_worker_thread_runs}},
+        {"manager_install dry_run",
+         {dry_run_of_an_upgrade_changes_nothing_and_names_the_processes, dry_run_refusals_and_the_running_release,
+          dry_run_of_a_first_install_lists_what_would_start}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
