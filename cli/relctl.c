@@ -405,9 +405,15 @@ static void print_reached(const json_t *p)
     if (module) {
         const char *vsn = json_string_value(json_object_get(p, "version"));
         const char *purges = json_string_value(json_object_get(p, "purges"));
-        printf(" %s runs %s", module, vsn ? vsn : "(none)");
+        const char *post = json_string_value(json_object_get(p, "post_purges"));
+        printf(" %s (runs %s)", module, vsn ? vsn : "nothing");
         if (purges)
-            printf(", purges %s", purges);
+            printf(", purges %s%s", purges, post ? " first" : "");
+        if (post)
+            printf("; %s becomes old, purged after the script (%s)", post,
+                   json_string_value(json_object_get(p, "post_purge")));
+        if (!json_is_true(json_object_get(p, "kills")))
+            printf("; kills no process");
     }
     if (json_is_object(pause))
         printf("; expected pause %.3f ms (max %.3f ms, of %lld earlier)",
@@ -624,6 +630,8 @@ static int cmd_go(int argc, char **argv, const char *cmd)
         (void)print_json(rep); /* a failure too: the outcome is in it */
     } else if (json_is_true(json_object_get(rep, "dry_run"))) {
         print_dry_run(rep);
+        if (status)
+            fprintf(stderr, "relctl: outcome: %s\n", json_string_value(json_object_get(rep, "outcome")));
     } else if (status == 0) {
         const char *o = json_string_value(json_object_get(rep, "outcome"));
         const char *installed = json_string_value(json_object_get(rep, "installed"));

@@ -305,6 +305,8 @@ static void purge_effect(json_t *p, const Child *c, const char *module, PurgeMet
          * post_purge: the version current now, old after the load, goes
          * once the script succeeded. */
         json_object_set_new(p, "purges", old ? json_string(old) : json_null());
+        json_object_set_new(p, "post_purges", vsn ? json_string(vsn) : json_null());
+        json_object_set_new(p, "post_purge", json_string(purge_method_name(post)));
         bool pre_kills = old && old_pins > 0 && pre == PURGE_BRUTAL;
         bool post_kills = vsn && pins > 0 && post == PURGE_BRUTAL;
         json_object_set_new(p, "kills", json_boolean(pre_kills || post_kills));
@@ -332,6 +334,21 @@ static bool app_changes(const Upgrade *u, const char *name)
     const ReleaseAppRef *a = appdefs_release_find(u->p.from_def, name), *b = appdefs_release_find(u->target, name);
     return !a || !b || strcmp(a->vsn, b->vsn) != 0;
 }
+
+/* What an instruction does to a process it reaches (report's "does"). */
+static const char *const does[RELUP_N_OPS] = {
+    [RELUP_LOAD_OBJECT_CODE] = "stages the new code",
+    [RELUP_SUSPEND] = "suspended",
+    [RELUP_LOAD] = "loads",
+    [RELUP_CODE_CHANGE] = "converts its state",
+    [RELUP_RESUME] = "resumed",
+    [RELUP_PURGE] = "purges",
+    [RELUP_REMOVE] = "removes",
+    [RELUP_STOP] = "stops",
+    [RELUP_START] = "starts on the new code",
+    [RELUP_STOP_APPLICATION] = "stops",
+    [RELUP_START_APPLICATION] = "starts",
+};
 
 /* The processes instruction in reaches, as the executor would send it. */
 static json_t *instr_processes(const Upgrade *u, const RelupInstr *in, json_t *pauses)
@@ -363,6 +380,7 @@ static json_t *instr_processes(const Upgrade *u, const RelupInstr *in, json_t *p
                     break;
                 p = reached(c);
                 json_object_set_new(p, "modules", mods);
+                json_object_set_new(p, "does", json_string(does[in->op]));
                 if (in->op == RELUP_SUSPEND) {
                     json_object_set_new(p, "does", json_string("suspended"));
                     json_object_set(p, "expected_pause_ms", json_object_get(pauses, "ms"));
@@ -375,6 +393,7 @@ static json_t *instr_processes(const Upgrade *u, const RelupInstr *in, json_t *p
                 if (!protocol || !child_runs(u, c, in->module))
                     break;
                 p = reached(c);
+                json_object_set_new(p, "does", json_string(does[in->op]));
                 purge_effect(p, c, in->module, in->pre_purge, in->post_purge, in->op == RELUP_LOAD);
                 break;
             case RELUP_STOP:
@@ -383,13 +402,13 @@ static json_t *instr_processes(const Upgrade *u, const RelupInstr *in, json_t *p
                     break;
                 p = reached(c);
                 json_object_set_new(p, "modules", mods);
-                json_object_set_new(p, "does", json_string(in->op == RELUP_STOP ? "stops" : "starts on the new code"));
+                json_object_set_new(p, "does", json_string(does[in->op]));
                 break;
             case RELUP_STOP_APPLICATION:
                 if (!proc_pid(c->proc) || strcmp(app->name, in->app) != 0)
                     break;
                 p = reached(c);
-                json_object_set_new(p, "does", json_string("stops"));
+                json_object_set_new(p, "does", json_string(does[in->op]));
                 break;
             case RELUP_POINT_OF_NO_RETURN:
             case RELUP_UNLOAD_APPLICATION:

@@ -13,7 +13,10 @@ under load, with the real reld and relctl. Prints TAP.
   crashes only on the live state (more than 1,000 keys); without it the same
   upgrade crashes the process and the restart loses the state;
 - the same release again, the same tarball again: nothing changes, success;
-- --commit, and --json on a failure (the outcome is in it).
+- --commit, and --json on a failure (the outcome is in it);
+- --dry-run changes nothing: the plan with the kv process's pid, the
+  expected pause from an earlier upgrade, the rehearsal; on 2crash (more
+  than 1,000 keys) the rehearsal's crash refuses it (exit 1).
 
 Usage: trusted.py --reld PATH --relctl PATH --kvroot KVCOUNTER_ROOT --loadgen PATH
 """
@@ -269,6 +272,86 @@ def test_rehearsal(work):
     r.stop()
 
 
+# ---- dry run ------------------------------------------------------------------------------------
+
+
+def test_dry_run(work):
+    r, port = started(work)
+    r.relctl("unpack", kv_release(work, port, "2", "2.0.0"))
+    rc, out, err = r.relctl("upgrade", "--dry-run", "2")
+    d.tap(rc == 0 and "expected pause: no earlier upgrade from 1 to 2" in out,
+          "before any upgrade: no earlier upgrade to expect a pause from", f"{rc} {out} {err}")
+    # An earlier upgrade and its way back: the history's pauses.
+    rc1, out1, err1 = r.relctl("upgrade", "--min-healthy", "100", "2")
+    rc2, out2, err2 = r.relctl("downgrade", "--min-healthy", "100", "1")
+    d.tap(rc1 == 0 and rc2 == 0, "an upgrade to 2 and back to 1 first", f"{out1} {err1} {out2} {err2}")
+    for _ in range(5):
+        request(port, "INCR kept")
+    pid = kv_pid(r)
+    n_attempts = len(json.loads(r.relctl("history", "--json", "--limit", "1000")[1])["attempts"])
+    load = Load(port, 3)
+    rc, out, err = r.relctl("upgrade", "--dry-run", "2")
+    res = load.result()
+    d.tap(rc == 0 and "dry run: upgrade from 1 to 2" in out and f"kvcounter/kv[{pid}]: suspended (kv_server); expected pause" in out
+          and "expected pause per process (the last of 1 earlier upgrades from 1 to 2)" in out and
+          f"kvcounter/kv[{pid}]: ok" in out and "nothing changed (outcome dry_run)" in out,
+          f"upgrade --dry-run 2: the plan, the kv process by its pid, its expected pause, the rehearsal "
+          f"(exit {rc})", f"{rc} {out} {err}")
+    print("# " + "\n# ".join(out.strip().splitlines()))
+    d.tap(res["failed"] == 0 and res["final_mismatches"] == 0,
+          f"under load: {res['ok']} requests during the dry run, 0 failed", res)
+    st = status(r)
+    d.tap(kv_pid(r) == pid and versions(r) == [("kv_server", "1")] and request(port, "GET kept") == "OK kept 5" and
+          st["permanent"] == "1" and st["last_outcome"]["outcome"] == "current" and
+          [x["state"] for x in st["releases"] if x["vsn"] == "2"] == ["unpacked"],
+          "nothing changed: same pid, release 1 permanent with its counters, 2 unpacked, the last outcome kept", st)
+    rc, out, err = r.relctl("upgrade", "--dry-run", "--json", "--no-rehearse", "2")
+    rep = json.loads(out) if out.strip() else {}
+    suspends = [p for i in rep.get("instructions", []) for p in i["processes"] if p.get("does") == "suspended"]
+    pause = rep.get("expected_pause_ms", {}).get("kvcounter/kv", {})
+    d.tap(rc == 0 and rep.get("outcome") == "dry_run" and rep.get("rehearsal") is None and
+          [p["pid"] for p in suspends] == [pid] and pause.get("last", 0) > 0 and pause.get("of") == 1,
+          f"--json --no-rehearse: the same as an object, expected pause {pause.get('last', 0):.3f} ms, "
+          "no rehearsal", out + err)
+    hist = json.loads(r.relctl("history", "--json", "--limit", "1000")[1])["attempts"]
+    d.tap(len(hist) == n_attempts + 1 and hist[-1]["kind"] == "dry_run" and
+          [i["instr"]["op"] for i in hist[-1]["instructions"]] == ["rehearse"],
+          "the rehearsal is recorded as an attempt of kind dry_run (its instruction 0 only); --no-rehearse "
+          "records nothing", hist[-1] if hist else None)
+    # The rehearsal's crash on the live state refuses the dry run.
+    r.relctl("unpack", kv_release(work, port, "2.8", "2.0.0", module="2crash"))
+    fill(port, 1500)  # more than the 1,000 keys on which 2crash's code_change aborts
+    load = Load(port, 3)
+    rc, out, err = r.relctl("upgrade", "--dry-run", "2.8")
+    res = load.result()
+    d.tap(rc == 1 and "SIGABRT" in err and "rehearsal: FAILED" in out and "it would be refused" in out and
+          "outcome: refused" in err,
+          "--dry-run on 2crash with 1,500 keys: the rehearsal's crash, exit 1", f"{rc} {out} {err}")
+    d.tap(res["failed"] == 0 and kv_pid(r) == pid and versions(r) == [("kv_server", "1")] and
+          request(port, "GET kept") == "OK kept 5" and request(port, "GET fill1499") == "OK fill1499 1" and
+          status(r)["permanent"] == "1",
+          f"nothing changed: {res['ok']} requests, 0 failed, same pid, release 1 with its counters", res)
+    rc, out, err = r.relctl("upgrade", "--dry-run", "1")
+    d.tap(rc == 0 and "release 1 already runs: unchanged" in out, "--dry-run of the running release: unchanged",
+          out + err)
+    rc, out, err = r.relctl("upgrade", "--dry-run", "9")
+    d.tap(rc == 1 and "release 9 is not known" in err, "--dry-run of a release not known: refused, one line", err)
+    rc, out, err = r.relctl("upgrade", "--dry-run", "--commit", "2")
+    d.tap(rc == 2 and "--dry-run changes nothing" in err, "--dry-run --commit: a usage error", err)
+    r.stop()
+    # A first install: what would start.
+    w2 = os.path.join(work, "first")
+    os.makedirs(w2)
+    r = d.Reld(w2)
+    rc, out, err = r.relctl("install", "--dry-run", kv_release(w2, free_port(), "1", "1.0.0"))
+    st = status(r)
+    d.tap(rc == 0 and "would start, in order:" in out and "kvcounter 1.0.0: kv" in out and st["running"] is None and
+          [x["state"] for x in st["releases"]] == ["unpacked"],
+          "install --dry-run with nothing running: what would start; nothing runs, the release is unpacked",
+          f"{rc} {out} {err} {st}")
+    r.stop()
+
+
 def main():
     global A
     ap = argparse.ArgumentParser()
@@ -279,7 +362,7 @@ def main():
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     return d.run_tests((test_gated_upgrade, test_unhealthy_upgrade_goes_back, test_crash_looping_first_install,
-                        test_rehearsal), "reld-trust-")
+                        test_rehearsal, test_dry_run), "reld-trust-")
 
 
 if __name__ == "__main__":
