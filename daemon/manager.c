@@ -72,9 +72,10 @@ typedef struct Op {
     char *before; /* the release that ran before (NULL: none) */
     GatePhase phase;
     HealthGate *gate;
-    long long gate_ms; /* when the gate began */
-    char *unhealthy;   /* why the new release was not healthy */
-    json_t *success;   /* the reply once healthy */
+    long long gate_ms;  /* when the gate began */
+    char *unhealthy;    /* why the new release was not healthy */
+    json_t *success;    /* the reply once healthy */
+    bool was_permanent; /* a first install of the permanent release: its state stays */
     struct Op *next;
 } Op;
 
@@ -288,8 +289,13 @@ static int boot(Manager *m, ReleaseDef *rel, Diag *diag)
 static int boot_recorded(Manager *m, Op *op)
 {
     CRASH_POINT("install:loaded");
-    /* Recorded before it runs: a release that runs is never unrecorded. */
-    int r = history_release_set_state(m->hist, op->vsn, RELEASE_CURRENT, op->who);
+    /* Recorded before it runs: a release that runs is never unrecorded. The
+     * permanent release (installed again after it could not boot) stays
+     * permanent. */
+    char *perm = state_of(m, RELEASE_PERMANENT);
+    op->was_permanent = perm && strcmp(perm, op->vsn) == 0;
+    free(perm);
+    int r = op->was_permanent ? 0 : history_release_set_state(m->hist, op->vsn, RELEASE_CURRENT, op->who);
     if (r < 0) {
         diag_error(&op->diag, "cannot record release %s as current: %s; nothing was started", op->vsn,
                    history_last_error(m->hist));
@@ -297,7 +303,7 @@ static int boot_recorded(Manager *m, Op *op)
     }
     CRASH_POINT("install:recorded");
     r = boot(m, TAKE_PTR(op->rel), &op->diag);
-    if (r < 0 && history_release_set_state(m->hist, op->vsn, RELEASE_UNPACKED, op->who) < 0)
+    if (r < 0 && !op->was_permanent && history_release_set_state(m->hist, op->vsn, RELEASE_UNPACKED, op->who) < 0)
         log_error("release %s did not start and stays recorded as current (%s); reld's next start rolls it back",
                   op->vsn, history_last_error(m->hist));
     return r;
@@ -318,7 +324,9 @@ static void finish(Op *op, Outcome o, int r, json_t *reply)
     if (op->in.dry_run) /* refused on the way (change_release): nothing to keep */
         return dry_run_done(op, o, r, reply);
     Manager *m = op->m;
-    bool ok = o == OUTCOME_COMMITTED || o == OUTCOME_CURRENT || o == OUTCOME_UNCHANGED;
+    /* A success outcome with an error (a --commit whose make-permanent
+     * failed) is a failure all the same. */
+    bool ok = r >= 0 && (o == OUTCOME_COMMITTED || o == OUTCOME_CURRENT || o == OUTCOME_UNCHANGED);
     const char *release = op->to ? op->to : op->vsn, *reason = op->diag.errors.n ? op->diag.errors.v[0] : NULL;
     if (!reply)
         reply = json_object();
@@ -389,7 +397,8 @@ static void on_boot_stopped(void *userdata)
     Manager *m = op->m;
     supervisor_clear(m->sup); /* its processes point into the definitions */
     m->running = release_def_free(m->running);
-    if (history_release_set_state(m->hist, op->to, RELEASE_UNPACKED, "reld (automatic rollback)") < 0) {
+    if (!op->was_permanent &&
+        history_release_set_state(m->hist, op->to, RELEASE_UNPACKED, "reld (automatic rollback)") < 0) {
         diag_error(&op->diag, "cannot record release %s as unpacked again: %s", op->to, history_last_error(m->hist));
         return finish(op, OUTCOME_NEEDS_OPERATOR, -EIO, NULL);
     }
@@ -417,7 +426,11 @@ static void roll_back(Op *op)
     char *who = xasprintf("reld (automatic rollback for %s)", op->who);
     free(op->who);
     op->who = who;
-    change_release(m, op, op->to, true, NULL);
+    /* The release left goes back to unpacked only if it was made current
+     * (a downgrade to the permanent release leaves it permanent). */
+    char *cur = state_of(m, RELEASE_CURRENT);
+    change_release(m, op, op->to, cur && strcmp(cur, op->to) == 0, NULL);
+    free(cur);
 }
 
 static void on_gate(HealthGate *g, bool healthy, const char *gate_reason, void *userdata)
@@ -527,7 +540,7 @@ static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
     for (size_t k = 0; k < ud->warnings.n; k++)
         diag_warning(&op->diag, "%s", ud->warnings.v[k]);
     supervisor_hold_health(m->sup, false);
-    bool changed = planned && upgrade_changed_anything(u);
+    bool changed = planned && upgrade_changed_anything(u), recorded = upgrade_recorded(u);
     json_t *reply = NULL;
     if (r == 0) {
         /* The processes run `to`: so do the definitions, recorded or not. */
@@ -535,7 +548,7 @@ static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
         m->running = upgrade_take_target(u);
         bool running_was_current = op->r == 1;
         CRASH_POINT("upgrade:done");
-        if (!upgrade_recorded(u))
+        if (!recorded)
             r = -EIO;
         else
             r = record_change(m, u, running_was_current, op->who, &op->diag);
@@ -567,7 +580,7 @@ static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
     }
     if (!changed) /* refused while planning or rehearsing, or failed before the point of no return */
         return finish(op, OUTCOME_REFUSED, r, NULL);
-    if (!upgrade_recorded(u) || !m->running || strcmp(m->running->vsn, op->before) != 0)
+    if (!recorded || !m->running || strcmp(m->running->vsn, op->before) != 0) /* u is freed: its answer kept */
         return finish(op, OUTCOME_NEEDS_OPERATOR, r, NULL);
     /* The executor went back by itself (the inverse, or a restart on the old
      * release): that release must be healthy again. */
@@ -715,11 +728,12 @@ void manager_install(Manager *m, const ManagerInstall *in, const char *who, cons
     } else if (running && strcmp(running, vsn) == 0) {
         /* Already there: nothing to do (and --commit makes it permanent). */
         json_t *reply = json_pack("{s:s}", "installed", vsn);
+        bool commits = in->commit && cur && strcmp(cur, vsn) == 0; /* current: --commit changes its state */
         if (in->commit && (r = set_permanent(m, vsn, who, &op->diag)) < 0) {
             json_decref(reply);
             finish(op, OUTCOME_CURRENT, r, NULL);
         } else {
-            finish(op, OUTCOME_UNCHANGED, 0, reply);
+            finish(op, commits ? OUTCOME_COMMITTED : OUTCOME_UNCHANGED, 0, reply);
         }
     } else if (running) {
         change_release(m, op, running, cur && strcmp(cur, running) == 0, direction);
@@ -1529,20 +1543,26 @@ void manager_shutdown(Manager *m, void (*done)(void *userdata), void *userdata)
 {
     m->shutdown_done = done;
     m->shutdown_data = userdata;
-    if (m->upgrade && upgrade_planning(m->upgrade))
-        upgrade_cancel(m->upgrade);
-    else if (m->upgrade) {
-        /* Abandoned: the attempt shows as interrupted at the next start. */
+    if (m->upgrade && upgrade_planning(m->upgrade)) {
+        upgrade_cancel(m->upgrade); /* its end (on_upgrade_finished) ends its operation, a rollback's too */
+    } else if (m->upgrade) {
+        /* Abandoned: the attempt shows as interrupted at the next start,
+         * which boots the permanent release. */
         m->upgrade = upgrade_free(m->upgrade);
-        if (m->upgrade_op) {
-            diag_error(&m->upgrade_op->diag, "reld is stopping; the upgrade was abandoned");
-            op_done(m->upgrade_op, -ESHUTDOWN, NULL);
-            m->upgrade_op = NULL;
+        Op *op = TAKE_PTR(m->upgrade_op);
+        if (op) {
+            diag_error(&op->diag,
+                       "reld is stopping; the %s was abandoned part way; its next start boots the "
+                       "permanent release",
+                       op->phase == GATE_ROLLING_BACK ? "automatic rollback" : "change of release");
+            finish(op, OUTCOME_NEEDS_OPERATOR, -ESHUTDOWN, NULL);
         }
     }
-    if (m->gate_op) {
-        diag_error(&m->gate_op->diag, "reld is stopping; release %s was not found healthy yet", m->gate_op->to);
-        finish(m->gate_op, OUTCOME_NEEDS_OPERATOR, -ESHUTDOWN, NULL);
+    if (m->gate_op && m->gate_op != m->upgrade_op) {
+        Op *op = m->gate_op;
+        diag_error(&op->diag, "reld is stopping; release %s was not found healthy yet",
+                   op->phase == GATE_OLD ? op->before : op->to);
+        finish(op, OUTCOME_NEEDS_OPERATOR, -ESHUTDOWN, NULL);
     }
     (void)supervisor_stop_all(m->sup, on_all_stopped, m); /* cannot fail */
 }

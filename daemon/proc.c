@@ -599,6 +599,8 @@ static int output_fd(Proc *p, int priority, int *ret_relay)
 
 int proc_spawn(Proc *p)
 {
+    memset(p->tail, 0, sizeof(p->tail)); /* "its last output" is this run's */
+    p->tail_next = 0;
     int ctl[2], out_relay = -1, err_relay = -1;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) < 0)
         return -errno;

@@ -237,10 +237,13 @@ static void on_exit_(Proc *p, const siginfo_t *si, void *userdata)
     }
     a->restart_ms[a->n_restarts++] = t;
     c->restarts++;
+    tell_probe_exit(c, si, false); /* before the restart: its last output is this run's */
     int r = proc_spawn(p);
-    tell_probe_exit(c, si, r < 0);
     if (r < 0) {
         log_error("%s: cannot restart: %s", proc_label(p), strerror(-r));
+        char *why = xasprintf("cannot restart: %s", strerror(-r));
+        health_probe_exited(c->probe, why, true);
+        free(why);
     } else {
         health_probe_started(c->probe, proc_pid(p));
         record(c, "process_restart", json_pack("{s:i, s:i}", "pid", (int)proc_pid(p), "restarts", c->restarts));

@@ -135,6 +135,26 @@ void store_aside_clear(StoreAside *a)
     *a = (StoreAside){0};
 }
 
+/* What a removal moved, back in place; the caller holds the lock.
+ * Applications first, the release last, as an unpack moves them in. An
+ * application directory that came back meanwhile (an unpack of the same
+ * version: same content) stays as it is. 0, or -errno with each failure in
+ * diag. */
+static int put_back(StoreAside *a, Diag *diag)
+{
+    int r = 0;
+    for (size_t k = a->units.n; k-- > 0;) {
+        char *to = xasprintf("%s/%s", a->root, a->units.v[k]);
+        if (renameat2(AT_FDCWD, a->moved.v[k], AT_FDCWD, to, RENAME_NOREPLACE) < 0 &&
+            !(errno == EEXIST && strncmp(a->units.v[k], "lib/", 4) == 0)) {
+            r = -errno;
+            diag_error(diag, "cannot put %s back: %s", to, strerror(errno));
+        }
+        free(to);
+    }
+    return r;
+}
+
 int store_release_aside(const char *root, const char *vsn, StoreAside *ret, Diag *diag)
 {
     int lock = lock_root(root, diag);
@@ -177,9 +197,10 @@ int store_release_aside(const char *root, const char *vsn, StoreAside *ret, Diag
     }
     /* On disk before the database forgets the release: after a power cut
      * the files must not come back as a release to adopt. */
+    bool all_back = true;
     if (r == 0 && ((r = sync_sub(root, "releases")) < 0 || (r = sync_sub(root, "lib")) < 0)) {
         diag_error(diag, "cannot write the removal of release %s to disk: %s", vsn, strerror(-r));
-        (void)store_release_back(&a, diag);
+        all_back = put_back(&a, diag) == 0; /* under the lock this function holds */
     }
     if (!known && r == 0)
         diag_warning(diag, "release %s's application directories stay: a release's definition cannot be read", vsn);
@@ -188,7 +209,7 @@ int store_release_aside(const char *root, const char *vsn, StoreAside *ret, Diag
     strvec_clear(&used);
     free(dir);
     if (r < 0) {
-        if (a.trash)
+        if (a.trash && all_back) /* else what did not go back stays there, for the operator */
             store_remove_tree(a.trash);
         store_aside_clear(&a);
         return r;
@@ -199,21 +220,10 @@ int store_release_aside(const char *root, const char *vsn, StoreAside *ret, Diag
 
 int store_release_back(StoreAside *a, Diag *diag)
 {
-    int lock = lock_root(a->root, diag), r = 0;
+    int lock = lock_root(a->root, diag);
     if (lock < 0)
         return lock;
-    /* Applications first, the release last, as an unpack moves them in. An
-     * application directory that came back meanwhile (an unpack of the
-     * same version: same content) stays as it is. */
-    for (size_t k = a->units.n; k-- > 0;) {
-        char *to = xasprintf("%s/%s", a->root, a->units.v[k]);
-        if (renameat2(AT_FDCWD, a->moved.v[k], AT_FDCWD, to, RENAME_NOREPLACE) < 0 &&
-            !(errno == EEXIST && strncmp(a->units.v[k], "lib/", 4) == 0)) {
-            r = -errno;
-            diag_error(diag, "cannot put %s back: %s", to, strerror(errno));
-        }
-        free(to);
-    }
+    int r = put_back(a, diag);
     close(lock);
     return r;
 }

@@ -50,6 +50,7 @@ static int sorted_names(int fd, StrVec *ret)
 typedef struct Walk {
     struct sha256_ctx h;
     uint8_t *buf;
+    const char *skip; /* a top-level name left out, or NULL */
 } Walk;
 
 #define READ_CHUNK (256U << 10)
@@ -93,6 +94,8 @@ static int hash_dir(Walk *w, int fd, const char *prefix)
     int r = sorted_names(fd, &names);
     for (size_t i = 0; r == 0 && i < names.n; i++) {
         const char *name = names.v[i];
+        if (w->skip && !*prefix && strcmp(name, w->skip) == 0)
+            continue;
         char *path = xasprintf("%s%s", prefix, name);
         struct stat st;
         if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
@@ -135,7 +138,12 @@ static int hash_dir(Walk *w, int fd, const char *prefix)
 
 int store_hash_tree(int dirfd, unsigned char out[STORE_HASH_SIZE])
 {
-    Walk w = {.buf = xmalloc(READ_CHUNK)};
+    return store_hash_tree_except(dirfd, NULL, out);
+}
+
+int store_hash_tree_except(int dirfd, const char *skip, unsigned char out[STORE_HASH_SIZE])
+{
+    Walk w = {.buf = xmalloc(READ_CHUNK), .skip = skip};
     sha256_init(&w.h);
     int r = hash_dir(&w, dirfd, "");
     if (r == 0)

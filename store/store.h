@@ -135,6 +135,8 @@ int store_read_file_beneath(int dirfd, const char *rel, char **ret_buf, size_t *
  * -errno (-EINVAL: a device file, FIFO or socket in the tree). */
 #define STORE_HASH_SIZE ((size_t)32)
 int store_hash_tree(int dirfd, unsigned char out[STORE_HASH_SIZE]);
+/* The same without the top-level entry named skip (NULL: none). */
+int store_hash_tree_except(int dirfd, const char *skip, unsigned char out[STORE_HASH_SIZE]);
 /* out[0..STORE_HASH_SIZE*2] as lower-case hex, NUL-terminated. */
 void store_hash_hex(const unsigned char hash[STORE_HASH_SIZE], char out[STORE_HASH_SIZE * 2 + 1]);
 

@@ -651,8 +651,14 @@ static bool same_release(Extract *x, int root_fd, const char *vsn, const StrVec 
     int theirs = -1, mine = -1, r = 0;
     unsigned char a[STORE_HASH_SIZE], b[STORE_HASH_SIZE];
     char *unit = store_path_release_dir(NULL, vsn);
-    if ((mine = open_dir_nofollow(x->staging_fd, unit)) < 0 || (r = store_hash_tree(mine, a)) < 0 ||
-        (theirs = open_dir_nofollow(root_fd, unit)) < 0 || (r = store_hash_tree(theirs, b)) < 0) {
+    /* A relup.yaml the tarball lacks was written later (relctl relup
+     * --write): no part of what the tarball brought. */
+    struct stat st;
+    bool staged_relup = (mine = open_dir_nofollow(x->staging_fd, unit)) >= 0 &&
+                        fstatat(mine, "relup.yaml", &st, AT_SYMLINK_NOFOLLOW) == 0;
+    const char *skip = staged_relup ? NULL : "relup.yaml";
+    if (mine < 0 || (r = store_hash_tree_except(mine, skip, a)) < 0 ||
+        (theirs = open_dir_nofollow(root_fd, unit)) < 0 || (r = store_hash_tree_except(theirs, skip, b)) < 0) {
         fail(x, "%s: cannot compare with the release already present: %s", unit,
              strerror(-(mine < 0     ? mine
                         : theirs < 0 ? theirs

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "manager.h"
+#include "store.h"
 #include "util.h"
 #include "testlib.h"
 
@@ -1079,6 +1080,100 @@ START_TEST(gate_no_wait_and_the_same_release_again)
 }
 END_TEST
 
+/* A downgrade to the permanent release that is not healthy goes back up
+ * to the current one; the permanent release stays permanent. */
+START_TEST(gate_a_rolled_back_downgrade_to_the_permanent_release_keeps_it_permanent)
+{
+    two_gated_releases(); /* 4 permanent; c-1 sick while ROOT/sick exists */
+    gated_app("c", "3", SERVES, "true");
+    put(src, "releases/6/release.yaml", "release: t\nvsn: \"6\"\napplications: [{name: c, vsn: \"3\"}]\n");
+    unpack_gated("6", "c-3");
+    Result res = {0};
+    install_as(&res, gated("6", 100, 5000));
+    ck_assert_msg(res.r == 0, "%s", first_error(&res));
+    ck_assert_state("6", "current");
+    result_clear(&res);
+    put(root, "sick", "4 is sick now\n");
+    install_as(&res, gated("4", 100, 1500));
+    ck_assert_str_eq(outcome(&res), "rolled_back");
+    ck_assert_state("4", "permanent");
+    ck_assert_state("6", "current");
+    result_clear(&res);
+}
+END_TEST
+
+/* --commit whose make-permanent fails: a failure, with its reason. */
+START_TEST(gate_a_commit_that_cannot_be_recorded_fails)
+{
+    two_gated_releases();
+    gated_app("c", "3", SERVES, "true");
+    put(src, "releases/6/release.yaml", "release: t\nvsn: \"6\"\napplications: [{name: c, vsn: \"3\"}]\n");
+    unpack_gated("6", "c-3");
+    sql("CREATE TRIGGER refuse_permanent BEFORE UPDATE ON releases WHEN NEW.state = 'permanent' "
+        "BEGIN SELECT RAISE(FAIL, 'injected'); END;");
+    Result res = {0};
+    ManagerInstall in = gated("6", 100, 5000);
+    in.commit = true;
+    install_as(&res, in);
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_str_eq(outcome(&res), "current"); /* it runs, healthy, not permanent */
+    ck_assert_msg(strstr(first_error(&res), "injected") != NULL, "%s", first_error(&res));
+    ck_assert_state("6", "current");
+    result_clear(&res);
+}
+END_TEST
+
+/* reld stops while the automatic rollback plans: the operation ends once,
+ * when the plan's end comes (needs an operator), and nothing is used after
+ * it is freed (ASan). */
+START_TEST(gate_reld_stops_while_the_rollback_plans)
+{
+    two_gated_releases();
+    ck_assert_int_eq(setenv("RELD_TEST_PLAN_DELAY_MS", "1000", 1), 0);
+    Result res = {0};
+    ManagerCaller c = caller(&res);
+    ManagerInstall in = gated("5", 100, 800);
+    manager_install(m, &in, "tester", &c);
+    long long deadline = mono_ms() + 30000;
+    while (n_events("automatic_rollback") == 0 && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
+    ck_assert_uint_eq(n_events("automatic_rollback"), 1);
+    ck_assert_int_eq(res.n, 0);
+    shut_down = false;
+    manager_shutdown(m, on_shut_down, NULL);
+    deadline = mono_ms() + 30000;
+    while ((res.n == 0 || !shut_down) && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
+    ck_assert_int_eq(unsetenv("RELD_TEST_PLAN_DELAY_MS"), 0);
+    ck_assert_int_eq(res.n, 1);
+    ck_assert_int_lt(res.r, 0);
+    ck_assert_str_eq(outcome(&res), "needs_operator");
+    result_clear(&res);
+}
+END_TEST
+
+/* A relup.yaml written after the unpack (relctl relup --write) is no
+ * difference: the same tarball again proceeds. */
+START_TEST(unpack_again_after_a_stored_relup)
+{
+    unpack_release("1");
+    unpack_release("2");
+    Relup *r = NULL;
+    bool stored = false;
+    Diag d = {0};
+    ck_assert_int_eq(store_relup(root, "1", "2", true, &r, &stored, &d), 0);
+    ck_assert_int_eq(store_write_relup(root, r, &d), 0);
+    relup_free(r);
+    diag_clear(&d);
+    ck_assert(exists("releases/2/relup.yaml"));
+    Result res = {0};
+    unpack_to(&res, release_tarball("2"));
+    ck_assert_msg(res.r == 0, "%s", first_error(&res));
+    ck_assert(json_is_true(json_object_get(res.reply, "unchanged")));
+    result_clear(&res);
+}
+END_TEST
+
 /* ---- manager_install --------------------------------------------------------------------------- */
 
 START_TEST(install_the_first_release)
@@ -1804,7 +1899,10 @@ static Suite *manager_suite(void)
         {"manager_install health",
          {gate_a_first_install_that_crash_loops_fails_and_is_not_left_current,
           gate_an_unhealthy_upgrade_goes_back_once_by_itself, gate_an_unhealthy_release_before_needs_an_operator,
-          gate_no_wait_and_the_same_release_again}},
+          gate_no_wait_and_the_same_release_again,
+          gate_a_rolled_back_downgrade_to_the_permanent_release_keeps_it_permanent,
+          gate_a_commit_that_cannot_be_recorded_fails, gate_reld_stops_while_the_rollback_plans,
+          unpack_again_after_a_stored_relup}},
         {"manager_install",
          {install_the_first_release, install_refusals, install_an_upgrade_and_refusals_while_it_runs,
           install_whose_record_fails_runs_nothing}},
