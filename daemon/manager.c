@@ -208,18 +208,27 @@ static void unpack_work(void *userdata)
 }
 
 /* An unpack the database refused: its files in place go back out, so
- * both agree. */
-static void take_back_out(Manager *m, const char *vsn)
+ * both agree (on a worker thread: the unpack lock may be held by another
+ * unpack's renames). What cannot go is logged: the next start records
+ * it, as an unpack it would complete. */
+static void take_back_out_work(void *userdata)
 {
+    Op *op = userdata;
     StoreAside a;
     Diag d = {0};
-    if (store_release_aside(m->cfg.root, vsn, &a, &d) < 0) {
-        log_error("release %s: cannot take its files back out: %s", vsn, d.errors.n ? d.errors.v[0] : "unknown");
+    if (store_release_aside(op->root, op->vsn, &a, &d) < 0) {
+        log_error("release %s: cannot take its files back out: %s", op->vsn, d.errors.n ? d.errors.v[0] : "unknown");
     } else {
         store_remove_tree(a.trash); /* one release's files: small */
         store_aside_clear(&a);
     }
     diag_clear(&d);
+}
+
+static void take_back_out_done(void *userdata)
+{
+    Op *op = userdata;
+    op_done(op, op->r, NULL);
 }
 
 static void unpack_done(void *userdata)
@@ -234,8 +243,10 @@ static void unpack_done(void *userdata)
         } else if (r < 0) {
             diag_error(&op->diag, r == -EEXIST ? "release %s is already present" : "cannot record release %s: %s",
                        op->vsn, history_last_error(m->hist));
-            if (!was_present) /* files that were there before have their row */
-                take_back_out(m, op->vsn);
+            op->r = r;
+            /* Files that were there before have their row; new ones go. */
+            if (!was_present && jobs_run(m->jobs, take_back_out_work, take_back_out_done, op) == 0)
+                return;
         }
         op->r = r;
         if (r == 0)
@@ -921,6 +932,18 @@ static void remove_done(void *userdata)
     op_done(op, 0, json_pack("{s:s}", "removed", op->vsn));
 }
 
+static void remove_back_work(void *userdata)
+{
+    Op *op = userdata;
+    (void)store_release_back(&op->aside, &op->diag); /* each failure is in diag */
+}
+
+static void remove_back_done(void *userdata)
+{
+    Op *op = userdata;
+    op_done(op, op->r, NULL);
+}
+
 static void remove_aside_done(void *userdata)
 {
     Op *op = userdata;
@@ -932,10 +955,14 @@ static void remove_aside_done(void *userdata)
     CRASH_POINT("remove:aside");
     int r = history_release_remove(m->hist, op->vsn, op->who);
     if (r < 0) {
-        /* Not recorded: the files go back, as if nothing happened. */
+        /* Not recorded: the files go back, as if nothing happened (on a
+         * thread: the unpack lock). Without a thread they stay in tmp/ and
+         * the next start forgets the row: the removal completes then. */
         diag_error(&op->diag, "cannot record the removal of release %s: %s", op->vsn, history_last_error(m->hist));
-        (void)store_release_back(&op->aside, &op->diag); /* each failure is in diag */
-        return op_done(op, r, NULL);
+        op->r = r;
+        if (jobs_run(m->jobs, remove_back_work, remove_back_done, op) < 0)
+            op_done(op, r, NULL);
+        return;
     }
     CRASH_POINT("remove:recorded");
     if ((r = jobs_run(m->jobs, remove_delete_work, remove_done, op)) < 0) {
