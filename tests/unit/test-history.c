@@ -1386,6 +1386,18 @@ START_TEST(pauses_none_and_bad_arguments)
 }
 END_TEST
 
+START_TEST(pauses_of_a_damaged_database_fail)
+{
+    pause_attempt("upgrade", "1", "2", "ok", 100, 3000);
+    sql_once("UPDATE instructions SET instr = CAST(X'C328' AS TEXT) WHERE idx = 2");
+    json_t *p = NULL;
+    ck_assert_fails(history_pauses(h, "1", "2", &p), -EILSEQ, "column instr holds text that is not UTF-8");
+    ck_assert_ptr_null(p);
+    /* The read transaction was closed: a change works. */
+    ck_assert_int_eq(history_event(h, "boot", "t", NULL, NULL), 0);
+}
+END_TEST
+
 static Suite *history_suite(void)
 {
     Suite *s = suite_create("history");
@@ -1426,7 +1438,8 @@ static Suite *history_suite(void)
          {interrupted_attempt_is_closed_after_a_restart, interrupted_is_one_transaction}},
         {"history_list", {list_shape_and_limit, list_of_a_damaged_database_fails}},
         {"history_last_error", {last_error_is_the_last_failure}},
-        {"history_pauses", {pauses_of_earlier_upgrades, pauses_none_and_bad_arguments}},
+        {"history_pauses",
+         {pauses_of_earlier_upgrades, pauses_none_and_bad_arguments, pauses_of_a_damaged_database_fail}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
