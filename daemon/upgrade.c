@@ -385,7 +385,18 @@ static json_t *instr_processes(const Upgrade *u, const RelupInstr *in, json_t *p
                     json_object_set_new(p, "does", json_string("suspended"));
                     json_object_set(p, "expected_pause_ms", json_object_get(pauses, "ms"));
                 } else if (in->op == RELUP_PURGE) {
-                    purge_effect(p, c, json_string_value(json_array_get(mods, 0)), PURGE_BRUTAL, PURGE_BRUTAL, false);
+                    /* The first module's effect, or the one that kills. */
+                    size_t i;
+                    json_t *name;
+                    json_array_foreach(mods, i, name)
+                    {
+                        json_t *one = json_object();
+                        purge_effect(one, c, json_string_value(name), PURGE_BRUTAL, PURGE_BRUTAL, false);
+                        if (i == 0 || json_is_true(json_object_get(one, "kills")))
+                            (void)json_object_update(
+                                p, one); /* both objects: fails only out of memory, the report then lacks it */
+                        json_decref(one);
+                    }
                 }
                 break;
             case RELUP_LOAD:

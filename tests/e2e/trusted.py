@@ -16,7 +16,8 @@ under load, with the real reld and relctl. Prints TAP.
 - --commit, and --json on a failure (the outcome is in it);
 - --dry-run changes nothing: the plan with the kv process's pid, the
   expected pause from an earlier upgrade, the rehearsal; on 2crash (more
-  than 1,000 keys) the rehearsal's crash refuses it (exit 1).
+  than 1,000 keys) the rehearsal's crash refuses it (exit 1); with code
+  pinned (HOLD) it says the purge would kill the process, and it does.
 
 Usage: trusted.py --reld PATH --relctl PATH --kvroot KVCOUNTER_ROOT --loadgen PATH
 """
@@ -331,6 +332,17 @@ def test_dry_run(work):
           request(port, "GET kept") == "OK kept 5" and request(port, "GET fill1499") == "OK fill1499 1" and
           status(r)["permanent"] == "1",
           f"nothing changed: {res['ok']} requests, 0 failed, same pid, release 1 with its counters", res)
+    # Code in use: the load makes it old, and the brutal post_purge would kill the process.
+    request(port, "HOLD 60000")
+    pinned = wait_for(lambda: [m for p in status(r)["processes"] for m in (p["modules"] or []) if m.get("pins")])
+    rc, out, err = r.relctl("upgrade", "--dry-run", "--no-rehearse", "--json", "2")
+    rep = json.loads(out) if out.strip() else {}
+    loads = [p for i in rep.get("instructions", []) for p in i["processes"] if p.get("does") == "loads"]
+    rc2, out2, err2 = r.relctl("upgrade", "--dry-run", "--no-rehearse", "2")
+    d.tap(pinned and rc == 0 and [(p["pid"], p["kills"]) for p in loads] == [(pid, True)] and
+          "the purge KILLS it" in out2 and kv_pid(r) == pid,
+          "kv_server pinned (HOLD): the dry run says the purge would kill the process, and nothing happens to it",
+          f"{pinned} {rc} {out} {err} {out2} {err2}")
     rc, out, err = r.relctl("upgrade", "--dry-run", "1")
     d.tap(rc == 0 and "release 1 already runs: unchanged" in out, "--dry-run of the running release: unchanged",
           out + err)
@@ -338,6 +350,11 @@ def test_dry_run(work):
     d.tap(rc == 1 and "release 9 is not known" in err, "--dry-run of a release not known: refused, one line", err)
     rc, out, err = r.relctl("upgrade", "--dry-run", "--commit", "2")
     d.tap(rc == 2 and "--dry-run changes nothing" in err, "--dry-run --commit: a usage error", err)
+    # The prediction holds: the real upgrade's post_purge kills the process still holding the old code.
+    rc, out, err = r.relctl("upgrade", "--min-healthy", "100", "2")
+    killed = wait_for(lambda: kv_pid(r) not in (0, pid))
+    d.tap(killed and f"kvcounter/kv[{pid}] killed by signal 9" in open(os.path.join(work, "reld.log")).read(),
+          f"and the real upgrade does kill it (exit {rc}; reld restarts it)", f"{rc} {out} {err}")
     r.stop()
     # A first install: what would start.
     w2 = os.path.join(work, "first")
