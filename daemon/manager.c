@@ -640,6 +640,10 @@ static void change_release(Manager *m, Op *op, const char *running, bool running
  * for status and the history; a dry run changed nothing to record). */
 static void dry_run_done(Op *op, Outcome o, int r, json_t *reply)
 {
+    /* A dry run changed nothing: whatever stopped it (reld stopping
+     * included, which ends a change as needs_operator) is a refusal. */
+    if (o == OUTCOME_ROLLED_BACK || o == OUTCOME_NEEDS_OPERATOR)
+        o = OUTCOME_REFUSED;
     if (!reply)
         reply = json_pack("{s:b, s:s}", "dry_run", 1, "to", op->to);
     json_object_set_new(reply, "outcome", json_string(outcome_names[o]));

@@ -529,7 +529,7 @@ static void plan_done(void *userdata)
     u->planning = false;
     const char *verb = u->p.up ? "upgrade" : "downgrade";
     if (u->cancelled) {
-        diag_error(&u->diag, "reld is stopping; the %s was not started", verb);
+        diag_error(&u->diag, "reld is stopping; the %s%s was not started", u->p.dry_run ? "dry run of the " : "", verb);
         u->p.finished(u->p.userdata, u, -ECANCELED, false);
         return;
     }

@@ -1871,6 +1871,38 @@ START_TEST(dry_run_of_a_first_install_lists_what_would_start)
 }
 END_TEST
 
+/* reld stops while a dry run plans: it ends once, refused (it changed
+ * nothing), and records nothing. */
+START_TEST(dry_run_cut_by_reld_stopping_is_refused)
+{
+    unpack_release("1");
+    unpack_release("2");
+    install("1");
+    ck_assert_int_eq(setenv("RELD_TEST_PLAN_DELAY_MS", "500", 1), 0);
+    Result res = {0};
+    ManagerCaller c = caller(&res);
+    ManagerInstall in = ask("2", NULL);
+    in.dry_run = true;
+    in.rehearse = true;
+    manager_install(m, &in, "tester", &c);
+    ck_assert_int_eq(res.n, 0);
+    shut_down = false;
+    manager_shutdown(m, on_shut_down, NULL);
+    long long deadline = mono_ms() + 30000;
+    while ((res.n == 0 || !shut_down) && mono_ms() < deadline)
+        ck_assert_int_ge(sd_event_run(ev, 10 * 1000ULL), 0);
+    ck_assert_int_eq(unsetenv("RELD_TEST_PLAN_DELAY_MS"), 0);
+    ck_assert_int_eq(res.n, 1);
+    ck_assert_int_eq(res.r, -ECANCELED);
+    ck_assert_str_eq(outcome(&res), "refused");
+    ck_assert_str_eq(first_error(&res), "reld is stopping; the dry run of the upgrade was not started");
+    ck_assert_uint_eq(n_attempts("dry_run"), 0);
+    ck_assert_state("1", "current");
+    ck_assert_state("2", "unpacked");
+    result_clear(&res);
+}
+END_TEST
+
 static Suite *manager_suite(void)
 {
     Suite *s = suite_create("manager");
@@ -1919,7 +1951,7 @@ static Suite *manager_suite(void)
         {"manager_free", {free_refuses_while_a_worker_thread_runs}},
         {"manager_install dry_run",
          {dry_run_of_an_upgrade_changes_nothing_and_names_the_processes, dry_run_refusals_and_the_running_release,
-          dry_run_of_a_first_install_lists_what_would_start}},
+          dry_run_of_a_first_install_lists_what_would_start, dry_run_cut_by_reld_stopping_is_refused}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
