@@ -200,6 +200,16 @@ void client_reply_ok(Client *c, json_t *fields)
     reply(c, m);
 }
 
+static json_t *valid_lines(const StrVec *v);
+
+void client_reply_ok_warned(Client *c, json_t *fields, const Diag *diag)
+{
+    json_t *m = fields ? fields : json_object();
+    if (diag && diag->warnings.n)
+        json_object_set_new(m, "warnings", valid_lines(&diag->warnings));
+    client_reply_ok(c, m);
+}
+
 void client_reply_error(Client *c, const char *fmt, ...)
 {
     va_list ap;

@@ -57,6 +57,8 @@ size_t client_n_fds(const Client *c);
 void client_send(Client *c, json_t *msg);
 /* The reply (takes fields, may be NULL): {"ok": true, ...}. */
 void client_reply_ok(Client *c, json_t *fields);
+/* The same, with diag's warnings (each made valid UTF-8), if any, as "warnings". */
+void client_reply_ok_warned(Client *c, json_t *fields, const Diag *diag);
 /* {"ok": false, "error": the formatted text, made valid UTF-8}. */
 void client_reply_error(Client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* {"ok": false, "error": the first error (or fallback), "errors", "warnings"},

@@ -23,10 +23,11 @@ static void on_progress(void *userdata, json_t *line)
 static void on_done(void *userdata, int r, json_t *reply, const Diag *diag)
 {
     Client *c = userdata;
-    if (r < 0)
+    if (r < 0) {
         client_reply_diag_with(c, diag, strerror(-r), reply); /* an install's outcome goes with its reasons */
-    else
-        client_reply_ok(c, json_deep_copy(reply));
+        return;
+    }
+    client_reply_ok_warned(c, json_deep_copy(reply), diag); /* a success may have something to say */
 }
 
 static ManagerCaller caller(Client *c)

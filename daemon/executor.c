@@ -179,6 +179,7 @@ struct Executor {
     bool past_ponr;
     bool restarted; /* the script stopped or started processes: no inverse can give their state back */
     Child *lost;    /* a process that went away during the script: its state is gone */
+    StrVec killed;  /* brutal purges that ended their process (old code still in use): warnings */
     long long start, t0;
     /* The work of the instruction or phase under way: calls, and stop runs. */
     Call *calls;
@@ -415,6 +416,11 @@ static void on_reply(Proc *p, json_t *m, int r, void *userdata)
         drop_queue(call);
     } else if (r == 0) {
         note_success(e, call->child, req);
+        if (req->cmd == REQ_PURGE && json_is_true(json_object_get(m, "killed"))) /* done, but never silently */
+            strvec_push_take(&e->killed,
+                             xasprintf("%s[%d]: the purge of %s ended it: it still ran the old code (in use); its "
+                                       "in-memory state is lost, and it restarts",
+                                       proc_label(p), (int)proc_pid(p), req->module ? req->module : "?"));
     } else if (req->kind == KIND_OPTIONAL) {
         /* say nothing: what it would have tidied stays for a later purge */
     } else {
@@ -1082,7 +1088,10 @@ static int phase_ended(Executor *e)
         restart_old_end(e);
         break;
     case PHASE_POST_PURGE:
-        diag_clear(e->diag); /* a refused soft post-purge is not a failure */
+        diag_clear(e->diag);                     /* a refused soft post-purge is not a failure */
+        for (size_t k = 0; k < e->killed.n; k++) /* a brutal one that killed is not silent */
+            diag_warning(e->diag, "%s", e->killed.v[k]);
+        strvec_clear(&e->killed);
         rehearsal_warn_skipped(e);
         return switch_over_begin(e);
     case PHASE_SWITCH_OVER:
@@ -1505,6 +1514,7 @@ Executor *executor_free(Executor *e)
             proc_cancel_call(e->calls[k].child->proc);
     supervisor_forget(e->s, e);
     calls_clear(e);
+    strvec_clear(&e->killed);
     if (flush_records(e) < 0)
         log_error("cannot write the last instruction records of attempt %lld", (long long)e->p.attempt);
     for (size_t k = 0; k < e->n_records; k++)

@@ -355,6 +355,8 @@ def test_dry_run(work):
     killed = wait_for(lambda: kv_pid(r) not in (0, pid))
     d.tap(killed and f"kvcounter/kv[{pid}] killed by signal 9" in open(os.path.join(work, "reld.log")).read(),
           f"and the real upgrade does kill it (exit {rc}; reld restarts it)", f"{rc} {out} {err}")
+    d.tap(f"warning: kvcounter/kv[{pid}]: the purge of kv_server ended it" in err and "state is lost" in err,
+          "and says so: a warning names the process, the module and the lost state", err)
     r.stop()
     # A first install: what would start.
     w2 = os.path.join(work, "first")
