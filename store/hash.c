@@ -50,7 +50,7 @@ static int sorted_names(int fd, StrVec *ret)
 typedef struct Walk {
     struct sha256_ctx h;
     uint8_t *buf;
-    const char *skip; /* a top-level name left out, or NULL */
+    const char *skip; /* a top-level name left out (it holds no '/'), or NULL */
 } Walk;
 
 #define READ_CHUNK (256U << 10)
@@ -94,9 +94,11 @@ static int hash_dir(Walk *w, int fd, const char *prefix)
     int r = sorted_names(fd, &names);
     for (size_t i = 0; r == 0 && i < names.n; i++) {
         const char *name = names.v[i];
-        if (w->skip && !*prefix && strcmp(name, w->skip) == 0)
-            continue;
         char *path = xasprintf("%s%s", prefix, name);
+        if (w->skip && strcmp(path, w->skip) == 0) { /* only at the top: deeper paths hold a '/' */
+            free(path);
+            continue;
+        }
         struct stat st;
         if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
             r = -errno;
