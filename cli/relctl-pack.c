@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "check/check.h"
+#include "sign.h"
 #include "store.h"
 #include "cli.h"
 #include "util.h"
@@ -117,6 +118,72 @@ static void print_findings(const CheckReport *rep, const char *prefix)
             fprintf(stderr, "%s\n", line);
         free(line);
     }
+}
+
+/* ---- --sign ---------------------------------------------------------------------- */
+
+/* Reads an unencrypted minisign secret key (minisign -G -W). */
+static int sign_key_load(const char *path, SignSecretKey *ret)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    int r = store_read_file(path, &buf, &len);
+    if (r < 0) {
+        fprintf(stderr, "relctl: %s: %s\n", path, strerror(-r));
+        return r;
+    }
+    Diag d = {0};
+    r = sign_secret_key_parse(buf, len, path, ret, &d);
+    free(buf);
+    print_diag(&d);
+    diag_clear(&d);
+    return r;
+}
+
+/* Writes the .minisig of the file tmp (the tarball before it is renamed into
+ * place) to sig_tmp, its trusted comment binding it to this release. */
+static int sign_tarball(const SignSecretKey *sk, const char *tmp, const char *sig_tmp, const char *name,
+                        const char *vsn)
+{
+    int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "relctl: %s: %s\n", tmp, strerror(errno));
+        return -errno;
+    }
+    SignHasher h;
+    sign_hasher_init(&h);
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0)
+        sign_hasher_update(&h, buf, (size_t)n);
+    int e = n < 0 ? errno : 0;
+    close(fd);
+    if (e) {
+        fprintf(stderr, "relctl: %s: %s\n", tmp, strerror(e));
+        return -e;
+    }
+    uint8_t hash[SIGN_HASH_SIZE];
+    sign_hasher_final(&h, hash);
+    char *comment = sign_comment_format(name, vsn), *text = NULL;
+    Diag d = {0};
+    int r = comment ? sign_create(sk, hash, comment, &text, &d) : -EINVAL;
+    print_diag(&d);
+    diag_clear(&d);
+    free(comment);
+    if (r < 0)
+        return r;
+    FILE *f = fopen(sig_tmp, "we");
+    if (!f || fputs(text, f) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0) {
+        e = errno;
+        fprintf(stderr, "relctl: %s: %s\n", sig_tmp, strerror(e));
+        r = -e;
+    }
+    if (f && fclose(f) != 0 && r == 0) {
+        r = -errno;
+        fprintf(stderr, "relctl: %s: %s\n", sig_tmp, strerror(-r));
+    }
+    free(text);
+    return r;
 }
 
 /* ---- check ------------------------------------------------------------------------ */
@@ -348,12 +415,11 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--check") == 0)
         return check_main(argc - 1, argv + 1);
-    static const struct option opts[] = {{"output", required_argument, NULL, 'o'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {"no-check", no_argument, NULL, 'n'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {0}};
-    const char *out = NULL;
+    static const struct option opts[] = {
+        {"output", required_argument, NULL, 'o'}, {"json", no_argument, NULL, 'j'},
+        {"no-check", no_argument, NULL, 'n'},     {"sign", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},         {0}};
+    const char *out = NULL, *key_path = NULL;
     bool json = false, checks = true;
     int c;
     optind = 1;
@@ -364,18 +430,25 @@ int main(int argc, char **argv)
             json = true;
         else if (c == 'n')
             checks = false;
+        else if (c == 's')
+            key_path = optarg;
         else if (c == 'h') {
-            puts("Usage: relctl pack [--json] [--no-check] DIR -o FILE");
+            puts("Usage: relctl pack [--json] [--no-check] [--sign KEY] DIR -o FILE");
             return 0;
         } else
             return EXIT_USAGE;
     }
     if (argc - optind != 1 || !out) {
-        fprintf(stderr, "relctl: usage: relctl pack [--json] [--no-check] DIR -o FILE\n");
+        fprintf(stderr, "relctl: usage: relctl pack [--json] [--no-check] [--sign KEY] DIR -o FILE\n");
         return EXIT_USAGE;
     }
     const char *dir = argv[optind];
     char *vsn = NULL;
+    /* The key first: a key that cannot sign stops the pack before it
+     * writes anything. */
+    SignSecretKey sk;
+    if (key_path && sign_key_load(key_path, &sk) < 0)
+        return EXIT_REFUSED;
     if (single_release(dir, &vsn) < 0)
         return EXIT_REFUSED;
     Diag d = {0};
@@ -438,16 +511,35 @@ int main(int argc, char **argv)
         r = -EIO;
     }
     archive_write_free(a);
+    char *sig = xasprintf("%s.minisig", out), *sig_tmp = xasprintf("%s.minisig.tmp", out);
+    if (r == 0 && key_path)
+        r = sign_tarball(&sk, tmp, sig_tmp, rel->name, vsn);
     if (r == 0 && rename(tmp, out) < 0) {
         fprintf(stderr, "relctl: %s: %s\n", out, strerror(errno));
         r = -errno;
     }
-    if (r < 0)
-        unlink(tmp);
-    else if (json)
-        printf("{\"release\": \"%s\", \"name\": \"%s\", \"file\": \"%s\"}\n", vsn, rel->name, out);
-    else
+    if (r == 0 && key_path && rename(sig_tmp, sig) < 0) {
+        fprintf(stderr, "relctl: %s: %s\n", sig, strerror(errno));
+        r = -errno;
+        (void)unlink(out); /* a tarball without the signature asked for is not the result */
+    }
+    if (key_path)
+        sign_secret_key_wipe(&sk);
+    if (r < 0) {
+        (void)unlink(tmp);
+        (void)unlink(sig_tmp);
+    } else if (json) {
+        printf("{\"release\": \"%s\", \"name\": \"%s\", \"file\": \"%s\"", vsn, rel->name, out);
+        if (key_path)
+            printf(", \"signature\": \"%s\"", sig);
+        printf("}\n");
+    } else {
         printf("packed release %s %s into %s\n", rel->name, vsn, out);
+        if (key_path)
+            printf("signed it: %s\n", sig);
+    }
+    free(sig);
+    free(sig_tmp);
     free(tmp);
     free(vsn);
     release_def_free(rel);

@@ -22,7 +22,8 @@ static void usage(FILE *f)
     fputs("Usage: relctl [--socket PATH] COMMAND [--json] [ARGS]\n"
           "\n"
           "Commands (the socket is --socket, else $RELD_SOCKET, else /run/reld/reld.sock):\n"
-          "  unpack TARBALL|-          hand a release tarball (or standard input) to reld\n"
+          "  unpack TARBALL|-          hand a release tarball (or standard input) to reld, with its\n"
+          "                            signature TARBALL.minisig if there is one (or --signature FILE)\n"
           "  install TARBALL|VSN       unpack if needed; start it, or go to it from the running release\n"
           "  upgrade VSN / downgrade VSN   go to a newer / older release by its relup, live\n"
           "      these three wait for the release to be healthy and go back by themselves when it\n"
@@ -37,6 +38,7 @@ static void usage(FILE *f)
           "  history [--limit N]       state changes, unpacks, attempts and their instructions\n"
           "  status [--watch [S]]      what reld runs now (refreshed every S seconds)\n"
           "  pack DIR -o FILE          validate a release laid out in DIR and write its tarball\n"
+          "      --sign KEY: and FILE.minisig beside it (an unencrypted minisign secret key)\n"
           "  check [--strict] [--root DIR] [OLD] NEW\n"
           "                            offline: modules, executables and appups before anything runs\n"
           "  relup [--root DIR] [--write] [--no-derive] FROM TO\n"
@@ -258,12 +260,70 @@ static int common_opts(int argc, char **argv, bool *json, const char *usage_line
     return -1;
 }
 
+/* The unpack request for the tarball file: with the text of its signature
+ * (docs/signing.md), from sig_path, or else FILE.minisig beside it if there
+ * is one (for standard input only --signature). 0 with *ret, or
+ * EXIT_REFUSED after saying why. */
+#define SIGNATURE_MAX 4096
+static int unpack_request(const char *file, const char *sig_path, bool allow_downgrade, json_t **ret)
+{
+    _cleanup_free_ char *p = sig_path                 ? xstrdup(sig_path)
+                             : strcmp(file, "-") != 0 ? xasprintf("%s.minisig", file)
+                                                      : NULL;
+    json_t *req = json_pack("{s:s}", "cmd", "unpack");
+    if (allow_downgrade) /* past the downgrade floor (min_version, refuse_older_than_permanent) */
+        json_object_set_new(req, "allow_downgrade", json_true());
+    int fd = p ? open(p, O_RDONLY | O_CLOEXEC) : -1;
+    if (!p || (fd < 0 && errno == ENOENT && !sig_path)) { /* unsigned: reld decides whether that will do */
+        *ret = req;
+        return 0;
+    }
+    if (fd < 0) {
+        fprintf(stderr, "relctl: %s: %s\n", p, strerror(errno));
+        json_decref(req);
+        return EXIT_REFUSED;
+    }
+    char buf[SIGNATURE_MAX + 1];
+    ssize_t n = read(fd, buf, sizeof buf);
+    int e = errno;
+    close(fd);
+    json_t *text = n >= 0 && n <= SIGNATURE_MAX ? json_stringn(buf, (size_t)n) : NULL;
+    if (!text) {
+        fprintf(stderr, "relctl: %s: %s\n", p,
+                n < 0 ? strerror(e) : "not a signature (larger than 4096 bytes, or not text)");
+        json_decref(req);
+        return EXIT_REFUSED;
+    }
+    json_object_set_new(req, "signature", text);
+    *ret = req;
+    return 0;
+}
+
 static int cmd_unpack(int argc, char **argv)
 {
-    bool json = false;
-    int r = common_opts(argc, argv, &json, "unpack [--json] TARBALL|-");
-    if (r >= 0)
-        return r;
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"signature", required_argument, NULL, 'S'},
+                                         {"allow-downgrade", no_argument, NULL, 'A'},
+                                         {0}};
+    bool json = false, allow_downgrade = false;
+    const char *sig_path = NULL;
+    int r, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'j') {
+            json = true;
+        } else if (c == 'S') {
+            sig_path = optarg;
+        } else if (c == 'A') {
+            allow_downgrade = true;
+        } else if (c == 'h') {
+            printf("Usage: relctl unpack [--json] [--signature FILE] [--allow-downgrade] TARBALL|-\n");
+            return 0;
+        } else {
+            return EXIT_USAGE;
+        }
+    }
     if (argc - optind != 1) {
         fprintf(stderr, "relctl: unpack takes one tarball (or - for standard input)\n");
         return EXIT_USAGE;
@@ -274,8 +334,10 @@ static int cmd_unpack(int argc, char **argv)
         fprintf(stderr, "relctl: %s: %s\n", file, strerror(errno));
         return EXIT_REFUSED;
     }
-    json_t *rep;
-    r = call_or_report(json_pack("{s:s}", "cmd", "unpack"), fd, &rep);
+    json_t *rep, *req;
+    r = unpack_request(file, sig_path, allow_downgrade, &req);
+    if (r == 0)
+        r = call_or_report(req, fd, &rep);
     if (fd != STDIN_FILENO)
         close(fd);
     if (r)
@@ -525,7 +587,11 @@ static int cmd_go(int argc, char **argv, const char *cmd)
                                          {"rehearse", no_argument, NULL, 'r'},
                                          {"no-rehearse", no_argument, NULL, 'R'},
                                          {"dry-run", no_argument, NULL, 'd'},
+                                         {"signature", required_argument, NULL, 'S'},
+                                         {"allow-downgrade", no_argument, NULL, 'A'},
                                          {0}};
+    const char *sig_path = NULL;
+    bool allow_downgrade = false;
     bool install = strcmp(cmd, "install") == 0, json = false, no_wait = false, commit = false, rehearse = false;
     bool no_rehearse = false, dry_run = false;
     long ms[2] = {-1, -1}; /* --min-healthy, --health-timeout */
@@ -545,6 +611,10 @@ static int cmd_go(int argc, char **argv, const char *cmd)
             no_rehearse = true;
         } else if (c == 'd') {
             dry_run = true;
+        } else if (c == 'S' && install) {
+            sig_path = optarg;
+        } else if (c == 'A' && install) {
+            allow_downgrade = true;
         } else if (c == 'm' || c == 't') {
             long v = strtol(optarg, &end, 10);
             if (!*optarg || *end || v < (c == 'm' ? 0 : 1) || v > 86400000) {
@@ -555,8 +625,8 @@ static int cmd_go(int argc, char **argv, const char *cmd)
             ms[c == 't'] = v;
         } else if (c == 'h') {
             printf("Usage: relctl %s [--json] [--rehearse|--no-rehearse] [--dry-run] [--no-wait] [--commit] "
-                   "[--min-healthy MS] [--health-timeout MS] %s\n",
-                   cmd, install ? "TARBALL|VSN" : "VSN");
+                   "[--min-healthy MS] [--health-timeout MS] %s%s\n",
+                   cmd, install ? "[--signature FILE] [--allow-downgrade] " : "", install ? "TARBALL|VSN" : "VSN");
             return 0;
         } else {
             return EXIT_USAGE;
@@ -588,8 +658,16 @@ static int cmd_go(int argc, char **argv, const char *cmd)
     }
     if (fd < 0 && !check_version_arg(cmd, arg)) /* not a file: a version, or nothing sensible */
         return EXIT_USAGE;
+    if (fd < 0 && (sig_path || allow_downgrade)) {
+        fprintf(stderr, "relctl: install: --%s goes with a tarball, not a version\n",
+                sig_path ? "signature" : "allow-downgrade");
+        return EXIT_USAGE;
+    }
     if (fd >= 0) {
-        r = call_or_report(json_pack("{s:s}", "cmd", "unpack"), fd, &rep);
+        json_t *ureq = NULL;
+        r = unpack_request(arg, sig_path, allow_downgrade, &ureq);
+        if (r == 0)
+            r = call_or_report(ureq, fd, &rep);
         if (fd != STDIN_FILENO)
             close(fd);
         if (r)
@@ -714,6 +792,8 @@ static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_
         printf("root %s\npermanent %s\ncurrent %s\nreleases %zu\n", json_string_value(json_object_get(rep, "root")),
                json_is_string(perm) ? json_string_value(perm) : "-", json_is_string(cur) ? json_string_value(cur) : "-",
                json_array_size(json_object_get(rep, "releases")));
+        if (json_is_string(json_object_get(rep, "signatures")))
+            printf("signatures: %s\n", json_string_value(json_object_get(rep, "signatures")));
         json_t *up = json_object_get(rep, "upgrade");
         if (json_is_object(up)) {
             long long of = json_integer_value(json_object_get(up, "of"));

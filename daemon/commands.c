@@ -79,12 +79,22 @@ static void answer(Client *c, json_t *reply, Diag *diag)
 
 /* ---- the commands ------------------------------------------------------------ */
 
+static bool bool_field(Client *c, json_t *req, const char *key, bool *out);
+
 static void cmd_unpack(Client *c, json_t *req, Manager *m)
 {
     if (client_n_fds(c) != 1)
         return client_reply_error(c, "unpack needs the tarball's file descriptor passed with the request");
+    /* The .minisig's text (four short lines) travels in the request. */
+    json_t *sig = json_object_get(req, "signature");
+    if (sig && (!json_is_string(sig) || json_string_length(sig) > 4096))
+        return client_reply_error(c, "signature must be the text of a .minisig file (at most 4096 bytes)");
+    bool allow_downgrade = false;
+    if (!bool_field(c, req, "allow_downgrade", &allow_downgrade))
+        return;
     ManagerCaller mc = caller(c);
-    manager_unpack(m, client_take_fd(c), client_who(c), &mc);
+    manager_unpack_signed(m, client_take_fd(c), sig ? json_string_value(sig) : NULL, allow_downgrade, client_who(c),
+                          &mc);
 }
 
 /* Optional fields: absent leaves *out alone; a wrong type is refused

@@ -16,7 +16,9 @@ void config_init(DaemonConfig *c)
                         .max_unpacked_files = CONFIG_DEFAULT_MAX_UNPACKED_FILES,
                         .max_unpacked_depth = CONFIG_DEFAULT_MAX_UNPACKED_DEPTH,
                         .min_healthy_ms = CONFIG_DEFAULT_MIN_HEALTHY_MS,
-                        .health_timeout_ms = CONFIG_DEFAULT_HEALTH_TIMEOUT_MS};
+                        .health_timeout_ms = CONFIG_DEFAULT_HEALTH_TIMEOUT_MS,
+                        .trusted_keys = xstrdup(CONFIG_DEFAULT_TRUSTED_KEYS),
+                        .revoked_keys = xstrdup(CONFIG_DEFAULT_REVOKED_KEYS)};
 }
 
 void config_copy(DaemonConfig *dst, const DaemonConfig *src)
@@ -30,7 +32,11 @@ void config_copy(DaemonConfig *dst, const DaemonConfig *src)
                           .max_unpacked_files = src->max_unpacked_files,
                           .max_unpacked_depth = src->max_unpacked_depth,
                           .min_healthy_ms = src->min_healthy_ms,
-                          .health_timeout_ms = src->health_timeout_ms};
+                          .health_timeout_ms = src->health_timeout_ms,
+                          .trusted_keys = xstrdup(src->trusted_keys),
+                          .revoked_keys = xstrdup(src->revoked_keys),
+                          .min_version = xstrdup(src->min_version),
+                          .refuse_older_than_permanent = src->refuse_older_than_permanent};
 }
 
 void config_clear(DaemonConfig *c)
@@ -39,6 +45,9 @@ void config_clear(DaemonConfig *c)
     free(c->socket_path);
     free(c->writer_group);
     free(c->reader_group);
+    free(c->trusted_keys);
+    free(c->revoked_keys);
+    free(c->min_version);
     *c = (DaemonConfig){0};
 }
 
@@ -67,6 +76,10 @@ int config_load(DaemonConfig *c, const char *path, char **ret_err)
                                        "max_unpacked_depth",
                                        "min_healthy_ms",
                                        "health_timeout_ms",
+                                       "trusted_keys",
+                                       "revoked_keys",
+                                       "min_version",
+                                       "refuse_older_than_permanent",
                                        NULL};
     DaemonConfig n;
     config_copy(&n, c);
@@ -87,6 +100,33 @@ int config_load(DaemonConfig *c, const char *path, char **ret_err)
             set_string(&n.writer_group, TAKE_PTR(s));
         if (yaml_get_string(&y, root, "reader_group", false, &s) && s)
             set_string(&n.reader_group, TAKE_PTR(s));
+        /* Absolute: reld's working directory is no place to look for keys. */
+        static const char *const dirs[] = {"trusted_keys", "revoked_keys"};
+        for (size_t i = 0; i < 2; i++) {
+            if (!yaml_get_string(&y, root, dirs[i], false, &s) || !s)
+                continue;
+            if (s[0] == '/') {
+                set_string(i == 0 ? &n.trusted_keys : &n.revoked_keys, TAKE_PTR(s));
+            } else {
+                yaml_error(&y, yaml_map_get(&y, root, dirs[i]), "%s must be an absolute directory", dirs[i]);
+                free(TAKE_PTR(s));
+            }
+        }
+        if (yaml_get_string(&y, root, "min_version", false, &s) && s) {
+            if (version_is_valid(s))
+                set_string(&n.min_version, TAKE_PTR(s));
+            else
+                yaml_error(&y, yaml_map_get(&y, root, "min_version"), "min_version must be a release version");
+            free(TAKE_PTR(s));
+        }
+        if (yaml_get_string(&y, root, "refuse_older_than_permanent", false, &s) && s) {
+            if (strcmp(s, "true") == 0 || strcmp(s, "false") == 0)
+                n.refuse_older_than_permanent = strcmp(s, "true") == 0;
+            else
+                yaml_error(&y, yaml_map_get(&y, root, "refuse_older_than_permanent"),
+                           "refuse_older_than_permanent must be true or false");
+            free(TAKE_PTR(s));
+        }
         if (yaml_get_string(&y, root, "readers", false, &s) && s) {
             if (strcmp(s, "all") == 0)
                 n.readers_all = true;

@@ -24,6 +24,15 @@ typedef struct DaemonConfig {
      * new release must stay healthy this long, within this time. */
     long min_healthy_ms;    /* default 1000 */
     long health_timeout_ms; /* default 60000 */
+    /* Signed releases (docs/signing.md): minisign public keys, and revoked
+     * key ids or keys. Once trusted_keys holds a key, every tarball must be
+     * signed by one of them that is not revoked. */
+    char *trusted_keys; /* default /etc/reld/trusted.d */
+    char *revoked_keys; /* default /etc/reld/revoked.d */
+    /* The downgrade floor: a tarball of an older release (strverscmp) is
+     * refused at unpack unless the request allows a downgrade. */
+    char *min_version;                /* NULL: none */
+    bool refuse_older_than_permanent; /* default false */
 } DaemonConfig;
 
 #define CONFIG_DEFAULT_ROOT               "/var/lib/reld"
@@ -33,6 +42,8 @@ typedef struct DaemonConfig {
 #define CONFIG_DEFAULT_MAX_UNPACKED_DEPTH 32U
 #define CONFIG_DEFAULT_MIN_HEALTHY_MS     1000L
 #define CONFIG_DEFAULT_HEALTH_TIMEOUT_MS  60000L
+#define CONFIG_DEFAULT_TRUSTED_KEYS       "/etc/reld/trusted.d"
+#define CONFIG_DEFAULT_REVOKED_KEYS       "/etc/reld/revoked.d"
 
 /* Every default. */
 void config_init(DaemonConfig *c);

@@ -15,6 +15,7 @@
 #include "jobs.h"
 #include "log.h"
 #include "relup.h"
+#include "sign.h"
 #include "check/check.h"
 #include "crashpoint.h"
 #include "health.h"
@@ -62,6 +63,15 @@ typedef struct Op {
     char *vsn, *name, *from, *to;
     int fd;
     StoreLimits limits;
+    /* OP_UNPACK: the .minisig text (NULL: none came), the key directories,
+     * the release and version its trusted comment names, and what the
+     * history records of a verified signature {key_id, trusted_comment,
+     * blake2b}. */
+    char *signature, *trusted_dir, *revoked_dir, *signed_name, *signed_vsn;
+    json_t *signed_by;
+    /* OP_UNPACK: the downgrade floor (NULL: none), unless allowed. */
+    char *min_version, *permanent;
+    bool allow_downgrade;
     int r;
     Diag diag;
     ReleaseDef *rel;
@@ -120,6 +130,14 @@ static void op_free(Op *op)
         close(op->fd);
     free(op->who);
     free(op->root);
+    free(op->signature);
+    free(op->trusted_dir);
+    free(op->revoked_dir);
+    free(op->signed_name);
+    free(op->signed_vsn);
+    json_decref(op->signed_by);
+    free(op->min_version);
+    free(op->permanent);
     free(op->vsn);
     free(op->name);
     free(op->from);
@@ -177,6 +195,13 @@ void manager_set_unpack_limits(Manager *m, const DaemonConfig *cfg)
     m->cfg.max_unpacked_depth = cfg->max_unpacked_depth;
     m->cfg.min_healthy_ms = cfg->min_healthy_ms;
     m->cfg.health_timeout_ms = cfg->health_timeout_ms;
+    free(m->cfg.trusted_keys);
+    free(m->cfg.revoked_keys);
+    m->cfg.trusted_keys = xstrdup(cfg->trusted_keys);
+    m->cfg.revoked_keys = xstrdup(cfg->revoked_keys);
+    free(m->cfg.min_version);
+    m->cfg.min_version = xstrdup(cfg->min_version);
+    m->cfg.refuse_older_than_permanent = cfg->refuse_older_than_permanent;
 }
 
 static char *state_of(Manager *m, const char *which)
@@ -193,16 +218,169 @@ static char *state_of(Manager *m, const char *which)
 /* What can be known of a staged release before anything of it runs
  * (check.h: module descriptors read from the ELF files, executables and
  * the libraries they need on this machine); a refusal leaves nothing in
- * place. */
+ * place. A signed tarball's release must be the one its trusted comment
+ * names: a good signature of one release cannot vouch for another. */
 static int check_staged(const char *staging, const char *vsn, void *userdata, Diag *diag)
 {
+    Op *op = userdata;
+    /* The downgrade floor: an old release signed long ago stays signed,
+     * and must not come back by an unpack (relctl downgrade to a release
+     * still unpacked is the way back, and stays allowed). */
+    if (!op->allow_downgrade && op->min_version && strverscmp(vsn, op->min_version) < 0)
+        return diag_error(diag, "release %s is older than min_version %s; --allow-downgrade unpacks it anyway", vsn,
+                          op->min_version),
+               -EPERM;
+    if (!op->allow_downgrade && op->permanent && strverscmp(vsn, op->permanent) < 0)
+        return diag_error(diag,
+                          "release %s is older than the permanent release %s (refuse_older_than_permanent); "
+                          "--allow-downgrade unpacks it anyway",
+                          vsn, op->permanent),
+               -EPERM;
+    if (op->signed_vsn) {
+        ReleaseDef *rel = NULL;
+        int r = store_load_release(staging, vsn, &rel, diag);
+        if (r == 0 && (strcmp(rel->name, op->signed_name) != 0 || strcmp(vsn, op->signed_vsn) != 0)) {
+            diag_error(diag, "the signature is for release %s %s, but the tarball holds %s %s", op->signed_name,
+                       op->signed_vsn, rel->name, vsn);
+            r = -EPERM;
+        }
+        release_def_free(rel);
+        if (r < 0)
+            return r;
+    }
     return check_release_diag(staging, vsn, diag);
+}
+
+/* The trust on this machine, read at every unpack so that a key added to
+ * or revoked in its directory counts from the next unpack, without a
+ * restart. The line says what it is, for the log and relctl status. */
+int manager_trust(const char *trusted_dir, const char *revoked_dir, size_t *ret_keys, char **ret_line, Diag *diag)
+{
+    SignKeyring k = {0};
+    int r = sign_keyring_load(&k, trusted_dir, revoked_dir, diag);
+    if (r == 0) {
+        if (ret_keys)
+            *ret_keys = k.n_keys;
+        if (ret_line)
+            *ret_line = k.n_keys ? xasprintf("required (%zu trusted key%s in %s, %zu revoked)", k.n_keys,
+                                             k.n_keys == 1 ? "" : "s", trusted_dir, k.n_revoked)
+                                 : xasprintf("not required (no trusted key in %s)", trusted_dir);
+    }
+    sign_keyring_clear(&k);
+    return r;
+}
+
+/* Reads the tarball from op->fd into a file of reld's own under ROOT/tmp
+ * (unnamed: O_TMPFILE), hashing it as it goes, and verifies the signature
+ * against that hash. On success op->fd is the spooled file at its start:
+ * what is unpacked is exactly what was verified, whatever the sender does
+ * to its end of the descriptor afterwards. */
+static int spool_and_verify(Op *op, const SignKeyring *k)
+{
+    SignSignature sig;
+    char hex[SIGN_KEY_ID_HEX];
+    if (!op->signature)
+        return diag_error(&op->diag,
+                          "the tarball is not signed; reld requires a signature by a trusted key (%s): relctl finds "
+                          "TARBALL.minisig beside it, or give --signature FILE",
+                          op->trusted_dir),
+               -EPERM;
+    int r = sign_signature_parse(op->signature, strlen(op->signature), "signature", &sig, &op->diag);
+    if (r < 0)
+        return r;
+    /* Revoked or unknown keys are refused before a byte is read. */
+    sign_key_id_hex(sig.id, hex);
+    if (sign_keyring_is_revoked(k, sig.id))
+        return diag_error(&op->diag, "signed by key %s, which is revoked", hex), -EKEYREVOKED;
+    bool known = false;
+    for (size_t i = 0; i < k->n_keys && !known; i++)
+        known = memcmp(k->keys[i].id, sig.id, sizeof sig.id) == 0;
+    if (!known)
+        return diag_error(&op->diag, "signed by key %s, which is not trusted", hex), -ENOKEY;
+    _cleanup_free_ char *tmp = store_path_tmp(op->root);
+    if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+        return diag_error(&op->diag, "cannot create %s: %s", tmp, strerror(errno)), -EIO;
+    int sfd = open(tmp, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (sfd < 0) {
+        r = -errno;
+        return diag_error(&op->diag, "cannot spool the tarball in %s: %s", tmp, strerror(-r)), r;
+    }
+    SignHasher h;
+    sign_hasher_init(&h);
+    static const size_t chunk = 1 << 20;
+    _cleanup_free_ char *buf = xmalloc(chunk);
+    uint64_t total = 0;
+    for (;;) {
+        ssize_t n = read(op->fd, buf, chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = -errno;
+            diag_error(&op->diag, "cannot read the tarball: %s", strerror(-r));
+            break;
+        }
+        if (n == 0)
+            break;
+        total += (uint64_t)n;
+        /* The spool is bounded by the unpacked limit, which a larger
+         * tarball would exceed anyway (every entry counts its 512-byte
+         * header toward it). */
+        if (total > op->limits.bytes) {
+            r = -EFBIG;
+            diag_error(&op->diag, "the tarball is larger than max_unpacked_bytes (%llu)",
+                       (unsigned long long)op->limits.bytes);
+            break;
+        }
+        sign_hasher_update(&h, buf, (size_t)n);
+        for (ssize_t off = 0; off < n && r == 0;) {
+            ssize_t w = write(sfd, buf + off, (size_t)(n - off));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                r = -errno;
+                diag_error(&op->diag, "cannot spool the tarball in %s: %s", tmp, strerror(-r));
+            } else {
+                off += w;
+            }
+        }
+        if (r < 0)
+            break;
+    }
+    uint8_t hash[SIGN_HASH_SIZE];
+    sign_hasher_final(&h, hash);
+    size_t key = 0;
+    if (r == 0)
+        r = sign_verify(k, &sig, hash, &key, &op->diag);
+    if (r == 0)
+        r = sign_comment_parse(sig.trusted_comment, &op->signed_name, &op->signed_vsn, &op->diag);
+    if (r == 0 && lseek(sfd, 0, SEEK_SET) < 0) {
+        r = -errno;
+        diag_error(&op->diag, "cannot read the spooled tarball: %s", strerror(-r));
+    }
+    if (r < 0) {
+        close(sfd);
+        return r;
+    }
+    char hash_hex[2 * SIGN_HASH_SIZE + 1];
+    for (size_t i = 0; i < SIGN_HASH_SIZE; i++)
+        snprintf(hash_hex + 2 * i, 3, "%02x", hash[i]);
+    op->signed_by =
+        json_pack("{s:s, s:s, s:s}", "key_id", hex, "trusted_comment", sig.trusted_comment, "blake2b", hash_hex);
+    close(op->fd);
+    op->fd = sfd;
+    return 0;
 }
 
 static void unpack_work(void *userdata)
 {
     Op *op = userdata;
-    op->r = store_unpack_validated(op->root, op->fd, &op->limits, check_staged, NULL, &op->vsn, &op->name, &op->diag);
+    SignKeyring k = {0};
+    op->r = sign_keyring_load(&k, op->trusted_dir, op->revoked_dir, &op->diag);
+    if (op->r == 0 && k.n_keys > 0)
+        op->r = spool_and_verify(op, &k);
+    sign_keyring_clear(&k);
+    if (op->r == 0)
+        op->r = store_unpack_validated(op->root, op->fd, &op->limits, check_staged, op, &op->vsn, &op->name, &op->diag);
     close(op->fd);
     op->fd = -1;
 }
@@ -251,21 +429,41 @@ static void unpack_done(void *userdata)
         op->r = r;
         if (r == 0)
             CRASH_POINT("unpack:recorded");
+        /* The signature it was verified with, beside the unpack. */
+        if (r == 0 && op->signed_by && !was_present &&
+            history_event(m->hist, "signature", op->who, op->vsn, op->signed_by) < 0)
+            log_error("release %s: cannot record its signature: %s", op->vsn, history_last_error(m->hist));
         if (r == 0)
-            log_info("%s release %s %s for %s", was_present ? "already unpacked:" : "unpacked", op->name, op->vsn,
-                     op->who);
+            log_info("%s release %s %s for %s%s%s", was_present ? "already unpacked:" : "unpacked", op->name, op->vsn,
+                     op->who, op->signed_by ? ", signed by key " : "",
+                     op->signed_by ? json_string_value(json_object_get(op->signed_by, "key_id")) : "");
     } else {
         log_info("unpack for %s refused: %s", op->who, op->diag.errors.n ? op->diag.errors.v[0] : strerror(-op->r));
     }
-    op_done(op, op->r,
-            op->r == 0 ? json_pack("{s:s, s:s, s:b}", "release", op->vsn, "name", op->name, "unchanged", was_present)
-                       : NULL);
+    json_t *reply = op->r == 0
+                        ? json_pack("{s:s, s:s, s:b}", "release", op->vsn, "name", op->name, "unchanged", was_present)
+                        : NULL;
+    if (reply && op->signed_by)
+        json_object_set(reply, "signature", op->signed_by);
+    op_done(op, op->r, reply);
 }
 
 void manager_unpack(Manager *m, int fd, const char *who, const ManagerCaller *c)
 {
+    manager_unpack_signed(m, fd, NULL, false, who, c);
+}
+
+void manager_unpack_signed(Manager *m, int fd, const char *signature, bool allow_downgrade, const char *who,
+                           const ManagerCaller *c)
+{
     Op *op = op_new(m, OP_UNPACK, who, c);
     op->fd = fd;
+    op->signature = xstrdup(signature);
+    op->trusted_dir = xstrdup(m->cfg.trusted_keys);
+    op->revoked_dir = xstrdup(m->cfg.revoked_keys);
+    op->allow_downgrade = allow_downgrade;
+    op->min_version = xstrdup(m->cfg.min_version);
+    op->permanent = m->cfg.refuse_older_than_permanent ? state_of(m, RELEASE_PERMANENT) : NULL;
     op->limits = (StoreLimits){
         .bytes = m->cfg.max_unpacked, .files = m->cfg.max_unpacked_files, .depth = m->cfg.max_unpacked_depth};
     int r = jobs_run(m->jobs, unpack_work, unpack_done, op);
@@ -1062,6 +1260,13 @@ json_t *manager_status(Manager *m, Diag *diag)
         json_object_set_new(s, "health_gate", g);
     }
     json_object_set(s, "last_outcome", m->last_outcome ? m->last_outcome : json_null());
+    char *trust = NULL;
+    Diag td = {0};
+    if (manager_trust(m->cfg.trusted_keys, m->cfg.revoked_keys, NULL, &trust, &td) < 0)
+        trust = xasprintf("every unpack refused: %s", td.errors.n ? td.errors.v[0] : "the keys cannot be read");
+    diag_clear(&td);
+    json_object_set_new(s, "signatures", json_string(trust));
+    free(trust);
     free(cur);
     free(perm);
     return s;
@@ -1341,6 +1546,16 @@ int manager_new(sd_event *ev, const DaemonConfig *cfg, Manager **ret)
         manager_free(m);
         return r;
     }
+    /* Whether unpacks need a signature, said once at start: the operator
+     * should not learn it from a refusal. */
+    char *trust = NULL;
+    Diag td = {0};
+    if (manager_trust(m->cfg.trusted_keys, m->cfg.revoked_keys, NULL, &trust, &td) < 0)
+        log_error("signatures: every unpack will be refused: %s", td.errors.n ? td.errors.v[0] : "?");
+    else
+        log_info("signatures: %s", trust);
+    free(trust);
+    diag_clear(&td);
     *ret = m;
     return 0;
 }

@@ -71,6 +71,24 @@ void manager_set_unpack_limits(Manager *m, const DaemonConfig *cfg);
 
 /* Unpacks the tarball read from fd (taken) as release: reply {release, name}. */
 void manager_unpack(Manager *m, int fd, const char *who, const ManagerCaller *c);
+/* The same with the text of its .minisig (borrowed; NULL: none). Once the
+ * configured trusted_keys hold a key, the tarball is spooled under
+ * ROOT/tmp and hashed as it is read, and nothing is unpacked unless the
+ * signature is good, by a trusted key not revoked, and its trusted comment
+ * names the release the tarball holds; the reply then has "signature":
+ * {key_id, trusted_comment, blake2b}, and the history a "signature" event
+ * with the same. Refusals: -EPERM (not signed, or for another release),
+ * -ENOKEY, -EKEYREVOKED, -EBADMSG, -EINVAL, -ENOTSUP (sign.h), one line.
+ * The downgrade floor: a release older (strverscmp) than the configured
+ * min_version, or than the permanent release with
+ * refuse_older_than_permanent, is refused (-EPERM) unless allow_downgrade. */
+void manager_unpack_signed(Manager *m, int fd, const char *signature, bool allow_downgrade, const char *who,
+                           const ManagerCaller *c);
+/* Reads the key directories: the number of trusted keys and one line for
+ * the log and status ("required (2 trusted keys in DIR, 0 revoked)" or
+ * "not required (no trusted key in DIR)"; caller frees). A file that does
+ * not parse: -EINVAL, the reason in diag (unpacks are refused then). */
+int manager_trust(const char *trusted_dir, const char *revoked_dir, size_t *ret_keys, char **ret_line, Diag *diag);
 /* An install, upgrade or downgrade as asked. */
 typedef struct ManagerInstall {
     const char *vsn;          /* the release to run */

@@ -4,6 +4,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <sodium.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -178,6 +180,11 @@ int sign_secret_key_parse(const char *text, size_t len, const char *what, SignSe
     return 0;
 }
 
+void sign_secret_key_wipe(SignSecretKey *sk)
+{
+    sodium_memzero(sk, sizeof *sk);
+}
+
 void sign_secret_key_public(const SignSecretKey *sk, SignPublicKey *ret)
 {
     memcpy(ret->id, sk->id, 8);
@@ -186,12 +193,11 @@ void sign_secret_key_public(const SignSecretKey *sk, SignPublicKey *ret)
 
 void sign_key_id_hex(const uint8_t id[SIGN_KEY_ID_SIZE], char out[SIGN_KEY_ID_HEX])
 {
-    static const char digits[] = "0123456789ABCDEF";
-    for (size_t i = 0; i < 8; i++) { /* little-endian: the last byte prints first */
-        out[2 * i] = digits[id[7 - i] >> 4];
-        out[2 * i + 1] = digits[id[7 - i] & 15];
-    }
-    out[16] = '\0';
+    /* As minisign prints it: the little-endian number, without leading zeros. */
+    uint64_t v = 0;
+    for (size_t i = 0; i < 8; i++)
+        v |= (uint64_t)id[i] << (8 * i);
+    snprintf(out, SIGN_KEY_ID_HEX, "%" PRIX64, v);
 }
 
 static int hexval(char c)
@@ -207,16 +213,18 @@ static int hexval(char c)
 
 bool sign_key_id_parse(const char *hex, uint8_t ret[SIGN_KEY_ID_SIZE])
 {
-    uint8_t id[8];
-    if (strlen(hex) != 16)
+    size_t n = strlen(hex);
+    uint64_t v = 0;
+    if (n == 0 || n > 16)
         return false;
-    for (size_t i = 0; i < 8; i++) {
-        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0)
+    for (size_t i = 0; i < n; i++) {
+        int d = hexval(hex[i]);
+        if (d < 0)
             return false;
-        id[7 - i] = (uint8_t)(hi << 4 | lo);
+        v = v << 4 | (uint64_t)d;
     }
-    memcpy(ret, id, 8);
+    for (size_t i = 0; i < 8; i++)
+        ret[i] = (uint8_t)(v >> (8 * i));
     return true;
 }
 
@@ -444,7 +452,8 @@ static int load_revoked(SignKeyring *k, const char *text, size_t len, const char
         if (*b == '\0' || *b == '#')
             continue;
         if (!sign_key_id_parse(b, id))
-            return diag_error(diag, "%s:%d: not a key id (16 hex digits) nor a public key", what, line + 1), -EINVAL;
+            return diag_error(diag, "%s:%d: not a key id (up to 16 hex digits) nor a public key", what, line + 1),
+                   -EINVAL;
         sign_keyring_revoke(k, id);
     }
     return 0;

@@ -22,8 +22,8 @@
  * text (a build id, a date). CI signs with
  *   minisign -S -s KEY -m X.tar.gz -t "reld release=NAME vsn=VSN"
  *
- * Key ids print as minisign prints them: 16 upper-case hex digits of the
- * 8 id bytes read as a little-endian number.
+ * Key ids print as minisign prints them: the 8 id bytes read as a
+ * little-endian number, in upper-case hex without leading zeros.
  *
  * Errors: 0 on success or a negative errno, with one line saying what and
  * where in diag (never NULL): -EINVAL malformed input, -ENOTSUP a format or algorithm
@@ -40,7 +40,7 @@
 
 #define SIGN_KEY_ID_SIZE ((size_t)8)
 #define SIGN_HASH_SIZE   ((size_t)64) /* BLAKE2b-512 */
-#define SIGN_KEY_ID_HEX  ((size_t)17) /* 16 digits and NUL */
+#define SIGN_KEY_ID_HEX  ((size_t)17) /* up to 16 digits and NUL */
 /* minisign's own limit on the trusted comment. */
 #define SIGN_COMMENT_MAX ((size_t)1024)
 
@@ -79,6 +79,8 @@ int sign_public_key_parse(const char *text, size_t len, const char *what, SignPu
 /* Parses an unencrypted secret key file (minisign -G -W) and checks its
  * checksum. -ENOTSUP for an encrypted key. */
 int sign_secret_key_parse(const char *text, size_t len, const char *what, SignSecretKey *ret, Diag *diag);
+/* Overwrites a secret key in memory (one the compiler cannot skip). */
+void sign_secret_key_wipe(SignSecretKey *sk);
 /* The public half of a secret key. */
 void sign_secret_key_public(const SignSecretKey *sk, SignPublicKey *ret);
 /* Parses a .minisig: four lines exactly (a last newline optional). */
@@ -86,7 +88,7 @@ int sign_signature_parse(const char *text, size_t len, const char *what, SignSig
 
 /* out: the key id as minisign prints it. */
 void sign_key_id_hex(const uint8_t id[SIGN_KEY_ID_SIZE], char out[SIGN_KEY_ID_HEX]);
-/* Parses 16 hex digits (either case) into an id: true when it is one. */
+/* Parses 1 to 16 hex digits (either case) into an id: true when it is one. */
 bool sign_key_id_parse(const char *hex, uint8_t ret[SIGN_KEY_ID_SIZE]);
 
 /* Trusted keys and revoked key ids. Zero-initialised is empty. */

@@ -70,6 +70,10 @@ static void assert_defaults(const DaemonConfig *x)
     ck_assert_uint_eq(x->max_unpacked, CONFIG_DEFAULT_MAX_UNPACKED);
     ck_assert_int_eq(x->min_healthy_ms, CONFIG_DEFAULT_MIN_HEALTHY_MS);
     ck_assert_int_eq(x->health_timeout_ms, CONFIG_DEFAULT_HEALTH_TIMEOUT_MS);
+    ck_assert_str_eq(x->trusted_keys, "/etc/reld/trusted.d");
+    ck_assert_str_eq(x->revoked_keys, "/etc/reld/revoked.d");
+    ck_assert_ptr_null(x->min_version);
+    ck_assert(!x->refuse_older_than_permanent);
 }
 
 /* err is one line "PATH:LINE:COL: ..." that contains part. */
@@ -231,6 +235,38 @@ START_TEST(load_each_key_alone_keeps_the_others)
 }
 END_TEST
 
+START_TEST(load_key_directories)
+{
+    ck_assert_int_eq(load("trusted_keys: /srv/keys/trusted\nrevoked_keys: /srv/keys/revoked\n"), 0);
+    ck_assert_str_eq(c.trusted_keys, "/srv/keys/trusted");
+    ck_assert_str_eq(c.revoked_keys, "/srv/keys/revoked");
+    DaemonConfig copy;
+    config_copy(&copy, &c);
+    ck_assert_str_eq(copy.trusted_keys, "/srv/keys/trusted");
+    ck_assert_str_eq(copy.revoked_keys, "/srv/keys/revoked");
+    config_clear(&copy);
+    ck_assert_int_eq(load("revoked_keys: /r\n"), 0); /* the other keeps its value */
+    ck_assert_str_eq(c.trusted_keys, "/srv/keys/trusted");
+    ck_assert_str_eq(c.revoked_keys, "/r");
+}
+END_TEST
+
+START_TEST(load_downgrade_floor)
+{
+    ck_assert_int_eq(load("min_version: 2.0.1\nrefuse_older_than_permanent: true\n"), 0);
+    ck_assert_str_eq(c.min_version, "2.0.1");
+    ck_assert(c.refuse_older_than_permanent);
+    DaemonConfig copy;
+    config_copy(&copy, &c);
+    ck_assert_str_eq(copy.min_version, "2.0.1");
+    ck_assert(copy.refuse_older_than_permanent);
+    config_clear(&copy);
+    ck_assert_int_eq(load("refuse_older_than_permanent: false\n"), 0);
+    ck_assert(!c.refuse_older_than_permanent);
+    ck_assert_str_eq(c.min_version, "2.0.1");
+}
+END_TEST
+
 START_TEST(load_readers_all_and_writers)
 {
     ck_assert_int_eq(load("readers: all\n"), 0);
@@ -264,6 +300,11 @@ START_TEST(load_wrong_values_are_one_line_each)
         {"health_timeout_ms: 0\n", "must be an integer from 1 to 86400000", ":1:20: "},
         {"health_timeout_ms: soon\n", "must be an integer from 1 to 86400000", ":1:20: "},
         {"root: [a, b]\n", "field 'root' must be a string", ":1:7: "},
+        {"trusted_keys: keys\n", "trusted_keys must be an absolute directory", ":1:15: "},
+        {"revoked_keys: ./r\n", "revoked_keys must be an absolute directory", ":1:15: "},
+        {"trusted_keys: [a]\n", "field 'trusted_keys' must be a string", ":1:15: "},
+        {"min_version: ../1\n", "min_version must be a release version", ":1:14: "},
+        {"refuse_older_than_permanent: yes\n", "refuse_older_than_permanent must be true or false", ":1:30: "},
         {"socket: {a: 1}\n", "field 'socket' must be a string", ":1:9: "},
         {"writer_group: [ops]\n", "field 'writer_group' must be a string", ":1:15: "},
         {"reader_group: [devs]\n", "field 'reader_group' must be a string", ":1:15: "},
@@ -391,9 +432,10 @@ static Suite *config_suite(void)
          {load_empty_file_is_every_default, load_comments_only_is_every_default, load_shipped_file_is_every_default,
           load_empty_file_keeps_earlier_values, load_bom_and_comments_is_every_default,
           load_document_marker_with_content_on_its_line, load_every_key, load_each_key_alone_keeps_the_others,
-          load_readers_all_and_writers, load_unknown_key_is_one_line, load_wrong_values_are_one_line_each,
-          load_several_errors_give_the_first, load_failure_leaves_the_config_untouched, load_missing_file,
-          load_unreadable_file}},
+          load_readers_all_and_writers, load_key_directories, load_unknown_key_is_one_line,
+          load_wrong_values_are_one_line_each, load_several_errors_give_the_first,
+          load_failure_leaves_the_config_untouched, load_missing_file, load_unreadable_file}},
+        {"config_load signing", {load_downgrade_floor}},
         {"config_copy", {copy_duplicates_every_field, copy_keeps_null_groups}},
         {"config_clear", {clear_zeroes_and_is_repeatable}},
     };
