@@ -60,6 +60,8 @@ static int split_lines(const char *text, size_t len, Line *lines, int max)
 {
     int n = 0;
     size_t i = 0;
+    if (len == 0) /* text may be NULL then (an empty file read) */
+        return 0;
     if (memchr(text, '\0', len))
         return -1;
     while (i < len) {
