@@ -303,7 +303,7 @@ size_t supervisor_probes(const Supervisor *s, HealthProbe ***ret)
     size_t n = 0;
     for (size_t i = 0; i < s->n_apps; i++)
         n += s->apps[i]->n_children;
-    HealthProbe **v = xcalloc(n + 1, sizeof(*v));
+    HealthProbe **v = xcalloc(n + 1, sizeof(HealthProbe *));
     n = 0;
     for (size_t i = 0; i < s->n_apps; i++)
         for (size_t k = 0; k < s->apps[i]->n_children; k++)
