@@ -19,6 +19,7 @@
 
 #include "check/check.h"
 #include "sign.h"
+#include <sodium.h>
 #include "store.h"
 #include "cli.h"
 #include "util.h"
@@ -122,18 +123,33 @@ static void print_findings(const CheckReport *rep, const char *prefix)
 
 /* ---- --sign ---------------------------------------------------------------------- */
 
-/* Reads an unencrypted minisign secret key (minisign -G -W). */
-static int sign_key_load(const char *path, SignSecretKey *ret)
+/* Reads a minisign secret key: unencrypted (minisign -G -W), or encrypted
+ * with the password on the first line of pw_path. */
+static int sign_key_load(const char *path, const char *pw_path, SignSecretKey *ret)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    int r = store_read_file(path, &buf, &len);
+    char *buf = NULL, *pw = NULL;
+    size_t len = 0, pw_len = 0;
+    int r = pw_path ? store_read_file(pw_path, &pw, &pw_len) : 0;
+    if (r < 0) {
+        fprintf(stderr, "relctl: %s: %s\n", pw_path, strerror(-r));
+        return r;
+    }
+    if (pw)
+        pw[strcspn(pw, "\r\n")] = '\0';
+    r = store_read_file(path, &buf, &len);
     if (r < 0) {
         fprintf(stderr, "relctl: %s: %s\n", path, strerror(-r));
+        if (pw)
+            sodium_memzero(pw, pw_len);
+        free(pw);
         return r;
     }
     Diag d = {0};
-    r = sign_secret_key_parse(buf, len, path, ret, &d);
+    r = sign_secret_key_parse(buf, len, path, pw, ret, &d);
+    if (pw)
+        sodium_memzero(pw, pw_len);
+    free(pw);
+    sodium_memzero(buf, len);
     free(buf);
     print_diag(&d);
     diag_clear(&d);
@@ -415,11 +431,14 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--check") == 0)
         return check_main(argc - 1, argv + 1);
-    static const struct option opts[] = {
-        {"output", required_argument, NULL, 'o'}, {"json", no_argument, NULL, 'j'},
-        {"no-check", no_argument, NULL, 'n'},     {"sign", required_argument, NULL, 's'},
-        {"help", no_argument, NULL, 'h'},         {0}};
-    const char *out = NULL, *key_path = NULL;
+    static const struct option opts[] = {{"output", required_argument, NULL, 'o'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"no-check", no_argument, NULL, 'n'},
+                                         {"sign", required_argument, NULL, 's'},
+                                         {"password-file", required_argument, NULL, 'p'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {0}};
+    const char *out = NULL, *key_path = NULL, *pw_path = NULL;
     bool json = false, checks = true;
     int c;
     optind = 1;
@@ -432,14 +451,17 @@ int main(int argc, char **argv)
             checks = false;
         else if (c == 's')
             key_path = optarg;
+        else if (c == 'p')
+            pw_path = optarg;
         else if (c == 'h') {
-            puts("Usage: relctl pack [--json] [--no-check] [--sign KEY] DIR -o FILE");
+            puts("Usage: relctl pack [--json] [--no-check] [--sign KEY [--password-file F]] DIR -o FILE");
             return 0;
         } else
             return EXIT_USAGE;
     }
     if (argc - optind != 1 || !out) {
-        fprintf(stderr, "relctl: usage: relctl pack [--json] [--no-check] [--sign KEY] DIR -o FILE\n");
+        fprintf(stderr,
+                "relctl: usage: relctl pack [--json] [--no-check] [--sign KEY [--password-file F]] DIR -o FILE\n");
         return EXIT_USAGE;
     }
     const char *dir = argv[optind];
@@ -447,7 +469,11 @@ int main(int argc, char **argv)
     /* The key first: a key that cannot sign stops the pack before it
      * writes anything. */
     SignSecretKey sk;
-    if (key_path && sign_key_load(key_path, &sk) < 0)
+    if (pw_path && !key_path) {
+        fprintf(stderr, "relctl: pack: --password-file goes with --sign\n");
+        return EXIT_USAGE;
+    }
+    if (key_path && sign_key_load(key_path, pw_path, &sk) < 0)
         return EXIT_REFUSED;
     if (single_release(dir, &vsn) < 0)
         return EXIT_REFUSED;

@@ -38,7 +38,7 @@ static void usage(FILE *f)
           "  history [--limit N]       state changes, unpacks, attempts and their instructions\n"
           "  status [--watch [S]]      what reld runs now (refreshed every S seconds)\n"
           "  pack DIR -o FILE          validate a release laid out in DIR and write its tarball\n"
-          "      --sign KEY: and FILE.minisig beside it (an unencrypted minisign secret key)\n"
+          "      --sign KEY [--password-file F]: and FILE.minisig beside it (a minisign secret key)\n"
           "  check [--strict] [--root DIR] [OLD] NEW\n"
           "                            offline: modules, executables and appups before anything runs\n"
           "  relup [--root DIR] [--write] [--no-derive] FROM TO\n"

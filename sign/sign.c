@@ -127,7 +127,20 @@ int sign_public_key_parse(const char *text, size_t len, const char *what, SignPu
     return 0;
 }
 
-int sign_secret_key_parse(const char *text, size_t len, const char *what, SignSecretKey *ret, Diag *diag)
+/* scrypt's memory for one key: minisign asks 1 GiB; a key file asking more
+ * is refused rather than allowed to exhaust the machine. */
+#define KDF_MEMLIMIT_MAX (2ULL << 30)
+
+static uint64_t le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+int sign_secret_key_parse(const char *text, size_t len, const char *what, const char *password, SignSecretKey *ret,
+                          Diag *diag)
 {
     Line l[2];
     uint8_t blob[SK_BLOB_SIZE], chk[32];
@@ -139,15 +152,34 @@ int sign_secret_key_parse(const char *text, size_t len, const char *what, SignSe
                -EINVAL;
     if (!decode(&l[1], blob, sizeof blob))
         return diag_error(diag, "%s:2: not a minisign secret key (bad base64 or length)", what), -EINVAL;
-    const uint8_t *alg = blob, *kdf = blob + 2, *chk_alg = blob + 4, *id = blob + 54, *sk = blob + 62,
-                  *want = blob + 126;
+    uint8_t *alg = blob, *kdf = blob + 2, *chk_alg = blob + 4, *salt = blob + 6, *keynum = blob + 54, *id = blob + 54,
+            *sk = blob + 62, *want = blob + 126;
     if (memcmp(alg, "Ed", 2) != 0 || memcmp(chk_alg, "B2", 2) != 0)
         return diag_error(diag, "%s:2: unsupported secret key algorithm (not Ed25519 with a BLAKE2b checksum)", what),
                -ENOTSUP;
-    if (kdf[0] != 0 || kdf[1] != 0) {
+    bool encrypted = kdf[0] != 0 || kdf[1] != 0;
+    if (encrypted && memcmp(kdf, "Sc", 2) != 0) {
         sodium_memzero(blob, sizeof blob);
-        return diag_error(diag, "%s: an encrypted secret key; reld reads only unencrypted ones (minisign -G -W)", what),
-               -ENOTSUP;
+        return diag_error(diag, "%s:2: unsupported key derivation (not scrypt)", what), -ENOTSUP;
+    }
+    if (encrypted && !password) {
+        sodium_memzero(blob, sizeof blob);
+        return diag_error(diag, "%s: an encrypted secret key, and no password given", what), -ENOTSUP;
+    }
+    if (encrypted) {
+        /* minisign's: the key id, secret key and checksum XORed with a
+         * scrypt stream of the password. */
+        uint64_t ops = le64(blob + 38), mem = le64(blob + 46);
+        uint8_t stream[104];
+        if (mem > KDF_MEMLIMIT_MAX || ops > (1ULL << 32) ||
+            crypto_pwhash_scryptsalsa208sha256(stream, sizeof stream, password, strlen(password), salt,
+                                               (unsigned long long)ops, (size_t)mem) != 0) {
+            sodium_memzero(blob, sizeof blob);
+            return diag_error(diag, "%s: cannot derive the key from the password (limits too large?)", what), -EINVAL;
+        }
+        for (size_t i = 0; i < sizeof stream; i++)
+            keynum[i] ^= stream[i];
+        sodium_memzero(stream, sizeof stream);
     }
     /* minisign's checksum: BLAKE2b-256 of algorithm, key id, secret key;
      * minisign 0.11 leaves it zero in an unencrypted key (-W), so there the
@@ -158,9 +190,12 @@ int sign_secret_key_parse(const char *text, size_t len, const char *what, SignSe
     sodium_memzero(sk2, sizeof sk2);
     if (!consistent) {
         sodium_memzero(blob, sizeof blob);
-        return diag_error(diag, "%s: damaged secret key (its public half does not match)", what), -EINVAL;
+        return diag_error(diag, "%s: %s", what,
+                          encrypted ? "wrong password or damaged key file"
+                                    : "damaged secret key (its public half does not match)"),
+               -EINVAL;
     }
-    if (sodium_is_zero(want, 32)) {
+    if (!encrypted && sodium_is_zero(want, 32)) {
         memcpy(ret->id, id, 8);
         memcpy(ret->sk, sk, 64);
         sodium_memzero(blob, sizeof blob);
@@ -174,7 +209,9 @@ int sign_secret_key_parse(const char *text, size_t len, const char *what, SignSe
     (void)crypto_generichash_final(&hs, chk, sizeof chk);
     if (sodium_memcmp(chk, want, sizeof chk) != 0) {
         sodium_memzero(blob, sizeof blob);
-        return diag_error(diag, "%s: secret key checksum mismatch (damaged key file)", what), -EINVAL;
+        return diag_error(diag, "%s: secret key checksum mismatch (%s)", what,
+                          encrypted ? "wrong password or damaged key file" : "damaged key file"),
+               -EINVAL;
     }
     memcpy(ret->id, id, 8);
     memcpy(ret->sk, sk, 64);

@@ -14,8 +14,8 @@
  * be changed without the secret key. The legacy algorithm "Ed" (the whole
  * file signed, not its hash) is refused: verifying it needs the whole
  * tarball in memory, and minisign has not made it by default since 0.10.
- * Only unencrypted secret keys (`minisign -G -W`) are read; an encrypted one
- * is refused with -ENOTSUP.
+ * Secret keys are read unencrypted (`minisign -G -W`) or, given the
+ * password, encrypted (scrypt, minisign's default).
  *
  * The trusted comment binds a signature to one release: it is exactly
  * "reld release=NAME vsn=VSN", optionally followed by one space and free
@@ -76,9 +76,11 @@ void sign_hasher_final(SignHasher *h, uint8_t out[SIGN_HASH_SIZE]);
  * the untrusted comment line may be missing (a bare base64 line, as
  * minisign -P takes). what names the input in messages ("trusted.d/ci.pub"). */
 int sign_public_key_parse(const char *text, size_t len, const char *what, SignPublicKey *ret, Diag *diag);
-/* Parses an unencrypted secret key file (minisign -G -W) and checks its
- * checksum. -ENOTSUP for an encrypted key. */
-int sign_secret_key_parse(const char *text, size_t len, const char *what, SignSecretKey *ret, Diag *diag);
+/* Parses a secret key file and checks its checksum. An encrypted key needs
+ * password (NUL-terminated; NULL: none given, -ENOTSUP); a wrong password
+ * fails the checksum (-EINVAL, "wrong password or damaged key file"). */
+int sign_secret_key_parse(const char *text, size_t len, const char *what, const char *password, SignSecretKey *ret,
+                          Diag *diag);
 /* Overwrites a secret key in memory (one the compiler cannot skip). */
 void sign_secret_key_wipe(SignSecretKey *sk);
 /* The public half of a secret key. */

@@ -116,6 +116,25 @@ def test_both_directions_and_rotation(work):
     sig = rep.get("signature", {})
     d.tap(rc == 0 and sig.get("key_id") == s.ci1[2] and sig.get("trusted_comment") == "reld release=shop vsn=1.0"
           and len(sig.get("blake2b", "")) == 128, "reld unpacks what relctl signed, and says by which key", o + err)
+    # An encrypted key (minisign's default), its password in a file.
+    enc_sec, enc_pub = os.path.join(work, "enc.sec"), os.path.join(work, "enc.pub")
+    p = subprocess.run(["minisign", "-G", "-p", enc_pub, "-s", enc_sec], input=b"s3cret\ns3cret\n",
+                       capture_output=True, timeout=120)
+    pw, bad_pw = os.path.join(work, "pw"), os.path.join(work, "bad-pw")
+    with open(pw, "w") as f:
+        f.write("s3cret\n")
+    with open(bad_pw, "w") as f:
+        f.write("secret\n")
+    enc_out = os.path.join(work, "enc-1.0.tar.gz")
+    rc, o, err = s.r.relctl("pack", layout(work, "d1e", *REL1), "-o", enc_out, "--sign", enc_sec, "--password-file",
+                            bad_pw)
+    d.tap(p.returncode == 0 and rc == 1 and len(err.strip().splitlines()) == 1 and "wrong password" in err
+          and not os.path.exists(enc_out) and not os.path.exists(enc_out + ".minisig"),
+          "pack --sign with an encrypted key and a wrong password: one line, nothing written", o + err)
+    rc, o, err = s.r.relctl("pack", os.path.join(work, "d1e"), "-o", enc_out, "--sign", enc_sec, "--password-file", pw)
+    rc2, o2, err2 = minisign("-V", "-p", enc_pub, "-m", enc_out)
+    d.tap(rc == 0 and rc2 == 0, "pack --sign with an encrypted key and its password: minisign -V verifies it",
+          o + err + o2 + err2)
     # minisign signs, reld verifies; the second trusted key (rotation).
     t2 = d.release_tar(A.shop, *REL2, os.path.join(work, "shop-2.0.tar.gz"))
     other = os.path.join(work, "ci2-shop-2.0.minisig")

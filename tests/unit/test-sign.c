@@ -96,7 +96,7 @@ static SignSecretKey load_sec(const char *name)
     _cleanup_free_ char *t = slurp(name, &len);
     SignSecretKey k;
     Diag d = {0};
-    int r = sign_secret_key_parse(t, len, name, &k, &d);
+    int r = sign_secret_key_parse(t, len, name, NULL, &k, &d);
     ck_assert_msg(r == 0, "%s", d.errors.n ? d.errors.v[0] : "?");
     diag_clear(&d);
     return k;
@@ -296,7 +296,7 @@ START_TEST(test_secret_key_damaged_or_encrypted)
         _cleanup_free_ char *bt = slurp("bad.sec", &n);
         SignSecretKey sk;
         Diag d = {0};
-        ck_assert_int_eq(sign_secret_key_parse(bt, n, "bad.sec", &sk, &d), cases[i].want);
+        ck_assert_int_eq(sign_secret_key_parse(bt, n, "bad.sec", NULL, &sk, &d), cases[i].want);
         ck_assert_uint_eq(d.errors.n, 1);
         diag_clear(&d);
     }
@@ -308,12 +308,42 @@ START_TEST(test_secret_key_damaged_or_encrypted)
     _cleanup_free_ char *bt = slurp("bad.sec", &n);
     SignSecretKey sk;
     Diag d = {0};
-    ck_assert_int_eq(sign_secret_key_parse(bt, n, "bad.sec", &sk, &d), -EINVAL);
+    ck_assert_int_eq(sign_secret_key_parse(bt, n, "bad.sec", NULL, &sk, &d), -EINVAL);
     ck_assert_str_eq(d.errors.v[0], "bad.sec: secret key checksum mismatch (damaged key file)");
     diag_clear(&d);
     /* A public key is not a secret key. */
     _cleanup_free_ char *pub = slurp("a.pub", &n);
-    ck_assert_int_eq(sign_secret_key_parse(pub, n, "a.pub", &sk, &scratch), -EINVAL);
+    ck_assert_int_eq(sign_secret_key_parse(pub, n, "a.pub", NULL, &sk, &scratch), -EINVAL);
+}
+END_TEST
+
+START_TEST(test_secret_key_encrypted)
+{
+    /* minisign's default: scrypt over the password (read from standard
+     * input when it is not a terminal). */
+    ck_assert_int_eq(run("printf 'pass word\\npass word\\n' | minisign -G -p e.pub -s e.sec"), 0);
+    size_t len;
+    _cleanup_free_ char *t = slurp("e.sec", &len);
+    SignSecretKey sk;
+    Diag d = {0};
+    ck_assert_int_eq(sign_secret_key_parse(t, len, "e.sec", NULL, &sk, &d), -ENOTSUP);
+    ck_assert_str_eq(d.errors.v[0], "e.sec: an encrypted secret key, and no password given");
+    diag_clear(&d);
+    ck_assert_int_eq(sign_secret_key_parse(t, len, "e.sec", "pass wore", &sk, &d), -EINVAL);
+    ck_assert_msg(strstr(d.errors.v[0], "wrong password"), "%s", d.errors.v[0]);
+    diag_clear(&d);
+    ck_assert_int_eq(sign_secret_key_parse(t, len, "e.sec", "pass word", &sk, &d), 0);
+    SignPublicKey pk, want = load_pub("e.pub");
+    sign_secret_key_public(&sk, &pk);
+    ck_assert_mem_eq(&pk, &want, sizeof pk);
+    /* And it signs what minisign verifies. */
+    uint8_t hash[SIGN_HASH_SIZE];
+    hash_file("rel.tar.gz", hash);
+    _cleanup_free_ char *text = NULL;
+    ck_assert_int_eq(sign_create(&sk, hash, "reld release=shop vsn=1.0", &text, &d), 0);
+    spit("enc.minisig", text, strlen(text));
+    ck_assert_int_eq(run("minisign -V -p e.pub -m rel.tar.gz -x enc.minisig"), 0);
+    sign_secret_key_wipe(&sk);
 }
 END_TEST
 
@@ -640,6 +670,8 @@ static Suite *sign_suite(void)
     tcase_add_test(tc, test_public_key_garbage);
     tcase_add_test(tc, test_secret_key_public_half);
     tcase_add_test(tc, test_secret_key_damaged_or_encrypted);
+    tcase_add_test(tc, test_secret_key_encrypted);
+    tcase_set_timeout(tc, 60); /* scrypt with minisign's 1 GiB, under ASan */
     suite_add_tcase(s, tc);
     tc = tcase_create("verify");
     tcase_add_test(tc, test_verify_minisign_signature);
