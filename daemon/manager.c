@@ -165,6 +165,14 @@ static void op_done(Op *op, int r, json_t *reply)
     op_free(op);
 }
 
+/* A job's completion that ends op with its failure (op->r, reasons in its
+ * diag), after the job put files back. */
+static void op_done_failed(void *userdata)
+{
+    Op *op = userdata;
+    op_done(op, op->r, NULL);
+}
+
 /* An operation refused before it began: one reason. */
 static void refuse(Manager *m, const ManagerCaller *c, int r, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -403,12 +411,6 @@ static void take_back_out_work(void *userdata)
     diag_clear(&d);
 }
 
-static void take_back_out_done(void *userdata)
-{
-    Op *op = userdata;
-    op_done(op, op->r, NULL);
-}
-
 static void unpack_done(void *userdata)
 {
     Op *op = userdata;
@@ -423,7 +425,7 @@ static void unpack_done(void *userdata)
                        op->vsn, history_last_error(m->hist));
             op->r = r;
             /* Files that were there before have their row; new ones go. */
-            if (!was_present && jobs_run(m->jobs, take_back_out_work, take_back_out_done, op) == 0)
+            if (!was_present && jobs_run(m->jobs, take_back_out_work, op_done_failed, op) == 0)
                 return;
         }
         op->r = r;
@@ -1140,12 +1142,6 @@ static void remove_back_work(void *userdata)
     (void)store_release_back(&op->aside, &op->diag); /* each failure is in diag */
 }
 
-static void remove_back_done(void *userdata)
-{
-    Op *op = userdata;
-    op_done(op, op->r, NULL);
-}
-
 static void remove_aside_done(void *userdata)
 {
     Op *op = userdata;
@@ -1162,7 +1158,7 @@ static void remove_aside_done(void *userdata)
          * the next start forgets the row: the removal completes then. */
         diag_error(&op->diag, "cannot record the removal of release %s: %s", op->vsn, history_last_error(m->hist));
         op->r = r;
-        if (jobs_run(m->jobs, remove_back_work, remove_back_done, op) < 0)
+        if (jobs_run(m->jobs, remove_back_work, op_done_failed, op) < 0)
             op_done(op, r, NULL);
         return;
     }
