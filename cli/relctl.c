@@ -23,7 +23,8 @@ static void usage(FILE *f)
           "\n"
           "Commands (the socket is --socket, else $RELD_SOCKET, else /run/reld/reld.sock):\n"
           "  unpack TARBALL|-          hand a release tarball (or standard input) to reld, with its\n"
-          "                            signature TARBALL.minisig if there is one (or --signature FILE)\n"
+          "                            signature TARBALL.minisig if there is one (or --signature FILE;\n"
+          "                            on standard input it may come first: cat X.minisig X.tar.gz)\n"
           "  install TARBALL|VSN       unpack if needed; start it, or go to it from the running release\n"
           "  upgrade VSN / downgrade VSN   go to a newer / older release by its relup, live\n"
           "      these three wait for the release to be healthy and go back by themselves when it\n"
@@ -262,8 +263,8 @@ static int common_opts(int argc, char **argv, bool *json, const char *usage_line
 
 /* The unpack request for the tarball file: with the text of its signature
  * (docs/signing.md), from sig_path, or else FILE.minisig beside it if there
- * is one (for standard input only --signature). 0 with *ret, or
- * EXIT_REFUSED after saying why. */
+ * is one (for standard input --signature, or the stream begins with it).
+ * 0 with *ret, or EXIT_REFUSED after saying why. */
 #define SIGNATURE_MAX 4096
 static int unpack_request(const char *file, const char *sig_path, bool allow_downgrade, json_t **ret)
 {
@@ -273,6 +274,8 @@ static int unpack_request(const char *file, const char *sig_path, bool allow_dow
     json_t *req = json_pack("{s:s}", "cmd", "unpack");
     if (allow_downgrade) /* past the downgrade floor (min_version, refuse_older_than_permanent) */
         json_object_set_new(req, "allow_downgrade", json_true());
+    if (strcmp(file, "-") == 0) /* may begin with its signature: cat X.minisig X.tar.gz | relctl install - */
+        json_object_set_new(req, "stream", json_true());
     int fd = p ? open(p, O_RDONLY | O_CLOEXEC) : -1;
     if (!p || (fd < 0 && errno == ENOENT && !sig_path)) { /* unsigned: reld decides whether that will do */
         *ret = req;

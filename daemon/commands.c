@@ -89,12 +89,11 @@ static void cmd_unpack(Client *c, json_t *req, Manager *m)
     json_t *sig = json_object_get(req, "signature");
     if (sig && (!json_is_string(sig) || json_string_length(sig) > 4096))
         return client_reply_error(c, "signature must be the text of a .minisig file (at most 4096 bytes)");
-    bool allow_downgrade = false;
-    if (!bool_field(c, req, "allow_downgrade", &allow_downgrade))
+    ManagerUnpack u = {.signature = sig ? json_string_value(sig) : NULL};
+    if (!bool_field(c, req, "allow_downgrade", &u.allow_downgrade) || !bool_field(c, req, "stream", &u.stream))
         return;
     ManagerCaller mc = caller(c);
-    manager_unpack_signed(m, client_take_fd(c), sig ? json_string_value(sig) : NULL, allow_downgrade, client_who(c),
-                          &mc);
+    manager_unpack_with(m, client_take_fd(c), &u, client_who(c), &mc);
 }
 
 /* Optional fields: absent leaves *out alone; a wrong type is refused

@@ -72,6 +72,7 @@ typedef struct Op {
     /* OP_UNPACK: the downgrade floor (NULL: none), unless allowed. */
     char *min_version, *permanent;
     bool allow_downgrade;
+    bool stream; /* OP_UNPACK: the fd is a stream that may begin with its signature */
     int r;
     Diag diag;
     ReleaseDef *rel;
@@ -278,14 +279,80 @@ int manager_trust(const char *trusted_dir, const char *revoked_dir, size_t *ret_
     return r;
 }
 
-/* Reads the tarball from op->fd into a file of reld's own under ROOT/tmp
- * (unnamed: O_TMPFILE), hashing it as it goes, and verifies the signature
- * against that hash. On success op->fd is the spooled file at its start:
- * what is unpacked is exactly what was verified, whatever the sender does
- * to its end of the descriptor afterwards. */
-static int spool_and_verify(Op *op, const SignKeyring *k)
+/* read(2) again after a signal. */
+static ssize_t read_retrying(int fd, void *buf, size_t n)
 {
-    SignSignature sig;
+    ssize_t r;
+    do
+        r = read(fd, buf, n);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
+/* A stream (relctl install -, or relctl -H) may begin with the text of
+ * its signature: a .minisig's four lines, then the tarball's bytes
+ * (docs/signing.md). Reads from op->fd into buf (cap bytes, more than
+ * SIGNATURE_TEXT_MAX) until it knows; a signature found becomes
+ * op->signature. *ret_have: the tarball's first bytes read, at the start
+ * of buf. One line and -errno when the stream holds a signature that does
+ * not end, or a second one beside the request's. */
+#define SIGNATURE_TEXT_MAX 4096
+static int stream_signature(Op *op, char *buf, size_t cap, size_t *ret_have)
+{
+    static const char start[] = "untrusted comment:";
+    const size_t start_len = sizeof(start) - 1;
+    size_t have = 0;
+    /* Enough to tell: a pipe or ssh may deliver a byte at a time. */
+    while (have < start_len && memcmp(buf, start, have) == 0) {
+        ssize_t n = read_retrying(op->fd, buf + have, cap - have);
+        if (n < 0)
+            return diag_error(&op->diag, "cannot read the tarball: %s", strerror(errno)), -errno;
+        if (n == 0)
+            break;
+        have += (size_t)n;
+    }
+    if (have < start_len || memcmp(buf, start, start_len) != 0) {
+        *ret_have = have;
+        return 0;
+    }
+    size_t scanned = 0, end = 0;
+    for (int lines = 0; lines < 4;) {
+        char *nl = scanned < have ? memchr(buf + scanned, '\n', have - scanned) : NULL;
+        if (nl) {
+            scanned = (size_t)(nl - buf) + 1;
+            if (++lines == 4)
+                end = scanned;
+            continue;
+        }
+        scanned = have;
+        if (have >= SIGNATURE_TEXT_MAX)
+            return diag_error(&op->diag,
+                              "the stream begins with a signature that does not end within %d bytes "
+                              "(a .minisig is four lines)",
+                              SIGNATURE_TEXT_MAX),
+                   -EBADMSG;
+        ssize_t n = read_retrying(op->fd, buf + have, SIGNATURE_TEXT_MAX - have);
+        if (n < 0)
+            return diag_error(&op->diag, "cannot read the tarball: %s", strerror(errno)), -errno;
+        if (n == 0)
+            return diag_error(&op->diag, "the stream ends inside the signature it begins with (a .minisig is four "
+                                         "lines, then the tarball)"),
+                   -EBADMSG;
+        have += (size_t)n;
+    }
+    if (op->signature)
+        return diag_error(&op->diag, "two signatures: one at the start of the stream and one with the request"),
+               -EINVAL;
+    op->signature = xstrndup(buf, end);
+    memmove(buf, buf + end, have - end);
+    *ret_have = have - end;
+    return 0;
+}
+
+/* The signature's key: refused when revoked or not trusted, before a byte
+ * of the tarball is read. */
+static int check_signature_key(Op *op, const SignKeyring *k, SignSignature *sig)
+{
     char hex[SIGN_KEY_ID_HEX];
     if (!op->signature)
         return diag_error(&op->diag,
@@ -293,18 +360,50 @@ static int spool_and_verify(Op *op, const SignKeyring *k)
                           "TARBALL.minisig beside it, or give --signature FILE",
                           op->trusted_dir),
                -EPERM;
-    int r = sign_signature_parse(op->signature, strlen(op->signature), "signature", &sig, &op->diag);
+    int r = sign_signature_parse(op->signature, strlen(op->signature), "signature", sig, &op->diag);
     if (r < 0)
         return r;
-    /* Revoked or unknown keys are refused before a byte is read. */
-    sign_key_id_hex(sig.id, hex);
-    if (sign_keyring_is_revoked(k, sig.id))
+    sign_key_id_hex(sig->id, hex);
+    if (sign_keyring_is_revoked(k, sig->id))
         return diag_error(&op->diag, "signed by key %s, which is revoked", hex), -EKEYREVOKED;
-    bool known = false;
-    for (size_t i = 0; i < k->n_keys && !known; i++)
-        known = memcmp(k->keys[i].id, sig.id, sizeof sig.id) == 0;
-    if (!known)
-        return diag_error(&op->diag, "signed by key %s, which is not trusted", hex), -ENOKEY;
+    for (size_t i = 0; i < k->n_keys; i++)
+        if (memcmp(k->keys[i].id, sig->id, sizeof sig->id) == 0)
+            return 0;
+    return diag_error(&op->diag, "signed by key %s, which is not trusted", hex), -ENOKEY;
+}
+
+/* Writes all of buf[0, n) to fd. */
+static int write_all(int fd, const char *buf, size_t n)
+{
+    for (size_t off = 0; off < n;) {
+        ssize_t w = write(fd, buf + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -errno;
+        off += (size_t)w;
+    }
+    return 0;
+}
+
+/* Reads the tarball from op->fd into a file of reld's own under ROOT/tmp
+ * (unnamed: O_TMPFILE), hashing it as it goes, and, when k holds a key,
+ * verifies the signature against that hash. A stream (op->stream) may
+ * begin with its signature (stream_signature). On success op->fd is the
+ * spooled file at its start: what is unpacked is exactly what was
+ * verified, whatever the sender does to its end of the descriptor
+ * afterwards. */
+static int spool_and_verify(Op *op, const SignKeyring *k)
+{
+    static const size_t chunk = 1 << 20;
+    _cleanup_free_ char *buf = xmalloc(chunk);
+    size_t have = 0;
+    int r = op->stream ? stream_signature(op, buf, chunk, &have) : 0;
+    SignSignature sig;
+    if (r == 0 && k->n_keys > 0)
+        r = check_signature_key(op, k, &sig);
+    if (r < 0)
+        return r;
     _cleanup_free_ char *tmp = store_path_tmp(op->root);
     if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
         return diag_error(&op->diag, "cannot create %s: %s", tmp, strerror(errno)), -EIO;
@@ -315,21 +414,10 @@ static int spool_and_verify(Op *op, const SignKeyring *k)
     }
     SignHasher h;
     sign_hasher_init(&h);
-    static const size_t chunk = 1 << 20;
-    _cleanup_free_ char *buf = xmalloc(chunk);
     uint64_t total = 0;
-    for (;;) {
-        ssize_t n = read(op->fd, buf, chunk);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            r = -errno;
-            diag_error(&op->diag, "cannot read the tarball: %s", strerror(-r));
-            break;
-        }
-        if (n == 0)
-            break;
-        total += (uint64_t)n;
+    /* The bytes stream_signature read past the signature first. */
+    for (size_t n = have; r == 0;) {
+        total += n;
         /* The spool is bounded by the unpacked limit, which a larger
          * tarball would exceed anyway (every entry counts its 512-byte
          * header toward it). */
@@ -339,27 +427,26 @@ static int spool_and_verify(Op *op, const SignKeyring *k)
                        (unsigned long long)op->limits.bytes);
             break;
         }
-        sign_hasher_update(&h, buf, (size_t)n);
-        for (ssize_t off = 0; off < n && r == 0;) {
-            ssize_t w = write(sfd, buf + off, (size_t)(n - off));
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w < 0) {
-                r = -errno;
-                diag_error(&op->diag, "cannot spool the tarball in %s: %s", tmp, strerror(-r));
-            } else {
-                off += w;
-            }
-        }
-        if (r < 0)
+        sign_hasher_update(&h, buf, n);
+        if ((r = write_all(sfd, buf, n)) < 0) {
+            diag_error(&op->diag, "cannot spool the tarball in %s: %s", tmp, strerror(-r));
             break;
+        }
+        ssize_t got = read_retrying(op->fd, buf, chunk);
+        if (got < 0) {
+            r = -errno;
+            diag_error(&op->diag, "cannot read the tarball: %s", strerror(-r));
+        } else if (got == 0) {
+            break;
+        }
+        n = (size_t)got;
     }
     uint8_t hash[SIGN_HASH_SIZE];
     sign_hasher_final(&h, hash);
     size_t key = 0;
-    if (r == 0)
+    if (r == 0 && k->n_keys > 0)
         r = sign_verify(k, &sig, hash, &key, &op->diag);
-    if (r == 0)
+    if (r == 0 && k->n_keys > 0)
         r = sign_comment_parse(sig.trusted_comment, &op->signed_name, &op->signed_vsn, &op->diag);
     if (r == 0 && lseek(sfd, 0, SEEK_SET) < 0) {
         r = -errno;
@@ -369,11 +456,14 @@ static int spool_and_verify(Op *op, const SignKeyring *k)
         close(sfd);
         return r;
     }
-    char hash_hex[2 * SIGN_HASH_SIZE + 1];
-    for (size_t i = 0; i < SIGN_HASH_SIZE; i++)
-        snprintf(hash_hex + 2 * i, 3, "%02x", hash[i]);
-    op->signed_by =
-        json_pack("{s:s, s:s, s:s}", "key_id", hex, "trusted_comment", sig.trusted_comment, "blake2b", hash_hex);
+    if (k->n_keys > 0) {
+        char hex[SIGN_KEY_ID_HEX], hash_hex[2 * SIGN_HASH_SIZE + 1];
+        sign_key_id_hex(sig.id, hex);
+        for (size_t i = 0; i < SIGN_HASH_SIZE; i++)
+            snprintf(hash_hex + 2 * i, 3, "%02x", hash[i]);
+        op->signed_by =
+            json_pack("{s:s, s:s, s:s}", "key_id", hex, "trusted_comment", sig.trusted_comment, "blake2b", hash_hex);
+    }
     close(op->fd);
     op->fd = sfd;
     return 0;
@@ -384,7 +474,7 @@ static void unpack_work(void *userdata)
     Op *op = userdata;
     SignKeyring k = {0};
     op->r = sign_keyring_load(&k, op->trusted_dir, op->revoked_dir, &op->diag);
-    if (op->r == 0 && k.n_keys > 0)
+    if (op->r == 0 && (k.n_keys > 0 || op->stream))
         op->r = spool_and_verify(op, &k);
     sign_keyring_clear(&k);
     if (op->r == 0)
@@ -417,7 +507,9 @@ static void unpack_done(void *userdata)
     Manager *m = op->m;
     bool was_present = op->r == 1;
     if (op->r >= 0) {
-        int r = history_release_add(m->hist, op->vsn, op->name, op->who);
+        /* With the signature it was verified with (an unpack of files
+         * already present keeps the row it has). */
+        int r = history_release_add_signed(m->hist, op->vsn, op->name, op->who, op->signed_by);
         if (r == -EEXIST && was_present) {
             r = 0; /* the same tarball again: nothing to do */
         } else if (r < 0) {
@@ -431,10 +523,6 @@ static void unpack_done(void *userdata)
         op->r = r;
         if (r == 0)
             CRASH_POINT("unpack:recorded");
-        /* The signature it was verified with, beside the unpack. */
-        if (r == 0 && op->signed_by && !was_present &&
-            history_event(m->hist, "signature", op->who, op->vsn, op->signed_by) < 0)
-            log_error("release %s: cannot record its signature: %s", op->vsn, history_last_error(m->hist));
         if (r == 0)
             log_info("%s release %s %s for %s%s%s", was_present ? "already unpacked:" : "unpacked", op->name, op->vsn,
                      op->who, op->signed_by ? ", signed by key " : "",
@@ -452,18 +540,20 @@ static void unpack_done(void *userdata)
 
 void manager_unpack(Manager *m, int fd, const char *who, const ManagerCaller *c)
 {
-    manager_unpack_signed(m, fd, NULL, false, who, c);
+    manager_unpack_with(m, fd, NULL, who, c);
 }
 
-void manager_unpack_signed(Manager *m, int fd, const char *signature, bool allow_downgrade, const char *who,
-                           const ManagerCaller *c)
+void manager_unpack_with(Manager *m, int fd, const ManagerUnpack *u, const char *who, const ManagerCaller *c)
 {
+    static const ManagerUnpack plain = {0};
+    u = u ? u : &plain;
     Op *op = op_new(m, OP_UNPACK, who, c);
     op->fd = fd;
-    op->signature = xstrdup(signature);
+    op->signature = xstrdup(u->signature);
+    op->stream = u->stream;
     op->trusted_dir = xstrdup(m->cfg.trusted_keys);
     op->revoked_dir = xstrdup(m->cfg.revoked_keys);
-    op->allow_downgrade = allow_downgrade;
+    op->allow_downgrade = u->allow_downgrade;
     op->min_version = xstrdup(m->cfg.min_version);
     op->permanent = m->cfg.refuse_older_than_permanent ? state_of(m, RELEASE_PERMANENT) : NULL;
     op->limits = (StoreLimits){

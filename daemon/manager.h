@@ -71,19 +71,26 @@ void manager_set_unpack_limits(Manager *m, const DaemonConfig *cfg);
 
 /* Unpacks the tarball read from fd (taken) as release: reply {release, name}. */
 void manager_unpack(Manager *m, int fd, const char *who, const ManagerCaller *c);
-/* The same with the text of its .minisig (borrowed; NULL: none). Once the
+/* How an unpack came: the text of its .minisig (borrowed; NULL: none);
+ * allow_downgrade past the floor; stream: fd is a stream (relctl install
+ * -, relctl -H) that may begin with its signature's four lines, the
+ * tarball after them (docs/signing.md), and is spooled in any case. */
+typedef struct ManagerUnpack {
+    const char *signature;
+    bool allow_downgrade, stream;
+} ManagerUnpack;
+/* The same with u (borrowed; NULL: as manager_unpack). Once the
  * configured trusted_keys hold a key, the tarball is spooled under
  * ROOT/tmp and hashed as it is read, and nothing is unpacked unless the
  * signature is good, by a trusted key not revoked, and its trusted comment
  * names the release the tarball holds; the reply then has "signature":
- * {key_id, trusted_comment, blake2b}, and the history a "signature" event
- * with the same. Refusals: -EPERM (not signed, or for another release),
+ * {key_id, trusted_comment, blake2b}, and the history keeps the same with
+ * the release (history_release_add_signed). Refusals: -EPERM (not signed, or for another release),
  * -ENOKEY, -EKEYREVOKED, -EBADMSG, -EINVAL, -ENOTSUP (sign.h), one line.
  * The downgrade floor: a release older (strverscmp) than the configured
  * min_version, or than the permanent release with
  * refuse_older_than_permanent, is refused (-EPERM) unless allow_downgrade. */
-void manager_unpack_signed(Manager *m, int fd, const char *signature, bool allow_downgrade, const char *who,
-                           const ManagerCaller *c);
+void manager_unpack_with(Manager *m, int fd, const ManagerUnpack *u, const char *who, const ManagerCaller *c);
 /* Reads the key directories: the number of trusted keys and one line for
  * the log and status ("required (2 trusted keys in DIR, 0 revoked)" or
  * "not required (no trusted key in DIR)"; caller frees). A file that does

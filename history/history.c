@@ -63,6 +63,12 @@ static const char *const migrations[] = {
      * attempt's first, so that windows (suspend .. resume) include the
      * time between instructions. */
     "ALTER TABLE instructions ADD COLUMN start_us INTEGER;",
+    /* 2 -> 3: the signature a release was verified with, as JSON
+     * {key_id, trusted_comment, blake2b}; and when an attempt started in
+     * microseconds since the epoch, so that its duration is exact (the
+     * ISO text has milliseconds, and julianday() arithmetic rounds). */
+    "ALTER TABLE releases ADD COLUMN signature TEXT;"
+    "ALTER TABLE attempts ADD COLUMN started_us INTEGER;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -146,6 +152,15 @@ static void now_iso(char buf[static 32])
     }
     size_t n = strftime(buf, 32, "%Y-%m-%dT%H:%M:%S", &tm);
     (void)snprintf(buf + n, 32 - n, ".%03ldZ", t.tv_nsec / 1000000); /* fits: 24 characters in all */
+}
+
+/* Microseconds since the epoch (the real-time clock, as the ISO texts). */
+static int64_t now_us(void)
+{
+    struct timespec t;
+    if (clock_gettime(CLOCK_REALTIME, &t) < 0)
+        return 0; /* cannot happen with the real-time clock */
+    return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
 }
 
 static int exec(History *h, const char *sql)
@@ -507,13 +522,21 @@ int history_event(History *h, const char *kind, const char *who, const char *rel
     return event_locked(h, at, kind, who, release, detail);
 }
 
-static int release_add(History *h, const char *vsn, const char *name, const char *who)
+/* The row and its "unpacked" event; with a signature (JSON text), that
+ * in the row and a "signature" event beside it. */
+static int release_add(History *h, const char *vsn, const char *name, const char *who, json_t *signature)
 {
     char at[32];
     now_iso(at);
-    const char *args[] = {vsn, name, at, at};
-    int r = run(h, "INSERT INTO releases(vsn, name, state, unpacked_at, changed_at) VALUES (?, ?, 'unpacked', ?, ?)", 4,
-                args);
+    char *sig = signature ? json_dumps(signature, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    if (signature && !sig)
+        return failf(h, -ENOMEM, "out of memory");
+    const char *args[] = {vsn, name, at, at, sig};
+    int r = run(h,
+                "INSERT INTO releases(vsn, name, state, unpacked_at, changed_at, signature) "
+                "VALUES (?, ?, 'unpacked', ?, ?, ?)",
+                5, args);
+    free(sig);
     if (r == -EEXIST) {
         char why[sizeof(h->error)];
         (void)snprintf(why, sizeof(why), "%s", h->error);
@@ -526,14 +549,23 @@ static int release_add(History *h, const char *vsn, const char *name, const char
         return failf(h, -ENOMEM, "out of memory");
     r = event_locked(h, at, "unpacked", who, vsn, d);
     json_decref(d);
+    if (r == 0 && signature)
+        r = event_locked(h, at, "signature", who, vsn, signature);
     return r;
 }
 
 int history_release_add(History *h, const char *vsn, const char *name, const char *who)
 {
+    return history_release_add_signed(h, vsn, name, who, NULL);
+}
+
+int history_release_add_signed(History *h, const char *vsn, const char *name, const char *who, json_t *signature)
+{
     if (!vsn || !*vsn || !name || !*name)
         return failf(h, -EINVAL, "a release needs a version and a name");
-    return IN_TRANSACTION(h, release_add(h, vsn, name, who));
+    if (signature && !json_is_object(signature))
+        return failf(h, -EINVAL, "a release's signature is a JSON object");
+    return IN_TRANSACTION(h, release_add(h, vsn, name, who, signature));
 }
 
 int history_release_state(History *h, const char *vsn, char **ret)
@@ -682,7 +714,7 @@ static int column(History *h, sqlite3_stmt *st, int c, json_t **ret)
         const char *text = (const char *)sqlite3_column_text(st, c);
         if (!text || !name)
             return failf(h, -ENOMEM, "out of memory");
-        if (strcmp(name, "detail") == 0 || strcmp(name, "instr") == 0)
+        if (strcmp(name, "detail") == 0 || strcmp(name, "instr") == 0 || strcmp(name, "signature") == 0)
             v = json_loads(text, 0, NULL); /* NULL when it is plain text */
         if (!v && !(v = json_string(text)))
             return failf(h, -EILSEQ, "%s: column %s holds text that is not UTF-8", sqlite3_sql(st), name);
@@ -735,7 +767,9 @@ static int query_rows(History *h, const char *sql, json_t **ret)
 
 int history_releases(History *h, json_t **ret)
 {
-    return query_rows(h, "SELECT vsn, name, state, unpacked_at, changed_at FROM releases ORDER BY unpacked_at, vsn",
+    return query_rows(h,
+                      "SELECT vsn, name, state, unpacked_at, changed_at, signature FROM releases "
+                      "ORDER BY unpacked_at, vsn",
                       ret);
 }
 
@@ -744,10 +778,14 @@ int history_attempt_begin(History *h, const char *who, const char *kind, const c
 {
     if (!kind || !to)
         return failf(h, -EINVAL, "an attempt needs a kind and a target release");
-    char at[32];
+    char at[32], us[32];
     now_iso(at);
-    const char *args[] = {at, who, kind, from, to};
-    int r = run(h, "INSERT INTO attempts(started_at, who, kind, from_vsn, to_vsn) VALUES (?, ?, ?, ?, ?)", 5, args);
+    (void)snprintf(us, sizeof(us), "%lld", (long long)now_us());
+    const char *args[] = {at, who, kind, from, to, us};
+    int r = run(h,
+                "INSERT INTO attempts(started_at, who, kind, from_vsn, to_vsn, started_us) "
+                "VALUES (?, ?, ?, ?, ?, CAST(? AS INTEGER))",
+                6, args);
     if (r == 0)
         *ret_id = sqlite3_last_insert_rowid(h->db);
     return r;
@@ -815,13 +853,18 @@ static int attempt_end(History *h, int64_t attempt, const char *result, const ch
     char at[32];
     now_iso(at);
     sqlite3_stmt *st = NULL;
+    /* Exact to the microsecond from started_us (schema 3); attempts begun
+     * before it have only the ISO text. */
     int r = prep(h,
                  "UPDATE attempts SET finished_at = ?1, result = ?2, detail = ?3, "
-                 "duration_ms = (julianday(?1) - julianday(started_at)) * 86400000.0 WHERE id = ?4",
+                 "duration_ms = CASE WHEN started_us IS NULL "
+                 "THEN (julianday(?1) - julianday(started_at)) * 86400000.0 "
+                 "ELSE (?5 - started_us) / 1000.0 END WHERE id = ?4",
                  3, (const char *const[]){at, result, detail}, &st);
     if (r < 0)
         return r;
-    if ((r = bind_int64(h, st, 4, attempt)) == 0 && (r = step_done(h, st)) == 0 && sqlite3_changes(h->db) == 0)
+    if ((r = bind_int64(h, st, 5, now_us())) == 0 && (r = bind_int64(h, st, 4, attempt)) == 0 &&
+        (r = step_done(h, st)) == 0 && sqlite3_changes(h->db) == 0)
         r = failf(h, -ENOENT, "attempt %lld is not known", (long long)attempt);
     (void)sqlite3_finalize(st); /* repeats the step's result, already taken */
     if (r < 0)

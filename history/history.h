@@ -70,6 +70,11 @@ const char *history_last_error(History *h);
 /* Adds a release in state unpacked, with an "unpacked" event. -EEXIST if
  * the version is known, -EINVAL without a version or name. */
 int history_release_add(History *h, const char *vsn, const char *name, const char *who);
+/* The same, for a release verified with a signature (borrowed; NULL: as
+ * history_release_add): a JSON object, {key_id, trusted_comment, blake2b}
+ * by reld's convention, kept in the row and in a "signature" event, in the
+ * same transaction. -EINVAL when it is not an object. */
+int history_release_add_signed(History *h, const char *vsn, const char *name, const char *who, json_t *signature);
 /* Sets a release's state, with a "state" event {from, to}, in one
  * transaction. -ENOENT for an unknown release, -EINVAL for a state not one
  * of the four, -EEXIST when another release is current (permanent) and
@@ -90,7 +95,8 @@ int history_release_state(History *h, const char *vsn, char **ret);
 int history_release_in_state(History *h, const char *state, char **ret_vsn);
 /* Removes a release, with a "removed" event; -ENOENT when unknown. */
 int history_release_remove(History *h, const char *vsn, const char *who);
-/* [{vsn, name, state, unpacked_at, changed_at}], oldest first. */
+/* [{vsn, name, state, unpacked_at, changed_at, signature}], oldest first;
+ * signature is the object it was verified with, or null. */
 int history_releases(History *h, json_t **ret);
 
 /* The releases a recovery found on disk (reld --recover), each with its

@@ -270,6 +270,89 @@ def test_downgrade_floor(work):
     r.stop()
 
 
+def piped(*parts, trickle=0):
+    """A real pipe carrying the files' bytes one after the other, the first
+    `trickle` bytes one write at a time (as a slow ssh link delivers them)."""
+    data = b"".join(open(x, "rb").read() for x in parts)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            for i in range(min(trickle, len(data))):
+                os.write(w, data[i:i + 1])
+            view = memoryview(data)[min(trickle, len(data)):]
+            while view:
+                view = view[os.write(w, view):]
+        except BrokenPipeError:
+            pass
+        os._exit(0)
+    os.close(w)
+    return r, pid
+
+
+def relctl_piped(r, args, parts, trickle=0):
+    fd, pid = piped(*parts, trickle=trickle)
+    try:
+        return r.relctl(*args, stdin=fd)
+    finally:
+        os.close(fd)
+        os.waitpid(pid, 0)
+
+
+def release_row(r, vsn):
+    rc, o, err = r.relctl("releases", "--json")
+    rows = json.loads(o).get("releases", []) if rc == 0 else []
+    return next((x for x in rows if x.get("vsn") == vsn), {})
+
+
+def test_stream_carries_both(work):
+    s = Setup(work)
+    s.trust(s.ci1)
+    t1 = d.release_tar(A.shop, *REL1, os.path.join(work, "shop-1.0.tar.gz"))
+    t2 = d.release_tar(A.shop, *REL2, os.path.join(work, "shop-2.0.tar.gz"))
+    sig1 = sign(s.ci1[0], t1, "reld release=shop vsn=1.0")
+    sig2 = sign(s.ci1[0], t2, "reld release=shop vsn=2.0")
+    before = d.tree(s.r.root)
+
+    def refused(what, want, parts, *args):
+        rc, o, err = relctl_piped(s.r, ("unpack", *args, "-"), parts)
+        lines = [x for x in err.splitlines() if x]
+        d.tap(rc == 1 and len(lines) == 1 and want in err, f"standard input, {what}: refused with one line",
+              f"rc {rc}\n{o}{err}")
+        unchanged(s.r, before, f"standard input, {what}", err)
+
+    refused("a tarball without its signature", "the tarball is not signed", (t1,))
+    lying = sign(s.ci1[0], t1, "reld release=shop vsn=2.0", os.path.join(work, "lying.minisig"))
+    refused("a signature that names another release", "the signature is for release shop 2.0", (lying, t1))
+    refused("the signature of another tarball", "does not match the tarball", (sig2, t1))
+    refused("a signature and --signature", "two signatures", (sig1, t1), "--signature", sig1)
+    cut = os.path.join(work, "cut.minisig")
+    with open(cut, "w") as f:
+        f.write("".join(open(sig1).readlines()[:2]))
+    refused("a stream that ends inside its signature", "ends inside the signature", (cut,))
+    rc, o, err = relctl_piped(s.r, ("unpack", "--json", "-"), (sig1, t1), trickle=400)
+    rep = json.loads(o) if rc == 0 else {}
+    d.tap(rc == 0 and rep.get("signature", {}).get("key_id") == s.ci1[2],
+          "cat X.minisig X.tar.gz | relctl unpack -: verified and unpacked (the signature a byte at a time)", o + err)
+    row = release_row(s.r, "1.0")
+    sig = row.get("signature") or {}
+    d.tap(sig.get("key_id") == s.ci1[2] and sig.get("trusted_comment") == "reld release=shop vsn=1.0"
+          and sig.get("blake2b") == rep.get("signature", {}).get("blake2b") and len(sig.get("blake2b", "")) == 128,
+          "relctl releases --json shows the release's key id, trusted comment and tarball hash", json.dumps(row))
+    rc, o, err = s.r.relctl("releases")
+    d.tap(rc == 0 and "1.0" in o, "relctl releases still lists it as text", o + err)
+    s.r.stop()
+    # Without a trusted key the same stream unpacks as before, unsigned.
+    nokeys = os.path.join(work, "nokeys")
+    os.makedirs(os.path.join(nokeys, "trusted.d"))
+    r = d.Reld(nokeys, config=f"trusted_keys: {nokeys}/trusted.d\n")
+    rc, o, err = relctl_piped(r, ("unpack", "-"), (sig2, t2))
+    d.tap(rc == 0 and "unpacked release shop 2.0" in o and release_row(r, "2.0").get("signature", 0) is None,
+          "without keys: the signature at the start of the stream is set aside, the release unsigned", o + err)
+    r.stop()
+
+
 def main():
     global A
     ap = argparse.ArgumentParser()
@@ -279,7 +362,7 @@ def main():
     A = ap.parse_args()
     d.A = A
     return d.run_tests((test_without_keys_unsigned_unpacks, test_both_directions_and_rotation, test_refusals,
-                        test_revocation, test_downgrade_floor), "reld-sign-")
+                        test_revocation, test_downgrade_floor, test_stream_carries_both), "reld-sign-")
 
 
 if __name__ == "__main__":

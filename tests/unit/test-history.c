@@ -348,18 +348,20 @@ static void make_v1(const char *extra)
 
 START_TEST(open_creates_a_fresh_database)
 {
-    ck_assert_int_eq(history_schema_version(h), 2);
+    ck_assert_int_eq(history_schema_version(h), 3);
     ck_assert_str_eq(history_last_error(h), "");
     ck_assert_int_eq(count("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
                            "('releases', 'events', 'attempts', 'instructions')"),
                      4);
     ck_assert_int_eq(count("SELECT count(*) FROM sqlite_master WHERE name = 'one_current'"), 1);
     ck_assert_int_eq(count("SELECT count(*) FROM pragma_table_info('instructions') WHERE name = 'start_us'"), 1);
+    ck_assert_int_eq(count("SELECT count(*) FROM pragma_table_info('releases') WHERE name = 'signature'"), 1);
+    ck_assert_int_eq(count("SELECT count(*) FROM pragma_table_info('attempts') WHERE name = 'started_us'"), 1);
     ck_assert_str_eq(text_of("PRAGMA journal_mode"), "wal");
-    ck_assert_int_eq(count("PRAGMA user_version"), 2);
+    ck_assert_int_eq(count("PRAGMA user_version"), 3);
     /* Reopening an up-to-date database changes nothing. */
     reopen();
-    ck_assert_int_eq(history_schema_version(h), 2);
+    ck_assert_int_eq(history_schema_version(h), 3);
     json_t *rels = NULL;
     ck_assert_int_eq(history_releases(h, &rels), 0);
     ck_assert_int_eq(json_array_size(rels), 0);
@@ -372,8 +374,8 @@ START_TEST(open_migrates_version_1_and_keeps_its_rows)
     make_v1(NULL);
     ck_assert_int_eq(count("PRAGMA user_version"), 1);
     reopen();
-    ck_assert_int_eq(history_schema_version(h), 2);
-    ck_assert_int_eq(count("PRAGMA user_version"), 2);
+    ck_assert_int_eq(history_schema_version(h), 3);
+    ck_assert_int_eq(count("PRAGMA user_version"), 3);
     char *state = NULL;
     ck_assert_int_eq(history_release_state(h, "1.0", &state), 0);
     ck_assert_str_eq(state, "permanent");
@@ -391,7 +393,12 @@ START_TEST(open_migrates_version_1_and_keeps_its_rows)
     ck_assert_str_eq(json_string_value(json_object_get(json_object_get(in, "instr"), "op")), "point_of_no_return");
     ck_assert(json_is_null(json_object_get(in, "start_us"))); /* before version 2: not known */
     ck_assert_int_eq(json_integer_value(json_object_get(in, "duration_us")), 12);
+    ck_assert(json_real_value(json_object_get(at, "duration_ms")) == 1000.0); /* as written */
     json_decref(l);
+    json_t *rels = NULL; /* before version 3: no signature */
+    ck_assert_int_eq(history_releases(h, &rels), 0);
+    ck_assert(json_is_null(json_object_get(json_array_get(rels, 0), "signature")));
+    json_decref(rels);
     /* The migrated database takes version 2's rows. */
     int64_t id = 0;
     ck_assert_int_eq(history_attempt_begin(h, "uid 0", "upgrade", "1.0", "2.0", &id), 0);
@@ -434,15 +441,15 @@ END_TEST
 START_TEST(open_refuses_a_newer_schema)
 {
     h = history_close(h);
-    sql_once("PRAGMA user_version=3");
+    sql_once("PRAGMA user_version=4");
     char *err = NULL;
     History *h2 = NULL;
     ck_assert_int_eq(history_open(path, &h2, &err), -EPROTO);
     ck_assert_ptr_null(h2);
     ck_assert_ptr_nonnull(err);
-    ck_assert_msg(strstr(err, "schema version 3 is newer than this reld's (2)"), "%s", err);
+    ck_assert_msg(strstr(err, "schema version 4 is newer than this reld's (3)"), "%s", err);
     free(err);
-    ck_assert_int_eq(count("PRAGMA user_version"), 3);
+    ck_assert_int_eq(count("PRAGMA user_version"), 4);
 }
 END_TEST
 
@@ -897,7 +904,8 @@ START_TEST(releases_shape)
     ck_assert_int_eq(history_releases(h, &rels), 0);
     ck_assert_int_eq(json_array_size(rels), 2);
     json_t *r = json_array_get(rels, 1);
-    ck_assert_int_eq(json_object_size(r), 5);
+    ck_assert_int_eq(json_object_size(r), 6);
+    ck_assert(json_is_null(json_object_get(r, "signature")));
     ck_assert_str_eq(json_string_value(json_object_get(json_array_get(rels, 0), "vsn")), "1.0");
     ck_assert_str_eq(json_string_value(json_object_get(r, "vsn")), "2.0");
     ck_assert_str_eq(json_string_value(json_object_get(r, "name")), "shop");
@@ -905,6 +913,33 @@ START_TEST(releases_shape)
     ck_assert_int_eq(strlen(json_string_value(json_object_get(r, "unpacked_at"))), 24);
     ck_assert_int_eq(strlen(json_string_value(json_object_get(r, "changed_at"))), 24);
     json_decref(rels);
+}
+END_TEST
+
+START_TEST(releases_signed_keeps_its_signature)
+{
+    json_t *sig = json_pack("{s:s, s:s, s:s}", "key_id", "0123456789ABCDEF", "trusted_comment",
+                            "reld release=shop vsn=1.0", "blake2b", "00ff");
+    ck_assert_int_eq(history_release_add_signed(h, "1.0", "shop", "t", sig), 0);
+    json_t *rels = NULL;
+    ck_assert_int_eq(history_releases(h, &rels), 0);
+    ck_assert(json_equal(json_object_get(json_array_get(rels, 0), "signature"), sig));
+    json_decref(rels);
+    /* The same object in a "signature" event, beside "unpacked". */
+    json_t *l = list(10);
+    json_t *ev = json_array_get(json_object_get(l, "events"), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(ev, "kind")), "signature");
+    ck_assert_str_eq(json_string_value(json_object_get(ev, "release")), "1.0");
+    ck_assert(json_equal(json_object_get(ev, "detail"), sig));
+    json_decref(l);
+    /* Not an object; a known version: nothing written. */
+    json_t *str = json_string("x");
+    ck_assert_fails(history_release_add_signed(h, "2.0", "shop", "t", str), -EINVAL, "JSON object");
+    json_decref(str);
+    ck_assert_fails(history_release_add_signed(h, "1.0", "shop", "t", sig), -EEXIST, "already known");
+    ck_assert_int_eq(count("SELECT count(*) FROM releases"), 1);
+    ck_assert_int_eq(count("SELECT count(*) FROM events"), 2);
+    json_decref(sig);
 }
 END_TEST
 
@@ -926,7 +961,7 @@ END_TEST
 
 START_TEST(releases_text_that_is_not_utf8_is_eilseq)
 {
-    sql_once("INSERT INTO releases VALUES ('1.0', CAST(X'FF00' AS TEXT), 'old', 'a', 'b')");
+    sql_once("INSERT INTO releases VALUES ('1.0', CAST(X'FF00' AS TEXT), 'old', 'a', 'b', NULL)");
     json_t *rels = NULL;
     ck_assert_fails(history_releases(h, &rels), -EILSEQ, "column name holds text that is not UTF-8");
     ck_assert_ptr_null(rels);
@@ -1155,6 +1190,9 @@ START_TEST(attempt_end_sets_result)
     ck_assert_str_eq(text_of("SELECT detail FROM attempts"), "suspend timed out");
     ck_assert_ptr_nonnull(text_of("SELECT finished_at FROM attempts"));
     ck_assert_int_eq(count("SELECT duration_ms >= 0 AND duration_ms < 60000 FROM attempts"), 1);
+    /* Exact from started_us: not whole milliseconds of julianday(). */
+    ck_assert_int_eq(count("SELECT started_us > 1700000000000000 FROM attempts"), 1);
+    ck_assert_int_eq(count("SELECT abs(duration_ms * 1000 - round(duration_ms * 1000)) < 1e-6 FROM attempts"), 1);
     ck_assert_fails(history_attempt_end(h, a + 1, "ok", NULL), -ENOENT, "is not known");
     ck_assert_fails(history_attempt_end(h, a, NULL, NULL), -EINVAL, "with a result");
     ck_assert_str_eq(text_of("SELECT result FROM attempts"), "failed");
@@ -1424,7 +1462,7 @@ static Suite *history_suite(void)
         {"history_release_remove",
          {release_remove_deletes_with_its_event, release_remove_failed_event_keeps_the_release}},
         {"history_releases",
-         {releases_shape, releases_damaged_page_is_euclean, releases_text_that_is_not_utf8_is_eilseq}},
+         {releases_shape, releases_signed_keeps_its_signature, releases_damaged_page_is_euclean, releases_text_that_is_not_utf8_is_eilseq}},
         {"history_recover",
          {recover_records_the_releases_and_one_event, recover_of_nothing_is_its_event, recover_all_or_nothing}},
         {"history_event", {event_with_and_without_detail, event_disk_full}},

@@ -1863,7 +1863,7 @@ START_TEST(dry_run_of_a_first_install_lists_what_would_start)
     ck_assert_state("2", "unpacked");
     ck_assert(!exists("runs"));
     /* A release whose definitions cannot be read: refused, one line. */
-    sql("INSERT INTO releases VALUES ('5', 't', 'unpacked', 'x', 'x')");
+    sql("INSERT INTO releases VALUES ('5', 't', 'unpacked', 'x', 'x', NULL)");
     dry_run_to(&res, "5", NULL, true);
     ck_assert_int_lt(res.r, 0);
     ck_assert_str_eq(json_string_value(json_object_get(res.reply, "outcome")), "refused");
