@@ -897,7 +897,7 @@ static int cmd_history(int argc, char **argv)
     }
     json_array_foreach(json_object_get(rep, "attempts"), i, e)
     {
-        printf("attempt %lld: %s %s -> %s by %s: %s (%.1f ms)\n",
+        printf("attempt %lld: %s %s -> %s by %s: %s (%.3f ms)\n",
                (long long)json_integer_value(json_object_get(e, "id")), json_string_value(json_object_get(e, "kind")),
                json_string_value(json_object_get(e, "from_vsn")), json_string_value(json_object_get(e, "to_vsn")),
                json_string_value(json_object_get(e, "who")),
