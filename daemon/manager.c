@@ -234,12 +234,16 @@ static int check_staged(const char *staging, const char *vsn, void *userdata, Di
     Op *op = userdata;
     /* The downgrade floor: an old release signed long ago stays signed,
      * and must not come back by an unpack (relctl downgrade to a release
-     * still unpacked is the way back, and stays allowed). */
-    if (!op->allow_downgrade && op->min_version && strverscmp(vsn, op->min_version) < 0)
+     * still unpacked is the way back, and stays allowed). The same
+     * release again changes nothing (store_unpack finds it present, or
+     * refuses other content under its version): not a downgrade. */
+    _cleanup_free_ char *present = store_path_release_file(op->root, vsn);
+    bool again = access(present, F_OK) == 0;
+    if (!op->allow_downgrade && !again && op->min_version && strverscmp(vsn, op->min_version) < 0)
         return diag_error(diag, "release %s is older than min_version %s; --allow-downgrade unpacks it anyway", vsn,
                           op->min_version),
                -EPERM;
-    if (!op->allow_downgrade && op->permanent && strverscmp(vsn, op->permanent) < 0)
+    if (!op->allow_downgrade && !again && op->permanent && strverscmp(vsn, op->permanent) < 0)
         return diag_error(diag,
                           "release %s is older than the permanent release %s (refuse_older_than_permanent); "
                           "--allow-downgrade unpacks it anyway",

@@ -267,6 +267,9 @@ def test_downgrade_floor(work):
           "with refuse_older_than_permanent a release older than the permanent one is refused", o + err)
     rc, o, err = r.relctl("unpack", "--allow-downgrade", t1)
     d.tap(rc == 0 and "unpacked release shop 1.0" in o, "--allow-downgrade unpacks it", o + err)
+    rc, o, err = r.relctl("unpack", "--json", t1)
+    d.tap(rc == 0 and json.loads(o).get("unchanged") is True,
+          "the same tarball again, present: not a downgrade, unchanged", o + err)
     r.stop()
 
 
