@@ -850,6 +850,31 @@ static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_
     return r;
 }
 
+/* relctl daemon-reexec: reld executes its binary again in place; the new
+ * reld answers once ready. */
+static int cmd_daemon_reexec(int argc, char **argv)
+{
+    bool json = false;
+    int r = common_opts(argc, argv, &json, "daemon-reexec [--json]");
+    if (r >= 0)
+        return r;
+    if (argc - optind != 0) {
+        fprintf(stderr, "relctl: usage: relctl daemon-reexec [--json]\n");
+        return EXIT_USAGE;
+    }
+    json_t *rep;
+    if ((r = call_or_report(json_pack("{s:s}", "cmd", "daemon-reexec"), -1, &rep)))
+        return r;
+    if (json)
+        r = print_json(rep);
+    else
+        printf("reld re-executed (pid %lld), ready in %.1f ms\n",
+               (long long)json_integer_value(json_object_get(rep, "pid")),
+               json_real_value(json_object_get(rep, "reexec_ms")));
+    json_decref(rep);
+    return r;
+}
+
 static int cmd_history(int argc, char **argv)
 {
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
@@ -1061,6 +1086,8 @@ int main(int argc, char **argv)
         return cmd_go(n, a, argv[i]);
     if (strcmp(argv[i], "history") == 0)
         return cmd_history(n, a);
+    if (strcmp(argv[i], "daemon-reexec") == 0)
+        return cmd_daemon_reexec(n, a);
     if (strcmp(argv[i], "releases") == 0)
         return cmd_simple(n, a, "releases", "releases [--json]", 0);
     if (strcmp(argv[i], "status") == 0)

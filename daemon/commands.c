@@ -209,12 +209,25 @@ static void cmd_status(Client *c, json_t *req, Manager *m)
     answer(c, manager_status(m, &d), &d);
 }
 
+/* reld executes itself again (reexec.h): the new reld answers. */
+static void cmd_daemon_reexec(Client *c, json_t *req, Manager *m)
+{
+    ManagerCaller mc = caller(c);
+    manager_reexec(m, client_who(c), &mc);
+}
+
 static const Command commands[] = {
-    {"unpack", ACCESS_WRITE, cmd_unpack},    {"install", ACCESS_WRITE, cmd_install},
-    {"upgrade", ACCESS_WRITE, cmd_upgrade},  {"downgrade", ACCESS_WRITE, cmd_downgrade},
-    {"remove", ACCESS_WRITE, cmd_remove},    {"make-permanent", ACCESS_WRITE, cmd_make_permanent},
-    {"releases", ACCESS_READ, cmd_releases}, {"history", ACCESS_READ, cmd_history},
-    {"status", ACCESS_READ, cmd_status},     {"relup", ACCESS_READ, cmd_relup},
+    {"unpack", ACCESS_WRITE, cmd_unpack},
+    {"install", ACCESS_WRITE, cmd_install},
+    {"upgrade", ACCESS_WRITE, cmd_upgrade},
+    {"downgrade", ACCESS_WRITE, cmd_downgrade},
+    {"remove", ACCESS_WRITE, cmd_remove},
+    {"make-permanent", ACCESS_WRITE, cmd_make_permanent},
+    {"releases", ACCESS_READ, cmd_releases},
+    {"history", ACCESS_READ, cmd_history},
+    {"status", ACCESS_READ, cmd_status},
+    {"relup", ACCESS_READ, cmd_relup},
+    {"daemon-reexec", ACCESS_WRITE, cmd_daemon_reexec},
 };
 
 void commands_handle(Client *c, json_t *req, Manager *m)

@@ -2,14 +2,18 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
+#include <unistd.h>
 
+#include "crashpoint.h"
 #include "log.h"
 #include "manager.h"
+#include "reexec.h"
 #include "server.h"
 #include "util.h"
 
@@ -20,6 +24,8 @@ struct Daemon {
     Manager *m;
     Server *server;
     bool stopping;
+    int reexec_reply_fd;       /* after a re-exec: the connection of the relctl that asked, to answer once ready */
+    long long reexec_asked_us; /* when it asked (mono_us()) */
 };
 
 static void on_stopped(void *userdata)
@@ -72,7 +78,35 @@ static int on_reload_signal(sd_event_source *s, const struct signalfd_siginfo *s
     return 0;
 }
 
+/* relctl daemon-reexec (manager_reexec()): the control socket and the
+ * asking connection go into the state too; returns only on a failure. */
+static int do_reexec(void *userdata, void *caller, json_t *state, Diag *diag)
+{
+    Daemon *d = userdata;
+    int sfd = server_fd(d->server), cfd = server_client_fd(d->server, caller);
+    /* A copy of the connection: the client keeps its own if this fails. */
+    int reply = cfd >= 0 ? fcntl(cfd, F_DUPFD_CLOEXEC, 3) : -1;
+    json_object_set_new(state, "server_fd", json_integer(sfd));
+    json_object_set_new(state, "reply_fd", json_integer(reply));
+    json_object_set_new(state, "requested_us", json_integer(mono_us()));
+    reexec_keep_fd(state, sfd);
+    if (reply >= 0)
+        reexec_keep_fd(state, reply);
+    (void)sd_notify(false, "RELOADING=1"); /* no systemd: nobody to tell */
+    int r = reexec_exec(state, diag);
+    if (reply >= 0)
+        close(reply);
+    (void)sd_notify(false, "READY=1");
+    log_error("%s", diag->errors.n ? diag->errors.v[0] : "cannot re-execute reld");
+    return r;
+}
+
 int daemon_new(const DaemonConfig *cfg, const char *config_path, Daemon **ret)
+{
+    return daemon_new_from(cfg, config_path, NULL, ret);
+}
+
+int daemon_new_from(const DaemonConfig *cfg, const char *config_path, const json_t *state, Daemon **ret)
 {
     /* Before any thread exists: sd-event's child sources need SIGCHLD
      * blocked everywhere, and the service's signals arrive as events. */
@@ -95,14 +129,20 @@ int daemon_new(const DaemonConfig *cfg, const char *config_path, Daemon **ret)
                    (r = sd_event_add_signal(d->ev, NULL, SIGINT, on_stop_signal, d)) < 0 ||
                    (r = sd_event_add_signal(d->ev, NULL, SIGHUP, on_reload_signal, d)) < 0))
         log_error("cannot watch signals: %s", strerror(-r));
+    json_t *sfd = json_object_get(state, "server_fd"), *reply = json_object_get(state, "reply_fd");
+    d->reexec_reply_fd = json_is_integer(reply) ? (int)json_integer_value(reply) : -1;
+    d->reexec_asked_us = json_integer_value(json_object_get(state, "requested_us"));
     if (r >= 0)
-        r = manager_new(d->ev, &d->cfg, &d->m);
+        r = manager_new_from(d->ev, &d->cfg, json_object_get(state, "manager"), &d->m);
     if (r >= 0)
-        r = server_new(d->ev, d->m, &d->cfg, &d->server);
+        r = server_new_from(d->ev, d->m, &d->cfg, json_is_integer(sfd) ? (int)json_integer_value(sfd) : -1, &d->server);
     if (r < 0) {
         daemon_free(d);
         return r;
     }
+    manager_set_reexec(d->m, do_reexec, d);
+    if (state)
+        CRASH_POINT("reexec:restored"); /* the new reld, before it is ready */
     *ret = d;
     return 0;
 }
@@ -114,7 +154,19 @@ int daemon_run(Daemon *d)
     if (r < 0)
         log_warning("cannot arm systemd's watchdog: %s", strerror(-r));
     log_info("ready: root %s, socket %s", d->cfg.root, d->cfg.socket_path);
-    (void)sd_notifyf(false, "READY=1\nSTATUS=root %s", d->cfg.root); /* no systemd: nobody to tell */
+    (void)sd_notifyf(false, "READY=1\nMAINPID=%d\nSTATUS=root %s", (int)getpid(),
+                     d->cfg.root); /* no systemd: nobody to tell */
+    if (d->reexec_reply_fd >= 0) {
+        /* The answer to relctl daemon-reexec, from the new reld, ready. */
+        double ms = (double)(mono_us() - d->reexec_asked_us) / 1000.0;
+        log_info("re-executed in %.1f ms (pid %d)", ms, (int)getpid());
+        char *line = xasprintf("{\"ok\":true,\"pid\":%d,\"reexec_ms\":%.3f}\n", (int)getpid(), ms);
+        if (write(d->reexec_reply_fd, line, strlen(line)) < 0)
+            log_warning("cannot answer the relctl that asked for the re-exec: %s", strerror(errno));
+        free(line);
+        close(d->reexec_reply_fd);
+        d->reexec_reply_fd = -1;
+    }
     r = sd_event_loop(d->ev);
     if (r < 0)
         log_error("the event loop failed: %s", strerror(-r));
@@ -126,6 +178,8 @@ Daemon *daemon_free(Daemon *d)
     if (!d)
         return NULL;
     d->server = server_free(d->server);
+    if (d->reexec_reply_fd > 2)
+        close(d->reexec_reply_fd);
     if (manager_free(d->m)) /* a worker thread still uses it: exit without freeing */
         return NULL;
     sd_event_unref(d->ev);

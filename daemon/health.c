@@ -770,6 +770,53 @@ void health_probe_exited(HealthProbe *p, const char *why, bool final)
     probe_update(p, true);
 }
 
+json_t *health_probe_save(const HealthProbe *p)
+{
+    json_t *checks = json_array();
+    for (size_t i = 0; i < p->n_checks; i++) {
+        const Check *c = &p->checks[i];
+        json_array_append_new(checks, json_pack("{s:i, s:s?, s:s?, s:I, s:I}", "result", (int)c->result, "reason",
+                                                c->reason, "output", c->output, "result_ms", (json_int_t)c->result_ms,
+                                                "passing_since_ms", (json_int_t)c->passing_since_ms));
+    }
+    return json_pack("{s:b, s:b, s:i, s:I, s:s?, s:i, s:I, s:o}", "running", p->running, "final", p->final, "starts",
+                     (int)p->starts, "running_since_ms", (json_int_t)p->running_since_ms, "exit_why", p->exit_why,
+                     "state", (int)p->state, "state_since_ms", (json_int_t)p->state_since_ms, "checks", checks);
+}
+
+void health_probe_restore(HealthProbe *p, const json_t *saved, pid_t pid)
+{
+    checks_reset(p);
+    p->running = pid > 0;
+    p->pid = pid;
+    p->final = json_is_true(json_object_get(saved, "final"));
+    p->starts = (unsigned)json_integer_value(json_object_get(saved, "starts"));
+    p->running_since_ms = json_integer_value(json_object_get(saved, "running_since_ms"));
+    const char *why = json_string_value(json_object_get(saved, "exit_why"));
+    set_str(&p->exit_why, why ? sanitize(why, strlen(why), HEALTH_REASON_MAX) : NULL);
+    json_int_t state = json_integer_value(json_object_get(saved, "state"));
+    p->state = state >= 0 && state < _HEALTH_STATE_MAX ? (HealthState)state : HEALTH_DOWN;
+    p->state_since_ms = json_integer_value(json_object_get(saved, "state_since_ms"));
+    json_t *checks = json_object_get(saved, "checks"), *v;
+    size_t i;
+    /* The results, when the checks are the ones saved (same definition). */
+    json_array_foreach(checks, i, v) if (i < p->n_checks && json_array_size(checks) == p->n_checks)
+    {
+        Check *c = &p->checks[i];
+        json_int_t res = json_integer_value(json_object_get(v, "result"));
+        const char *reason = json_string_value(json_object_get(v, "reason")),
+                   *output = json_string_value(json_object_get(v, "output"));
+        c->result = res == RESULT_PASS || res == RESULT_FAIL ? (CheckResult)res : RESULT_NONE;
+        set_str(&c->reason, reason ? xstrdup(reason) : NULL);
+        set_str(&c->output, output ? xstrdup(output) : NULL);
+        c->result_ms = json_integer_value(json_object_get(v, "result_ms"));
+        c->passing_since_ms = json_integer_value(json_object_get(v, "passing_since_ms"));
+    }
+    if (p->running)
+        checks_start_all(p);
+    probe_update(p, true);
+}
+
 void health_probe_set_definition(HealthProbe *p, const ProcessDef *def, const char *dir)
 {
     checks_free(p);

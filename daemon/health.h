@@ -111,6 +111,12 @@ void health_probe_exited(HealthProbe *p, const char *why, bool final);
  * running process keeps running: its checks start again at once. */
 void health_probe_set_definition(HealthProbe *p, const ProcessDef *def, const char *dir);
 
+/* Re-exec (reexec.h): the probe's state and last results as JSON, and
+ * the same given back to a new probe of the same definition for the
+ * process pid (0: not running); its checks then run at once. */
+json_t *health_probe_save(const HealthProbe *p);
+void health_probe_restore(HealthProbe *p, const json_t *saved, pid_t pid);
+
 /* The answer to runtime_ask: the reply of the runtime's health command
  * as proc_call() hands it (r == 0 and {"ok":true,"healthy":bool,
  * "message":str}, or {"ok":false,"message":...}; or r < 0: -ETIMEDOUT,

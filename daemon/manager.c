@@ -14,6 +14,7 @@
 #include "history.h"
 #include "jobs.h"
 #include "log.h"
+#include "reexec.h"
 #include "relup.h"
 #include "sign.h"
 #include "check/check.h"
@@ -106,6 +107,8 @@ struct Manager {
     Op *ops;
     void (*shutdown_done)(void *userdata);
     void *shutdown_data;
+    ManagerReexec reexec; /* manager_set_reexec() */
+    void *reexec_data;
 };
 
 /* ---- operations and their callers ------------------------------------------- */
@@ -1594,7 +1597,15 @@ static int lock_root(const char *root, int *ret_fd)
     return r;
 }
 
+static bool saved_lock(Manager *m, const json_t *saved);
+static bool restore(Manager *m, const json_t *saved);
+
 int manager_new(sd_event *ev, const DaemonConfig *cfg, Manager **ret)
+{
+    return manager_new_from(ev, cfg, NULL, ret);
+}
+
+int manager_new_from(sd_event *ev, const DaemonConfig *cfg, const json_t *saved, Manager **ret)
 {
     Manager *m = xcalloc(1, sizeof(*m));
     m->ev = sd_event_ref(ev);
@@ -1605,24 +1616,25 @@ int manager_new(sd_event *ev, const DaemonConfig *cfg, Manager **ret)
         r = -errno;
         log_error("cannot create %s: %s", m->cfg.root, strerror(-r));
     }
-    if (r == 0)
+    if (r == 0 && !saved_lock(m, saved))
         r = lock_root(m->cfg.root, &m->lock_fd);
     char *err = NULL;
     if (r == 0 && (r = open_root_history(m->cfg.root, &m->hist, &err)) < 0)
         log_db_failure(m->cfg.root, r, err);
     free(err);
-    if (r == 0)
+    bool restored = r == 0 && saved && restore(m, saved); /* else as after a crash of reld */
+    if (r == 0 && !restored)
         r = reconcile(m);
     char *perm = NULL;
     if (r == 0 && (r = history_release_in_state(m->hist, RELEASE_PERMANENT, &perm)) < 0)
         r = r == -ENOENT ? 0 : read_failure(m, r, "the permanent release");
     if (r == 0)
         marker_sync(m->cfg.root, perm);
-    if (r == 0 && (r = jobs_new(ev, &m->jobs)) < 0)
+    if (r == 0 && !m->jobs && (r = jobs_new(ev, &m->jobs)) < 0)
         log_error("cannot start the job queue: %s", strerror(-r));
-    if (r == 0 && (r = supervisor_new(ev, m->hist, m->cfg.root, &m->sup)) < 0)
+    if (r == 0 && !m->sup && (r = supervisor_new(ev, m->hist, m->cfg.root, &m->sup)) < 0)
         log_error("cannot start the supervisor: %s", strerror(-r));
-    if (r == 0 && perm) {
+    if (r == 0 && perm && !restored) {
         Diag diag = {0};
         ReleaseDef *rel = NULL;
         if (store_load_release(m->cfg.root, perm, &rel, &diag) < 0 || boot(m, rel, &diag) < 0)
@@ -1927,4 +1939,115 @@ Manager *manager_free(Manager *m)
     sd_event_unref(m->ev);
     free(m);
     return NULL;
+}
+
+/* ---- re-exec (reexec.h) ------------------------------------------------------------ */
+
+json_t *manager_save(Manager *m, json_t *fds, Diag *diag)
+{
+    /* Nothing under way: a thread, a gate or an upgrade's steps cannot be
+     * written down and resumed by another program. */
+    const char *busy = m->upgrade                        ? "an upgrade or downgrade is under way"
+                       : m->gate_op                      ? "an install waits for its health verdict"
+                       : m->booting                      ? "a release is being installed"
+                       : m->ops || jobs_running(m->jobs) ? "an operation is under way (unpack, remove, relup)"
+                       : m->shutdown_done                ? "reld is stopping"
+                                                         : NULL;
+    if (busy) {
+        diag_error(diag, "cannot re-execute reld now: %s; try again when it has ended", busy);
+        return NULL;
+    }
+    Diag d = {0};
+    json_t *sup = supervisor_save(m->sup, fds, &d);
+    if (!sup) {
+        diag_error(diag, "cannot re-execute reld now: %s; try again when it has ended", d.errors.v[0]);
+        diag_clear(&d);
+        return NULL;
+    }
+    return json_pack("{s:i, s:s?, s:O?, s:o}", "lock_fd", m->lock_fd, "running", m->running ? m->running->vsn : NULL,
+                     "last_outcome", m->last_outcome, "supervisor", sup);
+}
+
+/* The root's lock that the reld before held, if saved names it. */
+static bool saved_lock(Manager *m, const json_t *saved)
+{
+    json_t *v = json_object_get(saved, "lock_fd");
+    char *lock = store_path_lock(m->cfg.root);
+    struct stat a, b;
+    bool ok = json_is_integer(v) && fstat((int)json_integer_value(v), &a) == 0 && stat(lock, &b) == 0 &&
+              a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+    free(lock);
+    if (ok)
+        m->lock_fd = (int)json_integer_value(v);
+    return ok;
+}
+
+/* Takes over the running release and its processes as saved: true; or
+ * false after one line, with every process the reld before ran killed and
+ * every descriptor saved for them closed (the start goes on as after a
+ * crash: the permanent release boots). */
+static bool restore(Manager *m, const json_t *saved)
+{
+    const char *running = json_string_value(json_object_get(saved, "running"));
+    Diag d = {0};
+    ReleaseDef *rel = NULL;
+    int r = jobs_new(m->ev, &m->jobs);
+    if (r >= 0)
+        r = supervisor_new(m->ev, m->hist, m->cfg.root, &m->sup);
+    if (r >= 0 && running)
+        r = store_load_release(m->cfg.root, running, &rel, &d);
+    if (r >= 0 && running)
+        r = supervisor_restore(m->sup, rel, json_object_get(saved, "supervisor"), &d);
+    if (r < 0) {
+        size_t n = reexec_kill_children(NULL, 0);
+        json_t *fds = json_object_get(saved, "proc_fds"), *v;
+        size_t i;
+        json_array_foreach(fds, i, v)(void) close((int)json_integer_value(v)); /* checked open at the start */
+        log_error("re-executed, but the processes of release %s cannot be taken over: %s; %zu process(es) killed; "
+                  "starting as after a crash of reld",
+                  running ? running : "-", d.errors.n ? d.errors.v[0] : strerror(-r), n);
+        release_def_free(rel);
+        diag_clear(&d);
+        return false;
+    }
+    diag_clear(&d);
+    m->running = rel;
+    json_t *last = json_object_get(saved, "last_outcome");
+    m->last_outcome = json_is_object(last) ? json_incref(last) : NULL;
+    /* Children it did not hand over (a health check's command under way):
+     * nobody would reap them. */
+    pid_t *pids = NULL;
+    size_t n = supervisor_pids(m->sup, &pids);
+    (void)reexec_kill_children(pids, n);
+    free(pids);
+    if (history_event(m->hist, "reexec", "reld", running, NULL) < 0)
+        log_error("cannot record the re-exec: %s", history_last_error(m->hist));
+    return true;
+}
+
+void manager_set_reexec(Manager *m, ManagerReexec reexec, void *userdata)
+{
+    m->reexec = reexec;
+    m->reexec_data = userdata;
+}
+
+void manager_reexec(Manager *m, const char *who, const ManagerCaller *c)
+{
+    Diag d = {0};
+    json_t *fds = json_array(), *st = m->reexec ? manager_save(m, fds, &d) : NULL;
+    int r = -EBUSY;
+    if (!m->reexec)
+        diag_error(&d, "this reld cannot re-execute itself");
+    if (st) {
+        json_object_set(st, "proc_fds", fds); /* without the lock, which stays */
+        json_t *state =
+            json_pack("{s:i, s:o, s:o}", "version", REEXEC_STATE_VERSION, "fds", json_deep_copy(fds), "manager", st);
+        reexec_keep_fd(state, m->lock_fd);
+        log_info("re-executing reld, as %s asked", who);
+        r = m->reexec(m->reexec_data, c->userdata, state, &d); /* returns only when it failed */
+        json_decref(state);
+    }
+    json_decref(fds);
+    c->done(c->userdata, r, NULL, &d);
+    diag_clear(&d);
 }

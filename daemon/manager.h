@@ -141,6 +141,30 @@ void manager_relup(Manager *m, const char *from, const char *to, const char *who
 void manager_make_permanent(Manager *m, const char *vsn, const char *who, const ManagerCaller *c);
 void manager_forget_caller(Manager *m, void *userdata);
 
+/* Re-exec (reexec.h, docs/daemon.md "Re-executing reld").
+ * manager_new_from(): manager_new() in a re-executed reld, with the
+ * manager's part of the state (saved, borrowed): the root's lock it
+ * names, no reconciliation, and the running release's processes taken
+ * over (supervisor_restore()) instead of a boot. When they cannot be, one
+ * line is logged, every child is killed, the descriptors saved for them
+ * are closed, and the start goes on as after a crash (the permanent
+ * release boots). */
+int manager_new_from(sd_event *ev, const DaemonConfig *cfg, const json_t *saved, Manager **ret);
+/* The manager's state {lock_fd, running, last_outcome, supervisor}, the
+ * processes' descriptors added to fds; NULL with one line in diag while
+ * anything is under way (an unpack, install, upgrade, health gate,
+ * removal, relup, a stop): a re-exec then is refused. */
+json_t *manager_save(Manager *m, json_t *fds, Diag *diag);
+/* Who re-executes reld: called with the caller's userdata and the state
+ * ({version, fds, manager}, borrowed; it adds its own parts); returns only
+ * when the re-exec failed (-errno, one line in diag). */
+typedef int (*ManagerReexec)(void *userdata, void *caller, json_t *state, Diag *diag);
+void manager_set_reexec(Manager *m, ManagerReexec reexec, void *userdata);
+/* relctl daemon-reexec: refused (-EBUSY, done() with the reason) while
+ * anything is under way; else the hook runs, and done() comes only when
+ * it failed (the new reld answers the caller). */
+void manager_reexec(Manager *m, const char *who, const ManagerCaller *c);
+
 /* Replies of the read-only commands (new references), or NULL with the
  * reason in diag. */
 json_t *manager_status(Manager *m, Diag *diag);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "reexec.h"
 #include "util.h"
 
 extern char **environ;
@@ -809,4 +810,174 @@ Proc *proc_free(Proc *p)
     json_decref(p->modules);
     free(p);
     return NULL;
+}
+
+/* ---- re-exec: the state of a process, handed over -------------------------- */
+
+long long proc_last_call_id(void)
+{
+    return next_call_id;
+}
+
+void proc_set_last_call_id(long long id)
+{
+    next_call_id = id;
+}
+
+/* Bytes as hex: buffers may hold anything, JSON strings must be UTF-8. */
+static json_t *hex_of(const char *b, size_t n)
+{
+    char *h = xmalloc(2 * n + 1);
+    for (size_t i = 0; i < n; i++)
+        sprintf(h + 2 * i, "%02x", (unsigned char)b[i]);
+    h[2 * n] = 0;
+    json_t *j = json_string(h);
+    free(h);
+    return j;
+}
+
+/* Decodes hex into buf (at most max bytes): its length, or 0 for anything else. */
+static size_t unhex(const json_t *j, char *buf, size_t max)
+{
+    const char *h = json_string_value(j);
+    size_t n = h ? strlen(h) / 2 : 0;
+    if (!h || strlen(h) % 2 || n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(h + 2 * i, "%2x", &v) != 1)
+            return 0;
+        buf[i] = (char)v;
+    }
+    return n;
+}
+
+json_t *proc_save(const Proc *p, json_t *fds)
+{
+    json_t *listen = json_array(), *pipes = json_array(), *tail = json_array();
+    for (size_t i = 0; i < p->n_listen; i++) {
+        json_array_append_new(listen, json_integer(p->listen_fds[i]));
+        json_array_append_new(fds, json_integer(p->listen_fds[i]));
+    }
+    for (const OutPipe *o = p->pipes; o; o = o->next) {
+        int fd = sd_event_source_get_io_fd(o->src);
+        json_array_append_new(
+            pipes, json_pack("{s:i, s:i, s:o}", "fd", fd, "pid", (int)o->pid, "line", hex_of(o->line, o->len)));
+        json_array_append_new(fds, json_integer(fd));
+    }
+    for (unsigned k = 0; k < TAIL_LINES; k++) {
+        const char *line = p->tail[(p->tail_next + k) % TAIL_LINES];
+        json_array_append_new(tail, hex_of(line, strlen(line)));
+    }
+    if (p->ctl_fd >= 0)
+        json_array_append_new(fds, json_integer(p->ctl_fd));
+    return json_pack("{s:i, s:i, s:o, s:o, s:O?, s:o, s:o, s:o}", "pid", (int)p->pid, "ctl_fd", p->ctl_fd, "listen_fds",
+                     listen, "pipes", pipes, "modules", p->modules, "in", hex_of(p->in, p->in_len), "out",
+                     hex_of(p->out ? p->out + p->out_off : "", p->out_len - p->out_off), "tail", tail);
+}
+
+static bool is_socket(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+bool proc_saved_valid(const json_t *saved, const ProcessDef *def, const char *label, Diag *diag)
+{
+    json_t *pid = json_object_get(saved, "pid"), *ctl = json_object_get(saved, "ctl_fd"),
+           *listen = json_object_get(saved, "listen_fds"), *pipes = json_object_get(saved, "pipes"), *v;
+    size_t i;
+    if (!json_is_integer(pid) || !json_is_integer(ctl) || !json_is_array(listen) || !json_is_array(pipes)) {
+        diag_error(diag, "%s: its saved state is incomplete", label);
+        return false;
+    }
+    pid_t n = (pid_t)json_integer_value(pid);
+    if (n < 0 || (n > 0 && !reexec_is_child(n))) {
+        diag_error(diag, "%s: pid %d is not a child of reld", label, (int)n);
+        return false;
+    }
+    if (json_array_size(listen) != def->n_sockets) {
+        diag_error(diag, "%s: %zu listening sockets saved, its definition has %zu", label, json_array_size(listen),
+                   def->n_sockets);
+        return false;
+    }
+    json_array_foreach(listen, i, v) if (!is_socket((int)json_integer_value(v)))
+    {
+        diag_error(diag, "%s: its listening socket %zu is not a socket", label, i);
+        return false;
+    }
+    if (json_integer_value(ctl) >= 0 && !is_socket((int)json_integer_value(ctl))) {
+        diag_error(diag, "%s: its control channel is not a socket", label);
+        return false;
+    }
+    return true;
+}
+
+Proc *proc_adopt(sd_event *ev, const char *label, ProcSource *src, const json_t *saved, ProcExited exited,
+                 void *userdata)
+{
+    Proc *p = xcalloc(1, sizeof(*p));
+    p->ev = ev;
+    p->label = xstrdup(label);
+    p->src = *src;
+    *src = (ProcSource){0};
+    p->exited = exited;
+    p->userdata = userdata;
+    p->ctl_fd = -1;
+    const ProcessDef *def = p->src.def;
+    json_t *listen = json_object_get(saved, "listen_fds"), *v;
+    size_t i;
+    p->listen_fds = xcalloc(def->n_sockets + 1, sizeof(int));
+    p->fdnames = xstrdup("");
+    json_array_foreach(listen, i, v)
+    {
+        p->listen_fds[p->n_listen++] = (int)json_integer_value(v);
+        char *names = xasprintf("%s%s%s", p->fdnames, i ? ":" : "", def->sockets[i].name);
+        free(p->fdnames);
+        p->fdnames = names;
+    }
+    json_array_foreach(json_object_get(saved, "tail"), i, v) if (i < TAIL_LINES)
+        p->tail[i][unhex(v, p->tail[i], TAIL_LINE_MAX)] = 0;
+    p->in_len = unhex(json_object_get(saved, "in"), p->in, sizeof(p->in));
+    json_t *mods = json_object_get(saved, "modules");
+    p->modules = json_is_array(mods) ? json_incref(mods) : NULL;
+    int ctl = (int)json_integer_value(json_object_get(saved, "ctl_fd")), r = 0;
+    p->pid = (pid_t)json_integer_value(json_object_get(saved, "pid"));
+    if (p->pid && (r = sd_event_add_child(ev, &p->child_src, p->pid, WEXITED, on_exit_, p)) < 0) {
+        log_error("%s[%d]: cannot watch the process (%s); killing it", label, (int)p->pid, strerror(-r));
+        (void)kill(-p->pid, SIGKILL);
+        (void)kill(p->pid, SIGKILL);
+        (void)waitpid(p->pid, NULL, 0); /* immediate: SIGKILL cannot be refused */
+        p->pid = 0;
+    }
+    if (ctl >= 0 && (!p->pid || (r = sd_event_add_io(ev, &p->ctl_src, ctl, EPOLLIN, on_control, p)) < 0)) {
+        close(ctl);
+        ctl = -1;
+    }
+    if (ctl >= 0) {
+        p->ctl_fd = ctl;
+        (void)sd_event_source_set_io_fd_own(p->ctl_src, true);                       /* cannot fail on an io source */
+        (void)sd_event_source_set_priority(p->ctl_src, SD_EVENT_PRIORITY_IMPORTANT); /* as proc_spawn */
+        char out[CONTROL_LINE_MAX];
+        size_t n = unhex(json_object_get(saved, "out"), out, sizeof(out));
+        if (n) {
+            p->out = xmalloc(n);
+            memcpy(p->out, out, n);
+            p->out_len = n;
+            if (flush_out(p) < 0)
+                channel_close(p);
+        }
+    }
+    json_array_foreach(json_object_get(saved, "pipes"), i, v)
+    {
+        int fd = (int)json_integer_value(json_object_get(v, "fd"));
+        pid_t run = p->pid;
+        p->pid = (pid_t)json_integer_value(json_object_get(v, "pid")); /* the run it belongs to */
+        if (fd < 3 || watch_output(p, fd) < 0)
+            log_error("%s: its output cannot be relayed any more", label);
+        else
+            p->pipes->len = unhex(json_object_get(v, "line"), p->pipes->line, sizeof(p->pipes->line));
+        p->pid = run;
+    }
+    return p;
 }

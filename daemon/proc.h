@@ -89,6 +89,26 @@ void proc_cancel_call(Proc *p);
 /* Sends req (taken) and expects nothing back. */
 int proc_send(Proc *p, json_t *req);
 
+/* Re-exec (reexec.h): a started or exited process as JSON {pid, ctl_fd,
+ * listen_fds, pipes, modules, in, out, tail}; every descriptor it holds
+ * goes into fds (a JSON array). Only for a process not stopping and with
+ * no call out on the control lane (the caller checks); a call out on the
+ * health lane is forgotten in the new reld (its answer is ignored). */
+json_t *proc_save(const Proc *p, json_t *fds);
+/* Does saved (proc_save()) describe a process this reld can take over
+ * for def: its pid a child of ours (or 0), a descriptor per socket, a
+ * control channel that is a socket? false with one line in diag. */
+bool proc_saved_valid(const json_t *saved, const ProcessDef *def, const char *label, Diag *diag);
+/* A Proc for what saved describes (checked with proc_saved_valid()),
+ * taking its descriptors, as proc_new() would have made it; its exit comes
+ * through exited. NULL (descriptors closed) on a failure of the loop. */
+Proc *proc_adopt(sd_event *ev, const char *label, ProcSource *src, const json_t *saved, ProcExited exited,
+                 void *userdata);
+/* The numbering of calls, so that a re-exec does not reuse a number an
+ * answer may still come for. */
+long long proc_last_call_id(void);
+void proc_set_last_call_id(long long id);
+
 /* Its last lines of output (at most 3 of 200 bytes, " | " between them;
  * "" when none came through reld: with the journal they go there); at its
  * exit, every line it wrote before. Borrowed until the next call. */

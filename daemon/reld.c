@@ -7,7 +7,10 @@
  * 0 after SIGTERM/SIGINT, 1 on a start-up failure, 2 on a usage error.
  * --recover rebuilds a missing or damaged database from the release
  * directories (manager_recover), then exits: 0 when the database is sound
- * or was rebuilt, 1 when it could not be. */
+ * or was rebuilt, 1 when it could not be.
+ *
+ * --reexec-state=FD is reld's own: a reld re-executing itself passes its
+ * state so (reexec.h); nobody else gives it. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -19,6 +22,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "manager.h"
+#include "reexec.h"
 #include "util.h"
 
 /* An absolute path for dir (made if missing): processes start in their
@@ -34,13 +38,18 @@ static char *absolute_dir(const char *dir)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"root", required_argument, NULL, 'r'},   {"socket", required_argument, NULL, 's'},
-        {"config", required_argument, NULL, 'c'}, {"recover", no_argument, NULL, 'R'},
-        {"help", no_argument, NULL, 'h'},         {0},
+        {"root", required_argument, NULL, 'r'},
+        {"socket", required_argument, NULL, 's'},
+        {"config", required_argument, NULL, 'c'},
+        {"recover", no_argument, NULL, 'R'},
+        {"help", no_argument, NULL, 'h'},
+        {"reexec-state", required_argument, NULL, 'X'},
+        {0},
     };
-    const char *root = NULL, *sock = NULL, *config = NULL;
+    const char *root = NULL, *sock = NULL, *config = NULL, *reexec_state = NULL;
     bool recover = false;
     int c;
+    reexec_init(argc, argv);
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
@@ -55,6 +64,9 @@ int main(int argc, char **argv)
         case 'R':
             recover = true;
             break;
+        case 'X':
+            reexec_state = optarg;
+            break;
         case 'h':
             puts("Usage: reld [--root DIR] [--socket PATH] [--config FILE]\n"
                  "       reld --recover [--root DIR] [--config FILE]");
@@ -67,6 +79,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "reld: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    /* First: descriptors the state does not name must not reach anything. */
+    json_t *state = reexec_state ? reexec_load(reexec_state) : NULL;
     DaemonConfig cfg;
     config_init(&cfg);
     char *err = NULL;
@@ -96,7 +110,8 @@ int main(int argc, char **argv)
     }
     char *config_abs = config ? realpath(config, NULL) : NULL; /* SIGHUP re-reads it from wherever reld is */
     Daemon *d = NULL;
-    int r = daemon_new(&cfg, config_abs ? config_abs : config, &d);
+    int r = daemon_new_from(&cfg, config_abs ? config_abs : config, state, &d);
+    json_decref(state);
     config_clear(&cfg);
     free(config_abs);
     if (r < 0)

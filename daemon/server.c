@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <grp.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -23,6 +24,7 @@ typedef struct Rights {
 typedef struct ClientLink {
     Server *s;
     Client *c;
+    int fd; /* the client's (it owns it), for a re-exec to answer on */
     struct ClientLink *next;
 } ClientLink;
 
@@ -146,6 +148,7 @@ static int on_connect(sd_event_source *src, int fd, uint32_t revents, void *user
         bool reader = writer || r->readers_all || (r->have_reader_gid && in_group(cfd, &cred, r->reader_gid));
         ClientLink *l = xcalloc(1, sizeof(*l));
         l->s = s;
+        l->fd = cfd;
         ClientHandlers h = {.request = on_request, .gone = on_gone, .userdata = l};
         int e = client_new(s->ev, cfd, &cred, writer, reader, s->timeout_usec, &h, &l->c);
         if (e < 0) {
@@ -191,6 +194,36 @@ int server_set_rights(Server *s, const DaemonConfig *cfg)
 
 int server_new(sd_event *ev, Manager *m, const DaemonConfig *cfg, Server **ret)
 {
+    return server_new_from(ev, m, cfg, -1, ret);
+}
+
+int server_fd(const Server *s)
+{
+    return s->fd;
+}
+
+int server_client_fd(const Server *s, const Client *c)
+{
+    for (const ClientLink *l = s->clients; l; l = l->next)
+        if (l->c == c)
+            return l->fd;
+    return -1;
+}
+
+/* Is fd a listening socket bound to path? */
+static bool listens_on(int fd, const char *path)
+{
+    struct sockaddr_un a;
+    socklen_t len = sizeof(a);
+    int on = 0;
+    socklen_t olen = sizeof(on);
+    return getsockname(fd, (struct sockaddr *)&a, &len) == 0 && a.sun_family == AF_UNIX &&
+           len > offsetof(struct sockaddr_un, sun_path) && strncmp(a.sun_path, path, sizeof(a.sun_path)) == 0 &&
+           getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &olen) == 0 && on;
+}
+
+int server_new_from(sd_event *ev, Manager *m, const DaemonConfig *cfg, int inherited, Server **ret)
+{
     Server *s = xcalloc(1, sizeof(*s));
     s->ev = ev;
     s->m = m;
@@ -213,6 +246,17 @@ int server_new(sd_event *ev, Manager *m, const DaemonConfig *cfg, Server **ret)
             log_warning("cannot create %s: %s", dir, strerror(errno)); /* bind says what follows */
     }
     free(dir);
+    if (inherited >= 0 && listens_on(inherited, s->path)) {
+        /* The reld before this exec listened: connections waiting in the
+         * backlog are answered, none was refused. */
+        s->fd = inherited;
+        s->bound = true;
+        goto listening;
+    }
+    if (inherited >= 0) {
+        log_warning("the control socket handed over is not %s; binding it again", s->path);
+        close(inherited);
+    }
     s->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s->fd < 0) {
         r = -errno;
@@ -242,6 +286,7 @@ int server_new(sd_event *ev, Manager *m, const DaemonConfig *cfg, Server **ret)
         log_error("cannot listen on %s: %s", s->path, strerror(-r));
         goto fail;
     }
+listening:
     if ((r = server_set_rights(s, cfg)) < 0)
         goto fail;
     if ((r = sd_event_add_io(ev, &s->src, s->fd, EPOLLIN, on_connect, s)) < 0) {

@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
+#include "client.h"
 #include "config.h"
 #include "manager.h"
 
@@ -45,3 +46,11 @@ int server_set_rights(Server *s, const DaemonConfig *cfg);
  * ones wait until enough have closed. */
 void server_set_limits(Server *s, unsigned max_clients, uint64_t idle_timeout_usec);
 Server *server_free(Server *s);
+/* Re-exec (reexec.h): server_new() on the listening socket a reld before
+ * this exec held (inherited, taken; -1: none), when it is bound to cfg's
+ * path, else on a new one. */
+int server_new_from(sd_event *ev, Manager *m, const DaemonConfig *cfg, int inherited, Server **ret);
+/* The listening socket (borrowed). */
+int server_fd(const Server *s);
+/* The connection of client c (borrowed), or -1. */
+int server_client_fd(const Server *s, const Client *c);

@@ -547,3 +547,135 @@ json_t *supervisor_status(const Supervisor *s)
         }
     return v;
 }
+
+/* ---- re-exec: the state handed over ------------------------------------------ */
+
+json_t *supervisor_save(const Supervisor *s, json_t *fds, Diag *diag)
+{
+    json_t *apps = json_array();
+    for (size_t i = 0; i < s->n_apps; i++) {
+        const App *a = s->apps[i];
+        json_t *children = json_array(), *restarts = json_array();
+        for (size_t k = 0; k < a->n_restarts; k++)
+            json_array_append_new(restarts, json_integer(a->restart_ms[k]));
+        for (size_t k = 0; k < a->n_children; k++) {
+            const Child *c = a->children[k];
+            if (proc_stopping(c->proc) && proc_pid(c->proc)) {
+                diag_error(diag, "%s is being stopped", proc_label(c->proc));
+                json_decref(children);
+                json_decref(restarts);
+                json_decref(apps);
+                return NULL;
+            }
+            json_array_append_new(children, json_pack("{s:s, s:i, s:o, s:o}", "process", proc_def(c->proc)->name,
+                                                      "restarts", c->restarts, "proc", proc_save(c->proc, fds),
+                                                      "health", health_probe_save(c->probe)));
+        }
+        json_array_append_new(apps, json_pack("{s:s, s:s, s:b, s:o, s:o}", "name", a->name, "vsn", a->vsn, "stopped",
+                                              a->stopped, "restart_ms", restarts, "children", children));
+    }
+    return json_pack("{s:o, s:I}", "apps", apps, "call_id", (json_int_t)proc_last_call_id());
+}
+
+/* The definitions of a saved application in rel, or NULL (one line in diag). */
+static const ReleaseAppRef *saved_app_ref(const ReleaseDef *rel, const json_t *sa, Diag *diag)
+{
+    const char *name = json_string_value(json_object_get(sa, "name")),
+               *vsn = json_string_value(json_object_get(sa, "vsn"));
+    const ReleaseAppRef *ref = name ? appdefs_release_find(rel, name) : NULL;
+    if (!ref || !vsn || strcmp(ref->vsn, vsn) != 0) {
+        diag_error(diag, "application %s %s is not in release %s", name ? name : "?", vsn ? vsn : "?", rel->vsn);
+        return NULL;
+    }
+    return ref;
+}
+
+static const ProcessDef *saved_process_def(const AppDef *app, const json_t *sc)
+{
+    const char *name = json_string_value(json_object_get(sc, "process"));
+    for (size_t i = 0; name && i < app->n_processes; i++)
+        if (strcmp(app->processes[i].name, name) == 0)
+            return &app->processes[i];
+    return NULL;
+}
+
+int supervisor_restore(Supervisor *s, const ReleaseDef *rel, const json_t *saved, Diag *diag)
+{
+    json_t *apps = json_object_get(saved, "apps"), *sa, *sc;
+    size_t i, k;
+    if (!json_is_array(apps)) {
+        diag_error(diag, "no applications saved");
+        return -ESTALE;
+    }
+    /* Everything is checked before anything is taken. */
+    json_array_foreach(apps, i, sa)
+    {
+        const ReleaseAppRef *ref = saved_app_ref(rel, sa, diag);
+        if (!ref || json_array_size(json_object_get(sa, "children")) != ref->app->n_processes) {
+            if (ref)
+                diag_error(diag, "application %s: not the processes of its definition", ref->name);
+            return -ESTALE;
+        }
+        json_array_foreach(json_object_get(sa, "children"), k, sc)
+        {
+            const ProcessDef *pd = saved_process_def(ref->app, sc);
+            char *label = xasprintf("%s/%s", ref->name, pd ? pd->name : "?");
+            bool ok = pd && proc_saved_valid(json_object_get(sc, "proc"), pd, label, diag);
+            if (!pd)
+                diag_error(diag, "%s: no such process in its definition", label);
+            free(label);
+            if (!ok)
+                return -ESTALE;
+        }
+    }
+    apps_free(s);
+    proc_set_last_call_id(json_integer_value(json_object_get(saved, "call_id")));
+    json_array_foreach(apps, i, sa)
+    {
+        const ReleaseAppRef *ref = saved_app_ref(rel, sa, diag);
+        App *a = xcalloc(1, sizeof(*a));
+        a->s = s;
+        a->name = xstrdup(ref->name);
+        a->vsn = xstrdup(ref->vsn);
+        a->stopped = json_is_true(json_object_get(sa, "stopped"));
+        json_t *v;
+        json_array_foreach(json_object_get(sa, "restart_ms"), k, v) if (a->n_restarts < SUPERVISOR_MAX_RESTARTS + 1)
+            a->restart_ms[a->n_restarts++] = json_integer_value(v);
+        a->children = xcalloc(ref->app->n_processes + 1, sizeof(Child *));
+        json_array_foreach(json_object_get(sa, "children"), k, sc)
+        {
+            const ProcessDef *pd = saved_process_def(ref->app, sc);
+            Child *c = xcalloc(1, sizeof(*c));
+            c->app = a;
+            c->restarts = (int)json_integer_value(json_object_get(sc, "restarts"));
+            char *label = xasprintf("%s/%s", a->name, pd->name), *dir = store_path_app_dir(s->root, a->name, a->vsn);
+            ProcSource src = source_for(s, a->name, a->vsn, ref->app, pd);
+            c->proc = proc_adopt(s->ev, label, &src, json_object_get(sc, "proc"), on_exit_, c);
+            proc_source_clear(&src);
+            if (health_probe_new(s->ev, label, pd, dir, &probe_ops, c, &c->probe) < 0)
+                log_error("%s: its health cannot be followed", label); /* only memory can fail here */
+            else
+                health_probe_restore(c->probe, json_object_get(sc, "health"), proc_pid(c->proc));
+            free(label);
+            free(dir);
+            a->children[a->n_children++] = c;
+        }
+        s->apps = xrealloc(s->apps, (s->n_apps + 1) * sizeof(App *));
+        s->apps[s->n_apps++] = a;
+    }
+    return 0;
+}
+
+size_t supervisor_pids(const Supervisor *s, pid_t **ret)
+{
+    pid_t *v = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < s->n_apps; i++)
+        for (size_t k = 0; k < s->apps[i]->n_children; k++)
+            if (proc_pid(s->apps[i]->children[k]->proc)) {
+                GROW(v, cap, n + 1);
+                v[n++] = proc_pid(s->apps[i]->children[k]->proc);
+            }
+    *ret = v;
+    return n;
+}

@@ -99,6 +99,22 @@ void supervisor_adopt_app(Supervisor *s, App *a, const ReleaseDef *rel);
 /* The ProcessDef of child c in release rel, or NULL (and its AppDef). */
 const ProcessDef *supervisor_def_in(const ReleaseDef *rel, const Child *c, const AppDef **ret_app);
 
+/* Re-exec (reexec.h): the applications and their processes as JSON
+ * {apps: [{name, vsn, stopped, restart_ms, children: [{process, restarts,
+ * proc, health}]}], call_id}, their descriptors added to fds. NULL with
+ * one line in diag while a process is being stopped (the caller refuses
+ * the re-exec: -EBUSY). */
+json_t *supervisor_save(const Supervisor *s, json_t *fds, Diag *diag);
+/* Takes over what saved describes, for release rel (which must outlive
+ * it, as with supervisor_start_release()): first checks all of it (every
+ * application in rel at its version, every process in its definition,
+ * proc_saved_valid()), and takes nothing when one check fails (-ESTALE,
+ * one line in diag: the caller kills the processes and closes the
+ * descriptors). */
+int supervisor_restore(Supervisor *s, const ReleaseDef *rel, const json_t *saved, Diag *diag);
+/* The pids of the children that run (caller frees); the count. */
+size_t supervisor_pids(const Supervisor *s, pid_t **ret);
+
 /* [{app, vsn, process, pid, state, restarts, modules, health}] */
 json_t *supervisor_status(const Supervisor *s);
 
