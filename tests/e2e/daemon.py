@@ -42,12 +42,18 @@ def skip(name, why):
     print(f"ok {N} - {name} # SKIP {why}")
 
 
+# The config of a Reld started without one (None: reld's defaults). Suites
+# that do not test the health gate set a short window ("min_healthy_ms:
+# 100"): every install waits that long for health, 1 s by default.
+DEFAULT_CONFIG = None
+
+
 class Reld:
     def __init__(self, work, config=None):
         self.work = work
         self.root = os.path.join(work, "root")
         self.sock = os.path.join(work, "reld.sock")
-        self.config = config
+        self.config = config if config is not None else DEFAULT_CONFIG
         self.start()
 
     def start(self):

@@ -687,6 +687,7 @@ def main():
     ap.add_argument("--loadgen", required=True)
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
+    d.DEFAULT_CONFIG = "min_healthy_ms: 100\n"  # the gate is trusted.py's; here each install waits 0.1 s, not 1 s
     return d.run_tests((test_kvcounter, test_policies, test_upgrades, test_crash_during_upgrade,
                         test_added_and_removed, test_process_killed_mid_upgrade, test_status_during_upgrade,
                         test_failed_downgrade, test_slow_process, test_soft_purge, test_two_processes,
