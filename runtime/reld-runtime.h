@@ -1,6 +1,14 @@
 #pragma once
 /* reld-runtime: hot code loading for C processes managed by reld.
  *
+ *     #include <reld/reld-runtime.h>
+ *     cc -shared -fPIC $(pkg-config --cflags reld-runtime) module.c -o module.so
+ *     cc $(pkg-config --cflags reld-runtime) host.c -o host $(pkg-config --libs reld-runtime)
+ *
+ * The library is installed as a static archive only, so the host above
+ * carries its runtime and runs wherever its release is unpacked
+ * (docs/runtime.md, "Linking").
+ *
  * Two audiences, one header:
  *
  * - A MODULE is a shared object exporting one descriptor, `reld_module`
@@ -9,19 +17,23 @@
  * - A HOST PROCESS links this library, loads its modules at start, and
  *   calls them through the runtime:
  *
+ *       char err[512];
  *       RelRuntime *rt;
- *       rel_runtime_new(&rt);                  // reads RELD_* from the environment
+ *       if (rel_runtime_new(&rt, err, sizeof(err)) < 0)   // RELD_* from the environment
+ *           errx(1, "%s", err);
  *       RelModule *kv = rel_runtime_module(rt, "kv_server");
  *       for (;;) {
  *           poll(... rel_runtime_fd(rt) ..., client fds ...);
- *           if (control fd readable) rel_runtime_dispatch(rt);   // a safe point
  *           const KvApi *api = rel_module_api(kv);               // current code
  *           api->handle(rel_module_state(kv), ...);
+ *           if (control fd readable) rel_runtime_dispatch(rt);   // a safe point
  *       }
  *
  *   Commands from reld (suspend, load, code_change, purge, ...) run only
  *   inside rel_runtime_dispatch(), i.e. at the host's safe points. While
  *   suspended, rel_runtime_dispatch() does not return until resumed.
+ *   A host that serves from several threads registers each of them
+ *   (rel_thread_register below); one thread dispatches.
  *
  * Calling through rel_module_api() each time is the C analogue of Erlang's
  * fully qualified call: after `load` every call reaches the new code. Code
@@ -31,7 +43,9 @@
  *
  * Environment set by reld (docs/runtime.md): RELD_CONTROL_FD (a connected
  * stream socket), RELD_PROCESS (the process name), RELD_MODULES
- * ("name=/path/file.so:name2=/path2.so", loaded at start, in order).
+ * ("name=/path/file.so:name2=/path2.so", loaded at start, in order), and
+ * LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES (listening sockets from fd 3 on,
+ * systemd's convention; the host reads them, the runtime does not).
  *
  * Rehearsal (the `rehearse` command): the runtime forks a copy of the
  * process, which loads the new code and runs code_change up and down on
@@ -48,10 +62,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ABI 2 appends state_version, health and verify to ABI 1's descriptor
- * (RelModuleDesc below). The runtime loads both: of an ABI 1 descriptor it
- * reads only ABI 1's fields (its first RELD_MODULE_DESC_V1_SIZE bytes on
- * x86-64), never past them. */
+/* The module ABI, fixed from ABI 2 on (docs/runtime.md, "Compatibility"):
+ * the fields of RelModuleDesc and RelHost keep their offsets, types and
+ * meaning; a later ABI may only append fields (a module's descriptor size
+ * comes from its symbol table, RelHost.size says what the host table
+ * has). ABI 1, whose host callbacks had no context pointer, is refused. */
 #define RELD_MODULE_ABI       2
 #define RELD_PROTOCOL_VERSION 1
 
@@ -60,13 +75,18 @@
 typedef enum RelDirection { REL_UP = 0, REL_DOWN = 1 } RelDirection;
 
 /* What the runtime offers a module: other modules of the same process.
- * Valid for the module's whole life. */
+ * Valid for the module's whole life. Every callback takes the table
+ * itself: the runtime it belongs to is in it (a process may have several
+ * runtimes; none is global). A module checks `size` before it uses a
+ * field that a later ABI appends. */
 typedef struct RelHost {
-    uint32_t abi;
+    uint32_t abi;  /* the runtime's RELD_MODULE_ABI */
+    uint32_t size; /* sizeof(RelHost) of the runtime */
+    void *ctx;     /* the runtime's own */
     /* The current api table of another module of this process, or NULL. */
-    const void *(*module_api)(const char *module);
+    const void *(*module_api)(const struct RelHost *host, const char *module);
     /* Its state, or NULL. */
-    void *(*module_state)(const char *module);
+    void *(*module_state)(const struct RelHost *host, const char *module);
 } RelHost;
 
 typedef struct RelModuleDesc {
@@ -75,15 +95,21 @@ typedef struct RelModuleDesc {
     const char *version; /* the module's own version */
 
     /* Called once, after the code is opened and before any other
-     * callback, with what the runtime offers. Like every callback, on the
-     * host's thread at a safe point (the runtime opens objects on a
-     * thread of its own, so ELF constructors, if any, run there). May be
-     * NULL. */
+     * callback, with what the runtime offers (the runtime opens objects
+     * on a thread of its own, so ELF constructors, if any, run there).
+     * May be NULL.
+     *
+     * Every callback (attach, init, code_change, terminate, health,
+     * verify) runs at a safe point inside rel_runtime_dispatch(), on the
+     * thread that dispatches, while every registered thread that runs the
+     * module is parked (rel_thread_register): a callback never runs
+     * concurrently with the module's own functions. */
     void (*attach)(const RelHost *host);
 
     /* Creates the state of a fresh start (the module's first load in a
      * process, or an add_module). Returns 0 or -errno. May be NULL: the
-     * state is then NULL. */
+     * state is then NULL. Not called for a new version of a running
+     * module: that one gets the state through code_change. */
     int (*init)(void **ret_state);
 
     /* Converts state across versions, as OTP's code_change: called on the
@@ -103,22 +129,21 @@ typedef struct RelModuleDesc {
 
     const void *api; /* the module's own table of functions */
 
-    /* ---- ABI 2 ---- */
     /* Bump when the layout of the state changes: a load_module (no
      * code_change) between versions whose state_version differs is an
      * error of the appup (relctl check). 0: not declared. */
     uint32_t state_version;
     /* Optional: answers reld's health check. 0 healthy; a negative errno
-     * unhealthy, with a reason in msg. Called at a safe point. */
+     * unhealthy, with a reason in msg. */
     int (*health)(void *state, char *msg, size_t msglen);
     /* Optional: checks a state after code_change in a rehearsal (and may be
      * used by tests). 0 good; negative errno with a reason in err. */
     int (*verify)(void *state, char *err, size_t errlen);
 } RelModuleDesc;
 
-/* The sizes of the two layouts, which tools reading descriptors from ELF
- * files rely on (x86-64: state_version at 64, health at 72, verify at 80). */
-#define RELD_MODULE_DESC_V1_SIZE offsetof(RelModuleDesc, state_version)
+/* The descriptor's size, which tools reading descriptors from ELF files
+ * rely on (x86-64: 88 bytes; state_version at 64, health at 72, verify at
+ * 80). */
 #define RELD_MODULE_DESC_V2_SIZE sizeof(RelModuleDesc)
 
 /* In a module's source: RELD_MODULE_DEFINE(.name = "kv_server", ...). */
@@ -170,3 +195,43 @@ const char *rel_module_version(const RelModule *m);
 RelVersion *rel_module_pin(RelModule *m);
 void rel_version_unpin(RelVersion *v);
 const void *rel_version_api(const RelVersion *v);
+
+/* ---- threaded hosts ----------------------------------------------------- */
+
+/* A host that serves from several threads registers each thread that
+ * calls modules. A registered thread calls rel_thread_safepoint() in its
+ * loop wherever it holds nothing half done (no request in the middle, no
+ * lock of the module's), and, when it blocks in poll/epoll_wait, polls
+ * rel_thread_fd() too, so that the runtime can wake it.
+ *
+ * A command that changes a module's code or state (suspend, load,
+ * code_change, revert, remove, health, and a rehearsal's fork) parks every
+ * registered thread that runs the module at its next safe point, waits
+ * until all of them are parked, runs, and releases them together (resume
+ * for a suspension). Threads that do not run the module keep serving. The
+ * thread that dispatches is at a safe point by definition; reld's
+ * suspend is answered only when every thread concerned is parked, so a
+ * thread that never reaches a safe point delays it as a busy
+ * single-threaded host would.
+ *
+ * modules: a NULL-terminated list of the module names the thread calls,
+ * directly or through other modules (RelHost.module_api); NULL: every
+ * module. Call it on the thread itself, once, before its first module
+ * call; if the modules are being changed it returns parked and
+ * released, like a safe point. One runtime per thread. Returns 0,
+ * -EINVAL (rt NULL, or the thread already registered), -ENOMEM, or the
+ * errno of eventfd(). */
+typedef struct RelThread RelThread;
+int rel_thread_register(RelRuntime *rt, const char *const *modules, RelThread **ret);
+
+/* Unregisters and frees t, on its own thread, after its last module call.
+ * Every thread is unregistered before rel_runtime_free(). */
+void rel_thread_unregister(RelThread *t);
+
+/* An eventfd the thread adds to its poll/epoll set (readable: the runtime
+ * wants the thread at a safe point). rel_thread_safepoint() consumes it. */
+int rel_thread_fd(const RelThread *t);
+
+/* A safe point: returns at once (one atomic load) unless the runtime
+ * wants the thread parked; then waits until it is released. */
+void rel_thread_safepoint(RelThread *t);

@@ -1,7 +1,8 @@
 /* The runtime library of managed processes: module versions, and the
  * control protocol of docs/runtime.md. Every command and every module
  * callback runs inside rel_runtime_dispatch(), at the host's safe points,
- * on the host's thread. One exception, for latency: opening and closing
+ * on the thread that dispatches, with every registered thread that runs
+ * the module parked (threaded hosts, below). One exception, for latency: opening and closing
  * shared objects (dlopen of a new version, dlclose of a purged one) take
  * 0.2-0.7 ms, time the host would serve no request, so a loader thread
  * does them. It answers load_object_code itself; the opened version is
@@ -23,10 +24,12 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -47,13 +50,10 @@
 struct RelVersion {
     RelModule *owner;
     void *dl;
-    const RelModuleDesc *desc; /* only ABI 1's fields are read through it */
-    /* ABI 2's fields, copied at the open; zero for an ABI 1 module, whose
-     * descriptor ends before them. */
-    uint32_t state_version;
+    const RelModuleDesc *desc;
     int (*health)(void *state, char *msg, size_t msglen);
     int (*verify)(void *state, char *err, size_t errlen);
-    unsigned pins;
+    atomic_uint pins; /* any thread pins and unpins */
 };
 
 struct RelModule {
@@ -62,9 +62,36 @@ struct RelModule {
     RelVersion *old;     /* the previous current, until purged */
     RelVersion *staged;  /* loaded object code, not yet current */
     void *state;
-    bool removed;
+    bool removed; /* written under the runtime's mods_lock: other threads look modules up */
     bool loading; /* a load_object_code is with the loader thread */
 };
+
+/* A registered serving thread (rel_thread_register). */
+struct RelThread {
+    RelRuntime *rt;
+    RelThread *next;
+    char **mods; /* the modules it runs; all of them when `all` */
+    size_t n_mods;
+    bool all;
+    int efd;          /* written when the thread is wanted, drained when it was released */
+    atomic_bool want; /* set and cleared under Threads.lock, read at each safe point */
+    bool parked;      /* under Threads.lock */
+};
+
+/* The registered threads and what holds them: the suspension (the modules
+ * of every suspend since the last resume) and the command being run. A
+ * thread is wanted while a hold names a module it runs. */
+typedef struct Threads {
+    pthread_mutex_t lock;
+    pthread_cond_t parked; /* a thread parked or left: the dispatcher counts again */
+    pthread_cond_t resume; /* wants withdrawn: parked threads go on */
+    RelThread *list;
+    char **susp;
+    size_t n_susp;
+    bool susp_all; /* a suspension that could not copy its names holds every thread */
+    bool cmd_hold;
+    const char *cmd_module; /* NULL with cmd_hold: every module */
+} Threads;
 
 /* Work for the loader thread, in order: open (load_object_code) or close
  * (a version dropped). FIFO, so that closing a file and opening it again
@@ -109,6 +136,8 @@ struct RelRuntime {
     Rehearsal rehearsal;
     pthread_mutex_t send_lock; /* the host's thread and the loader's both answer */
     Loader loader;
+    Threads threads;
+    pthread_mutex_t mods_lock; /* mods and n_mods change on the dispatching thread; any thread looks up */
     RelModule **mods;
     size_t n_mods;
     bool suspended;
@@ -118,8 +147,8 @@ struct RelRuntime {
     RelHost host;
 };
 
-/* The host table's callbacks need the runtime; a process has one. */
-static RelRuntime *the_runtime;
+/* The registered thread running here (one runtime per thread). */
+static __thread RelThread *this_thread;
 
 /* Makes s valid UTF-8 in place: a byte that does not start or continue a
  * well-formed sequence (a message cut inside a character by a fixed-size
@@ -162,10 +191,25 @@ static void say(char *err, size_t errlen, const char *fmt, ...)
 
 RelModule *rel_runtime_module(RelRuntime *rt, const char *name)
 {
-    for (size_t i = 0; rt && i < rt->n_mods; i++)
-        if (strcmp(rt->mods[i]->name, name) == 0)
-            return rt->mods[i]->removed ? NULL : rt->mods[i];
-    return NULL;
+    if (!rt || !name)
+        return NULL;
+    RelModule *found = NULL;
+    pthread_mutex_lock(&rt->mods_lock);
+    for (size_t i = 0; i < rt->n_mods; i++)
+        if (strcmp(rt->mods[i]->name, name) == 0) {
+            found = rt->mods[i]->removed ? NULL : rt->mods[i];
+            break;
+        }
+    pthread_mutex_unlock(&rt->mods_lock);
+    return found;
+}
+
+/* On the dispatching thread, the only one that changes mods. */
+static void set_removed(RelRuntime *rt, RelModule *m, bool removed)
+{
+    pthread_mutex_lock(&rt->mods_lock);
+    m->removed = removed;
+    pthread_mutex_unlock(&rt->mods_lock);
 }
 
 static RelModule *find_any(RelRuntime *rt, const char *name)
@@ -193,14 +237,16 @@ RelVersion *rel_module_pin(RelModule *m)
 {
     if (!m || !m->current)
         return NULL;
-    m->current->pins++;
-    return m->current;
+    RelVersion *v = m->current;
+    atomic_fetch_add(&v->pins, 1);
+    return v;
 }
 
 void rel_version_unpin(RelVersion *v)
 {
-    if (v && v->pins)
-        v->pins--;
+    unsigned n = v ? atomic_load(&v->pins) : 0;
+    while (n && !atomic_compare_exchange_weak(&v->pins, &n, n - 1))
+        ;
 }
 
 const void *rel_version_api(const RelVersion *v)
@@ -208,19 +254,18 @@ const void *rel_version_api(const RelVersion *v)
     return v ? v->desc->api : NULL;
 }
 
-static const void *host_module_api(const char *name)
+static const void *host_module_api(const RelHost *host, const char *name)
 {
-    return rel_module_api(rel_runtime_module(the_runtime, name));
+    return host ? rel_module_api(rel_runtime_module(host->ctx, name)) : NULL;
 }
-static void *host_module_state(const char *name)
+static void *host_module_state(const RelHost *host, const char *name)
 {
-    return rel_module_state(rel_runtime_module(the_runtime, name));
+    return host ? rel_module_state(rel_runtime_module(host->ctx, name)) : NULL;
 }
 
 /* The size of the descriptor's symbol in its object's symbol table, or 0
- * when it cannot be told (then its ABI field is trusted). An ABI 1 module
- * has a smaller descriptor than this header's: nothing past its size is
- * read. */
+ * when it cannot be told (then its ABI field is trusted). A later ABI may
+ * append fields: nothing past a descriptor's size is read. */
 static size_t desc_size(const RelModuleDesc *d)
 {
     Dl_info info;
@@ -250,14 +295,18 @@ static int version_open(const char *name, const char *path, const char *want_ver
         *code = "no_descriptor";
         say(err, errlen, "%s exports no reld_module descriptor", path);
         r = -ENOEXEC;
-    } else if (d->abi != 1 && d->abi != RELD_MODULE_ABI) {
+    } else if (d->abi != RELD_MODULE_ABI) {
+        /* ABI 1's host callbacks took no context; a later ABI is unknown
+         * here. Either would be called wrongly: refused, in one line. */
         *code = "abi";
-        say(err, errlen, "%s has module ABI %u, this runtime speaks 1 and %d", path, d->abi, RELD_MODULE_ABI);
+        say(err, errlen, "%s has module ABI %u; this runtime loads module ABI %d only: rebuild the module against %s",
+            path, d->abi, RELD_MODULE_ABI,
+            d->abi < RELD_MODULE_ABI ? "this reld-runtime.h" : "the reld-runtime.h of its host");
         r = -EPROTO;
-    } else if (size && size < (d->abi == 1 ? RELD_MODULE_DESC_V1_SIZE : RELD_MODULE_DESC_V2_SIZE)) {
+    } else if (size && size < RELD_MODULE_DESC_V2_SIZE) {
         *code = "abi";
         say(err, errlen, "%s: its reld_module has %zu bytes, fewer than module ABI %u's %zu", path, size, d->abi,
-            d->abi == 1 ? RELD_MODULE_DESC_V1_SIZE : RELD_MODULE_DESC_V2_SIZE);
+            RELD_MODULE_DESC_V2_SIZE);
         r = -EPROTO;
     } else if (!d->name || strcmp(d->name, name) != 0) {
         *code = "name";
@@ -286,11 +335,8 @@ static int version_open(const char *name, const char *path, const char *want_ver
     }
     v->dl = dl;
     v->desc = d;
-    if (d->abi >= 2) { /* an ABI 1 descriptor ends before these */
-        v->state_version = d->state_version;
-        v->health = d->health;
-        v->verify = d->verify;
-    }
+    v->health = d->health;
+    v->verify = d->verify;
     *ret = v;
     return 0;
 }
@@ -327,22 +373,26 @@ static RelModule *module_add(RelRuntime *rt, const char *name)
 {
     RelModule *m = find_any(rt, name);
     if (m) {
-        m->removed = false;
+        set_removed(rt, m, false);
         return m;
     }
-    RelModule **mods = realloc(rt->mods, (rt->n_mods + 1) * sizeof(RelModule *));
     m = calloc(1, sizeof(*m));
     char *n = strdup(name);
+    /* Under the lock: realloc may free the array another thread reads. */
+    pthread_mutex_lock(&rt->mods_lock);
+    RelModule **mods = m && n ? realloc(rt->mods, (rt->n_mods + 1) * sizeof(RelModule *)) : NULL;
+    if (mods)
+        rt->mods = mods;
+    if (mods && m && n) {
+        m->name = n;
+        rt->mods[rt->n_mods++] = m;
+    }
+    pthread_mutex_unlock(&rt->mods_lock);
     if (!mods || !m || !n) {
-        if (mods)
-            rt->mods = mods;
         free(m);
         free(n);
         return NULL;
     }
-    rt->mods = mods;
-    m->name = n;
-    rt->mods[rt->n_mods++] = m;
     return m;
 }
 
@@ -386,6 +436,243 @@ int rel_runtime_load(RelRuntime *rt, const char *name, const char *path, char *e
     if (r < 0)
         version_close(rt, v);
     return r;
+}
+
+/* ---- threaded hosts ------------------------------------------------------ */
+
+/* Registered threads are parked at their safe points by holds: the
+ * suspension, and a command that changes a module's code or state. The
+ * dispatching thread sets a hold, wakes the threads it wants (eventfd, for
+ * those blocked in poll/epoll_wait), waits until each is parked, runs the
+ * command, and withdraws the hold, which releases them with one
+ * broadcast. A thread's fast path is one atomic load of its own `want`.
+ *
+ * The memory of modules (current version, state) is written only while
+ * the threads that run the module are parked: the park and the release
+ * go through Threads.lock, which orders those writes with the threads'
+ * reads. */
+
+static bool thread_runs(const RelThread *t, const char *module)
+{
+    if (t->all || !module)
+        return true;
+    for (size_t i = 0; i < t->n_mods; i++)
+        if (strcmp(t->mods[i], module) == 0)
+            return true;
+    return false;
+}
+
+/* Under Threads.lock. */
+static bool thread_wanted(const Threads *th, const RelThread *t)
+{
+    if (th->susp_all || (th->cmd_hold && thread_runs(t, th->cmd_module)))
+        return true;
+    for (size_t i = 0; i < th->n_susp; i++)
+        if (thread_runs(t, th->susp[i]))
+            return true;
+    return false;
+}
+
+/* Under Threads.lock: each thread's want as the holds say; those newly
+ * wanted are woken through their eventfd, those no longer wanted released
+ * together. The dispatching thread is at a safe point: never wanted. */
+static void threads_apply(Threads *th)
+{
+    bool released = false;
+    for (RelThread *t = th->list; t; t = t->next) {
+        bool w = t != this_thread && thread_wanted(th, t);
+        if (w == atomic_load(&t->want))
+            continue;
+        atomic_store(&t->want, w);
+        if (w) {
+            uint64_t one = 1;
+            /* Cannot fail: the counter is far from its limit. */
+            (void)!write(t->efd, &one, sizeof(one));
+        } else {
+            released = true;
+        }
+    }
+    if (released)
+        pthread_cond_broadcast(&th->resume);
+}
+
+/* Under Threads.lock: until every wanted thread is parked. */
+static void threads_wait_parked(Threads *th)
+{
+    for (;;) {
+        bool all = true;
+        for (RelThread *t = th->list; t && all; t = t->next)
+            all = !atomic_load(&t->want) || t->parked;
+        if (all)
+            return;
+        pthread_cond_wait(&th->parked, &th->lock);
+    }
+}
+
+/* Parks the threads that run module (NULL: every thread) for the command
+ * about to run; a no-op for threads the suspension holds already. */
+static void hold_threads(RelRuntime *rt, const char *module)
+{
+    Threads *th = &rt->threads;
+    pthread_mutex_lock(&th->lock);
+    th->cmd_hold = true;
+    th->cmd_module = module;
+    threads_apply(th);
+    threads_wait_parked(th);
+    pthread_mutex_unlock(&th->lock);
+}
+
+static void release_threads(RelRuntime *rt)
+{
+    Threads *th = &rt->threads;
+    pthread_mutex_lock(&th->lock);
+    th->cmd_hold = false;
+    th->cmd_module = NULL;
+    threads_apply(th);
+    pthread_mutex_unlock(&th->lock);
+}
+
+static void free_names(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+/* The suspension holds these modules too, and waits until their threads
+ * are parked. -ENOMEM: it holds every thread instead (safe, wider). */
+static void suspend_threads(RelRuntime *rt, const char *const *names, size_t n)
+{
+    Threads *th = &rt->threads;
+    pthread_mutex_lock(&th->lock);
+    char **grown = realloc(th->susp, (th->n_susp + n) * sizeof(char *));
+    if (grown)
+        th->susp = grown;
+    for (size_t i = 0; i < n; i++) {
+        char *copy = grown ? strdup(names[i]) : NULL;
+        if (!copy) {
+            th->susp_all = true;
+            break;
+        }
+        th->susp[th->n_susp++] = copy;
+    }
+    threads_apply(th);
+    threads_wait_parked(th);
+    pthread_mutex_unlock(&th->lock);
+}
+
+static void resume_threads(RelRuntime *rt)
+{
+    Threads *th = &rt->threads;
+    pthread_mutex_lock(&th->lock);
+    free_names(th->susp, th->n_susp);
+    th->susp = NULL;
+    th->n_susp = 0;
+    th->susp_all = false;
+    threads_apply(th);
+    pthread_mutex_unlock(&th->lock);
+}
+
+static void thread_drain(RelThread *t)
+{
+    uint64_t n;
+    while (read(t->efd, &n, sizeof(n)) < 0 && errno == EINTR)
+        ;
+}
+
+/* Parked until no hold wants the thread. Its eventfd is drained after the
+ * release and `want` looked at again: a hold set meanwhile either is seen
+ * here or wrote the eventfd after the drain, so the thread's poll wakes
+ * for it. */
+static void thread_park(RelThread *t)
+{
+    Threads *th = &t->rt->threads;
+    while (atomic_load(&t->want)) {
+        pthread_mutex_lock(&th->lock);
+        t->parked = true;
+        pthread_cond_broadcast(&th->parked);
+        while (atomic_load(&t->want))
+            pthread_cond_wait(&th->resume, &th->lock);
+        t->parked = false;
+        pthread_mutex_unlock(&th->lock);
+        thread_drain(t);
+    }
+}
+
+void rel_thread_safepoint(RelThread *t)
+{
+    if (t && atomic_load_explicit(&t->want, memory_order_acquire))
+        thread_park(t);
+}
+
+int rel_thread_fd(const RelThread *t)
+{
+    return t ? t->efd : -1;
+}
+
+static void thread_free(RelThread *t)
+{
+    if (t->efd >= 0)
+        close(t->efd);
+    free_names(t->mods, t->n_mods);
+    free(t);
+}
+
+int rel_thread_register(RelRuntime *rt, const char *const *modules, RelThread **ret)
+{
+    if (!rt || !ret || this_thread)
+        return -EINVAL;
+    RelThread *t = calloc(1, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    t->rt = rt;
+    t->all = !modules;
+    t->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (t->efd < 0) {
+        int e = errno;
+        free(t);
+        return -e;
+    }
+    size_t n = 0;
+    while (modules && modules[n])
+        n++;
+    if (n && !(t->mods = calloc(n, sizeof(char *)))) {
+        thread_free(t);
+        return -ENOMEM;
+    }
+    for (; t->n_mods < n; t->n_mods++)
+        if (!(t->mods[t->n_mods] = strdup(modules[t->n_mods]))) {
+            thread_free(t);
+            return -ENOMEM;
+        }
+    Threads *th = &rt->threads;
+    pthread_mutex_lock(&th->lock);
+    t->next = th->list;
+    th->list = t;
+    atomic_store(&t->want, thread_wanted(th, t));
+    pthread_mutex_unlock(&th->lock);
+    this_thread = t;
+    *ret = t;
+    rel_thread_safepoint(t); /* a hold in place: parked at once */
+    return 0;
+}
+
+void rel_thread_unregister(RelThread *t)
+{
+    if (!t)
+        return;
+    Threads *th = &t->rt->threads;
+    pthread_mutex_lock(&th->lock);
+    for (RelThread **p = &th->list; *p; p = &(*p)->next)
+        if (*p == t) {
+            *p = t->next;
+            break;
+        }
+    pthread_cond_broadcast(&th->parked); /* a dispatcher waiting for it counts again */
+    pthread_mutex_unlock(&th->lock);
+    if (this_thread == t)
+        this_thread = NULL;
+    thread_free(t);
 }
 
 /* ---- the control channel ----------------------------------------------- */
@@ -467,10 +754,11 @@ static json_t *modules_json(RelRuntime *rt)
         RelModule *m = rt->mods[i];
         if (m->removed && !m->old)
             continue;
-        json_array_append_new(
-            mods, json_pack("{s:s, s:o, s:o, s:o, s:i, s:i}", "name", m->name, "version", version_json(m->current),
-                            "old_version", version_json(m->old), "staged_version", version_json(m->staged), "pins",
-                            m->current ? (int)m->current->pins : 0, "old_pins", m->old ? (int)m->old->pins : 0));
+        json_array_append_new(mods, json_pack("{s:s, s:o, s:o, s:o, s:i, s:i}", "name", m->name, "version",
+                                              version_json(m->current), "old_version", version_json(m->old),
+                                              "staged_version", version_json(m->staged), "pins",
+                                              m->current ? (int)atomic_load(&m->current->pins) : 0, "old_pins",
+                                              m->old ? (int)atomic_load(&m->old->pins) : 0));
     }
     return mods;
 }
@@ -488,7 +776,7 @@ static int purge_old(RelRuntime *rt, RelModule *m, bool brutal, json_t *id)
 {
     if (!m->old)
         return 0;
-    if (m->old->pins) {
+    if (atomic_load(&m->old->pins)) {
         if (!brutal)
             return -EBUSY;
         reply_ok(rt, id, json_pack("{s:b, s:b}", "purged", 1, "killed", 1));
@@ -690,7 +978,7 @@ static void cmd_load_object_code(RelRuntime *rt, json_t *id, json_t *req, const 
         return reply_error(rt, id, "no_memory", "cannot hand %s to the loader thread", path);
     }
     if (!m->current)
-        m->removed = true; /* a new module: not visible before its load */
+        set_removed(rt, m, true); /* a new module: not visible before its load */
     m->loading = true;
     *job = (LoadJob){.module = m,
                      .name = strdup(name),
@@ -721,7 +1009,7 @@ static void cmd_load(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
             version_close(rt, v);
             return reply_error(rt, id, "init_failed", "%s", err);
         }
-        m->removed = false;
+        set_removed(rt, m, false);
         return reply_changed(rt, id, json_pack("{s:s}", "version", v->desc->version));
     }
     if (purge_old(rt, m, brutal, id) == -EBUSY)
@@ -807,7 +1095,7 @@ static void cmd_remove(RelRuntime *rt, json_t *id, RelModule *m)
 {
     if (!m->current)
         return reply_error(rt, id, "no_module", "%s is not loaded", m->name);
-    if (m->old && !m->old->pins) {
+    if (m->old && !atomic_load(&m->old->pins)) {
         version_close(rt, m->old);
         m->old = NULL;
     }
@@ -818,7 +1106,7 @@ static void cmd_remove(RelRuntime *rt, json_t *id, RelModule *m)
     m->state = NULL;
     m->old = m->current; /* dropped by the purge that follows, as OTP */
     m->current = NULL;
-    m->removed = true;
+    set_removed(rt, m, true);
     reply_changed(rt, id, NULL);
 }
 
@@ -853,18 +1141,19 @@ static void cmd_revert(RelRuntime *rt, json_t *id, json_t *req, RelModule *m)
     reply_changed(rt, id, json_pack("{s:b, s:s}", "reverted", 1, "version", want));
 }
 
-/* The modules of a suspend/resume request that this process runs. */
-static bool names_any_module(RelRuntime *rt, json_t *mods)
+/* The modules of a suspend/resume request that this process runs, into
+ * names (borrowed from mods; at most max). Returns how many. */
+static size_t modules_named(RelRuntime *rt, json_t *mods, const char **names, size_t max)
 {
-    size_t i;
+    size_t i, n = 0;
     json_t *v;
     json_array_foreach(mods, i, v)
     {
-        const char *n = json_is_object(v) ? json_string_value(json_object_get(v, "module")) : json_string_value(v);
-        if (n && rel_runtime_module(rt, n))
-            return true;
+        const char *name = json_is_object(v) ? json_string_value(json_object_get(v, "module")) : json_string_value(v);
+        if (name && rel_runtime_module(rt, name) && n < max)
+            names[n++] = name;
     }
-    return false;
+    return n;
 }
 
 static void cmd_status(RelRuntime *rt, json_t *id, json_t *req, const char *name, RelModule *m)
@@ -878,8 +1167,20 @@ static void cmd_suspend_resume(RelRuntime *rt, json_t *id, json_t *req, const ch
     json_t *mods = json_object_get(req, "modules");
     if (!json_is_array(mods))
         return reply_error(rt, id, "bad_request", "%s needs a modules list", cmd);
-    if (names_any_module(rt, mods))
-        rt->suspended = strcmp(cmd, "suspend") == 0;
+    size_t max = json_array_size(mods);
+    const char **names = calloc(max ? max : 1, sizeof(char *));
+    if (!names)
+        return reply_error(rt, id, "no_memory", "out of memory");
+    size_t n = modules_named(rt, mods, names, max);
+    if (n && strcmp(cmd, "suspend") == 0) {
+        /* Answered once every thread that runs one of them is parked. */
+        suspend_threads(rt, names, n);
+        rt->suspended = true;
+    } else if (n) {
+        rt->suspended = false;
+        resume_threads(rt);
+    }
+    free(names);
     reply_ok(rt, id, json_pack("{s:b}", "suspended", rt->suspended));
 }
 
@@ -1319,9 +1620,19 @@ typedef enum CommandNeeds {
     NEEDS_MODULE, /* a module the process has */
 } CommandNeeds;
 
+/* Which registered threads a command parks while it runs: those that run
+ * its module (load, code_change, revert, remove change the module's code
+ * or state), or all (health calls every module; a rehearsal's fork copies
+ * every module's state, which must then be whole). purge unmaps only old
+ * code, which no thread entered since the load that made it old (they
+ * were parked for it) unless pinned; suspend and resume hold threads
+ * themselves. */
+typedef enum CommandHolds { HOLDS_NONE, HOLDS_MODULE, HOLDS_ALL } CommandHolds;
+
 typedef struct Command {
     const char *name;
     CommandNeeds needs;
+    CommandHolds holds;
     CommandFn *run;
 } Command;
 
@@ -1355,18 +1666,18 @@ static void run_remove(RelRuntime *rt, json_t *id, json_t *req, const char *name
 }
 
 static const Command commands[] = {
-    {"status", NEEDS_NOTHING, cmd_status},
-    {"suspend", NEEDS_NOTHING, cmd_suspend_resume},
-    {"resume", NEEDS_NOTHING, cmd_suspend_resume},
-    {"health", NEEDS_NOTHING, cmd_health},
-    {"rehearse", NEEDS_NOTHING, cmd_rehearse},
-    {"load_object_code", NEEDS_NAME, run_load_object_code},
-    {"load", NEEDS_MODULE, run_load},
-    {"code_change", NEEDS_MODULE, run_code_change},
-    {"purge", NEEDS_MODULE, run_purge},
-    {"drop_object_code", NEEDS_MODULE, run_drop_object_code},
-    {"revert", NEEDS_MODULE, run_revert},
-    {"remove", NEEDS_MODULE, run_remove},
+    {"status", NEEDS_NOTHING, HOLDS_NONE, cmd_status},
+    {"suspend", NEEDS_NOTHING, HOLDS_NONE, cmd_suspend_resume},
+    {"resume", NEEDS_NOTHING, HOLDS_NONE, cmd_suspend_resume},
+    {"health", NEEDS_NOTHING, HOLDS_ALL, cmd_health},
+    {"rehearse", NEEDS_NOTHING, HOLDS_ALL, cmd_rehearse},
+    {"load_object_code", NEEDS_NAME, HOLDS_NONE, run_load_object_code},
+    {"load", NEEDS_MODULE, HOLDS_MODULE, run_load},
+    {"code_change", NEEDS_MODULE, HOLDS_MODULE, run_code_change},
+    {"purge", NEEDS_MODULE, HOLDS_NONE, run_purge},
+    {"drop_object_code", NEEDS_MODULE, HOLDS_NONE, run_drop_object_code},
+    {"revert", NEEDS_MODULE, HOLDS_MODULE, run_revert},
+    {"remove", NEEDS_MODULE, HOLDS_MODULE, run_remove},
 };
 
 static void handle_line(RelRuntime *rt, const char *line, size_t len)
@@ -1400,8 +1711,13 @@ static void handle_line(RelRuntime *rt, const char *line, size_t len)
         reply_error(rt, id, "bad_request", "%s needs a module", cmd);
     else if (c->needs == NEEDS_MODULE && !m)
         reply_error(rt, id, "no_module", "this process has no module %s", name);
-    else
+    else if (c->holds == HOLDS_NONE)
         c->run(rt, id, req, name, m);
+    else {
+        hold_threads(rt, c->holds == HOLDS_MODULE ? name : NULL);
+        c->run(rt, id, req, name, m);
+        release_threads(rt);
+    }
     json_decref(req);
 }
 
@@ -1463,6 +1779,7 @@ int rel_runtime_dispatch(RelRuntime *rt)
         close(rt->fd);
         rt->fd = -1;
         rt->suspended = false;
+        resume_threads(rt);
     }
     return r;
 }
@@ -1497,13 +1814,20 @@ int rel_runtime_new(RelRuntime **ret, char *err, size_t errlen)
     rt->ep = -1;
     rt->rehearsal = (Rehearsal){.pipe = -1, .timer = -1};
     pthread_mutex_init(&rt->send_lock, NULL);
+    pthread_mutex_init(&rt->mods_lock, NULL);
+    pthread_mutex_init(&rt->threads.lock, NULL);
+    pthread_cond_init(&rt->threads.parked, NULL);
+    pthread_cond_init(&rt->threads.resume, NULL);
     pthread_mutex_init(&rt->loader.lock, NULL);
     pthread_cond_init(&rt->loader.wake, NULL);
     pthread_cond_init(&rt->loader.opened, NULL);
     pthread_cond_init(&rt->loader.idle, NULL);
     rt->loader.todo_tail = &rt->loader.todo;
-    rt->host = (RelHost){.abi = RELD_MODULE_ABI, .module_api = host_module_api, .module_state = host_module_state};
-    the_runtime = rt;
+    rt->host = (RelHost){.abi = RELD_MODULE_ABI,
+                         .size = sizeof(RelHost),
+                         .ctx = rt,
+                         .module_api = host_module_api,
+                         .module_state = host_module_state};
 
     const char *fd = getenv("RELD_CONTROL_FD");
     if (fd && *fd) {
@@ -1585,12 +1909,15 @@ RelRuntime *rel_runtime_free(RelRuntime *rt)
         close(rt->ep);
     free(rt->in);
     pthread_mutex_destroy(&rt->send_lock);
+    pthread_mutex_destroy(&rt->mods_lock);
+    free_names(rt->threads.susp, rt->threads.n_susp);
+    pthread_mutex_destroy(&rt->threads.lock);
+    pthread_cond_destroy(&rt->threads.parked);
+    pthread_cond_destroy(&rt->threads.resume);
     pthread_mutex_destroy(&rt->loader.lock);
     pthread_cond_destroy(&rt->loader.wake);
     pthread_cond_destroy(&rt->loader.opened);
     pthread_cond_destroy(&rt->loader.idle);
-    if (the_runtime == rt)
-        the_runtime = NULL;
     free(rt);
     return NULL;
 }

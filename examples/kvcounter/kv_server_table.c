@@ -242,7 +242,7 @@ static void attach(const RelHost *h)
 /* TOP n: the n largest counters, ranked by the library module kv_lib. */
 static size_t top(StateV2 *t, int n, char *out, size_t outsz)
 {
-    const KvLibApi *lib = host ? host->module_api("kv_lib") : NULL;
+    const KvLibApi *lib = host ? host->module_api(host, "kv_lib") : NULL;
     if (!lib)
         return kv_reply(out, outsz, "ERR kv_lib is not loaded\n");
     if (n < 1 || n > 100)

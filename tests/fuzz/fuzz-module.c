@@ -56,7 +56,7 @@ static int code_change(RelDirection dir, const char *other_version, void *state,
         return -EINVAL;
     /* A host callback from inside a command, as a module may. */
     if (host)
-        host->module_api("fuzzmod");
+        host->module_api(host, "fuzzmod");
     snprintf(s->version, sizeof(s->version), "%s", dir == REL_UP ? FUZZMOD_VERSION : other_version);
     s->changes++;
     *ret_state = s;

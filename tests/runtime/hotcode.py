@@ -62,13 +62,13 @@ def module(name):
 class Proc:
     """A kv-host process with a control channel, as reld would start it."""
 
-    def __init__(self, version="1", extra_modules=(), path=None):
+    def __init__(self, version="1", extra_modules=(), path=None, host="kv-host", args=()):
         self.port = free_port()
         ours, theirs = socket.socketpair()
         mods = [f"kv_server={path or module('kv_server-' + version)}"] + list(extra_modules)
         env = dict(os.environ, RELD_CONTROL_FD=str(theirs.fileno()), RELD_PROCESS="kv",
                    RELD_MODULES=":".join(mods))
-        self.p = subprocess.Popen([os.path.join(ARGS.bin, "kv-host"), "--listen", f"127.0.0.1:{self.port}"],
+        self.p = subprocess.Popen([os.path.join(ARGS.bin, host), "--listen", f"127.0.0.1:{self.port}"] + list(args),
                                   env=env, pass_fds=[theirs.fileno()], stderr=subprocess.PIPE, text=True)
         theirs.close()
         self.ctl = ours
@@ -500,28 +500,68 @@ def test_health():
         "health: a version that is always unhealthy (2sick)", h)
     p.stop()
 
-    p = Proc("1", path=os.path.join(ARGS.bad, "abi1-kv_server.so"))
-    h = p.cmd("health")
-    tap(h and h["ok"] and h["healthy"] is True and h["modules"][0]["healthy"] is None,
-        "health: a module of ABI 1 has no callback: healthy, its entry healthy null", h)
-    p.stop()
 
 
 def test_abi1_module():
-    p = Proc("1", path=os.path.join(ARGS.bad, "abi1-kv_server.so"))
-    tap(p.hello and p.hello["modules"][0]["version"] == "1" and p.request("INCR a") == "OK a 1",
-        "a module of ABI 1 (a 64-byte descriptor) loads and serves", p.hello)
-    fill(p.port, 20)
-    r = rehearse(p, "2")
-    tap(r and r["ok"] and r["rehearsed"] == [{"module": "kv_server", "from": "1", "to": "2", "mode": "up",
-                                               "change": True, "verified": True}],
-        "rehearsal from ABI 1 to ABI 2: verified by the new version only", r)
-    replies, _ = upgrade(p, "kv_server", "2", "array-to-table")
-    tap(all_ok(replies) and p.request("GET a") == "OK a 1" and p.request("VERSION") == "OK kv_server 2",
-        "and upgraded to version 2 (ABI 2), state converted", replies)
-    replies, _ = upgrade(p, "kv_server", "1", "array-to-table", down=True)
-    tap(all_ok(replies), "and down again, to a module of ABI 1", replies)
+    """Module ABI 1, whose host callbacks took no context pointer, is
+    refused in one line: at start, as new code, and in a rehearsal."""
+    path = os.path.join(ARGS.bad, "abi1-kv_server.so")
+    want = f"{path} has module ABI 1; this runtime loads module ABI 2 only: rebuild the module against this " \
+        "reld-runtime.h"
+    env = dict(os.environ, RELD_MODULES=f"kv_server={path}")
+    r = subprocess.run([os.path.join(ARGS.bin, "kv-host"), "--listen", f"127.0.0.1:{free_port()}"], env=env,
+                       capture_output=True, text=True, timeout=30)
+    tap(r.returncode == 1 and r.stderr == f"kv-host: {want}\n",
+        "a host whose RELD_MODULES names a module of ABI 1 exits 1 with one line", r.stderr)
+    p = Proc("1")
+    r = p.cmd("load_object_code", module="kv_server", path=path)
+    tap(r and r["ok"] is False and r["error"] == "abi" and r["message"] == want,
+        "load_object_code of a module of ABI 1: abi, one line", r)
+    r = rehearse(p, "1", path=path)
+    tap(r and r["ok"] is False and r["step"] == "load" and r["message"] == f"kv_server: load: Protocol error: {want}",
+        "a rehearsal with a module of ABI 1 fails at load", r)
+    tap(p.request("INCR a") == "OK a 1", "the process serves on, unharmed")
     p.stop()
+
+
+def thread_states(pid):
+    """The scheduler state of each thread of pid (R, S, ...)."""
+    states = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/stat") as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+    return states
+
+
+def test_threaded_host():
+    """kv-host-mt: 12 worker threads, 8 connections of load (so that some
+    workers sit in epoll_wait and must be woken), upgraded 1 -> 2 -> 1
+    twice under load: every suspend answered, 0 failed requests."""
+    p = Proc("1", host="kv-host-mt", args=["--threads", "12"])
+    tap(p.hello and p.hello["modules"][0]["version"] == "1" and p.request("INCR t") == "OK t 1",
+        "kv-host-mt with 12 workers serves kv_server 1", p.hello)
+    for _ in range(500):  # bounded: the workers start after the listener
+        if len(thread_states(p.p.pid)) >= 13:
+            break
+        time.sleep(0.01)
+    tap(len(thread_states(p.p.pid)) >= 13, "it runs 12 workers beside the main thread", thread_states(p.p.pid))
+    load = Load(p.port, seconds=3.0, rate=2000, prefix="mt")
+    time.sleep(0.3)
+    results = []
+    for k in range(2):
+        results.append(upgrade(p, "kv_server", "2", "array-to-table"))
+        time.sleep(0.2)
+        results.append(upgrade(p, "kv_server", "1", "array-to-table", down=True))
+        time.sleep(0.2)
+    tap(all(all_ok(r) for r, _ in results), "1 -> 2 -> 1, twice, with every worker parked for each",
+        [r for r, _ in results if not all_ok(r)])
+    check_load("threaded 1 -> 2 -> 1", load)
+    tap(p.request("GET t") == "OK t 1" and p.request("VERSION") == "OK kv_server 1",
+        "the state came through four conversions", p.request("GET t"))
+    h = p.cmd("health")
+    tap(h and h["ok"] and h["healthy"] is True, "health with the workers parked for it", h)
+    err = p.stop()
+    tap(p.p.returncode == 0, "SIGTERM ends every worker and the process, exit 0", err)
 
 
 def test_rehearsal_success_under_load():
@@ -703,7 +743,7 @@ def main():
     print("TAP version 13")
     for t in (test_upgrades_under_load, test_failing_code_change, test_suspend_timeout, test_purge_in_use,
               test_bad_objects, test_loader_thread, test_malformed_messages, test_reld_gone_while_suspended,
-              test_health, test_abi1_module, test_rehearsal_success_under_load,
+              test_health, test_abi1_module, test_threaded_host, test_rehearsal_success_under_load,
               test_rehearsal_catches_the_live_state_crash, test_rehearsal_errors_and_timeout, test_rehearsal_2_to_3):
         try:
             t()
