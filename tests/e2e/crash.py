@@ -211,6 +211,7 @@ def main():
     ap.add_argument("--shop", required=True)
     ap.add_argument("--no-hooks", action="store_true")
     A = ap.parse_args()
+    A.shop = d.private_shop(A.shop)  # its own port: not the other shop suites'
     d.A = A
     d.DEFAULT_CONFIG = "min_healthy_ms: 100\n"  # the gate is trusted.py's; here each install waits 0.1 s, not 1 s
     return d.run_tests((test_matrix,), "reld-crash-")

@@ -105,6 +105,31 @@ def tree(path):
     return out
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def private_shop(shop):
+    """A copy of the example shop whose web application listens on a free
+    port instead of its fixed 8080, so that suites and test runs on one
+    machine do not take each other's port. Removed at exit."""
+    import atexit
+    dst = tempfile.mkdtemp(prefix="reld-shop-")
+    atexit.register(shutil.rmtree, dst, True)
+    shutil.copytree(shop, dst, symlinks=True, dirs_exist_ok=True)
+    port = str(free_port())
+    for d, _, files in os.walk(os.path.join(dst, "lib")):
+        if "app.yaml" in files:
+            p = os.path.join(d, "app.yaml")
+            text = open(p).read()
+            if "8080" in text:
+                with open(p, "w") as f:
+                    f.write(text.replace("127.0.0.1:8080", f"127.0.0.1:{port}").replace('"8080"', f'"{port}"'))
+    return dst
+
+
 def release_tar(shop, vsn, apps, path, mode="w:gz", mutate=None):
     """A release tarball of the example root, optionally changed by mutate(tar)."""
     with tarfile.open(path, mode) as t:
@@ -468,6 +493,7 @@ def main():
     ap.add_argument("--relctl", required=True)
     ap.add_argument("--shop", required=True)
     A = ap.parse_args()
+    A.shop = private_shop(A.shop)
     return run_tests((test_unpack_and_states, test_hostile, test_clients, test_crash, test_pack,
                       test_remove_keeps_dirs_when_unsure, test_config_errors, test_notify), "reld-e2e-")
 

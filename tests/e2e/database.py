@@ -281,6 +281,7 @@ def main():
     ap.add_argument("--relctl", required=True)
     ap.add_argument("--shop", required=True)
     A = ap.parse_args()
+    A.shop = d.private_shop(A.shop)  # its own port: not the other shop suites'
     d.A = A
     return d.run_tests((test_new_root, test_refusals, test_recover_with_the_permanent_marker,
                         test_recover_without_a_marker, test_recover_a_missing_database,

@@ -28,6 +28,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from daemon import private_shop  # noqa: E402
+
 A = None
 N = 0
 FAILED = 0
@@ -674,6 +677,7 @@ def main():
     ap.add_argument("--shop", required=True)
     A = ap.parse_args()
     A.reld, A.relctl, A.shop = (os.path.abspath(x) for x in (A.reld, A.relctl, A.shop))
+    A.shop = private_shop(A.shop)  # its own port: not the other shop suites'
     print("TAP version 13")
     tests = (test_link_chains, test_hard_links, test_root_only_file, test_accepted_links, test_identity,
              test_concurrent, test_limits, test_fsync)

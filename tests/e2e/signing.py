@@ -1,9 +1,7 @@
 #!/usr/bin/env python3
 """Signed releases (issue 14, docs/signing.md) end to end: the real reld on a
 temporary root, the real relctl, and Debian's minisign making keys and
-signatures both ways; the downgrade floor. The floor's test installs the
-shop, which listens on its fixed port: not parallel with the other shop
-suites.
+signatures both ways; the downgrade floor.
 
 Usage: signing.py --reld PATH --relctl PATH --shop SHOP_ROOT
 """
@@ -363,6 +361,7 @@ def main():
     ap.add_argument("--relctl", required=True)
     ap.add_argument("--shop", required=True)
     A = ap.parse_args()
+    A.shop = d.private_shop(A.shop)  # its own port: not the other shop suites'
     d.A = A
     return d.run_tests((test_without_keys_unsigned_unpacks, test_both_directions_and_rotation, test_refusals,
                         test_revocation, test_downgrade_floor, test_stream_carries_both), "reld-sign-")
