@@ -38,6 +38,8 @@ static void usage(FILE *f)
           "  remove VSN                remove a release that is neither permanent nor running\n"
           "  history [--limit N]       state changes, unpacks, attempts and their instructions\n"
           "  status [--watch [S]]      what reld runs now (refreshed every S seconds)\n"
+          "  top [--interval S] [--once]  live view: releases, upgrade progress, per process CPU,\n"
+          "                            memory, modules, last pause, health (one snapshot off a terminal)\n"
           "  pack DIR -o FILE          validate a release laid out in DIR and write its tarball\n"
           "      --sign KEY [--password-file F]: and FILE.minisig beside it (a minisign secret key)\n"
           "  check [--strict] [--root DIR] [OLD] NEW\n"
@@ -378,6 +380,28 @@ static int cmd_pack(char **argv)
     }
     if (!path)
         path = xstrdup(RELD_LIBEXECDIR "/relctl-pack");
+    argv[0] = path;
+    execv(path, argv);
+    fprintf(stderr, "relctl: cannot run %s: %s\n", path, strerror(errno));
+    free(path);
+    return EXIT_REFUSED;
+}
+
+/* top runs relctl-top (beside relctl, else in reld's libexec directory),
+ * the one part that links ncurses (as pack, for its start-up cost:
+ * docs/benchmarks.md); it asks reld through this relctl (RELCTL_SELF). */
+static int cmd_top(char **argv)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    self[n > 0 ? n : 0] = 0;
+    char *slash = strrchr(self, '/'), *path = slash ? xasprintf("%.*s/relctl-top", (int)(slash - self), self) : NULL;
+    if (!path || access(path, X_OK) < 0) {
+        free(path);
+        path = xstrdup(RELD_LIBEXECDIR "/relctl-top");
+    }
+    if (n > 0)
+        setenv("RELCTL_SELF", self, 1);
     argv[0] = path;
     execv(path, argv);
     fprintf(stderr, "relctl: cannot run %s: %s\n", path, strerror(errno));
@@ -1080,6 +1104,8 @@ int main(int argc, char **argv)
         return cmd_go(n, a, "install");
     if (strcmp(argv[i], "pack") == 0)
         return cmd_pack(a);
+    if (strcmp(argv[i], "top") == 0)
+        return cmd_top(a);
     if (strcmp(argv[i], "check") == 0)
         return cmd_check(n, a);
     if (strcmp(argv[i], "upgrade") == 0 || strcmp(argv[i], "downgrade") == 0)

@@ -18,7 +18,8 @@ void config_init(DaemonConfig *c)
                         .min_healthy_ms = CONFIG_DEFAULT_MIN_HEALTHY_MS,
                         .health_timeout_ms = CONFIG_DEFAULT_HEALTH_TIMEOUT_MS,
                         .trusted_keys = xstrdup(CONFIG_DEFAULT_TRUSTED_KEYS),
-                        .revoked_keys = xstrdup(CONFIG_DEFAULT_REVOKED_KEYS)};
+                        .revoked_keys = xstrdup(CONFIG_DEFAULT_REVOKED_KEYS),
+                        .metrics_interval_ms = CONFIG_DEFAULT_METRICS_EVERY_MS};
 }
 
 void config_copy(DaemonConfig *dst, const DaemonConfig *src)
@@ -36,7 +37,9 @@ void config_copy(DaemonConfig *dst, const DaemonConfig *src)
                           .trusted_keys = xstrdup(src->trusted_keys),
                           .revoked_keys = xstrdup(src->revoked_keys),
                           .min_version = xstrdup(src->min_version),
-                          .refuse_older_than_permanent = src->refuse_older_than_permanent};
+                          .refuse_older_than_permanent = src->refuse_older_than_permanent,
+                          .metrics_file = xstrdup(src->metrics_file),
+                          .metrics_interval_ms = src->metrics_interval_ms};
 }
 
 void config_clear(DaemonConfig *c)
@@ -48,6 +51,7 @@ void config_clear(DaemonConfig *c)
     free(c->trusted_keys);
     free(c->revoked_keys);
     free(c->min_version);
+    free(c->metrics_file);
     *c = (DaemonConfig){0};
 }
 
@@ -80,6 +84,8 @@ int config_load(DaemonConfig *c, const char *path, char **ret_err)
                                        "revoked_keys",
                                        "min_version",
                                        "refuse_older_than_permanent",
+                                       "metrics_file",
+                                       "metrics_interval_ms",
                                        NULL};
     DaemonConfig n;
     config_copy(&n, c);
@@ -145,6 +151,19 @@ int config_load(DaemonConfig *c, const char *path, char **ret_err)
             n.max_unpacked_depth = (unsigned)max;
         (void)yaml_get_long(&y, root, "min_healthy_ms", 0, 3600000, &n.min_healthy_ms); /* errors: in d */
         (void)yaml_get_long(&y, root, "health_timeout_ms", 1, 86400000, &n.health_timeout_ms);
+        /* Metrics: an absolute .prom file (the textfile collector reads no
+         * other; reld's working directory is no place for it). */
+        char *mf = NULL;
+        if (yaml_get_string(&y, root, "metrics_file", false, &mf) && mf) {
+            size_t l = strlen(mf);
+            if (mf[0] == '/' && l > 5 && strcmp(mf + l - 5, ".prom") == 0)
+                set_string(&n.metrics_file, TAKE_PTR(mf));
+            else
+                yaml_error(&y, yaml_map_get(&y, root, "metrics_file"),
+                           "metrics_file must be an absolute path ending in .prom");
+            free(mf);
+        }
+        (void)yaml_get_long(&y, root, "metrics_interval_ms", 1000, 86400000, &n.metrics_interval_ms);
     }
     yaml_ctx_done(&y);
     free(buf);

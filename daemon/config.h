@@ -33,6 +33,11 @@ typedef struct DaemonConfig {
      * refused at unpack unless the request allows a downgrade. */
     char *min_version;                /* NULL: none */
     bool refuse_older_than_permanent; /* default false */
+    /* Prometheus metrics for node_exporter's textfile collector
+     * (metrics.h): written to this file (absolute, ending in .prom) every
+     * metrics_interval_ms and soon after a change. */
+    char *metrics_file;       /* NULL: off (the default) */
+    long metrics_interval_ms; /* default 15000, at least 1000 */
 } DaemonConfig;
 
 #define CONFIG_DEFAULT_ROOT               "/var/lib/reld"
@@ -44,6 +49,7 @@ typedef struct DaemonConfig {
 #define CONFIG_DEFAULT_HEALTH_TIMEOUT_MS  60000L
 #define CONFIG_DEFAULT_TRUSTED_KEYS       "/etc/reld/trusted.d"
 #define CONFIG_DEFAULT_REVOKED_KEYS       "/etc/reld/revoked.d"
+#define CONFIG_DEFAULT_METRICS_EVERY_MS   15000L
 
 /* Every default. */
 void config_init(DaemonConfig *c);

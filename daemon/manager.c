@@ -23,6 +23,9 @@
 #include "store.h"
 #include "supervisor.h"
 #include "upgrade.h"
+#include "events.h"
+#include "metrics.h"
+#include "procstat.h"
 
 typedef enum OpKind { OP_UNPACK, OP_BOOT, OP_REMOVE, OP_RELUP, OP_UPGRADE } OpKind;
 
@@ -75,6 +78,7 @@ typedef struct Op {
     bool allow_downgrade;
     bool stream; /* OP_UNPACK: the fd is a stream that may begin with its signature */
     int r;
+    uint64_t bytes; /* OP_UNPACK: the tarball's size (metrics) */
     Diag diag;
     ReleaseDef *rel;
     json_t *result;
@@ -105,11 +109,148 @@ struct Manager {
     json_t *last_outcome; /* of the last install, upgrade or downgrade: {outcome, release, reason?, at} */
     bool booting;         /* a first install is loading its release */
     Op *ops;
+    Metrics *metrics;     /* counters, and the file when configured (metrics.h) */
+    ProcStats *procstats; /* CPU and memory of the processes, sampled when asked (procstat.h) */
+    int64_t attempt_id;   /* the history's attempt of the change under way (0: not known yet) */
     void (*shutdown_done)(void *userdata);
     void *shutdown_data;
     ManagerReexec reexec; /* manager_set_reexec() */
     void *reexec_data;
 };
+
+/* ---- what operators watch: events, metrics, STATUS= (events.h, metrics.h) ---- */
+
+/* The release's name for events, when vsn runs (reading release.yaml for
+ * an event is not worth it). */
+static const char *release_name(Manager *m, const char *vsn)
+{
+    return m->running && vsn && strcmp(m->running->vsn, vsn) == 0 ? m->running->name : NULL;
+}
+
+/* The newest attempt of the history (borrowed from *ret_list, which the
+ * caller frees), or NULL. */
+static json_t *newest_attempt(Manager *m, json_t **ret_list)
+{
+    *ret_list = NULL;
+    if (history_list(m->hist, 1, ret_list) < 0)
+        return NULL;
+    return json_array_get(json_object_get(*ret_list, "attempts"), 0);
+}
+
+static json_t *metrics_status_of(void *userdata)
+{
+    Diag d = {0};
+    json_t *s = manager_status(userdata, &d); /* NULL: the counters alone are written */
+    diag_clear(&d);
+    return s;
+}
+
+static void watch_started(Manager *m, const char *what, const char *vsn, const char *from)
+{
+    events_emit(EVENT_CHANGE_STARTED, LOG_NOTICE, &(EventFields){.release = release_name(m, from), .version = vsn},
+                "%s of release %s started%s%s", what, vsn, from ? " from " : "", from ? from : "");
+    events_status("%s to release %s: planning", what, vsn);
+    metrics_changed(m->metrics);
+}
+
+static void watch_progress(Manager *m, size_t k, size_t n, const char *instruction)
+{
+    if (!m->attempt_id) { /* begun by now: the newest attempt is this one's */
+        json_t *list;
+        m->attempt_id = json_integer_value(json_object_get(newest_attempt(m, &list), "id"));
+        json_decref(list);
+    }
+    const char *to = upgrade_to(m->upgrade);
+    events_status("%s %s -> %s: instruction %zu of %zu (%s)", upgrade_up(m->upgrade) ? "upgrade" : "downgrade",
+                  upgrade_from(m->upgrade), to, k, n, instruction);
+    EventFields f = {.release = release_name(m, upgrade_from(m->upgrade)), .version = to, .attempt_id = m->attempt_id};
+    events_emit(EVENT_CHANGE_STEP, LOG_DEBUG, &f, "release %s: instruction %zu of %zu done: %s", to, k, n, instruction);
+    metrics_changed(m->metrics);
+}
+
+/* A change that ran its relup and was recorded: the durations of its
+ * instructions, and, when it succeeded, each process's pauses (the
+ * suspend..resume windows of history_pauses() whose modules it runs). */
+static void watch_relup_done(Manager *m, Upgrade *u, int r)
+{
+    json_t *list, *a = newest_attempt(m, &list), *row;
+    size_t i, k;
+    bool ours = a && (!m->attempt_id || json_integer_value(json_object_get(a, "id")) == m->attempt_id);
+    json_array_foreach(ours ? json_object_get(a, "instructions") : NULL, i, row)
+    {
+        const char *outcome = json_string_value(json_object_get(row, "outcome"));
+        if (outcome && strcmp(outcome, "ok") == 0)
+            metrics_observe_instruction(m->metrics,
+                                        json_string_value(json_object_get(json_object_get(row, "instr"), "op")),
+                                        (double)json_integer_value(json_object_get(row, "duration_us")) / 1e6);
+    }
+    json_decref(list);
+    json_t *pauses = NULL, *w, *p, *mod;
+    if (r == 0 && history_pauses(m->hist, upgrade_from(u), upgrade_to(u), &pauses) == 0) {
+        metrics_pauses_begin(m->metrics);
+        json_t *procs = supervisor_status(m->sup);
+        json_array_foreach(json_object_get(pauses, "windows"), i, w)
+        {
+            size_t j, x;
+            json_t *wm;
+            json_array_foreach(procs, j, p)
+            {
+                bool hit = false;
+                json_array_foreach(json_object_get(p, "modules"), k, mod)
+                {
+                    json_array_foreach(json_object_get(w, "modules"), x, wm) hit |=
+                        json_equal(json_object_get(mod, "name"), wm);
+                }
+                if (!hit)
+                    continue;
+                char *label = xasprintf("%s/%s", json_string_value(json_object_get(p, "app")),
+                                        json_string_value(json_object_get(p, "process")));
+                metrics_observe_pause(m->metrics, label, json_number_value(json_object_get(w, "last_ms")) / 1e3);
+                free(label);
+            }
+        }
+        json_decref(procs);
+    }
+    json_decref(pauses);
+}
+
+static void watch_outcome(Manager *m, Op *op, Outcome o, const char *release, const char *reason)
+{
+    const char *kind = !op->before || (release && strcmp(release, op->before) == 0) ? "install"
+                       : release && strverscmp(release, op->before) < 0             ? "downgrade"
+                                                                                    : "upgrade";
+    static const struct {
+        EventKind kind;
+        int priority;
+    } ev[_OUTCOME_MAX] = {
+        [OUTCOME_COMMITTED] = {EVENT_CHANGE_DONE, LOG_NOTICE},
+        [OUTCOME_CURRENT] = {EVENT_CHANGE_DONE, LOG_NOTICE},
+        [OUTCOME_UNCHANGED] = {EVENT_CHANGE_DONE, LOG_INFO},
+        [OUTCOME_REFUSED] = {EVENT_CHANGE_REFUSED, LOG_WARNING},
+        [OUTCOME_ROLLED_BACK] = {EVENT_ROLLED_BACK, LOG_WARNING},
+        [OUTCOME_NEEDS_OPERATOR] = {EVENT_NEEDS_OPERATOR, LOG_ERR},
+        [OUTCOME_DRY_RUN] = {EVENT_CHANGE_DONE, LOG_INFO},
+    };
+    metrics_count_attempt(m->metrics, kind, outcome_names[o]);
+    events_emit(ev[o].kind, ev[o].priority,
+                &(EventFields){.release = release_name(m, m->running ? m->running->vsn : NULL),
+                               .version = release,
+                               .attempt_id = m->attempt_id,
+                               .outcome = outcome_names[o]},
+                "%s of release %s: %s%s%s", kind, release ? release : "?", outcome_names[o], reason ? ": " : "",
+                reason ? reason : "");
+    events_status("running release %s; last %s of %s: %s", m->running ? m->running->vsn : "none", kind,
+                  release ? release : "?", outcome_names[o]);
+    m->attempt_id = 0;
+    metrics_changed(m->metrics);
+}
+
+static void watch_state(Manager *m, const char *vsn, const char *state)
+{
+    EventFields f = {.release = release_name(m, vsn), .version = vsn, .outcome = state};
+    events_emit(EVENT_STATE, LOG_INFO, &f, "release %s is %s", vsn, state);
+    metrics_changed(m->metrics);
+}
 
 /* ---- operations and their callers ------------------------------------------- */
 
@@ -486,6 +627,9 @@ static void unpack_work(void *userdata)
     sign_keyring_clear(&k);
     if (op->r == 0)
         op->r = store_unpack_validated(op->root, op->fd, &op->limits, check_staged, op, &op->vsn, &op->name, &op->diag);
+    struct stat st;
+    if (fstat(op->fd, &st) == 0 && S_ISREG(st.st_mode)) /* a pipe that was not spooled: not known */
+        op->bytes = (uint64_t)st.st_size;
     close(op->fd);
     op->fd = -1;
 }
@@ -537,6 +681,11 @@ static void unpack_done(void *userdata)
     } else {
         log_info("unpack for %s refused: %s", op->who, op->diag.errors.n ? op->diag.errors.v[0] : strerror(-op->r));
     }
+    metrics_count_unpack(m->metrics, op->r == 0, op->bytes);
+    if (op->r == 0 && !was_present)
+        events_emit(EVENT_UNPACKED, LOG_INFO, &(EventFields){.release = op->name, .version = op->vsn},
+                    "release %s %s unpacked for %s", op->name, op->vsn, op->who);
+    metrics_changed(m->metrics);
     json_t *reply = op->r == 0
                         ? json_pack("{s:s, s:s, s:b}", "release", op->vsn, "name", op->name, "unchanged", was_present)
                         : NULL;
@@ -651,6 +800,7 @@ static void finish(Op *op, Outcome o, int r, json_t *reply)
                   history_last_error(m->hist));
     if (!ok)
         log_warning("release %s: %s: %s", release ? release : "?", outcome_names[o], reason ? reason : strerror(-r));
+    watch_outcome(m, op, o, release, reason);
     if (m->gate_op == op)
         m->gate_op = NULL;
     op_done(op, ok ? 0 : r < 0 ? r : -EIO, reply);
@@ -724,6 +874,10 @@ static void roll_back(Op *op)
     json_t *detail = json_pack("{s:s, s:s?, s:s}", "from", op->to, "to", op->before, "reason", op->unhealthy);
     if (history_event(m->hist, "automatic_rollback", "reld", op->to, detail) < 0)
         log_error("cannot record the automatic rollback: %s", history_last_error(m->hist));
+    events_emit(EVENT_ROLLBACK_STARTED, LOG_WARNING,
+                &(EventFields){.release = release_name(m, op->to), .version = op->to, .attempt_id = m->attempt_id},
+                "release %s is not healthy: going back to %s: %s", op->to, op->before ? op->before : "nothing running",
+                op->unhealthy ? op->unhealthy : "");
     json_decref(detail);
     if (!op->before) {
         (void)supervisor_stop_all(m->sup, on_boot_stopped, op); /* cannot fail */
@@ -792,6 +946,7 @@ static void boot_done(void *userdata)
         return finish(op, OUTCOME_REFUSED, op->r, NULL);
     CRASH_POINT("install:started");
     log_info("installed release %s for %s", op->vsn, op->who);
+    watch_state(m, op->vsn, RELEASE_CURRENT);
     op->success = json_pack("{s:s}", "installed", op->vsn);
     if (op->in.no_wait)
         return succeed(op, -1);
@@ -804,6 +959,8 @@ static void on_upgrade_progress(void *userdata, size_t k, size_t n, const char *
 {
     Manager *m = userdata;
     Op *op = m->upgrade_op;
+    if (!op->in.dry_run)
+        watch_progress(m, k, n, instruction);
     if (!op->caller.userdata || !op->caller.progress)
         return;
     json_t *line = json_pack("{s:i, s:i, s:s}", "progress", (int)k, "of", (int)n, "instruction", instruction);
@@ -849,6 +1006,8 @@ static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
         diag_warning(&op->diag, "%s", ud->warnings.v[k]);
     supervisor_hold_health(m->sup, false);
     bool changed = planned && upgrade_changed_anything(u), recorded = upgrade_recorded(u);
+    if (planned && recorded)
+        watch_relup_done(m, u, r);
     json_t *reply = NULL;
     if (r == 0) {
         /* The processes run `to`: so do the definitions, recorded or not. */
@@ -863,6 +1022,7 @@ static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
         if (r == 0) {
             CRASH_POINT("upgrade:recorded");
             log_info("release %s is current (%.3f ms)", upgrade_to(u), upgrade_ms(u));
+            watch_state(m, upgrade_to(u), RELEASE_CURRENT);
             size_t n;
             (void)upgrade_position(u, &n);
             reply = json_pack("{s:s, s:s, s:s, s:i, s:f}", "installed", upgrade_to(u), "from", upgrade_from(u),
@@ -922,6 +1082,7 @@ static void change_release(Manager *m, Op *op, const char *running, bool running
                        .progress = on_upgrade_progress,
                        .finished = on_upgrade_finished,
                        .userdata = m};
+    m->attempt_id = 0; /* known once it begins (watch_progress) */
     int r = upgrade_start(&p, &m->upgrade);
     if (r < 0) {
         diag_error(&op->diag, "cannot start the %s: %s", up ? "upgrade" : "downgrade", strerror(-r));
@@ -929,6 +1090,8 @@ static void change_release(Manager *m, Op *op, const char *running, bool running
     }
     supervisor_hold_health(m->sup, true); /* no health command between a load and its code_change */
     m->upgrade_op = op;
+    if (!op->in.dry_run && op->phase != GATE_ROLLING_BACK) /* the way back has its own event */
+        watch_started(m, up ? "upgrade" : "downgrade", op->vsn, running);
 }
 
 /* ---- dry runs ------------------------------------------------------------------------ */
@@ -1057,6 +1220,7 @@ void manager_install(Manager *m, const ManagerInstall *in, const char *who, cons
         finish(op, OUTCOME_REFUSED, r, NULL);
     } else {
         m->booting = true;
+        watch_started(m, "install", vsn, NULL);
     }
     free(cur);
 }
@@ -1176,6 +1340,7 @@ static int set_permanent(Manager *m, const char *vsn, const char *who, Diag *dia
             diag_error(diag, "cannot record the change: %s", history_last_error(m->hist));
         } else {
             log_info("release %s is permanent, for %s", vsn, who);
+            watch_state(m, vsn, RELEASE_PERMANENT);
             CRASH_POINT("permanent:recorded");
             marker_write(m->cfg.root, vsn);
             CRASH_POINT("permanent:marked");
@@ -1230,6 +1395,7 @@ static void remove_done(void *userdata)
     Op *op = userdata;
     CRASH_POINT("remove:deleted");
     log_info("removed release %s for %s", op->vsn, op->who);
+    watch_state(op->m, op->vsn, "removed");
     op_done(op, 0, json_pack("{s:s}", "removed", op->vsn));
 }
 
@@ -1362,6 +1528,7 @@ json_t *manager_status(Manager *m, Diag *diag)
     free(trust);
     free(cur);
     free(perm);
+    metrics_annotate(m->metrics, m->procstats, s, mono_ms()); /* sampled now, as someone asks */
     return s;
 }
 
@@ -1658,6 +1825,13 @@ int manager_new_from(sd_event *ev, const DaemonConfig *cfg, const json_t *saved,
         log_info("signatures: %s", trust);
     free(trust);
     diag_clear(&td);
+    m->metrics = metrics_new();
+    m->procstats = procstat_new();
+    if (m->cfg.metrics_file &&
+        (r = metrics_start(m->metrics, ev, m->cfg.metrics_file, m->cfg.metrics_interval_ms, metrics_status_of, m)) < 0)
+        log_error("metrics: cannot start writing %s: %s", m->cfg.metrics_file, strerror(-r));
+    else if (m->cfg.metrics_file)
+        log_info("metrics: %s, every %ld ms", m->cfg.metrics_file, m->cfg.metrics_interval_ms);
     *ret = m;
     return 0;
 }
@@ -1929,6 +2103,8 @@ Manager *manager_free(Manager *m)
     while (m->ops)
         op_free(m->ops);
     json_decref(m->last_outcome);
+    m->metrics = metrics_free(m->metrics);
+    m->procstats = procstat_free(m->procstats);
     m->sup = supervisor_free(m->sup); /* SIGKILLs what still runs */
     m->running = release_def_free(m->running);
     m->jobs = jobs_free(m->jobs);
