@@ -503,10 +503,144 @@ static const char *process_name(const ProcessDef *p)
     return p->name && name_is_valid(p->name) ? p->name : "?";
 }
 
+/* ---- users, groups and capabilities ---------------------------------------------- */
+
+static const char *const capability_names[APPDEFS_CAP_MAX + 1] = {
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+};
+
+int appdefs_capability_from_name(const char *name)
+{
+    for (int n = 0; name && n <= APPDEFS_CAP_MAX; n++)
+        if (strcmp(capability_names[n], name) == 0)
+            return n;
+    return -1;
+}
+
+const char *appdefs_capability_name(int n)
+{
+    return n >= 0 && n <= APPDEFS_CAP_MAX ? capability_names[n] : NULL;
+}
+
+/* A user or group name as useradd(8) takes it (letters, digits, _ . -,
+ * not starting with a digit or '-', a trailing '$', at most 32), or a
+ * numeric id. */
+static bool account_is_valid(const char *s)
+{
+    size_t n = strlen(s), digits = strspn(s, "0123456789");
+    if (n && digits == n)
+        return n <= 10;
+    if (!n || n > 32 || s[0] == '-' || (s[0] >= '0' && s[0] <= '9'))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+                  ch == '.' || ch == '-' || (ch == '$' && i == n - 1);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static void parse_account(YamlCtx *c, yaml_node_t *m, const char *key, char **out, SrcPos *pos)
+{
+    yaml_node_t *n = yaml_map_get(c, m, key);
+    if (!n)
+        return;
+    *pos = yaml_pos(c, n);
+    if (yaml_get_string(c, m, key, false, out) && *out && !account_is_valid(*out))
+        yaml_error(c, n, "%s '%s' is not a user or group name (letters, digits, _ . -, at most 32) nor a number", key,
+                   *out);
+}
+
+/* user, group, supplementary_groups, capabilities. */
+static void parse_identity(YamlCtx *c, yaml_node_t *m, ProcessDef *p)
+{
+    parse_account(c, m, "user", &p->user, &p->user_pos);
+    parse_account(c, m, "group", &p->group, &p->group_pos);
+    yaml_node_t *n;
+    if ((n = yaml_map_get(c, m, "supplementary_groups")) &&
+        yaml_get_strlist(c, n, "supplementary_groups", &p->supplementary_groups, &p->supplementary_pos))
+        for (size_t k = 0; k < p->supplementary_groups.n; k++)
+            if (!account_is_valid(p->supplementary_groups.v[k]))
+                diag_error_at(c->diag, c->file, p->supplementary_pos[k].line, p->supplementary_pos[k].col,
+                              "supplementary group '%s' is not a group name (letters, digits, _ . -, at most 32) "
+                              "nor a number",
+                              p->supplementary_groups.v[k]);
+    if (!(n = yaml_map_get(c, m, "capabilities")))
+        return;
+    StrVec caps = {0};
+    SrcPos *pos = NULL;
+    p->has_capabilities = true;
+    if (yaml_get_strlist(c, n, "capabilities", &caps, &pos))
+        for (size_t k = 0; k < caps.n; k++) {
+            int cap = appdefs_capability_from_name(caps.v[k]);
+            if (cap < 0)
+                diag_error_at(c->diag, c->file, pos[k].line, pos[k].col,
+                              "unknown capability '%s' (capabilities(7) names, such as CAP_NET_BIND_SERVICE)",
+                              caps.v[k]);
+            else
+                p->capabilities |= 1ULL << cap;
+        }
+    strvec_clear(&caps);
+    free(pos);
+}
+
 static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
 {
-    static const char *const keys[] = {"name",        "exec",    "args",   "modules", "restart",
-                                       "shutdown_ms", "sockets", "health", NULL};
+    static const char *const keys[] = {"name",
+                                       "exec",
+                                       "args",
+                                       "modules",
+                                       "restart",
+                                       "shutdown_ms",
+                                       "sockets",
+                                       "health",
+                                       "user",
+                                       "group",
+                                       "supplementary_groups",
+                                       "capabilities",
+                                       NULL};
     yaml_map_check_keys(c, m, keys, "process");
     *p = (ProcessDef){.pos = yaml_pos(c, m), .shutdown_ms = 5000};
     yaml_node_t *n;
@@ -537,6 +671,7 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
             yaml_error(c, n, "restart must be permanent, transient or temporary");
     }
     yaml_get_long(c, m, "shutdown_ms", 0, 3600000L, &p->shutdown_ms);
+    parse_identity(c, m, p);
     if ((n = yaml_map_get(c, m, "health")))
         parse_health(c, n, p);
     if (!(n = yaml_map_get(c, m, "sockets")))
@@ -1097,6 +1232,10 @@ AppDef *appdef_free(AppDef *a)
         for (size_t k = 0; k < p->n_checks; k++)
             health_check_clear(&p->checks[k]);
         free(p->checks);
+        free(p->user);
+        free(p->group);
+        strvec_clear(&p->supplementary_groups);
+        free(p->supplementary_pos);
     }
     free(a->processes);
     appup_clear(&a->up);

@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util.h"
 
@@ -154,8 +155,24 @@ typedef struct ProcessDef {
     size_t n_sockets;
     HealthCheck *checks; /* health: in the order written */
     size_t n_checks;
+    /* Who it runs as (docs/formats.md "Users, groups and capabilities"):
+     * names (or numeric ids) as written, NULL when absent; the daemon
+     * resolves them. No user: reld's own. */
+    char *user, *group;
+    StrVec supplementary_groups;
+    SrcPos user_pos, group_pos;
+    SrcPos *supplementary_pos; /* one per supplementary group */
+    bool has_capabilities;     /* capabilities: given (else the bounding set is left as it is) */
+    uint64_t capabilities;     /* the bounding set: bit n for capability n (appdefs_capability_name()) */
     SrcPos pos;
 } ProcessDef;
+
+/* Capabilities by name, as capabilities(7) and systemd write them
+ * ("CAP_NET_BIND_SERVICE"): the number, or -1 when unknown. */
+int appdefs_capability_from_name(const char *name);
+/* The name of capability n, or NULL. */
+const char *appdefs_capability_name(int n);
+#define APPDEFS_CAP_MAX 40 /* CAP_CHECKPOINT_RESTORE, the last one this table knows */
 
 typedef struct AppDef {
     char *file; /* the name used in messages, e.g. lib/web-2.0.1/app.yaml */

@@ -5,7 +5,9 @@
 #include <errno.h>
 #include <poll.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +58,7 @@ struct Proc {
     char *fdnames;
     pid_t pid;
     bool stopping;
+    bool said_identity; /* its warning about its user, if any, is in the log */
     sd_event_source *child_src, *ctl_src, *kill_timer;
     int ctl_fd;
     char in[CONTROL_LINE_MAX];
@@ -579,6 +582,169 @@ static bool inherited(const char *e)
     return true;
 }
 
+/* ---- who it runs as ------------------------------------------------------------ */
+
+void proc_identity_clear(ProcIdentity *id)
+{
+    free(id->groups);
+    *id = (ProcIdentity){0};
+}
+
+static bool all_digits(const char *s)
+{
+    return *s && strspn(s, "0123456789") == strlen(s);
+}
+
+/* A group's id by name or number: 0, or -ESRCH. */
+static int group_id(const char *name, gid_t *ret)
+{
+    if (all_digits(name)) {
+        *ret = (gid_t)strtoul(name, NULL, 10);
+        return 0;
+    }
+    struct group g, *res = NULL;
+    char buf[16384];
+    if (getgrnam_r(name, &g, buf, sizeof(buf), &res) != 0 || !res)
+        return -ESRCH;
+    *ret = res->gr_gid;
+    return 0;
+}
+
+static void add_group(ProcIdentity *id, gid_t g)
+{
+    for (size_t i = 0; i < id->n_groups; i++)
+        if (id->groups[i] == g)
+            return;
+    id->groups = xrealloc(id->groups, (id->n_groups + 1) * sizeof(gid_t));
+    id->groups[id->n_groups++] = g;
+}
+
+static int cap_last(void)
+{
+    int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
+    char buf[16] = "";
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    int last = n > 0 ? atoi(buf) : 0;
+    return last > 0 && last < 64 ? last : APPDEFS_CAP_MAX;
+}
+
+int proc_identity(const ProcessDef *def, ProcIdentity *ret, Diag *diag)
+{
+    ProcIdentity id = {.uid = geteuid(), .gid = getegid()};
+    const SrcPos *up = &def->user_pos, *gp = &def->group_pos;
+    bool root = geteuid() == 0;
+    int r = 0;
+    const char *user_name = NULL;
+    struct passwd pw, *pres = NULL;
+    char pbuf[16384];
+    if (def->user) {
+        int e = all_digits(def->user) ? getpwuid_r((uid_t)strtoul(def->user, NULL, 10), &pw, pbuf, sizeof(pbuf), &pres)
+                                      : getpwnam_r(def->user, &pw, pbuf, sizeof(pbuf), &pres);
+        if (e == 0 && pres) {
+            id.uid = pres->pw_uid;
+            id.gid = pres->pw_gid;
+            user_name = pres->pw_name;
+        } else if (all_digits(def->user) && def->group) {
+            id.uid = (uid_t)strtoul(def->user, NULL, 10); /* an id without a name, as systemd allows */
+        } else {
+            diag_error_at(diag, up->file, up->line, up->col, "process %s: no such user '%s'%s", def->name, def->user,
+                          all_digits(def->user) ? " (a number without a passwd entry needs group:)" : "");
+            r = -ESRCH;
+        }
+        id.change_ids = true;
+    } else if (root) {
+        diag_warning(diag,
+                     "%s:%d:%d: process %s has no user: it runs as root, reld's own user; name one (user: NAME), "
+                     "or write user: root to say so",
+                     def->pos.file ? def->pos.file : "<input>", def->pos.line, def->pos.col, def->name);
+    }
+    if (def->group) {
+        if (group_id(def->group, &id.gid) < 0) {
+            diag_error_at(diag, gp->file, gp->line, gp->col, "process %s: no such group '%s'", def->name, def->group);
+            r = -ESRCH;
+        }
+        id.change_ids = true;
+    }
+    if (r == 0 && user_name) {
+        int n = 64;
+        gid_t *gs = xcalloc((size_t)n, sizeof(gid_t));
+        if (getgrouplist(user_name, id.gid, gs, &n) < 0) {
+            gs = xrealloc(gs, (size_t)n * sizeof(gid_t));
+            if (getgrouplist(user_name, id.gid, gs, &n) < 0)
+                n = 0; /* it changed under us: its primary group alone */
+        }
+        for (int i = 0; i < n; i++)
+            add_group(&id, gs[i]);
+        free(gs);
+    }
+    for (size_t k = 0; k < def->supplementary_groups.n; k++) {
+        gid_t g;
+        const SrcPos *sp = &def->supplementary_pos[k];
+        if (group_id(def->supplementary_groups.v[k], &g) < 0) {
+            diag_error_at(diag, sp->file, sp->line, sp->col, "process %s: no such group '%s'", def->name,
+                          def->supplementary_groups.v[k]);
+            r = -ESRCH;
+        } else {
+            add_group(&id, g);
+        }
+        id.change_ids = true;
+    }
+    if (r == 0 && !root && id.change_ids && (id.uid != geteuid() || id.gid != getegid() || id.n_groups > 0)) {
+        diag_error_at(diag, def->pos.file, def->pos.line, def->pos.col,
+                      "process %s: reld runs as uid %u, not root: it cannot switch to the user and groups named",
+                      def->name, (unsigned)geteuid());
+        r = -EPERM;
+    }
+    if (def->has_capabilities) {
+        id.bound_caps = true;
+        id.keep_caps = def->capabilities;
+        id.cap_last = cap_last();
+        if (r == 0 && !root) {
+            diag_error_at(diag, def->pos.file, def->pos.line, def->pos.col,
+                          "process %s: reld runs as uid %u, not root: it cannot bound capabilities", def->name,
+                          (unsigned)geteuid());
+            r = -EPERM;
+        }
+    }
+    if (r < 0) {
+        proc_identity_clear(&id);
+        return r;
+    }
+    *ret = id;
+    return 0;
+}
+
+/* In the child after fork (async-signal-safe only): "reld: cannot STEP:
+ * errno N" on its stderr, and exit 122. */
+static _Noreturn void child_fail(const char *step)
+{
+    char num[24];
+    put_number(num, errno);
+    (void)!write(2, "reld: cannot ", 13);
+    (void)!write(2, step, strlen(step));
+    (void)!write(2, ": errno ", 8);
+    (void)!write(2, num, strlen(num));
+    (void)!write(2, "\n", 1);
+    _exit(122);
+}
+
+/* In the child: groups, group, the bounding set (which needs CAP_SETPCAP:
+ * before the uid changes), then the user. Every result checked. */
+static void child_become(const ProcIdentity *id)
+{
+    if (id->change_ids && setgroups(id->n_groups, id->groups) < 0)
+        child_fail("setgroups");
+    if (id->change_ids && setresgid(id->gid, id->gid, id->gid) < 0)
+        child_fail("setresgid");
+    for (int cap = 0; id->bound_caps && cap <= id->cap_last; cap++)
+        if (!(id->keep_caps & (1ULL << cap)) && prctl(PR_CAPBSET_DROP, (unsigned long)cap, 0, 0, 0) < 0)
+            child_fail("drop a capability from the bounding set (PR_CAPBSET_DROP)");
+    if (id->change_ids && setresuid(id->uid, id->uid, id->uid) < 0)
+        child_fail("setresuid");
+}
+
 /* Where the process's stdout or stderr go: a journal stream of its own
  * when reld logs to the journal, else a pipe reld relays. *ret_relay is
  * the read end to relay, or -1. */
@@ -653,6 +819,28 @@ int proc_spawn(Proc *p)
     GROW(env.v, env.cap, env.n + 1);
     env.v[env.n] = NULL;
     const char *dir = p->src.dir;
+    ProcIdentity id = {0};
+    Diag idd = {0};
+    int idr = proc_identity(def, &id, &idd);
+    if (idr < 0) {
+        log_error("%s: %s", p->label, idd.errors.n ? idd.errors.v[0] : strerror(-idr));
+        diag_clear(&idd);
+        free(argv);
+        strvec_clear(&env);
+        close(ctl[0]);
+        close(ctl[1]);
+        close(out);
+        close(err);
+        if (out_relay >= 0)
+            close(out_relay);
+        if (err_relay >= 0)
+            close(err_relay);
+        return idr;
+    }
+    if (idd.warnings.n && !p->said_identity) /* once per process, not at every restart */
+        log_warning("%s", idd.warnings.v[0]);
+    p->said_identity = true;
+    diag_clear(&idd);
 
     pid_t pid = fork();
     if (pid == 0) {
@@ -677,8 +865,10 @@ int proc_spawn(Proc *p)
         sigset_t all;
         sigemptyset(&all);
         (void)sigprocmask(SIG_SETMASK, &all, NULL); /* cannot fail with a valid set */
+        child_become(&id);
         /* A managed process dies with reld (as processes die with their
-         * VM): a restarted reld then boots one consistent release. */
+         * VM): a restarted reld then boots one consistent release. After
+         * the change of user, which clears it. */
         (void)prctl(PR_SET_PDEATHSIG, SIGKILL); /* cannot fail with a valid signal */
         if (getppid() == 1)
             _exit(125); /* reld died before the line above */
@@ -690,6 +880,7 @@ int proc_spawn(Proc *p)
         _exit(127);
     }
     int r = pid < 0 ? -errno : 0;
+    proc_identity_clear(&id);
     free(argv);
     strvec_clear(&env);
     close(ctl[1]);

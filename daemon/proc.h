@@ -56,6 +56,28 @@ typedef struct ProcSource {
 
 void proc_source_clear(ProcSource *s);
 
+/* Who a process runs as (docs/formats.md "Users, groups and
+ * capabilities"), resolved from its definition before the fork. */
+typedef struct ProcIdentity {
+    bool change_ids; /* setgroups, setresgid, setresuid in the child */
+    uid_t uid;
+    gid_t gid;
+    gid_t *groups; /* the supplementary groups: the user's (getgrouplist) and those named */
+    size_t n_groups;
+    bool bound_caps; /* PR_CAPBSET_DROP every capability up to cap_last not in keep_caps */
+    uint64_t keep_caps;
+    int cap_last;
+} ProcIdentity;
+
+/* Resolves def's user, group, supplementary groups and capabilities (the
+ * names through NSS: call it outside the child). 0, or -errno with one
+ * line "app.yaml:L:C: ..." in diag: -ESRCH for a user or group that does
+ * not exist, -EPERM when reld (not root) cannot switch to them or bound
+ * capabilities. A process without user: runs as reld's own user; when
+ * that is root, a warning in diag says so unless `user: root` asked. */
+int proc_identity(const ProcessDef *def, ProcIdentity *ret, Diag *diag);
+void proc_identity_clear(ProcIdentity *id);
+
 /* A process, not yet started: opens its listening sockets (one line in
  * diag when one cannot be opened, and NULL). label is "app/process".
  * Takes src's contents. */

@@ -325,10 +325,34 @@ static void app_free(App *a)
     free(a);
 }
 
+/* Can every process of ref run as the user, groups and capabilities its
+ * definition names? Checked before any of them starts: 0, or -errno with
+ * one line per problem in diag. */
+static int check_identities(const ReleaseAppRef *ref, Diag *diag)
+{
+    int r = 0;
+    for (size_t i = 0; i < ref->app->n_processes; i++) {
+        ProcIdentity id;
+        Diag d = {0};
+        int e = proc_identity(&ref->app->processes[i], &id, &d);
+        if (e < 0)
+            r = e;
+        else
+            proc_identity_clear(&id);
+        for (size_t k = 0; k < d.errors.n; k++)
+            diag_error(diag, "%s", d.errors.v[k]);
+        diag_clear(&d); /* a warning goes to the log at the start (proc.c) */
+    }
+    return r;
+}
+
 /* A new application with its children, not started; NULL (reasons in
- * diag) when a listening socket cannot be opened. */
+ * diag) when a listening socket cannot be opened, or a process's user,
+ * groups or capabilities cannot be had. */
 static App *app_new(Supervisor *s, const ReleaseAppRef *ref, Diag *diag)
 {
+    if (check_identities(ref, diag) < 0)
+        return NULL;
     App *a = xcalloc(1, sizeof(*a));
     a->s = s;
     a->name = xstrdup(ref->name);
@@ -432,6 +456,12 @@ int supervisor_start_release(Supervisor *s, const ReleaseDef *rel, Diag *diag)
     apps_free(s);
     size_t *order = appdefs_release_order(rel);
     int r = 0;
+    /* Every user and group first: none of the release starts when one is
+     * missing. */
+    for (size_t k = 0; k < rel->n_apps; k++) {
+        int e = check_identities(&rel->apps[order[k]], diag);
+        r = e < 0 ? e : r;
+    }
     for (size_t k = 0; k < rel->n_apps && r == 0; k++)
         r = supervisor_add_app(s, &rel->apps[order[k]], diag);
     free(order);

@@ -257,6 +257,49 @@ START_TEST(error_process_fields)
 }
 END_TEST
 
+START_TEST(process_identity)
+{
+    ck_assert_int_eq(parse("name: x\nvsn: \"1\"\nprocesses:\n"
+                           "  - name: p\n    exec: bin/p\n    user: www-data\n    group: \"33\"\n"
+                           "    supplementary_groups: [adm, ssl-cert]\n"
+                           "    capabilities: [CAP_NET_BIND_SERVICE, CAP_CHOWN, CAP_CHECKPOINT_RESTORE]\n"
+                           "  - name: q\n    exec: bin/q\n    capabilities: []\n"
+                           "  - name: r\n    exec: bin/r\n"),
+                     0);
+    const ProcessDef *p = &app->processes[0], *q = &app->processes[1], *r = &app->processes[2];
+    ck_assert_str_eq(p->user, "www-data");
+    ck_assert_str_eq(p->group, "33");
+    ck_assert_int_eq(p->user_pos.line, 6);
+    ck_assert_int_eq(p->user_pos.col, 11);
+    ck_assert_int_eq(p->supplementary_groups.n, 2);
+    ck_assert_str_eq(p->supplementary_groups.v[1], "ssl-cert");
+    ck_assert_int_eq(p->supplementary_pos[1].col, 33);
+    ck_assert(p->has_capabilities);
+    ck_assert_uint_eq(p->capabilities, (1ULL << 10) | (1ULL << 0) | (1ULL << 40));
+    ck_assert(q->has_capabilities); /* an empty bounding set: every capability dropped */
+    ck_assert_uint_eq(q->capabilities, 0);
+    ck_assert(!r->has_capabilities && !r->user && !r->group && r->supplementary_groups.n == 0);
+    ck_assert_int_eq(appdefs_capability_from_name("CAP_SYS_ADMIN"), 21);
+    ck_assert_str_eq(appdefs_capability_name(31), "CAP_SETFCAP");
+    ck_assert_ptr_null(appdefs_capability_name(APPDEFS_CAP_MAX + 1));
+}
+END_TEST
+
+START_TEST(error_process_identity)
+{
+    ck_assert_int_eq(parse("name: x\nvsn: \"1\"\nprocesses:\n"
+                           "  - name: p\n    exec: bin/p\n    user: \"bad user\"\n    group: [g]\n"
+                           "    supplementary_groups: [ok, -no]\n"
+                           "    capabilities: [CAP_NET_BIND_SERVICE, CAP_FLY, net_admin]\n"),
+                     -EINVAL);
+    ck_assert_error("app.yaml:6:11: user 'bad user' is not a user or group name");
+    ck_assert_error("app.yaml:7:12: field 'group' must be");
+    ck_assert_error("app.yaml:8:32: supplementary group '-no' is not a group name");
+    ck_assert_error("app.yaml:9:42: unknown capability 'CAP_FLY'");
+    ck_assert_error("app.yaml:9:51: unknown capability 'net_admin'");
+}
+END_TEST
+
 START_TEST(error_appup_entries)
 {
     ck_assert_int_eq(parse("name: x\nvsn: \"1\"\nappup:\n  up:\n"
@@ -1151,6 +1194,8 @@ static Suite *appdefs_suite(void)
     tcase_add_test(tc, error_paths_outside_app_dir);
     tcase_add_test(tc, absolute_exec_is_allowed);
     tcase_add_test(tc, error_process_fields);
+    tcase_add_test(tc, process_identity);
+    tcase_add_test(tc, error_process_identity);
     tcase_add_test(tc, error_appup_entries);
     tcase_add_test(tc, error_instructions);
     tcase_add_test(tc, reports_every_error_not_only_the_first);
