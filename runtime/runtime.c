@@ -141,6 +141,7 @@ struct RelRuntime {
     RelModule **mods;
     size_t n_mods;
     bool suspended;
+    long long suspended_at_us; /* when the suspension began: resume answers how long it held */
     char *in;
     size_t in_len;
     bool discarding; /* skipping the rest of an over-long line */
@@ -436,6 +437,13 @@ int rel_runtime_load(RelRuntime *rt, const char *name, const char *path, char *e
     if (r < 0)
         version_close(rt, v);
     return r;
+}
+
+static long long now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000LL + t.tv_nsec / 1000;
 }
 
 /* ---- threaded hosts ------------------------------------------------------ */
@@ -1172,16 +1180,24 @@ static void cmd_suspend_resume(RelRuntime *rt, json_t *id, json_t *req, const ch
     if (!names)
         return reply_error(rt, id, "no_memory", "out of memory");
     size_t n = modules_named(rt, mods, names, max);
+    long long t0 = now_us(), took = 0;
+    const char *key = "parked_us"; /* suspend: the wait for the threads; resume: the whole pause */
     if (n && strcmp(cmd, "suspend") == 0) {
         /* Answered once every thread that runs one of them is parked. */
         suspend_threads(rt, names, n);
+        if (!rt->suspended)
+            rt->suspended_at_us = t0;
         rt->suspended = true;
+        took = now_us() - t0;
     } else if (n) {
+        bool was = rt->suspended;
         rt->suspended = false;
         resume_threads(rt);
+        key = "paused_us";
+        took = was ? now_us() - rt->suspended_at_us : 0;
     }
     free(names);
-    reply_ok(rt, id, json_pack("{s:b}", "suspended", rt->suspended));
+    reply_ok(rt, id, json_pack("{s:b, s:I}", "suspended", rt->suspended, key, (json_int_t)took));
 }
 
 /* ---- health ------------------------------------------------------------------ */
@@ -1223,13 +1239,6 @@ static void cmd_health(RelRuntime *rt, json_t *id, json_t *req, const char *name
 }
 
 /* ---- rehearsal ------------------------------------------------------------------ */
-
-static long long now_us(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000LL + t.tv_nsec / 1000;
-}
 
 /* In the copy: one line of JSON to the parent (fd 3). A pipe write of
  * less than PIPE_BUF is whole; a longer one is still in order. */

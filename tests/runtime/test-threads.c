@@ -270,7 +270,11 @@ START_TEST(upgrade_with_threads_parked)
     ok(cmd("\"cmd\": \"load_object_code\", \"module\": \"thr_a\", \"path\": \"%s\"", mod_path("thr_a-2")));
     /* Answered only when all five threads of thr_a are parked, the one in
      * epoll_wait included: woken through its rel_thread_fd. */
-    ok(cmd("\"cmd\": \"suspend\", \"modules\": [\"thr_a\"]"));
+    json_t *r = cmd("\"cmd\": \"suspend\", \"modules\": [\"thr_a\"]");
+    ck_assert(json_is_true(json_object_get(r, "suspended")));
+    json_int_t parked_us = json_integer_value(json_object_get(r, "parked_us"));
+    ck_assert(json_is_integer(json_object_get(r, "parked_us")) && parked_us >= 0);
+    json_decref(r);
     unsigned long parked[N_BUSY], idle_calls = atomic_load(&idle.calls);
     for (int i = 0; i < N_BUSY; i++)
         parked[i] = atomic_load(&busy[i].calls);
@@ -286,7 +290,11 @@ START_TEST(upgrade_with_threads_parked)
     json_decref(h);
     for (int i = 0; i < N_BUSY; i++)
         ck_assert_uint_eq(atomic_load(&busy[i].calls), parked[i]);
-    ok(cmd("\"cmd\": \"resume\", \"modules\": [\"thr_a\"]"));
+    r = cmd("\"cmd\": \"resume\", \"modules\": [\"thr_a\"]");
+    ck_assert(json_is_false(json_object_get(r, "suspended")));
+    /* The pause: from the suspend's start to the release, parking included. */
+    ck_assert_int_ge(json_integer_value(json_object_get(r, "paused_us")), parked_us);
+    json_decref(r);
     for (int i = 0; i < N_BUSY; i++)
         ck_assert_msg(runs_version(&busy[i], 2), "thread %d does not run version 2", i);
     ok(cmd("\"cmd\": \"purge\", \"module\": \"thr_a\", \"method\": \"soft_purge\""));
