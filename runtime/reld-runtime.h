@@ -58,9 +58,13 @@
  * Errors: functions returning int return 0 or a negative errno. Nothing
  * here exits the process except a brutal purge of code still in use, which
  * is its documented purpose. */
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* The module ABI, fixed from ABI 2 on (docs/runtime.md, "Compatibility"):
  * the fields of RelModuleDesc and RelHost keep their offsets, types and
@@ -235,3 +239,319 @@ int rel_thread_fd(const RelThread *t);
 /* A safe point: returns at once (one atomic load) unless the runtime
  * wants the thread parked; then waits until it is released. */
 void rel_thread_safepoint(RelThread *t);
+
+/* ---- state conversion by description, for code_change ---------------- */
+
+/* Inline code: each module version compiles its own copy, so nothing of
+ * it is part of the module ABI.
+ *
+ * A module describes the C types of its state, the old layout and the
+ * new, field by field; rel_convert() builds a deep copy of a state in the
+ * other layout, field by field by name:
+ *
+ * - a field in both layouts is copied (a value: byte for byte, and both
+ *   sizes must agree; a string: strdup; an array, a list, a struct:
+ *   element by element, converted in turn; an array's count, and its
+ *   capacity if it names one, are the number of elements copied);
+ * - a field only in the target layout is added: its default (`dflt`,
+ *   `size` bytes; a string's: the text) or zeros;
+ * - a field only in the source layout is left out;
+ * - a renamed field names its other name in `was`.
+ *
+ * The same two descriptions serve both directions:
+ *
+ *     static const RelField client_v1_fields[] = {
+ *         REL_STRING(ClientV1, nick), REL_VALUE(ClientV1, fd), REL_NEXT(ClientV1, next, &client_v1)};
+ *     ...
+ *     static int code_change(RelDirection dir, ..., void *state, ..., void **ret, char *err, size_t errlen)
+ *     {
+ *         const RelType *from = dir == REL_UP ? &state_v1 : &state_v2, *to = dir == REL_UP ? &state_v2 : &state_v1;
+ *         int r = rel_convert(from, state, to, ret, err, errlen);
+ *         if (r == 0)
+ *             rel_free(from, state);
+ *         return r;
+ *     }
+ *
+ * Memory: every pointer a description names (strings, arrays, lists, the
+ * state itself) is malloc'd, as rel_free() frees it with free(). The copy
+ * is new memory; the source is left untouched (on failure too), so
+ * code_change keeps OTP's rule that a failed conversion leaves the state
+ * as it was. Errors: -ENOMEM, or -EINVAL with the field named in err
+ * ("ClientV2.away: a string in one layout, a value in the other"). */
+typedef enum RelFieldKind {
+    REL_KIND_VALUE,  /* plain bytes: numbers, fixed arrays, flags */
+    REL_KIND_STRING, /* char *, NUL-terminated, malloc'd (NULL allowed) */
+    REL_KIND_ARRAY,  /* T *, `count` elements of `type`; count is another (size_t) field */
+    REL_KIND_LIST,   /* T *, the first of a list of `type`, linked by its REL_NEXT field */
+    REL_KIND_STRUCT, /* an embedded struct of `type` */
+    REL_KIND_NEXT,   /* a list element's link to the next: set by the list's conversion */
+} RelFieldKind;
+
+typedef struct RelType RelType;
+
+typedef struct RelField {
+    const char *name;
+    RelFieldKind kind;
+    size_t offset, size;
+    const RelType *type; /* ARRAY, LIST, STRUCT, NEXT: the element type */
+    const char *count;   /* ARRAY: the name of its count field (a size_t) */
+    const char *cap;     /* ARRAY, optional: its capacity field (a size_t), set to the count */
+    const void *dflt;    /* an added field's default: size bytes, or a string's text; NULL: zeros */
+    const char *was;     /* the field's name in the other layout, when renamed */
+} RelField;
+
+struct RelType {
+    const char *name;
+    size_t size;
+    const RelField *fields;
+    size_t n_fields;
+};
+
+#define REL_MEMBER_SIZE(T, f) sizeof(((T *)0)->f)
+#define REL_VALUE(T, f, ...)                                                                                           \
+    {                                                                                                                  \
+        .name = #f, .kind = REL_KIND_VALUE, .offset = offsetof(T, f), .size = REL_MEMBER_SIZE(T, f), __VA_ARGS__       \
+    }
+#define REL_STRING(T, f, ...)                                                                                          \
+    {                                                                                                                  \
+        .name = #f, .kind = REL_KIND_STRING, .offset = offsetof(T, f), .size = sizeof(char *), __VA_ARGS__             \
+    }
+#define REL_ARRAY(T, f, elem, count_field, ...)                                                                        \
+    {                                                                                                                  \
+        .name = #f, .kind = REL_KIND_ARRAY, .offset = offsetof(T, f), .size = sizeof(void *), .type = (elem),          \
+        .count = #count_field, __VA_ARGS__                                                                             \
+    }
+#define REL_LIST(T, f, elem, ...)                                                                                      \
+    {                                                                                                                  \
+        .name = #f, .kind = REL_KIND_LIST, .offset = offsetof(T, f), .size = sizeof(void *), .type = (elem),           \
+        __VA_ARGS__                                                                                                    \
+    }
+#define REL_STRUCT(T, f, elem, ...)                                                                                    \
+    {                                                                                                                  \
+        .name = #f, .kind = REL_KIND_STRUCT, .offset = offsetof(T, f), .size = REL_MEMBER_SIZE(T, f), .type = (elem),  \
+        __VA_ARGS__                                                                                                    \
+    }
+#define REL_NEXT(T, f, self)                                                                                           \
+    {                                                                                                                  \
+        .name = #f, .kind = REL_KIND_NEXT, .offset = offsetof(T, f), .size = sizeof(void *), .type = (self)            \
+    }
+#define REL_TYPE(T, field_array)                                                                                       \
+    {                                                                                                                  \
+        .name = #T, .size = sizeof(T), .fields = (field_array), .n_fields = sizeof(field_array) / sizeof(RelField)     \
+    }
+
+static inline void *rel_ptr_at_(const void *obj, size_t offset)
+{
+    void *p;
+    memcpy(&p, (const char *)obj + offset, sizeof(p));
+    return p;
+}
+
+static inline void rel_set_ptr_(void *obj, size_t offset, const void *p)
+{
+    memcpy((char *)obj + offset, &p, sizeof(p));
+}
+
+static inline const RelField *rel_field_(const RelType *t, const char *name)
+{
+    for (size_t i = 0; t && i < t->n_fields; i++)
+        if (strcmp(t->fields[i].name, name) == 0)
+            return &t->fields[i];
+    return NULL;
+}
+
+static inline const RelField *rel_next_field_(const RelType *t)
+{
+    for (size_t i = 0; t && i < t->n_fields; i++)
+        if (t->fields[i].kind == REL_KIND_NEXT)
+            return &t->fields[i];
+    return NULL;
+}
+
+static inline size_t rel_count_(const RelType *t, const RelField *f, const void *obj)
+{
+    const RelField *c = rel_field_(t, f->count);
+    size_t n = 0;
+    if (c && c->size == sizeof(size_t))
+        memcpy(&n, (const char *)obj + c->offset, sizeof(n));
+    return n;
+}
+
+static inline void rel_free_contents(const RelType *t, void *obj);
+
+/* Frees obj, of type t, with everything it owns. */
+static inline void rel_free(const RelType *t, void *obj)
+{
+    if (!obj)
+        return;
+    rel_free_contents(t, obj);
+    free(obj);
+}
+
+/* Frees what obj owns, not obj itself (an array element, an embedded
+ * struct). */
+static inline void rel_free_contents(const RelType *t, void *obj)
+{
+    for (size_t i = 0; i < t->n_fields; i++) {
+        const RelField *f = &t->fields[i];
+        void *p = f->kind == REL_KIND_STRUCT ? NULL : rel_ptr_at_(obj, f->offset);
+        if (f->kind == REL_KIND_STRING) {
+            free(p);
+        } else if (f->kind == REL_KIND_ARRAY) {
+            size_t n = rel_count_(t, f, obj);
+            for (size_t k = 0; p && k < n; k++)
+                rel_free_contents(f->type, (char *)p + k * f->type->size);
+            free(p);
+        } else if (f->kind == REL_KIND_LIST) {
+            const RelField *next = rel_next_field_(f->type);
+            while (p) {
+                void *after = next ? rel_ptr_at_(p, next->offset) : NULL;
+                rel_free(f->type, p);
+                p = after;
+            }
+        } else if (f->kind == REL_KIND_STRUCT) {
+            rel_free_contents(f->type, (char *)obj + f->offset);
+        }
+    }
+}
+
+static inline int rel_convert_into_(const RelType *from, const void *src, const RelType *to, void *dst, char *err,
+                                    size_t errlen);
+
+/* One field of dst (type to) from src (type from), dst zeroed before. */
+static inline int rel_convert_field_(const RelType *from, const void *src, const RelType *to, void *dst,
+                                     const RelField *f, char *err, size_t errlen)
+{
+    const RelField *g = rel_field_(from, f->name);
+    if (!g && f->was)
+        g = rel_field_(from, f->was);
+    if (!g) {
+        for (size_t i = 0; i < from->n_fields && !g; i++) /* renamed on the other side */
+            if (from->fields[i].was && strcmp(from->fields[i].was, f->name) == 0)
+                g = &from->fields[i];
+    }
+    char *out = (char *)dst + f->offset;
+    if (f->kind == REL_KIND_NEXT)
+        return 0; /* linked by the list's conversion */
+    if (!g) {     /* added */
+        if (f->kind == REL_KIND_STRING && f->dflt) {
+            char *s = strdup(f->dflt);
+            if (!s)
+                return -ENOMEM;
+            rel_set_ptr_(dst, f->offset, s);
+        } else if (f->kind == REL_KIND_VALUE && f->dflt) {
+            memcpy(out, f->dflt, f->size);
+        }
+        return 0;
+    }
+    if (g->kind != f->kind || (f->kind == REL_KIND_VALUE && g->size != f->size)) {
+        if (err && errlen)
+            snprintf(err, errlen, "%s.%s: %s", to->name, f->name,
+                     g->kind != f->kind ? "of another kind in the other layout"
+                                        : "of another size in the other layout");
+        return -EINVAL;
+    }
+    const char *in = (const char *)src + g->offset;
+    switch (f->kind) {
+    case REL_KIND_VALUE:
+        memcpy(out, in, f->size);
+        return 0;
+    case REL_KIND_STRING: {
+        const char *s = rel_ptr_at_(src, g->offset);
+        char *copy = s ? strdup(s) : NULL;
+        if (s && !copy)
+            return -ENOMEM;
+        rel_set_ptr_(dst, f->offset, copy);
+        return 0;
+    }
+    case REL_KIND_STRUCT:
+        return rel_convert_into_(g->type, in, f->type, out, err, errlen);
+    case REL_KIND_ARRAY: {
+        size_t n = rel_count_(from, g, src);
+        const char *a = rel_ptr_at_(src, g->offset);
+        if (!a || !n)
+            return 0;
+        if (n > SIZE_MAX / f->type->size)
+            return -ENOMEM;
+        char *b = calloc(n, f->type->size);
+        if (!b)
+            return -ENOMEM;
+        rel_set_ptr_(dst, f->offset, b); /* freed with dst on failure: the count is set first */
+        const RelField *c = rel_field_(to, f->count);
+        if (!c || c->size != sizeof(size_t)) {
+            if (err && errlen)
+                snprintf(err, errlen, "%s.%s: its count %s is not a size_t field", to->name, f->name, f->count);
+            return -EINVAL;
+        }
+        memcpy((char *)dst + c->offset, &n, sizeof(n));
+        const RelField *cap = f->cap ? rel_field_(to, f->cap) : NULL;
+        if (cap && cap->size == sizeof(size_t))
+            memcpy((char *)dst + cap->offset, &n, sizeof(n));
+        for (size_t k = 0; k < n; k++) {
+            int r = rel_convert_into_(g->type, a + k * g->type->size, f->type, b + k * f->type->size, err, errlen);
+            if (r < 0)
+                return r;
+        }
+        return 0;
+    }
+    case REL_KIND_LIST: {
+        const RelField *gn = rel_next_field_(g->type), *fn = rel_next_field_(f->type);
+        if (!gn || !fn) {
+            if (err && errlen)
+                snprintf(err, errlen, "%s.%s: a list element type without REL_NEXT", to->name, f->name);
+            return -EINVAL;
+        }
+        size_t link = f->offset; /* where the next element's pointer goes, in `at` */
+        void *at = dst;
+        for (const void *e = rel_ptr_at_(src, g->offset); e; e = rel_ptr_at_(e, gn->offset)) {
+            void *copy = calloc(1, f->type->size);
+            if (!copy)
+                return -ENOMEM;
+            rel_set_ptr_(at, link, copy); /* linked first: freed with dst on failure */
+            int r = rel_convert_into_(g->type, e, f->type, copy, err, errlen);
+            if (r < 0)
+                return r;
+            at = copy;
+            link = fn->offset;
+        }
+        return 0;
+    }
+    case REL_KIND_NEXT:
+        return 0;
+    }
+    return -EINVAL;
+}
+
+static inline int rel_convert_into_(const RelType *from, const void *src, const RelType *to, void *dst, char *err,
+                                    size_t errlen)
+{
+    for (size_t i = 0; i < to->n_fields; i++) {
+        const RelField *f = &to->fields[i];
+        bool counts = false; /* an array's count or capacity: set by its array */
+        for (size_t k = 0; k < to->n_fields && !counts; k++)
+            counts = to->fields[k].kind == REL_KIND_ARRAY &&
+                     (strcmp(to->fields[k].count, f->name) == 0 ||
+                      (to->fields[k].cap && strcmp(to->fields[k].cap, f->name) == 0));
+        int r = counts ? 0 : rel_convert_field_(from, src, to, dst, f, err, errlen);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* A new state of type `to` converted from src of type `from` (see
+ * above). Returns 0 and *ret, or a negative errno (src untouched). */
+static inline int rel_convert(const RelType *from, const void *src, const RelType *to, void **ret, char *err,
+                              size_t errlen)
+{
+    void *dst = calloc(1, to->size);
+    if (!dst)
+        return -ENOMEM;
+    int r = rel_convert_into_(from, src, to, dst, err, errlen);
+    if (r < 0) {
+        rel_free(to, dst);
+        return r;
+    }
+    *ret = dst;
+    return 0;
+}
