@@ -15,6 +15,7 @@
 #include "relup.h"
 #include "store.h"
 #include "cli.h"
+#include "remote.h"
 #include "util.h"
 
 static void usage(FILE *f)
@@ -1075,6 +1076,8 @@ static int cmd_relup(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    if (remote_wanted(argc, argv)) /* -H [USER@]HOST[:PORT]: the same command there, over ssh */
+        return remote_main(argc, argv);
     int i = 1;
     /* Global options come before the command. */
     while (i < argc && argv[i][0] == '-') {
