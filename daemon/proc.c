@@ -1141,7 +1141,9 @@ Proc *proc_adopt(sd_event *ev, const char *label, ProcSource *src, const json_t 
         (void)waitpid(p->pid, NULL, 0); /* immediate: SIGKILL cannot be refused */
         p->pid = 0;
     }
-    if (ctl >= 0 && (!p->pid || (r = sd_event_add_io(ev, &p->ctl_src, ctl, EPOLLIN, on_control, p)) < 0)) {
+    if (ctl >= 0 && p->pid && (r = sd_event_add_io(ev, &p->ctl_src, ctl, EPOLLIN, on_control, p)) < 0)
+        log_error("%s[%d]: no control channel (%s); it runs without one", label, (int)p->pid, strerror(-r));
+    if (ctl >= 0 && !p->ctl_src) { /* not watched: nobody reads it */
         close(ctl);
         ctl = -1;
     }

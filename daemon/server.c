@@ -213,7 +213,7 @@ int server_client_fd(const Server *s, const Client *c)
 /* Is fd a listening socket bound to path? */
 static bool listens_on(int fd, const char *path)
 {
-    struct sockaddr_un a;
+    struct sockaddr_un a = {0};
     socklen_t len = sizeof(a);
     int on = 0;
     socklen_t olen = sizeof(on);
