@@ -171,6 +171,24 @@ def test_refusals(work):
           "and nothing changed: same reld, same processes")
     rc, out, err = r.relctl("status")
     d.tap(rc == 0, "reld still answers", err)
+    # A file that passes the check but that execve refuses (ENOEXEC): reld
+    # goes on, every descriptor it had marked for the exec closed on exec
+    # again (a process started afterwards inherits none of them).
+    kv = t.kv_pid(r)
+    fds_before = len(os.listdir(f"/proc/{kv}/fd"))
+    with open(binary, "w") as f:
+        f.write("not a program\n")
+    os.chmod(binary, 0o755)
+    rc, out, err = r.relctl("daemon-reexec")
+    d.tap(rc == 1 and "execve" in err and "Exec format error" in err and "reld goes on as it was" in err,
+          "a binary execve refuses: the re-exec fails with one line", err)
+    d.tap(r.p.poll() is None and same(t.status(r), before), "and reld goes on, unchanged")
+    os.kill(kv, 9)
+    kv2 = t.wait_for(lambda: t.kv_pid(r) not in (0, kv) and t.kv_pid(r))
+    t.wait_for(lambda: healthy(r))
+    fds_after = len(os.listdir(f"/proc/{kv2}/fd")) if kv2 else -1
+    d.tap(fds_after == fds_before, f"a process started after it inherits no descriptor of reld's ({fds_after} open, "
+          f"as its first run: {fds_before})", os.listdir(f"/proc/{kv2}/fd") if kv2 else "")
     shutil.copy(A.reld, binary)
     # While an install waits for its health verdict: refused.
     up = subprocess.Popen([A.relctl, "upgrade", "--min-healthy", "3000", "2"], env=dict(os.environ, RELD_SOCKET=r.sock),
