@@ -20,7 +20,8 @@
 
 static void usage(FILE *f)
 {
-    fputs("Usage: relctl [--socket PATH] COMMAND [--json] [ARGS]\n"
+    fputs("Usage: relctl [--socket PATH] [--json] COMMAND [ARGS]   (options anywhere on the line)\n"
+          "       relctl --version\n"
           "\n"
           "Commands (the socket is --socket, else $RELD_SOCKET, else /run/reld/reld.sock):\n"
           "  unpack TARBALL|-          hand a release tarball (or standard input) to reld, with its\n"
@@ -41,6 +42,7 @@ static void usage(FILE *f)
           "  status [--watch [S]]      what reld runs now (refreshed every S seconds)\n"
           "  top [--interval S] [--once]  live view: releases, upgrade progress, per process CPU,\n"
           "                            memory, modules, last pause, health (one snapshot off a terminal)\n"
+          "  daemon-reexec             reld executes its binary again in place (same pid, processes kept)\n"
           "  pack DIR -o FILE          validate a release laid out in DIR and write its tarball\n"
           "      --sign KEY [--password-file F]: and FILE.minisig beside it (a minisign secret key)\n"
           "  check [--strict] [--root DIR] [OLD] NEW\n"
@@ -49,9 +51,140 @@ static void usage(FILE *f)
           "                            the plan from FROM to TO (and back); with --root offline,\n"
           "                            --write stores it as releases/TO/relup.yaml\n"
           "\n"
-          "Every command takes --json and --help. Exit status: 0 success, 1 refused or\n"
-          "failed (one line per reason on stderr), 2 usage error.\n",
+          "Every command takes --json and --help; with --json a failure is a JSON object too\n"
+          "({\"ok\": false, \"error\": ...}). Exit status: 0 success, 1 refused or failed (one line\n"
+          "per reason on stderr), 2 usage error. Colour only on a terminal, never with NO_COLOR.\n",
           f);
+}
+
+/* ---- output ---------------------------------------------------------------- */
+
+/* With --json, stdout holds one JSON document, a failure included (not a
+ * usage error, which prints its line only): then {"ok": false, "exit_status": N, "error": FIRST, "errors": [...],
+ * "warnings": [...]} (with the fields of reld's reply when it answered).
+ * The error lines are those relctl writes on stderr anyway: stderr is
+ * teed (tee_write) so that no error path of any command can miss its
+ * line in the object. */
+static struct {
+    bool json;        /* --json anywhere on the line */
+    bool printed;     /* a JSON document went to stdout */
+    json_t *reply;    /* reld's reply to a failed command, kept for the error object */
+    json_t *errors;   /* stderr's lines, without "relctl: " */
+    json_t *warnings; /* those that began "relctl: warning: " */
+    char *line;       /* a line not yet ended */
+    size_t len, cap;
+    bool colour;        /* stdout is a terminal and NO_COLOR is not set */
+    bool progress_open; /* on a terminal, the progress line is not ended */
+} ui;
+
+static ssize_t tee_write(void *cookie, const char *buf, size_t n)
+{
+    (void)cookie;
+    for (size_t done = 0; done < n;) { /* stderr as it is, whatever the tee does */
+        ssize_t w = write(STDERR_FILENO, buf + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        done += (size_t)w;
+    }
+    for (size_t k = 0; k < n; k++) {
+        if (buf[k] != '\n') {
+            GROW(ui.line, ui.cap, ui.len + 2);
+            ui.line[ui.len++] = buf[k];
+            continue;
+        }
+        GROW(ui.line, ui.cap, ui.len + 1);
+        ui.line[ui.len] = 0;
+        const char *text = strncmp(ui.line, "relctl: ", 8) == 0 ? ui.line + 8 : ui.line;
+        bool warning = strncmp(text, "warning: ", 9) == 0;
+        json_t *t = json_string(warning ? text + 9 : text);
+        if (!t) /* not UTF-8: an argument quoted as given */
+            t = json_string("(a line that is not UTF-8)");
+        json_array_append_new(warning ? ui.warnings : ui.errors, t);
+        ui.len = 0;
+    }
+    return (ssize_t)n;
+}
+
+/* --json: from here on stderr is teed into ui.errors. */
+static void json_mode(void)
+{
+    ui.json = true;
+    ui.errors = json_array();
+    ui.warnings = json_array();
+    FILE *f = fopencookie(NULL, "w", (cookie_io_functions_t){.write = tee_write});
+    if (f) {
+        setvbuf(f, NULL, _IOLBF, 0);
+        stderr = f;
+    }
+}
+
+/* The exit status, after the error object when --json wanted one. */
+static int finish(int status)
+{
+    fflush(stderr);
+    /* A usage error (exit 2) asked nothing: its line on stderr says it all. */
+    if (ui.json && status != 0 && status != EXIT_USAGE && !ui.printed) {
+        json_t *j = ui.reply ? json_deep_copy(ui.reply) : json_object();
+        json_object_set_new(j, "ok", json_false());
+        json_object_set_new(j, "exit_status", json_integer(status));
+        json_t *first = json_array_size(ui.errors) ? json_array_get(ui.errors, 0) : json_object_get(j, "error");
+        json_object_set_new(j, "error", json_is_string(first) ? json_incref(first) : json_string("failed"));
+        json_object_set(j, "errors", ui.errors);
+        json_object_set(j, "warnings", ui.warnings);
+        if (json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0)
+            putchar('\n');
+        json_decref(j);
+    }
+    json_decref(ui.reply);
+    json_decref(ui.errors);
+    json_decref(ui.warnings);
+    free(ui.line);
+    return status;
+}
+
+/* One instruction's progress ({"progress": k, "of": n, ...}): on a terminal
+ * one line rewritten in place, else a line each (no control codes into a
+ * pipe or a file). Written to the descriptor: progress is not an error
+ * for the --json error object. */
+static void progress(long long k, long long of, const char *what)
+{
+    bool tty = isatty(STDERR_FILENO);
+    dprintf(STDERR_FILENO, "%srelctl: [%lld/%lld] %s%s", tty ? "\r\033[K" : "", k, of, what ? what : "?",
+            tty ? "" : "\n");
+    ui.progress_open = tty;
+}
+
+static void progress_end(void)
+{
+    if (ui.progress_open)
+        dprintf(STDERR_FILENO, "\n");
+    ui.progress_open = false;
+}
+
+/* text in colour code (SGR) on a terminal that wants colour, else as is. */
+static void put_coloured(const char *text, int code)
+{
+    if (ui.colour && code)
+        printf("\033[%dm%s\033[0m", code, text);
+    else
+        fputs(text, stdout);
+}
+
+/* The colour of a process's state in status: green running, yellow on its
+ * way, red ended. */
+static int state_colour(const char *state)
+{
+    static const struct {
+        const char *state;
+        int sgr;
+    } table[] = {{"running", 32}, {"starting", 33}, {"restarting", 33}, {"stopping", 33},
+                 {"failed", 31},  {"stopped", 31},  {"exited", 31}};
+    for (size_t k = 0; state && k < sizeof(table) / sizeof(table[0]); k++)
+        if (strcmp(state, table[k].state) == 0)
+            return table[k].sgr;
+    return 0;
 }
 
 /* ---- arguments ------------------------------------------------------------ */
@@ -163,10 +296,9 @@ static int call(json_t *req, int fd, json_t **ret)
             blen -= (size_t)(nl + 1 - buf);
             memmove(buf, nl + 1, blen);
             if (m && json_object_get(m, "progress")) {
-                fprintf(stderr, "relctl: [%lld/%lld] %s\n",
-                        (long long)json_integer_value(json_object_get(m, "progress")),
-                        (long long)json_integer_value(json_object_get(m, "of")),
-                        json_string_value(json_object_get(m, "instruction")));
+                progress((long long)json_integer_value(json_object_get(m, "progress")),
+                         (long long)json_integer_value(json_object_get(m, "of")),
+                         json_string_value(json_object_get(m, "instruction")));
                 json_decref(m);
                 continue;
             }
@@ -185,6 +317,7 @@ static int call(json_t *req, int fd, json_t **ret)
         }
         blen += (size_t)n;
     }
+    progress_end();
     close(s);
     free(buf);
     return *ret ? 0 : -EPROTO;
@@ -236,6 +369,12 @@ static int call_or_report(json_t *req, int fd, json_t **ret)
 /* Prints reld's reply (without its "ok"); EXIT_REFUSED when it cannot. */
 static int print_json(json_t *j)
 {
+    if (json_is_false(json_object_get(j, "ok"))) { /* a failure: finish() prints it with the reasons */
+        json_decref(ui.reply);
+        ui.reply = json_incref(j);
+        return 0;
+    }
+    ui.printed = true;
     json_object_del(j, "ok");
     if (json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0) {
         fprintf(stderr, "relctl: cannot print reld's reply as JSON\n");
@@ -408,6 +547,23 @@ static int cmd_top(char **argv)
     fprintf(stderr, "relctl: cannot run %s: %s\n", path, strerror(errno));
     free(path);
     return EXIT_REFUSED;
+}
+
+/* Is the command top? The first word that is not an option or the value
+ * of one (-H, --host, --socket, --interval). */
+static bool top_wanted(int argc, char **argv)
+{
+    static const char *const valued[] = {"-H", "--host", "--socket", "--interval"};
+    for (int i = 1; i < argc; i++) {
+        bool takes_value = false;
+        for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++)
+            takes_value |= strcmp(argv[i], valued[k]) == 0;
+        if (takes_value)
+            i++;
+        else if (argv[i][0] != '-')
+            return strcmp(argv[i], "top") == 0;
+    }
+    return false;
 }
 
 /* check [OLD] NEW: relctl-pack --check, which reads tarballs (libarchive,
@@ -774,7 +930,8 @@ static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_
                 double every = i + 1 < argc && atof(argv[i + 1]) > 0 ? atof(argv[i + 1]) : 1.0;
                 char *args[] = {argv[0], NULL};
                 for (;;) {
-                    printf("\033[H\033[2J"); /* clear the terminal */
+                    if (isatty(STDOUT_FILENO))
+                        printf("\033[H\033[2J"); /* clear the terminal; into a pipe, one report after the other */
                     time_t t = time(NULL);
                     printf("relctl status, every %.1f s, %s", every, ctime(&t));
                     int r = cmd_simple(1, args, cmd, usage_line, n_args);
@@ -811,15 +968,23 @@ static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_
         json_t *rels = json_object_get(rep, "releases");
         if (!json_array_size(rels))
             puts("no releases");
+        else
+            printf("%-12s %-16s %-10s %s\n", "VERSION", "NAME", "STATE", "UNPACKED");
         json_array_foreach(rels, i, rel)
-            printf("%-12s %-16s %-10s unpacked %s\n", json_string_value(json_object_get(rel, "vsn")),
+            printf("%-12s %-16s %-10s %s\n", json_string_value(json_object_get(rel, "vsn")),
                    json_string_value(json_object_get(rel, "name")), json_string_value(json_object_get(rel, "state")),
                    json_string_value(json_object_get(rel, "unpacked_at")));
     } else if (strcmp(cmd, "status") == 0) {
         json_t *cur = json_object_get(rep, "current"), *perm = json_object_get(rep, "permanent");
-        printf("root %s\npermanent %s\ncurrent %s\nreleases %zu\n", json_string_value(json_object_get(rep, "root")),
-               json_is_string(perm) ? json_string_value(perm) : "-", json_is_string(cur) ? json_string_value(cur) : "-",
-               json_array_size(json_object_get(rep, "releases")));
+        json_t *run = json_object_get(rep, "running");
+        printf("root %s\npermanent %s\ncurrent %s", json_string_value(json_object_get(rep, "root")),
+               json_is_string(perm) ? json_string_value(perm) : "-",
+               json_is_string(cur) ? json_string_value(cur) : "-");
+        /* No current release, yet one may run: the permanent one after a
+         * start, or the one an upgrade left. */
+        if (!json_is_string(cur))
+            printf(" (running: %s)", json_is_string(run) ? json_string_value(run) : "none");
+        printf("\nreleases %zu\n", json_array_size(json_object_get(rep, "releases")));
         if (json_is_string(json_object_get(rep, "signatures")))
             printf("signatures: %s\n", json_string_value(json_object_get(rep, "signatures")));
         json_t *up = json_object_get(rep, "upgrade");
@@ -837,10 +1002,12 @@ static int cmd_simple(int argc, char **argv, const char *cmd, const char *usage_
         json_t *p, *m;
         json_array_foreach(json_object_get(rep, "processes"), i, p)
         {
-            printf("process %s/%s (%s %s): %s, pid %lld, %lld restarts;", json_string_value(json_object_get(p, "app")),
+            const char *state = json_string_value(json_object_get(p, "state"));
+            printf("process %s/%s (%s %s): ", json_string_value(json_object_get(p, "app")),
                    json_string_value(json_object_get(p, "process")), json_string_value(json_object_get(p, "app")),
-                   json_string_value(json_object_get(p, "vsn")), json_string_value(json_object_get(p, "state")),
-                   (long long)json_integer_value(json_object_get(p, "pid")),
+                   json_string_value(json_object_get(p, "vsn")));
+            put_coloured(state ? state : "?", state_colour(state));
+            printf(", pid %lld, %lld restarts;", (long long)json_integer_value(json_object_get(p, "pid")),
                    (long long)json_integer_value(json_object_get(p, "restarts")));
             json_array_foreach(json_object_get(p, "modules"), k, m)
                 printf(" %s %s", json_string_value(json_object_get(m, "name")),
@@ -936,6 +1103,8 @@ static int cmd_history(int argc, char **argv)
     }
     size_t i, k;
     json_t *e, *in;
+    if (json_array_size(json_object_get(rep, "events")))
+        printf("%-24s  %-14s %-8s %s\n", "AT", "EVENT", "RELEASE", "DETAIL, BY");
     json_array_foreach(json_object_get(rep, "events"), i, e)
     {
         char *detail = json_dumps(json_object_get(e, "detail"), JSON_COMPACT | JSON_ENCODE_ANY);
@@ -945,6 +1114,10 @@ static int cmd_history(int argc, char **argv)
                detail && strcmp(detail, "null") != 0 ? detail : "", json_string_value(json_object_get(e, "who")));
         free(detail);
     }
+    if (json_array_size(json_object_get(rep, "attempts")))
+        printf("%sATTEMPTS (kind from -> to by whom: result, duration; then each instruction: index, outcome, "
+               "duration, instruction)\n",
+               json_array_size(json_object_get(rep, "events")) ? "\n" : "");
     json_array_foreach(json_object_get(rep, "attempts"), i, e)
     {
         printf("attempt %lld: %s %s -> %s by %s: %s (%.3f ms)\n",
@@ -1074,57 +1247,127 @@ static int cmd_relup(int argc, char **argv)
     return 0;
 }
 
-int main(int argc, char **argv)
+/* Is w a number (status --watch's optional SECONDS)? */
+static bool is_number(const char *w)
 {
-    if (remote_wanted(argc, argv)) /* -H [USER@]HOST[:PORT]: the same command there, over ssh */
-        return remote_main(argc, argv);
-    int i = 1;
-    /* Global options come before the command. */
-    while (i < argc && argv[i][0] == '-') {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-        if (strcmp(argv[i], "--socket") == 0 && i + 1 < argc) {
-            setenv("RELD_SOCKET", argv[i + 1], 1);
-            i += 2;
+    char *end = NULL;
+    (void)strtod(w, &end);
+    return *w && end && !*end;
+}
+
+/* relctl's options go anywhere on the line, as systemctl's: `relctl --json
+ * status` and `relctl install X --socket P` mean what `relctl status
+ * --json` and `relctl --socket P install X` do. relctl's own options
+ * (--socket, --version; --help without a command) are taken out; the
+ * command is the first word that is neither an option nor an option's
+ * value; the others follow it in their order, for its getopt_long. -1 with
+ * *ret_n words in *ret_a (the command first, NULL-terminated; the caller
+ * frees the array), else the exit status. */
+static int parse_line(int argc, char **argv, int *ret_n, char ***ret_a)
+{
+    /* The options of any command whose value is the next word: that word
+     * is not the command. */
+    static const char *const valued[] = {"--socket", "--signature", "--min-healthy", "--health-timeout", "--limit",
+                                         "--root",   "--sysroot",   "--sign",        "--password-file",  "--output",
+                                         "-o",       "--interval"};
+    char **a = xcalloc((size_t)argc + 1, sizeof(*a));
+    int n = 1, cmd = -1;
+    bool help = false, words_only = false;
+    for (int i = 1; i < argc; i++) {
+        const char *w = argv[i];
+        if (words_only || w[0] != '-' || !w[1]) { /* a word; "-" is standard input */
+            if (cmd < 0)
+                cmd = i;
+            else
+                a[n++] = argv[i];
             continue;
         }
-        fprintf(stderr, "relctl: unknown option '%s'\n", argv[i]);
-        return EXIT_USAGE;
+        if (strcmp(w, "--") == 0)
+            words_only = true;
+        if (strcmp(w, "--version") == 0) {
+            printf("relctl %s\n", RELD_VERSION);
+            free(a);
+            return 0;
+        }
+        if (strcmp(w, "--socket") == 0 || strncmp(w, "--socket=", 9) == 0) {
+            const char *v = w[8] == '=' ? w + 9 : i + 1 < argc ? argv[++i] : NULL;
+            if (!v || !*v) {
+                fprintf(stderr, "relctl: --socket takes the path of reld's control socket\n");
+                free(a);
+                return EXIT_USAGE;
+            }
+            setenv("RELD_SOCKET", v, 1);
+            continue;
+        }
+        if (strcmp(w, "--json") == 0 && !ui.json)
+            json_mode();
+        help |= strcmp(w, "--help") == 0 || strcmp(w, "-h") == 0;
+        a[n++] = argv[i];
+        bool takes_value = false;
+        for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++)
+            takes_value |= strcmp(w, valued[k]) == 0;
+        if (i + 1 < argc && (takes_value || (strcmp(w, "--watch") == 0 && is_number(argv[i + 1]))))
+            a[n++] = argv[++i];
     }
-    if (i >= argc) {
-        usage(stderr);
-        return EXIT_USAGE;
+    if (cmd < 0) {
+        free(a);
+        usage(help ? stdout : stderr);
+        return help ? 0 : EXIT_USAGE;
     }
-    int n = argc - i;
-    char **a = argv + i;
-    if (strcmp(argv[i], "relup") == 0)
+    a[0] = argv[cmd];
+    *ret_n = n;
+    *ret_a = a;
+    return -1;
+}
+
+/* Runs the command a[0] with its n - 1 arguments. */
+static int dispatch(int n, char **a)
+{
+    if (strcmp(a[0], "relup") == 0)
         return cmd_relup(n, a);
-    if (strcmp(argv[i], "unpack") == 0)
+    if (strcmp(a[0], "unpack") == 0)
         return cmd_unpack(n, a);
-    if (strcmp(argv[i], "install") == 0)
+    if (strcmp(a[0], "install") == 0)
         return cmd_go(n, a, "install");
-    if (strcmp(argv[i], "pack") == 0)
+    if (strcmp(a[0], "pack") == 0)
         return cmd_pack(a);
-    if (strcmp(argv[i], "top") == 0)
+    if (strcmp(a[0], "top") == 0)
         return cmd_top(a);
-    if (strcmp(argv[i], "check") == 0)
+    if (strcmp(a[0], "check") == 0)
         return cmd_check(n, a);
-    if (strcmp(argv[i], "upgrade") == 0 || strcmp(argv[i], "downgrade") == 0)
-        return cmd_go(n, a, argv[i]);
-    if (strcmp(argv[i], "history") == 0)
+    if (strcmp(a[0], "upgrade") == 0 || strcmp(a[0], "downgrade") == 0)
+        return cmd_go(n, a, a[0]);
+    if (strcmp(a[0], "history") == 0)
         return cmd_history(n, a);
-    if (strcmp(argv[i], "daemon-reexec") == 0)
+    if (strcmp(a[0], "daemon-reexec") == 0)
         return cmd_daemon_reexec(n, a);
-    if (strcmp(argv[i], "releases") == 0)
+    if (strcmp(a[0], "releases") == 0)
         return cmd_simple(n, a, "releases", "releases [--json]", 0);
-    if (strcmp(argv[i], "status") == 0)
+    if (strcmp(a[0], "status") == 0)
         return cmd_simple(n, a, "status", "status [--json] [--watch [SECONDS]]", 0);
-    if (strcmp(argv[i], "remove") == 0)
+    if (strcmp(a[0], "remove") == 0)
         return cmd_simple(n, a, "remove", "remove [--json] VSN", 1);
-    if (strcmp(argv[i], "make-permanent") == 0)
+    if (strcmp(a[0], "make-permanent") == 0)
         return cmd_simple(n, a, "make-permanent", "make-permanent [--json] [VSN]", 1);
-    fprintf(stderr, "relctl: unknown command '%s' (see relctl --help)\n", argv[i]);
+    fprintf(stderr, "relctl: unknown command '%s' (see relctl --help)\n", a[0]);
     return EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    if (remote_wanted(argc, argv) && top_wanted(argc, argv)) /* the view here, reld there: relctl-top */
+        return cmd_top(argv);
+    if (remote_wanted(argc, argv)) /* -H [USER@]HOST[:PORT]: the same command there, over ssh */
+        return remote_main(argc, argv);
+    int n;
+    char **a;
+    int r = parse_line(argc, argv, &n, &a);
+    if (r >= 0)
+        return finish(r);
+    const char *no_colour = getenv("NO_COLOR"); /* no-color.org: set and not empty */
+    const char *term = getenv("TERM");
+    ui.colour = !ui.json && isatty(STDOUT_FILENO) && !(no_colour && *no_colour) && !(term && strcmp(term, "dumb") == 0);
+    r = dispatch(n, a);
+    free(a);
+    return finish(r);
 }

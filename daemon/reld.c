@@ -2,6 +2,7 @@
  *
  *   reld [--root DIR] [--socket PATH] [--config FILE]
  *   reld --recover [--root DIR] [--config FILE]
+ *   reld --version
  *
  * Runs in the foreground (systemd starts it so, Type=notify). Exit status:
  * 0 after SIGTERM/SIGINT, 1 on a start-up failure, 2 on a usage error.
@@ -38,13 +39,10 @@ static char *absolute_dir(const char *dir)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"root", required_argument, NULL, 'r'},
-        {"socket", required_argument, NULL, 's'},
-        {"config", required_argument, NULL, 'c'},
-        {"recover", no_argument, NULL, 'R'},
-        {"help", no_argument, NULL, 'h'},
-        {"reexec-state", required_argument, NULL, 'X'},
-        {0},
+        {"root", required_argument, NULL, 'r'},   {"socket", required_argument, NULL, 's'},
+        {"config", required_argument, NULL, 'c'}, {"recover", no_argument, NULL, 'R'},
+        {"help", no_argument, NULL, 'h'},         {"reexec-state", required_argument, NULL, 'X'},
+        {"version", no_argument, NULL, 'V'},      {0},
     };
     const char *root = NULL, *sock = NULL, *config = NULL, *reexec_state = NULL;
     bool recover = false;
@@ -69,7 +67,11 @@ int main(int argc, char **argv)
             break;
         case 'h':
             puts("Usage: reld [--root DIR] [--socket PATH] [--config FILE]\n"
-                 "       reld --recover [--root DIR] [--config FILE]");
+                 "       reld --recover [--root DIR] [--config FILE]\n"
+                 "       reld --version");
+            return 0;
+        case 'V':
+            puts("reld " RELD_VERSION);
             return 0;
         default:
             return 2;

@@ -423,19 +423,45 @@ class Ansible:
                            capture_output=True, text=True, env=self.env, timeout=120)
         return b.returncode == 0 and i.returncode == 0 and built, b.stdout + b.stderr + i.stdout + i.stderr
 
-    def play(self, extra, inventory=None, args=()):
+    def play(self, extra, inventory=None):
         """ansible-playbook reld.fleet.rolling: (exit status, the records, seconds)."""
+        return self.run([inventory or self.inventory, "reld.fleet.rolling", "-e", json.dumps(extra)])
+
+    def playbook(self, text):
+        """A playbook of the test's own, on the four nodes."""
+        path = os.path.join(self.work, f"play-{self.runs + 1}.yml")
+        open(path, "w").write(text)
+        return self.run([self.inventory, path])
+
+    def run(self, args):
         self.runs += 1
         record = os.path.join(self.work, f"record-{self.runs}.ndjson")
         env = dict(self.env, RELD_RECORD=record)
         t0 = time.monotonic()
-        p = subprocess.run(["ansible-playbook", "-i", inventory or self.inventory, "reld.fleet.rolling",
-                            "-e", json.dumps(extra), *args], capture_output=True, text=True, env=env, timeout=300,
+        p = subprocess.run(["ansible-playbook", "-i", *args], capture_output=True, text=True, env=env, timeout=300,
                            stdin=subprocess.DEVNULL)
         took = time.monotonic() - t0
         open(os.path.join(self.work, f"play-{self.runs}.log"), "w").write(p.stdout + p.stderr)
         recs = [json.loads(line) for line in open(record)] if os.path.exists(record) else []
         return p.returncode, Records(recs, p.stdout + p.stderr), took
+
+
+CHECK_PLAY = """
+- hosts: reld_nodes
+  gather_facts: false
+  tasks:
+    - name: Dry run of going back to 2
+      reld.fleet.release:
+        version: "2"
+      check_mode: true
+    - name: Release 2 on node1, not permanent
+      reld.fleet.release:
+        version: "2"
+        commit: false
+      when: inventory_hostname == "node1"
+    - name: Read the releases
+      reld.fleet.release_facts:
+"""
 
 
 class Records:
@@ -488,7 +514,6 @@ def test_ansible(work, sshd, nodes):
           "ansible-doc reads both modules' documentation, examples and return values", p.stdout[-2000:] + p.stderr)
     loads = [Load(n) for n in nodes]
     names = [n.name for n in nodes]
-    by = {n.name: n for n in nodes}
     wait_for(lambda: all(ld.counts()[0] > 5 for ld in loads))
 
     def failed_requests():
@@ -611,7 +636,32 @@ def test_ansible(work, sshd, nodes):
               f"node5 unreachable, 25 % allowed: reported (exit {rc}), the four others end on 3 ({took:.1f} s)",
               f"{st} {outs} {states} {recs}")
         scenario_load(f0, "the roll-out past an unreachable node")
-        d.tap(all(n.touched()[1] > 0 for n in nodes) and by["node1"].state()[0] == "3",
+
+        # -- check mode (reld's dry run), commit: false, and the facts module, in one play of the test's own.
+        f0 = failed_requests()
+        before = [n.touched() for n in nodes]
+        rc, recs, took = an.playbook(CHECK_PLAY)
+        dry = recs.results("Dry run of going back to 2")
+        d.tap(rc == 0 and len(dry) == 4 and all(r["kind"] == "ok" and r["result"].get("changed") is True and
+                                                r["result"].get("outcome") == "dry_run" and
+                                                r["result"]["dry_run"].get("to") == "2" for r in dry) and
+              [n.touched()[0] for n in nodes[1:]] == [t[0] for t in before[1:]] and
+              all(n.state()[:3] == ("3", "3", "OK kv_server 3") for n in nodes[1:]),
+              f"check mode is reld's dry run: changed, outcome dry_run, the plan to 2; nothing changed ({took:.1f} s)",
+              recs)
+        cur = recs.results("Release 2 on node1, not permanent", "ok")
+        facts = recs.results("Read the releases", "ok")
+        reld = {r["host"]: r["result"].get("ansible_facts", {}).get("reld", {}) for r in facts}
+        d.tap(len(cur) == 1 and cur[0]["result"].get("outcome") == "current" and
+              nodes[0].state()[:3] == ("2", "3", "OK kv_server 2") and
+              (reld.get("node1", {}).get("running"), reld.get("node1", {}).get("permanent")) == ("2", "3") and
+              reld.get("node2", {}).get("running") == "3" and
+              reld.get("node1", {}).get("processes", [{}])[0].get("health", {}).get("state") == "healthy" and
+              (reld.get("node1", {}).get("last_outcome") or {}).get("outcome") == "current",
+              "commit: false leaves node1 on 2, current, 3 permanent; release_facts says so (running, permanent, "
+              "processes, last outcome)", f"{reld} {recs}")
+        scenario_load(f0, "the dry runs and an upgrade without commit")
+        d.tap(all(n.touched()[1] > 0 for n in nodes),
               f"{an.runs} plays; the rolling roll-out of 2 took {took_rollout:.1f} s for 4 nodes")
     finally:
         for ld in loads:

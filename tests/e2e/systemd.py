@@ -24,16 +24,33 @@ the installed relctl check:
      JOURNAL_STREAM names the process's own stream;
   7. `systemctl stop reld` stops the processes and reld cleanly.
 
+With --package SOURCE (the normal build in scripts/test), the same checks
+run on reld as the Debian package installs it: a copy of SOURCE's files
+(outside the shared tree, so no build product lands there) is built with
+`dpkg-buildpackage -us -uc -b` (nocheck: the suites run here anyway), the
+container boots on an overlay of this machine's / (its upper layer a
+tmpfs, nothing written to the machine), and inside it `dpkg -i` installs
+reld, libreld-runtime0 and libreld-runtime-dev. Before the checks: what
+went where (dpkg -L against the expected contents), the conffile, the
+group reld and the socket's, the unit enabled and started by the package
+(with the test's drop-in already in place), `systemd-analyze verify` of
+the installed unit. After them: the same packages installed again (an
+upgrade) keep reld and its process (same MainPID and pid, no restart);
+`dpkg --purge` leaves none of the packages' files, no /etc/reld, no
+/var/lib/reld, no unit link, and the system group reld (Debian keeps
+system groups).
+
 Everything it starts is killed at the end, even on failure or a timeout:
 the container's init by SIGKILL (its whole pid namespace goes with it), and
 a guardian process does the same if this driver itself is killed.
 Without root, systemd-nspawn, or a machine that lets a container boot,
 every check is skipped (TAP `# SKIP`).
 
-Usage: systemd.py --build BUILD_DIR
+Usage: systemd.py --build BUILD_DIR [--package SOURCE_DIR]
 """
 import argparse
 import atexit
+import fnmatch
 import json
 import os
 import re
@@ -278,14 +295,29 @@ def install():
     return dest, prefix, found
 
 
+# The container's root for --package: an overlay of this machine's /, its
+# upper layer a tmpfs, mounted in a mount namespace of its own (it goes
+# when the container does). nspawn's --volatile=overlay does not take /.
+OVERLAY = ('mount -t tmpfs -o mode=0755 tmpfs "$1" && mkdir "$1/upper" "$1/work" "$1/root" && '
+           'mount -t overlay overlay -o "lowerdir=/,upperdir=$1/upper,workdir=$1/work" "$1/root" && shift && exec "$@"')
+
+
 def boot(dest, prefix):
-    """Boots the container; returns None, or why it cannot boot here."""
+    """Boots the container; returns None, or why it cannot boot here.
+    With dest None (--package), on an overlay of / instead of / with the
+    install bound at its prefix."""
     C.log_path = os.path.join(A.work, "nspawn.log")
     name = f"reld-e2e-{os.getpid()}"
-    argv = ["systemd-nspawn", "-D", "/", "--volatile=yes", "--register=no", "--keep-unit", "--private-network",
-            "--console=read-only", f"--machine={name}",
-            f"--bind-ro={dest}{prefix}:{prefix}", f"--bind={A.work}:{IN}",
-            "-b", "systemd.firstboot=off", "systemd.unit=basic.target", "systemd.show_status=false"]
+    if dest is None:
+        ovl = os.path.join(A.work, "overlay")
+        os.mkdir(ovl)
+        root = ["unshare", "--mount", "--propagation", "private", "sh", "-c", OVERLAY, "sh", ovl,
+                "systemd-nspawn", "-D", os.path.join(ovl, "root")]
+    else:
+        root = ["systemd-nspawn", "-D", "/", "--volatile=yes", f"--bind-ro={dest}{prefix}:{prefix}"]
+    argv = root + ["--register=no", "--keep-unit", "--private-network", "--console=read-only", f"--machine={name}",
+                   f"--bind={A.work}:{IN}",
+                   "-b", "systemd.firstboot=off", "systemd.unit=basic.target", "systemd.show_status=false"]
     log = open(C.log_path, "wb")
     C.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/")
     log.close()
@@ -355,7 +387,7 @@ def exits():
 
 # ---- the checks ---------------------------------------------------------------
 
-def run_checks():
+def run_checks(before_stop=None):
     S = {}  # what later checks need from earlier ones
 
     # 1. start
@@ -509,6 +541,9 @@ def run_checks():
     prefixed = [e["MESSAGE"] for e in journal("-u", "reld", "-t", "reld") if re.match(r"<\d>|reld:", e["MESSAGE"])]
     d.tap(not prefixed, "3. reld's journal lines carry neither '<N>' nor 'reld:'", prefixed[:5])
 
+    if before_stop:
+        before_stop(S)
+
     # 7. stop
     pids = [p["pid"] for p in status()["processes"] if p.get("pid")]
     t0 = time.monotonic()
@@ -535,12 +570,173 @@ def run_checks():
     d.tap(not reports, "reld's journal holds no sanitizer report", "\n".join(reports[:20]))
 
 
+# ---- the Debian package (--package) -----------------------------------------------
+
+PACKAGES = ("reld", "libreld-runtime0", "libreld-runtime-dev")
+# What each package holds (files and links; dpkg -L without directories),
+# as fnmatch patterns; {ma} is the multiarch directory.
+CONTENTS = {
+    "reld": ["/etc/reld/reld.yaml", "/lib/systemd/system/reld.service", "/usr/bin/relctl",
+             "/usr/lib/tmpfiles.d/reld.conf", "/usr/libexec/reld/relctl-*", "/usr/sbin/reld",
+             "/usr/share/bash-completion/completions/relctl", "/usr/share/doc/reld/changelog.gz",
+             "/usr/share/doc/reld/copyright", "/usr/share/man/man1/relctl.1.gz", "/usr/share/man/man5/reld-app.yaml.5.gz",
+             "/usr/share/man/man5/reld.yaml.5.gz", "/usr/share/man/man8/reld.8.gz",
+             "/usr/share/zsh/vendor-completions/_relctl"],
+    "libreld-runtime0": ["/usr/lib/{ma}/libreld-runtime.so.0", "/usr/lib/{ma}/libreld-runtime.so.0.*",
+                         "/usr/share/doc/libreld-runtime0/changelog.gz", "/usr/share/doc/libreld-runtime0/copyright"],
+    "libreld-runtime-dev": ["/usr/include/reld/reld-runtime.h", "/usr/lib/{ma}/libreld-runtime.a",
+                            "/usr/lib/{ma}/libreld-runtime.so", "/usr/lib/{ma}/pkgconfig/reld-runtime.pc",
+                            "/usr/share/doc/libreld-runtime-dev/changelog.gz",
+                            "/usr/share/doc/libreld-runtime-dev/copyright"],
+}
+
+
+def package_why_not():
+    for tool in ("dpkg-buildpackage", "dh", "unshare"):
+        if not shutil.which(tool):
+            return f"no {tool} (scripts/install-deps test installs dpkg-dev and debhelper)"
+    if not os.path.isfile(os.path.join(A.package, "debian", "control")):
+        return f"no debian/control in {A.package}"
+    return None
+
+
+def build_debs():
+    """dpkg-buildpackage -b on a copy of the source's files (git's list:
+    tracked and untracked, not ignored, as they are on disk); returns the
+    paths of the .debs (no -dbgsym) and the seconds it took, or raises."""
+    src = os.path.join(A.work, "src")
+    t0 = time.monotonic()
+    p = subprocess.run(["git", "-C", A.package, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                       capture_output=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError(f"git ls-files in {A.package}: {p.stderr.decode(errors='replace')[-300:]}")
+    for rel in filter(None, p.stdout.decode().split("\0")):
+        f = os.path.join(A.package, rel)
+        if os.path.isfile(f) and not os.path.islink(f):
+            os.makedirs(os.path.dirname(os.path.join(src, rel)), exist_ok=True)
+            shutil.copy2(f, os.path.join(src, rel))
+    env = dict(os.environ, DEB_BUILD_OPTIONS="nocheck noautodbgsym parallel=2", LC_ALL="C.UTF-8")
+    with open(os.path.join(A.work, "dpkg-buildpackage.log"), "w") as log:
+        p = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, stdout=log, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, env=env, timeout=900)
+    if p.returncode != 0:
+        with open(os.path.join(A.work, "dpkg-buildpackage.log"), errors="replace") as f:
+            raise RuntimeError(f"dpkg-buildpackage exited {p.returncode}: {f.read()[-2000:]}")
+    debs = sorted(os.path.join(A.work, f) for f in os.listdir(A.work)
+                  if f.endswith(".deb") and "-dbgsym_" not in f and f.split("_")[0] in PACKAGES)
+    return debs, time.monotonic() - t0
+
+
+def files_of(pkg):
+    """pkg's files and links as dpkg -L lists them (no directories)."""
+    rc, out, err = cx("sh", "-c", f'dpkg -L {pkg} | while read -r f; do [ -d "$f" ] || echo "$f"; done')
+    return sorted(out.split()) if rc == 0 else []
+
+
+def install_package(debs):
+    """The test's drop-in first (the package's own start is the first
+    one), then dpkg -i, as an administrator does. (rc, out, err)."""
+    with open(os.path.join(A.work, "e2e.conf"), "w") as f:
+        f.write(DROP_IN)
+    names = " ".join(f"{IN}/{os.path.basename(x)}" for x in debs)
+    # man-db's trigger rebuilds the whole index without it: not what is
+    # tested. A policy-rc.d that forbids starting services (as container
+    # images have) is this machine's, not the one a package meets.
+    return cx("sh", "-c", f"install -D -m 644 {IN}/e2e.conf /etc/systemd/system/reld.service.d/e2e.conf && "
+              "rm -f /var/lib/man-db/auto-update /usr/sbin/policy-rc.d && "
+              f"dpkg -i {names}", timeout=120)
+
+
+def package_checks(debs, rc, out, err):
+    """What the installed package did, before the service checks."""
+    d.tap(rc == 0, f"dpkg -i {' '.join(os.path.basename(x) for x in debs)} in the container", out + err)
+    rc, ma, _ = cx("dpkg-architecture", "-qDEB_HOST_MULTIARCH")
+    ma = ma.strip() or "x86_64-linux-gnu"
+    for pkg in PACKAGES:
+        got, want = files_of(pkg), [w.format(ma=ma) for w in CONTENTS[pkg]]
+        extra = [f for f in got if not any(fnmatch.fnmatch(f, w) for w in want)]
+        missing = [w for w in want if not any(fnmatch.fnmatch(f, w) for f in got)]
+        d.tap(got and not extra and not missing, f"{pkg}: {len(got)} files where they belong: " + ", ".join(got),
+              f"missing {missing}, not expected {extra}")
+    rc, out, err = cx("dpkg-query", "-W", "-f=${Conffiles}", "reld")
+    rc2, conf, _ = cx("cat", "/etc/reld/reld.yaml")
+    d.tap("/etc/reld/reld.yaml" in out and re.search(r"^writer_group: reld$", conf, re.M),
+          "/etc/reld/reld.yaml is a conffile and names writer_group: reld", out + err)
+    rc, out, err = cx("getent", "group", "reld")
+    gid = int(out.split(":")[2]) if rc == 0 and out.count(":") >= 3 else None
+    rc2, st, err2 = cx("stat", "-c", "%A %G", "/run/reld/reld.sock")
+    d.tap(gid is not None and gid < 1000 and st.split() == ["srw-rw----", "reld"],
+          f"postinst made the system group reld (gid {gid}); the socket is {st.strip() or '?'}", out + err + st + err2)
+    s = show("ActiveState", "SubState", "UnitFileState", "FragmentPath", "WatchdogUSec")
+    d.tap(s.get("UnitFileState") == "enabled" and s.get("ActiveState") == "active" and
+          s.get("FragmentPath") == "/lib/systemd/system/reld.service" and s.get("WatchdogUSec") == "2s",
+          "the package enabled and started /lib/systemd/system/reld.service (dh_installsystemd), "
+          "with the test's drop-in", s)
+    rc, out, err = cx("systemd-analyze", "verify", "/lib/systemd/system/reld.service", timeout=60)
+    mine = [line for line in (out + err).splitlines() if "reld" in line]
+    d.tap(rc == 0 and not mine, "systemd-analyze verify /lib/systemd/system/reld.service: no complaint", out + err)
+    rc, vsn, _ = cx("dpkg-query", "-W", "-f=${Version}", "reld")
+    rc1, o1, _ = cx("reld", "--version")
+    rc2, o2, _ = cx("relctl", "--version")
+    d.tap(vsn and o1.strip() == f"reld {vsn}" and o2.strip() == f"relctl {vsn}",
+          f"reld --version, relctl --version: {o1.strip()!r}, {o2.strip()!r} (package {vsn})")
+    rc, out, err = cx("pkg-config", "--cflags", "--libs", "reld-runtime")
+    d.tap(rc == 0 and "-I/usr/include/reld" in out and "-lreld-runtime" in out,
+          f"pkg-config reld-runtime: {out.strip()}", err)
+
+
+def upgrade_keeps(debs):
+    """Returns the check run before `systemctl stop`: the same packages
+    again (dpkg runs prerm upgrade, postinst configure VERSION) must keep
+    reld and its processes."""
+    def check(S):
+        before = show("MainPID", "NRestarts")
+        pids = sorted(p["pid"] for p in status()["processes"] if p.get("pid"))
+        names = " ".join(f"{IN}/{os.path.basename(x)}" for x in debs)
+        t0 = time.monotonic()
+        rc, out, err = cx("dpkg", "-i", *names.split(), timeout=120)
+        took = time.monotonic() - t0
+        after = show("MainPID", "NRestarts", "ActiveState")
+        now = sorted(p["pid"] for p in status()["processes"] if p.get("pid"))
+        said = [line for line in (out + err).splitlines() if line.startswith("reld:") or "re-exec" in line]
+        d.tap(rc == 0 and after.get("MainPID") == before.get("MainPID") and after.get("NRestarts") == "0" and
+              after.get("ActiveState") == "active" and pids and now == pids and all(alive_in(p) for p in pids),
+              f"the package upgraded in place ({took:.1f} s): reld kept (MainPID {after.get('MainPID')}, "
+              f"NRestarts 0), its processes kept (pids {now})",
+              f"rc {rc}\nbefore {before} {pids}\nafter {after} {now}\n{out[-1500:]}{err[-1500:]}")
+        print(f"# postinst: {' / '.join(said) or 'nothing said'}")
+    return check
+
+
+def purge_checks():
+    """dpkg --purge leaves nothing but what Debian keeps (the system group)."""
+    files = {pkg: files_of(pkg) for pkg in PACKAGES}
+    cx("rm", "-rf", "/etc/systemd/system/reld.service.d", "/run/reld-e2e-exits")  # the test's own
+    rc, out, err = cx("dpkg", "--purge", *PACKAGES, timeout=120)
+    left = [f for fs in files.values() for f in fs]
+    rc2, out2, _ = cx("sh", "-c", "for f in " + " ".join(left + ["/etc/reld", "/var/lib/reld", "/run/reld",
+                                                                   "/etc/systemd/system/multi-user.target.wants/"
+                                                                   "reld.service"]) +
+                      '; do [ -e "$f" ] || [ -L "$f" ] && echo "$f"; done; exit 0')
+    rc3, st, _ = cx("dpkg-query", "-W", "-f=${Status}\\n", *PACKAGES)
+    rc4, grp, _ = cx("getent", "group", "reld")
+    rc5, en, _ = cx("systemctl", "is-enabled", "reld")
+    d.tap(rc == 0 and left and not out2.split() and "install ok installed" not in st and
+          en.strip() in ("", "not-found") and rc4 == 0,
+          f"dpkg --purge: none of the {len(left)} files, no /etc/reld, /var/lib/reld, /run/reld, no unit link "
+          f"(is-enabled: {en.strip() or rc5}); the system group reld stays, as Debian keeps them",
+          f"rc {rc} {err[-800:]}\nleft: {out2.split()}\nstatus: {st}")
+
+
 def main():
     global A
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", required=True, help="the meson build directory to install from")
+    ap.add_argument("--package", help="a source tree with debian/: test reld as its Debian package installs it")
     A = ap.parse_args()
     A.build = os.path.abspath(A.build)
+    if A.package:
+        return main_package()
     print("TAP version 13")
     reason = why_not()
     if reason:
@@ -579,6 +775,64 @@ def main():
         if rc == 0:
             try:
                 run_checks()
+            except Exception:  # noqa: BLE001
+                d.tap(False, "the checks crashed", traceback.format_exc())
+                print("\n".join(f"# {m}" for m in messages("-u", "reld")[-20:]))
+    finally:
+        C.kill()
+        shutil.rmtree(A.work, ignore_errors=True)
+    print(f"# total {time.monotonic() - t_all:.1f} s")
+    print(f"1..{d.N}")
+    return 1 if d.FAILED else 0
+
+
+def main_package():
+    """--package: the checks on the installed Debian package."""
+    A.package = os.path.abspath(A.package)
+    print("TAP version 13")
+    reason = why_not() or package_why_not()
+    if reason:
+        d.skip("the Debian package: build, install, service checks, upgrade, purge", reason)
+        print(f"1..{d.N}")
+        return 0
+    A.work = tempfile.mkdtemp(prefix="reld-package-")
+    guard(path=A.work)
+    atexit.register(C.kill)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    t_all = time.monotonic()
+    try:
+        try:
+            debs, took = build_debs()
+        except Exception as e:  # noqa: BLE001
+            d.tap(False, "dpkg-buildpackage -us -uc -b of a copy of the source", e)
+            print(f"1..{d.N}")
+            return 1
+        d.tap(len(debs) == len(PACKAGES), f"dpkg-buildpackage -us -uc -b (nocheck) in {took:.1f} s: "
+              + ", ".join(os.path.basename(x) for x in debs), debs)
+        if shutil.which("lintian"):
+            changes = [os.path.join(A.work, f) for f in os.listdir(A.work) if f.endswith(".changes")]
+            p = subprocess.run(["lintian", "--fail-on", "error,warning", *changes], capture_output=True, text=True,
+                               timeout=300, stdin=subprocess.DEVNULL)
+            tags = [line for line in p.stdout.splitlines() if re.match(r"[EWIPX]: ", line)]
+            d.tap(p.returncode == 0 and not [t for t in tags if t[0] in "EW"],
+                  f"lintian: no error, no warning ({len(tags)} other tags)", p.stdout + p.stderr)
+            for t in tags:
+                print(f"# lintian {t}")
+        else:
+            d.skip("lintian: no error, no warning", "no lintian (scripts/install-deps test installs it)")
+        reason = boot(None, None)
+        if reason:
+            d.skip("the package in a container", f"systemd-nspawn cannot boot a container here: {reason}"[:400]
+                   .replace("\n", " "))
+            print(f"1..{d.N}")
+            return 0
+        print(f"# container booted on an overlay of / (leader pid {C.leader})")
+        rc, out, err = install_package(debs)
+        package_checks(debs, rc, out, err)
+        if rc == 0:
+            try:
+                run_checks(before_stop=upgrade_keeps(debs))
+                purge_checks()
             except Exception:  # noqa: BLE001
                 d.tap(False, "the checks crashed", traceback.format_exc())
                 print("\n".join(f"# {m}" for m in messages("-u", "reld")[-20:]))
