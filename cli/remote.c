@@ -114,10 +114,12 @@ static bool takes_value(const char *opt)
     return false;
 }
 
-/* The commands whose operand may be a tarball on this machine. */
+/* The commands whose operand may be a tarball on this machine (upgrade
+ * and downgrade take a version: a path there is the remote relctl's
+ * refusal, as here). */
 static bool streams(const char *cmd)
 {
-    static const char *const table[] = {"install", "upgrade", "unpack"};
+    static const char *const table[] = {"install", "unpack"};
     for (size_t k = 0; k < sizeof(table) / sizeof(table[0]); k++)
         if (strcmp(cmd, table[k]) == 0)
             return true;

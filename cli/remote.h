@@ -5,7 +5,7 @@
  * relctl runs `ssh [-n] [-p PORT] -- [USER@]HOST 'relctl' 'ARG'...` (every
  * argument single-quoted for the remote POSIX shell) and passes through
  * its standard output, standard error and exit status. A tarball named on
- * the command line of install, upgrade or unpack (or - for standard input)
+ * the command line of install or unpack (or - for standard input)
  * is not a path there: relctl streams it over the connection, the remote
  * command reads `-`, and its standard input carries the signature's text
  * (FILE.minisig, or --signature FILE; four lines, the first "untrusted

@@ -189,6 +189,15 @@ START_TEST(plan_streams_a_local_tarball)
     ck_assert_ptr_null(p.signature);
     free(s);
     remote_plan_clear(&p);
+    char *a4[] = {"relctl",  "-H", "n1",
+                  "upgrade", tar,  NULL}; /* a version there: the remote relctl says what is wrong */
+    s = plan_of(a4, &p);
+    char *want = xasprintf("[ssh] [-n] [--] [n1] [relctl 'upgrade' '%s']", tar);
+    ck_assert_str_eq(s, want);
+    ck_assert_ptr_null(p.stream);
+    free(want);
+    free(s);
+    remote_plan_clear(&p);
     ck_assert_int_eq(unlink(tar), 0);
     ck_assert_int_eq(rmdir(dir), 0);
     free(sig);
