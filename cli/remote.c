@@ -106,12 +106,20 @@ char *remote_quote(const char *arg)
  * is no command or operand. */
 static bool takes_value(const char *opt)
 {
-    static const char *const table[] = {"--socket", "--min-healthy", "--health-timeout", "--limit", "--root",
-                                        "-o",       "--sign",        "--password-file"};
+    static const char *const table[] = {
+        "--socket", "--min-healthy", "--health-timeout", "--limit",         "--root",    "--sysroot",
+        "-o",       "--output",      "--sign",           "--password-file", "--interval"};
     for (size_t k = 0; k < sizeof(table) / sizeof(table[0]); k++)
         if (strcmp(opt, table[k]) == 0)
             return true;
     return false;
+}
+
+/* status --watch [SECONDS]: a number after --watch is its value. */
+static bool is_number(const char *s)
+{
+    char *end;
+    return *s && strtod(s, &end) > 0 && !*end;
 }
 
 /* The commands whose operand may be a tarball on this machine (upgrade
@@ -174,10 +182,12 @@ int remote_plan(int argc, char **argv, const char *ssh, RemotePlan *plan, char *
     const char *spec = NULL, *sig = NULL;
     StrVec args = {0}; /* the remote relctl's arguments */
     ssize_t cmd = -1, operand = -1;
+    bool words_only = false; /* after "--" every word is an argument, as relctl reads its line */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *value = NULL;
-        bool host = strcmp(a, "-H") == 0 || strcmp(a, "--host") == 0;
-        bool signature = strcmp(a, "--signature") == 0;
+        bool word = words_only || a[0] != '-' || !a[1]; /* "-" is standard input */
+        bool host = !word && (strcmp(a, "-H") == 0 || strcmp(a, "--host") == 0);
+        bool signature = !word && strcmp(a, "--signature") == 0;
         if ((host || signature) && i + 1 >= argc) {
             strvec_clear(&args);
             free(args.v);
@@ -185,11 +195,11 @@ int remote_plan(int argc, char **argv, const char *ssh, RemotePlan *plan, char *
         }
         if (host || signature)
             value = argv[++i];
-        else if (strncmp(a, "--host=", 7) == 0)
+        else if (!word && strncmp(a, "--host=", 7) == 0)
             value = a + 7, host = true;
-        else if (strncmp(a, "-H", 2) == 0 && a[2])
+        else if (!word && strncmp(a, "-H", 2) == 0 && a[2])
             value = a + 2, host = true;
-        else if (strncmp(a, "--signature=", 12) == 0)
+        else if (!word && strncmp(a, "--signature=", 12) == 0)
             value = a + 12, signature = true;
         if (host || signature) { /* both stay here: the host is ssh's, the signature is streamed */
             const char **slot = host ? &spec : &sig;
@@ -202,9 +212,10 @@ int remote_plan(int argc, char **argv, const char *ssh, RemotePlan *plan, char *
             continue;
         }
         strvec_push(&args, a);
-        if (a[0] == '-' && a[1] && takes_value(a) && i + 1 < argc) {
+        words_only |= !word && strcmp(a, "--") == 0;
+        if (!word && i + 1 < argc && (takes_value(a) || (strcmp(a, "--watch") == 0 && is_number(argv[i + 1])))) {
             strvec_push(&args, argv[++i]);
-        } else if (a[0] != '-' || strcmp(a, "-") == 0) {
+        } else if (word) {
             if (cmd < 0)
                 cmd = (ssize_t)args.n - 1;
             else if (operand < 0)

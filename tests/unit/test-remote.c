@@ -154,6 +154,12 @@ START_TEST(plan_commands)
     ck_assert_str_eq(s, "[ssh] [-n] [-p] [22] [--] [::1] [relctl 'install' '2.7' '--commit']");
     free(s);
     remote_plan_clear(&p);
+    /* after "--" every word is an argument, -H among them; --watch 2 is an option and its value */
+    char *a4[] = {"relctl", "--watch", "2", "-H", "n1", "status", "--", "-H", "x", NULL};
+    s = plan_of(a4, &p);
+    ck_assert_str_eq(s, "[ssh] [-n] [--] [n1] [relctl '--watch' '2' 'status' '--' '-H' 'x']");
+    free(s);
+    remote_plan_clear(&p);
 }
 END_TEST
 
