@@ -22,6 +22,7 @@ static void usage(FILE *f)
 {
     fputs("Usage: relctl [--socket PATH] [--json] COMMAND [ARGS]   (options anywhere on the line)\n"
           "       relctl --version\n"
+          "       relctl -H [USER@]HOST[:PORT] COMMAND [ARGS]   the same command there, over ssh\n"
           "\n"
           "Commands (the socket is --socket, else $RELD_SOCKET, else /run/reld/reld.sock):\n"
           "  unpack TARBALL|-          hand a release tarball (or standard input) to reld, with its\n"
