@@ -451,6 +451,16 @@ void supervisor_remove_app(Supervisor *s, App *a)
     app_free(a);
 }
 
+int supervisor_check_identities(const ReleaseDef *rel, Diag *diag)
+{
+    int r = 0;
+    for (size_t k = 0; k < rel->n_apps; k++) {
+        int e = check_identities(&rel->apps[k], diag);
+        r = e < 0 ? e : r;
+    }
+    return r;
+}
+
 int supervisor_start_release(Supervisor *s, const ReleaseDef *rel, Diag *diag)
 {
     apps_free(s);

@@ -60,6 +60,10 @@ Supervisor *supervisor_free(Supervisor *s);
  * On a failure to start, kills what it started and returns -errno. */
 int supervisor_start_release(Supervisor *s, const ReleaseDef *rel, Diag *diag);
 bool supervisor_running(const Supervisor *s);
+/* Can every process of rel run as the user, groups and capabilities its
+ * definition names (proc_identity())? 0, or -errno with one line per
+ * problem in diag. Touches no supervisor: any thread may call it. */
+int supervisor_check_identities(const ReleaseDef *rel, Diag *diag);
 /* Forgets every application (SIGKILLs what still runs; stop them first),
  * so that the release's definitions may go. */
 void supervisor_clear(Supervisor *s);

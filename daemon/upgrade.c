@@ -242,6 +242,10 @@ static void plan(void *userdata)
         store_relup(u->root, u->p.up ? u->from : u->to, u->p.up ? u->to : u->from, true, &u->relup, &stored, &u->diag);
     if (u->plan_r == 0)
         u->plan_r = store_load_release(u->root, u->to, &u->target, &u->diag);
+    /* Users and groups before anything changes (NSS may ask the network:
+     * here, on the worker). */
+    if (u->plan_r == 0)
+        u->plan_r = supervisor_check_identities(u->target, &u->diag);
 }
 
 /* ---- a dry run ---------------------------------------------------------------- */

@@ -123,6 +123,15 @@ def test_refusals(work):
     rc, out, err = r.relctl("install", release(work, "2", {"p": "    capabilities: [CAP_NET_BIND_SERVICE, CAP_FLY]\n"}))
     d.tap(rc != 0 and re.search(r"app\.yaml:7:42: unknown capability 'CAP_FLY'", err), "an unknown capability: refused",
           err)
+    # An upgrade to a release naming a user that does not exist: refused
+    # before anything changes (the process before runs on, untouched).
+    os.chmod(work, 0o755)
+    rc, out, err = r.relctl("install", release(work, "3", {"p": "    user: root\n"}))
+    before = wait_for(lambda: pids(r))
+    rc, out, err = r.relctl("install", release(work, "4", {"p": "    user: no-such-user-reld\n"}))
+    d.tap(rc != 0 and re.search(r"app\.yaml:7:11: process p: no such user 'no-such-user-reld'", err)
+          and "outcome: refused" in err and before and pids(r) == before,
+          "an upgrade to a release naming an unknown user: refused, nothing changed", (before, pids(r), err))
     r.stop()
 
 
