@@ -31,6 +31,10 @@
 #include "cli.h"
 
 static const char *relctl_path;
+/* relctl's options that say where reld is (-H HOST, --socket PATH), given
+ * to every `relctl status --json`: top shows here what runs there. */
+static StrVec via;
+static char **own_args; /* argv without them: top's own options */
 
 /* Everything fd gives until EOF, NUL-terminated in *buf; its length. */
 static size_t read_all(int fd, char **buf)
@@ -67,7 +71,13 @@ static json_t *fetch(char **err)
     if (pid == 0) {
         dup2(out[1], STDOUT_FILENO);
         dup2(errp[1], STDERR_FILENO);
-        execl(relctl_path, relctl_path, "status", "--json", (char *)NULL);
+        char **args = xcalloc(via.n + 4, sizeof(*args));
+        args[0] = (char *)relctl_path;
+        for (size_t i = 0; i < via.n; i++)
+            args[1 + i] = via.v[i];
+        args[via.n + 1] = "status";
+        args[via.n + 2] = "--json";
+        execv(relctl_path, args);
         fprintf(stderr, "relctl: cannot run %s: %s\n", relctl_path, strerror(errno));
         _exit(EXIT_REFUSED);
     }
@@ -92,7 +102,10 @@ static json_t *fetch(char **err)
         j = json_loadb(buf, len, 0, NULL);
     if (!j) {
         ebuf[strcspn(ebuf, "\n")] = 0; /* its first line */
-        *err = xstrdup(elen && *ebuf ? ebuf : "relctl status gave no reply");
+        *err = elen && *ebuf
+                   ? xstrdup(ebuf)
+                   : xasprintf("relctl: top: %s status --json gave no status (%s %d)", relctl_path,
+                               WIFEXITED(st) ? "exit" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
     }
     free(buf);
     free(ebuf);
@@ -295,6 +308,28 @@ int main(int argc, char **argv)
     double interval = 1.0;
     int c;
     setlocale(LC_ALL, "");
+    /* relctl runs it with its line (relctl -H HOST top ...: options
+     * anywhere): the word top goes, where reld is goes to via, the rest is
+     * top's own. */
+    char **own = own_args = xcalloc((size_t)argc + 1, sizeof(*own));
+    int n_own = 0;
+    bool seen_top = false;
+    for (int i = 0; i < argc; i++) {
+        const char *w = argv[i];
+        bool valued = strcmp(w, "-H") == 0 || strcmp(w, "--host") == 0 || strcmp(w, "--socket") == 0;
+        if (i > 0 && !seen_top && strcmp(w, "top") == 0) {
+            seen_top = true;
+        } else if (i > 0 && valued && i + 1 < argc) {
+            strvec_push(&via, w);
+            strvec_push(&via, argv[++i]);
+        } else if (i > 0 && (strncmp(w, "--host=", 7) == 0 || strncmp(w, "--socket=", 9) == 0)) {
+            strvec_push(&via, w);
+        } else {
+            own[n_own++] = argv[i];
+        }
+    }
+    argc = n_own;
+    argv = own;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1)
         switch (c) {
         case 'j':

@@ -23,7 +23,20 @@ static const struct {
     [EVENT_ROLLED_BACK] = {"rolled_back", "9126c1b9131543799b63c3f022e64bd3"},
     [EVENT_NEEDS_OPERATOR] = {"needs_operator", "81d8b36329734d33860354603b2f7211"},
     [EVENT_STATE] = {"state", "555d4727890e4d3abc793db4b681b95a"},
+    [EVENT_PROCESS_EXITED] = {"process_exited", "0ea72c25f27a45d887db970f1798b847"},
+    [EVENT_RESTART_LIMIT] = {"restart_limit", "04ca7103f7b84f3daf70a7e5d4d9efe6"},
 };
+
+static void (*listener)(EventKind kind, void *userdata);
+static void *listener_data;
+
+void events_listen(void (*fn)(EventKind kind, void *userdata), void *userdata)
+{
+    if (!fn && userdata != listener_data)
+        return; /* another one listens now */
+    listener = fn;
+    listener_data = fn ? userdata : NULL;
+}
 
 const char *events_message_id(EventKind kind)
 {
@@ -50,19 +63,21 @@ void events_emit(EventKind kind, int priority, const EventFields *f, const char 
     char attempt[32] = "";
     if (f->attempt_id > 0)
         snprintf(attempt, sizeof(attempt), "%" PRId64, f->attempt_id);
+    if (listener)
+        listener(kind, listener_data);
     if (log_to_journal()) {
         /* Fields that are absent are sent empty: journalctl matches exact values. */
         int r = sd_journal_send("MESSAGE=%s", msg, "MESSAGE_ID=%s", kinds[kind].id, "PRIORITY=%d", priority,
                                 "RELD_EVENT=%s", kinds[kind].name, "RELEASE=%s", f->release ? f->release : "",
                                 "VERSION=%s", f->version ? f->version : "", "ATTEMPT_ID=%s", attempt, "OUTCOME=%s",
-                                f->outcome ? f->outcome : "", NULL);
+                                f->outcome ? f->outcome : "", "PROCESS=%s", f->process ? f->process : "", NULL);
         if (r >= 0)
             return;
     }
-    log_full(priority, "%s [event=%s MESSAGE_ID=%s%s%s%s%s%s%s%s%s]", msg, kinds[kind].name, kinds[kind].id,
+    log_full(priority, "%s [event=%s MESSAGE_ID=%s%s%s%s%s%s%s%s%s%s%s]", msg, kinds[kind].name, kinds[kind].id,
              f->release ? " RELEASE=" : "", f->release ? f->release : "", f->version ? " VERSION=" : "",
              f->version ? f->version : "", *attempt ? " ATTEMPT_ID=" : "", attempt, f->outcome ? " OUTCOME=" : "",
-             f->outcome ? f->outcome : "");
+             f->outcome ? f->outcome : "", f->process ? " PROCESS=" : "", f->process ? f->process : "");
 }
 
 void events_status(const char *fmt, ...)

@@ -14,8 +14,12 @@
  * sd_notify STATUS=: events_status() says what reld does now (an upgrade's
  * instruction k of n), for `systemctl status reld`.
  *
- * Thread-safe, no state; nothing fails (a message that cannot be written
- * has nowhere to say so). */
+ * One listener (events_listen()) hears of every event: the manager writes
+ * the metrics soon after one (metrics.h).
+ *
+ * Thread-safe but for the listener, which is called on the thread that
+ * emits (reld emits on its loop's); nothing fails (a message that cannot be
+ * written has nowhere to say so). */
 #include <stdint.h>
 
 typedef enum EventKind {
@@ -28,6 +32,8 @@ typedef enum EventKind {
     EVENT_ROLLED_BACK,      /* it ended rolled back: the release before runs, healthy */
     EVENT_NEEDS_OPERATOR,   /* it ended with the way back failed or unhealthy */
     EVENT_STATE,            /* a release changed state (current, permanent, removed) */
+    EVENT_PROCESS_EXITED,   /* a process ended without being stopped (its supervisor restarts it, or not) */
+    EVENT_RESTART_LIMIT,    /* an application restarted too often: stopped */
     _EVENT_MAX,
 } EventKind;
 
@@ -36,6 +42,7 @@ typedef struct EventFields {
     const char *version; /* its version, or NULL */
     int64_t attempt_id;  /* the history's attempt, or 0 */
     const char *outcome; /* manager.h's outcome words, or a state; or NULL */
+    const char *process; /* "app/process" (PROCESS=), or NULL */
 } EventFields;
 
 /* The MESSAGE_ID of kind (32 hex digits) and its word ("rolled_back"). */
@@ -44,5 +51,9 @@ const char *events_name(EventKind kind);
 /* Sends one event: priority as syslog's, the message formatted. */
 void events_emit(EventKind kind, int priority, const EventFields *f, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* fn(kind, userdata) before each event is sent, from now on, instead of
+ * the listener before; fn NULL: userdata stops listening (when it is the
+ * one listening). */
+void events_listen(void (*fn)(EventKind kind, void *userdata), void *userdata);
 /* sd_notify STATUS= (no systemd: nobody to tell). */
 void events_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -145,12 +145,18 @@ static json_t *metrics_status_of(void *userdata)
     return s;
 }
 
+/* Every event (events.h): the metrics say so soon. */
+static void on_event(EventKind kind, void *userdata)
+{
+    Manager *m = userdata;
+    metrics_changed(m->metrics);
+}
+
 static void watch_started(Manager *m, const char *what, const char *vsn, const char *from)
 {
     events_emit(EVENT_CHANGE_STARTED, LOG_NOTICE, &(EventFields){.release = release_name(m, from), .version = vsn},
                 "%s of release %s started%s%s", what, vsn, from ? " from " : "", from ? from : "");
     events_status("%s to release %s: planning", what, vsn);
-    metrics_changed(m->metrics);
 }
 
 static void watch_progress(Manager *m, size_t k, size_t n, const char *instruction)
@@ -165,7 +171,6 @@ static void watch_progress(Manager *m, size_t k, size_t n, const char *instructi
                   upgrade_from(m->upgrade), to, k, n, instruction);
     EventFields f = {.release = release_name(m, upgrade_from(m->upgrade)), .version = to, .attempt_id = m->attempt_id};
     events_emit(EVENT_CHANGE_STEP, LOG_DEBUG, &f, "release %s: instruction %zu of %zu done: %s", to, k, n, instruction);
-    metrics_changed(m->metrics);
 }
 
 /* A change that ran its relup and was recorded: the durations of its
@@ -242,14 +247,12 @@ static void watch_outcome(Manager *m, Op *op, Outcome o, const char *release, co
     events_status("running release %s; last %s of %s: %s", m->running ? m->running->vsn : "none", kind,
                   release ? release : "?", outcome_names[o]);
     m->attempt_id = 0;
-    metrics_changed(m->metrics);
 }
 
 static void watch_state(Manager *m, const char *vsn, const char *state)
 {
     EventFields f = {.release = release_name(m, vsn), .version = vsn, .outcome = state};
     events_emit(EVENT_STATE, LOG_INFO, &f, "release %s is %s", vsn, state);
-    metrics_changed(m->metrics);
 }
 
 /* ---- operations and their callers ------------------------------------------- */
@@ -1827,6 +1830,7 @@ int manager_new_from(sd_event *ev, const DaemonConfig *cfg, const json_t *saved,
     diag_clear(&td);
     m->metrics = metrics_new();
     m->procstats = procstat_new();
+    events_listen(on_event, m);
     if (m->cfg.metrics_file &&
         (r = metrics_start(m->metrics, ev, m->cfg.metrics_file, m->cfg.metrics_interval_ms, metrics_status_of, m)) < 0)
         log_error("metrics: cannot start writing %s: %s", m->cfg.metrics_file, strerror(-r));
@@ -2103,6 +2107,7 @@ Manager *manager_free(Manager *m)
     while (m->ops)
         op_free(m->ops);
     json_decref(m->last_outcome);
+    events_listen(NULL, m);
     m->metrics = metrics_free(m->metrics);
     m->procstats = procstat_free(m->procstats);
     m->sup = supervisor_free(m->sup); /* SIGKILLs what still runs */

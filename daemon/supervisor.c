@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <string.h>
 
+#include "events.h"
 #include "log.h"
 #include "store.h"
 #include "util.h"
@@ -144,7 +145,7 @@ int supervisor_stop_all(Supervisor *s, void (*done)(void *userdata), void *userd
 
 static void app_give_up(App *a, const char *why)
 {
-    log_error("application %s: %s; stopping it", a->name, why);
+    events_emit(EVENT_RESTART_LIMIT, LOG_ERR, NULL, "application %s: %s; stopping it", a->name, why);
     json_t *detail = json_pack("{s:s, s:s}", "app", a->name, "reason", why);
     if (history_event(a->s->hist, "restart_limit", "reld", a->vsn, detail) < 0)
         log_error("application %s: cannot record the restart limit in the history", a->name);
@@ -202,6 +203,13 @@ static void on_exit_(Proc *p, const siginfo_t *si, void *userdata)
     record(c, proc_stopping(p) ? "process_stop" : "process_exit",
            json_pack("{s:i, s:s, s:i}", "pid", (int)si->si_pid, "how", signaled ? "signal" : "exit", "status",
                      si->si_status));
+    if (!proc_stopping(p)) { /* not asked to: operators look for these */
+        char *how = how_it_ended(si);
+        EventFields f = {.process = proc_label(p)};
+        events_emit(EVENT_PROCESS_EXITED, clean ? LOG_NOTICE : LOG_WARNING, &f, "%s (pid %d) ended: %s", proc_label(p),
+                    (int)si->si_pid, how);
+        free(how);
+    }
     /* A stop run waiting for it goes on with its next child. */
     for (StopRun *run = s->stops; run; run = run->next_run)
         if (run->next < run->n && run->children[run->next] == c) {

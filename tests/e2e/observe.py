@@ -109,7 +109,8 @@ def test_watch_an_upgrade(work):
     notify = Notify(os.path.join(work, "notify.sock"))
     # The upgrade waits 2.5 s before its third instruction (a test hook), so
     # that top, STATUS= and the metrics can be seen while it is under way.
-    r, port = started(work, f"metrics_file: {mfile}\nmetrics_interval_ms: 1000\n",
+    # An interval of a minute: what the test sees was written at a change.
+    r, port = started(work, f"metrics_file: {mfile}\nmetrics_interval_ms: 60000\n",
                       {"NOTIFY_SOCKET": notify.s.getsockname(), "RELD_TEST_DELAY_BEFORE": "3:2500"})
     env = dict(os.environ, RELD_SOCKET=r.sock)
 
@@ -131,6 +132,31 @@ def test_watch_an_upgrade(work):
         j = {}
     d.tap(rc == 0 and j.get("processes", [{}])[0].get("pid") == p["pid"] and "reld" in j,
           "relctl top --json: the status reply with the figures", out + err)
+    # Where reld is (--socket here; -H HOST the same way) goes to every relctl it runs.
+    top = os.path.join(os.path.dirname(A.relctl), "relctl-top")
+    env_top = {k: v for k, v in os.environ.items() if k != "RELD_SOCKET"}
+    env_top["RELCTL_SELF"] = A.relctl
+    p1 = subprocess.run([top, "--socket", r.sock, "top", "--once"], env=env_top, capture_output=True, text=True,
+                        timeout=30)
+    p2 = subprocess.run([top, "--socket", os.path.join(work, "nothing.sock"), "top", "--once"], env=env_top,
+                        capture_output=True, text=True, timeout=30)
+    d.tap(p1.returncode == 0 and "kvcounter/kv" in p1.stdout and p2.returncode == 1 and
+          len(p2.stderr.strip().splitlines()) == 1 and "nothing.sock" in p2.stderr,
+          "relctl-top passes --socket to relctl (as it would -H HOST); no reld there: one line, exit 1",
+          p1.stdout + p1.stderr + p2.stderr)
+    # relctl -H HOST top: the view here, reld there. ssh's place is taken by
+    # a shell that runs the remote command line on this machine (the real
+    # sshd is fleet.py's); relctl there is found in PATH.
+    shim = os.path.join(work, "ssh-here")
+    with open(shim, "w") as f:
+        f.write('#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done\nshift 2\nexec sh -c "$*"\n')
+    os.chmod(shim, 0o755)
+    env_h = dict(env_top, RELCTL_SSH=shim, PATH=os.path.dirname(A.relctl) + ":" + os.environ["PATH"])
+    p3 = subprocess.run([A.relctl, "-H", "node1", "--socket", r.sock, "top", "--once"], env=env_h,
+                        capture_output=True, text=True, timeout=30)
+    d.tap(p3.returncode == 0 and re.search(rf"kvcounter/kv +{p['pid']} +running", p3.stdout),
+          "relctl -H HOST top: relctl-top runs here and asks through relctl -H (ssh: a local shell in its place)",
+          p3.stdout + p3.stderr)
     rc, out, err = r.relctl("top", "--interval", "0")
     d.tap(rc == 2 and "--interval" in err and not out, "relctl top --interval 0: usage error, one line", err)
 
@@ -258,6 +284,17 @@ def test_watch_an_upgrade(work):
           f"{IDS['rolled_back']} finds them)", f"{rc} {err} {rb}")
     d.tap(wait_for(lambda: metric(text(), 'reld_attempts_total{kind="upgrade",outcome="rolled_back"}') == 1),
           "metrics: the rollback counted by its outcome", text())
+
+    # A process killed: its event, and the metrics written at once.
+    pid = t.kv_pid(r)
+    os.kill(pid, 9)
+    series = 'reld_process_restarts_total{process="kvcounter/kv",application="kvcounter"}'
+    ok = wait_for(lambda: metric(text(), series) == 1)
+    ex = [ln for ln in open(os.path.join(work, "reld.log"), errors="replace").read().splitlines()
+          if "[event=process_exited MESSAGE_ID=0ea72c25f27a45d887db970f1798b847 PROCESS=kvcounter/kv]" in ln]
+    d.tap(ok and ex and f"(pid {pid}) ended: killed by signal 9" in ex[0],
+          "a process killed: a process_exited event, and reld_process_restarts_total 1 written at the change",
+          f"{ex} {metric(text(), series)}")
     r.stop()
     notify.close()
 

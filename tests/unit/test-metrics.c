@@ -454,6 +454,38 @@ START_TEST(emit_without_the_journal_is_one_log_line_with_the_fields)
 }
 END_TEST
 
+static int heard[_EVENT_MAX];
+static void hear(EventKind kind, void *userdata)
+{
+    heard[kind] += userdata == heard ? 1 : 100;
+}
+
+START_TEST(a_listener_hears_every_event_until_it_stops)
+{
+    char *path = xasprintf("%s/stderr", tmpdir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644), saved = dup(STDERR_FILENO);
+    ck_assert_int_ge(dup2(fd, STDERR_FILENO), 0);
+    memset(heard, 0, sizeof(heard));
+    events_listen(hear, heard);
+    events_emit(EVENT_PROCESS_EXITED, LOG_WARNING, &(EventFields){.process = "a/p"}, "a/p (pid 1) ended: exit 1");
+    events_emit(EVENT_STATE, LOG_INFO, NULL, "x");
+    events_listen(NULL, tmpdir); /* not the one listening: nothing changes */
+    events_emit(EVENT_STATE, LOG_INFO, NULL, "y");
+    events_listen(NULL, heard);
+    events_emit(EVENT_STATE, LOG_INFO, NULL, "z");
+    ck_assert_int_ge(dup2(saved, STDERR_FILENO), 0);
+    close(saved);
+    close(fd);
+    ck_assert_int_eq(heard[EVENT_PROCESS_EXITED], 1);
+    ck_assert_int_eq(heard[EVENT_STATE], 2);
+    char *text = slurp(path);
+    ck_assert_ptr_nonnull(strstr(text, "reld: warning: a/p (pid 1) ended: exit 1 [event=process_exited "
+                                       "MESSAGE_ID=0ea72c25f27a45d887db970f1798b847 PROCESS=a/p]\n"));
+    free(text);
+    free(path);
+}
+END_TEST
+
 START_TEST(status_goes_to_the_notify_socket)
 {
     char *sock = xasprintf("%s/notify", tmpdir);
@@ -543,7 +575,7 @@ static Suite *metrics_suite(void)
           a_write_that_fails_is_counted_and_tried_again}},
         {"events",
          {message_ids_are_fixed_distinct_ids, emit_without_the_journal_is_one_log_line_with_the_fields,
-          status_goes_to_the_notify_socket}},
+          a_listener_hears_every_event_until_it_stops, status_goes_to_the_notify_socket}},
         {"config", {config_metrics_keys}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
