@@ -397,7 +397,9 @@ class Ansible:
                      "ANSIBLE_CALLBACKS_ENABLED": "reld_record", "ANSIBLE_NOCOLOR": "1",
                      "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_HOST_KEY_CHECKING": "1",
                      "ANSIBLE_DEPRECATION_WARNINGS": "0", "ANSIBLE_LOCALHOST_WARNING": "0",
-                     "ANSIBLE_PYTHON_INTERPRETER": sys.executable}.items():
+                     "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+                     # Ansible's default without -C: compressing tarballs on loopback only costs CPU.
+                     "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s"}.items():
             self.env[k] = v
         open(self.env["ANSIBLE_CONFIG"], "w").write("[defaults]\n")
         common = f"-o UserKnownHostsFile={sshd.known_hosts} -o StrictHostKeyChecking=yes -o BatchMode=yes"
