@@ -240,6 +240,14 @@ int rel_thread_fd(const RelThread *t);
  * wants the thread parked; then waits until it is released. */
 void rel_thread_safepoint(RelThread *t);
 
+/* Around a blocking wait at a safe point (poll, epoll_wait): while the
+ * thread waits it counts as parked, so a pause neither wakes it nor
+ * waits for it; rel_thread_wait_end() parks it first if a pause is under
+ * way (or began while it waited). Optional: without them the runtime
+ * wakes the thread through rel_thread_fd(). Both are safe points. */
+void rel_thread_wait_begin(RelThread *t);
+void rel_thread_wait_end(RelThread *t);
+
 /* ---- state conversion by description, for code_change ---------------- */
 
 /* Inline code: each module version compiles its own copy, so nothing of

@@ -73,9 +73,10 @@ struct RelThread {
     char **mods; /* the modules it runs; all of them when `all` */
     size_t n_mods;
     bool all;
-    int efd;          /* written when the thread is wanted, drained when it was released */
-    atomic_bool want; /* set and cleared under Threads.lock, read at each safe point */
-    bool parked;      /* under Threads.lock */
+    int efd;             /* written when the thread is wanted, drained when it was released */
+    atomic_bool want;    /* set and cleared under Threads.lock, read at each safe point */
+    atomic_bool waiting; /* between rel_thread_wait_begin and _end: blocked at a safe point */
+    bool parked;         /* under Threads.lock */
 };
 
 /* The registered threads and what holds them: the suspension (the modules
@@ -492,11 +493,13 @@ static void threads_apply(Threads *th)
         if (w == atomic_load(&t->want))
             continue;
         atomic_store(&t->want, w);
-        if (w) {
+        if (w && !atomic_load(&t->waiting)) {
+            /* A waiting thread counts as parked, and parks when its wait
+             * ends: no need to wake it. Cannot fail: the counter is far
+             * from its limit. */
             uint64_t one = 1;
-            /* Cannot fail: the counter is far from its limit. */
             (void)!write(t->efd, &one, sizeof(one));
-        } else {
+        } else if (!w) {
             released = true;
         }
     }
@@ -504,13 +507,17 @@ static void threads_apply(Threads *th)
         pthread_cond_broadcast(&th->resume);
 }
 
-/* Under Threads.lock: until every wanted thread is parked. */
+/* Under Threads.lock: until every wanted thread is parked, or waiting
+ * (blocked at a safe point: it parks when its wait ends). want is stored
+ * before waiting is loaded here, and the thread stores waiting before it
+ * loads want (all sequentially consistent): one of the two sees the
+ * other. */
 static void threads_wait_parked(Threads *th)
 {
     for (;;) {
         bool all = true;
         for (RelThread *t = th->list; t && all; t = t->next)
-            all = !atomic_load(&t->want) || t->parked;
+            all = !atomic_load(&t->want) || t->parked || atomic_load(&t->waiting);
         if (all)
             return;
         pthread_cond_wait(&th->parked, &th->lock);
@@ -611,6 +618,30 @@ void rel_thread_safepoint(RelThread *t)
 {
     if (t && atomic_load_explicit(&t->want, memory_order_acquire))
         thread_park(t);
+}
+
+void rel_thread_wait_begin(RelThread *t)
+{
+    if (!t)
+        return;
+    rel_thread_safepoint(t); /* a hold already set: parked here */
+    atomic_store(&t->waiting, true);
+    if (atomic_load(&t->want)) {
+        /* A hold came between the two, and its dispatcher may have
+         * looked before the store: it counts again. */
+        Threads *th = &t->rt->threads;
+        pthread_mutex_lock(&th->lock);
+        pthread_cond_broadcast(&th->parked);
+        pthread_mutex_unlock(&th->lock);
+    }
+}
+
+void rel_thread_wait_end(RelThread *t)
+{
+    if (!t)
+        return;
+    atomic_store(&t->waiting, false);
+    rel_thread_safepoint(t); /* a hold set while it waited: parked before it goes on */
 }
 
 int rel_thread_fd(const RelThread *t)

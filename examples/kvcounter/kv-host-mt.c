@@ -6,9 +6,11 @@
  * Each worker has its own epoll set: the listening sockets (EPOLLEXCLUSIVE,
  * so one worker accepts each connection and serves it from then on), its
  * clients, and its rel_thread_fd(), through which the runtime wakes it
- * when it is blocked in epoll_wait. It calls rel_thread_safepoint() once
- * per turn of its loop, after the ready events, when no request is half
- * done. The main thread only dispatches reld's commands.
+ * when it must park. It calls rel_thread_safepoint() once per turn of its
+ * loop, after the ready events, when no request is half done, and waits
+ * in epoll_wait between rel_thread_wait_begin() and _end(), so that a
+ * pause does not wake an idle worker. The main thread only dispatches
+ * reld's commands.
  *
  * kv_server's state is a plain table, not made for concurrent calls, so
  * the workers take turns calling it (kv_lock); reading, parsing and
@@ -200,7 +202,11 @@ static void *worker(void *arg)
     Client *clients = NULL;
     for (bool stopping = false; !stopping;) {
         struct epoll_event ev[64];
+        /* Blocked at a safe point: a pause neither wakes this thread nor
+         * waits for it; it parks on waking if one is under way. */
+        rel_thread_wait_begin(t);
         int n = epoll_wait(ep, ev, 64, -1);
+        rel_thread_wait_end(t);
         for (int i = 0; i < n; i++) {
             uint64_t tag = ev[i].data.u64;
             if (tag == TAG_STOP) {

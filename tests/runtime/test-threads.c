@@ -161,6 +161,7 @@ typedef struct Worker {
     const char *module;
     const char *const *runs; /* what it registers; NULL: every module */
     bool epoll;              /* blocks in epoll_wait between calls */
+    bool waits;              /* ... between rel_thread_wait_begin and _end */
     pthread_t th;
     int kick; /* eventfd: stop */
     int rc;   /* rel_thread_register's */
@@ -194,7 +195,15 @@ static void *worker_main(void *arg)
         atomic_fetch_add(&w->calls, 1);
         if (ep >= 0) {
             struct epoll_event ev;
-            (void)epoll_wait(ep, &ev, 1, -1); /* only the runtime or the test wakes it */
+            if (w->waits)
+                rel_thread_wait_begin(t);
+            /* Only the runtime or the test wakes it. */
+            if (epoll_wait(ep, &ev, 1, -1) == 1 && ev.data.fd == w->kick) {
+                uint64_t n;
+                (void)!read(w->kick, &n, sizeof(n));
+            }
+            if (w->waits)
+                rel_thread_wait_end(t);
         }
     }
     if (ep >= 0)
@@ -327,6 +336,49 @@ START_TEST(upgrade_with_threads_parked)
 }
 END_TEST
 
+static void poke(Worker *w)
+{
+    uint64_t one = 1;
+    ck_assert_int_eq(write(w->kick, &one, sizeof(one)), (ssize_t)sizeof(one));
+}
+
+/* A thread waiting between rel_thread_wait_begin and _end counts as
+ * parked: suspend, load and code_change complete without waking it; when
+ * it wakes during a pause it parks before its next call; after the pause
+ * its next call runs the new code. */
+START_TEST(waiting_thread_is_not_woken)
+{
+    start_ab();
+    Worker w = {.module = "thr_a", .runs = only_a, .epoll = true, .waits = true};
+    worker_start(&w);
+    ck_assert(progresses(&w, 0));
+    ck_assert(runs_version(&w, 1));
+    unsigned long calls = atomic_load(&w.calls);
+    ok(cmd("\"cmd\": \"load_object_code\", \"module\": \"thr_a\", \"path\": \"%s\"", mod_path("thr_a-2")));
+    ok(cmd("\"cmd\": \"suspend\", \"modules\": [\"thr_a\"]"));
+    ok(cmd("\"cmd\": \"load\", \"module\": \"thr_a\""));
+    ok(cmd("\"cmd\": \"code_change\", \"module\": \"thr_a\", \"mode\": \"up\""));
+    ck_assert_uint_eq(atomic_load(&w.calls), calls); /* it slept through */
+    poke(&w);                                        /* wakes during the pause: parks in rel_thread_wait_end */
+    sleep_ms(50);
+    ck_assert_uint_eq(atomic_load(&w.calls), calls);
+    ok(cmd("\"cmd\": \"resume\", \"modules\": [\"thr_a\"]"));
+    ck_assert(progresses(&w, calls));
+    ck_assert_int_eq(atomic_load(&w.version), 2);
+    /* Unsuspended: load parks it for itself, again without waking it. */
+    calls = atomic_load(&w.calls);
+    ok(cmd("\"cmd\": \"purge\", \"module\": \"thr_a\""));
+    ok(cmd("\"cmd\": \"load_object_code\", \"module\": \"thr_a\", \"path\": \"%s\"", mod_path("thr_a-1")));
+    ok(cmd("\"cmd\": \"load\", \"module\": \"thr_a\""));
+    ck_assert_uint_eq(atomic_load(&w.calls), calls);
+    poke(&w);
+    ck_assert(runs_version(&w, 1));
+    worker_stop(&w);
+    stop_dispatcher();
+    rel_runtime_free(F.rt);
+}
+END_TEST
+
 /* A thread that registers while its module is suspended returns from
  * rel_thread_register only after resume; one that leaves while a suspend
  * waits for it lets the suspend complete. */
@@ -420,6 +472,7 @@ static Suite *threads_suite(void)
     TCase *tc = tcase_create("threads");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, upgrade_with_threads_parked);
+    tcase_add_test(tc, waiting_thread_is_not_woken);
     tcase_add_test(tc, register_and_leave_during_a_suspension);
     tcase_add_test(tc, channel_closed_while_suspended_releases);
     tcase_add_test(tc, host_context_per_runtime);
