@@ -150,6 +150,48 @@ def test_reexec_under_load(work):
     r.stop()
 
 
+def test_check_in_flight(work):
+    """An exec health check's command running at the exec is a child the
+    state does not name: the new reld kills and reaps it (no zombie), and
+    the checks go on."""
+    port = free_port()
+    r = d.Reld(work)
+    path = t.kv_release(work, port, "1", "1.0.0", health=False)
+    # The same release with an exec check that is almost always running.
+    src = os.path.join(work, "src-1", "lib", "kvcounter-1.0.0", "app.yaml")
+    text = open(src).read().replace("    shutdown_ms: 2000\n", "    shutdown_ms: 2000\n    health:\n"
+                                    "      - {exec: [/bin/sleep, \"1\"], interval_ms: 100, timeout_ms: 3000}\n")
+    open(src, "w").write(text)
+    import tarfile
+    with tarfile.open(path, "w:gz") as tf:
+        tf.add(os.path.join(work, "src-1", "releases"), "releases")
+        tf.add(os.path.join(work, "src-1", "lib"), "lib")
+    rc, out, err = r.relctl("install", "--min-healthy", "100", path)
+    ok = rc == 0 and t.wait_for(lambda: healthy(r))
+    if not ok:
+        d.tap(False, "install of kvcounter with an exec health check", out + err)
+    kv = t.kv_pid(r)
+    sleeps = lambda: [p for p in reld_pid_children(r) if p != kv]  # noqa: E731
+    running = t.wait_for(sleeps)
+    rc, out, err = r.relctl("daemon-reexec")
+
+    def zombies():
+        z = []
+        for p in reld_pid_children(r):
+            try:
+                if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                    z.append(p)
+            except OSError:
+                pass
+        return z
+    gone = t.wait_for(lambda: all(p not in reld_pid_children(r) for p in running), timeout=5)
+    again = t.wait_for(lambda: [p for p in sleeps() if p not in running], timeout=5)
+    d.tap(ok and running and rc == 0 and gone and not zombies() and again and t.kv_pid(r) == kv,
+          "a health check's command running at the exec is killed and reaped; checks go on, the process is kept",
+          (ok, running, rc, err, reld_pid_children(r), zombies()))
+    r.stop()
+
+
 def test_refusals(work):
     port = free_port()
     binary = os.path.join(work, "reld-copy")
@@ -276,7 +318,8 @@ def main():
     A = ap.parse_args()
     t.A = A
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
-    return d.run_tests((test_reexec_under_load, test_refusals, test_unusable_state, test_crash_points), "reld-reexec-")
+    return d.run_tests((test_reexec_under_load, test_check_in_flight, test_refusals, test_unusable_state,
+                        test_crash_points), "reld-reexec-")
 
 
 if __name__ == "__main__":
