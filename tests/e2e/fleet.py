@@ -391,6 +391,7 @@ class Ansible:
         self.env.pop("RELD_SOCKET", None)
         for k, v in {"ANSIBLE_CONFIG": os.path.join(work, "ansible.cfg"), "ANSIBLE_HOME": os.path.join(work, "ah"),
                      "ANSIBLE_LOCAL_TEMP": os.path.join(work, "ah", "tmp"),
+                     "ANSIBLE_REMOTE_TEMP": os.path.join(work, "ah", "remote-tmp"),  # the hooks run on localhost
                      "ANSIBLE_COLLECTIONS_PATH": os.path.join(work, "collections"),
                      "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(work, "cp"),
                      "ANSIBLE_CALLBACK_PLUGINS": os.path.join(HERE, "fleet-plugins"),
