@@ -4,7 +4,9 @@
 # share/bash-completion/completions/relctl.
 
 # The versions reld knows, one a line; nothing when reld does not answer
-# within 2 seconds. The command line's --socket is used if it has one.
+# within 2 seconds. The command line's --socket is used if it has one;
+# with -H the reld is on another machine: no versions (ssh may ask for a
+# password, and take its time).
 _relctl_versions()
 {
     local sock=() i
@@ -12,6 +14,7 @@ _relctl_versions()
         case ${COMP_WORDS[i]} in
         --socket) sock=(--socket "${COMP_WORDS[i + 1]}") ;;
         --socket=*) sock=("${COMP_WORDS[i]}") ;;
+        -H | -H* | --host | --host=*) return ;;
         esac
     done
     # relctl prints its JSON indented, one field a line: "vsn": "1.0",
@@ -31,9 +34,9 @@ _relctl()
 
     local commands="unpack install upgrade downgrade releases make-permanent remove history status top pack check relup
         daemon-reexec"
-    local global="--socket --json --help --version"
+    local global="--socket --json --help --version -H --host"
     # Flags that take a value, so that the value is not taken for the command.
-    local valued="--socket --signature --min-healthy --health-timeout --limit --sign --password-file -o --output
+    local valued="--socket -H --host --signature --min-healthy --health-timeout --limit --sign --password-file -o --output
         --root --sysroot --interval"
     local go="--no-wait --commit --min-healthy --health-timeout --rehearse --no-rehearse --dry-run"
 
@@ -55,6 +58,7 @@ _relctl()
 
     case $prev in
     --socket) mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;;
+    -H | --host) mapfile -t COMPREPLY < <(compgen -A hostname -- "$cur"); return ;;
     --signature) mapfile -t COMPREPLY < <(compgen -f -X '!*.minisig' -- "$cur"; compgen -d -- "$cur"); return ;;
     --sign | --password-file | -o | --output) mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;;
     --root | --sysroot) mapfile -t COMPREPLY < <(compgen -d -- "$cur"); return ;;

@@ -95,6 +95,8 @@ has "--json before the command, then the command's own options" "relctl --json s
 check "the versions reld knows, through the line's --socket" "relctl --socket $sock upgrade " "$(printf '1.0\n2.0')"
 check "--socket=PATH too" "relctl --socket=$sock remove 2" "2.0"
 check "the socket's value is not taken for the command" "relctl --socket $sock make-permanent 1" "1.0"
+check "-H: host names" "relctl -H localhos" "localhost"
+check "-H: the versions of another machine are not asked of this one" "relctl --socket $sock -H localhost upgrade " ""
 check "no reld there: no versions (and no hang)" "relctl --socket $work/none upgrade " ""
 has "install: versions, tarballs and directories, not other files" "relctl --socket $sock install " \
     "install <TAB>: 1.0 2.0 one.tar.gz two.tar.gz x.tar.xz sub" 1.0 2.0 one.tar.gz two.tar.gz x.tar.xz sub
