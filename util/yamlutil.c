@@ -35,6 +35,8 @@ static bool check_directives(const char *file, const char *buf, size_t len, Diag
 
 typedef struct Anchor {
     char *name;
+    int node;            /* the anchored node's index in the document */
+    yaml_mark_t mark;    /* where it starts, for libyaml's duplicate message */
     size_t nodes, bytes; /* what an alias to it stands for */
     int height;          /* collections nested in it, itself included */
     bool open;           /* a collection not ended yet: an alias to it is a cycle */
@@ -54,6 +56,7 @@ typedef struct Bounds {
     int depth;                       /* open collections */
     Anchor anchors[YAML_MAX_ANCHORS];
     int n_anchors;
+    int alias_node; /* the node the last alias event stands for */
 } Bounds;
 
 static void bounds_error(Bounds *b, const yaml_event_t *e, const char *fmt, ...) UTIL_PRINTF(3, 4);
@@ -77,28 +80,31 @@ static void bounds_add(Bounds *b, size_t nodes, size_t bytes, int height)
         f->height = height + 1;
 }
 
-/* Registers the anchor of a node; 0 when there is none or it was taken,
- * 1 when libyaml will refuse it (a duplicate: stop counting here), -1 after
- * reporting too many. */
+/* Registers the anchor of a node (the document's node number b->nodes);
+ * 0 when there is none or it was taken, -1 after reporting a duplicate (in
+ * libyaml's words, which its loader used) or too many. */
 static int bounds_anchor(Bounds *b, const yaml_event_t *e, const yaml_char_t *name, int *index)
 {
     *index = -1;
     if (!name)
         return 0;
     for (int i = 0; i < b->n_anchors; i++)
-        if (strcmp(b->anchors[i].name, (const char *)name) == 0)
-            return 1;
+        if (strcmp(b->anchors[i].name, (const char *)name) == 0) {
+            bounds_error(b, e, "second occurrence found duplicate anchor; first occurrence");
+            return -1;
+        }
     if (b->n_anchors == YAML_MAX_ANCHORS) {
         bounds_error(b, e, "more than %d anchors (the limit per document)", YAML_MAX_ANCHORS);
         return -1;
     }
     *index = b->n_anchors;
-    b->anchors[b->n_anchors++] = (Anchor){.name = xstrdup((const char *)name), .open = true};
+    b->anchors[b->n_anchors++] =
+        (Anchor){.name = xstrdup((const char *)name), .node = (int)b->nodes, .mark = e->start_mark, .open = true};
     return 0;
 }
 
-/* One event; 1 to go on, 0 to stop with no error (the document ended, or
- * libyaml will report what follows), -1 after reporting a crossed bound. */
+/* One event; 1 to go on, 0 when the document ended, -1 after reporting a
+ * crossed bound, a duplicate anchor or an undefined alias. */
 static int bounds_event(Bounds *b, const yaml_event_t *e)
 {
     int a;
@@ -113,13 +119,14 @@ static int bounds_event(Bounds *b, const yaml_event_t *e)
         const yaml_char_t *anchor = e->type == YAML_SCALAR_EVENT           ? e->data.scalar.anchor
                                     : e->type == YAML_SEQUENCE_START_EVENT ? e->data.sequence_start.anchor
                                                                            : e->data.mapping_start.anchor;
-        int r = bounds_anchor(b, e, anchor, &a);
-        if (r != 0)
-            return r > 0 ? 0 : -1;
+        if (bounds_anchor(b, e, anchor, &a) < 0)
+            return -1;
         if (e->type == YAML_SCALAR_EVENT) {
             bounds_add(b, 1, e->data.scalar.length, 0);
-            if (a >= 0)
-                b->anchors[a] = (Anchor){b->anchors[a].name, 1, e->data.scalar.length, 0, false};
+            if (a >= 0) {
+                Anchor *an = &b->anchors[a];
+                *an = (Anchor){an->name, an->node, an->mark, 1, e->data.scalar.length, 0, false};
+            }
             return 1;
         }
         if (b->depth == YAML_MAX_DEPTH) {
@@ -132,8 +139,10 @@ static int bounds_event(Bounds *b, const yaml_event_t *e)
     case YAML_SEQUENCE_END_EVENT:
     case YAML_MAPPING_END_EVENT: {
         Frame f = b->stack[b->depth--];
-        if (f.anchor >= 0)
-            b->anchors[f.anchor] = (Anchor){b->anchors[f.anchor].name, f.nodes, f.bytes, f.height, false};
+        if (f.anchor >= 0) {
+            Anchor *an = &b->anchors[f.anchor];
+            *an = (Anchor){an->name, an->node, an->mark, f.nodes, f.bytes, f.height, false};
+        }
         bounds_add(b, f.nodes, f.bytes, f.height);
         return 1;
     }
@@ -143,8 +152,10 @@ static int bounds_event(Bounds *b, const yaml_event_t *e)
         for (int i = 0; i < b->n_anchors && !an; i++)
             if (strcmp(b->anchors[i].name, name) == 0)
                 an = &b->anchors[i];
-        if (!an)
-            return 0; /* libyaml: "found undefined alias" */
+        if (!an) {
+            bounds_error(b, e, "found undefined alias"); /* libyaml's words */
+            return -1;
+        }
         if (an->open) {
             bounds_error(b, e, "alias '*%s' refers to a node that contains it", name);
             return -1;
@@ -167,6 +178,7 @@ static int bounds_event(Bounds *b, const yaml_event_t *e)
             return -1;
         }
         bounds_add(b, an->nodes, an->bytes, an->height);
+        b->alias_node = an->node;
         return 1;
     }
     case YAML_DOCUMENT_END_EVENT:
@@ -180,38 +192,119 @@ static int bounds_event(Bounds *b, const yaml_event_t *e)
     return 1;
 }
 
-/* Walks the events of the first document checking every bound; false after
- * reporting one crossed. A syntax error ends the walk with no error: the
- * loader, which stops at the same place, reports it. Sets *nodes to the
- * nodes a walk of the loaded document visits. */
-static bool check_bounds(const char *file, const char *buf, size_t len, size_t max_nodes, size_t *nodes, Diag *diag)
+/* ---- loading --------------------------------------------------------------- */
+
+/* Composing the document from the events in the same pass that checks the
+ * bounds: libyaml's yaml_parser_load would parse the input a second time
+ * (parsing is most of the cost of loading). The document is the one
+ * yaml_parser_load builds, node for node and position for position, except
+ * that tags are not kept (node->tag is NULL: nothing here reads them, and
+ * a copy of the default tag per node was a tenth of the loading time), nor
+ * the directives. The event's scalar text is taken over, not copied. */
+
+typedef struct Open {
+    int node;        /* the open collection's index */
+    int pending_key; /* a mapping: the key waiting for its value, or 0 */
+} Open;
+
+static yaml_node_t *doc_node(yaml_document_t *d, int index)
 {
-    if (!check_directives(file, buf, len, diag))
-        return false;
-    Bounds *b = xcalloc(1, sizeof(*b));
-    *b = (Bounds){.file = file, .diag = diag, .max_nodes = max_nodes};
-    yaml_parser_t parser;
-    if (!yaml_parser_initialize(&parser))
-        abort();
-    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
-    yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
-    int r = 1;
-    while (r > 0) {
-        yaml_event_t e;
-        if (!yaml_parser_parse(&parser, &e))
-            break;
-        r = bounds_event(b, &e);
-        yaml_event_delete(&e);
-    }
-    yaml_parser_delete(&parser);
-    *nodes = b->stack[0].nodes;
-    for (int i = 0; i < b->n_anchors; i++)
-        free(b->anchors[i].name);
-    free(b);
-    return r >= 0;
+    return &d->nodes.start[index - 1];
 }
 
-/* ---- loading --------------------------------------------------------------- */
+/* A new node; its index (1-based, as libyaml's). */
+static int doc_push(yaml_document_t *d, yaml_node_t node)
+{
+    if (d->nodes.top == d->nodes.end) {
+        size_t n = (size_t)(d->nodes.top - d->nodes.start), cap = n ? n * 2 : 64;
+        d->nodes.start = xrealloc(d->nodes.start, cap * sizeof(*d->nodes.start));
+        d->nodes.top = d->nodes.start + n;
+        d->nodes.end = d->nodes.start + cap;
+    }
+    *d->nodes.top++ = node;
+    return (int)(d->nodes.top - d->nodes.start);
+}
+
+/* Puts node in the innermost open collection: an item of a list, a key or
+ * a value of a mapping. */
+static void doc_attach(yaml_document_t *d, Open *o, int node)
+{
+    yaml_node_t *p = doc_node(d, o->node);
+    if (p->type == YAML_SEQUENCE_NODE) {
+        if (p->data.sequence.items.top == p->data.sequence.items.end) {
+            size_t n = (size_t)(p->data.sequence.items.top - p->data.sequence.items.start), cap = n ? n * 2 : 4;
+            p->data.sequence.items.start = xrealloc(p->data.sequence.items.start, cap * sizeof(yaml_node_item_t));
+            p->data.sequence.items.top = p->data.sequence.items.start + n;
+            p->data.sequence.items.end = p->data.sequence.items.start + cap;
+        }
+        *p->data.sequence.items.top++ = node;
+    } else if (!o->pending_key) {
+        o->pending_key = node;
+    } else {
+        if (p->data.mapping.pairs.top == p->data.mapping.pairs.end) {
+            size_t n = (size_t)(p->data.mapping.pairs.top - p->data.mapping.pairs.start), cap = n ? n * 2 : 4;
+            p->data.mapping.pairs.start = xrealloc(p->data.mapping.pairs.start, cap * sizeof(yaml_node_pair_t));
+            p->data.mapping.pairs.top = p->data.mapping.pairs.start + n;
+            p->data.mapping.pairs.end = p->data.mapping.pairs.start + cap;
+        }
+        *p->data.mapping.pairs.top++ = (yaml_node_pair_t){.key = o->pending_key, .value = node};
+        o->pending_key = 0;
+    }
+}
+
+/* One event into the document; false at its end. The bounds have been
+ * checked, so collections are nested at most YAML_MAX_DEPTH deep. */
+static bool doc_event(yaml_document_t *d, Bounds *b, Open *open, int *depth, yaml_event_t *e)
+{
+    int node = 0;
+    switch (e->type) {
+    case YAML_SCALAR_EVENT:
+        node = doc_push(d, (yaml_node_t){.type = YAML_SCALAR_NODE,
+                                         .data.scalar = {.value = TAKE_PTR(e->data.scalar.value),
+                                                         .length = e->data.scalar.length,
+                                                         .style = e->data.scalar.style},
+                                         .start_mark = e->start_mark,
+                                         .end_mark = e->end_mark});
+        break;
+    case YAML_SEQUENCE_START_EVENT:
+        node = doc_push(d, (yaml_node_t){.type = YAML_SEQUENCE_NODE,
+                                         .data.sequence.style = e->data.sequence_start.style,
+                                         .start_mark = e->start_mark,
+                                         .end_mark = e->end_mark});
+        break;
+    case YAML_MAPPING_START_EVENT:
+        node = doc_push(d, (yaml_node_t){.type = YAML_MAPPING_NODE,
+                                         .data.mapping.style = e->data.mapping_start.style,
+                                         .start_mark = e->start_mark,
+                                         .end_mark = e->end_mark});
+        break;
+    case YAML_ALIAS_EVENT:
+        node = b->alias_node;
+        break;
+    case YAML_SEQUENCE_END_EVENT:
+    case YAML_MAPPING_END_EVENT:
+        doc_node(d, open[(*depth)--].node)->end_mark = e->end_mark;
+        return true;
+    case YAML_DOCUMENT_START_EVENT:
+        d->start_implicit = e->data.document_start.implicit;
+        d->start_mark = e->start_mark;
+        return true;
+    case YAML_DOCUMENT_END_EVENT:
+        d->end_implicit = e->data.document_end.implicit;
+        d->end_mark = e->end_mark;
+        return false;
+    case YAML_STREAM_END_EVENT:
+        return false;
+    case YAML_NO_EVENT:
+    case YAML_STREAM_START_EVENT:
+        return true;
+    }
+    if (*depth > 0)
+        doc_attach(d, &open[*depth], node);
+    if (e->type == YAML_SEQUENCE_START_EVENT || e->type == YAML_MAPPING_START_EVENT)
+        open[++*depth] = (Open){.node = node};
+    return true;
+}
 
 /* Parses the first document of buf into c; false after reporting a syntax
  * error or a crossed bound. Sets c->empty when the input holds no node
@@ -219,22 +312,45 @@ static bool check_bounds(const char *file, const char *buf, size_t len, size_t m
 static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len, size_t max_nodes, Diag *diag)
 {
     *c = (YamlCtx){.file = file, .diag = diag};
-    if (!check_bounds(file, buf, len, max_nodes, &c->nodes, diag))
+    if (!check_directives(file, buf, len, diag))
         return false;
+    Bounds *b = xcalloc(1, sizeof(*b));
+    *b = (Bounds){.file = file, .diag = diag, .max_nodes = max_nodes};
+    Open open[YAML_MAX_DEPTH + 2];
+    int depth = 0;
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser))
         abort();
     yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
     yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
-    if (!yaml_parser_load(&parser, &c->doc)) {
-        yaml_mark_t m = parser.problem_mark;
-        diag_error_at(diag, file, (int)m.line + 1, (int)m.column + 1, "%s%s%s",
-                      parser.problem ? parser.problem : "malformed YAML", parser.context ? " " : "",
-                      parser.context ? parser.context : "");
-        yaml_parser_delete(&parser);
-        return false;
+    bool ok = true, more = true;
+    while (more) {
+        yaml_event_t e;
+        if (!yaml_parser_parse(&parser, &e)) {
+            yaml_mark_t m = parser.problem_mark;
+            diag_error_at(diag, file, (int)m.line + 1, (int)m.column + 1, "%s%s%s",
+                          parser.problem ? parser.problem : "malformed YAML", parser.context ? " " : "",
+                          parser.context ? parser.context : "");
+            ok = false;
+            break;
+        }
+        int r = bounds_event(b, &e);
+        if (r < 0)
+            ok = false;
+        else
+            more = doc_event(&c->doc, b, open, &depth, &e) && r > 0;
+        yaml_event_delete(&e);
+        more = more && ok;
     }
     yaml_parser_delete(&parser);
+    c->nodes = b->stack[0].nodes;
+    for (int i = 0; i < b->n_anchors; i++)
+        free(b->anchors[i].name);
+    free(b);
+    if (!ok) {
+        yaml_document_delete(&c->doc);
+        return false;
+    }
     c->have_doc = true;
     /* No document, or "---" alone: libyaml gives the latter an empty plain
      * scalar that starts where it ends. */

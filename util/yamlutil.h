@@ -4,7 +4,10 @@
  *
  * Every message goes to the Diag given to yaml_ctx_load as
  * "file:line:col: message" (positions 1-based). Nodes belong to the
- * context's document and live until yaml_ctx_done. */
+ * context's document and live until yaml_ctx_done. The document is the one
+ * libyaml's yaml_parser_load builds, composed in the same pass over the
+ * events that checks the bounds below, without tags (node->tag is NULL)
+ * or directives. */
 #include <jansson.h>
 #include <stdbool.h>
 #include <yaml.h>

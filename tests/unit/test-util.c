@@ -500,6 +500,83 @@ static yaml_node_t *load_map(const char *text)
     return root;
 }
 
+/* yaml_ctx_load composes the document itself, in the pass that checks the
+ * bounds: it must be the one libyaml's own loader builds, node for node
+ * (type, text, style, both positions, items and pairs), tags aside. */
+static void ck_assert_same_as_libyaml(const char *text)
+{
+    yaml_parser_t p;
+    yaml_document_t want;
+    ck_assert(yaml_parser_initialize(&p));
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, strlen(text));
+    ck_assert_msg(yaml_parser_load(&p, &want), "libyaml refuses: %s", text);
+    yaml_parser_delete(&p);
+    YamlCtx c;
+    Diag dd = {0};
+    yaml_node_t *root = yaml_ctx_load(&c, "c.yaml", text, strlen(text), &dd);
+    ck_assert_msg(root, "refused: %s: %s", text, test_diag_text(&dd));
+    ck_assert_int_eq(c.doc.nodes.top - c.doc.nodes.start, want.nodes.top - want.nodes.start);
+    for (yaml_node_t *a = c.doc.nodes.start, *b = want.nodes.start; a < c.doc.nodes.top; a++, b++) {
+        ck_assert_int_eq(a->type, b->type);
+        ck_assert_int_eq(a->start_mark.index, b->start_mark.index);
+        ck_assert_int_eq(a->start_mark.line, b->start_mark.line);
+        ck_assert_int_eq(a->start_mark.column, b->start_mark.column);
+        ck_assert_int_eq(a->end_mark.index, b->end_mark.index);
+        ck_assert_int_eq(a->end_mark.line, b->end_mark.line);
+        ck_assert_int_eq(a->end_mark.column, b->end_mark.column);
+        if (a->type == YAML_SCALAR_NODE) {
+            ck_assert_int_eq(a->data.scalar.length, b->data.scalar.length);
+            ck_assert(memcmp(a->data.scalar.value, b->data.scalar.value, a->data.scalar.length + 1) == 0);
+            ck_assert_int_eq(a->data.scalar.style, b->data.scalar.style);
+        } else if (a->type == YAML_SEQUENCE_NODE) {
+            ck_assert_int_eq(a->data.sequence.style, b->data.sequence.style);
+            size_t n = (size_t)(a->data.sequence.items.top - a->data.sequence.items.start);
+            ck_assert_int_eq(n, b->data.sequence.items.top - b->data.sequence.items.start);
+            for (size_t i = 0; i < n; i++)
+                ck_assert_int_eq(a->data.sequence.items.start[i], b->data.sequence.items.start[i]);
+        } else {
+            ck_assert_int_eq(a->data.mapping.style, b->data.mapping.style);
+            size_t n = (size_t)(a->data.mapping.pairs.top - a->data.mapping.pairs.start);
+            ck_assert_int_eq(n, b->data.mapping.pairs.top - b->data.mapping.pairs.start);
+            for (size_t i = 0; i < n; i++) {
+                ck_assert_int_eq(a->data.mapping.pairs.start[i].key, b->data.mapping.pairs.start[i].key);
+                ck_assert_int_eq(a->data.mapping.pairs.start[i].value, b->data.mapping.pairs.start[i].value);
+            }
+        }
+    }
+    yaml_ctx_done(&c);
+    yaml_document_delete(&want);
+    diag_clear(&dd);
+}
+
+START_TEST(yaml_ctx_load_same_document_as_libyaml)
+{
+    ck_assert_same_as_libyaml("a: 1\nb: [x, y]\n");
+    ck_assert_same_as_libyaml("x\n");
+    ck_assert_same_as_libyaml("---\n");
+    ck_assert_same_as_libyaml(
+        "- [a, [b, {c: d, e: [f]}], {}]\n- 'q'\n- \"r\\ts\"\n- |\n  block\n  text\n- >\n  folded\n");
+    ck_assert_same_as_libyaml("a: &x {k: [1, 2]}\nb: *x\nc: &y s\nd: [*y, *x, *y]\n? [complex, key]\n: v\n");
+    ck_assert_same_as_libyaml(
+        "%YAML 1.1\n%TAG !e! tag:example.com,2000:\n--- !e!m\n!!str a: !e!s [1]\n...\n--- second\n");
+    ck_assert_same_as_libyaml("{\"from\": \"1\", \"up\": [{\"op\": \"load\", \"n\": 5}], \"e\": null}\n");
+}
+END_TEST
+
+/* libyaml's loader refused these; the one pass refuses them in its words,
+ * at its position. */
+START_TEST(yaml_ctx_load_composer_errors)
+{
+    ck_assert_ptr_null(load("a: &x 1\nb: &x 2\n"));
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:2:4: second occurrence found duplicate anchor; first occurrence");
+    yaml_ctx_done(&y);
+    diag_clear(&d);
+    ck_assert_ptr_null(load("a: 1\nb: [c, *nope]\n"));
+    ck_assert_str_eq(d.errors.v[0], "c.yaml:2:8: found undefined alias");
+    ck_assert_int_eq(d.errors.n, 1);
+}
+END_TEST
+
 START_TEST(yaml_ctx_load_document)
 {
     yaml_node_t *root = load("a: 1\nb: [x, y]\n");
@@ -1271,7 +1348,8 @@ static Suite *util_suite(void)
 
     add(s, "yaml_ctx_load", true,
         T(yaml_ctx_load_document, yaml_ctx_load_empty_is_an_error, yaml_ctx_load_bare_document_marker,
-          yaml_ctx_load_syntax_error, yaml_ctx_load_reads_len_bytes_only, yaml_ctx_load_first_document_only));
+          yaml_ctx_load_syntax_error, yaml_ctx_load_reads_len_bytes_only, yaml_ctx_load_first_document_only,
+          yaml_ctx_load_same_document_as_libyaml, yaml_ctx_load_composer_errors));
     add(s, "yaml_ctx_load_optional", true,
         T(yaml_ctx_load_optional_empty_inputs, yaml_ctx_load_optional_content, yaml_ctx_load_optional_syntax_error));
     add(s, "yaml_ctx_done", true, T(yaml_ctx_done_is_idempotent));
