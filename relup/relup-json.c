@@ -2,6 +2,9 @@
  * releases/<vsn>/relup.yaml is that JSON, which is also YAML), and a line
  * per instruction for people. */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "relup.h"
@@ -243,13 +246,416 @@ static void parse_script(YamlCtx *c, yaml_node_t *root, const char *key, RelupSc
     }
 }
 
+/* ---- the fast path --------------------------------------------------------
+ *
+ * A stored relup is the JSON store_write_relup wrote (and reld's reply the
+ * JSON it sent). Composing it as YAML was most of the time of reading it
+ * (11.5 MB for the benchmark release: a libyaml document of 734,015 nodes,
+ * 1.2 s, more than computing the relup), and so would be building a jansson
+ * tree of it. A text that is plainly JSON is therefore read straight into
+ * the Relup, and taken only when it is, field for field, a relup the YAML
+ * path accepts and reads the same. Anything else, however small (an
+ * unknown key, "op" not first, a number where a string goes, a real, a
+ * long key, a byte that is not printable ASCII, an escape libyaml reads
+ * otherwise, a duplicate key), falls back to the YAML path, which gives
+ * every message its position: the fast path never reports an error. */
+
+/* Extras nested deeper than this, and keys longer, fall back: YAML's bounds
+ * (64 collections in all) and libyaml's simple keys (at most 1024
+ * characters) decide those. */
+#define FAST_MAX_EXTRA_DEPTH 32
+#define FAST_MAX_KEY         1000
+
+typedef struct Fast {
+    const char *p, *end;
+    size_t nodes; /* as the YAML bounds count them: every key and value */
+    char *str;    /* the last string read, unescaped, NUL-terminated */
+    size_t str_len, str_cap;
+} Fast;
+
+static void fast_ws(Fast *f)
+{
+    while (f->p < f->end && (*f->p == ' ' || *f->p == '\n' || *f->p == '\r'))
+        f->p++;
+}
+
+/* Skips blanks, then takes ch if it is next. */
+static bool fast_eat(Fast *f, char ch)
+{
+    fast_ws(f);
+    if (f->p < f->end && *f->p == ch) {
+        f->p++;
+        return true;
+    }
+    return false;
+}
+
+static int hexval(char ch)
+{
+    return ch >= '0' && ch <= '9'   ? ch - '0'
+           : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+           : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                    : -1;
+}
+
+static void fast_put(Fast *f, char ch)
+{
+    GROW(f->str, f->str_cap, f->str_len + 2);
+    f->str[f->str_len++] = ch;
+}
+
+/* A string into f->str. Printable ASCII and the escapes libyaml and JSON
+ * read alike: no \/, no \u0000, no surrogates (libyaml refuses those that
+ * JSON joins into one character). */
+static bool fast_string(Fast *f)
+{
+    if (!fast_eat(f, '"'))
+        return false;
+    f->str_len = 0;
+    for (;;) {
+        if (f->p >= f->end)
+            return false;
+        char ch = *f->p++;
+        if (ch == '"')
+            break;
+        if ((unsigned char)ch < 0x20 || (unsigned char)ch > 0x7e)
+            return false;
+        if (ch != '\\') {
+            fast_put(f, ch);
+            continue;
+        }
+        if (f->p >= f->end)
+            return false;
+        char e = *f->p++;
+        static const char from[] = "\"\\bfnrt", to[] = "\"\\\b\f\n\r\t";
+        const char *k = e ? strchr(from, e) : NULL;
+        if (k) {
+            fast_put(f, to[k - from]);
+            continue;
+        }
+        if (e != 'u' || f->end - f->p < 4)
+            return false;
+        unsigned cp = 0;
+        for (int i = 0; i < 4; i++) {
+            int h = hexval(*f->p++);
+            if (h < 0)
+                return false;
+            cp = cp * 16 + (unsigned)h;
+        }
+        if (cp == 0 || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        if (cp < 0x80) {
+            fast_put(f, (char)cp);
+        } else if (cp < 0x800) {
+            fast_put(f, (char)(0xc0 | (cp >> 6)));
+            fast_put(f, (char)(0x80 | (cp & 0x3f)));
+        } else {
+            fast_put(f, (char)(0xe0 | (cp >> 12)));
+            fast_put(f, (char)(0x80 | ((cp >> 6) & 0x3f)));
+            fast_put(f, (char)(0x80 | (cp & 0x3f)));
+        }
+    }
+    fast_put(f, 0);
+    f->str_len--;
+    f->nodes++;
+    return true;
+}
+
+/* A key and its colon right after it: the key in f->str. (libyaml takes a
+ * key only within 1024 characters and on one line with its colon.) */
+static bool fast_key(Fast *f)
+{
+    if (!fast_string(f) || f->str_len > FAST_MAX_KEY || f->p >= f->end || *f->p != ':')
+        return false;
+    f->p++;
+    return true;
+}
+
+/* After an item: true and *more for a comma, true and !*more for close. */
+static bool fast_next(Fast *f, char close, bool *more)
+{
+    if (fast_eat(f, ','))
+        return (*more = true);
+    *more = false;
+    return fast_eat(f, close);
+}
+
+/* An integer as JSON writes it (no reals: strtod's range and rounding
+ * against the YAML path's typing are not worth matching here). */
+static bool fast_integer(Fast *f, long long *out)
+{
+    fast_ws(f);
+    bool neg = f->p < f->end && *f->p == '-';
+    const char *d = f->p + neg, *q = d;
+    while (q < f->end && *q >= '0' && *q <= '9')
+        q++;
+    if (q == d || q - d > 18 || (*d == '0' && q - d > 1) || (q < f->end && (*q == '.' || *q == 'e' || *q == 'E')))
+        return false;
+    long long v = 0;
+    for (; d < q; d++)
+        v = v * 10 + (*d - '0');
+    *out = neg ? -v : v;
+    f->p = q;
+    f->nodes++;
+    return true;
+}
+
+static bool fast_word(Fast *f, const char *w)
+{
+    fast_ws(f);
+    size_t n = strlen(w);
+    if ((size_t)(f->end - f->p) < n || memcmp(f->p, w, n) != 0)
+        return false;
+    f->p += n;
+    f->nodes++;
+    return true;
+}
+
+/* Any value of an extra, as the YAML path types it. NULL: fall back. */
+static json_t *fast_value(Fast *f, int depth)
+{
+    fast_ws(f);
+    if (f->p >= f->end)
+        return NULL;
+    char ch = *f->p;
+    if (ch == '"')
+        return fast_string(f) ? json_stringn(f->str, f->str_len) : NULL;
+    if (ch == 't')
+        return fast_word(f, "true") ? json_true() : NULL;
+    if (ch == 'f')
+        return fast_word(f, "false") ? json_false() : NULL;
+    if (ch == 'n')
+        return fast_word(f, "null") ? json_null() : NULL;
+    if (ch == '-' || (ch >= '0' && ch <= '9')) {
+        long long v;
+        return fast_integer(f, &v) ? json_integer(v) : NULL;
+    }
+    if ((ch != '[' && ch != '{') || depth >= FAST_MAX_EXTRA_DEPTH)
+        return NULL;
+    f->p++;
+    f->nodes++;
+    bool list = ch == '[', more = true;
+    json_t *c = list ? json_array() : json_object();
+    if (fast_eat(f, list ? ']' : '}'))
+        return c;
+    while (more) {
+        char *key = NULL;
+        if (!list) {
+            if (!fast_key(f) || json_object_get(c, f->str))
+                break;
+            key = xstrdup(f->str);
+        }
+        json_t *v = fast_value(f, depth + 1);
+        if (!v) {
+            free(key);
+            break;
+        }
+        if (list)
+            json_array_append_new(c, v);
+        else
+            json_object_set_new(c, key, v);
+        free(key);
+        if (!fast_next(f, list ? ']' : '}', &more))
+            break;
+        if (!more)
+            return c;
+    }
+    json_decref(c);
+    return NULL;
+}
+
+/* A string value valid by check (NULL: any), copied into *out. */
+static bool fast_dup(Fast *f, bool (*check)(const char *), char **out)
+{
+    if (*out || !fast_string(f) || (check && !check(f->str)))
+        return false;
+    *out = xstrdup(f->str);
+    return true;
+}
+
+static bool fast_purge(Fast *f, bool *seen, PurgeMethod *out)
+{
+    if (*seen || !fast_string(f))
+        return false;
+    *seen = true;
+    if (strcmp(f->str, "soft_purge") == 0)
+        *out = PURGE_SOFT;
+    else if (strcmp(f->str, "brutal_purge") == 0)
+        *out = PURGE_BRUTAL;
+    else
+        return false;
+    return true;
+}
+
+static bool fast_module(Fast *f, RelupOp op, RelupModule *out)
+{
+    fast_ws(f);
+    if (op != RELUP_CODE_CHANGE && f->p < f->end && *f->p == '"')
+        return fast_dup(f, name_is_valid, &out->module);
+    if ((op != RELUP_SUSPEND && op != RELUP_CODE_CHANGE) || !fast_eat(f, '{'))
+        return false;
+    f->nodes++;
+    bool more = true, timeout = false;
+    while (more) {
+        if (!fast_key(f))
+            return false;
+        if (strcmp(f->str, "module") == 0) {
+            if (!fast_dup(f, name_is_valid, &out->module))
+                return false;
+        } else if (op == RELUP_CODE_CHANGE && strcmp(f->str, "extra") == 0) {
+            if (out->extra || !(out->extra = fast_value(f, 0)))
+                return false;
+        } else if (op == RELUP_SUSPEND && strcmp(f->str, "timeout_ms") == 0) {
+            long long t;
+            fast_ws(f);
+            if (timeout)
+                return false;
+            timeout = true;
+            if (f->p < f->end && *f->p == '"') {
+                if (!fast_string(f) || strcmp(f->str, "infinity") != 0)
+                    return false;
+                out->timeout_ms = TIMEOUT_INFINITY;
+            } else if (fast_integer(f, &t) && t >= 1 && t <= 86400000L) {
+                out->timeout_ms = (long)t;
+            } else {
+                return false;
+            }
+        } else {
+            return false;
+        }
+        if (!fast_next(f, '}', &more))
+            return false;
+    }
+    if (!out->module)
+        return false;
+    if (op == RELUP_CODE_CHANGE && !out->extra)
+        out->extra = json_null();
+    return true;
+}
+
+static bool fast_modules(Fast *f, RelupInstr *i)
+{
+    if (!fast_eat(f, '['))
+        return false;
+    f->nodes++;
+    size_t cap = 0;
+    bool more = !fast_eat(f, ']');
+    while (more) {
+        GROW(i->mods, cap, i->n_mods + 1);
+        i->mods[i->n_mods] = (RelupModule){0};
+        if (!fast_module(f, i->op, &i->mods[i->n_mods++]) || !fast_next(f, ']', &more))
+            return false;
+    }
+    return true;
+}
+
+static bool fast_instr(Fast *f, RelupInstr *i)
+{
+    if (!fast_eat(f, '{') || !fast_key(f) || strcmp(f->str, "op") != 0 || !fast_string(f))
+        return false;
+    f->nodes++;
+    int op = -1;
+    for (int k = 0; k < RELUP_N_OPS && op < 0; k++)
+        if (strcmp(f->str, relup_op_name(k)) == 0)
+            op = k;
+    if (op < 0)
+        return false;
+    i->op = op;
+    bool more, mode = false, pre = false, post = false, mods = false;
+    if (!fast_next(f, '}', &more))
+        return false;
+    while (more) {
+        if (!fast_key(f))
+            return false;
+        const char *k = f->str;
+        bool ok;
+        if (has_app_field(op) && strcmp(k, "app") == 0)
+            ok = fast_dup(f, name_is_valid, &i->app);
+        else if (op == RELUP_LOAD_OBJECT_CODE && strcmp(k, "vsn") == 0)
+            ok = fast_dup(f, version_is_valid, &i->vsn);
+        else if (op == RELUP_CODE_CHANGE && strcmp(k, "mode") == 0) {
+            ok = !mode && fast_string(f) && (strcmp(f->str, "up") == 0 || strcmp(f->str, "down") == 0);
+            mode = true;
+            i->down = ok && strcmp(f->str, "down") == 0;
+        } else if (has_module_field(op) && strcmp(k, "module") == 0)
+            ok = fast_dup(f, name_is_valid, &i->module);
+        else if (has_module_field(op) && strcmp(k, "pre_purge") == 0)
+            ok = fast_purge(f, &pre, &i->pre_purge);
+        else if (has_module_field(op) && strcmp(k, "post_purge") == 0)
+            ok = fast_purge(f, &post, &i->post_purge);
+        else if (has_modules_field(op) && strcmp(k, "modules") == 0) {
+            ok = !mods && fast_modules(f, i);
+            mods = true;
+        } else
+            ok = false;
+        if (!ok || !fast_next(f, '}', &more))
+            return false;
+    }
+    /* Every field present. */
+    return (!has_app_field(op) || i->app) && (op != RELUP_LOAD_OBJECT_CODE || i->vsn) &&
+           (op != RELUP_CODE_CHANGE || mode) && (!has_module_field(op) || (i->module && pre && post)) &&
+           (!has_modules_field(op) || mods);
+}
+
+static bool fast_script(Fast *f, RelupScript *out)
+{
+    if (out->v || !fast_eat(f, '['))
+        return false;
+    f->nodes++;
+    GROW(out->v, out->cap, 1); /* present, even when empty */
+    bool more = !fast_eat(f, ']');
+    while (more) {
+        GROW(out->v, out->cap, out->n + 1);
+        out->v[out->n] = (RelupInstr){0};
+        bool ok = fast_instr(f, &out->v[out->n++]);
+        if (!ok || !fast_next(f, ']', &more))
+            return false;
+    }
+    return true;
+}
+
+/* The relup in buf when the fast path takes it, else NULL (no message). */
+static Relup *fast_parse(const char *buf, size_t len)
+{
+    Fast f = {.p = buf, .end = buf + len};
+    if (!fast_eat(&f, '{'))
+        return NULL;
+    f.nodes++;
+    Relup *r = xcalloc(1, sizeof(*r));
+    bool ok = true, more = true;
+    while (ok && more) {
+        ok = fast_key(&f);
+        if (!ok)
+            break;
+        if (strcmp(f.str, "from") == 0)
+            ok = fast_dup(&f, version_is_valid, &r->from);
+        else if (strcmp(f.str, "to") == 0)
+            ok = fast_dup(&f, version_is_valid, &r->to);
+        else if (strcmp(f.str, "up") == 0)
+            ok = fast_script(&f, &r->up);
+        else if (strcmp(f.str, "down") == 0)
+            ok = fast_script(&f, &r->down);
+        else
+            ok = false;
+        ok = ok && fast_next(&f, '}', &more);
+    }
+    fast_ws(&f);
+    ok = ok && f.p == f.end && r->from && r->to && r->up.v && r->down.v && f.nodes <= RELUP_MAX_NODES;
+    free(f.str);
+    return ok ? r : relup_free(r);
+}
+
 int relup_parse(const char *file, const char *buf, size_t len, Relup **ret, Diag *diag)
 {
     static const char *const keys[] = {"from", "to", "up", "down", NULL};
     size_t before = diag_n_errors(diag);
-    YamlCtx c;
-    Relup *r = xcalloc(1, sizeof(*r));
-    yaml_node_t *root = yaml_ctx_load_limit(&c, file, buf, len, RELUP_MAX_NODES, diag);
+    YamlCtx c = {0};
+    Relup *r = fast_parse(buf, len);
+    yaml_node_t *root = NULL;
+    if (!r) {
+        r = xcalloc(1, sizeof(*r));
+        root = yaml_ctx_load_limit(&c, file, buf, len, RELUP_MAX_NODES, diag);
+    }
     if (root && root->type != YAML_MAPPING_NODE)
         yaml_error(&c, root, "a relup must be a mapping {from, to, up, down}, not %s", yaml_kind(root));
     else if (root) {
@@ -279,48 +685,73 @@ int relup_parse(const char *file, const char *buf, size_t len, Relup **ret, Diag
 
 /* ---- for people --------------------------------------------------------- */
 
-char *relup_instr_format(const RelupInstr *i)
+/* A line built in one buffer: a relup of 66,000 instructions is printed
+ * line by line, and a string per module joined by asprintf was most of
+ * printing it. */
+typedef struct Line {
+    char *s;
+    size_t n, cap;
+} Line;
+
+static void line_add(Line *l, const char *fmt, ...) UTIL_PRINTF(2, 3);
+static void line_add(Line *l, const char *fmt, ...)
 {
-    char *mods = xstrdup("");
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(l->s ? l->s + l->n : NULL, l->s ? l->cap - l->n : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0)
+            abort();
+        if (l->s && l->n + (size_t)k < l->cap) {
+            l->n += (size_t)k;
+            return;
+        }
+        GROW(l->s, l->cap, l->n + (size_t)k + 1);
+    }
+}
+
+static void line_mods(Line *l, const RelupInstr *i)
+{
     for (size_t k = 0; k < i->n_mods; k++) {
         const RelupModule *m = &i->mods[k];
-        char *item;
+        line_add(l, "%s%s", k ? ", " : "", m->module);
         if (i->op == RELUP_CODE_CHANGE) {
             char *extra = json_dumps(m->extra ? m->extra : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
-            item = xasprintf("%s (extra %s)", m->module, extra ? extra : "?");
+            line_add(l, " (extra %s)", extra ? extra : "?");
             free(extra);
         } else if (m->timeout_ms == TIMEOUT_INFINITY) {
-            item = xasprintf("%s (timeout infinity)", m->module);
+            line_add(l, " (timeout infinity)");
         } else if (m->timeout_ms > 0) {
-            item = xasprintf("%s (timeout %ld ms)", m->module, m->timeout_ms);
-        } else {
-            item = xstrdup(m->module);
+            line_add(l, " (timeout %ld ms)", m->timeout_ms);
         }
-        char *n = xasprintf("%s%s%s", mods, k ? ", " : "", item);
-        free(item);
-        free(mods);
-        mods = n;
     }
-    char *line = NULL;
+}
+
+char *relup_instr_format(const RelupInstr *i)
+{
+    Line l = {0};
     switch (i->op) {
     case RELUP_LOAD_OBJECT_CODE:
-        line = xasprintf("load_object_code %s %s: %s", i->app, i->vsn, mods);
+        line_add(&l, "load_object_code %s %s: ", i->app, i->vsn);
+        line_mods(&l, i);
         break;
     case RELUP_LOAD:
     case RELUP_REMOVE:
-        line = xasprintf("%s %s (pre %s, post %s)", relup_op_name(i->op), i->module, purge_method_name(i->pre_purge),
-                         purge_method_name(i->post_purge));
+        line_add(&l, "%s %s (pre %s, post %s)", relup_op_name(i->op), i->module, purge_method_name(i->pre_purge),
+                 purge_method_name(i->post_purge));
         break;
     case RELUP_CODE_CHANGE:
-        line = xasprintf("code_change %s: %s", i->down ? "down" : "up", mods);
+        line_add(&l, "code_change %s: ", i->down ? "down" : "up");
+        line_mods(&l, i);
         break;
     case RELUP_START_APPLICATION:
     case RELUP_STOP_APPLICATION:
     case RELUP_UNLOAD_APPLICATION:
-        line = xasprintf("%s %s", relup_op_name(i->op), i->app);
+        line_add(&l, "%s %s", relup_op_name(i->op), i->app);
         break;
     case RELUP_POINT_OF_NO_RETURN:
-        line = xstrdup("point_of_no_return");
+        line_add(&l, "point_of_no_return");
         break;
     case RELUP_SUSPEND:
     case RELUP_RESUME:
@@ -328,9 +759,9 @@ char *relup_instr_format(const RelupInstr *i)
     case RELUP_STOP:
     case RELUP_START:
     case RELUP_N_OPS:
-        line = i->n_mods ? xasprintf("%s %s", relup_op_name(i->op), mods) : xstrdup(relup_op_name(i->op));
+        line_add(&l, "%s%s", relup_op_name(i->op), i->n_mods ? " " : "");
+        line_mods(&l, i);
         break;
     }
-    free(mods);
-    return line;
+    return l.s;
 }

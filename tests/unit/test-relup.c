@@ -515,6 +515,90 @@ static int parse_relup(const char *text_in)
     return rc;
 }
 
+/* A relup that is JSON is read by jansson first (relup-json.c, the fast
+ * path); it must read exactly as the YAML path reads the same text, which
+ * a comment line in front forces. */
+static int ck_assert_fast_as_yaml(const char *json)
+{
+    char *yaml = xasprintf("# as YAML\n%s", json);
+    Relup *a = NULL, *b = NULL;
+    Diag da = {0}, db = {0};
+    int ra = relup_parse("relup.yaml", json, strlen(json), &a, &da);
+    int rb = relup_parse("relup.yaml", yaml, strlen(yaml), &b, &db);
+    ck_assert_int_eq(ra, rb);
+    if (ra == 0) {
+        json_t *ja = relup_to_json(a), *jb = relup_to_json(b);
+        char *sa = json_dumps(ja, JSON_COMPACT), *sb = json_dumps(jb, JSON_COMPACT);
+        ck_assert_str_eq(sa, sb);
+        free(sa);
+        free(sb);
+        json_decref(ja);
+        json_decref(jb);
+    }
+    ck_assert_int_eq(da.errors.n, db.errors.n);
+    relup_free(a);
+    relup_free(b);
+    diag_clear(&da);
+    diag_clear(&db);
+    free(yaml);
+    return ra;
+}
+
+#define RELUP_JSON(UP) "{\"from\": \"1\", \"to\": \"2\", \"down\": [{\"op\": \"point_of_no_return\"}], \"up\": " UP "}"
+
+START_TEST(parse_json_reads_as_yaml)
+{
+    ck_assert_int_eq(
+        0,
+        ck_assert_fast_as_yaml(RELUP_JSON(
+            "[{\"op\": \"load_object_code\", \"app\": \"a\", \"vsn\": \"2\", \"modules\": [\"m\", \"n\"]},\n"
+            " {\"op\": \"point_of_no_return\"},\n"
+            " {\"op\": \"suspend\", \"modules\": [{\"module\": \"m\", \"timeout_ms\": 300}, "
+            "{\"module\": \"n\", \"timeout_ms\": \"infinity\"}, \"o\"]},\n"
+            " {\"op\": \"load\", \"module\": \"m\", \"pre_purge\": \"soft_purge\", \"post_purge\": \"brutal_purge\"},\n"
+            " {\"op\": \"load\", \"module\": \"n\", \"pre_purge\": \"brutal_purge\", \"post_purge\": \"soft_purge\"},\n"
+            " {\"op\": \"code_change\", \"mode\": \"up\", \"modules\": [{\"module\": \"m\", \"extra\": "
+            "{\"k\": [1, -2, \"v\", true, false, null, {}, []], \"s\": \"t\\\"\\\\\\n\\u00e9\\t\"}}, {\"module\": "
+            "\"n\"}]},\n"
+            " {\"op\": \"resume\", \"modules\": [\"m\", \"n\", \"o\"]},\n"
+            " {\"op\": \"start_application\", \"app\": \"b\"}]")));
+    /* Read by the YAML path, the same: a real, a number for a string, an
+     * unknown key, a duplicate key, a byte that is not ASCII, \/ and a
+     * surrogate escape, trailing text. */
+    ck_assert_fast_as_yaml(RELUP_JSON("[{\"op\": \"point_of_no_return\"}, {\"op\": \"code_change\", \"mode\": "
+                                      "\"up\", \"modules\": [{\"module\": \"m\", \"extra\": [1.5, 1e-400, 2E3]}]}]"));
+    ck_assert_fast_as_yaml(RELUP_JSON("[{\"op\": \"point_of_no_return\"}, {\"op\": \"start_application\", "
+                                      "\"app\": 7}]"));
+    ck_assert_fast_as_yaml(RELUP_JSON("[{\"op\": \"point_of_no_return\", \"x\": 1}]"));
+    ck_assert_fast_as_yaml(RELUP_JSON("[{\"op\": \"point_of_no_return\", \"op\": \"point_of_no_return\"}]"));
+    ck_assert_fast_as_yaml(RELUP_JSON("[{\"op\": \"point_of_no_return\"}, {\"op\": \"code_change\", \"mode\": "
+                                      "\"up\", \"modules\": [{\"module\": \"m\", \"extra\": \"\xc3\xa9 \\/ "
+                                      "\\ud83d\\ude00\"}]}]"));
+    ck_assert_fast_as_yaml(RELUP_JSON("[{\"op\": \"point_of_no_return\"}]") "\n--- x\n");
+    ck_assert_fast_as_yaml(
+        "{\"from\"\n: \"1\", \"to\": \"2\", \"up\": [{\"op\": \"point_of_no_return\"}], \"down\": []}");
+    ck_assert_fast_as_yaml("{\"from\":\"1\",\"to\":\"2\",\"up\":[],\"down\":[{\"op\":\"point_of_no_return\"},"
+                           "{\"op\":\"start_application\",\"app\":\"a\\u0062\"}]}");
+    ck_assert_fast_as_yaml(RELUP_JSON("[{\"op\": \"suspend\", \"modules\": [{\"module\": \"m\", \"timeout_ms\": "
+                                      "0}]}, {\"op\": \"point_of_no_return\"}]"));
+    ck_assert_int_eq(0, ck_assert_fast_as_yaml(RELUP_JSON("[{\"op\": \"point_of_no_return\"}]")));
+}
+END_TEST
+
+/* What the fast path does not take, the YAML path reports with positions. */
+START_TEST(parse_json_errors_keep_positions)
+{
+    ck_assert_int_eq(parse_relup("{\"from\": \"1\", \"to\": \"2\", \"down\": [],\n \"up\": [{\"op\": \"load\", "
+                                 "\"module\": \"9x\", \"pre_purge\": \"brutal_purge\", \"post_purge\": "
+                                 "\"brutal_purge\"},\n  {\"op\": \"point_of_no_return\", \"from\": 1}]}\n"),
+                     -EINVAL);
+    ck_assert_error("relup.yaml:2:9: bad module name '9x'");
+    ck_assert_error("relup.yaml:3:32: unknown key 'from' in point_of_no_return");
+    ck_assert_int_eq(parse_relup("{\"from\": \"1\", \"to\": \"2\", \"to\": \"2\", \"up\": [], \"down\": []}"), -EINVAL);
+    ck_assert_error("relup.yaml:1:26: duplicate key 'to' in relup");
+}
+END_TEST
+
 START_TEST(parse_rejects_bad_syntax_with_positions)
 {
     ck_assert_int_eq(parse_relup("from: \"1\"\nto: \"2\"\nup:\n  - {op: teleport}\n  - {op: load, module: m}\n"
@@ -692,7 +776,8 @@ static Suite *relup_suite(void)
          {error_no_appup_entry, error_dep_mods_target_without_instruction, error_module_with_two_instructions,
           error_load_of_module_no_application_has, error_application_instructions}},
         {"json",
-         {json_shape_and_round_trip, parse_rejects_bad_syntax_with_positions, parse_rejects_scripts_otp_would_refuse}},
+         {json_shape_and_round_trip, parse_rejects_bad_syntax_with_positions, parse_rejects_scripts_otp_would_refuse,
+          parse_json_reads_as_yaml, parse_json_errors_keep_positions}},
         {"bounds", {parse_bounds, parse_check_is_linear}},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
