@@ -571,6 +571,10 @@ def test_ansible(work, sshd, nodes):
         d.tap(rc == 0 and all(s[:3] == ("2", "2", "OK kv_server 2") for s in states) and
               all((recs.release(h) or {}).get("result", {}).get("outcome") == "committed" for h in names),
               f"release 2 rolled out to 4 nodes in {took_rollout:.1f} s: every node on it, permanent", f"{states} {recs}")
+        replies = [(recs.release(h) or {}).get("result", {}).get("reply", {}) for h in names]
+        d.tap(all(isinstance(r.get("ms"), (int, float)) and isinstance(r.get("health"), dict) for r in replies),
+              "reld's own part per node, upgrade + health gate: " +
+              ", ".join(f"{r.get('ms', 0):.1f} + {r.get('health', {}).get('waited_ms', 0)} ms" for r in replies), replies)
         sigs = [(signature(n, "2") or {}).get("trusted_comment") for n in nodes]
         d.tap(sigs == ["reld release=kv vsn=2"] * 4, "each node verified release 2's signature, streamed with it",
               sigs)
