@@ -457,6 +457,11 @@ CHECK_PLAY = """
       reld.fleet.release:
         version: "2"
       check_mode: true
+    - name: Dry run of a tarball not unpacked on the node
+      reld.fleet.release:
+        src: "FLEET/{{ inventory_hostname }}/kv-2.7.tar.gz"
+      check_mode: true
+      when: inventory_hostname == "node2"
     - name: Release 2 on node1, not permanent
       reld.fleet.release:
         version: "2"
@@ -647,7 +652,7 @@ def test_ansible(work, sshd, nodes):
         # -- check mode (reld's dry run), commit: false, and the facts module, in one play of the test's own.
         f0 = failed_requests()
         before = [n.touched() for n in nodes]
-        rc, recs, took = an.playbook(CHECK_PLAY)
+        rc, recs, took = an.playbook(CHECK_PLAY.replace("FLEET", work))
         dry = recs.results("Dry run of going back to 2")
         d.tap(rc == 0 and len(dry) == 4 and all(r["kind"] == "ok" and r["result"].get("changed") is True and
                                                 r["result"].get("outcome") == "dry_run" and
@@ -656,6 +661,11 @@ def test_ansible(work, sshd, nodes):
               all(n.state()[:3] == ("3", "3", "OK kv_server 3") for n in nodes[1:]),
               f"check mode is reld's dry run: changed, outcome dry_run, the plan to 2; nothing changed ({took:.1f} s)",
               recs)
+        new = recs.results("Dry run of a tarball not unpacked on the node", "ok")
+        d.tap(len(new) == 1 and new[0]["result"].get("changed") is True and
+              new[0]["result"].get("msg") == "release 2.7 is not on the node: it would be unpacked, then installed" and
+              "2.7" not in nodes[1].state()[3],
+              "check mode with a tarball not unpacked there: a change, said so, nothing sent", new)
         cur = recs.results("Release 2 on node1, not permanent", "ok")
         facts = recs.results("Read the releases", "ok")
         reld = {r["host"]: r["result"].get("ansible_facts", {}).get("reld", {}) for r in facts}
