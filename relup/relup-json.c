@@ -696,14 +696,16 @@ typedef struct Line {
 static void line_add(Line *l, const char *fmt, ...) UTIL_PRINTF(2, 3);
 static void line_add(Line *l, const char *fmt, ...)
 {
+    if (!l->s)
+        GROW(l->s, l->cap, 128); /* most lines: formatted once */
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
-        int k = vsnprintf(l->s ? l->s + l->n : NULL, l->s ? l->cap - l->n : 0, fmt, ap);
+        int k = vsnprintf(l->s + l->n, l->cap - l->n, fmt, ap);
         va_end(ap);
         if (k < 0)
             abort();
-        if (l->s && l->n + (size_t)k < l->cap) {
+        if (l->n + (size_t)k < l->cap) {
             l->n += (size_t)k;
             return;
         }

@@ -188,74 +188,42 @@ static int check_one(int appfd, const char *rel)
     return r;
 }
 
-/* A directory of an application, listed once: the names of its entries
- * and whether each is a regular file. */
-typedef struct DirListing {
+/* A directory of an application, opened once beneath it (symlinks
+ * resolved inside): its files are then looked at by name, one fstatat each,
+ * without following a last symlink. A name there that is a regular file is
+ * inside by construction. (Listing the directory with getdents instead made
+ * ext4 hash and sort every entry, and read the directory's blocks, which
+ * the name lookups find in the dentry cache: a sixth of a relup's time.) */
+typedef struct DirRef {
     char *path; /* relative to the application's directory, "." for itself */
-    int error;  /* -errno from opening it, else 0 */
-    StrVec names;
-    bool *regular;
-    StrMap index; /* name -> position; keys borrowed from names */
-} DirListing;
-
-static void listing_load(int appfd, DirListing *l)
-{
-    int fd = store_open_beneath(appfd, l->path, O_RDONLY | O_DIRECTORY);
-    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
-    if (!dir) {
-        l->error = fd < 0 ? fd : -errno;
-        if (fd >= 0)
-            close(fd);
-        return;
-    }
-    size_t cap = 0;
-    for (struct dirent *e; (e = readdir(dir));) {
-        strvec_push(&l->names, e->d_name);
-        GROW(l->regular, cap, l->names.n);
-        /* DT_REG straight from a directory that is itself beneath the
-         * application's: inside by construction, no symlink involved. */
-        l->regular[l->names.n - 1] = e->d_type == DT_REG;
-    }
-    for (size_t i = 0; i < l->names.n; i++)
-        strmap_put(&l->index, l->names.v[i], i);
-    closedir(dir);
-}
-
-static void listing_clear(DirListing *l)
-{
-    free(l->path);
-    strvec_clear(&l->names);
-    free(l->regular);
-    strmap_clear(&l->index);
-}
+    int fd;     /* O_PATH, or -errno from opening it */
+} DirRef;
 
 /* Checks that rel exists beneath the application's directory (symlinks
- * followed) and is a regular file, listing each directory only once. */
-static void check_inside(int appfd, DirListing **dirs, size_t *n_dirs, const char *rel, const char *what,
-                         const AppDef *a, SrcPos pos, Diag *diag)
+ * followed) and is a regular file, opening each directory only once. */
+static void check_inside(int appfd, DirRef **dirs, size_t *n_dirs, const char *rel, const char *what, const AppDef *a,
+                         SrcPos pos, Diag *diag)
 {
     const char *slash = strrchr(rel, '/');
     char *dir = slash ? xstrndup(rel, (size_t)(slash - rel)) : xstrdup(".");
     const char *base = slash ? slash + 1 : rel;
-    DirListing *l = NULL;
+    DirRef *l = NULL;
     for (size_t i = 0; i < *n_dirs && !l; i++)
         if (strcmp((*dirs)[i].path, dir) == 0)
             l = &(*dirs)[i];
     if (!l) {
         *dirs = xrealloc(*dirs, (*n_dirs + 1) * sizeof(**dirs));
         l = &(*dirs)[(*n_dirs)++];
-        *l = (DirListing){.path = TAKE_PTR(dir)};
-        listing_load(appfd, l);
+        *l = (DirRef){.path = TAKE_PTR(dir)};
+        l->fd = store_open_beneath(appfd, l->path, O_PATH | O_DIRECTORY);
     }
     free(dir);
-    size_t i;
-    int r;
-    if (!l->error && strmap_get(&l->index, base, &i) && l->regular[i])
-        r = 0;
-    else if (l->error == -ENOENT || (!l->error && !strmap_get(&l->index, base, NULL)))
-        r = -ENOENT;
-    else
-        r = check_one(appfd, rel); /* a symlink, or a directory we could not list */
+    struct stat st;
+    int r = l->fd;
+    if (r >= 0)
+        r = fstatat(l->fd, base, &st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EINVAL;
+    if (r < 0 && r != -ENOENT)
+        r = check_one(appfd, rel); /* a symlink, not a file, or a directory we could not open */
     report_path(r, rel, what, a, pos, diag);
 }
 
@@ -287,15 +255,18 @@ static int load_app(int root_fd, ReleaseAppRef *ref, Diag *diag)
                    ref->vsn);
     } else if ((r = appdefs_parse_app(shown, buf, len, &ref->app, diag)) == 0) {
         const AppDef *a = ref->app;
-        DirListing *dirs = NULL;
+        DirRef *dirs = NULL;
         size_t n_dirs = 0;
         for (size_t m = 0; m < a->n_modules; m++)
             check_inside(dirfd, &dirs, &n_dirs, a->modules[m].file, "module file", a, a->modules[m].pos, diag);
         for (size_t p = 0; p < a->n_processes; p++)
             if (a->processes[p].exec[0] != '/')
                 check_inside(dirfd, &dirs, &n_dirs, a->processes[p].exec, "executable", a, a->processes[p].pos, diag);
-        for (size_t i = 0; i < n_dirs; i++)
-            listing_clear(&dirs[i]);
+        for (size_t i = 0; i < n_dirs; i++) {
+            free(dirs[i].path);
+            if (dirs[i].fd >= 0)
+                close(dirs[i].fd);
+        }
         free(dirs);
     }
     if (dirfd >= 0)

@@ -212,11 +212,13 @@ static yaml_node_t *doc_node(yaml_document_t *d, int index)
     return &d->nodes.start[index - 1];
 }
 
-/* A new node; its index (1-based, as libyaml's). */
-static int doc_push(yaml_document_t *d, yaml_node_t node)
+/* A new node; its index (1-based, as libyaml's). The first allocation
+ * guesses from the input's size (about 9 bytes a node in appdefs' files),
+ * so that a file's nodes are rarely copied. */
+static int doc_push(yaml_document_t *d, size_t guess, yaml_node_t node)
 {
     if (d->nodes.top == d->nodes.end) {
-        size_t n = (size_t)(d->nodes.top - d->nodes.start), cap = n ? n * 2 : 64;
+        size_t n = (size_t)(d->nodes.top - d->nodes.start), cap = n ? n * 2 : guess;
         d->nodes.start = xrealloc(d->nodes.start, cap * sizeof(*d->nodes.start));
         d->nodes.top = d->nodes.start + n;
         d->nodes.end = d->nodes.start + cap;
@@ -254,29 +256,32 @@ static void doc_attach(yaml_document_t *d, Open *o, int node)
 
 /* One event into the document; false at its end. The bounds have been
  * checked, so collections are nested at most YAML_MAX_DEPTH deep. */
-static bool doc_event(yaml_document_t *d, Bounds *b, Open *open, int *depth, yaml_event_t *e)
+static bool doc_event(yaml_document_t *d, Bounds *b, size_t guess, Open *open, int *depth, yaml_event_t *e)
 {
     int node = 0;
     switch (e->type) {
     case YAML_SCALAR_EVENT:
-        node = doc_push(d, (yaml_node_t){.type = YAML_SCALAR_NODE,
-                                         .data.scalar = {.value = TAKE_PTR(e->data.scalar.value),
-                                                         .length = e->data.scalar.length,
-                                                         .style = e->data.scalar.style},
-                                         .start_mark = e->start_mark,
-                                         .end_mark = e->end_mark});
+        node = doc_push(d, guess,
+                        (yaml_node_t){.type = YAML_SCALAR_NODE,
+                                      .data.scalar = {.value = TAKE_PTR(e->data.scalar.value),
+                                                      .length = e->data.scalar.length,
+                                                      .style = e->data.scalar.style},
+                                      .start_mark = e->start_mark,
+                                      .end_mark = e->end_mark});
         break;
     case YAML_SEQUENCE_START_EVENT:
-        node = doc_push(d, (yaml_node_t){.type = YAML_SEQUENCE_NODE,
-                                         .data.sequence.style = e->data.sequence_start.style,
-                                         .start_mark = e->start_mark,
-                                         .end_mark = e->end_mark});
+        node = doc_push(d, guess,
+                        (yaml_node_t){.type = YAML_SEQUENCE_NODE,
+                                      .data.sequence.style = e->data.sequence_start.style,
+                                      .start_mark = e->start_mark,
+                                      .end_mark = e->end_mark});
         break;
     case YAML_MAPPING_START_EVENT:
-        node = doc_push(d, (yaml_node_t){.type = YAML_MAPPING_NODE,
-                                         .data.mapping.style = e->data.mapping_start.style,
-                                         .start_mark = e->start_mark,
-                                         .end_mark = e->end_mark});
+        node = doc_push(d, guess,
+                        (yaml_node_t){.type = YAML_MAPPING_NODE,
+                                      .data.mapping.style = e->data.mapping_start.style,
+                                      .start_mark = e->start_mark,
+                                      .end_mark = e->end_mark});
         break;
     case YAML_ALIAS_EVENT:
         node = b->alias_node;
@@ -318,6 +323,9 @@ static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len,
     *b = (Bounds){.file = file, .diag = diag, .max_nodes = max_nodes};
     Open open[YAML_MAX_DEPTH + 2];
     int depth = 0;
+    size_t guess = len / 8 + 16;
+    if (guess > max_nodes + 1)
+        guess = max_nodes + 1;
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser))
         abort();
@@ -338,7 +346,7 @@ static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len,
         if (r < 0)
             ok = false;
         else
-            more = doc_event(&c->doc, b, open, &depth, &e) && r > 0;
+            more = doc_event(&c->doc, b, guess, open, &depth, &e) && r > 0;
         yaml_event_delete(&e);
         more = more && ok;
     }
