@@ -268,8 +268,9 @@ def test_watch_an_upgrade(work):
           any("OUTCOME=current" in ln for ln in log_events(work, "state")),
           f"events in reld's log: unpacked, change_started, state, change_done with RELEASE, VERSION, "
           f"ATTEMPT_ID={attempt}, OUTCOME", open(os.path.join(work, "reld.log")).read()[-3000:])
-    d.skip("journalctl MESSAGE_ID=... finds the events",
-           "reld's stderr is not a journal stream here (journald does not run): its log was checked instead")
+    if not journal_here():
+        d.skip("journalctl MESSAGE_ID=... finds the events",
+               "no journald to start here (needs root, unshare, systemd-journald): reld's log was checked instead")
 
     # An unhealthy upgrade (from 1) goes back: its events and its count.
     rc, out, err = r.relctl("downgrade", "--min-healthy", "100", "1")
@@ -297,6 +298,88 @@ def test_watch_an_upgrade(work):
           f"{ex} {metric(text(), series)}")
     r.stop()
     notify.close()
+
+
+JOURNALD = "/lib/systemd/systemd-journald"
+
+
+def journal_here():
+    return os.geteuid() == 0 and shutil.which("unshare") and os.path.exists(JOURNALD) and shutil.which("journalctl")
+
+
+def test_journal(work):
+    """The events in a real journal: a private journald (in a mount namespace
+    of its own, /run/systemd and /run/log on tmpfs: the machine's journal is
+    not touched), reld's stderr a journal stream of it as systemd makes one
+    (JOURNAL_STREAM), an upgrade, then journalctl MESSAGE_ID=..."""
+    if not journal_here():
+        d.skip("events in a real journal", "needs root, unshare and systemd-journald")
+        return
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, os.path.abspath(__file__),
+                        "--journal-child", work, "--reld", A.reld, "--relctl", A.relctl, "--kvroot", A.kvroot,
+                        "--loadgen", A.loadgen], capture_output=True, text=True, timeout=120)
+    try:
+        got = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        d.tap(False, "events in a real journal: the child in its namespace reported", p.stdout + p.stderr)
+        return
+    done = [e for e in got["done"] if e.get("VERSION") == "2"]
+    d.tap(done and done[0].get("RELEASE") == "kv" and done[0].get("OUTCOME") == "current" and
+          done[0].get("ATTEMPT_ID", "").isdigit() and done[0].get("PRIORITY") == "5" and
+          "[event=" not in done[0].get("MESSAGE", ""),
+          f"journalctl MESSAGE_ID={IDS['change_done']}: the upgrade's end with RELEASE=kv VERSION=2 "
+          f"ATTEMPT_ID={done[0].get('ATTEMPT_ID') if done else '?'} OUTCOME=current (a real journald)", got)
+    d.tap(got["started"] and got["step"] and got["unpacked"] and got["lines"],
+          "journalctl: change_started, change_step and unpacked too; reld's other lines in the same journal", got)
+
+
+def journal_child(work):
+    """In the private mount namespace: journald, reld on its stream, an upgrade."""
+    for m in ("/run/systemd", "/run/log"):
+        os.makedirs(m, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", m], check=True)
+    os.makedirs("/run/systemd/journal")
+    jd = subprocess.Popen([JOURNALD], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = {}
+    try:
+        wait_for(lambda: os.path.exists("/run/systemd/journal/stdout"), 10)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect("/run/systemd/journal/stdout")
+        # identifier, unit, priority, level prefix, to syslog, kmsg, console
+        s.sendall(b"reld-observe\n\n6\n1\n0\n0\n0\n")
+        st = os.fstat(s.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        sock = os.path.join(work, "j.sock")
+        reld = subprocess.Popen([A.reld, "--root", os.path.join(work, "jroot"), "--socket", sock], stderr=s,
+                                env=env)
+        wait_for(lambda: os.path.exists(sock), 30)
+
+        def ctl(*args):
+            return subprocess.run([A.relctl, *args], env=dict(os.environ, RELD_SOCKET=sock), capture_output=True,
+                                  text=True, timeout=60)
+        port = free_port()
+        ctl("install", "--min-healthy", "100", t.kv_release(work, port, "1", "1.0.0"))
+        ctl("unpack", t.kv_release(work, port, "2", "2.0.0"))
+        out["upgrade"] = ctl("upgrade", "--min-healthy", "100", "2").returncode
+        reld.terminate()
+        reld.wait(30)
+
+        def query(*match):
+            p = subprocess.run(["journalctl", "-D", "/run/log/journal", "--no-pager", "-o", "json", *match],
+                               capture_output=True, text=True, timeout=30)
+            return [json.loads(ln) for ln in p.stdout.splitlines() if ln.strip()]
+        found = lambda: query(f"MESSAGE_ID={IDS['change_done']}")  # noqa: E731
+        wait_for(found, 10)  # journald writes what it got
+        keys = ("MESSAGE", "RELEASE", "VERSION", "ATTEMPT_ID", "OUTCOME", "PRIORITY", "RELD_EVENT")
+        out["done"] = [{k: e.get(k) for k in keys} for e in found()]
+        out["started"] = len(query(f"MESSAGE_ID={IDS['change_started']}"))
+        out["step"] = len(query("MESSAGE_ID=6ddf2e68c8c94037b36361e6aba84dce"))
+        out["unpacked"] = len(query(f"MESSAGE_ID={IDS['unpacked']}"))
+        out["lines"] = len(query("SYSLOG_IDENTIFIER=reld-observe"))
+    finally:
+        jd.terminate()
+        jd.wait(10)
+    print(json.dumps(out))
 
 
 def test_metrics_config(work):
@@ -346,14 +429,17 @@ def main():
     ap.add_argument("--relctl", required=True)
     ap.add_argument("--kvroot", required=True)
     ap.add_argument("--loadgen", required=True)
+    ap.add_argument("--journal-child", help=argparse.SUPPRESS)
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     t.A = A
+    if A.journal_child:
+        return journal_child(A.journal_child)
     missing = [x for x in ("tmux", "promtool", "prometheus-node-exporter") if not shutil.which(x)]
     if missing:
         print("TAP version 13\n1..0 # SKIP missing: " + " ".join(missing) + " (scripts/install-deps)")
         return 0
-    return d.run_tests((test_watch_an_upgrade, test_metrics_config), "reld-observe-")
+    return d.run_tests((test_watch_an_upgrade, test_journal, test_metrics_config), "reld-observe-")
 
 
 if __name__ == "__main__":
