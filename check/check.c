@@ -13,6 +13,7 @@
 
 #include "check-elf.h"
 #include "check.h"
+#include "reld-runtime.h" /* RELD_MODULE_ABI: the ABI the runtime loads */
 #include "relup.h"
 #include "store.h"
 
@@ -791,9 +792,12 @@ static void check_module(Ctx *c, const AppDef *a, const ModuleDef *m)
     info->read = true;
     const CheckModuleDesc *d = &info->desc;
     char *name = printable(d->name), *vsn = printable(d->version);
-    if (d->abi != 1 && d->abi != 2)
+    /* The runtime loads ABI 2 only (ABI 1 had no context in RelHost). */
+    if (d->abi != RELD_MODULE_ABI)
         add(c->rep, CHECK_ERROR, m->pos.file, m->pos.line, m->pos.col,
-            "module %s: %s has descriptor ABI %u; reld's runtime speaks ABI 1 and 2", m->name, m->file, d->abi);
+            "module %s: %s has module ABI %u; reld's runtime loads module ABI %d only: rebuild the module against "
+            "this reld-runtime.h",
+            m->name, m->file, d->abi, RELD_MODULE_ABI);
     if (!d->name || strcmp(d->name, m->name) != 0)
         add(c->rep, CHECK_ERROR, m->pos.file, m->pos.line, m->pos.col,
             "module %s: %s's descriptor names module '%s' (version %s), not %s: the runtime refuses it", m->name,

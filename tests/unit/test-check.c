@@ -451,7 +451,13 @@ START_TEST(release_module_name_abi_and_missing_descriptor)
     check_report_clear(&rep);
     module_file("1.0.0", "CHECK_BUILD", "bad-bad_abi.so");
     ck_assert_int_eq(check_release(root, "1", NULL, &rep), -EINVAL);
-    ck_assert_msg(has(CHECK_ERROR, "module m: modules/m.so has descriptor ABI 99; reld's runtime speaks ABI 1 and 2"),
+    ck_assert_msg(has(CHECK_ERROR, "module m: modules/m.so has module ABI 99; reld's runtime loads module ABI 2 only: "
+                                   "rebuild the module against this reld-runtime.h"),
+                  "%s", all());
+    check_report_clear(&rep);
+    module_file("1.0.0", "CHECK_BUILD", "abi1-kv_server.so"); /* built against ABI 1, as the runtime refuses it */
+    ck_assert_int_eq(check_release(root, "1", NULL, &rep), -EINVAL);
+    ck_assert_msg(has(CHECK_ERROR, "module m: modules/m.so has module ABI 1; reld's runtime loads module ABI 2 only"),
                   "%s", all());
     check_report_clear(&rep);
     module_file("1.0.0", "CHECK_BUILD", "bad-no_desc.so");
