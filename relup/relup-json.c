@@ -698,19 +698,19 @@ static void line_add(Line *l, const char *fmt, ...)
 {
     if (!l->s)
         GROW(l->s, l->cap, 128); /* most lines: formatted once */
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(l->s + l->n, l->cap - l->n, fmt, ap);
-        va_end(ap);
-        if (k < 0)
-            abort();
-        if (l->n + (size_t)k < l->cap) {
-            l->n += (size_t)k;
-            return;
-        }
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(l->s + l->n, l->cap - l->n, fmt, ap);
+    va_end(ap);
+    if (k < 0)
+        abort();
+    if (l->n + (size_t)k >= l->cap) {
         GROW(l->s, l->cap, l->n + (size_t)k + 1);
+        va_start(ap, fmt);
+        (void)vsnprintf(l->s + l->n, l->cap - l->n, fmt, ap); /* k bytes, as before */
+        va_end(ap);
     }
+    l->n += (size_t)k;
 }
 
 static void line_mods(Line *l, const RelupInstr *i)

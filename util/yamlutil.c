@@ -288,7 +288,8 @@ static bool doc_event(yaml_document_t *d, Bounds *b, size_t guess, Open *open, i
         break;
     case YAML_SEQUENCE_END_EVENT:
     case YAML_MAPPING_END_EVENT:
-        doc_node(d, open[(*depth)--].node)->end_mark = e->end_mark;
+        if (*depth > 0) /* always: libyaml ends only what it started */
+            doc_node(d, open[(*depth)--].node)->end_mark = e->end_mark;
         return true;
     case YAML_DOCUMENT_START_EVENT:
         d->start_implicit = e->data.document_start.implicit;
@@ -321,7 +322,7 @@ static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len,
         return false;
     Bounds *b = xcalloc(1, sizeof(*b));
     *b = (Bounds){.file = file, .diag = diag, .max_nodes = max_nodes};
-    Open open[YAML_MAX_DEPTH + 2];
+    Open open[YAML_MAX_DEPTH + 2] = {{0}};
     int depth = 0;
     size_t guess = len / 8 + 16;
     if (guess > max_nodes + 1)
@@ -469,20 +470,35 @@ void yaml_map_check_keys(YamlCtx *c, yaml_node_t *m, const char *const *allowed,
     if (!m || m->type != YAML_MAPPING_NODE)
         return;
     /* Duplicates by sorting (stable on the pair's place), not by comparing
-     * every key with every other: a mapping may have a million keys. */
+     * every key with every other: a mapping may have a million keys. The
+     * small ones (every mapping of an app.yaml: 40,000 in a large release)
+     * compare each key with those before it, on the stack. */
     size_t n = (size_t)(m->data.mapping.pairs.top - m->data.mapping.pairs.start), n_refs = 0;
-    KeyRef *refs = xmalloc((n + 1) * sizeof(*refs));
-    bool *dup = xcalloc(n + 1, sizeof(*dup));
-    for (size_t i = 0; i < n; i++) {
-        const char *k = yaml_scalar(yaml_child(c, m->data.mapping.pairs.start[i].key));
-        if (k)
-            refs[n_refs++] = (KeyRef){k, i};
+    enum { SMALL = 16 };
+    bool small_dup[SMALL] = {0};
+    bool *dup = small_dup;
+    if (n <= SMALL) {
+        for (size_t i = 0; i < n; i++) {
+            const char *k = yaml_scalar(yaml_child(c, m->data.mapping.pairs.start[i].key));
+            for (size_t j = 0; k && j < i && !dup[i]; j++) {
+                const char *kj = yaml_scalar(yaml_child(c, m->data.mapping.pairs.start[j].key));
+                dup[i] = kj && strcmp(k, kj) == 0;
+            }
+        }
+    } else {
+        KeyRef *refs = xmalloc(n * sizeof(*refs));
+        dup = xcalloc(n, sizeof(*dup));
+        for (size_t i = 0; i < n; i++) {
+            const char *k = yaml_scalar(yaml_child(c, m->data.mapping.pairs.start[i].key));
+            if (k)
+                refs[n_refs++] = (KeyRef){k, i};
+        }
+        qsort(refs, n_refs, sizeof(*refs), keyref_cmp);
+        for (size_t i = 1; i < n_refs; i++)
+            if (strcmp(refs[i - 1].key, refs[i].key) == 0)
+                dup[refs[i].index] = true;
+        free(refs);
     }
-    qsort(refs, n_refs, sizeof(*refs), keyref_cmp);
-    for (size_t i = 1; i < n_refs; i++)
-        if (strcmp(refs[i - 1].key, refs[i].key) == 0)
-            dup[refs[i].index] = true;
-    free(refs);
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *kn = yaml_child(c, m->data.mapping.pairs.start[i].key);
         const char *k = yaml_scalar(kn);
@@ -499,7 +515,8 @@ void yaml_map_check_keys(YamlCtx *c, yaml_node_t *m, const char *const *allowed,
         if (dup[i])
             yaml_error(c, kn, "duplicate key '%s' in %s", k, what);
     }
-    free(dup);
+    if (dup != small_dup)
+        free(dup);
 }
 
 bool yaml_get_string(YamlCtx *c, yaml_node_t *m, const char *key, bool required, char **out)
