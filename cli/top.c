@@ -34,7 +34,6 @@ static const char *relctl_path;
 /* relctl's options that say where reld is (-H HOST, --socket PATH), given
  * to every `relctl status --json`: top shows here what runs there. */
 static StrVec via;
-static char **own_args; /* argv without them: top's own options */
 
 /* Everything fd gives until EOF, NUL-terminated in *buf; its length. */
 static size_t read_all(int fd, char **buf)
@@ -297,7 +296,8 @@ static int live(double interval)
     return 0;
 }
 
-int main(int argc, char **argv)
+/* top with its own options (argv[0] is not one). */
+static int top_main(int argc, char **argv)
 {
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
                                          {"once", no_argument, NULL, '1'},
@@ -307,29 +307,6 @@ int main(int argc, char **argv)
     bool json = false, once = false;
     double interval = 1.0;
     int c;
-    setlocale(LC_ALL, "");
-    /* relctl runs it with its line (relctl -H HOST top ...: options
-     * anywhere): the word top goes, where reld is goes to via, the rest is
-     * top's own. */
-    char **own = own_args = xcalloc((size_t)argc + 1, sizeof(*own));
-    int n_own = 0;
-    bool seen_top = false;
-    for (int i = 0; i < argc; i++) {
-        const char *w = argv[i];
-        bool valued = strcmp(w, "-H") == 0 || strcmp(w, "--host") == 0 || strcmp(w, "--socket") == 0;
-        if (i > 0 && !seen_top && strcmp(w, "top") == 0) {
-            seen_top = true;
-        } else if (i > 0 && valued && i + 1 < argc) {
-            strvec_push(&via, w);
-            strvec_push(&via, argv[++i]);
-        } else if (i > 0 && (strncmp(w, "--host=", 7) == 0 || strncmp(w, "--socket=", 9) == 0)) {
-            strvec_push(&via, w);
-        } else {
-            own[n_own++] = argv[i];
-        }
-    }
-    argc = n_own;
-    argv = own;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1)
         switch (c) {
         case 'j':
@@ -384,4 +361,33 @@ int main(int argc, char **argv)
     }
     json_decref(st);
     return fflush(stdout) == 0 ? 0 : EXIT_REFUSED;
+}
+
+int main(int argc, char **argv)
+{
+    setlocale(LC_ALL, "");
+    /* relctl runs it with its line (relctl -H HOST top ...: options
+     * anywhere): the word top goes, where reld is goes to via, the rest is
+     * top's own. */
+    char **own = xcalloc((size_t)argc + 1, sizeof(*own));
+    int n_own = 0;
+    bool seen_top = false;
+    for (int i = 0; i < argc; i++) {
+        const char *w = argv[i];
+        bool valued = strcmp(w, "-H") == 0 || strcmp(w, "--host") == 0 || strcmp(w, "--socket") == 0;
+        if (i > 0 && !seen_top && strcmp(w, "top") == 0) {
+            seen_top = true;
+        } else if (i > 0 && valued && i + 1 < argc) {
+            strvec_push(&via, w);
+            strvec_push(&via, argv[++i]);
+        } else if (i > 0 && (strncmp(w, "--host=", 7) == 0 || strncmp(w, "--socket=", 9) == 0)) {
+            strvec_push(&via, w);
+        } else {
+            own[n_own++] = argv[i];
+        }
+    }
+    int r = top_main(n_own, own);
+    free(own);
+    strvec_clear(&via);
+    return r;
 }
