@@ -24,22 +24,23 @@ from hotcode import free_port  # noqa: E402
 A = None
 
 
-def tarball(work, vsn, port):
-    """Release vsn of the chat example, listening on port."""
+def tarball(r, work, vsn, port):
+    """Release vsn of the chat example, listening on port, packed by
+    relctl pack (which checks the modules and executables first)."""
     app = f"chat-{vsn}.0.0"
     src = os.path.join(work, f"src-{vsn}")
-    shutil.copytree(os.path.join(A.src, "root", "lib", app), os.path.join(src, app))
-    path = os.path.join(src, app, "app.yaml")
-    text = open(path).read()
-    open(path, "w").write(text.replace("127.0.0.1:17421", f"127.0.0.1:{port}"))
-    os.makedirs(os.path.join(src, app, "bin"))
-    os.makedirs(os.path.join(src, app, "modules"))
-    shutil.copy(os.path.join(A.bin, "chat-host"), os.path.join(src, app, "bin", "chat-host"))
-    shutil.copy(os.path.join(A.bin, f"chat_server-{vsn}.so"), os.path.join(src, app, "modules", "chat_server.so"))
+    shutil.copytree(os.path.join(A.src, "root", "releases", vsn), os.path.join(src, "releases", vsn))
+    lib = os.path.join(src, "lib", app)
+    shutil.copytree(os.path.join(A.src, "root", "lib", app), lib)
+    text = open(os.path.join(lib, "app.yaml")).read()
+    open(os.path.join(lib, "app.yaml"), "w").write(text.replace("127.0.0.1:17421", f"127.0.0.1:{port}"))
+    os.makedirs(os.path.join(lib, "bin"))
+    os.makedirs(os.path.join(lib, "modules"))
+    shutil.copy(os.path.join(A.bin, "chat-host"), os.path.join(lib, "bin", "chat-host"))
+    shutil.copy(os.path.join(A.bin, f"chat_server-{vsn}.so"), os.path.join(lib, "modules", "chat_server.so"))
     out = os.path.join(work, f"chat-{vsn}.tar.gz")
-    with tarfile.open(out, "w:gz") as t:
-        t.add(os.path.join(A.src, "root", "releases", vsn), f"releases/{vsn}")
-        t.add(os.path.join(src, app), f"lib/{app}")
+    rc, o, e = r.relctl("pack", src, "-o", out)
+    d.tap(rc == 0, f"relctl pack release {vsn}", o + e)
     return out
 
 
@@ -83,9 +84,13 @@ def test_chat(work):
     d.DEFAULT_CONFIG = "min_healthy_ms: 100\n"
     port = free_port()
     r = d.Reld(work)
-    rc, o, e = r.relctl("install", tarball(work, "1", port))
+    one, two = tarball(r, work, "1", port), tarball(r, work, "2", port)
+    rc, o, e = r.relctl("check", one, two)
+    d.tap(rc == 0, "relctl check 1 2: the appup updates chat_server, whose state_version changes, with code_change",
+          o + e)
+    rc, o, e = r.relctl("install", one)
     d.tap(rc == 0, "reld installs release 1 of the chat example", o + e)
-    rc, o, e = r.relctl("unpack", tarball(work, "2", port))
+    rc, o, e = r.relctl("unpack", two)
     d.tap(rc == 0, "release 2 unpacked", o + e)
 
     def pid():
@@ -114,7 +119,10 @@ def test_chat(work):
                 ok = ok and c.line() == want
         return ok, got
 
-    for verb, vsn, other in (("upgrade", "2", "1"), ("downgrade", "1", "2")):
+    rc, o, e = r.relctl("upgrade", "--dry-run", "2")
+    d.tap(rc == 0 and "rehearsal: ok" in o,
+          "upgrade --dry-run 2: the rehearsal converts a copy of the live state up and down (verify passes)", o + e)
+    for verb, vsn in (("upgrade", "2"), ("downgrade", "1")):
         rc, o, e = r.relctl(verb, vsn)
         d.tap(rc == 0, f"{verb} to {vsn} with the 4 clients connected", o + e)
         versions = [c.ask("VERSION") for c in cs]
