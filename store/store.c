@@ -378,6 +378,16 @@ int store_module_changed(void *root, const AppDef *old_app, const AppDef *new_ap
     return r;
 }
 
+/* Moves from's messages to the end of into's. */
+static void diag_take(Diag *into, Diag *from)
+{
+    for (size_t i = 0; i < from->errors.n; i++)
+        strvec_push_take(&into->errors, TAKE_PTR(from->errors.v[i]));
+    for (size_t i = 0; i < from->warnings.n; i++)
+        strvec_push_take(&into->warnings, TAKE_PTR(from->warnings.v[i]));
+    diag_clear(from);
+}
+
 typedef struct LoadJob {
     const char *root, *vsn;
     ReleaseDef *rel;
@@ -406,37 +416,30 @@ static void load_two_releases(const char *root, const char *v1, const char *v2, 
         pthread_join(t, NULL);
     else
         load_job(&j2);
-    for (LoadJob *j = &j1; j; j = j == &j1 ? &j2 : NULL) {
-        for (size_t i = 0; i < j->diag.errors.n; i++)
-            strvec_push_take(&diag->errors, TAKE_PTR(j->diag.errors.v[i]));
-        for (size_t i = 0; i < j->diag.warnings.n; i++)
-            strvec_push_take(&diag->warnings, TAKE_PTR(j->diag.warnings.v[i]));
-        diag_clear(&j->diag);
-    }
+    diag_take(diag, &j1.diag);
+    diag_take(diag, &j2.diag);
     *ret1 = j1.rel;
     *ret2 = j2.rel;
     *r1 = j1.r;
     *r2 = j2.r;
 }
 
-int store_relup(const char *root, const char *from, const char *to, bool derive, Relup **ret, bool *ret_stored,
-                Diag *diag)
+/* Reading the stored relup of a release, if it has one. */
+typedef struct StoredJob {
+    const char *root, *to;
+    Relup *relup; /* parsed, or NULL */
+    int r;        /* 0 (relup set), -ENOENT (none stored), or the error reported in diag */
+    Diag diag;
+} StoredJob;
+
+static void *stored_job(void *p)
 {
-    ReleaseDef *a = NULL, *b = NULL;
-    int r = 0, r2 = 0;
-    load_two_releases(root, from, to, &a, &b, &r, &r2, diag);
-    if (r < 0 || r2 < 0) {
-        release_def_free(a);
-        release_def_free(b);
-        return r < 0 ? r : r2;
-    }
-    char *shown = store_path_relup_file(NULL, to), *unit = store_path_release_dir(NULL, to);
+    StoredJob *j = p;
+    char *shown = store_path_relup_file(NULL, j->to), *unit = store_path_release_dir(NULL, j->to);
     char *buf = NULL;
     size_t len = 0;
-    Relup *stored = NULL;
-    bool use_stored = false;
-    int root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    r = root_fd < 0 ? -errno : open_unit(root_fd, unit);
+    int root_fd = open(j->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int r = root_fd < 0 ? -errno : open_unit(root_fd, unit);
     if (r >= 0) {
         int dirfd = r;
         r = store_read_file_beneath(dirfd, "relup.yaml", &buf, &len);
@@ -444,14 +447,44 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
     }
     if (root_fd >= 0)
         close(root_fd);
-    if (r == 0) {
-        r = relup_parse(shown, buf, len, &stored, diag);
-        use_stored = r == 0 && strcmp(stored->from, from) == 0 && strcmp(stored->to, to) == 0;
-    } else if (r == -ENOENT) {
-        r = 0;
-    } else {
-        diag_error(diag, "%s: cannot read: %s", shown, open_error(r));
+    if (r == 0)
+        r = relup_parse(shown, buf, len, &j->relup, &j->diag);
+    else if (r != -ENOENT)
+        diag_error(&j->diag, "%s: cannot read: %s", shown, open_error(r));
+    j->r = r;
+    free(buf);
+    free(unit);
+    free(shown);
+    return NULL;
+}
+
+int store_relup(const char *root, const char *from, const char *to, bool derive, Relup **ret, bool *ret_stored,
+                Diag *diag)
+{
+    /* The stored relup (11.5 MB for 1,000 applications) is read while the
+     * two releases load: on a third thread, its messages kept for after
+     * theirs, and dropped with it when a release does not load. */
+    StoredJob sj = {.root = root, .to = to};
+    pthread_t t;
+    bool threaded = pthread_create(&t, NULL, stored_job, &sj) == 0;
+    ReleaseDef *a = NULL, *b = NULL;
+    int r = 0, r2 = 0;
+    load_two_releases(root, from, to, &a, &b, &r, &r2, diag);
+    if (threaded)
+        pthread_join(t, NULL);
+    if (r < 0 || r2 < 0) {
+        relup_free(sj.relup);
+        diag_clear(&sj.diag);
+        release_def_free(a);
+        release_def_free(b);
+        return r < 0 ? r : r2;
     }
+    if (!threaded)
+        stored_job(&sj);
+    diag_take(diag, &sj.diag);
+    Relup *stored = sj.relup;
+    bool use_stored = stored && strcmp(stored->from, from) == 0 && strcmp(stored->to, to) == 0;
+    r = sj.r == -ENOENT ? 0 : sj.r;
     if (r == 0 && use_stored) {
         *ret = TAKE_PTR(stored);
         *ret_stored = true;
@@ -462,9 +495,6 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
         *ret_stored = false;
     }
     relup_free(stored);
-    free(buf);
-    free(unit);
-    free(shown);
     release_def_free(a);
     release_def_free(b);
     return r;
