@@ -4,8 +4,6 @@
  * unit, validate the release completely, make it durable, and only then,
  * under the root's lock, move it into place. On any failure nothing is
  * left behind (the staging directory is removed). */
-#include <archive.h>
-#include <archive_entry.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +16,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "archive-api.h"
 #include "crashpoint.h"
 #include "store.h"
 
@@ -198,6 +197,7 @@ static int syncer_finish(Syncer *s, bool cancel)
 }
 
 typedef struct Extract {
+    ArchiveApi la; /* libarchive, loaded for this unpack */
     struct archive *a;
     const char *root;
     int staging_fd;
@@ -298,7 +298,7 @@ static bool unit_is_new(Extract *x, const char *path)
 
 static int extract_file(Extract *x, int dirfd, const char *leaf, const char *path, struct archive_entry *e)
 {
-    mode_t mode = archive_entry_mode(e);
+    mode_t mode = x->la.entry_mode(e);
     int fd = openat(dirfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode & 0111) ? 0755 : 0644);
     if (fd < 0)
         return errno == EEXIST ? fail(x, "%s: the archive holds it twice", path)
@@ -308,7 +308,7 @@ static int extract_file(Extract *x, int dirfd, const char *leaf, const char *pat
     la_int64_t off;
     uint64_t end = 0; /* the file's size so far: holes count */
     int r = 0, rc;
-    while ((rc = archive_read_data_block(x->a, &buf, &size, &off)) == ARCHIVE_OK) {
+    while ((rc = x->la.read_data_block(x->a, &buf, &size, &off)) == ARCHIVE_OK) {
         if (off < 0 || (uint64_t)off + size > x->lim.bytes) {
             r = over_bytes(x);
             break;
@@ -335,8 +335,8 @@ static int extract_file(Extract *x, int dirfd, const char *leaf, const char *pat
             break;
     }
     if (r == 0 && rc != ARCHIVE_EOF)
-        r = fail(x, "corrupt or truncated archive at %s: %s", path, archive_error_string(x->a));
-    la_int64_t declared = archive_entry_size_is_set(e) ? archive_entry_size(e) : 0;
+        r = fail(x, "corrupt or truncated archive at %s: %s", path, x->la.error_string(x->a));
+    la_int64_t declared = x->la.entry_size_is_set(e) ? x->la.entry_size(e) : 0;
     if (r == 0 && declared > 0 && (uint64_t)declared > end) { /* a sparse file's trailing hole */
         x->total += (uint64_t)declared - end;
         if (x->total > x->lim.bytes)
@@ -392,7 +392,7 @@ static int extract_hard_link(Extract *x, int dirfd, const char *leaf, const char
 
 static int extract_entry(Extract *x, struct archive_entry *e)
 {
-    const char *raw = archive_entry_pathname(e);
+    const char *raw = x->la.entry_pathname(e);
     char *path = clean_path(raw);
     int r = 0;
     if (!path) {
@@ -411,13 +411,13 @@ static int extract_entry(Extract *x, struct archive_entry *e)
         r = fail(x, "%s: not part of a release tarball (releases/ and lib/ only)", path);
         goto out;
     }
-    mode_t mode = archive_entry_mode(e);
+    mode_t mode = x->la.entry_mode(e);
     if (mode & (S_ISUID | S_ISGID)) {
         r = fail(x, "%s: setuid/setgid bits refused", path);
         goto out;
     }
-    const char *hard = archive_entry_hardlink(e);
-    int type = (int)archive_entry_filetype(e);
+    const char *hard = x->la.entry_hardlink(e);
+    int type = (int)x->la.entry_filetype(e);
     if (!hard && type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK) {
         r = fail(x, "%s: %s refused", path,
                  type == AE_IFCHR || type == AE_IFBLK ? "device file"
@@ -463,7 +463,7 @@ static int extract_entry(Extract *x, struct archive_entry *e)
     if (hard) {
         r = extract_hard_link(x, dirfd, leaf, path, hard);
     } else if (type == AE_IFLNK) {
-        const char *target = archive_entry_symlink(e);
+        const char *target = x->la.entry_symlink(e);
         if (!target || !*target || !link_target_inside(path, target))
             r = fail(x, "%s: symlink to '%s' outside the archive refused", path, target ? target : "");
         else if (symlinkat(target, dirfd, leaf) < 0)
@@ -864,33 +864,35 @@ int store_unpack_validated(const char *root, int fd, const StoreLimits *limits, 
         free(staging);
         return r;
     }
-    Extract x = {.a = archive_read_new(),
-                 .root = root,
-                 .lim = *limits,
-                 .validate = validate,
-                 .validate_data = userdata,
-                 .diag = diag};
+    Extract x = {.root = root, .lim = *limits, .validate = validate, .validate_data = userdata, .diag = diag};
     x.staging_fd = open(staging, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-    archive_read_support_filter_all(x.a);
-    archive_read_support_format_all(x.a);
-    int r = 0;
-    if (x.staging_fd < 0 || archive_read_open_fd(x.a, fd, 65536) != ARCHIVE_OK) {
-        r = fail(&x, "cannot read the archive: %s", x.staging_fd < 0 ? strerror(errno) : archive_error_string(x.a));
+    char *why = NULL;
+    int r = archive_api_open(&x.la, &why);
+    if (r < 0) {
+        fail(&x, "%s", why);
+        free(why);
+    } else if (x.staging_fd < 0 || !(x.a = x.la.read_new()) ||
+               x.la.read_support_filter_all(x.a) < ARCHIVE_WARN || x.la.read_support_format_all(x.a) < ARCHIVE_WARN ||
+               x.la.read_open_fd(x.a, fd, 65536) != ARCHIVE_OK) {
+        r = fail(&x, "cannot read the archive: %s",
+                 x.staging_fd < 0 ? strerror(errno) : x.a ? x.la.error_string(x.a) : "out of memory");
     } else {
         struct archive_entry *e;
         int rc;
-        while (r == 0 && (rc = archive_read_next_header(x.a, &e)) != ARCHIVE_EOF) {
+        while (r == 0 && (rc = x.la.read_next_header(x.a, &e)) != ARCHIVE_EOF) {
             if (rc == ARCHIVE_WARN)
                 rc = ARCHIVE_OK;
             if (rc != ARCHIVE_OK)
-                r = fail(&x, "corrupt or truncated archive: %s", archive_error_string(x.a));
+                r = fail(&x, "corrupt or truncated archive: %s", x.la.error_string(x.a));
             else
                 r = extract_entry(&x, e);
         }
         if (r == 0 && x.entries == 0)
             r = fail(&x, "empty archive: no release in it");
     }
-    archive_read_free(x.a);
+    if (x.a)
+        (void)x.la.read_free(x.a); /* reading is over: its result is taken */
+    archive_api_close(&x.la);
     if (r == 0)
         r = check_links(&x);
     if (r == 0)

@@ -6,6 +6,9 @@
  *
  * Runs under reld only: the listening socket comes from reld (LISTEN_FDS,
  * systemd's convention, fd 3), the module from RELD_MODULES. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* accept4; the tree's meson.build defines it for every file */
+#endif
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>

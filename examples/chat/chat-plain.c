@@ -8,6 +8,9 @@
  * (every subscriber of topic gets "MSG topic nick: text"), VERSION. A
  * subscriber that does not read loses messages rather than stall the
  * server (MSG_DONTWAIT). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* accept4; the tree's meson.build defines it for every file */
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 
@@ -162,6 +163,37 @@ def test_chat(work):
     r.stop()
 
 
+def test_plain(work):
+    """The server before the port, and both programs refusing bad input."""
+    p = subprocess.run([os.path.join(A.bin, "chat-plain"), "70000"], capture_output=True, text=True, timeout=10)
+    d.tap(p.returncode == 2 and p.stderr == "usage: chat-plain PORT (1 to 65535)\n",
+          "chat-plain 70000: exit 2, one line", p.stderr)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "RELD_"))}
+    p = subprocess.run([os.path.join(A.bin, "chat-host")], capture_output=True, text=True, timeout=10, env=env)
+    d.tap(p.returncode == 2 and p.stderr == "chat-host: needs one listening socket from reld (LISTEN_FDS=1, "
+          "LISTEN_PID)\n", "chat-host outside reld: exit 2, one line", p.stderr)
+    port = free_port()
+    srv = subprocess.Popen([os.path.join(A.bin, "chat-plain"), str(port)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(1000):  # until it listens
+            try:
+                a = Client(port, "a")
+                break
+            except OSError:
+                time.sleep(0.01)
+        b = Client(port, "b")
+        ok = a.ask("NICK a") == ["OK nick a"] and a.ask("SUB t") == ["OK sub t"] and b.ask("SUB t") == ["OK sub t"]
+        got = b.ask("PUB t hi")
+        d.tap(ok and got == ["MSG t anon: hi", "OK delivered 2"] and a.line() == "MSG t anon: hi"
+              and b.ask("VERSION") == ["OK chat-plain, 2 clients, 1 published"],
+              "chat-plain, the server before the port, speaks the same protocol", got)
+        a.s.close()
+        b.s.close()
+    finally:
+        srv.kill()
+        srv.wait()
+
+
 def main():
     global A
     ap = argparse.ArgumentParser()
@@ -169,7 +201,7 @@ def main():
         ap.add_argument(a, required=True)
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
-    return d.run_tests((test_chat,), "reld-chat-")
+    return d.run_tests((test_plain, test_chat), "reld-chat-")
 
 
 if __name__ == "__main__":
