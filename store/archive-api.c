@@ -9,7 +9,10 @@
 #include "util.h"
 
 /* Each function by name, at its offset in ArchiveApi: one table, one loop. */
-#define SYM(field, name) {#name, offsetof(ArchiveApi, field)}
+#define SYM(field, name)                                                                                               \
+    {                                                                                                                  \
+#name, offsetof(ArchiveApi, field)                                                                             \
+    }
 static const struct {
     const char *name;
     size_t offset;

@@ -871,11 +871,12 @@ int store_unpack_validated(const char *root, int fd, const StoreLimits *limits, 
     if (r < 0) {
         fail(&x, "%s", why);
         free(why);
-    } else if (x.staging_fd < 0 || !(x.a = x.la.read_new()) ||
-               x.la.read_support_filter_all(x.a) < ARCHIVE_WARN || x.la.read_support_format_all(x.a) < ARCHIVE_WARN ||
-               x.la.read_open_fd(x.a, fd, 65536) != ARCHIVE_OK) {
+    } else if (x.staging_fd < 0 || !(x.a = x.la.read_new()) || x.la.read_support_filter_all(x.a) < ARCHIVE_WARN ||
+               x.la.read_support_format_all(x.a) < ARCHIVE_WARN || x.la.read_open_fd(x.a, fd, 65536) != ARCHIVE_OK) {
         r = fail(&x, "cannot read the archive: %s",
-                 x.staging_fd < 0 ? strerror(errno) : x.a ? x.la.error_string(x.a) : "out of memory");
+                 x.staging_fd < 0 ? strerror(errno)
+                 : x.a            ? x.la.error_string(x.a)
+                                  : "out of memory");
     } else {
         struct archive_entry *e;
         int rc;
