@@ -125,7 +125,7 @@ int procstat_get(ProcStats *t, pid_t pid, long long now_ms, ProcFigures *ret)
         *ret = e->fig;
         return 0;
     }
-    ProcSample s;
+    ProcSample s = {0}; /* set by procstat_read() when it returns 0 (the analyzer cannot tell) */
     int r = procstat_read(pid, &s);
     if (r < 0)
         return r;

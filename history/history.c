@@ -67,8 +67,7 @@ static const char *const migrations[] = {
      * {key_id, trusted_comment, blake2b}; and when an attempt started in
      * microseconds since the epoch, so that its duration is exact (the
      * ISO text has milliseconds, and julianday() arithmetic rounds). */
-    "ALTER TABLE releases ADD COLUMN signature TEXT;"
-    "ALTER TABLE attempts ADD COLUMN started_us INTEGER;",
+    "ALTER TABLE releases ADD COLUMN signature TEXT; ALTER TABLE attempts ADD COLUMN started_us INTEGER;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 

@@ -42,6 +42,7 @@ static Client *clients;
 static size_t n_clients;
 static long published;
 
+static void say(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(int fd, const char *fmt, ...)
 {
     char buf[4200];

@@ -101,6 +101,7 @@ static void terminate(void *state)
     rel_free(chat_t, state);
 }
 
+static void say(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(int fd, const char *fmt, ...)
 {
     char buf[4200];

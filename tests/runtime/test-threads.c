@@ -100,6 +100,7 @@ static json_t *read_msg(Fixture *f, int timeout_ms)
     }
 }
 
+static void send_cmd(Fixture *f, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void send_cmd(Fixture *f, const char *fmt, va_list ap)
 {
     char body[2048], line[2100];
