@@ -78,6 +78,7 @@ CHECKS = [
     "5. WatchdogSec=2s: a process slow to stop does not starve the watchdog",
     "6. systemd's variables for reld do not reach the process",
     "7. systemctl stop reld stops the processes and reld cleanly",
+    "8. kill -9 of reld: systemd starts it again, the permanent release runs again",
 ]
 
 # What systemd sets for reld alone (LISTEN_* it does not set here, but reld
@@ -571,6 +572,27 @@ def run_checks(before_stop=None):
           f"alive {left}; reld: {stopped}; systemd: {killed}")
     rc, out, err = cx("test", "-e", "/run/reld/reld.sock")
     d.tap(rc != 0, "7. the socket file is removed")
+
+    # 8. a crash: Restart=on-failure starts reld again; KillMode=mixed took
+    # its processes with it, and the new reld boots the permanent release.
+    rc, out, err = cx("systemctl", "start", "reld", timeout=60)
+    first = show("MainPID").get("MainPID", "0")
+    rc2, out2, err2 = cx("relctl", "install", "--commit", "2", timeout=60)
+    old = wait_for(lambda: running("svc", "2"), timeout=20)
+    cx("sh", "-c", f"kill -KILL {first}")
+
+    def restarted():
+        s = show("MainPID", "NRestarts", "ActiveState")
+        return s if s.get("NRestarts") == "1" and s.get("ActiveState") == "active" and \
+            s.get("MainPID") not in ("0", first) else None
+    back = wait_for(restarted, timeout=30)
+    new = wait_for(lambda: [p for p in running("svc", "2") if old and p["pid"] != old[0]["pid"]], timeout=30)
+    d.tap(rc == 0 and rc2 == 0 and old and back and new and not alive_in(old[0]["pid"]),
+          f"8. kill -9 of reld (MainPID {first}): systemd starts it again (MainPID {back and back['MainPID']}, "
+          f"NRestarts 1), the permanent release 2 runs again (pid {new and new[0]['pid']}; the old "
+          f"{old and old[0]['pid']} went with reld's cgroup)",
+          f"start {rc} {err}\ninstall --commit 2: {rc2} {out2} {err2}\nold {old} back {back} new {new}\n" +
+          "\n".join(f"{e.get('_PID')} <{e.get('PRIORITY')}> {e.get('MESSAGE')}" for e in journal("-u", "reld")[-12:]))
     reports = [m for m in messages("-u", "reld") if "Sanitizer" in m or "runtime error:" in m]
     d.tap(not reports, "reld's journal holds no sanitizer report", "\n".join(reports[:20]))
 
