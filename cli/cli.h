@@ -9,7 +9,9 @@
  * runs, healthy) and 4 needs an operator (the way back failed, or the
  * release before is not healthy either). Errors are printed on stderr, one
  * line each, prefixed "relctl: ". */
+#include <stdbool.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "util.h"
 
@@ -17,6 +19,21 @@
 #define EXIT_USAGE          2
 #define EXIT_ROLLED_BACK    3
 #define EXIT_NEEDS_OPERATOR 4
+
+/* Was arg meant as a file (a path, or a tarball's name by its suffix)?
+ * "2.0" is a version; "./2.0" and "kv-2.tar.gz" are files. relctl and
+ * relctl -H decide alike: a missing file is an error, not a version. */
+static inline bool names_a_file(const char *arg)
+{
+    static const char *const suffixes[] = {".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tar.bz2"};
+    if (strchr(arg, '/'))
+        return true;
+    size_t n = strlen(arg);
+    for (size_t k = 0; k < sizeof(suffixes) / sizeof(suffixes[0]); k++)
+        if (n > strlen(suffixes[k]) && strcmp(arg + n - strlen(suffixes[k]), suffixes[k]) == 0)
+            return true;
+    return false;
+}
 
 /* Prints what a library said: warnings, then errors. */
 static inline void print_diag(const Diag *d)

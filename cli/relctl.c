@@ -581,23 +581,14 @@ static int cmd_check(int argc, char **argv)
     return r;
 }
 
-/* Was arg meant as a file (a path, or a tarball's name), UTF-8 and so
- * printable as it is? "2.0" is a version; "./2.0", "kv-2.tar.gz" are not. */
+/* Was arg meant as a file (names_a_file), UTF-8 and so printable as it
+ * is? */
 static bool looks_like_a_file(const char *arg)
 {
-    static const char *const suffixes[] = {".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tar.bz2"};
     json_t *j = json_string(arg);
     bool utf8 = j != NULL;
     json_decref(j);
-    if (!utf8)
-        return false; /* check_version_arg says what is wrong with it */
-    if (strchr(arg, '/'))
-        return true;
-    size_t n = strlen(arg);
-    for (size_t k = 0; k < sizeof(suffixes) / sizeof(suffixes[0]); k++)
-        if (n > strlen(suffixes[k]) && strcmp(arg + n - strlen(suffixes[k]), suffixes[k]) == 0)
-            return true;
-    return false;
+    return utf8 && names_a_file(arg); /* not UTF-8: check_version_arg says what is wrong with it */
 }
 
 /* The exit status an install's outcome means (cli.h). */

@@ -1,6 +1,8 @@
 /* relctl -H: the same command on another machine over OpenSSH (remote.h). */
 #include "remote.h"
 
+#include "cli.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -134,21 +136,6 @@ static bool streams(const char *cmd)
     return false;
 }
 
-/* Was arg meant as a file (a path, or a tarball's name)? relctl.c decides
- * the same way for a local install: a missing file is then an error here,
- * not a version sent there. */
-static bool looks_like_a_file(const char *arg)
-{
-    static const char *const suffixes[] = {".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tar.bz2"};
-    if (strchr(arg, '/'))
-        return true;
-    size_t n = strlen(arg);
-    for (size_t k = 0; k < sizeof(suffixes) / sizeof(suffixes[0]); k++)
-        if (n > strlen(suffixes[k]) && strcmp(arg + n - strlen(suffixes[k]), suffixes[k]) == 0)
-            return true;
-    return false;
-}
-
 bool remote_wanted(int argc, char **argv)
 {
     for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
@@ -240,7 +227,7 @@ int remote_plan(int argc, char **argv, const char *ssh, RemotePlan *plan, char *
             plan->signature = sig ? xstrdup(sig) : strcmp(file, "-") != 0 ? xasprintf("%s.minisig", file) : NULL;
             free(args.v[operand]);
             args.v[operand] = xstrdup("-");
-        } else if (looks_like_a_file(file)) {
+        } else if (names_a_file(file)) { /* as relctl decides for a local install */
             *err = xasprintf("%s: %s: %s", command, file, strerror(serr));
             r = -ENOENT;
         }
@@ -333,25 +320,11 @@ static int read_signature(const RemotePlan *plan, char **text, size_t *len)
     return 0;
 }
 
-/* Writes all of buf to fd: 0, or -errno (-EPIPE: ssh stopped reading). */
-static int write_all(int fd, const char *buf, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, buf, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -errno;
-        buf += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* The signature, then the tarball, into ssh's standard input. A write
- * that fails ends the copy quietly: ssh's exit status says what happened
- * (the remote side refused early, or the connection is gone). A read that
- * fails is this machine's problem: -errno after saying so. */
+ * that fails (-EPIPE: ssh stopped reading) ends the copy quietly: ssh's
+ * exit status says what happened (the remote side refused early, or the
+ * connection is gone). A read that fails is this machine's problem:
+ * -errno after saying so. */
 static int feed(int to, int from, const char *what, const char *sig, size_t sig_len)
 {
     if (sig && write_all(to, sig, sig_len) < 0)

@@ -523,20 +523,6 @@ static int check_signature_key(Op *op, const SignKeyring *k, SignSignature *sig)
     return diag_error(&op->diag, "signed by key %s, which is not trusted", hex), -ENOKEY;
 }
 
-/* Writes all of buf[0, n) to fd. */
-static int write_all(int fd, const char *buf, size_t n)
-{
-    for (size_t off = 0; off < n;) {
-        ssize_t w = write(fd, buf + off, n - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -errno;
-        off += (size_t)w;
-    }
-    return 0;
-}
-
 /* Reads the tarball from op->fd into a file of reld's own under ROOT/tmp
  * (unnamed: O_TMPFILE), hashing it as it goes, and, when k holds a key,
  * verifies the signature against that hash. A stream (op->stream) may

@@ -82,18 +82,8 @@ static int state_memfd(const json_t *state)
     char *text = json_dumps(state, JSON_COMPACT);
     if (!text)
         return -ENOMEM;
-    int fd = memfd_create("reld-state", MFD_CLOEXEC | MFD_ALLOW_SEALING), r = 0;
-    size_t len = strlen(text), off = 0;
-    while (fd >= 0 && off < len) {
-        ssize_t n = write(fd, text + off, len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            r = n < 0 ? -errno : -EIO;
-            break;
-        }
-        off += (size_t)n;
-    }
+    int fd = memfd_create("reld-state", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    int r = fd >= 0 ? write_all(fd, text, strlen(text)) : 0;
     free(text);
     if (fd < 0)
         return -errno;

@@ -1,9 +1,11 @@
 #include "util.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/types.h>
 #include <time.h>
+#include <unistd.h>
 
 static void oom(void)
 {
@@ -143,6 +145,19 @@ void diag_clear(Diag *d)
 {
     strvec_clear(&d->errors);
     strvec_clear(&d->warnings);
+}
+
+int write_all(int fd, const void *buf, size_t n)
+{
+    for (size_t off = 0; off < n;) {
+        ssize_t w = write(fd, (const char *)buf + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return w < 0 ? -errno : -EIO;
+        off += (size_t)w;
+    }
+    return 0;
 }
 
 int path_walk_depth(const char *p, int depth)

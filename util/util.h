@@ -83,6 +83,10 @@ typedef struct SrcPos {
     int line, col;    /* 1-based; 0 when unknown */
 } SrcPos;
 
+/* Writes all of buf[0, n) to fd, again after a signal or a short write:
+ * 0, or -errno (-EIO for a write of nothing). */
+int write_all(int fd, const void *buf, size_t n);
+
 /* Walks the relative path p from a directory `depth` levels below some
  * top directory: returns the depth where p ends, or -1 when p climbs above
  * the top (through ".."), or p is absolute or empty. Purely lexical. */

@@ -1,10 +1,15 @@
 /* util and yamlutil: the helpers every component shares, their boundaries
  * and their error messages. One TCase per function. */
 #include <check.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "testbound.h"
 #include "testlib.h"
@@ -271,6 +276,51 @@ START_TEST(diag_clear_empties_both)
     ck_assert_ptr_null(d.warnings.v);
     diag_error(&d, "again");
     ck_assert_str_eq(d.errors.v[0], "again");
+}
+END_TEST
+
+START_TEST(write_all_writes_everything_and_says_why_not)
+{
+    /* More than a pipe holds at once: a reader drains it while it writes. */
+    enum { N = 1 << 20 };
+    char *buf = xmalloc(N);
+    for (size_t i = 0; i < N; i++)
+        buf[i] = (char)(i * 7);
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(p[1]);
+        size_t got = 0, bad = 0;
+        char b[4096];
+        for (ssize_t n; (n = read(p[0], b, sizeof(b))) > 0; got += (size_t)n)
+            for (ssize_t k = 0; k < n; k++)
+                bad += b[k] != (char)((got + (size_t)k) * 7);
+        _exit(got == N && bad == 0 ? 0 : 1);
+    }
+    close(p[0]);
+    ck_assert_int_eq(write_all(p[1], buf, N), 0);
+    close(p[1]);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* A reader gone: -EPIPE (SIGPIPE ignored, as reld and relctl do). */
+    ck_assert_int_eq(pipe(p), 0);
+    close(p[0]);
+    void (*old)(int) = signal(SIGPIPE, SIG_IGN);
+    ck_assert_int_eq(write_all(p[1], buf, 10), -EPIPE);
+    signal(SIGPIPE, old);
+    close(p[1]);
+    /* A full device, and a descriptor not open for writing. */
+    int full = open("/dev/full", O_WRONLY | O_CLOEXEC);
+    if (full >= 0) {
+        ck_assert_int_eq(write_all(full, buf, 10), -ENOSPC);
+        close(full);
+    }
+    ck_assert_int_eq(write_all(-1, buf, 10), -EBADF);
+    ck_assert_int_eq(write_all(-1, buf, 0), 0); /* nothing to write: nothing done */
+    free(buf);
 }
 END_TEST
 
@@ -1337,6 +1387,7 @@ static Suite *util_suite(void)
     add(s, "diag_warning", false, T(diag_warning_is_no_error));
     add(s, "diag_error_at", false, T(diag_error_at_positions));
     add(s, "diag_clear", false, T(diag_clear_empties_both));
+    add(s, "write_all", false, T(write_all_writes_everything_and_says_why_not));
     add(s, "path_walk_depth", false,
         T(path_walk_depth_down_and_up, path_walk_depth_climbing_above, path_walk_depth_refused_forms,
           path_walk_depth_dots_and_slashes));
