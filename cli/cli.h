@@ -20,6 +20,9 @@
 #define EXIT_ROLLED_BACK    3
 #define EXIT_NEEDS_OPERATOR 4
 
+/* The text of a .minisig as reld takes it (sign.h SIGN_TEXT_MAX). */
+#define SIGNATURE_TEXT_MAX 4096
+
 /* Was arg meant as a file (a path, or a tarball's name by its suffix)?
  * "2.0" is a version; "./2.0" and "kv-2.tar.gz" are files. relctl and
  * relctl -H decide alike: a missing file is an error, not a version. */

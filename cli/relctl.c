@@ -408,7 +408,6 @@ static int common_opts(int argc, char **argv, bool *json, const char *usage_line
  * (docs/signing.md), from sig_path, or else FILE.minisig beside it if there
  * is one (for standard input --signature, or the stream begins with it).
  * 0 with *ret, or EXIT_REFUSED after saying why. */
-#define SIGNATURE_MAX 4096
 static int unpack_request(const char *file, const char *sig_path, bool allow_downgrade, json_t **ret)
 {
     _cleanup_free_ char *p = sig_path                 ? xstrdup(sig_path)
@@ -429,11 +428,11 @@ static int unpack_request(const char *file, const char *sig_path, bool allow_dow
         json_decref(req);
         return EXIT_REFUSED;
     }
-    char buf[SIGNATURE_MAX + 1];
+    char buf[SIGNATURE_TEXT_MAX + 1];
     ssize_t n = read(fd, buf, sizeof buf);
     int e = errno;
     close(fd);
-    json_t *text = n >= 0 && n <= SIGNATURE_MAX ? json_stringn(buf, (size_t)n) : NULL;
+    json_t *text = n >= 0 && n <= SIGNATURE_TEXT_MAX ? json_stringn(buf, (size_t)n) : NULL;
     if (!text) {
         fprintf(stderr, "relctl: %s: %s\n", p,
                 n < 0 ? strerror(e) : "not a signature (larger than 4096 bytes, or not text)");

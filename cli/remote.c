@@ -270,8 +270,6 @@ int remote_plan(int argc, char **argv, const char *ssh, RemotePlan *plan, char *
 
 /* ---- running ssh ---------------------------------------------------------------- */
 
-#define SIGNATURE_MAX 4096
-
 /* The signature's text as the stream carries it: four lines, the first
  * "untrusted comment:", ending with a newline. 0 and *text (*len bytes;
  * NULL when there is none and none was asked for), or EXIT_REFUSED after
@@ -289,10 +287,10 @@ static int read_signature(const RemotePlan *plan, char **text, size_t *len)
         fprintf(stderr, "relctl: %s: %s\n", plan->signature, strerror(errno));
         return EXIT_REFUSED;
     }
-    char *buf = xmalloc(SIGNATURE_MAX + 2);
+    char *buf = xmalloc(SIGNATURE_TEXT_MAX + 2);
     size_t n = 0;
     ssize_t got;
-    while (n <= SIGNATURE_MAX && (got = read(fd, buf + n, SIGNATURE_MAX + 1 - n)) != 0) {
+    while (n <= SIGNATURE_TEXT_MAX && (got = read(fd, buf + n, SIGNATURE_TEXT_MAX + 1 - n)) != 0) {
         if (got < 0 && errno == EINTR)
             continue;
         if (got < 0) {
@@ -309,7 +307,7 @@ static int read_signature(const RemotePlan *plan, char **text, size_t *len)
     size_t lines = 0;
     for (size_t k = 0; k < n; k++)
         lines += buf[k] == '\n';
-    if (n > SIGNATURE_MAX || lines != 4 || memchr(buf, 0, n) || strncmp(buf, "untrusted comment:", 18) != 0) {
+    if (n > SIGNATURE_TEXT_MAX || lines != 4 || memchr(buf, 0, n) || strncmp(buf, "untrusted comment:", 18) != 0) {
         fprintf(stderr, "relctl: %s: not a minisign signature (four lines, the first 'untrusted comment:')\n",
                 plan->signature);
         free(buf);

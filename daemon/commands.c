@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "sign.h"
 
 typedef struct Command {
     const char *name;
@@ -87,7 +88,7 @@ static void cmd_unpack(Client *c, json_t *req, Manager *m)
         return client_reply_error(c, "unpack needs the tarball's file descriptor passed with the request");
     /* The .minisig's text (four short lines) travels in the request. */
     json_t *sig = json_object_get(req, "signature");
-    if (sig && (!json_is_string(sig) || json_string_length(sig) > 4096))
+    if (sig && (!json_is_string(sig) || json_string_length(sig) > SIGN_TEXT_MAX))
         return client_reply_error(c, "signature must be the text of a .minisig file (at most 4096 bytes)");
     ManagerUnpack u = {.signature = sig ? json_string_value(sig) : NULL};
     if (!bool_field(c, req, "allow_downgrade", &u.allow_downgrade) || !bool_field(c, req, "stream", &u.stream))

@@ -443,11 +443,10 @@ static ssize_t read_retrying(int fd, void *buf, size_t n)
 /* A stream (relctl install -, or relctl -H) may begin with the text of
  * its signature: a .minisig's four lines, then the tarball's bytes
  * (docs/signing.md). Reads from op->fd into buf (cap bytes, more than
- * SIGNATURE_TEXT_MAX) until it knows; a signature found becomes
+ * SIGN_TEXT_MAX) until it knows; a signature found becomes
  * op->signature. *ret_have: the tarball's first bytes read, at the start
  * of buf. One line and -errno when the stream holds a signature that does
  * not end, or a second one beside the request's. */
-#define SIGNATURE_TEXT_MAX 4096
 static int stream_signature(Op *op, char *buf, size_t cap, size_t *ret_have)
 {
     static const char start[] = "untrusted comment:";
@@ -473,16 +472,18 @@ static int stream_signature(Op *op, char *buf, size_t cap, size_t *ret_have)
             scanned = (size_t)(nl - buf) + 1;
             if (++lines == 4)
                 end = scanned;
-            continue;
+        } else {
+            scanned = have;
         }
-        scanned = have;
-        if (have >= SIGNATURE_TEXT_MAX)
+        if (scanned > SIGN_TEXT_MAX || (!nl && have >= SIGN_TEXT_MAX))
             return diag_error(&op->diag,
                               "the stream begins with a signature that does not end within %d bytes "
                               "(a .minisig is four lines)",
-                              SIGNATURE_TEXT_MAX),
+                              SIGN_TEXT_MAX),
                    -EBADMSG;
-        ssize_t n = read_retrying(op->fd, buf + have, SIGNATURE_TEXT_MAX - have);
+        if (nl)
+            continue;
+        ssize_t n = read_retrying(op->fd, buf + have, SIGN_TEXT_MAX - have);
         if (n < 0)
             return diag_error(&op->diag, "cannot read the tarball: %s", strerror(errno)), -errno;
         if (n == 0)
@@ -549,11 +550,13 @@ static int spool_and_verify(Op *op, const SignKeyring *k)
         r = -errno;
         return diag_error(&op->diag, "cannot spool the tarball in %s: %s", tmp, strerror(-r)), r;
     }
+    /* Hashed only to verify: without keys a stream is spooled as it is. */
+    bool verify = k->n_keys > 0;
     SignHasher h;
     sign_hasher_init(&h);
     uint64_t total = 0;
     /* The bytes stream_signature read past the signature first. */
-    for (size_t n = have; r == 0;) {
+    for (size_t n = have;;) {
         total += n;
         /* The spool is bounded by the unpacked limit, which a larger
          * tarball would exceed anyway (every entry counts its 512-byte
@@ -564,7 +567,8 @@ static int spool_and_verify(Op *op, const SignKeyring *k)
                        (unsigned long long)op->limits.bytes);
             break;
         }
-        sign_hasher_update(&h, buf, n);
+        if (verify)
+            sign_hasher_update(&h, buf, n);
         if ((r = write_all(sfd, buf, n)) < 0) {
             diag_error(&op->diag, "cannot spool the tarball in %s: %s", tmp, strerror(-r));
             break;
@@ -573,17 +577,18 @@ static int spool_and_verify(Op *op, const SignKeyring *k)
         if (got < 0) {
             r = -errno;
             diag_error(&op->diag, "cannot read the tarball: %s", strerror(-r));
-        } else if (got == 0) {
             break;
         }
+        if (got == 0)
+            break;
         n = (size_t)got;
     }
     uint8_t hash[SIGN_HASH_SIZE];
     sign_hasher_final(&h, hash);
     size_t key = 0;
-    if (r == 0 && k->n_keys > 0)
+    if (r == 0 && verify)
         r = sign_verify(k, &sig, hash, &key, &op->diag);
-    if (r == 0 && k->n_keys > 0)
+    if (r == 0 && verify)
         r = sign_comment_parse(sig.trusted_comment, &op->signed_name, &op->signed_vsn, &op->diag);
     if (r == 0 && lseek(sfd, 0, SEEK_SET) < 0) {
         r = -errno;
@@ -593,7 +598,7 @@ static int spool_and_verify(Op *op, const SignKeyring *k)
         close(sfd);
         return r;
     }
-    if (k->n_keys > 0) {
+    if (verify) {
         char hex[SIGN_KEY_ID_HEX], hash_hex[2 * SIGN_HASH_SIZE + 1];
         sign_key_id_hex(sig.id, hex);
         for (size_t i = 0; i < SIGN_HASH_SIZE; i++)

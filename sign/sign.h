@@ -43,6 +43,9 @@
 #define SIGN_KEY_ID_HEX  ((size_t)17) /* up to 16 digits and NUL */
 /* minisign's own limit on the trusted comment. */
 #define SIGN_COMMENT_MAX ((size_t)1024)
+/* The text of a .minisig as reld takes it (four short lines: far less in
+ * practice); relctl has the same bound (cli.h SIGNATURE_TEXT_MAX). */
+#define SIGN_TEXT_MAX 4096
 
 typedef struct SignPublicKey {
     uint8_t id[8];

@@ -332,6 +332,10 @@ def test_stream_carries_both(work):
     with open(cut, "w") as f:
         f.write("".join(open(sig1).readlines()[:2]))
     refused("a stream that ends inside its signature", "ends inside the signature", (cut,))
+    long_sig = os.path.join(work, "long.minisig")
+    with open(long_sig, "w") as f:  # four lines, but 5,000 bytes in the first
+        f.write("untrusted comment: " + "x" * 5000 + "\n" + "".join(open(sig1).readlines()[1:]))
+    refused("a signature longer than 4096 bytes", "does not end within 4096 bytes", (long_sig, t1))
     rc, o, err = relctl_piped(s.r, ("unpack", "--json", "-"), (sig1, t1), trickle=400)
     rep = json.loads(o) if rc == 0 else {}
     d.tap(rc == 0 and rep.get("signature", {}).get("key_id") == s.ci1[2],
