@@ -43,6 +43,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import daemon as d  # noqa: E402  (Reld, tap, skip)
+import supervise  # noqa: E402  (wait_for)
 
 sys.path.insert(0, os.path.join(HERE, "..", "runtime"))
 from hotcode import free_port, request  # noqa: E402
@@ -61,13 +62,7 @@ SICK = ("    health:\n      - {runtime: true, interval_ms: 100}\n"
 
 
 def wait_for(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
+    return supervise.wait_for(pred, timeout)  # its poll, this suite's default bound
 
 
 # ---- the nodes -------------------------------------------------------------------------------------

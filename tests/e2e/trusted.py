@@ -33,6 +33,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as d  # noqa: E402  (Reld, tap, run_tests)
+import supervise  # noqa: E402  (wait_for)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runtime"))
 from hotcode import free_port, request  # noqa: E402
@@ -86,13 +87,7 @@ def versions(r):
 
 
 def wait_for(pred, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
+    return supervise.wait_for(pred, timeout)  # its poll, this suite's default bound
 
 
 def fill(port, n):

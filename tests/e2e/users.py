@@ -14,10 +14,10 @@ import re
 import subprocess
 import sys
 import tarfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as d  # noqa: E402
+import supervise  # noqa: E402  (wait_for)
 
 A = None
 SUFFIX = f"{os.getpid() % 100000}"
@@ -67,13 +67,7 @@ def pids(r):
 
 
 def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
+    return supervise.wait_for(pred, timeout)  # its poll, this suite's default bound
 
 
 def test_identities(work):
