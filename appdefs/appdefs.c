@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 
 #include "yamlutil.h"
@@ -626,6 +627,93 @@ static void parse_identity(YamlCtx *c, yaml_node_t *m, ProcessDef *p)
     free(pos);
 }
 
+/* ---- replacing a process ----------------------------------------------- */
+
+static const char *const ready_kind_names[] = {
+    [READY_STARTED] = "started",
+    [READY_NOTIFY] = "notify",
+    [READY_HEALTH] = "health",
+};
+
+const char *ready_kind_name(ReadyKind k)
+{
+    return k < _READY_KIND_MAX ? ready_kind_names[k] : "?";
+}
+
+/* The signals a server may want to be stopped with: the ones servers use
+ * for a graceful stop (nginx SIGQUIT, Apache SIGWINCH, lighttpd SIGINT),
+ * and SIGKILL for one that needs none. Not SIGSTOP or the faults. */
+static const struct {
+    int sig;
+    const char *name;
+} signal_table[] = {
+    {SIGTERM, "SIGTERM"}, {SIGINT, "SIGINT"},     {SIGQUIT, "SIGQUIT"}, {SIGHUP, "SIGHUP"},   {SIGUSR1, "SIGUSR1"},
+    {SIGUSR2, "SIGUSR2"}, {SIGWINCH, "SIGWINCH"}, {SIGKILL, "SIGKILL"}, {SIGALRM, "SIGALRM"}, {SIGPWR, "SIGPWR"},
+};
+
+int appdefs_signal_from_name(const char *name)
+{
+    if (!name)
+        return -1;
+    for (size_t i = 0; i < sizeof(signal_table) / sizeof(signal_table[0]); i++)
+        if (strcmp(name, signal_table[i].name) == 0 || strcmp(name, signal_table[i].name + 3) == 0)
+            return signal_table[i].sig;
+    return -1;
+}
+
+const char *appdefs_signal_name(int sig)
+{
+    for (size_t i = 0; i < sizeof(signal_table) / sizeof(signal_table[0]); i++)
+        if (signal_table[i].sig == sig)
+            return signal_table[i].name;
+    return NULL;
+}
+
+/* stop_signal, overlap, ready, ready_timeout_ms; after health (ready:
+ * health needs checks). */
+static void parse_replacement(YamlCtx *c, yaml_node_t *m, ProcessDef *p)
+{
+    yaml_node_t *n;
+    const char *s;
+    if ((n = yaml_map_get(c, m, "stop_signal"))) {
+        s = yaml_scalar(n);
+        int sig = appdefs_signal_from_name(s);
+        if (sig >= 0)
+            p->stop_signal = sig;
+        else if (s && strlen(s) <= 64)
+            yaml_error(c, n,
+                       "unknown stop_signal '%s' (SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH, "
+                       "SIGKILL, SIGALRM or SIGPWR)",
+                       s);
+        else
+            yaml_error(c, n, "stop_signal must be a signal name such as SIGTERM, not %s",
+                       s ? "a string that long" : yaml_kind(n));
+    }
+    if ((n = yaml_map_get(c, m, "overlap"))) {
+        s = yaml_scalar(n);
+        if (s && (strcmp(s, "true") == 0 || strcmp(s, "false") == 0))
+            p->overlap = strcmp(s, "true") == 0;
+        else
+            yaml_error(c, n, "overlap must be true or false");
+    }
+    if ((n = yaml_map_get(c, m, "ready"))) {
+        s = yaml_scalar(n);
+        int k = 0;
+        while (s && k < _READY_KIND_MAX && strcmp(s, ready_kind_names[k]) != 0)
+            k++;
+        if (!s || k == _READY_KIND_MAX)
+            yaml_error(c, n, "ready must be started, notify or health");
+        else if (k == READY_HEALTH && p->n_checks == 0)
+            yaml_error(c, n, "ready: health needs health checks (health:)");
+        else
+            p->ready = (ReadyKind)k;
+    }
+    yaml_node_t *t = yaml_map_get(c, m, "ready_timeout_ms");
+    if (yaml_get_long(c, m, "ready_timeout_ms", READY_TIMEOUT_MIN_MS, READY_TIMEOUT_MAX_MS, &p->ready_timeout_ms) &&
+        t && !yaml_map_get(c, m, "ready"))
+        yaml_error(c, t, "ready_timeout_ms needs ready: notify or ready: health");
+}
+
 static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
 {
     static const char *const keys[] = {"name",
@@ -640,9 +728,17 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
                                        "group",
                                        "supplementary_groups",
                                        "capabilities",
+                                       "stop_signal",
+                                       "overlap",
+                                       "ready",
+                                       "ready_timeout_ms",
                                        NULL};
     yaml_map_check_keys(c, m, keys, "process");
-    *p = (ProcessDef){.pos = yaml_pos(c, m), .shutdown_ms = 5000};
+    *p = (ProcessDef){.pos = yaml_pos(c, m),
+                      .shutdown_ms = 5000,
+                      .stop_signal = SIGTERM,
+                      .overlap = true,
+                      .ready_timeout_ms = READY_TIMEOUT_DEFAULT_MS};
     yaml_node_t *n;
     if (yaml_get_string(c, m, "name", true, &p->name))
         check_name(c, yaml_map_get(c, m, "name"), "process", p->name);
@@ -674,6 +770,7 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
     parse_identity(c, m, p);
     if ((n = yaml_map_get(c, m, "health")))
         parse_health(c, n, p);
+    parse_replacement(c, m, p);
     if (!(n = yaml_map_get(c, m, "sockets")))
         return;
     if (n->type != YAML_SEQUENCE_NODE) {

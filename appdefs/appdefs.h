@@ -144,6 +144,27 @@ typedef struct HealthCheck {
     SrcPos pos;
 } HealthCheck;
 
+/* How reld tells that a started process is ready (docs/formats.md
+ * "Replacing a process"): at a switch-over the old process of a plain
+ * application is told to stop only once its successor is ready. */
+typedef enum ReadyKind {
+    READY_STARTED = 0, /* once it runs (systemd's Type=exec) */
+    READY_NOTIFY,      /* it sends READY=1 to $NOTIFY_SOCKET (systemd's Type=notify) */
+    READY_HEALTH,      /* its health checks all pass once */
+    _READY_KIND_MAX,
+} ReadyKind;
+const char *ready_kind_name(ReadyKind k); /* "started" | "notify" | "health" */
+
+#define READY_TIMEOUT_DEFAULT_MS 10000L
+#define READY_TIMEOUT_MIN_MS     10L
+#define READY_TIMEOUT_MAX_MS     3600000L
+
+/* stop_signal by name, "SIGINT" or "INT" (systemd's KillSignal=): the
+ * signal, or -1 when it is not one a process may be told to stop with. */
+int appdefs_signal_from_name(const char *name);
+/* "SIGINT" for SIGINT; NULL for a signal the table does not hold. */
+const char *appdefs_signal_name(int sig);
+
 typedef struct ProcessDef {
     char *name;
     char *exec; /* relative to the application's directory, or absolute */
@@ -164,6 +185,11 @@ typedef struct ProcessDef {
     SrcPos *supplementary_pos; /* one per supplementary group */
     bool has_capabilities;     /* capabilities: given (else the bounding set is left as it is) */
     uint64_t capabilities;     /* the bounding set: bit n for capability n (appdefs_capability_name()) */
+    /* Replacing it (docs/formats.md "Replacing a process"). */
+    int stop_signal;       /* sent to stop it; SIGTERM by default */
+    bool overlap;          /* true (default): the successor starts and is ready before it stops */
+    ReadyKind ready;       /* READY_STARTED by default */
+    long ready_timeout_ms; /* how long a successor may take to be ready */
     SrcPos pos;
 } ProcessDef;
 

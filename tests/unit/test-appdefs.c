@@ -2,6 +2,7 @@
  * shape, release-wide checks and ordering. */
 #include <check.h>
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 
 #include "appdefs.h"
@@ -1175,6 +1176,72 @@ START_TEST(health_error_runtime)
 }
 END_TEST
 
+START_TEST(replace_defaults)
+{
+    ck_assert_int_eq(parse("name: x\nvsn: \"1\"\nprocesses:\n  - {name: p, exec: bin/p}\n"), 0);
+    const ProcessDef *p = &app->processes[0];
+    ck_assert_int_eq(p->stop_signal, SIGTERM);
+    ck_assert(p->overlap);
+    ck_assert_int_eq(p->ready, READY_STARTED);
+    ck_assert_int_eq(p->ready_timeout_ms, READY_TIMEOUT_DEFAULT_MS);
+}
+END_TEST
+
+START_TEST(replace_fields)
+{
+    ck_assert_int_eq(
+        parse("name: x\nvsn: \"1\"\nprocesses:\n"
+              "  - name: p\n    exec: bin/p\n    stop_signal: SIGINT\n    ready: notify\n"
+              "    ready_timeout_ms: 2500\n"
+              "  - name: q\n    exec: bin/q\n    stop_signal: WINCH\n    overlap: false\n"
+              "    health: {tcp: \"127.0.0.1:1\"}\n    ready: health\n"
+              "  - name: r\n    exec: bin/r\n    stop_signal: SIGQUIT\n    overlap: true\n    ready: started\n"),
+        0);
+    const ProcessDef *p = &app->processes[0], *q = &app->processes[1], *r = &app->processes[2];
+    ck_assert_int_eq(p->stop_signal, SIGINT);
+    ck_assert_int_eq(p->ready, READY_NOTIFY);
+    ck_assert_int_eq(p->ready_timeout_ms, 2500);
+    ck_assert(p->overlap);
+    ck_assert_int_eq(q->stop_signal, SIGWINCH);
+    ck_assert(!q->overlap);
+    ck_assert_int_eq(q->ready, READY_HEALTH);
+    ck_assert_int_eq(r->stop_signal, SIGQUIT);
+    ck_assert(r->overlap);
+    ck_assert_int_eq(r->ready, READY_STARTED);
+    ck_assert_int_eq(appdefs_signal_from_name("SIGHUP"), SIGHUP);
+    ck_assert_int_eq(appdefs_signal_from_name("USR1"), SIGUSR1);
+    ck_assert_int_eq(appdefs_signal_from_name("SIGSTOP"), -1);
+    ck_assert_int_eq(appdefs_signal_from_name("sigint"), -1);
+    ck_assert_int_eq(appdefs_signal_from_name("SIG"), -1);
+    ck_assert_int_eq(appdefs_signal_from_name(NULL), -1);
+    ck_assert_str_eq(appdefs_signal_name(SIGWINCH), "SIGWINCH");
+    ck_assert_ptr_null(appdefs_signal_name(SIGSEGV));
+    ck_assert_str_eq(ready_kind_name(READY_NOTIFY), "notify");
+}
+END_TEST
+
+START_TEST(replace_errors)
+{
+    ck_assert_int_eq(parse("name: x\nvsn: \"1\"\nprocesses:\n"
+                           "  - name: p\n    exec: bin/p\n    stop_signal: SIGSTOP\n    overlap: maybe\n"
+                           "    ready: health\n    ready_timeout_ms: 5\n"
+                           "  - name: q\n    exec: bin/q\n    stop_signal: [SIGINT]\n    overlap: [true]\n"
+                           "    ready: systemd\n"
+                           "  - name: r\n    exec: bin/r\n    ready_timeout_ms: 100\n    stop_signal: 15\n"),
+                     -EINVAL);
+    ck_assert_error("app.yaml:6:18: unknown stop_signal 'SIGSTOP' (SIGTERM, SIGINT, SIGQUIT");
+    ck_assert_error("app.yaml:7:14: overlap must be true or false");
+    ck_assert_error("app.yaml:8:12: ready: health needs health checks (health:)");
+    ck_assert_error("app.yaml:9:23: field 'ready_timeout_ms' must be an integer from 10 to 3600000");
+    ck_assert_error("app.yaml:12:18: stop_signal must be a signal name such as SIGTERM, not a list");
+    ck_assert_error("app.yaml:13:14: overlap must be true or false");
+    ck_assert_error("app.yaml:14:12: ready must be started, notify or health");
+    ck_assert_error("app.yaml:17:23: ready_timeout_ms needs ready: notify or ready: health");
+    ck_assert_error("app.yaml:18:18: unknown stop_signal '15'");
+    ck_assert_uint_eq(d.errors.n, 9);
+}
+END_TEST
+
 static Suite *appdefs_suite(void)
 {
     Suite *s = suite_create("appdefs");
@@ -1249,6 +1316,13 @@ static Suite *appdefs_suite(void)
     tcase_add_test(tc, health_error_http);
     tcase_add_test(tc, health_error_long_url_is_not_quoted);
     tcase_add_test(tc, health_error_runtime);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("replace");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, replace_defaults);
+    tcase_add_test(tc, replace_fields);
+    tcase_add_test(tc, replace_errors);
     suite_add_tcase(s, tc);
     return s;
 }
