@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -15,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proc.h"
 #include "util.h"
 
 extern char **environ;
@@ -339,11 +339,44 @@ static bool env_is_relds(const char *e)
     return false;
 }
 
-static int exec_start(Check *c)
+/* In the check's child (async-signal-safe only): errno to reld through
+ * the exec-error pipe, and exit. */
+static _Noreturn void exec_child_fail(int errfd)
 {
-    int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) < 0)
+    int e = errno;
+    (void)!write(errfd, &e, sizeof(e));
+    _exit(127);
+}
+
+/* Runs the check as the process it checks runs (proc_identity(): its user,
+ * groups and capability bounding set), hence fork and not posix_spawn,
+ * which cannot change ids. As posix_spawn does, reld waits for the exec:
+ * a check that cannot be run at all (no such file) fails here with errno,
+ * through a close-on-exec pipe. *why: a line, when the identity cannot be
+ * resolved (then -ESRCH or -EPERM). */
+static int exec_start(Check *c, char **why)
+{
+    ProcIdentity id;
+    Diag d = {0};
+    int r = proc_identity(c->p->def, &id, &d); /* its warning (root) was the process's to give */
+    if (r < 0) {
+        *why = d.errors.n ? xstrdup(d.errors.v[0]) : NULL;
+        diag_clear(&d);
+        return r;
+    }
+    diag_clear(&d);
+    int pipefd[2], errp[2];
+    if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) < 0) {
+        proc_identity_clear(&id);
         return -errno;
+    }
+    if (pipe2(errp, O_CLOEXEC) < 0) {
+        r = -errno;
+        close(pipefd[0]);
+        close(pipefd[1]);
+        proc_identity_clear(&id);
+        return r;
+    }
     StrVec env = {0};
     for (char **e = environ; *e; e++)
         if (!env_is_relds(*e))
@@ -356,40 +389,52 @@ static int exec_start(Check *c)
     for (size_t i = 0; i < argv->n; i++)
         args[i] = argv->v[i];
     char *path = argv->v[0][0] == '/' ? xstrdup(argv->v[0]) : xasprintf("%s/%s", c->p->dir, argv->v[0]);
+    const char *dir = c->p->dir;
 
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t attr;
-    sigset_t none, dfl;
-    sigemptyset(&none);
-    sigemptyset(&dfl);
-    sigaddset(&dfl, SIGPIPE); /* reld ignores it; a check must not inherit that */
-    int r = posix_spawn_file_actions_init(&fa);
-    if (r == 0 && (r = posix_spawnattr_init(&attr)) != 0)
-        (void)posix_spawn_file_actions_destroy(&fa);
-    if (r == 0) {
-        if ((r = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)) == 0 &&
-            (r = posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1)) == 0 &&
-            (r = posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2)) == 0 &&
-            (r = posix_spawn_file_actions_addclosefrom_np(&fa, 3)) == 0 &&
-            (r = posix_spawn_file_actions_addchdir_np(&fa, c->p->dir)) == 0 &&
-            (r = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                                     POSIX_SPAWN_SETSIGDEF)) == 0 &&
-            (r = posix_spawnattr_setpgroup(&attr, 0)) == 0 && (r = posix_spawnattr_setsigmask(&attr, &none)) == 0 &&
-            (r = posix_spawnattr_setsigdefault(&attr, &dfl)) == 0)
-            r = posix_spawn(&c->pid, path, &fa, &attr, args, env.v);
-        (void)posix_spawn_file_actions_destroy(&fa);
-        (void)posix_spawnattr_destroy(&attr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* stdin /dev/null, stdout and stderr the pipe, nothing else kept
+         * past the exec; a process group of its own (killed whole at the
+         * timeout); no signal blocked, SIGPIPE (reld ignores it) default. */
+        int devnull = open("/dev/null", O_RDONLY); /* close_range marks it if it is not 0 */
+        if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(pipefd[1], 1) < 0 || dup2(pipefd[1], 2) < 0 ||
+            close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+            exec_child_fail(errp[1]);
+        (void)setpgid(0, 0); /* cannot fail for ourselves right after fork */
+        sigset_t none;
+        sigemptyset(&none);
+        (void)sigprocmask(SIG_SETMASK, &none, NULL); /* cannot fail with a valid set */
+        (void)signal(SIGPIPE, SIG_DFL);              /* cannot fail for SIGPIPE */
+        proc_identity_apply(&id);                    /* its failure: a line on stderr, exit 122 */
+        if (chdir(dir) < 0)
+            exec_child_fail(errp[1]);
+        execve(path, args, env.v);
+        exec_child_fail(errp[1]);
     }
+    r = pid < 0 ? -errno : 0;
+    close(errp[1]);
+    close(pipefd[1]);
+    proc_identity_clear(&id);
     free(path);
     free(args);
     env.n--; /* the NULL at the end is no string to free */
     strvec_clear(&env);
-    close(pipefd[1]);
-    if (r != 0) {
-        c->pid = 0;
-        close(pipefd[0]);
-        return -r;
+    if (r == 0) {
+        int e = 0;
+        ssize_t n;
+        while ((n = read(errp[0], &e, sizeof(e))) < 0 && errno == EINTR)
+            ;
+        if (n == (ssize_t)sizeof(e)) { /* it could not start: reap it, say why */
+            (void)waitpid(pid, NULL, 0);
+            r = -e;
+        }
     }
+    close(errp[0]);
+    if (r < 0) {
+        close(pipefd[0]);
+        return r;
+    }
+    c->pid = pid;
     c->out_fd = pipefd[0];
     c->out_len = 0;
     r = sd_event_add_child(c->p->ev, &c->child_src, c->pid, WEXITED, on_exec_exit, c);
@@ -589,10 +634,15 @@ static void check_start(Check *c)
     c->timed_out = false;
     c->run = ++runs;
     int r;
+    char *why = NULL;
     switch (c->def->kind) {
     case HEALTH_CHECK_EXEC:
-        if ((r = exec_start(c)) < 0) {
-            check_fail_errno(c, "cannot run: ", -r);
+        if ((r = exec_start(c, &why)) < 0) {
+            if (why)
+                check_fail(c, xasprintf("%s: cannot run as its process: %s", c->desc, why));
+            else
+                check_fail_errno(c, "cannot run: ", -r);
+            free(why);
             return;
         }
         break;

@@ -8,8 +8,9 @@
  * the process runs, the probe runs each check on the event loop: first at
  * once, then interval_ms after the end of each run. Nothing blocks:
  *
- *  - exec: posix_spawn in the application's directory, in a process group
- *    of its own, stdin /dev/null, stdout and stderr into a pipe of which the
+ *  - exec: run as the process it checks runs (its user, groups and
+ *    capability bounding set: proc_identity()), in the application's
+ *    directory, in a process group of its own, stdin /dev/null, stdout and stderr into a pipe of which the
  *    last HEALTH_OUTPUT_MAX bytes are kept; its exit comes through an
  *    sd_event child source; at timeout_ms its group is SIGKILLed;
  *  - tcp: a non-blocking connect;

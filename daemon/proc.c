@@ -730,9 +730,9 @@ static _Noreturn void child_fail(const char *step)
     _exit(122);
 }
 
-/* In the child: groups, group, the bounding set (which needs CAP_SETPCAP:
- * before the uid changes), then the user. Every result checked. */
-static void child_become(const ProcIdentity *id)
+/* Groups, group, the bounding set (which needs CAP_SETPCAP: before the
+ * uid changes), then the user. Every result checked. */
+void proc_identity_apply(const ProcIdentity *id)
 {
     if (id->change_ids && setgroups(id->n_groups, id->groups) < 0)
         child_fail("setgroups");
@@ -865,7 +865,7 @@ int proc_spawn(Proc *p)
         sigset_t all;
         sigemptyset(&all);
         (void)sigprocmask(SIG_SETMASK, &all, NULL); /* cannot fail with a valid set */
-        child_become(&id);
+        proc_identity_apply(&id);
         /* A managed process dies with reld (as processes die with their
          * VM): a restarted reld then boots one consistent release. After
          * the change of user, which clears it. */

@@ -77,6 +77,11 @@ typedef struct ProcIdentity {
  * that is root, a warning in diag says so unless `user: root` asked. */
 int proc_identity(const ProcessDef *def, ProcIdentity *ret, Diag *diag);
 void proc_identity_clear(ProcIdentity *id);
+/* Becomes id, in a child after fork and before execve (async-signal-safe
+ * only: reld has threads): proc_spawn() for the process, health.c for its
+ * exec checks, so that a check runs as the process it checks. On a failure
+ * it writes "reld: cannot STEP: errno N" to fd 2 and _exits 122. */
+void proc_identity_apply(const ProcIdentity *id);
 
 /* A process, not yet started: opens its listening sockets (one line in
  * diag when one cannot be opened, and NULL). label is "app/process".

@@ -129,6 +129,86 @@ def test_refusals(work):
     r.stop()
 
 
+def test_health_identity(work):
+    """An exec health check runs as the process it checks: its user, groups
+    and capability bounding set (proc_identity_apply() in the check's child,
+    as for the process). One check writes what it runs as into a file;
+    another reads a file only root may read, and fails for the user's
+    process while the same check of a root process passes."""
+    os.chmod(work, 0o755)
+    out = os.path.join(work, "out")
+    os.mkdir(out)
+    os.chmod(out, 0o1777)  # the user's check writes here
+    secret = os.path.join(work, "secret")
+    with open(secret, "w") as f:
+        f.write("root only\n")
+    os.chmod(secret, 0o600)
+    check = "    health:\n      - {exec: bin/ids, interval_ms: 100}\n      - {exec: bin/peek, interval_ms: 100}\n"
+    path = release(work, "1", {
+        "checked": f"    user: {USER}\n    supplementary_groups: [{GROUP}]\n"
+                   f"    capabilities: [CAP_NET_BIND_SERVICE]\n{check}",
+        "rooted": f"    user: root\n{check}",
+    })
+    # The two check programs, added to the tarball's application.
+    src = os.path.join(work, "src-1", "lib", "idapp-1.0.0", "bin")
+    scripts = {
+        "ids": f'#!/bin/sh\necho "$(id -u) $(id -g) $(id -G) $(grep ^CapBnd: /proc/self/status | cut -f2)"'
+               f' > {out}/"${{RELD_PROCESS#*/}}.tmp" && mv {out}/"${{RELD_PROCESS#*/}}.tmp" {out}/"${{RELD_PROCESS#*/}}"\n',
+        "peek": f"#!/bin/sh\nexec cat {secret}\n",
+    }
+    for name, text in scripts.items():
+        with open(os.path.join(src, name), "w") as f:
+            f.write(text)
+        os.chmod(os.path.join(src, name), 0o755)
+    with tarfile.open(path, "w:gz") as t:
+        t.add(os.path.join(work, "src-1", "releases"), "releases")
+        t.add(os.path.join(work, "src-1", "lib"), "lib")
+    r = d.Reld(work)
+    rc, o, err = r.relctl("install", "--no-wait", path)
+    d.tap(rc == 0, "install of processes with exec health checks (user and root)", o + err)
+    uid, gid, sgid = pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid, grp.getgrnam(GROUP).gr_gid
+
+    def ids(name):
+        try:
+            with open(os.path.join(out, name)) as f:
+                return f.read().split()
+        except FileNotFoundError:
+            return None
+
+    def checks():
+        import json
+        rc, o, _ = r.relctl("status", "--json")
+        if rc != 0:
+            return None
+        by = {p["process"]: p for p in json.loads(o)["processes"]}
+        return {n: {c["check"]: c for c in by[n].get("health", {}).get("checks", [])} for n in by}
+
+    got = wait_for(lambda: ids("checked"))
+    d.tap(got is not None and got[:2] == [str(uid), str(gid)]
+          and sorted(got[2:-1]) == sorted({str(gid), str(sgid)})
+          and int(got[-1], 16) == 1 << CAP_NET_BIND_SERVICE,
+          f"the user's exec check ran as uid {uid}, gid {gid}, groups {{{gid}, {sgid}}}, bounding set "
+          "CAP_NET_BIND_SERVICE alone (its process's identity)", (got, checks()))
+    got = wait_for(lambda: ids("rooted"))
+    d.tap(got is not None and got[:2] == ["0", "0"] and int(got[-1], 16) != 0,
+          "the root process's exec check ran as root, with its full bounding set", (got, checks()))
+
+    def peeked():
+        c = checks()
+        ok = c and all(c.get(n, {}).get("exec bin/peek", {}).get("result") in ("pass", "fail")
+                       for n in ("checked", "rooted"))
+        return c if ok else None
+
+    c = wait_for(peeked) or {}
+    mine = c.get("checked", {}).get("exec bin/peek", {})
+    d.tap(mine.get("result") == "fail" and re.fullmatch(r"exec bin/peek: exit 1: cat: .*secret: Permission denied",
+                                                         mine.get("reason", "")) is not None,
+          "a check that needs root's rights fails as the user's process's check: Permission denied, quoted", mine)
+    d.tap(c.get("rooted", {}).get("exec bin/peek", {}).get("result") == "pass",
+          "and the same check of a root process passes", c.get("rooted"))
+    r.stop()
+
+
 def main():
     global A
     ap = argparse.ArgumentParser()
@@ -146,7 +226,7 @@ def main():
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
                         USER], check=True, capture_output=True)
         made.append(["userdel", USER])
-        return d.run_tests((test_identities, test_refusals), "reld-users-")
+        return d.run_tests((test_identities, test_refusals, test_health_identity), "reld-users-")
     finally:
         for cmd in reversed(made):
             subprocess.run(cmd, capture_output=True)

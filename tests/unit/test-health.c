@@ -348,6 +348,19 @@ START_TEST(exec_missing_program)
 }
 END_TEST
 
+/* A check runs as its process does (proc_identity()); a user that cannot
+ * be resolved fails the run, quoting the definition's line (the users e2e
+ * test checks the ids a check runs with). */
+START_TEST(exec_unknown_user)
+{
+    write_script("check", "exit 0");
+    start_probe("      exec: [check]\n    user: no-such-user-reld\n");
+    ck_assert(test_run_until(ev, has_result, 10000));
+    ck_assert_str_eq(reason(), "exec check: cannot run as its process: app.yaml:8:11: process p: no such user "
+                               "'no-such-user-reld'");
+}
+END_TEST
+
 /* At its timeout the check's process group is killed: the script and what
  * it started. */
 START_TEST(exec_timeout_kills_the_check)
@@ -932,6 +945,7 @@ static Suite *health_suite(void)
     tcase_add_test(tc, exec_script_says_why);
     tcase_add_test(tc, exec_output_is_bounded);
     tcase_add_test(tc, exec_missing_program);
+    tcase_add_test(tc, exec_unknown_user);
     tcase_add_test(tc, exec_timeout_kills_the_check);
     tcase_add_test(tc, exec_exit_of_the_process_kills_the_check);
     tcase_add_test(tc, exec_runs_again_after_its_interval);
