@@ -4,7 +4,8 @@
 # asked as readline asks it: COMP_WORDS, COMP_CWORD, COMP_LINE, then the
 # COMPREPLY it sets. Release versions come from a real reld on a temporary
 # root with two unpacked releases. Also: every option of relctl's tables
-# is offered, and zsh reads _relctl. Prints TAP.
+# is offered; and zsh's _relctl in a real interactive zsh (compinit, zpty),
+# sent "LINE<TAB>": the matches it offers. Prints TAP.
 # Usage: completion.sh SOURCE_DIR RELCTL RELD
 set -uo pipefail
 src=$1 relctl=$(realpath "$2") reld=$(realpath "$3")
@@ -116,11 +117,106 @@ opts=$( (grep -ho '{"[a-z-]*", *\(no\|required\|optional\)_argument' "$src/cli/r
 missing=$(for o in $opts; do grep -q -- "--$o\b" "$comp" || echo "--$o"; done)
 tap "$([ -z "$missing" ] && echo 0 || echo 1)" "relctl.bash offers every option ($(wc -w <<<"$opts"))" "missing: $missing"
 
-if command -v zsh >/dev/null; then
-    err=$(zsh -n "$src/packaging/completion/_relctl" 2>&1)
-    tap $? "zsh reads _relctl (zsh -n)" "$err"
-else
+# zsh: an interactive zsh (zsh -f -i, compinit, _relctl on its fpath) on a
+# pseudo-terminal of zsh's zpty module, sent "LINE<TAB>" as a user types
+# it; compadd wrapped to write the matches each completion adds (after
+# zsh's own matching against the prefix) to a file, and a comppostfuncs
+# hook to say the completion ended. Bounded waits: 10 s a line.
+zinit=$work/init.zsh zdrive=$work/drive.zsh
+cat >"$zinit" <<'ZEOF'
+PS1= PROMPT= RPROMPT=
+bindkey -e
+setopt no_beep no_auto_list no_list_beep
+fpath=("$RELD_ZFPATH" $fpath)
+autoload -Uz compinit && compinit -u -D
+compadd() {
+    # compadd -O, -A or -D only computes (the caller filters): as is.
+    if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then
+        builtin compadd "$@"
+        return
+    fi
+    local -a hits
+    builtin compadd -A hits "$@"
+    (( $#hits )) && print -rl -- $hits >>"$RELD_ZOUT"
+    builtin compadd "$@"
+}
+_reld_done() {
+    print -r -- --done-- >>"$RELD_ZOUT"
+    comppostfuncs=(_reld_done) # zsh empties it after each completion
+}
+comppostfuncs=(_reld_done)
+bindkey '^I' complete-word
+print -r -- ready >"$RELD_ZOUT"
+ZEOF
+cat >"$zdrive" <<'ZEOF'
+zmodload zsh/zpty || exit 2
+local init=$1 line c i
+shift
+zpty z zsh -f -i
+zpty -w z "source ${(q)init}"
+for i in {1..200}; do [[ -s $RELD_ZOUT ]] && break; sleep 0.05; done
+[[ -s $RELD_ZOUT ]] || { print "zsh did not start"; exit 1 }
+for c in "$@"; do
+    : >"$RELD_ZOUT"
+    zpty -w -n z "$c"$'\t'
+    for i in {1..200}; do
+        grep -q -- --done-- "$RELD_ZOUT" && break
+        while zpty -rt z line; do :; done # what zsh echoes: drained
+        sleep 0.05
+    done
+    print -r -- "== $c"
+    grep -q -- --done-- "$RELD_ZOUT" || print -r -- "(no completion ended)"
+    grep -v -- --done-- "$RELD_ZOUT" | sort -u
+    zpty -w -n z $'\C-u' # kill-whole-line: the next line starts empty
+done
+zpty -d z
+ZEOF
+if ! command -v zsh >/dev/null; then
     n=$((n + 1)); echo "ok $n - zsh reads _relctl # SKIP no zsh"
+elif ! zsh -fc 'zmodload zsh/zpty' 2>/dev/null; then
+    err=$(zsh -n "$src/packaging/completion/_relctl" 2>&1)
+    tap $? "zsh reads _relctl (zsh -n); no zsh/zpty module here for the functional checks" "$err"
+else
+    zlines=("relctl " "relctl up" "relctl --socket $sock install " "relctl --socket $sock upgrade " "relctl install --"
+        "relctl --socket $work/none upgrade " "relctl --socket=$sock remove 2" "relctl --socket $sock -H localhost upgrade ")
+    zgot=$(RELD_ZOUT=$work/zsh.out RELD_ZFPATH=$src/packaging/completion timeout 60 zsh -f "$zdrive" "$zinit" \
+        "${zlines[@]}" 2>&1)
+    zfor() { # LINE: the matches zsh offered for it, one a line
+        awk -v want="== $1" '$0 == want { on = 1; next } /^== / { on = 0 } on' <<<"$zgot"
+    }
+    zhas() { # DESCRIPTION LINE WORD...
+        local got w missing=""
+        got=$(zfor "$2")
+        shift 2
+        local what=$1
+        shift
+        for w in "$@"; do grep -qx -- "$w" <<<"$got" || missing="$missing $w"; done
+        tap "$([ -n "$got" ] && [ -z "$missing" ] && echo 0 || echo 1)" "zsh: $what" \
+            "missing:$missing; got: $(echo $got)"
+    }
+    zhas "" "relctl " "relctl <TAB>: the commands" \
+        unpack install upgrade downgrade releases make-permanent remove history status top pack check relup daemon-reexec
+    got=$(zfor "relctl up")
+    tap "$([ "$got" = upgrade ] && echo 0 || echo 1)" "zsh: relctl up<TAB>: upgrade alone" "got: $(echo $got)"
+    zhas "" "relctl --socket $sock install " \
+        "relctl install <TAB>: versions from reld (through the line's --socket), tarballs, directories" \
+        1.0 2.0 one.tar.gz two.tar.gz x.tar.xz sub
+    got=$(zfor "relctl --socket $sock install ")
+    tap "$(grep -qx -e notes.txt -e key -e x.tar.gz.minisig <<<"$got" && echo 1 || echo 0)" \
+        "zsh: install <TAB> offers no file that is not a tarball" "$got"
+    got=$(zfor "relctl --socket $sock upgrade ")
+    tap "$([ "$got" = "$(printf '1.0\n2.0')" ] && echo 0 || echo 1)" "zsh: relctl upgrade <TAB>: the versions alone" \
+        "got: $(echo $got)"
+    zhas "" "relctl install --" "relctl install --<TAB>: install's options" \
+        --dry-run --rehearse --no-rehearse --commit --no-wait --min-healthy --health-timeout --signature --allow-downgrade
+    got=$(zfor "relctl --socket=$sock remove 2")
+    tap "$([ "$got" = 2.0 ] && echo 0 || echo 1)" "zsh: --socket=PATH too" "got: $(echo $got)"
+    got=$(zfor "relctl --socket $sock -H localhost upgrade ")
+    tap "$([ -z "$got" ] && grep -qx -- "== relctl --socket $sock -H localhost upgrade " <<<"$zgot" && echo 0 || echo 1)" \
+        "zsh: -H: the versions of another machine are not asked of this one" "got: $(echo $got)"
+    got=$(zfor "relctl --socket $work/none upgrade ")
+    tap "$([ -z "$got" ] && grep -qx -- "== relctl --socket $work/none upgrade " <<<"$zgot" && echo 0 || echo 1)" \
+        "zsh: no reld there: no versions (and no hang)" "$zgot"
 fi
 echo "1..$n"
 exit $failed
