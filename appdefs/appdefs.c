@@ -37,6 +37,17 @@ static bool path_stays_inside(const char *p)
 
 /* ---- app.yaml ---------------------------------------------------------- */
 
+/* The items of a list of the document. */
+static size_t seq_len(const yaml_node_t *n)
+{
+    return (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+}
+
+/* An array v of exactly n items, for a list whose length the document
+ * tells (GROW's doubling from 8 left most of the room unused in releases of
+ * thousands of applications); GROW still grows it if need be. */
+#define ALLOC_EXACT(v, cap, n) ((cap) = (n), (v) = (cap) ? xmalloc((cap) * sizeof(*(v))) : NULL)
+
 static bool parse_purge(YamlCtx *c, yaml_node_t *m, const char *key, PurgeMethod *out)
 {
     yaml_node_t *n = yaml_map_get(c, m, key);
@@ -171,7 +182,8 @@ static void parse_appup_dir(YamlCtx *c, yaml_node_t *list, const char *dir, Appu
         yaml_error(c, list, "appup %s must be a list of entries, not %s", dir, yaml_kind(list));
         return;
     }
-    size_t cap = 0;
+    size_t cap;
+    ALLOC_EXACT(out->entries, cap, seq_len(list));
     for (yaml_node_item_t *it = list->data.sequence.items.start; it < list->data.sequence.items.top; it++) {
         yaml_node_t *m = yaml_child(c, *it);
         if (m->type != YAML_MAPPING_NODE) {
@@ -219,7 +231,10 @@ static void parse_appup_dir(YamlCtx *c, yaml_node_t *list, const char *dir, Appu
         } else if (instrs->type != YAML_SEQUENCE_NODE) {
             yaml_error(c, instrs, "instructions must be a list, not %s", yaml_kind(instrs));
         } else {
-            size_t icap = 0;
+            /* Sized to the list, not grown by doubling: a release's appups
+             * hold tens of thousands of instructions. */
+            size_t icap;
+            ALLOC_EXACT(e.instrs, icap, seq_len(instrs));
             for (yaml_node_item_t *ii = instrs->data.sequence.items.start; ii < instrs->data.sequence.items.top; ii++) {
                 AppupInstr in;
                 if (!parse_instr(c, yaml_child(c, *ii), &in))
@@ -777,7 +792,8 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
         yaml_error(c, n, "sockets must be a list, not %s", yaml_kind(n));
         return;
     }
-    size_t cap = 0;
+    size_t cap;
+    ALLOC_EXACT(p->sockets, cap, seq_len(n));
     StrMap seen = {0}; /* socket names, borrowed from p->sockets */
     for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
         yaml_node_t *sm = yaml_child(c, *it);
@@ -809,7 +825,9 @@ static void parse_modules(YamlCtx *c, yaml_node_t *list, AppDef *a)
         yaml_error(c, list, "modules must be a list, not %s", yaml_kind(list));
         return;
     }
-    size_t cap = 0;
+    size_t cap;
+    ALLOC_EXACT(a->modules, cap, seq_len(list));
+    strmap_reserve(&a->module_index, seq_len(list));
     for (yaml_node_item_t *it = list->data.sequence.items.start; it < list->data.sequence.items.top; it++) {
         yaml_node_t *n = yaml_child(c, *it);
         ModuleDef md = {.pos = yaml_pos(c, n)};
@@ -891,7 +909,8 @@ int appdefs_parse_app(const char *file, const char *buf, size_t len, AppDef **re
         if (n->type != YAML_SEQUENCE_NODE) {
             yaml_error(&c, n, "processes must be a list, not %s", yaml_kind(n));
         } else {
-            size_t cap = 0;
+            size_t cap;
+            ALLOC_EXACT(a->processes, cap, seq_len(n));
             StrMap seen = {0}; /* process names, borrowed from a->processes */
             for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
                 yaml_node_t *pm = yaml_child(&c, *it);
@@ -908,6 +927,10 @@ int appdefs_parse_app(const char *file, const char *buf, size_t len, AppDef **re
                     strmap_put(&seen, p->name, 0);
             }
             strmap_clear(&seen);
+            size_t n_run = 0;
+            for (size_t i = 0; i < a->n_processes; i++)
+                n_run += a->processes[i].modules.n;
+            strmap_reserve(&a->run_index, n_run);
             for (size_t i = 0; i < a->n_processes; i++)
                 for (size_t k = 0; k < a->processes[i].modules.n; k++)
                     strmap_put(&a->run_index, a->processes[i].modules.v[k], i);
@@ -965,7 +988,9 @@ int appdefs_parse_release(const char *file, const char *buf, size_t len, Release
     } else if (apps->type != YAML_SEQUENCE_NODE) {
         yaml_error(&c, apps, "applications must be a list, not %s", yaml_kind(apps));
     } else {
-        size_t cap = 0;
+        size_t cap;
+        ALLOC_EXACT(r->apps, cap, seq_len(apps));
+        strmap_reserve(&r->by_name, seq_len(apps));
         for (yaml_node_item_t *it = apps->data.sequence.items.start; it < apps->data.sequence.items.top; it++) {
             yaml_node_t *m = yaml_child(&c, *it);
             if (m->type != YAML_MAPPING_NODE) {
@@ -1118,6 +1143,11 @@ int appdefs_validate_release(const ReleaseDef *rel, Diag *diag)
     size_t before = diag_n_errors(diag);
     bool missing = false;
     StrMap module_owner = {0};
+    size_t n_modules = 0; /* the maps below, reserved to size */
+    for (size_t i = 0; i < rel->n_apps; i++)
+        if (rel->apps[i].app)
+            n_modules += rel->apps[i].app->n_modules;
+    strmap_reserve(&module_owner, n_modules);
     for (size_t i = 0; i < rel->n_apps; i++) {
         const ReleaseAppRef *ref = &rel->apps[i];
         const AppDef *a = ref->app;
@@ -1160,6 +1190,7 @@ int appdefs_validate_release(const ReleaseDef *rel, Diag *diag)
     free(stack);
     free(next);
     StrMap known = {0};
+    strmap_reserve(&known, n_modules); /* appup targets are mostly modules of the release too */
     for (size_t i = 0; i < rel->n_apps; i++) {
         const AppDef *a = rel->apps[i].app;
         for (size_t m = 0; m < a->n_modules; m++)

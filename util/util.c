@@ -226,18 +226,32 @@ static size_t strmap_slot(const StrMap *m, const char *key)
     return i;
 }
 
+/* Moves the keys into cap slots (a power of two, more than twice m->n). */
+static void strmap_resize(StrMap *m, size_t cap)
+{
+    StrMap bigger = {.cap = cap};
+    bigger.keys = xcalloc(cap, sizeof(*bigger.keys));
+    bigger.vals = xcalloc(cap, sizeof(*bigger.vals));
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->keys[i])
+            strmap_put(&bigger, m->keys[i], m->vals[i]);
+    strmap_clear(m);
+    *m = bigger;
+}
+
+void strmap_reserve(StrMap *m, size_t n)
+{
+    size_t cap = m->cap ? m->cap : 16;
+    while (n * 2 > cap)
+        cap *= 2;
+    if (cap != m->cap)
+        strmap_resize(m, cap);
+}
+
 void strmap_put(StrMap *m, const char *key, size_t val)
 {
-    if ((m->n + 1) * 2 > m->cap) {
-        StrMap bigger = {.cap = m->cap ? m->cap * 2 : 16};
-        bigger.keys = xcalloc(bigger.cap, sizeof(*bigger.keys));
-        bigger.vals = xcalloc(bigger.cap, sizeof(*bigger.vals));
-        for (size_t i = 0; i < m->cap; i++)
-            if (m->keys[i])
-                strmap_put(&bigger, m->keys[i], m->vals[i]);
-        strmap_clear(m);
-        *m = bigger;
-    }
+    if ((m->n + 1) * 2 > m->cap)
+        strmap_resize(m, m->cap ? m->cap * 2 : 16);
     size_t i = strmap_slot(m, key);
     if (!m->keys[i])
         m->n++;

@@ -107,6 +107,9 @@ typedef struct StrMap {
 
 void strmap_put(StrMap *m, const char *key, size_t val); /* replaces */
 bool strmap_get(const StrMap *m, const char *key, size_t *val);
+/* Makes room for n keys in all, so that filling the map to n never grows
+ * it again (a map of 20,000 modules grew from 16 slots through 12 copies). */
+void strmap_reserve(StrMap *m, size_t n);
 void strmap_clear(StrMap *m);
 
 /* CLOCK_MONOTONIC in microseconds, for timeouts and durations. */

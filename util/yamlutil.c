@@ -560,10 +560,21 @@ bool yaml_get_strlist(YamlCtx *c, yaml_node_t *n, const char *what, StrVec *out,
     size_t pcap = 0;
     bool ok = true;
     if (n->type == YAML_SCALAR_NODE) {
+        v.cap = pcap = 1;
+        v.v = xmalloc(sizeof(*v.v));
+        p = xmalloc(sizeof(*p));
         strvec_push(&v, yaml_scalar(n));
-        GROW(p, pcap, 1);
         p[0] = yaml_pos(c, n);
     } else if (n->type == YAML_SEQUENCE_NODE) {
+        /* Sized to the list: most are short (dep_mods of one module), and
+         * growing from 8 left most of the slots unused (megabytes in a
+         * release of thousands of appup instructions). */
+        size_t items = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+        if (items) {
+            v.cap = pcap = items;
+            v.v = xmalloc(items * sizeof(*v.v));
+            p = xmalloc(items * sizeof(*p));
+        }
         for (yaml_node_item_t *i = n->data.sequence.items.start; i < n->data.sequence.items.top; i++) {
             yaml_node_t *item = yaml_child(c, *i);
             const char *s = yaml_scalar(item);

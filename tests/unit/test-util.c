@@ -504,6 +504,40 @@ START_TEST(strmap_grows_with_many_keys)
 }
 END_TEST
 
+/* Reserved room is not grown again while filling to it, keys put before
+ * stay, and reserving less than there is changes nothing. */
+START_TEST(strmap_reserve_room)
+{
+    enum { N = 3000 };
+    static char keys[N][16];
+    StrMap m = {0};
+    strmap_put(&m, "first", 42);
+    strmap_reserve(&m, N + 1);
+    size_t cap = m.cap;
+    ck_assert_uint_ge(cap, 2 * (N + 1));
+    ck_assert_uint_eq(cap & (cap - 1), 0);
+    for (size_t i = 0; i < N; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "r%zu", i);
+        strmap_put(&m, keys[i], i);
+    }
+    ck_assert_uint_eq(m.cap, cap);
+    ck_assert_uint_eq(m.n, N + 1);
+    size_t v = 0;
+    ck_assert(strmap_get(&m, "first", &v));
+    ck_assert_uint_eq(v, 42);
+    for (size_t i = 0; i < N; i++)
+        ck_assert(strmap_get(&m, keys[i], &v) && v == i);
+    strmap_reserve(&m, 10);
+    ck_assert_uint_eq(m.cap, cap);
+    strmap_clear(&m);
+    strmap_reserve(&m, 0); /* an empty map stays usable */
+    ck_assert(!strmap_get(&m, "first", NULL));
+    strmap_put(&m, "x", 1);
+    ck_assert(strmap_get(&m, "x", &v) && v == 1);
+    strmap_clear(&m);
+}
+END_TEST
+
 START_TEST(strmap_clear_empties)
 {
     StrMap m = {0};
@@ -1394,7 +1428,7 @@ static Suite *util_suite(void)
     add(s, "name_is_valid", false, T(name_is_valid_boundaries, name_is_valid_characters));
     add(s, "version_is_valid", false, T(version_is_valid_boundaries, version_is_valid_characters));
     add(s, "strmap_get", false, T(strmap_put_get));
-    add(s, "strmap_put", false, T(strmap_put_replaces, strmap_grows_with_many_keys));
+    add(s, "strmap_put", false, T(strmap_put_replaces, strmap_grows_with_many_keys, strmap_reserve_room));
     add(s, "strmap_clear", false, T(strmap_clear_empties));
 
     add(s, "yaml_ctx_load", true,
