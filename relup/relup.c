@@ -5,6 +5,7 @@
 #include "relup.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 
 static const char *const op_names[RELUP_N_OPS] = {
@@ -650,7 +651,12 @@ static int translate(Ctx *c, RelupScript *out)
     StrMap vertex_of = {0}, app_of_module = {0};
     Graph g = {0};
     RelupScript before = {0}, after = {0};
+    strmap_reserve(&vertex_of, c->n_work);
     bool ok = build_graph(c, &g, &vertex_of);
+    size_t n_modules = 0;
+    for (size_t a = 0; a < c->to->n_apps; a++)
+        n_modules += c->to->apps[a].app ? c->to->apps[a].app->n_modules : 0;
+    strmap_reserve(&app_of_module, n_modules);
     for (size_t a = 0; a < c->to->n_apps; a++) {
         const AppDef *app = c->to->apps[a].app;
         for (size_t m = 0; app && m < app->n_modules; m++)
@@ -746,15 +752,53 @@ static int compute_direction(bool up, const ReleaseDef *from, const ReleaseDef *
     return diag_n_errors(diag) > before ? -EINVAL : 0;
 }
 
+/* The up direction, computed on a thread of its own (RelupOptions.parallel). */
+typedef struct UpJob {
+    const ReleaseDef *from, *to;
+    const RelupOptions *opts;
+    RelupScript *out;
+    Diag diag; /* its messages, moved after the thread into the caller's */
+    int r;
+} UpJob;
+
+static void *up_job(void *p)
+{
+    UpJob *j = p;
+    j->r = compute_direction(true, j->from, j->to, j->opts, j->out, &j->diag);
+    return NULL;
+}
+
+/* Moves from's messages to the end of into's (into may be NULL). */
+static void diag_move(Diag *into, Diag *from)
+{
+    for (size_t i = 0; into && i < from->errors.n; i++)
+        strvec_push_take(&into->errors, TAKE_PTR(from->errors.v[i]));
+    for (size_t i = 0; into && i < from->warnings.n; i++)
+        strvec_push_take(&into->warnings, TAKE_PTR(from->warnings.v[i]));
+    diag_clear(from);
+}
+
 int relup_compute(const ReleaseDef *from, const ReleaseDef *to, const RelupOptions *opts, Relup **ret, Diag *diag)
 {
     Relup *r = xcalloc(1, sizeof(*r));
     r->from = xstrdup(from->vsn);
     r->to = xstrdup(to->vsn);
     /* Up: from -> to with the new versions' "up" entries; down: to -> from
-     * with the same (new) versions' "down" entries, as OTP. */
-    int a = compute_direction(true, from, to, opts, &r->up, diag);
-    int b = compute_direction(false, to, from, opts, &r->down, diag);
+     * with the same (new) versions' "down" entries, as OTP. The two only
+     * read the releases, so they can run at once; the messages come out in
+     * the same order either way, up's first. */
+    UpJob up = {.from = from, .to = to, .opts = opts, .out = &r->up};
+    pthread_t t;
+    bool threaded = opts && opts->parallel && pthread_create(&t, NULL, up_job, &up) == 0;
+    if (!threaded)
+        up_job(&up);
+    Diag down = {0};
+    int b = compute_direction(false, to, from, opts, &r->down, &down);
+    if (threaded && pthread_join(t, NULL) != 0)
+        abort(); /* cannot fail for a joinable thread of ours */
+    int a = up.r;
+    diag_move(diag, &up.diag);
+    diag_move(diag, &down);
     if (a < 0 || b < 0) {
         relup_free(r);
         return -EINVAL;

@@ -489,8 +489,10 @@ int store_relup(const char *root, const char *from, const char *to, bool derive,
         *ret = TAKE_PTR(stored);
         *ret_stored = true;
     } else if (r == 0) {
-        RelupOptions opts = {
-            .derive_missing = derive, .module_changed = store_module_changed, .userdata = (void *)root};
+        RelupOptions opts = {.derive_missing = derive,
+                             .module_changed = store_module_changed, /* reentrant */
+                             .userdata = (void *)root,
+                             .parallel = true};
         r = relup_compute(a, b, &opts, ret, diag);
         *ret_stored = false;
     }

@@ -424,6 +424,71 @@ START_TEST(derived_entry_fails_when_files_cannot_be_compared)
 }
 END_TEST
 
+/* ---- parallel (RelupOptions.parallel) ----------------------------------- */
+
+static int changed_m_only(void *userdata, const AppDef *o, const AppDef *n, const char *module)
+{
+    (void)userdata; /* reentrant: called from both directions' threads */
+    return strcmp(module, "m") == 0;
+}
+
+/* The up script on a second thread gives the same scripts, and the same
+ * messages in the same order (up's before down's), as computing both on
+ * one thread: warnings of derived entries, and errors. */
+START_TEST(parallel_gives_the_same_relup_and_messages)
+{
+    const char *a1[] = {
+        "name: a\nvsn: \"1\"\nmodules: [m, n, gone]\nprocesses: [{name: p, exec: bin/p, modules: [m]}]\n",
+        "name: b\nvsn: \"1\"\nmodules: [x, y]\n"};
+    const char *a2[] = {
+        "name: a\nvsn: \"2\"\nmodules: [m, n, added]\nprocesses: [{name: p, exec: bin/p, modules: [m]}]\n",
+        "name: b\nvsn: \"2\"\nmodules: [x, y]\nappup:\n"
+        "  up: [{from: \"1\", instructions: [{update: x, change: {advanced: [1]}, dep_mods: [y]}, {load_module: y}]}]\n"
+        "  down: [{to: \"1\", instructions: [{update: x, dep_mods: [y]}, {load_module: y}]}]\n"};
+    RelupOptions o = {.derive_missing = true, .module_changed = changed_m_only};
+    ck_assert_int_eq(
+        compute(REL("1", APPREF("a", "1") APPREF("b", "1")), a1, REL("2", APPREF("a", "2") APPREF("b", "2")), a2, &o),
+        0);
+    o.parallel = true;
+    Diag pd = {0};
+    Relup *pr = NULL;
+    for (int round = 0; round < 20; round++) { /* threads interleave differently each time */
+        ck_assert_int_eq(relup_compute(r1, r2, &o, &pr, &pd), 0);
+        char *u1 = text(&r->up), *u2 = text(&pr->up), *d1 = text(&r->down), *d2 = text(&pr->down);
+        ck_assert_str_eq(u1, u2);
+        ck_assert_str_eq(d1, d2);
+        free(u1);
+        free(u2);
+        free(d1);
+        free(d2);
+        ck_assert_uint_eq(pd.errors.n, 0);
+        ck_assert_uint_eq(pd.warnings.n, 2);
+        ck_assert_uint_eq(d.warnings.n, 2);
+        for (size_t i = 0; i < 2; i++)
+            ck_assert_str_eq(pd.warnings.v[i], d.warnings.v[i]);
+        ck_assert_msg(strstr(pd.warnings.v[0], "(up)") && strstr(pd.warnings.v[1], "(down)"), "%s", pd.warnings.v[0]);
+        pr = relup_free(pr);
+        diag_clear(&pd);
+    }
+
+    /* Errors in both directions: up's first, and nothing returned. */
+    const char *b2[] = {"name: b\nvsn: \"2\"\nmodules: [x, y]\nappup:\n  up: [{from: \"0.9\", instructions: []}]\n"};
+    const char *b1[] = {"name: b\nvsn: \"1\"\nmodules: [x, y]\n"};
+    ReleaseDef *e1 = NULL, *e2 = NULL;
+    ck_assert_int_eq(test_release_n(REL("1", APPREF("b", "1")), b1, 1, &e1, &pd), 0);
+    ck_assert_int_eq(test_release_n(REL("2", APPREF("b", "2")), b2, 1, &e2, &pd), 0);
+    o.derive_missing = false;
+    ck_assert_int_eq(relup_compute(e1, e2, &o, &pr, &pd), -EINVAL);
+    ck_assert_ptr_null(pr);
+    ck_assert_uint_eq(pd.errors.n, 2);
+    ck_assert_str_eq(pd.errors.v[0], "relup 1 -> 2 (up): lib/b-2/app.yaml has no appup entry for up from 1");
+    ck_assert_str_eq(pd.errors.v[1], "relup 2 -> 1 (down): lib/b-2/app.yaml has no appup entry for down to 1");
+    diag_clear(&pd);
+    release_def_free(e1);
+    release_def_free(e2);
+}
+END_TEST
+
 /* ---- errors, as OTP raises them ------------------------------------------ */
 
 START_TEST(error_no_appup_entry)
@@ -772,6 +837,7 @@ static Suite *relup_suite(void)
          {added_app_starts_after_its_dependencies_and_removed_stops_first, removed_apps_stop_dependents_first,
           restart_application_replaces_all_code, load_object_code_is_merged_per_application_across_groups}},
         {"derived", {derived_entry_when_appup_has_none, derived_entry_fails_when_files_cannot_be_compared}},
+        {"parallel", {parallel_gives_the_same_relup_and_messages}},
         {"errors",
          {error_no_appup_entry, error_dep_mods_target_without_instruction, error_module_with_two_instructions,
           error_load_of_module_no_application_has, error_application_instructions}},
