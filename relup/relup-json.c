@@ -713,11 +713,24 @@ static void line_add(Line *l, const char *fmt, ...)
     l->n += (size_t)k;
 }
 
+/* Appends s as it is: a line is mostly module names, and formatting each
+ * through vsnprintf was most of the cost of printing a large relup. */
+static void line_str(Line *l, const char *s)
+{
+    size_t n = strlen(s);
+    if (l->n + n + 1 > l->cap)
+        GROW(l->s, l->cap, l->n + n + 128);
+    memcpy(l->s + l->n, s, n + 1);
+    l->n += n;
+}
+
 static void line_mods(Line *l, const RelupInstr *i)
 {
     for (size_t k = 0; k < i->n_mods; k++) {
         const RelupModule *m = &i->mods[k];
-        line_add(l, "%s%s", k ? ", " : "", m->module);
+        if (k)
+            line_str(l, ", ");
+        line_str(l, m->module);
         if (i->op == RELUP_CODE_CHANGE) {
             char *extra = json_dumps(m->extra ? m->extra : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
             line_add(l, " (extra %s)", extra ? extra : "?");
@@ -735,13 +748,23 @@ char *relup_instr_format(const RelupInstr *i)
     Line l = {0};
     switch (i->op) {
     case RELUP_LOAD_OBJECT_CODE:
-        line_add(&l, "load_object_code %s %s: ", i->app, i->vsn);
+        line_str(&l, "load_object_code ");
+        line_str(&l, i->app);
+        line_str(&l, " ");
+        line_str(&l, i->vsn);
+        line_str(&l, ": ");
         line_mods(&l, i);
         break;
     case RELUP_LOAD:
     case RELUP_REMOVE:
-        line_add(&l, "%s %s (pre %s, post %s)", relup_op_name(i->op), i->module, purge_method_name(i->pre_purge),
-                 purge_method_name(i->post_purge));
+        line_str(&l, relup_op_name(i->op));
+        line_str(&l, " ");
+        line_str(&l, i->module);
+        line_str(&l, " (pre ");
+        line_str(&l, purge_method_name(i->pre_purge));
+        line_str(&l, ", post ");
+        line_str(&l, purge_method_name(i->post_purge));
+        line_str(&l, ")");
         break;
     case RELUP_CODE_CHANGE:
         line_add(&l, "code_change %s: ", i->down ? "down" : "up");
@@ -761,7 +784,9 @@ char *relup_instr_format(const RelupInstr *i)
     case RELUP_STOP:
     case RELUP_START:
     case RELUP_N_OPS:
-        line_add(&l, "%s%s", relup_op_name(i->op), i->n_mods ? " " : "");
+        line_str(&l, relup_op_name(i->op));
+        if (i->n_mods)
+            line_str(&l, " ");
         line_mods(&l, i);
         break;
     }
