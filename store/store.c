@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <linux/openat2.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/syscall.h>
 #include <stdio.h>
 #include <string.h>
@@ -277,53 +278,83 @@ static int load_app(int root_fd, ReleaseAppRef *ref, Diag *diag)
     return r;
 }
 
-int store_load_release(const char *root, const char *vsn, ReleaseDef **ret, Diag *diag)
+/* A release being loaded: store_load_release in three steps, so that two
+ * releases can share the work of their applications (load_two_releases). */
+typedef struct Loading {
+    const char *root, *vsn;
+    size_t before; /* errors in diag when it began */
+    int root_fd;   /* -errno when the root did not open */
+    int r;
+    ReleaseDef *rel; /* release.yaml parsed, or NULL */
+    Diag *diag;
+} Loading;
+
+/* Opens the root and parses release.yaml into l->rel (NULL when it could
+ * not be read or parsed, reported). */
+static void release_begin(Loading *l)
 {
-    size_t before = diag_n_errors(diag);
-    if (!version_is_valid(vsn)) {
-        diag_error(diag, "bad release version '%s'", vsn);
-        return -EINVAL;
+    l->before = diag_n_errors(l->diag);
+    l->root_fd = -EBADF;
+    if (!version_is_valid(l->vsn)) {
+        diag_error(l->diag, "bad release version '%s'", l->vsn);
+        l->r = -EINVAL;
+        return;
     }
-    char *unit = store_path_release_dir(NULL, vsn);
-    char *shown = store_path_release_file(NULL, vsn);
+    char *unit = store_path_release_dir(NULL, l->vsn);
+    char *shown = store_path_release_file(NULL, l->vsn);
     char *buf = NULL;
     size_t len = 0;
-    ReleaseDef *rel = NULL;
-    int root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    int r = root_fd < 0 ? -errno : open_unit(root_fd, unit);
+    l->root_fd = open(l->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int r = l->root_fd < 0 ? -errno : open_unit(l->root_fd, unit);
+    if (l->root_fd < 0)
+        l->root_fd = r;
     if (r >= 0) {
         int dirfd = r;
         r = store_read_file_beneath(dirfd, "release.yaml", &buf, &len);
         close(dirfd);
     }
-    if (root_fd < 0)
-        diag_error(diag, "%s: cannot open the root: %s", root, strerror(-r));
+    if (l->root_fd < 0)
+        diag_error(l->diag, "%s: cannot open the root: %s", l->root, strerror(-r));
     else if (r == -ENOENT)
-        diag_error(diag, "release %s is not in %s (no %s)", vsn, root, shown);
+        diag_error(l->diag, "release %s is not in %s (no %s)", l->vsn, l->root, shown);
     else if (r < 0)
-        diag_error(diag, "%s: cannot read: %s", shown, open_error(r));
-    else if (appdefs_parse_release(shown, buf, len, &rel, diag) == 0) {
-        if (strcmp(rel->vsn, vsn) != 0)
-            diag_error_at(diag, shown, 1, 1, "defines release version %s but lies in releases/%s", rel->vsn, vsn);
-        for (size_t i = 0; i < rel->n_apps; i++)
-            load_app(root_fd, &rel->apps[i], diag);
-        bool all = true;
-        for (size_t i = 0; i < rel->n_apps; i++)
-            all = all && rel->apps[i].app;
-        if (all)
-            appdefs_validate_release(rel, diag);
-    }
-    if (root_fd >= 0)
-        close(root_fd);
+        diag_error(l->diag, "%s: cannot read: %s", shown, open_error(r));
+    else if (appdefs_parse_release(shown, buf, len, &l->rel, l->diag) == 0 && strcmp(l->rel->vsn, l->vsn) != 0)
+        diag_error_at(l->diag, shown, 1, 1, "defines release version %s but lies in releases/%s", l->rel->vsn, l->vsn);
+    l->r = r;
     free(buf);
     free(unit);
     free(shown);
-    if (diag_n_errors(diag) > before) {
-        release_def_free(rel);
-        return r < 0 ? r : -EINVAL;
+}
+
+/* Validates the release once its applications are loaded, and hands it
+ * over: 0, or the error (reported). */
+static int release_end(Loading *l, ReleaseDef **ret)
+{
+    if (l->rel) {
+        bool all = true;
+        for (size_t i = 0; i < l->rel->n_apps; i++)
+            all = all && l->rel->apps[i].app;
+        if (all)
+            appdefs_validate_release(l->rel, l->diag);
     }
-    *ret = rel;
+    if (l->root_fd >= 0)
+        close(l->root_fd);
+    if (diag_n_errors(l->diag) > l->before) {
+        release_def_free(l->rel);
+        return l->r < 0 ? l->r : -EINVAL;
+    }
+    *ret = l->rel;
     return 0;
+}
+
+int store_load_release(const char *root, const char *vsn, ReleaseDef **ret, Diag *diag)
+{
+    Loading l = {.root = root, .vsn = vsn, .diag = diag};
+    release_begin(&l);
+    for (size_t i = 0; l.rel && i < l.rel->n_apps; i++)
+        load_app(l.root_fd, &l.rel->apps[i], diag);
+    return release_end(&l, ret);
 }
 
 /* Opens file rel of application app beneath its directory in root. */
@@ -388,40 +419,73 @@ static void diag_take(Diag *into, Diag *from)
     diag_clear(from);
 }
 
-typedef struct LoadJob {
-    const char *root, *vsn;
-    ReleaseDef *rel;
-    int r;
-    Diag diag;
-} LoadJob;
+/* The applications of two releases, taken one by one by two threads, so
+ * that each does half the work: a release whose app.yaml files hold appups
+ * (the newer one) takes several times as long to load as the other. Each
+ * application's messages are kept apart and put back in release order. */
+typedef struct AppQueue {
+    Loading *l[2];
+    Diag *app_diag; /* one per application, first release's first */
+    size_t n0, n;   /* applications of the first release, of both */
+    atomic_size_t next;
+} AppQueue;
 
-static void *load_job(void *p)
+static void *app_worker(void *p)
 {
-    LoadJob *j = p;
-    j->r = store_load_release(j->root, j->vsn, &j->rel, &j->diag);
+    AppQueue *q = p;
+    for (size_t k; (k = atomic_fetch_add(&q->next, 1)) < q->n;) {
+        Loading *l = q->l[k >= q->n0];
+        load_app(l->root_fd, &l->rel->apps[k >= q->n0 ? k - q->n0 : k], &q->app_diag[k]);
+    }
     return NULL;
 }
 
-/* Loads two releases at once, one on a second thread: loading is most of
- * a relup's time in large releases and the two are independent. The
- * messages are merged in order, first release first. */
+static void *end_job(void *p)
+{
+    Loading *l = p;
+    l->r = release_end(l, &l->rel); /* l->rel: kept on success, freed (and NULL) on failure */
+    if (l->r < 0)
+        l->rel = NULL;
+    return NULL;
+}
+
+/* Loads two releases at once: release.yaml of each, then their
+ * applications on two threads (loading is most of a relup's time in large
+ * releases), then each release validated on a thread of its own. The
+ * messages come out as store_load_release gives them, first release's
+ * first. */
 static void load_two_releases(const char *root, const char *v1, const char *v2, ReleaseDef **ret1, ReleaseDef **ret2,
                               int *r1, int *r2, Diag *diag)
 {
-    LoadJob j1 = {.root = root, .vsn = v1}, j2 = {.root = root, .vsn = v2};
+    Diag d[2] = {0};
+    Loading l[2] = {{.root = root, .vsn = v1, .diag = &d[0]}, {.root = root, .vsn = v2, .diag = &d[1]}};
+    release_begin(&l[0]);
+    release_begin(&l[1]);
+    AppQueue q = {.l = {&l[0], &l[1]}};
+    q.n0 = l[0].rel ? l[0].rel->n_apps : 0;
+    q.n = q.n0 + (l[1].rel ? l[1].rel->n_apps : 0);
+    atomic_init(&q.next, 0);
+    q.app_diag = xcalloc(q.n + 1, sizeof(Diag));
     pthread_t t;
-    bool threaded = pthread_create(&t, NULL, load_job, &j2) == 0;
-    load_job(&j1);
-    if (threaded)
-        pthread_join(t, NULL);
-    else
-        load_job(&j2);
-    diag_take(diag, &j1.diag);
-    diag_take(diag, &j2.diag);
-    *ret1 = j1.rel;
-    *ret2 = j2.rel;
-    *r1 = j1.r;
-    *r2 = j2.r;
+    bool threaded = pthread_create(&t, NULL, app_worker, &q) == 0;
+    app_worker(&q);
+    if (threaded && pthread_join(t, NULL) != 0)
+        abort(); /* cannot fail for a joinable thread of ours */
+    for (size_t k = 0; k < q.n; k++)
+        diag_take(&d[k >= q.n0], &q.app_diag[k]);
+    free(q.app_diag);
+    threaded = pthread_create(&t, NULL, end_job, &l[1]) == 0;
+    end_job(&l[0]);
+    if (threaded && pthread_join(t, NULL) != 0)
+        abort();
+    if (!threaded)
+        end_job(&l[1]);
+    diag_take(diag, &d[0]);
+    diag_take(diag, &d[1]);
+    *ret1 = l[0].rel;
+    *ret2 = l[1].rel;
+    *r1 = l[0].r;
+    *r2 = l[1].r;
 }
 
 /* Reading the stored relup of a release, if it has one. */

@@ -222,6 +222,55 @@ START_TEST(relup_broken_stored_relup_is_an_error)
 }
 END_TEST
 
+/* store_relup loads the applications of both releases on two threads; its
+ * messages are still store_load_release's for the first release, then for
+ * the second, each in release order. */
+static void same_messages_as_one_by_one(void)
+{
+    Diag one = {0};
+    ReleaseDef *x = NULL;
+    ck_assert_int_lt(store_load_release(root, "1", &x, &one), 0);
+    ck_assert_int_lt(store_load_release(root, "2", &x, &one), 0);
+    Relup *r = NULL;
+    bool stored;
+    ck_assert_int_lt(store_relup(root, "1", "2", true, &r, &stored, &d), 0);
+    ck_assert_ptr_null(r);
+    ck_assert_uint_gt(one.errors.n, 2);
+    ck_assert_uint_eq(d.errors.n, one.errors.n);
+    for (size_t i = 0; i < one.errors.n; i++)
+        ck_assert_str_eq(d.errors.v[i], one.errors.v[i]);
+    diag_clear(&one);
+    diag_clear(&d);
+}
+
+START_TEST(relup_messages_in_release_order)
+{
+    /* Applications that do not load, in both releases. */
+    put("releases/1/release.yaml", "release: r\nvsn: \"1\"\napplications: [{name: a, vsn: \"1\"}, {name: b, vsn: "
+                                   "\"1\"}, {name: c, vsn: \"1\"}, {name: e, vsn: \"1\"}]\n");
+    put("releases/2/release.yaml", "release: r\nvsn: \"2\"\napplications: [{name: a, vsn: \"2\"}, {name: b, vsn: "
+                                   "\"2\"}, {name: c, vsn: \"2\"}, {name: e, vsn: \"2\"}]\n");
+    put("lib/b-1/app.yaml", "name: b\nvsn: \"1\"\nmodules: [x, y]\n"); /* no module files */
+    put("lib/c-1/app.yaml", "name: c\nvsn: [1\n");                     /* a syntax error */
+    put("lib/b-2/app.yaml", "name: b\nvsn: \"2\"\nmodules: [x]\nbogus: 1\n");
+    put("lib/c-2/app.yaml", "name: c\nvsn: \"2\"\nprocesses: [{name: p, exec: bin/none}]\n");
+    /* e: no directory at all */
+    same_messages_as_one_by_one();
+
+    /* Every application loads; validation fails in both releases. */
+    put("lib/b-1/modules/x.so", "x");
+    put("lib/b-1/modules/y.so", "y");
+    put("lib/b-1/app.yaml", "name: b\nvsn: \"1\"\nmodules: [x, y, m]\n");
+    put("lib/c-1/app.yaml", "name: c\nvsn: \"1\"\napplications: [zz]\n");
+    put("lib/e-1/app.yaml", "name: e\nvsn: \"1\"\n");
+    put("lib/b-2/app.yaml", "name: b\nvsn: \"2\"\nmodules: [n]\n");
+    put("lib/b-2/modules/n.so", "n");
+    put("lib/c-2/app.yaml", "name: c\nvsn: \"1\"\n");
+    put("lib/e-2/app.yaml", "name: e\nvsn: \"2\"\napplications: [yy]\n");
+    same_messages_as_one_by_one();
+}
+END_TEST
+
 START_TEST(read_file_refuses_directories)
 {
     char *buf;
@@ -683,6 +732,7 @@ static Suite *store_suite(void)
     tcase_add_test(tc, relup_derives_then_stored_relup_is_used);
     tcase_add_test(tc, relup_without_derive_refuses);
     tcase_add_test(tc, relup_broken_stored_relup_is_an_error);
+    tcase_add_test(tc, relup_messages_in_release_order);
     suite_add_tcase(s, tc);
     tc = tcase_create("beneath");
     tcase_add_checked_fixture(tc, setup, teardown);
