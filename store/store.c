@@ -190,39 +190,116 @@ static int check_one(int appfd, const char *rel)
 }
 
 /* A directory of an application, opened once beneath it (symlinks
- * resolved inside): its files are then looked at by name, one fstatat each,
- * without following a last symlink. A name there that is a regular file is
- * inside by construction. (Listing the directory with getdents instead made
- * ext4 hash and sort every entry, and read the directory's blocks, which
- * the name lookups find in the dentry cache: a sixth of a relup's time.) */
+ * resolved inside). Its files are looked at by name, one fstatat each
+ * without following a last symlink; or, when at least LIST_MIN of them are
+ * wanted, the directory is listed once (getdents64, at most LIST_MAX bytes
+ * of entries) and they are found in the listing, by name and entry type.
+ * A name there that is a regular file is inside by construction. On ext4
+ * with warm caches a lookup costs about 4 us (a system call and a path
+ * walk) and listing a directory of 20 modules about 40 us: half the cost
+ * of their 20 lookups. A directory too large to list in LIST_MAX, or a
+ * file system that gives no entry types, keeps the lookups. */
 typedef struct DirRef {
-    char *path; /* relative to the application's directory, "." for itself */
-    int fd;     /* O_PATH, or -errno from opening it */
+    char *path;    /* relative to the application's directory, "." for itself */
+    int fd;        /* O_RDONLY | O_DIRECTORY, or -errno from opening it */
+    bool opened;   /* fd is set */
+    size_t wanted; /* files of the application in it */
+    bool listed;   /* names holds every entry */
+    StrMap names;  /* entry name -> d_type; keys point into list */
+    char *list;    /* the entries as getdents64 returned them */
 } DirRef;
+
+enum { LIST_MIN = 12, LIST_MAX = 64 * 1024 };
+
+/* Lists d->fd into d->names; leaves d->listed false when the directory is
+ * larger than LIST_MAX or cannot be read. */
+static void list_dir(DirRef *d)
+{
+    size_t len = 0, cap = 8192;
+    d->list = xmalloc(cap);
+    for (;;) {
+        if (cap - len < 4096) {
+            if (cap >= LIST_MAX)
+                return; /* too large: lookups by name */
+            d->list = xrealloc(d->list, cap *= 2);
+        }
+        long n = syscall(SYS_getdents64, d->fd, d->list + len, cap - len);
+        if (n < 0)
+            return;
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    for (size_t off = 0; off < len;) {
+        struct dirent64 *e = (struct dirent64 *)(d->list + off);
+        if (e->d_type == DT_UNKNOWN) { /* the file system gives no types */
+            strmap_clear(&d->names);
+            return;
+        }
+        strmap_put(&d->names, e->d_name, e->d_type);
+        off += e->d_reclen;
+    }
+    d->listed = true;
+}
+
+/* What fstatat(fd, base, AT_SYMLINK_NOFOLLOW) would tell check_inside: 0
+ * for a regular file, -ENOENT when there is no such name, -EINVAL for
+ * anything else (a symlink, a directory), or another -errno. */
+static int look_up(DirRef *d, const char *base)
+{
+    if (d->listed) {
+        size_t type;
+        if (!strmap_get(&d->names, base, &type))
+            return -ENOENT;
+        return type == DT_REG ? 0 : -EINVAL;
+    }
+    struct stat st;
+    return fstatat(d->fd, base, &st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EINVAL;
+}
+
+static void dirs_free(DirRef *dirs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(dirs[i].path);
+        if (dirs[i].fd >= 0)
+            close(dirs[i].fd);
+        strmap_clear(&dirs[i].names);
+        free(dirs[i].list);
+    }
+    free(dirs);
+}
+
+/* The directory of rel among dirs (added when new), and in *base the
+ * name of rel in it. */
+static DirRef *dir_of(DirRef **dirs, size_t *n_dirs, const char *rel, const char **base)
+{
+    const char *slash = strrchr(rel, '/');
+    size_t n = slash ? (size_t)(slash - rel) : 1;
+    const char *dir = slash ? rel : ".";
+    *base = slash ? slash + 1 : rel;
+    for (size_t i = 0; i < *n_dirs; i++)
+        if (strlen((*dirs)[i].path) == n && memcmp((*dirs)[i].path, dir, n) == 0)
+            return &(*dirs)[i];
+    *dirs = xrealloc(*dirs, (*n_dirs + 1) * sizeof(**dirs));
+    DirRef *l = &(*dirs)[(*n_dirs)++];
+    *l = (DirRef){.path = xstrndup(dir, n)};
+    return l;
+}
 
 /* Checks that rel exists beneath the application's directory (symlinks
  * followed) and is a regular file, opening each directory only once. */
 static void check_inside(int appfd, DirRef **dirs, size_t *n_dirs, const char *rel, const char *what, const AppDef *a,
                          SrcPos pos, Diag *diag)
 {
-    const char *slash = strrchr(rel, '/');
-    char *dir = slash ? xstrndup(rel, (size_t)(slash - rel)) : xstrdup(".");
-    const char *base = slash ? slash + 1 : rel;
-    DirRef *l = NULL;
-    for (size_t i = 0; i < *n_dirs && !l; i++)
-        if (strcmp((*dirs)[i].path, dir) == 0)
-            l = &(*dirs)[i];
-    if (!l) {
-        *dirs = xrealloc(*dirs, (*n_dirs + 1) * sizeof(**dirs));
-        l = &(*dirs)[(*n_dirs)++];
-        *l = (DirRef){.path = TAKE_PTR(dir)};
-        l->fd = store_open_beneath(appfd, l->path, O_PATH | O_DIRECTORY);
+    const char *base;
+    DirRef *l = dir_of(dirs, n_dirs, rel, &base);
+    if (!l->opened) {
+        l->opened = true;
+        l->fd = store_open_beneath(appfd, l->path, O_RDONLY | O_DIRECTORY);
+        if (l->fd >= 0 && l->wanted >= LIST_MIN)
+            list_dir(l);
     }
-    free(dir);
-    struct stat st;
-    int r = l->fd;
-    if (r >= 0)
-        r = fstatat(l->fd, base, &st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EINVAL;
+    int r = l->fd >= 0 ? look_up(l, base) : l->fd;
     if (r < 0 && r != -ENOENT)
         r = check_one(appfd, rel); /* a symlink, not a file, or a directory we could not open */
     report_path(r, rel, what, a, pos, diag);
@@ -258,17 +335,15 @@ static int load_app(int root_fd, ReleaseAppRef *ref, Diag *diag)
         const AppDef *a = ref->app;
         DirRef *dirs = NULL;
         size_t n_dirs = 0;
+        const char *base;
+        for (size_t m = 0; m < a->n_modules; m++) /* how many files in each directory */
+            dir_of(&dirs, &n_dirs, a->modules[m].file, &base)->wanted++;
         for (size_t m = 0; m < a->n_modules; m++)
             check_inside(dirfd, &dirs, &n_dirs, a->modules[m].file, "module file", a, a->modules[m].pos, diag);
         for (size_t p = 0; p < a->n_processes; p++)
             if (a->processes[p].exec[0] != '/')
                 check_inside(dirfd, &dirs, &n_dirs, a->processes[p].exec, "executable", a, a->processes[p].pos, diag);
-        for (size_t i = 0; i < n_dirs; i++) {
-            free(dirs[i].path);
-            if (dirs[i].fd >= 0)
-                close(dirs[i].fd);
-        }
-        free(dirs);
+        dirs_free(dirs, n_dirs);
     }
     if (dirfd >= 0)
         close(dirfd);

@@ -154,6 +154,60 @@ START_TEST(load_release_module_that_is_a_directory_is_refused)
 }
 END_TEST
 
+/* An application with at least LIST_MIN (12) files in a directory has the
+ * directory listed instead of each file looked up: the same messages for
+ * a symlink out, a missing file, a directory, and none for a symlink
+ * within, as with few files. */
+static void errors_with_modules(int n, Diag *out)
+{
+    SH("rm -rf '%1$s/lib/a-1/modules' && mkdir '%1$s/lib/a-1/modules'");
+    char *list = xstrdup("");
+    for (int i = 0; i < n; i++) {
+        char *l = xasprintf("%s%sm%02d", list, i ? ", " : "", i);
+        free(list);
+        list = l;
+        char *f = xasprintf("lib/a-1/modules/m%02d.so", i);
+        if (i >= 4 || i == 3)
+            put(f, "x");
+        free(f);
+    }
+    char *app = xasprintf("name: a\nvsn: \"1\"\nmodules: [%s]\n", list);
+    put("lib/a-1/app.yaml", app);
+    char *p = xasprintf("%s/lib/a-1/modules/m00.so", root);
+    ck_assert_int_eq(symlink("/etc/passwd", p), 0);
+    free(p);
+    p = xasprintf("%s/lib/a-1/modules/m02.so", root);
+    ck_assert_int_eq(mkdir(p, 0755), 0);
+    free(p);
+    p = xasprintf("%s/lib/a-1/modules/m03.so", root);
+    unlink(p);
+    ck_assert_int_eq(symlink(n > 4 ? "m04.so" : "../app.yaml", p), 0); /* within: fine */
+    free(p);
+    ReleaseDef *rel = NULL;
+    ck_assert_int_eq(store_load_release(root, "1", &rel, out), -EINVAL);
+    free(app);
+    free(list);
+}
+
+START_TEST(load_release_listed_directory_same_messages)
+{
+    Diag few = {0};
+    errors_with_modules(4, &few);
+    errors_with_modules(14, &d);
+    ck_assert_uint_eq(few.errors.n, 3);
+    ck_assert_str_eq(
+        few.errors.v[0],
+        "lib/a-1/app.yaml:3:11: module file 'modules/m00.so' resolves outside the application's directory");
+    ck_assert_str_eq(few.errors.v[1], "lib/a-1/app.yaml:3:16: module file 'modules/m01.so' is missing: No such file or "
+                                      "directory");
+    ck_assert_str_eq(few.errors.v[2], "lib/a-1/app.yaml:3:21: module file 'modules/m02.so' is not a regular file");
+    ck_assert_uint_eq(d.errors.n, few.errors.n);
+    for (size_t i = 0; i < few.errors.n; i++)
+        ck_assert_str_eq(d.errors.v[i], few.errors.v[i]);
+    diag_clear(&few);
+}
+END_TEST
+
 START_TEST(load_release_version_mismatch)
 {
     put("releases/3/release.yaml", "release: r\nvsn: \"1\"\napplications: [{name: a, vsn: \"1\"}]\n");
@@ -722,6 +776,7 @@ static Suite *store_suite(void)
     tcase_add_test(tc, load_release_symlink_within_the_app_is_fine);
     tcase_add_test(tc, load_release_directory_symlinked_out_is_refused);
     tcase_add_test(tc, load_release_module_that_is_a_directory_is_refused);
+    tcase_add_test(tc, load_release_listed_directory_same_messages);
     tcase_add_test(tc, load_release_version_mismatch);
     tcase_add_test(tc, load_release_bad_app_yaml);
     tcase_add_test(tc, read_file_refuses_directories);
