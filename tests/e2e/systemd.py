@@ -34,8 +34,14 @@ reld, libreld-runtime0 and libreld-runtime-dev. Before the checks: what
 went where (dpkg -L against the expected contents), the conffile, the
 group reld and the socket's, the unit enabled and started by the package
 (with the test's drop-in already in place), `systemd-analyze verify` of
-the installed unit. After them: the same packages installed again (an
-upgrade) keep reld and its process (same MainPID and pid, no restart);
+the installed unit. After them, a package upgrade under load: reld runs
+the kvcounter example (--kvroot; its listening socket held by reld) beside
+the process it had, a client drives it on the container's loopback through
+the whole `dpkg -i` of the same packages repacked under a higher version
+(a true upgrade: prerm upgrade, postinst configure OLD, which re-executes
+reld in place): no request fails, reld keeps its MainPID (NRestarts 0),
+its processes their pids; the re-exec's time (request to ready, from the
+journal) and dpkg's are printed. Then
 `dpkg --purge` leaves none of the packages' files, no /etc/reld, no
 /var/lib/reld, no unit link, and the system group reld (Debian keeps
 system groups).
@@ -46,7 +52,7 @@ a guardian process does the same if this driver itself is killed.
 Without root, systemd-nspawn, or a machine that lets a container boot,
 every check is skipped (TAP `# SKIP`).
 
-Usage: systemd.py --build BUILD_DIR [--package SOURCE_DIR]
+Usage: systemd.py --build BUILD_DIR [--package SOURCE_DIR --kvroot KVCOUNTER_ROOT]
 """
 import argparse
 import atexit
@@ -712,26 +718,215 @@ def package_checks(debs, rc, out, err):
           f"pkg-config reld-runtime: {out.strip()}", err)
 
 
+# A client of the kvcounter service: CONNS connections, each an INCR of a
+# key of its own at RATE/CONNS a second, each reply's count checked (one
+# more than the last); a request fails when its connection is refused or
+# reset, its reply takes more than 2 s, or it is wrong. It says "started"
+# once every connection has had a reply, answers each line of its stdin
+# with the requests sent so far, runs until its stdin closes, then GETs
+# every key (the count must be what the last reply said) and prints its
+# figures as a JSON line. It runs in the container's network namespace
+# only (nsenter -n: the container has a private network; the program is
+# this machine's).
+LOAD = r"""
+import json, socket, sys, threading, time
+port, conns, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+stop = threading.Event()
+st = [dict(sent=0, ok=0, failed=0, count=0, last="") for _ in range(conns)]
+def talk(s, f, line):
+    s.sendall(line.encode())
+    reply = f.readline().decode()
+    if not reply:
+        raise ConnectionError("connection closed")
+    return reply
+def run(i):
+    c, key, s, f, due = st[i], f"pkgload{port}_c{i}", None, None, time.monotonic()
+    while not stop.is_set():
+        due += conns / rate
+        time.sleep(max(0.0, due - time.monotonic()))
+        c["sent"] += 1
+        try:
+            if s is None:
+                s = socket.create_connection(("127.0.0.1", port), timeout=2)
+                f = s.makefile("rb")
+            w = talk(s, f, f"INCR {key}\n").split()
+            got = int(w[2]) if len(w) == 3 and w[:2] == ["OK", key] else None
+            if got is not None and (c["count"] is None or got == c["count"] + 1):
+                c["ok"] += 1
+            else:
+                c["failed"] += 1
+                c["last"] = f"wrong reply {w} after count {c['count']}"
+            c["count"] = got
+        except (OSError, ValueError) as e:
+            c["failed"] += 1
+            c["last"] = repr(e)
+            c["count"] = None  # the server may have counted it: the next reply says
+            if s is not None:
+                s.close()
+            s = None
+    if s is not None:
+        s.close()
+threads = [threading.Thread(target=run, args=(i,)) for i in range(conns)]
+for t in threads:
+    t.start()
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline and not all(c["ok"] for c in st):
+    time.sleep(0.02)
+print("started" if all(c["ok"] for c in st) else "no reply", flush=True)
+for _ in sys.stdin:
+    print(sum(c["sent"] for c in st), flush=True)
+stop.set()
+for t in threads:
+    t.join()
+bad = []
+for i, c in enumerate(st):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            w = talk(s, s.makefile("rb"), f"GET pkgload{port}_c{i}\n").split()
+        if c["count"] is not None and w[-1:] != [str(c["count"])]:
+            bad.append(f"c{i}: {w}, the last reply said {c['count']}")
+    except (OSError, ValueError) as e:
+        bad.append(f"c{i}: {e!r}")
+print(json.dumps(dict(sent=sum(c["sent"] for c in st), ok=sum(c["ok"] for c in st),
+                      failed=sum(c["failed"] for c in st), last=[c["last"] for c in st if c["last"]],
+                      final_counts_wrong=bad)), flush=True)
+"""
+
+
+def container_port():
+    """A port free in the container's network namespace (bound to 0 there,
+    read, closed), or None."""
+    rc, out, err = cx("python3", "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+                      "print(s.getsockname()[1])")
+    return int(out) if rc == 0 and out.strip().isdigit() else None
+
+
+def kv_release(vsn, port):
+    """Release vsn: application svc as release 2 has it (its process kept
+    by the upgrade to it) and the kvcounter example (its host links the
+    runtime statically), listening on port through a socket reld holds.
+    Its path inside the container."""
+    src = os.path.join(A.work, f"src{vsn}")
+    os.makedirs(os.path.join(src, "releases", vsn))
+    with open(os.path.join(src, "releases", vsn, "release.yaml"), "w") as f:
+        f.write(f'release: plain\nvsn: "{vsn}"\napplications:\n  - {{name: svc, vsn: "2"}}\n'
+                '  - {name: kvcounter, vsn: "1.0.0"}\n')
+    shutil.copytree(os.path.join(A.work, "src2", "lib", "svc-2"), os.path.join(src, "lib", "svc-2"))
+    kv = os.path.join(src, "lib", "kvcounter-1.0.0")
+    shutil.copytree(os.path.join(A.kvroot, "lib", "kvcounter-1.0.0"), kv)
+    with open(os.path.join(kv, "app.yaml")) as f:
+        text = f.read()
+    text = text.replace("127.0.0.1:17411", f"127.0.0.1:{port}").replace(
+        "    shutdown_ms: 2000\n", "    shutdown_ms: 2000\n    health: {runtime: true, interval_ms: 100}\n")
+    with open(os.path.join(kv, "app.yaml"), "w") as f:
+        f.write(text)
+    tar_release(src, os.path.join(A.work, f"plain-{vsn}.tar"))
+    return f"{IN}/plain-{vsn}.tar"
+
+
+def higher_version(debs):
+    """The built packages again under a higher version (VERSION+e2e1): the
+    same binaries, repacked (dpkg-deb -R, Version: and the exact
+    dependencies between them bumped, dpkg-deb -b), so that dpkg -i is a
+    true upgrade: the old prerm upgrade NEW, the new postinst configure
+    OLD. (old version, new version, the new .debs), or raises."""
+    out, old, new = [], None, None
+    for deb in debs:
+        tree = os.path.join(A.work, "repack")
+        subprocess.run(["dpkg-deb", "-R", deb, tree], check=True, capture_output=True, timeout=60)
+        control = os.path.join(tree, "DEBIAN", "control")
+        with open(control) as f:
+            text = f.read()
+        old = re.search(r"^Version: (\S+)$", text, re.M).group(1)
+        new = f"{old}+e2e1"
+        text = re.sub(r"^Version: \S+$", f"Version: {new}", text, flags=re.M).replace(f"(= {old})", f"(= {new})")
+        with open(control, "w") as f:
+            f.write(text)
+        name = os.path.basename(deb).split("_")
+        path = os.path.join(A.work, "upgrade", "_".join([name[0], new] + name[2:]))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        subprocess.run(["dpkg-deb", "-Zgzip", "-z1", "-b", tree, path], check=True, capture_output=True, timeout=120)
+        shutil.rmtree(tree)
+        out.append(path)
+    return old, new, out
+
+
 def upgrade_keeps(debs):
-    """Returns the check run before `systemctl stop`: the same packages
-    again (dpkg runs prerm upgrade, postinst configure VERSION) must keep
-    reld and its processes."""
+    """Returns the check run before `systemctl stop`: a package upgrade
+    under load. reld runs the kvcounter service (its listening socket held
+    by reld) and svc's process; a client drives the service on the
+    container's loopback through the whole `dpkg -i` of the same packages
+    under a higher version. Nothing may fail, reld keeps its MainPID (the
+    postinst re-executes it in place) and its processes their pids."""
     def check(S):
-        before = show("MainPID", "NRestarts")
-        pids = sorted(p["pid"] for p in status()["processes"] if p.get("pid"))
-        names = " ".join(f"{IN}/{os.path.basename(x)}" for x in debs)
-        t0 = time.monotonic()
-        rc, out, err = cx("dpkg", "-i", *names.split(), timeout=120)
-        took = time.monotonic() - t0
+        try:
+            old, new, upgrade = higher_version(debs)
+        except (subprocess.CalledProcessError, OSError, AttributeError) as e:
+            d.tap(False, "the packages repacked under a higher version", e)
+            return
+        port = container_port()
+        rc, out, err = cx("relctl", "install", "--min-healthy", "100", kv_release("4", port), timeout=60)
+        kv = wait_for(lambda: running("kvcounter", "1.0.0"))
+        d.tap(port and rc == 0 and kv, f"release 4: svc kept, the kvcounter service added, on port {port} "
+              f"(free-picked in the container), its socket held by reld (pid {kv and kv[0]['pid']})", out + err)
+        if not kv:
+            return
+        load = subprocess.Popen(["nsenter", "-t", str(C.leader), "-n", "--", sys.executable, "-c", LOAD, str(port),
+                                 "4", "400"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            said = load.stdout.readline().strip()
+            before = show("MainPID", "NRestarts")
+            pids = sorted(p["pid"] for p in status()["processes"] if p.get("pid"))
+            reexecs = len([m for m in messages("-u", "reld", "-t", "reld") if m.startswith("re-executed in")])
+            names = [f"{IN}/upgrade/{os.path.basename(x)}" for x in upgrade]
+            load.stdin.write("mark\n")
+            load.stdin.flush()
+            sent0 = load.stdout.readline().strip()
+            t0 = time.monotonic()
+            rc, out, err = cx("dpkg", "-i", *names, timeout=120)
+            took = time.monotonic() - t0
+            load.stdin.write("mark\n")
+            load.stdin.flush()
+            sent1 = load.stdout.readline().strip()
+            during = int(sent1) - int(sent0) if sent0.isdigit() and sent1.isdigit() else None
+            time.sleep(1)  # and a second after it: what the new reld does once ready
+        finally:
+            try:
+                lout, lerr = load.communicate("", timeout=30)
+            except subprocess.TimeoutExpired:
+                load.kill()
+                lout, lerr = load.communicate()
+        try:
+            res = json.loads(lout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            res = {}
         after = show("MainPID", "NRestarts", "ActiveState")
         now = sorted(p["pid"] for p in status()["processes"] if p.get("pid"))
-        said = [line for line in (out + err).splitlines() if line.startswith("reld:") or "re-exec" in line]
-        d.tap(rc == 0 and after.get("MainPID") == before.get("MainPID") and after.get("NRestarts") == "0" and
+        rc2, vsn, _ = cx("dpkg-query", "-W", "-f=${Version}", "reld")
+        d.tap(rc == 0 and f"over ({old})" in out and vsn == new,
+              f"dpkg -i of reld, libreld-runtime0, libreld-runtime-dev {new} over {old} (the same binaries under a "
+              f"higher version: prerm upgrade, postinst configure {old}) in {took:.2f} s", f"rc {rc}\n{out}\n{err}")
+        lines = [m for m in messages("-u", "reld", "-t", "reld") if m.startswith("re-executed in")][reexecs:]
+        ms = re.match(r"re-executed in ([\d.]+) ms \(pid (\d+)\)", lines[0]) if len(lines) == 1 else None
+        rc3, exe, _ = cx("readlink", f"/proc/{before.get('MainPID')}/exe")
+        d.tap(ms and ms.group(2) == before.get("MainPID") and exe.strip() == "/usr/sbin/reld",
+              f"the postinst re-executed reld once, in place: 're-executed in {ms and ms.group(1)} ms' "
+              f"(request to ready), its exe the new /usr/sbin/reld ({exe.strip()})", (lines, exe))
+        d.tap(after.get("MainPID") == before.get("MainPID") and after.get("NRestarts") == "0" and
               after.get("ActiveState") == "active" and pids and now == pids and all(alive_in(p) for p in pids),
-              f"the package upgraded in place ({took:.1f} s): reld kept (MainPID {after.get('MainPID')}, "
-              f"NRestarts 0), its processes kept (pids {now})",
-              f"rc {rc}\nbefore {before} {pids}\nafter {after} {now}\n{out[-1500:]}{err[-1500:]}")
-        print(f"# postinst: {' / '.join(said) or 'nothing said'}")
+              f"reld kept (MainPID {after.get('MainPID')}, NRestarts 0), its processes kept (pids {now})",
+              f"before {before} {pids}\nafter {after} {now}")
+        d.tap(said == "started" and during and res.get("failed") == 0 and
+              not res.get("final_counts_wrong"),
+              f"under load through the whole dpkg -i and a second after: {res.get('failed')} failed of "
+              f"{res.get('sent')} requests ({during} during dpkg -i), every count right",
+              f"{said}\n{res}\n{lerr[-1500:]}")
+        said_pi = [line for line in (out + err).splitlines() if line.startswith("reld:") or "re-exec" in line]
+        print(f"# package upgrade under load: dpkg -i {took:.2f} s, {res.get('failed')} failed of "
+              f"{res.get('sent')} requests ({during} during dpkg -i; 400/s on 4 connections), MainPID {after.get('MainPID')} kept, "
+              f"NRestarts {after.get('NRestarts')}, pids {now} kept, reld re-exec {ms and ms.group(1)} ms "
+              f"(request to ready); postinst: {' / '.join(said_pi) or 'nothing said'}")
     return check
 
 
@@ -760,7 +955,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", required=True, help="the meson build directory to install from")
     ap.add_argument("--package", help="a source tree with debian/: test reld as its Debian package installs it")
+    ap.add_argument("--kvroot", help="the kvcounter example's root (--package: the service under load)")
     A = ap.parse_args()
+    if A.package and not A.kvroot:
+        ap.error("--package needs --kvroot (the service kept under load through the upgrade)")
     A.build = os.path.abspath(A.build)
     if A.package:
         return main_package()
