@@ -163,6 +163,8 @@ typedef enum Phase {
     PHASE_RESTART_OLD, /* stops of the changed applications, to restart them on the old release */
     PHASE_POST_PURGE,
     PHASE_SWITCH_OVER, /* stops of processes that restart on the new release, or leave */
+    PHASE_SUCCESSORS,  /* plain processes replaced with overlap: their new runs become ready */
+    PHASE_RETIRE,      /* ... and their old runs stop */
     PHASE_DONE
 } Phase;
 
@@ -202,6 +204,9 @@ struct Executor {
     size_t n_to_restart;
     Child **fresh; /* started by this run, on the new release's definitions */
     size_t n_fresh;
+    struct Successor *successors; /* of the switch-over: plain processes replaced with overlap */
+    size_t n_successors;
+    bool switch_stopped; /* the switch-over stopped processes */
     /* Records wait in memory while a process is suspended: no disk write
      * (a commit, a WAL checkpoint) may lengthen the pause. */
     Record *records;
@@ -1007,8 +1012,197 @@ static void restart_old_end(Executor *e)
     strvec_clear(&restarted);
 }
 
+/* ---- the switch-over's overlaps (docs/formats.md "Replacing a process") ---------------- */
+
+/* A plain process replaced with overlap: its new run starts beside the
+ * old one, which serves until the new run is ready and is told to stop
+ * only then; both share the listening sockets reld holds, so no
+ * connection finds none. */
+typedef struct Successor {
+    Executor *e;
+    Child *c;
+    HealthProbe *probe; /* ready: health: the new run's checks, and the gate over them */
+    HealthGate *gate;
+    char *why;     /* the gate's reason, for the message */
+    bool waiting;  /* for its readiness, or (retiring) for the old run's exit */
+    bool retiring; /* committed: the old run was told to stop */
+} Successor;
+
+static bool replaced_with_overlap(const Executor *e, const Child *c)
+{
+    const ProcessDef *nd = supervisor_def_in(e->p.to, c, NULL);
+    return nd && nd->overlap && restarts_at_switch_over(e, c);
+}
+
+static void successors_clear(Executor *e)
+{
+    for (size_t k = 0; k < e->n_successors; k++) {
+        Successor *s = &e->successors[k];
+        health_gate_free(s->gate);
+        health_probe_free(s->probe);
+        free(s->why);
+        if (s->waiting && s->retiring) /* the executor goes first (reld stops) */
+            proc_successor_forget(s->c->proc);
+        else if (s->waiting) /* the old run serves on */
+            proc_successor_abort(s->c->proc);
+    }
+    free(e->successors);
+    e->successors = NULL;
+    e->n_successors = 0;
+}
+
+/* In the history as the supervisor records its starts and stops. */
+static void record_process(Executor *e, Child *c, const char *kind, json_t *detail)
+{
+    json_object_set_new(detail, "app", json_string(c->app->name));
+    json_object_set_new(detail, "process", json_string(proc_def(c->proc)->name));
+    if (history_event(e->p.history, kind, "reld", c->app->vsn, detail) < 0)
+        log_error("%s: cannot record %s in the history", proc_label(c->proc), kind);
+    json_decref(detail);
+}
+
+static void on_successor_ready(Proc *p, int r, void *userdata)
+{
+    Successor *s = userdata;
+    Executor *e = s->e;
+    const ProcessDef *d = proc_def(p);
+    s->waiting = false;
+    if (r == -ETIMEDOUT)
+        diag_error(e->diag, "%s[%d]: not ready within %ld ms (%s): stopped; process %d serves on", proc_label(p),
+                   (int)proc_pid(p), d->ready_timeout_ms,
+                   d->ready == READY_NOTIFY ? "no READY=1 on its NOTIFY_SOCKET"
+                   : s->why                 ? s->why
+                                            : "its health checks did not pass",
+                   (int)proc_previous_pid(p));
+    else if (r < 0)
+        diag_error(e->diag, "%s: its new version ended before it was ready (%s%s); process %d serves on", proc_label(p),
+                   *proc_last_output(p) ? "its last output: " : "no output", proc_last_output(p), (int)proc_pid(p));
+    if (r < 0)
+        work_failed(e, r);
+    work_ended_one(e);
+}
+
+static void on_successor_gate(HealthGate *g, bool healthy, const char *reason, void *userdata)
+{
+    Successor *s = userdata;
+    if (healthy)
+        proc_set_ready(s->c->proc);
+    else if (!s->why) /* its own timeout ends the wait, at the same time */
+        s->why = xstrdup(reason);
+}
+
+/* Starts the new runs of the plain processes replaced with overlap, each
+ * on its new definition (its application's definitions taken now: the
+ * old run keeps its own, to stop by), and waits for them to be ready. */
+static void successors_begin(Executor *e)
+{
+    const ProcessDef **old = NULL;
+    size_t n_old = 0;
+    for (size_t a = 0; a < supervisor_n_apps(e->s); a++) {
+        App *app = supervisor_app(e->s, a);
+        for (size_t k = 0; k < app->n_children; k++)
+            if (replaced_with_overlap(e, app->children[k])) {
+                APPEND(e->successors, e->n_successors, ((Successor){.e = e, .c = app->children[k]}));
+                APPEND(old, n_old, proc_def(app->children[k]->proc));
+            }
+    }
+    for (size_t k = 0; k < e->n_successors; k++)
+        if (k == 0 || e->successors[k].c->app != e->successors[k - 1].c->app)
+            supervisor_adopt_app(e->s, e->successors[k].c->app, e->p.to);
+    for (size_t k = 0; k < e->n_successors; k++) {
+        Successor *s = &e->successors[k];
+        Proc *p = s->c->proc;
+        int r = proc_spawn_successor(p, old[k]);
+        if (r == 0 && proc_def(p)->ready == READY_HEALTH) {
+            char *dir = store_path_app_dir(e->p.root, s->c->app->name, s->c->app->vsn);
+            r = health_probe_new(proc_event(p), proc_label(p), proc_def(p), dir, &(HealthProbeOps){0}, NULL, &s->probe);
+            free(dir);
+            if (r == 0) {
+                health_probe_started(s->probe, proc_pid(p));
+                r = health_gate_new(proc_event(p), &s->probe, 1, 0, proc_def(p)->ready_timeout_ms, on_successor_gate, s,
+                                    &s->gate);
+            }
+            if (r < 0)
+                proc_successor_abort(p);
+        }
+        if (r == 0)
+            r = proc_wait_ready(p, on_successor_ready, s);
+        if (r == 0)
+            record_process(e, s->c, "process_start", json_pack("{s:i}", "pid", (int)proc_pid(p)));
+        if (r < 0) {
+            if (proc_overlapping(p))
+                proc_successor_abort(p);
+            diag_error(e->diag, "%s: cannot start its new version: %s; the old process serves on", proc_label(p),
+                       strerror(-r));
+            work_failed(e, r);
+            continue;
+        }
+        s->waiting = true;
+        e->n_out++;
+    }
+    free(old);
+}
+
+static void on_retired(Proc *p, const siginfo_t *si, void *userdata)
+{
+    Successor *s = userdata;
+    bool signaled = si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED;
+    record_process(s->e, s->c, "process_stop",
+                   json_pack("{s:i, s:s, s:i}", "pid", (int)si->si_pid, "how", signaled ? "signal" : "exit", "status",
+                             si->si_status));
+    s->waiting = false;
+    work_ended_one(s->e);
+}
+
+/* The new runs are ready: the old ones are told to stop. Or some are not:
+ * then every new run goes, the old ones serve on, the processes take the
+ * old release's definitions again and the upgrade fails. A run that
+ * changed nothing else (no process upgraded in place, started or stopped)
+ * leaves the old release running untouched; otherwise the changed
+ * applications restart on the old release, as after any failure past the
+ * point of no return. */
+static int successors_ended(Executor *e, int q)
+{
+    calls_clear(e);
+    work_begin(e);
+    for (size_t k = 0; q == 0 && k < e->n_successors; k++)
+        if (!proc_overlapping(e->successors[k].c->proc))
+            q = -ECHILD; /* ended after it was ready: told already */
+    if (q == 0) {
+        for (size_t k = 0; k < e->n_successors; k++) {
+            Successor *s = &e->successors[k];
+            health_probe_started(s->c->probe, proc_pid(s->c->proc)); /* its checks follow the new run */
+            if (proc_successor_commit(s->c->proc, on_retired, s) == 0) {
+                s->waiting = s->retiring = true;
+                e->n_out++;
+            }
+        }
+        return phase_run(e, PHASE_RETIRE);
+    }
+    for (size_t k = 0; k < e->n_successors; k++) {
+        Successor *s = &e->successors[k];
+        pid_t pid = proc_overlapping(s->c->proc) ? proc_pid(s->c->proc) : 0;
+        s->waiting = false;
+        proc_successor_abort(s->c->proc);
+        if (pid) /* stopping in the background */
+            record_process(e, s->c, "process_stop", json_pack("{s:i, s:s}", "pid", (int)pid, "how", "not ready"));
+    }
+    successors_clear(e);
+    e->result = q;
+    supervisor_adopt_release(e->s, e->p.from);
+    if (e->n_changes == 0 && !e->restarted && e->n_fresh == 0 && !e->lost && !e->switch_stopped) {
+        drop_staged(e);
+        diag_warning(e->diag, "failed at the switch-over: release %s runs untouched, its processes serving on",
+                     e->p.from->vsn);
+        e->phase = PHASE_DONE;
+        return q;
+    }
+    return restart_old_begin(e);
+}
+
 /* After the post-purges: every process takes its new definition; what
- * must restart or leave stops first. */
+ * must restart or leave stops first, then the plain processes replaced
+ * with overlap start their new runs (PHASE_SUCCESSORS). */
 static int switch_over_begin(Executor *e)
 {
     calls_clear(e);
@@ -1024,7 +1218,7 @@ static int switch_over_begin(Executor *e)
             app->stopped = true;
         for (size_t k = app->n_children; k-- > 0;) {
             Child *c = app->children[k];
-            if (!proc_pid(c->proc))
+            if (!proc_pid(c->proc) || (!leaves && replaced_with_overlap(e, c)))
                 continue;
             bool plain = restarts_at_switch_over(e, c);
             if (leaves || plain) {
@@ -1034,6 +1228,7 @@ static int switch_over_begin(Executor *e)
             }
         }
     }
+    e->switch_stopped = n_stop > 0;
     stop_children(e, stop, n_stop);
     free(stop);
     return phase_run(e, PHASE_SWITCH_OVER);
@@ -1095,7 +1290,15 @@ static int phase_ended(Executor *e)
         rehearsal_warn_skipped(e);
         return switch_over_begin(e);
     case PHASE_SWITCH_OVER:
+        calls_clear(e);
+        work_begin(e);
+        successors_begin(e);
+        return phase_run(e, PHASE_SUCCESSORS);
+    case PHASE_SUCCESSORS:
+        return successors_ended(e, q);
+    case PHASE_RETIRE:
         switch_over_end(e);
+        successors_clear(e);
         break;
     case PHASE_SCRIPT:
     case PHASE_DONE:
@@ -1513,6 +1716,7 @@ Executor *executor_free(Executor *e)
         if (e->calls[k].out)
             proc_cancel_call(e->calls[k].child->proc);
     supervisor_forget(e->s, e);
+    successors_clear(e);
     calls_clear(e);
     strvec_clear(&e->killed);
     if (flush_records(e) < 0)

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "notify.h"
 #include "reexec.h"
 #include "util.h"
 
@@ -69,6 +70,31 @@ struct Proc {
     OutPipe *pipes; /* output still to relay, of this run and earlier ones */
     ProcExited exited;
     void *userdata;
+    /* ready: notify: the $NOTIFY_SOCKET of the current run. */
+    Notify *notify;
+    /* A wait for the current run to be ready (proc_wait_ready()). */
+    ProcReady ready_done;
+    void *ready_data;
+    sd_event_source *ready_timer;
+    /* Overlap (proc_spawn_successor()): the run before, serving on while
+     * the current one becomes ready, then retiring. */
+    struct ProcPrev {
+        bool on; /* an overlap is under way */
+        pid_t pid;
+        const ProcessDef *def; /* it was started with: how it stops */
+        sd_event_source *child_src, *kill_timer;
+        bool exited; /* it ended during the overlap: how, in si */
+        siginfo_t si;
+        bool retiring; /* told to stop (proc_successor_commit()) */
+        ProcRetired retired;
+        void *retired_data;
+    } prev;
+    /* A new run that did not become ready, stopping (its stop_signal, then
+     * SIGKILL): reaped when it exits, nobody waits for it. */
+    struct ProcDiscard {
+        pid_t pid;
+        sd_event_source *child_src, *kill_timer;
+    } discard;
     /* The call out on each lane, if any. */
     struct ProcCallSlot {
         Proc *p;
@@ -537,9 +563,14 @@ int proc_call_on(Proc *p, ProcLane lane, json_t *req, int timeout_ms, ProcCallDo
 
 /* ---- start, exit, stop --------------------------------------------------------- */
 
+static void notify_prepare(Proc *p);
+static bool overlap_exit(Proc *p, const siginfo_t *si);
+
 static int on_exit_(sd_event_source *src, const siginfo_t *si, void *userdata)
 {
     Proc *p = userdata;
+    if (overlap_exit(p, si))
+        return 0;
     p->child_src = sd_event_source_disable_unref(p->child_src);
     if (p->kill_timer)
         (void)sd_event_source_set_enabled(p->kill_timer, SD_EVENT_OFF); /* cannot fail */
@@ -768,6 +799,7 @@ int proc_spawn(Proc *p)
 {
     memset(p->tail, 0, sizeof(p->tail)); /* "its last output" is this run's */
     p->tail_next = 0;
+    notify_prepare(p);
     int ctl[2], out_relay = -1, err_relay = -1;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) < 0)
         return -errno;
@@ -796,6 +828,8 @@ int proc_spawn(Proc *p)
             strvec_push(&env, *e);
     strvec_push_take(&env, xasprintf("RELD_CONTROL_FD=%zu", 3 + p->n_listen));
     strvec_push_take(&env, xasprintf("RELD_PROCESS=%s", def->name));
+    if (p->notify)
+        strvec_push_take(&env, xasprintf("NOTIFY_SOCKET=%s", notify_address(p->notify)));
     char *mods = xstrdup("");
     for (size_t i = 0; i < p->src.modules_env.n; i++) {
         char *m = xasprintf("%s%s%s", mods, i ? ":" : "", p->src.modules_env.v[i]);
@@ -897,6 +931,8 @@ int proc_spawn(Proc *p)
     p->pid = pid;
     p->stopping = false;
     p->ctl_fd = ctl[0];
+    if (p->notify)
+        notify_expect(p->notify, pid);
     r = sd_event_add_child(p->ev, &p->child_src, pid, WEXITED, on_exit_, p);
     if (r < 0) {
         /* Nobody would reap it: it goes now (SIGKILL cannot be refused, so
@@ -954,7 +990,7 @@ int proc_stop(Proc *p)
     if (p->stopping)
         return 0; /* already on its way: its SIGKILL stays when it was due */
     p->stopping = true;
-    (void)kill(p->pid, SIGTERM); /* it exists until we reap it */
+    (void)kill(p->pid, p->src.def->stop_signal); /* it exists until we reap it */
     uint64_t at = (uint64_t)(mono_us() + p->src.def->shutdown_ms * 1000LL);
     int r;
     if (p->kill_timer) {
@@ -971,10 +1007,285 @@ int proc_stop(Proc *p)
     return 0;
 }
 
+/* ---- readiness and overlap (docs/formats.md "Replacing a process") ---------------- */
+
+static void ready_end(Proc *p, int r)
+{
+    ProcReady done = p->ready_done;
+    void *data = p->ready_data;
+    p->ready_done = NULL;
+    p->ready_data = NULL;
+    if (p->ready_timer)
+        (void)sd_event_source_set_enabled(p->ready_timer, SD_EVENT_OFF); /* cannot fail */
+    if (done)
+        done(p, r, data);
+}
+
+static void on_notify_ready(Notify *n, void *userdata)
+{
+    Proc *p = userdata;
+    log_info("%s[%d] ready (READY=1)", p->label, (int)p->pid);
+    ready_end(p, 0);
+}
+
+/* Every run of a `ready: notify` process has a socket of its own, so that
+ * a message of an earlier run never counts for this one. Without one (it
+ * cannot be made) it runs all the same; a wait for it times out. */
+static void notify_prepare(Proc *p)
+{
+    p->notify = notify_free(p->notify);
+    if (p->src.def->ready != READY_NOTIFY)
+        return;
+    int r = notify_new(p->ev, on_notify_ready, p, &p->notify);
+    if (r < 0)
+        log_error("%s: no NOTIFY_SOCKET (%s): it cannot say that it is ready", p->label, strerror(-r));
+}
+
+/* The wait's timer: at once for a run that is ready already, else at its timeout. */
+static int on_ready_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+    Proc *p = userdata;
+    bool ready = p->pid && (p->src.def->ready == READY_STARTED || (p->notify && notify_ready(p->notify)));
+    ready_end(p, ready ? 0 : -ETIMEDOUT);
+    return 0;
+}
+
+int proc_wait_ready(Proc *p, ProcReady done, void *userdata)
+{
+    if (!p->pid)
+        return -ESRCH;
+    const ProcessDef *def = p->src.def;
+    bool now = def->ready == READY_STARTED || (p->notify && notify_ready(p->notify));
+    uint64_t at = now ? 1 : (uint64_t)(mono_us() + def->ready_timeout_ms * 1000LL);
+    int r;
+    if (p->ready_timer) {
+        r = sd_event_source_set_time(p->ready_timer, at);
+        if (r >= 0)
+            r = sd_event_source_set_enabled(p->ready_timer, SD_EVENT_ONESHOT);
+    } else {
+        r = sd_event_add_time(p->ev, &p->ready_timer, CLOCK_MONOTONIC, at, 1000, on_ready_timer, p);
+    }
+    if (r < 0)
+        return r;
+    p->ready_done = done;
+    p->ready_data = userdata;
+    return 0;
+}
+
+void proc_set_ready(Proc *p)
+{
+    if (p->ready_done && p->pid)
+        ready_end(p, 0);
+}
+
+sd_event *proc_event(const Proc *p)
+{
+    return p->ev;
+}
+
+bool proc_overlapping(const Proc *p)
+{
+    return p->prev.on;
+}
+
+pid_t proc_previous_pid(const Proc *p)
+{
+    return p->prev.on ? p->prev.pid : 0;
+}
+
+/* The overlap ends without a successor: the run before is the current
+ * one again (or, when it ended meanwhile, its end is told now). */
+static void restore_prev(Proc *p)
+{
+    struct ProcPrev prev = p->prev;
+    p->prev = (struct ProcPrev){0};
+    p->child_src = sd_event_source_disable_unref(p->child_src);
+    sd_event_source_disable_unref(prev.kill_timer);
+    p->stopping = false;
+    if (prev.exited) {
+        p->pid = 0;
+        p->exited(p, &prev.si, p->userdata);
+        return;
+    }
+    p->pid = prev.pid;
+    p->child_src = prev.child_src;
+}
+
+static void kill_run(pid_t pid)
+{
+    (void)kill(-pid, SIGKILL);   /* its process group: what it started goes too */
+    (void)kill(pid, SIGKILL);    /* in case it has not made its group yet */
+    (void)waitpid(pid, NULL, 0); /* immediate: SIGKILL cannot be refused */
+}
+
+int proc_spawn_successor(Proc *p, const ProcessDef *prev_def)
+{
+    if (!p->pid || p->stopping || p->prev.on)
+        return -EBUSY;
+    p->prev = (struct ProcPrev){.on = true, .pid = p->pid, .def = prev_def, .child_src = p->child_src};
+    p->child_src = NULL;
+    p->kill_timer = sd_event_source_disable_unref(p->kill_timer);
+    /* Its control channel closes: a process that is replaced this way
+     * never spoke on it (one that links the runtime is upgraded instead). */
+    channel_close(p);
+    json_decref(p->modules);
+    p->modules = NULL;
+    p->pid = 0;
+    int r = proc_spawn(p);
+    if (r < 0) {
+        restore_prev(p);
+        return r;
+    }
+    log_info("%s[%d] started beside %d, which serves until it is ready", p->label, (int)p->pid, (int)p->prev.pid);
+    return 0;
+}
+
+static int on_discard_kill_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+    Proc *p = userdata;
+    if (p->discard.pid) {
+        log_warning("%s[%d] did not stop: SIGKILL", p->label, (int)p->discard.pid);
+        (void)kill(-p->discard.pid, SIGKILL);
+        (void)kill(p->discard.pid, SIGKILL);
+    }
+    return 0;
+}
+
+/* The current run goes, stopped as the definition says (it may serve
+ * already: its requests in flight end well), in the background. */
+static void discard_run(Proc *p)
+{
+    if (p->discard.pid) /* an earlier one still stopping: it goes now */
+        kill_run(p->discard.pid);
+    sd_event_source_disable_unref(p->discard.child_src);
+    sd_event_source_disable_unref(p->discard.kill_timer);
+    p->discard = (struct ProcDiscard){.pid = p->pid, .child_src = p->child_src};
+    p->child_src = NULL;
+    channel_close(p);
+    log_info("%s[%d] not kept: stopping it; %d serves on", p->label, (int)p->pid, (int)p->prev.pid);
+    (void)kill(p->pid, p->src.def->stop_signal); /* it exists until we reap it */
+    uint64_t at = (uint64_t)(mono_us() + p->src.def->shutdown_ms * 1000LL);
+    if (sd_event_add_time(p->ev, &p->discard.kill_timer, CLOCK_MONOTONIC, at, 1000, on_discard_kill_timer, p) < 0)
+        (void)kill(p->pid, SIGKILL);
+    p->pid = 0;
+}
+
+void proc_successor_forget(Proc *p)
+{
+    p->ready_done = NULL;
+    p->prev.retired = NULL;
+}
+
+void proc_successor_abort(Proc *p)
+{
+    if (!p->prev.on || p->prev.retiring)
+        return;
+    p->ready_done = NULL;
+    if (p->ready_timer)
+        (void)sd_event_source_set_enabled(p->ready_timer, SD_EVENT_OFF); /* cannot fail */
+    if (p->pid)
+        discard_run(p);
+    p->notify = notify_free(p->notify);
+    restore_prev(p);
+}
+
+static int on_prev_kill_timer(sd_event_source *s, uint64_t usec, void *userdata)
+{
+    Proc *p = userdata;
+    if (p->prev.on && p->prev.pid) {
+        log_warning("%s[%d] did not stop within %ld ms: SIGKILL", p->label, (int)p->prev.pid, p->prev.def->shutdown_ms);
+        (void)kill(-p->prev.pid, SIGKILL);
+        (void)kill(p->prev.pid, SIGKILL);
+    }
+    return 0;
+}
+
+int proc_successor_commit(Proc *p, ProcRetired retired, void *userdata)
+{
+    if (!p->prev.on || p->prev.retiring || !p->pid)
+        return -ESRCH;
+    if (p->prev.exited) { /* it ended on its own meanwhile: nothing to stop */
+        p->prev = (struct ProcPrev){0};
+        return 1;
+    }
+    p->prev.retiring = true;
+    p->prev.retired = retired;
+    p->prev.retired_data = userdata;
+    (void)kill(p->prev.pid, p->prev.def->stop_signal); /* it exists until we reap it */
+    uint64_t at = (uint64_t)(mono_us() + p->prev.def->shutdown_ms * 1000LL);
+    int r = sd_event_add_time(p->ev, &p->prev.kill_timer, CLOCK_MONOTONIC, at, 1000, on_prev_kill_timer, p);
+    if (r < 0) {
+        log_error("%s[%d]: no stop timer (%s): SIGKILL now", p->label, (int)p->prev.pid, strerror(-r));
+        (void)kill(p->prev.pid, SIGKILL);
+    }
+    return 0;
+}
+
+/* An exit during an overlap: of the run before (retiring, or on its
+ * own), or of the new run before it was committed (the run before is the
+ * current one again). true when handled here. */
+static bool overlap_exit(Proc *p, const siginfo_t *si)
+{
+    bool signaled = si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED;
+    if (p->discard.pid && si->si_pid == p->discard.pid) {
+        log_info("%s[%d] stopped (%s %d)", p->label, (int)p->discard.pid, signaled ? "signal" : "exit status",
+                 si->si_status);
+        drain_output(p, p->discard.pid);
+        sd_event_source_disable_unref(p->discard.child_src);
+        sd_event_source_disable_unref(p->discard.kill_timer);
+        p->discard = (struct ProcDiscard){0};
+        return true;
+    }
+    if (!p->prev.on)
+        return false;
+    if (p->prev.pid && si->si_pid == p->prev.pid) {
+        p->prev.child_src = sd_event_source_disable_unref(p->prev.child_src);
+        p->prev.kill_timer = sd_event_source_disable_unref(p->prev.kill_timer);
+        log_info("%s[%d] %s (%s %d)", p->label, (int)p->prev.pid, p->prev.retiring ? "stopped" : "ended",
+                 signaled ? "signal" : "exit status", si->si_status);
+        drain_output(p, p->prev.pid);
+        if (!p->prev.retiring) { /* told when the overlap ends */
+            p->prev.exited = true;
+            p->prev.si = *si;
+            p->prev.pid = 0;
+            return true;
+        }
+        ProcRetired retired = p->prev.retired;
+        void *data = p->prev.retired_data;
+        p->prev = (struct ProcPrev){0};
+        if (retired)
+            retired(p, si, data);
+        return true;
+    }
+    if (p->prev.retiring || si->si_pid != p->pid)
+        return false;
+    /* The new run ended before it was committed: the run before serves on. */
+    p->child_src = sd_event_source_disable_unref(p->child_src);
+    channel_close(p);
+    log_info("%s[%d] %s %d before it replaced %d", p->label, (int)p->pid,
+             signaled ? "killed by signal" : "exited with status", si->si_status, (int)p->prev.pid);
+    drain_output(p, p->pid);
+    p->pid = 0;
+    p->notify = notify_free(p->notify);
+    restore_prev(p);
+    ready_end(p, -ECHILD);
+    return true;
+}
+
 Proc *proc_free(Proc *p)
 {
     if (!p)
         return NULL;
+    if (p->prev.on && p->prev.pid)
+        kill_run(p->prev.pid);
+    if (p->discard.pid)
+        kill_run(p->discard.pid);
+    sd_event_source_disable_unref(p->discard.child_src);
+    sd_event_source_disable_unref(p->discard.kill_timer);
+    sd_event_source_disable_unref(p->prev.child_src);
+    sd_event_source_disable_unref(p->prev.kill_timer);
+    sd_event_source_disable_unref(p->ready_timer);
+    notify_free(p->notify);
     if (p->pid) {
         (void)kill(-p->pid, SIGKILL);   /* its process group: what it started goes too */
         (void)kill(p->pid, SIGKILL);    /* in case it has not made its group yet */

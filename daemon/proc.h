@@ -21,7 +21,8 @@
  * channel's loss ends it (ProcCallDone), at most one call at a time per lane.
  * Replies that carry a module list update proc_modules().
  *
- * Stop: SIGTERM, then SIGKILL after the definition's shutdown_ms, on timers;
+ * Stop: the definition's stop_signal (SIGTERM unless it says otherwise),
+ * then SIGKILL after its shutdown_ms, on timers;
  * the exit arrives through the event loop (ProcExited). Nothing waits.
  *
  * Ownership: a Proc borrows its ProcessDef (which must outlive it or be
@@ -98,6 +99,54 @@ int proc_spawn(Proc *p);
  * when its exit will come through ProcExited. */
 int proc_stop(Proc *p);
 
+/* Readiness and overlap (docs/formats.md "Replacing a process").
+ *
+ * A run of a process whose definition says `ready: notify` gets a
+ * NOTIFY_SOCKET of its own (notify.h) and is ready once it sends READY=1;
+ * `ready: started` is ready once it runs; `ready: health` when its owner
+ * says so (proc_set_ready(): it runs the checks).
+ *
+ * Overlap: proc_spawn_successor() starts the process again on its current
+ * source (set the new one first, proc_set_source()) with the very same
+ * listening sockets, while the run before goes on serving; its owner
+ * waits for the new run to be ready (proc_wait_ready()), then either
+ * proc_successor_commit() (the run before is told to stop with its
+ * definition's stop_signal, SIGKILLed after its shutdown_ms, and
+ * ProcRetired is called at its exit) or proc_successor_abort() (the new
+ * run is stopped as its definition says, in the background: requests it
+ * took end well; the run before is the current one again).
+ * The new run's exit before the commit is not told to ProcExited: the run
+ * before is the current one again and a wait gets -ECHILD. The run
+ * before's exit during the overlap is told to ProcExited only if it is the
+ * current one again (abort). proc_pid() is the new run's from the spawn. */
+
+/* A wait ended: 0 ready, -ETIMEDOUT (its definition's ready_timeout_ms
+ * passed), -ECHILD (it exited first). */
+typedef void (*ProcReady)(Proc *p, int r, void *userdata);
+/* The run before exited (si: how). */
+typedef void (*ProcRetired)(Proc *p, const siginfo_t *si, void *userdata);
+/* Calls done from the loop once the current run is ready (at once when it
+ * is already). -ESRCH when it does not run. One wait at a time. */
+int proc_wait_ready(Proc *p, ProcReady done, void *userdata);
+/* The owner's verdict for `ready: health`: ends a wait with 0. */
+void proc_set_ready(Proc *p);
+/* prev_def: the definition the run that goes on serving was started with
+ * (how it stops; it must outlive the overlap). -EBUSY when it does not
+ * run, is stopping or overlaps already; the spawn's error (and the run
+ * before is the current one again). */
+int proc_spawn_successor(Proc *p, const ProcessDef *prev_def);
+/* 0 when the run before will be told to ProcRetired, 1 when it had ended
+ * (nothing to wait for), -ESRCH when no new run waits to be committed. */
+int proc_successor_commit(Proc *p, ProcRetired retired, void *userdata);
+void proc_successor_abort(Proc *p);
+/* Nobody is told any more (the owner goes); what runs goes on. */
+void proc_successor_forget(Proc *p);
+bool proc_overlapping(const Proc *p);
+/* Its event loop (borrowed): for what watches a run beside it. */
+sd_event *proc_event(const Proc *p);
+/* The run before's pid during an overlap, else 0. */
+pid_t proc_previous_pid(const Proc *p);
+
 /* Calls go on lanes, at most one call out per lane: the control lane
  * (the executor's instructions) and the health lane (health checks), so
  * that a health check never makes an instruction wait or fail with -EBUSY.
@@ -118,8 +167,8 @@ int proc_send(Proc *p, json_t *req);
 
 /* Re-exec (reexec.h): a started or exited process as JSON {pid, ctl_fd,
  * listen_fds, pipes, modules, in, out, tail}; every descriptor it holds
- * goes into fds (a JSON array). Only for a process not stopping and with
- * no call out on the control lane (the caller checks); a call out on the
+ * goes into fds (a JSON array). Only for a process not stopping, not
+ * overlapping and with no call out on the control lane (the caller checks); a call out on the
  * health lane is forgotten in the new reld (its answer is ignored). */
 json_t *proc_save(const Proc *p, json_t *fds);
 /* Does saved (proc_save()) describe a process this reld can take over

@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""End to end: plain processes (no runtime) replaced at an upgrade's
+switch-over without a failed request (issue 13, item 2; docs/formats.md
+"Replacing a process"). A real server (python, below) takes the listening
+socket reld holds (LISTEN_FDS), says READY=1 on NOTIFY_SOCKET after a
+delay and stops gracefully on the signal it is told to; clients connect
+all through the upgrades. Prints TAP.
+
+  1. overlap + ready: notify + stop_signal: SIGINT: the new process starts
+     on the very same socket, says READY=1, and only then is the old one
+     told (SIGINT) to stop; 0 failed requests through two upgrades; then a
+     re-exec of reld keeps the process and its socket;
+  2. ready: notify never sent, ready_timeout_ms: 400: the upgrade fails
+     with one line, the new process is gone, the old one serves on
+     (same pid), release 1 stays current, 0 failed requests;
+  3. ready: health (an exec check that asks the new process, RELD_PID);
+  4. overlap: false + stop_signal: SIGWINCH: the old process has stopped
+     before the new one starts (today's way, for servers that cannot run
+     twice), and still no failed request (the socket stays with reld).
+
+Usage: replace.py --reld PATH --relctl PATH
+"""
+import argparse
+import json
+import os
+import re
+import socket
+import sys
+import tarfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemon as d  # noqa: E402
+import supervise  # noqa: E402  (wait_for)
+
+A = None
+PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else os.path.realpath(sys.executable)
+
+# The server: --tag T --log FILE [--ready notify|never|file] [--ready-delay S] [--graceful SIGNAME].
+# Every line it logs: "MONOTONIC_NS PID TAG what".
+SERVER = """#!{python}
+import os, select, signal, socket, sys, time
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+tag, log = args["--tag"], args["--log"]
+def note(what):
+    with open(log, "a") as f:
+        f.write(f"{{time.monotonic_ns()}} {{os.getpid()}} {{tag}} {{what}}\\n")
+stop = []
+signal.signal(signal.Signals[args.get("--graceful", "SIGTERM")], lambda sig, frame: stop.append(sig))
+lsock = socket.socket(fileno=3)  # LISTEN_FDS=1: the socket reld holds
+note(f"start inode={{os.fstat(3).st_ino}} listen_pid={{os.environ.get('LISTEN_PID')}}")
+time.sleep(float(args.get("--ready-delay", "0")))
+ready = args.get("--ready", "notify")
+if ready == "notify":
+    addr = os.environ["NOTIFY_SOCKET"]
+    n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    n.sendto(b"STATUS=starting\\nREADY=1\\n", "\\0" + addr[1:] if addr.startswith("@") else addr)
+    n.close()
+elif ready == "file":
+    open(os.path.join(os.path.dirname(log), f"ready-{{os.getpid()}}"), "w").close()
+note("ready")
+lsock.setblocking(False)
+served = 0
+while not stop:
+    if not select.select([lsock], [], [], 0.05)[0]:
+        continue
+    try:
+        c, _ = lsock.accept()
+    except BlockingIOError:  # the other process took it
+        continue
+    c.setblocking(True)
+    c.settimeout(5)
+    try:
+        c.recv(100)
+        time.sleep(0.005)  # in flight long enough for a stop to meet a request
+        c.sendall(f"{{tag}} {{os.getpid()}}\\n".encode())
+    finally:
+        c.close()
+    served += 1
+note(f"stopping signal={{signal.Signals(stop[0]).name}} served={{served}}")
+"""
+
+
+def release(work, vsn, port, extra, server_args):
+    """Release vsn of application web (vsn.0): one process serving on port."""
+    src = os.path.join(work, f"src-{vsn}")
+    app = os.path.join(src, "lib", f"web-{vsn}.0")
+    os.makedirs(os.path.join(app, "bin"))
+    with open(os.path.join(app, "bin", "server"), "w") as f:
+        f.write(SERVER.format(python=PYTHON))
+    os.chmod(os.path.join(app, "bin", "server"), 0o755)
+    args = ["--tag", f"v{vsn}", "--log", os.path.join(work, "events.log")] + server_args
+    with open(os.path.join(app, "app.yaml"), "w") as f:
+        f.write(f'name: web\nvsn: "{vsn}.0"\nprocesses:\n  - name: web\n    exec: bin/server\n'
+                f'    args: {json.dumps(args)}\n    shutdown_ms: 3000\n'
+                f'    sockets: [{{name: http, listen: "127.0.0.1:{port}"}}]\n{extra}')
+    os.makedirs(os.path.join(src, "releases", vsn))
+    with open(os.path.join(src, "releases", vsn, "release.yaml"), "w") as f:
+        f.write(f'release: web\nvsn: "{vsn}"\napplications:\n  - {{name: web, vsn: "{vsn}.0"}}\n')
+    path = os.path.join(work, f"web-{vsn}.tar.gz")
+    with tarfile.open(path, "w:gz") as t:
+        t.add(os.path.join(src, "releases"), "releases")
+        t.add(os.path.join(src, "lib"), "lib")
+    return path
+
+
+class Load:
+    """Clients that connect, ask and read the answer, one connection per
+    request, until stopped: every failure (refused, reset, no answer) is
+    counted, with the answers' tags."""
+
+    def __init__(self, port, clients=3):
+        self.port, self.ok, self.failed, self.tags, self.errors = port, 0, 0, {}, []
+        self.lock, self.done = threading.Lock(), False
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def run(self):
+        while not self.done:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
+                    c.sendall(b"GET\n")
+                    data = b""
+                    while True:
+                        b = c.recv(100)
+                        if not b:
+                            break
+                        data += b
+                tag = data.decode().split()[0] if data else None
+                with self.lock:
+                    if tag:
+                        self.ok += 1
+                        self.tags[tag] = self.tags.get(tag, 0) + 1
+                    else:
+                        self.failed += 1
+                        self.errors.append("empty answer")
+            except OSError as e:
+                with self.lock:
+                    self.failed += 1
+                    self.errors.append(repr(e))
+
+    def stop(self):
+        self.done = True
+        for t in self.threads:
+            t.join(20)
+        return self
+
+
+def events(work):
+    """[(ns, pid, tag, what)] of the servers' log."""
+    path = os.path.join(work, "events.log")
+    if not os.path.exists(path):
+        return []
+    return [(int(a), int(b), c, w) for a, b, c, w in
+            (line.rstrip("\n").split(" ", 3) for line in open(path) if line.count(" ") >= 3)]
+
+
+def first(ev, tag, what):
+    """The first event of tag whose text starts with what, or None."""
+    return next((e for e in ev if e[2] == tag and e[3].startswith(what)), None)
+
+
+def procs(r):
+    rc, out, err = r.relctl("status", "--json")
+    return [p for p in json.loads(out)["processes"] if p["pid"]] if rc == 0 else []
+
+
+def current(r):
+    rc, out, err = r.relctl("status", "--json")
+    st = json.loads(out) if rc == 0 else {}
+    return [p.get("vsn") for p in st.get("processes", [])]
+
+
+def wait_for(pred, timeout=20.0):
+    return supervise.wait_for(pred, timeout)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def test_overlap_notify(work):
+    port = d.free_port()
+    extra = "    stop_signal: SIGINT\n    ready: notify\n    ready_timeout_ms: 10000\n"
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", release(work, "1", port, extra, ["--graceful", "SIGINT"]))
+    d.tap(rc == 0 and wait_for(lambda: first(events(work), "v1", "ready")), "release 1 installed, its server ready",
+          out + err)
+    load = Load(port)
+    wait_for(lambda: load.ok >= 20)
+    for vsn in ("2", "3"):
+        rc, out, err = r.relctl("install", release(work, vsn, port, extra,
+                                                    ["--graceful", "SIGINT", "--ready-delay", "0.3"]))
+        d.tap(rc == 0, f"upgrade to {vsn}: replaced with overlap", out + err)
+        seen = load.ok
+        wait_for(lambda: load.ok >= seen + 20)
+    load.stop()
+    d.tap(load.failed == 0 and load.tags.get("v3", 0) > 0 and load.tags.get("v2", 0) > 0,
+          f"{load.ok} requests through two replacements, 0 failed, answered by v1, v2 and v3",
+          f"ok {load.ok} failed {load.failed} {load.tags} {load.errors[:5]}")
+    ev = events(work)
+    for old, new in (("v1", "v2"), ("v2", "v3")):
+        ready, stopping, start = first(ev, new, "ready"), first(ev, old, "stopping"), first(ev, new, "start")
+        d.tap(ready and stopping and start and start[0] < ready[0] < stopping[0],
+              f"{new} started and said READY=1 before {old} was told to stop", ev)
+        d.tap(stopping and stopping[3].startswith("stopping signal=SIGINT"),
+              f"{old} was stopped with its stop_signal, SIGINT (and served until then)", stopping)
+    starts = [e for e in ev if e[3].startswith("start")]
+    inodes = {re.search(r"inode=(\d+)", e[3]).group(1) for e in starts}
+    d.tap(len(starts) == 3 and len(inodes) == 1 and
+          all(re.search(r"listen_pid=(\d+)", e[3]).group(1) == str(e[1]) for e in starts),
+          "the three servers got the very same listening socket (one inode), LISTEN_PID their own pid", starts)
+    log = open(os.path.join(work, "reld.log"), errors="replace").read()
+    d.tap(re.search(r"web/web\[\d+\] ready \(READY=1\)", log) and
+          re.search(r"web/web\[\d+\] started beside \d+", log), "reld's log says so", log[-1500:])
+    ps = procs(r)
+    pid = ps[0]["pid"] if ps else 0
+    d.tap(len(ps) == 1 and ps[0]["vsn"] == "3.0" and pid == first(ev, "v3", "start")[1] and
+          not alive(first(ev, "v1", "start")[1]) and not alive(first(ev, "v2", "start")[1]),
+          "status: the v3 process runs, the old ones are gone", ps)
+    # The socket survives a re-exec of reld (the Proc's held sockets, reexec.c).
+    rc, out, err = r.relctl("daemon-reexec")
+    ok = wait_for(lambda: procs(r))
+    load = Load(port, clients=1)
+    wait_for(lambda: load.ok >= 10)
+    load.stop()
+    d.tap(rc == 0 and ok and ok[0]["pid"] == pid and load.failed == 0 and load.tags.get("v3"),
+          "after a re-exec of reld, the same process serves on the same socket", (rc, err, ok, load.errors[:3]))
+    r.stop()
+
+
+def test_ready_timeout(work):
+    port = d.free_port()
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", release(work, "1", port, "    stop_signal: SIGINT\n    ready: notify\n",
+                                               ["--graceful", "SIGINT"]))
+    before = wait_for(lambda: procs(r))
+    load = Load(port)
+    wait_for(lambda: load.ok >= 20)
+    rc, out, err = r.relctl("install", release(work, "2", port,
+                                               "    stop_signal: SIGINT\n    ready: notify\n"
+                                               "    ready_timeout_ms: 400\n", ["--ready", "never", "--graceful",
+                                                                               "SIGINT"]))
+    seen = load.ok
+    wait_for(lambda: load.ok >= seen + 20)
+    load.stop()
+    lines = [line for line in err.splitlines() if "not ready within" in line]
+    d.tap(rc != 0 and len(lines) == 1 and
+          re.search(r"web/web\[\d+\]: not ready within 400 ms \(no READY=1 on its NOTIFY_SOCKET\): stopped; "
+                    r"process \d+ serves on", lines[0]),
+          "a new version that never says READY=1: the upgrade fails with one line naming the process and the wait",
+          out + err)
+    ev = events(work)
+    v2 = first(ev, "v2", "start")
+    after = procs(r)
+    d.tap(before and after and after[0]["pid"] == before[0]["pid"] and after[0]["vsn"] == "1.0" and
+          not first(ev, "v1", "stopping"),
+          "the old process was never told to stop and runs on, on release 1", (before, after, ev))
+    stopped = wait_for(lambda: first(events(work), "v2", "stopping"))
+    d.tap(v2 and stopped and stopped[3].startswith("stopping signal=SIGINT") and wait_for(lambda: not alive(v2[1])),
+          "the new process (which served without saying READY=1) was stopped with its stop_signal, and is gone",
+          events(work))
+    d.tap(load.failed == 0 and load.tags.get("v1", 0) > 0,
+          f"{load.ok} requests, 0 failed (answered by v1, and by v2 until it stopped)",
+          f"{load.tags} {load.errors[:5]}")
+    rc, out, err = r.relctl("status")
+    d.tap(re.search(r"\b1\b.*current", out) or re.search(r"current.*\b1\b", out),
+          "release 1 is still the current release", out)
+    r.stop()
+
+
+def test_ready_health(work):
+    port = d.free_port()
+    check = f"    health: {{exec: [/bin/sh, -c, 'test -e {work}/ready-$RELD_PID'], interval_ms: 100}}\n"
+    extra = "    ready: health\n    ready_timeout_ms: 10000\n" + check
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", release(work, "1", port, extra, ["--ready", "file"]))
+    wait_for(lambda: procs(r))
+    load = Load(port)
+    wait_for(lambda: load.ok >= 20)
+    rc, out, err = r.relctl("install", release(work, "2", port, extra, ["--ready", "file", "--ready-delay", "0.4"]))
+    seen = load.ok
+    wait_for(lambda: load.ok >= seen + 20)
+    load.stop()
+    ev = events(work)
+    ready, stopping = first(ev, "v2", "ready"), first(ev, "v1", "stopping")
+    d.tap(rc == 0 and ready and stopping and ready[0] < stopping[0] and
+          stopping[3].startswith("stopping signal=SIGTERM"),
+          "ready: health: the old process is told to stop (SIGTERM, the default) once the new one passes its check",
+          (out + err, ev))
+    d.tap(load.failed == 0 and load.tags.get("v2"), f"{load.ok} requests, 0 failed", f"{load.tags} {load.errors[:5]}")
+    r.stop()
+
+
+def test_overlap_false(work):
+    port = d.free_port()
+    extra = "    overlap: false\n    stop_signal: SIGWINCH\n"
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", release(work, "1", port, extra, ["--graceful", "SIGWINCH", "--ready", "none"]))
+    wait_for(lambda: procs(r))
+    load = Load(port)
+    wait_for(lambda: load.ok >= 20)
+    rc, out, err = r.relctl("install", release(work, "2", port, extra, ["--graceful", "SIGWINCH", "--ready", "none"]))
+    seen = load.ok
+    wait_for(lambda: load.ok >= seen + 20)
+    load.stop()
+    ev = events(work)
+    stopping, start = first(ev, "v1", "stopping"), first(ev, "v2", "start")
+    d.tap(rc == 0 and stopping and start and stopping[3].startswith("stopping signal=SIGWINCH"),
+          "overlap: false: the old process gets its stop_signal, SIGWINCH", (out + err, ev))
+    log = open(os.path.join(work, "reld.log"), errors="replace").read()
+    m = re.search(r"web/web\[(\d+)\] stopped .*?web/web\[(\d+)\] started", log[log.find("upgrade from 1"):], re.S)
+    d.tap(m and int(m.group(1)) == stopping[1] and int(m.group(2)) == start[1] and "started beside" not in log,
+          "and has exited before the new one starts (reld's log: stopped, then started)", log[-1500:])
+    d.tap(load.failed == 0 and load.tags.get("v2"), f"{load.ok} requests, 0 failed (reld holds the socket meanwhile)",
+          f"{load.tags} {load.errors[:5]}")
+    r.stop()
+
+
+def main():
+    global A
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reld", required=True)
+    ap.add_argument("--relctl", required=True)
+    A = ap.parse_args()
+    d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
+    d.DEFAULT_CONFIG = "min_healthy_ms: 100\n"
+    return d.run_tests((test_overlap_notify, test_ready_timeout, test_ready_health, test_overlap_false),
+                       "reld-replace-")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
