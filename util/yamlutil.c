@@ -205,6 +205,61 @@ typedef struct Open {
     int pending_key; /* a mapping: the key waiting for its value, or 0 */
 } Open;
 
+/* A block of the arena that holds the document's item and pair arrays: a
+ * file of appups has a few hundred lists of two or three items, and a
+ * malloc for each, a realloc for each growth and a free for each at the
+ * end were a tenth of loading it. A list that grows is copied to a new
+ * place twice its size, so the arena holds at most twice what the lists
+ * need. */
+struct YamlArenaBlock {
+    YamlArenaBlock *next;
+    size_t used, cap;
+    max_align_t data[];
+};
+
+static void *arena_alloc(YamlArenaBlock **a, size_t n)
+{
+    n = (n + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
+    if (!*a || (*a)->cap - (*a)->used < n) {
+        size_t cap = *a ? (*a)->cap * 2 : 4096;
+        while (cap < n)
+            cap *= 2;
+        YamlArenaBlock *b = xmalloc(sizeof(*b) + cap);
+        *b = (YamlArenaBlock){.next = *a, .cap = cap};
+        *a = b;
+    }
+    void *p = (char *)(*a)->data + (*a)->used;
+    (*a)->used += n;
+    return p;
+}
+
+/* An array of n items of size elem grown to twice (or 4) in the arena. */
+static void *arena_grow(YamlArenaBlock **a, void *v, size_t n, size_t elem, size_t *cap)
+{
+    *cap = n ? n * 2 : 4;
+    void *w = arena_alloc(a, *cap * elem);
+    if (n)
+        memcpy(w, v, n * elem);
+    return w;
+}
+
+/* yaml_document_delete for a document composed here: the scalars' text
+ * (taken from libyaml's events) and the nodes are malloc'd, the lists are
+ * the arena's. */
+static void doc_free(yaml_document_t *d, YamlArenaBlock **a)
+{
+    for (yaml_node_t *n = d->nodes.start; n && n < d->nodes.top; n++)
+        if (n->type == YAML_SCALAR_NODE)
+            free(n->data.scalar.value);
+    free(d->nodes.start);
+    *d = (yaml_document_t){0};
+    while (*a) {
+        YamlArenaBlock *next = (*a)->next;
+        free(*a);
+        *a = next;
+    }
+}
+
 static yaml_node_t *doc_node(yaml_document_t *d, int index)
 {
     return &d->nodes.start[index - 1];
@@ -227,13 +282,14 @@ static int doc_push(yaml_document_t *d, size_t guess, yaml_node_t node)
 
 /* Puts node in the innermost open collection: an item of a list, a key or
  * a value of a mapping. */
-static void doc_attach(yaml_document_t *d, Open *o, int node)
+static void doc_attach(yaml_document_t *d, YamlArenaBlock **a, Open *o, int node)
 {
     yaml_node_t *p = doc_node(d, o->node);
     if (p->type == YAML_SEQUENCE_NODE) {
         if (p->data.sequence.items.top == p->data.sequence.items.end) {
-            size_t n = (size_t)(p->data.sequence.items.top - p->data.sequence.items.start), cap = n ? n * 2 : 4;
-            p->data.sequence.items.start = xrealloc(p->data.sequence.items.start, cap * sizeof(yaml_node_item_t));
+            size_t n = (size_t)(p->data.sequence.items.top - p->data.sequence.items.start), cap;
+            p->data.sequence.items.start =
+                arena_grow(a, p->data.sequence.items.start, n, sizeof(yaml_node_item_t), &cap);
             p->data.sequence.items.top = p->data.sequence.items.start + n;
             p->data.sequence.items.end = p->data.sequence.items.start + cap;
         }
@@ -242,8 +298,8 @@ static void doc_attach(yaml_document_t *d, Open *o, int node)
         o->pending_key = node;
     } else {
         if (p->data.mapping.pairs.top == p->data.mapping.pairs.end) {
-            size_t n = (size_t)(p->data.mapping.pairs.top - p->data.mapping.pairs.start), cap = n ? n * 2 : 4;
-            p->data.mapping.pairs.start = xrealloc(p->data.mapping.pairs.start, cap * sizeof(yaml_node_pair_t));
+            size_t n = (size_t)(p->data.mapping.pairs.top - p->data.mapping.pairs.start), cap;
+            p->data.mapping.pairs.start = arena_grow(a, p->data.mapping.pairs.start, n, sizeof(yaml_node_pair_t), &cap);
             p->data.mapping.pairs.top = p->data.mapping.pairs.start + n;
             p->data.mapping.pairs.end = p->data.mapping.pairs.start + cap;
         }
@@ -254,7 +310,8 @@ static void doc_attach(yaml_document_t *d, Open *o, int node)
 
 /* One event into the document; false at its end. The bounds have been
  * checked, so collections are nested at most YAML_MAX_DEPTH deep. */
-static bool doc_event(yaml_document_t *d, Bounds *b, size_t guess, Open *open, int *depth, yaml_event_t *e)
+static bool doc_event(yaml_document_t *d, YamlArenaBlock **a, Bounds *b, size_t guess, Open *open, int *depth,
+                      yaml_event_t *e)
 {
     int node = 0;
     switch (e->type) {
@@ -304,7 +361,7 @@ static bool doc_event(yaml_document_t *d, Bounds *b, size_t guess, Open *open, i
         return true;
     }
     if (*depth > 0)
-        doc_attach(d, &open[*depth], node);
+        doc_attach(d, a, &open[*depth], node);
     if (e->type == YAML_SEQUENCE_START_EVENT || e->type == YAML_MAPPING_START_EVENT)
         open[++*depth] = (Open){.node = node};
     return true;
@@ -345,7 +402,7 @@ static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len,
         if (r < 0)
             ok = false;
         else
-            more = doc_event(&c->doc, b, guess, open, &depth, &e) && r > 0;
+            more = doc_event(&c->doc, &c->arena, b, guess, open, &depth, &e) && r > 0;
         yaml_event_delete(&e);
         more = more && ok;
     }
@@ -355,7 +412,7 @@ static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len,
         free(b->anchors[i].name);
     free(b);
     if (!ok) {
-        yaml_document_delete(&c->doc);
+        doc_free(&c->doc, &c->arena);
         return false;
     }
     c->have_doc = true;
@@ -392,7 +449,7 @@ yaml_node_t *yaml_ctx_load_optional(YamlCtx *c, const char *file, const char *bu
 void yaml_ctx_done(YamlCtx *c)
 {
     if (c->have_doc)
-        yaml_document_delete(&c->doc);
+        doc_free(&c->doc, &c->arena);
     c->have_doc = false;
 }
 

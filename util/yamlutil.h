@@ -30,10 +30,15 @@
 #define YAML_MAX_ANCHORS     256     /* libyaml looks anchors up linearly */
 #define YAML_MAX_DIRECTIVES  16      /* %TAG/%YAML lines; libyaml compares each with every other */
 
+typedef struct YamlArenaBlock YamlArenaBlock;
+
 typedef struct YamlCtx {
     const char *file; /* borrowed, for messages; NULL is "<input>" */
     yaml_document_t doc;
     bool have_doc;
+    /* The items and pairs of the document's collections, allocated from
+     * blocks freed together (not one malloc per list and per growth). */
+    YamlArenaBlock *arena;
     bool empty; /* the input holds no node content (see yaml_ctx_load_optional) */
     Diag *diag;
     /* Nodes a walk of the whole document visits: those of the input, and
