@@ -850,7 +850,8 @@ static void parse_modules(YamlCtx *c, yaml_node_t *list, AppDef *a)
         }
         check_name(c, name_node, "module", md.name);
         if (!md.file)
-            md.file = xasprintf("modules/%s.so", md.name);
+            md.file = strcat(strcat(strcpy(xmalloc(strlen(md.name) + sizeof("modules/.so")), "modules/"), md.name),
+                             ".so"); /* not xasprintf: 20,000 modules in a release */
         else if (!path_stays_inside(md.file))
             yaml_error(c, yaml_map_get(c, n, "file"), "module file '%s' resolves outside the application's directory",
                        md.file);
