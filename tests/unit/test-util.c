@@ -514,7 +514,7 @@ START_TEST(strmap_reserve_room)
     strmap_put(&m, "first", 42);
     strmap_reserve(&m, N + 1);
     size_t cap = m.cap;
-    ck_assert_uint_ge(cap, 2 * (N + 1));
+    ck_assert_uint_ge(cap, 2 * ((size_t)N + 1));
     ck_assert_uint_eq(cap & (cap - 1), 0);
     for (size_t i = 0; i < N; i++) {
         snprintf(keys[i], sizeof(keys[i]), "r%zu", i);
