@@ -51,7 +51,11 @@ int store_module_changed(void *root, const AppDef *old_app, const AppDef *new_ap
 
 /* The relup from -> to for a root: the stored releases/<to>/relup.yaml when
  * it exists and is for `from` (*ret_stored is set true), else computed
- * (deriving missing appup entries when derive is true). */
+ * (deriving missing appup entries when derive is true). Uses up to three
+ * threads of its own, all joined before it returns: the stored relup read
+ * while the applications of both releases load from one queue on two,
+ * then each release validated on one, the two directions computed on two,
+ * the releases freed on two. */
 int store_relup(const char *root, const char *from, const char *to, bool derive, Relup **ret, bool *ret_stored,
                 Diag *diag);
 
