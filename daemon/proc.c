@@ -565,6 +565,7 @@ int proc_call_on(Proc *p, ProcLane lane, json_t *req, int timeout_ms, ProcCallDo
 
 static void notify_prepare(Proc *p);
 static bool overlap_exit(Proc *p, const siginfo_t *si);
+static void retire_prev(Proc *p);
 
 static int on_exit_(sd_event_source *src, const siginfo_t *si, void *userdata)
 {
@@ -990,6 +991,9 @@ int proc_stop(Proc *p)
     if (p->stopping)
         return 0; /* already on its way: its SIGKILL stays when it was due */
     p->stopping = true;
+    if (p->prev.on && !p->prev.retiring && p->prev.pid)
+        retire_prev(p); /* stopped during an overlap (reld stops): both runs go */
+    log_info("%s[%d] told to stop (%s)", p->label, (int)p->pid, appdefs_signal_name(p->src.def->stop_signal));
     (void)kill(p->pid, p->src.def->stop_signal); /* it exists until we reap it */
     uint64_t at = (uint64_t)(mono_us() + p->src.def->shutdown_ms * 1000LL);
     int r;
@@ -1200,6 +1204,21 @@ static int on_prev_kill_timer(sd_event_source *s, uint64_t usec, void *userdata)
     return 0;
 }
 
+/* The run before is told to stop, as its definition says. */
+static void retire_prev(Proc *p)
+{
+    p->prev.retiring = true;
+    log_info("%s[%d] told to stop (%s): %d replaces it", p->label, (int)p->prev.pid,
+             appdefs_signal_name(p->prev.def->stop_signal), (int)p->pid);
+    (void)kill(p->prev.pid, p->prev.def->stop_signal); /* it exists until we reap it */
+    uint64_t at = (uint64_t)(mono_us() + p->prev.def->shutdown_ms * 1000LL);
+    int r = sd_event_add_time(p->ev, &p->prev.kill_timer, CLOCK_MONOTONIC, at, 1000, on_prev_kill_timer, p);
+    if (r < 0) {
+        log_error("%s[%d]: no stop timer (%s): SIGKILL now", p->label, (int)p->prev.pid, strerror(-r));
+        (void)kill(p->prev.pid, SIGKILL);
+    }
+}
+
 int proc_successor_commit(Proc *p, ProcRetired retired, void *userdata)
 {
     if (!p->prev.on || p->prev.retiring || !p->pid)
@@ -1208,16 +1227,9 @@ int proc_successor_commit(Proc *p, ProcRetired retired, void *userdata)
         p->prev = (struct ProcPrev){0};
         return 1;
     }
-    p->prev.retiring = true;
     p->prev.retired = retired;
     p->prev.retired_data = userdata;
-    (void)kill(p->prev.pid, p->prev.def->stop_signal); /* it exists until we reap it */
-    uint64_t at = (uint64_t)(mono_us() + p->prev.def->shutdown_ms * 1000LL);
-    int r = sd_event_add_time(p->ev, &p->prev.kill_timer, CLOCK_MONOTONIC, at, 1000, on_prev_kill_timer, p);
-    if (r < 0) {
-        log_error("%s[%d]: no stop timer (%s): SIGKILL now", p->label, (int)p->prev.pid, strerror(-r));
-        (void)kill(p->prev.pid, SIGKILL);
-    }
+    retire_prev(p);
     return 0;
 }
 
