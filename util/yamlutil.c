@@ -375,8 +375,16 @@ static bool ctx_parse(YamlCtx *c, const char *file, const char *buf, size_t len,
     *c = (YamlCtx){.file = file, .diag = diag};
     if (!check_directives(file, buf, len, diag))
         return false;
-    Bounds *b = xcalloc(1, sizeof(*b));
-    *b = (Bounds){.file = file, .diag = diag, .max_nodes = max_nodes};
+    /* Not zeroed whole: the stack and the anchors (12 KB) are written
+     * before they are read, and clearing them twice per file showed in the
+     * profile of a release of 2,000 files. */
+    Bounds *b = xmalloc(sizeof(*b));
+    b->file = file;
+    b->diag = diag;
+    b->max_nodes = max_nodes;
+    b->nodes = b->alias_nodes = b->alias_bytes = 0;
+    b->stack[0] = (Frame){0};
+    b->depth = b->n_anchors = b->alias_node = 0;
     Open open[YAML_MAX_DEPTH + 2] = {{0}};
     int depth = 0;
     size_t guess = len / 8 + 16;
