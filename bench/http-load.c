@@ -232,7 +232,8 @@ int main(int argc, char **argv)
         }
     }
     keepalive = !strcmp(mode, "keepalive");
-    if (port <= 0 || port > 65535 || rate <= 0 || conns <= 0 || !out_path || (!keepalive && strcmp(mode, "close"))) {
+    if (port <= 0 || port > 65535 || rate <= 0 || conns <= 0 || !out_path ||
+        (!keepalive && strcmp(mode, "close") != 0)) {
         fprintf(stderr, "usage: http-load --port P [--rate R] [--duration-ms D] [--mode close|keepalive] "
                         "[--conns N] [--path P] --out FILE\n");
         return 2;
@@ -299,6 +300,7 @@ int main(int argc, char **argv)
         }
     }
     fclose(out);
+    free(slots);
     printf("{\"sent\": %llu, \"ok\": %llu, \"failed\": %llu, \"retried\": %llu, \"refused\": %llu, \"slot_waits\": "
            "%llu}\n",
            n_ok + n_failed, n_ok, n_failed, n_retried, n_refused, waited);
