@@ -13,6 +13,7 @@
  *
  * The child says what went wrong on stderr (the test log) and the check
  * fails. */
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,13 +34,16 @@
 
 enum { TESTBOUND_OVER_BUDGET = 42 };
 
-static unsigned long long testbound_calls, testbound_budget = ~0ULL;
+/* Atomic: relup_compute may run its two directions on two threads
+ * (RelupOptions.parallel), both calling strcmp. */
+static _Atomic unsigned long long testbound_calls;
+static unsigned long long testbound_budget = ~0ULL;
 
 /* Defines strcmp, counting calls. */
 #define TESTBOUND_STRCMP                                                                                               \
     int strcmp(const char *a, const char *b)                                                                           \
     {                                                                                                                  \
-        if (++testbound_calls > testbound_budget)                                                                      \
+        if (atomic_fetch_add_explicit(&testbound_calls, 1, memory_order_relaxed) + 1 > testbound_budget)               \
             _exit(TESTBOUND_OVER_BUDGET);                                                                              \
         const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;                              \
         while (*x && *x == *y) {                                                                                       \
