@@ -27,6 +27,15 @@
 extern char **environ;
 
 #define CONTROL_LINE_MAX 65536
+/* The control channels are edge-triggered: with level triggering, sd-event's
+ * epoll_wait (one per event dispatched) reported every channel that had a
+ * reply waiting, again and again: O(n^2) in the kernel for replies from n
+ * processes (a relup that touches 1,000 processes spent most of its time
+ * there). */
+#define CTL_EVENTS (EPOLLIN | EPOLLET)
+/* At most this many reads of a channel per event, so that one process
+ * cannot keep reld reading it. */
+#define CTL_READS_PER_EVENT 16
 
 /* One output pipe of one run of a process: it may still hold lines after
  * the process exited and a new run started, so it keeps its own pid. */
@@ -62,6 +71,7 @@ struct Proc {
     bool said_identity; /* its warning about its user, if any, is in the log */
     sd_event_source *child_src, *ctl_src, *kill_timer;
     int ctl_fd;
+    bool ctl_wants_out; /* EPOLLOUT is in ctl_src's events: out holds bytes not yet sent */
     char in[CONTROL_LINE_MAX];
     size_t in_len;
     char *out; /* bytes for the control channel: out[out_off..out_len) not yet sent */
@@ -386,6 +396,7 @@ static void channel_close(Proc *p)
 {
     p->ctl_src = sd_event_source_disable_unref(p->ctl_src); /* closes ctl_fd: the source owns it */
     p->ctl_fd = -1;
+    p->ctl_wants_out = false;
     p->in_len = 0;
     free(p->out);
     p->out = NULL;
@@ -447,7 +458,10 @@ static int flush_out(Proc *p)
     }
     if (p->out_off == p->out_len)
         p->out_off = p->out_len = 0; /* all sent: the buffer starts over (no moving of what is left) */
-    return sd_event_source_set_io_events(p->ctl_src, EPOLLIN | (p->out_len ? EPOLLOUT : 0));
+    if (p->ctl_wants_out == (p->out_len > 0))
+        return 0; /* no epoll_ctl per send */
+    p->ctl_wants_out = p->out_len > 0;
+    return sd_event_source_set_io_events(p->ctl_src, CTL_EVENTS | (p->ctl_wants_out ? EPOLLOUT : 0));
 }
 
 static int on_control(sd_event_source *src, int fd, uint32_t revents, void *userdata)
@@ -459,27 +473,39 @@ static int on_control(sd_event_source *src, int fd, uint32_t revents, void *user
     }
     if (!(revents & (EPOLLIN | EPOLLHUP | EPOLLERR)))
         return 0;
-    ssize_t n = read(fd, p->in + p->in_len, sizeof(p->in) - p->in_len);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return 0;
-    if (n <= 0) {
-        channel_close(p);
-        return 0;
-    }
-    p->in_len += (size_t)n;
-    char *nl, *start = p->in;
-    while ((nl = memchr(start, '\n', p->in_len - (size_t)(start - p->in)))) {
-        handle_line(p, start, (size_t)(nl - start));
-        if (p->ctl_fd < 0) /* a call's end closed the channel */
+    /* Edge-triggered (CTL_EVENTS): read to EAGAIN, or the rest would wait
+     * for the next byte to come. */
+    for (int reads = 0; reads < CTL_READS_PER_EVENT; reads++) {
+        ssize_t n = read(fd, p->in + p->in_len, sizeof(p->in) - p->in_len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
             return 0;
-        start = nl + 1;
+        if (n <= 0) {
+            channel_close(p);
+            return 0;
+        }
+        p->in_len += (size_t)n;
+        char *nl, *start = p->in;
+        while ((nl = memchr(start, '\n', p->in_len - (size_t)(start - p->in)))) {
+            handle_line(p, start, (size_t)(nl - start));
+            if (p->ctl_fd < 0) /* a call's end closed the channel */
+                return 0;
+            start = nl + 1;
+        }
+        p->in_len -= (size_t)(start - p->in);
+        memmove(p->in, start, p->in_len);
+        if (p->in_len == sizeof(p->in)) {
+            log_warning("%s[%d]: a control line longer than %d bytes: dropped", p->label, (int)p->pid,
+                        CONTROL_LINE_MAX);
+            p->in_len = 0;
+        }
     }
-    p->in_len -= (size_t)(start - p->in);
-    memmove(p->in, start, p->in_len);
-    if (p->in_len == sizeof(p->in)) {
-        log_warning("%s[%d]: a control line longer than %d bytes: dropped", p->label, (int)p->pid, CONTROL_LINE_MAX);
-        p->in_len = 0;
-    }
+    /* A process that writes without end gets its turn back later, after the
+     * others: setting the events again re-arms the edge (sd-event never
+     * skips that for an edge-triggered source). */
+    if (sd_event_source_set_io_events(src, CTL_EVENTS | (p->ctl_wants_out ? EPOLLOUT : 0)) < 0)
+        channel_close(p); /* it would never be read again */
     return 0;
 }
 
@@ -951,7 +977,7 @@ int proc_spawn(Proc *p)
         return r;
     }
     if (fcntl(p->ctl_fd, F_SETFL, O_NONBLOCK) < 0 ||
-        (r = sd_event_add_io(p->ev, &p->ctl_src, p->ctl_fd, EPOLLIN, on_control, p)) < 0) {
+        (r = sd_event_add_io(p->ev, &p->ctl_src, p->ctl_fd, CTL_EVENTS, on_control, p)) < 0) {
         r = r < 0 ? r : -errno;
         close(p->ctl_fd);
         p->ctl_fd = -1;
@@ -1464,7 +1490,7 @@ Proc *proc_adopt(sd_event *ev, const char *label, ProcSource *src, const json_t 
         (void)waitpid(p->pid, NULL, 0); /* immediate: SIGKILL cannot be refused */
         p->pid = 0;
     }
-    if (ctl >= 0 && p->pid && (r = sd_event_add_io(ev, &p->ctl_src, ctl, EPOLLIN, on_control, p)) < 0)
+    if (ctl >= 0 && p->pid && (r = sd_event_add_io(ev, &p->ctl_src, ctl, CTL_EVENTS, on_control, p)) < 0)
         log_error("%s[%d]: no control channel (%s); it runs without one", label, (int)p->pid, strerror(-r));
     if (ctl >= 0 && !p->ctl_src) { /* not watched: nobody reads it */
         close(ctl);

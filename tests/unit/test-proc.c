@@ -712,6 +712,31 @@ START_TEST(call_gets_its_reply)
 }
 END_TEST
 
+/* The channel is edge-triggered: what waits there when reld comes to read,
+ * far more than one read takes (120 lines of 1 kB, then the reply), is read
+ * to the end, with no more bytes coming to trigger another event. */
+START_TEST(call_reply_after_a_burst_of_lines)
+{
+    start("read -r line <&3; id=$(echo \"$line\" | sed 's/.*\"id\":\\([0-9]*\\).*/\\1/');"
+          "{ head -c 120000 /dev/zero | tr '\\0' x | fold -w 1000; echo; } | sed "
+          "'s/.*/{\"event\":\"noise\",\"x\":\"&\"}/' > burst.tmp;"
+          "echo \"{\\\"id\\\":$id,\\\"ok\\\":true,\\\"modules\\\":[]}\" >> burst.tmp; cat burst.tmp >&3; touch "
+          "written; " WAIT_SCRIPT,
+          "");
+    ck_assert_int_eq(proc_call(p, json_pack("{s:s}", "cmd", "status"), 30000, on_call, NULL), 0);
+    /* All of it in the socket before the loop runs (a bounded wait). */
+    char *written = path_in("written");
+    for (int k = 0; k < 1500 && access(written, F_OK) != 0; k++)
+        usleep(10 * 1000);
+    ck_assert_int_eq(access(written, F_OK), 0);
+    free(written);
+    ck_assert(test_run_until(ev, call_ended, 30000));
+    ck_assert_int_eq(call_r, 0);
+    ck_assert(json_is_true(json_object_get(call_reply, "ok")));
+    ck_assert_int_gt(proc_pid(p), 0);
+}
+END_TEST
+
 START_TEST(call_times_out)
 {
     /* Reads requests and never answers. */
@@ -937,7 +962,8 @@ static Suite *proc_suite(void)
         {"proc_call",
          {call_gets_its_reply, call_times_out, call_late_reply_after_a_timeout_ends_nothing,
           call_to_a_process_that_dies_is_econnreset, call_while_another_is_out_is_ebusy,
-          call_without_a_channel_is_econnreset, call_hello_makes_it_speak_the_protocol}},
+          call_without_a_channel_is_econnreset, call_hello_makes_it_speak_the_protocol,
+          call_reply_after_a_burst_of_lines}},
         {"proc_cancel_call", {cancel_call_calls_nobody}},
         {"proc_send", {send_large_to_a_process_not_reading_does_not_block, send_expects_no_reply}},
         {"proc_free", {free_kills_and_reaps, free_during_a_call_calls_nobody, free_of_a_process_never_started}},
