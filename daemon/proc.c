@@ -8,12 +8,15 @@
 #include <grp.h>
 #include <netinet/in.h>
 #include <pwd.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <systemd/sd-journal.h>
@@ -616,8 +619,13 @@ static int on_exit_(sd_event_source *src, const siginfo_t *si, void *userdata)
     return 0;
 }
 
-/* Formats n into buf (async-signal-safe, for the child after fork). */
-static void put_number(char *buf, long n)
+/* Code of the child of a spawn, which runs in reld's memory (CLONE_VM):
+ * not instrumented by ASan, whose bookkeeping (stack bounds, the shadow of
+ * a stack it does not know) belongs to the parent's thread. */
+#define CHILD_CODE __attribute__((no_sanitize_address))
+
+/* Formats n into buf (async-signal-safe, for the child of a spawn). */
+CHILD_CODE static void put_number(char *buf, long n)
 {
     char tmp[24];
     int k = 0;
@@ -774,9 +782,9 @@ int proc_identity(const ProcessDef *def, ProcIdentity *ret, Diag *diag)
     return 0;
 }
 
-/* In the child after fork (async-signal-safe only): "reld: cannot STEP:
+/* In the child of a spawn (async-signal-safe only): "reld: cannot STEP:
  * errno N" on its stderr, and exit 122. */
-static _Noreturn void child_fail(const char *step)
+CHILD_CODE static _Noreturn void child_fail(const char *step)
 {
     char num[24];
     put_number(num, errno);
@@ -789,17 +797,20 @@ static _Noreturn void child_fail(const char *step)
 }
 
 /* Groups, group, the bounding set (which needs CAP_SETPCAP: before the
- * uid changes), then the user. Every result checked. */
-void proc_identity_apply(const ProcIdentity *id)
+ * uid changes), then the user. Every result checked. The ids change by
+ * raw system calls: glibc's wrappers, in a child that shares reld's memory
+ * (proc_spawn), would take reld's threads for its own and change their
+ * ids too (its set*id broadcast), as glibc's posix_spawn avoids the same way. */
+CHILD_CODE void proc_identity_apply(const ProcIdentity *id)
 {
-    if (id->change_ids && setgroups(id->n_groups, id->groups) < 0)
+    if (id->change_ids && syscall(SYS_setgroups, id->n_groups, id->groups) < 0)
         child_fail("setgroups");
-    if (id->change_ids && setresgid(id->gid, id->gid, id->gid) < 0)
+    if (id->change_ids && syscall(SYS_setresgid, id->gid, id->gid, id->gid) < 0)
         child_fail("setresgid");
     for (int cap = 0; id->bound_caps && cap <= id->cap_last; cap++)
         if (!(id->keep_caps & (1ULL << cap)) && prctl(PR_CAPBSET_DROP, (unsigned long)cap, 0, 0, 0) < 0)
             child_fail("drop a capability from the bounding set (PR_CAPBSET_DROP)");
-    if (id->change_ids && setresuid(id->uid, id->uid, id->uid) < 0)
+    if (id->change_ids && syscall(SYS_setresuid, id->uid, id->uid, id->uid) < 0)
         child_fail("setresuid");
 }
 
@@ -822,6 +833,132 @@ static int output_fd(Proc *p, int priority, int *ret_relay)
     return pp[1];
 }
 
+/* ---- the child of a spawn ------------------------------------------------------ */
+
+/* The child runs on a stack of its own, in reld's memory (CLONE_VM), while
+ * the thread that spawns it waits (CLONE_VFORK) until it has called execve
+ * or exited: no page table is copied, so a spawn costs the same whatever
+ * reld's size (fork()'s cost grows with it). The child reads what the
+ * parent made for it and writes only into its area below. */
+#define SPAWN_STACK_SIZE ((size_t)64 * 1024)
+
+typedef struct SpawnArea {
+    char listen_pid[32]; /* "LISTEN_PID=" and the child's pid, which the child writes */
+    int exec_errno;      /* execve's errno when it failed (0: it did not) */
+} SpawnArea;
+
+typedef struct Spawn {
+    SpawnArea *area;
+    const int *listen_fds;
+    size_t n_listen;
+    int ctl, out, err;
+    const ProcIdentity *id;
+    const char *dir, *path;
+    char **argv, **envp;
+} Spawn;
+
+/* The child: every signal is blocked (the parent blocked them around the
+ * spawn), and reld's handlers are reset before any is let through: they
+ * would run reld's code on reld's memory. fds 0-2, then 3.. listening
+ * sockets, then control. Exits 124 when the descriptors cannot be set up,
+ * 125 when reld died already, 126 when the directory cannot be entered,
+ * 127 when execve failed, 122 from proc_identity_apply(). */
+CHILD_CODE static int spawn_child(void *arg)
+{
+    const Spawn *s = arg;
+    for (int sig = 1; sig < _NSIG; sig++) {
+        struct sigaction sa;
+        /* Ignored signals stay ignored, handlers become SIG_DFL: what
+         * execve does anyway, done before it. glibc's own signals fail here. */
+        if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL) {
+            sa.sa_handler = SIG_DFL;
+            sa.sa_flags = 0;
+            (void)sigaction(sig, &sa, NULL); /* a valid signal that has a handler: cannot fail */
+        }
+    }
+    int high[64];
+    size_t n = s->n_listen < 62 ? s->n_listen : 62;
+    for (size_t i = 0; i < n; i++)
+        high[i] = fcntl(s->listen_fds[i], F_DUPFD_CLOEXEC, 100);
+    int hctl = fcntl(s->ctl, F_DUPFD_CLOEXEC, 100), hout = fcntl(s->out, F_DUPFD_CLOEXEC, 100),
+        herr = fcntl(s->err, F_DUPFD_CLOEXEC, 100);
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull < 0 || hctl < 0 || hout < 0 || herr < 0 || dup2(devnull, 0) < 0 || dup2(hout, 1) < 0 ||
+        dup2(herr, 2) < 0)
+        _exit(124);
+    for (size_t i = 0; i < n; i++)
+        if (high[i] < 0 || dup2(high[i], 3 + (int)i) < 0)
+            _exit(124);
+    if (dup2(hctl, 3 + (int)n) < 0)
+        _exit(124);
+    if (s->n_listen)
+        put_number(s->area->listen_pid + 11, (long)getpid());
+    sigset_t none;
+    sigemptyset(&none);
+    (void)sigprocmask(SIG_SETMASK, &none, NULL); /* cannot fail with a valid set */
+    proc_identity_apply(s->id);
+    /* A managed process dies with reld (as processes die with their
+     * VM): a restarted reld then boots one consistent release. After
+     * the change of user, which clears it. */
+    (void)prctl(PR_SET_PDEATHSIG, SIGKILL); /* cannot fail with a valid signal */
+    if (getppid() == 1)
+        _exit(125); /* reld died before the line above */
+    (void)signal(SIGPIPE, SIG_DFL);
+    (void)setpgid(0, 0); /* cannot fail for ourselves, a new child */
+    if (chdir(s->dir) < 0)
+        _exit(126);
+    execve(s->path, s->argv, s->envp);
+    s->area->exec_errno = errno;
+    _exit(127);
+}
+
+#ifdef RELD_TEST_HOOKS
+/* RELD_TEST_SPAWN_BALLAST_MB=N: N MiB of reld's memory, written once (so
+ * resident) at the first spawn, for bench/scale-bench to measure a spawn's
+ * cost against reld's size. Never freed: it is reld's size from then on. */
+static void test_ballast(void)
+{
+    static bool done;
+    static char *ballast; /* reachable, for LeakSanitizer */
+    const char *mb = getenv("RELD_TEST_SPAWN_BALLAST_MB");
+    if (done || !mb)
+        return;
+    done = true;
+    size_t n = strtoul(mb, NULL, 10) << 20;
+    ballast = n ? malloc(n) : NULL;
+    if (ballast)
+        memset(ballast, 1, n);
+    log_info("test hook: %zu MiB of ballast %s", n >> 20, ballast || !n ? "resident" : "not allocated");
+}
+#endif
+
+/* Starts the child of s: its pid (it has called execve or exited by
+ * then), or -errno. */
+static pid_t spawn_start(const Spawn *s)
+{
+    char *top = (char *)s->area + SPAWN_STACK_SIZE; /* the stack grows down to the area */
+    sigset_t all, old;
+    sigfillset(&all);
+    /* No handler of reld's may run in the child before it resets them. */
+    int r = pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (r > 0)
+        return -r;
+    pid_t pid;
+#ifdef RELD_TEST_HOOKS
+    test_ballast();
+    /* The fork() reld used before, for bench/scale-bench's baseline. */
+    if (getenv("RELD_TEST_SPAWN_FORK")) {
+        pid = fork();
+        if (pid == 0)
+            _exit(spawn_child((void *)s));
+    } else
+#endif
+        pid = clone(spawn_child, top, CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)s);
+    int e = errno;
+    (void)pthread_sigmask(SIG_SETMASK, &old, NULL); /* cannot fail: it was the mask */
+    return pid < 0 ? -e : pid;
+}
+
 int proc_spawn(Proc *p)
 {
     memset(p->tail, 0, sizeof(p->tail)); /* "its last output" is this run's */
@@ -842,8 +979,8 @@ int proc_spawn(Proc *p)
             close(out_relay);
         return r;
     }
-    /* Everything the child needs is made before fork: after it, only
-     * async-signal-safe calls (reld has threads). */
+    /* Everything the child needs is made before it starts: it makes only
+     * async-signal-safe calls (it shares reld's memory; reld has threads). */
     const ProcessDef *def = p->src.def;
     char **argv = xcalloc(def->args.n + 2, sizeof(char *));
     argv[0] = p->src.path;
@@ -869,17 +1006,11 @@ int proc_spawn(Proc *p)
     if (out_relay < 0 && fstat(out, &st) == 0) /* a journal stream: say so, as systemd does */
         strvec_push_take(
             &env, xasprintf("JOURNAL_STREAM=%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino));
-    char *pid_env = NULL;
     if (p->n_listen) {
         strvec_push_take(&env, xasprintf("LISTEN_FDS=%zu", p->n_listen));
         strvec_push_take(&env, xasprintf("LISTEN_FDNAMES=%s", p->fdnames));
-        pid_env = xcalloc(40, 1);
-        strcpy(pid_env, "LISTEN_PID="); /* the child writes its pid after it */
-        strvec_push_take(&env, pid_env);
     }
-    GROW(env.v, env.cap, env.n + 1);
-    env.v[env.n] = NULL;
-    const char *dir = p->src.dir;
+    GROW(env.v, env.cap, env.n + 2); /* LISTEN_PID (in the child's area, not env's to free) and NULL */
     ProcIdentity id = {0};
     Diag idd = {0};
     int idr = proc_identity(def, &id, &idd);
@@ -903,44 +1034,33 @@ int proc_spawn(Proc *p)
     p->said_identity = true;
     diag_clear(&idd);
 
-    pid_t pid = fork();
-    if (pid == 0) {
-        /* The child: fds 0-2, then 3.. listening sockets, then control. */
-        int high[64];
-        size_t n = p->n_listen < 62 ? p->n_listen : 62;
-        for (size_t i = 0; i < n; i++)
-            high[i] = fcntl(p->listen_fds[i], F_DUPFD_CLOEXEC, 100);
-        int hctl = fcntl(ctl[1], F_DUPFD_CLOEXEC, 100), hout = fcntl(out, F_DUPFD_CLOEXEC, 100),
-            herr = fcntl(err, F_DUPFD_CLOEXEC, 100);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull < 0 || hctl < 0 || hout < 0 || herr < 0 || dup2(devnull, 0) < 0 || dup2(hout, 1) < 0 ||
-            dup2(herr, 2) < 0)
-            _exit(124);
-        for (size_t i = 0; i < n; i++)
-            if (high[i] < 0 || dup2(high[i], 3 + (int)i) < 0)
-                _exit(124);
-        if (dup2(hctl, 3 + (int)n) < 0)
-            _exit(124);
-        if (pid_env)
-            put_number(pid_env + 11, (long)getpid());
-        sigset_t all;
-        sigemptyset(&all);
-        (void)sigprocmask(SIG_SETMASK, &all, NULL); /* cannot fail with a valid set */
-        proc_identity_apply(&id);
-        /* A managed process dies with reld (as processes die with their
-         * VM): a restarted reld then boots one consistent release. After
-         * the change of user, which clears it. */
-        (void)prctl(PR_SET_PDEATHSIG, SIGKILL); /* cannot fail with a valid signal */
-        if (getppid() == 1)
-            _exit(125); /* reld died before the line above */
-        (void)signal(SIGPIPE, SIG_DFL);
-        (void)setpgid(0, 0); /* cannot fail for ourselves right after fork */
-        if (chdir(dir) < 0)
-            _exit(126);
-        execve(p->src.path, argv, env.v);
-        _exit(127);
+    pid_t pid = 0;
+    int exec_errno = 0;
+    SpawnArea *area =
+        mmap(NULL, SPAWN_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    int r = area == MAP_FAILED ? -errno : 0;
+    if (r == 0) {
+        size_t k = env.n;
+        strcpy(area->listen_pid, "LISTEN_PID="); /* the child writes its pid after it */
+        if (p->n_listen)
+            env.v[k++] = area->listen_pid;
+        env.v[k] = NULL;
+        Spawn s = {.area = area,
+                   .listen_fds = p->listen_fds,
+                   .n_listen = p->n_listen,
+                   .ctl = ctl[1],
+                   .out = out,
+                   .err = err,
+                   .id = &id,
+                   .dir = p->src.dir,
+                   .path = p->src.path,
+                   .argv = argv,
+                   .envp = env.v};
+        pid = spawn_start(&s);
+        r = pid < 0 ? pid : 0;
+        exec_errno = area->exec_errno;        /* the child is done with the area */
+        (void)munmap(area, SPAWN_STACK_SIZE); /* cannot fail for a mapping of ours */
     }
-    int r = pid < 0 ? -errno : 0;
     proc_identity_clear(&id);
     free(argv);
     strvec_clear(&env);
@@ -992,6 +1112,8 @@ int proc_spawn(Proc *p)
     if (err_relay >= 0 && watch_output(p, err_relay) < 0)
         log_error("%s[%d]: its stderr cannot be relayed", p->label, (int)pid);
     log_info("%s[%d] started", p->label, (int)pid);
+    if (exec_errno) /* it exits 127, which comes through the loop as any exit */
+        log_error("%s[%d]: cannot execute %s: %s", p->label, (int)pid, p->src.path, strerror(exec_errno));
     return 0;
 }
 

@@ -1,7 +1,11 @@
 #pragma once
 /* proc: one managed process as the operating system and the control
- * protocol see it: its start (fork, exec, the environment of
- * docs/runtime.md), its output, its control channel and its stop.
+ * protocol see it: its start (a child that shares reld's memory until
+ * it calls execve, clone(CLONE_VM | CLONE_VFORK): its cost does not grow
+ * with reld's size as fork()'s does; the environment of docs/runtime.md),
+ * its output, its control channel and its stop. A process whose execve
+ * fails exits 127 and reld logs "app/process[pid]: cannot execute PATH:
+ * REASON" at its start.
  *
  * Environment: RELD_CONTROL_FD (reld keeps the other end), RELD_MODULES,
  * RELD_PROCESS, and the listening sockets, opened once by proc_new() and
@@ -78,9 +82,11 @@ typedef struct ProcIdentity {
  * that is root, a warning in diag says so unless `user: root` asked. */
 int proc_identity(const ProcessDef *def, ProcIdentity *ret, Diag *diag);
 void proc_identity_clear(ProcIdentity *id);
-/* Becomes id, in a child after fork and before execve (async-signal-safe
- * only: reld has threads): proc_spawn() for the process, health.c for its
- * exec checks, so that a check runs as the process it checks. On a failure
+/* Becomes id, in a child after fork or clone and before execve
+ * (async-signal-safe only, ids changed by raw system calls: reld has
+ * threads, and proc_spawn()'s child shares its memory): proc_spawn() for
+ * the process, health.c for its exec checks, so that a check runs as the
+ * process it checks. On a failure
  * it writes "reld: cannot STEP: errno N" to fd 2 and _exits 122. */
 void proc_identity_apply(const ProcIdentity *id);
 

@@ -525,11 +525,19 @@ START_TEST(spawn_missing_executable_exits_127)
     ProcSource src = source_of(rel);
     free(src.path);
     src.path = path_in("no-such-program");
+    char *want = xasprintf("]: cannot execute %s: %s", src.path, strerror(ENOENT));
     proc_set_source(p, &src);
+    capture_start();
     ck_assert_int_eq(proc_spawn(p), 0);
     ck_assert(test_run_until(ev, exited, 5000));
+    capture_end();
     ck_assert_int_eq(last_exit.si_code, CLD_EXITED);
     ck_assert_int_eq(last_exit.si_status, 127);
+    /* The child told reld why before it exited: one line, at the spawn. */
+    char *log = slurp("reld.log");
+    ck_assert_int_eq(count_lines_with(log, want), 1);
+    free(log);
+    free(want);
 }
 END_TEST
 
