@@ -12,7 +12,8 @@ all through the upgrades. Prints TAP.
      re-exec of reld keeps the process and its socket;
   2. ready: notify never sent, ready_timeout_ms: 400: the upgrade fails
      with one line, the new process is gone, the old one serves on
-     (same pid), release 1 stays current, 0 failed requests;
+     (same pid), release 1 stays current, 0 failed requests; a new
+     version that exits at once: the same, its output quoted;
   3. ready: health (an exec check that asks the new process, RELD_PID);
   4. overlap: false + stop_signal: SIGWINCH: the old process has stopped
      before the new one starts (today's way, for servers that cannot run
@@ -275,6 +276,40 @@ def test_ready_timeout(work):
     r.stop()
 
 
+def test_new_version_ends(work):
+    """A new version that exits at once (exit 3, one line of output): the
+    upgrade fails with one line quoting it; the old process never stops."""
+    port = d.free_port()
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", release(work, "1", port, "    ready: notify\n", []))
+    before = wait_for(lambda: procs(r))
+    tar = release(work, "2", port, "    ready: notify\n", [])
+    with tarfile.open(tar) as t:  # the same release, its server replaced by one that fails
+        t.extractall(os.path.join(work, "bad"))
+    bad = os.path.join(work, "bad", "lib", "web-2.0", "bin", "server")
+    with open(bad, "w") as f:
+        f.write("#!/bin/sh\necho cannot open the database\nexit 3\n")
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(os.path.join(work, "bad", "releases"), "releases")
+        t.add(os.path.join(work, "bad", "lib"), "lib")
+    load = Load(port, clients=1)
+    rc, out, err = r.relctl("install", tar)
+    seen = load.ok
+    wait_for(lambda: load.ok >= seen + 10)
+    load.stop()
+    lines = [line for line in err.splitlines() if "before it was ready" in line]
+    d.tap(rc != 0 and len(lines) == 1 and
+          re.search(r"web/web: its new version ended before it was ready \(its last output: cannot open the "
+                    r"database\); process \d+ serves on", lines[0]),
+          "a new version that exits at once: the upgrade fails with one line quoting its output", out + err)
+    after = procs(r)
+    d.tap(before and after and after[0]["pid"] == before[0]["pid"] and after[0]["vsn"] == "1.0" and
+          not first(events(work), "v1", "stopping") and load.failed == 0 and load.tags.get("v1"),
+          f"the old process was never told to stop and serves on ({load.ok} requests, 0 failed)",
+          (before, after, load.errors[:3]))
+    r.stop()
+
+
 def test_ready_health(work):
     port = d.free_port()
     check = f"    health: {{exec: [/bin/sh, -c, 'test -e {work}/ready-$RELD_PID'], interval_ms: 100}}\n"
@@ -331,7 +366,8 @@ def main():
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     d.DEFAULT_CONFIG = "min_healthy_ms: 100\n"
-    return d.run_tests((test_overlap_notify, test_ready_timeout, test_ready_health, test_overlap_false),
+    return d.run_tests((test_overlap_notify, test_ready_timeout, test_new_version_ends, test_ready_health,
+                        test_overlap_false),
                        "reld-replace-")
 
 
