@@ -1041,10 +1041,12 @@ static void successors_clear(Executor *e)
         health_gate_free(s->gate);
         health_probe_free(s->probe);
         free(s->why);
-        if (s->waiting && s->retiring) /* the executor goes first (reld stops) */
+        if (s->waiting) /* the executor goes first (reld stops): nobody to tell */
             proc_successor_forget(s->c->proc);
-        else if (s->waiting) /* the old run serves on */
+        if (s->waiting && !s->retiring) { /* the old run serves on, on its definition: the new one goes */
             proc_successor_abort(s->c->proc);
+            supervisor_adopt_app(e->s, s->c->app, e->p.from);
+        }
     }
     free(e->successors);
     e->successors = NULL;

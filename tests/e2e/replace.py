@@ -26,6 +26,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import tarfile
 import threading
@@ -310,6 +311,25 @@ def test_new_version_ends(work):
     r.stop()
 
 
+def test_reld_stops_during_overlap(work):
+    """reld told to stop while a new version is not ready yet: both
+    processes go, reld exits 0 (no sanitizer report: the Successor and the
+    run before freed on the way)."""
+    port = d.free_port()
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", release(work, "1", port, "    ready: notify\n", []))
+    v1 = wait_for(lambda: first(events(work), "v1", "ready"))
+    up = subprocess.Popen([A.relctl, "install", release(work, "2", port, "    ready: notify\n",
+                                                        ["--ready-delay", "30"])],
+                          env=dict(os.environ, RELD_SOCKET=r.sock), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    v2 = wait_for(lambda: first(events(work), "v2", "start"))
+    code = r.stop()
+    up.communicate(timeout=30)
+    d.tap(v1 and v2 and code == 0 and wait_for(lambda: not alive(v1[1]) and not alive(v2[1]), timeout=10),
+          "reld stopped while the new version is not ready: exit 0, the old and the new process gone",
+          (code, v1, v2, open(os.path.join(work, "reld.log"), errors="replace").read()[-1500:]))
+
+
 def test_ready_health(work):
     port = d.free_port()
     check = f"    health: {{exec: [/bin/sh, -c, 'test -e {work}/ready-$RELD_PID'], interval_ms: 100}}\n"
@@ -366,8 +386,8 @@ def main():
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     d.DEFAULT_CONFIG = "min_healthy_ms: 100\n"
-    return d.run_tests((test_overlap_notify, test_ready_timeout, test_new_version_ends, test_ready_health,
-                        test_overlap_false),
+    return d.run_tests((test_overlap_notify, test_ready_timeout, test_new_version_ends, test_reld_stops_during_overlap,
+                        test_ready_health, test_overlap_false),
                        "reld-replace-")
 
 
