@@ -21,6 +21,11 @@
 struct History {
     sqlite3 *db;
     char error[512]; /* the reason of the last failure: history_last_error */
+    /* Statements an upgrade runs for each batch of instruction rows,
+     * prepared once (SQLITE_PREPARE_PERSISTENT) and kept until the close:
+     * a prepare costs more than the insert of a row. */
+    sqlite3_stmt *insert_instruction, *attempt_exists;
+    int64_t commits; /* write transactions committed: history_commits */
 };
 
 /* Schema migrations: entry i takes the database from user_version i to
@@ -371,6 +376,14 @@ static int check_tables(History *h)
     return 0;
 }
 
+/* SQLite's commit hook: a write transaction goes to commit (read ones
+ * do not call it). 0: the commit goes on. */
+static int on_commit(void *userdata)
+{
+    ((History *)userdata)->commits++;
+    return 0;
+}
+
 static int open_db(History *h, const char *path, bool create)
 {
     if (!create) {
@@ -386,6 +399,7 @@ static int open_db(History *h, const char *path, bool create)
     int rc = sqlite3_open_v2(path, &h->db, flags, NULL);
     if (rc != SQLITE_OK)
         return fail(h, rc);
+    (void)sqlite3_commit_hook(h->db, on_commit, h); /* returns the previous hook: none */
     if ((rc = sqlite3_extended_result_codes(h->db, 1)) != SQLITE_OK ||
         (rc = sqlite3_busy_timeout(h->db, BUSY_TIMEOUT_MS)) != SQLITE_OK)
         return fail(h, rc);
@@ -489,6 +503,8 @@ History *history_close(History *h)
 {
     if (!h)
         return NULL;
+    (void)sqlite3_finalize(h->insert_instruction); /* NULL, or its last step's result, already taken */
+    (void)sqlite3_finalize(h->attempt_exists);
     (void)sqlite3_close_v2(h->db); /* SQLITE_OK: every statement is finalized */
     free(h);
     return NULL;
@@ -790,10 +806,25 @@ int history_attempt_begin(History *h, const char *who, const char *kind, const c
     return r;
 }
 
+/* The statement *cache holds (prepared from sql the first time), reset
+ * and with its bindings cleared: 0 and *ret, or -errno. */
+static int cached(History *h, sqlite3_stmt **cache, const char *sql, sqlite3_stmt **ret)
+{
+    if (!*cache) {
+        int rc = sqlite3_prepare_v3(h->db, sql, -1, SQLITE_PREPARE_PERSISTENT, cache, NULL);
+        if (rc != SQLITE_OK)
+            return fail(h, rc);
+    }
+    (void)sqlite3_reset(*cache);          /* repeats its last step's result, already taken */
+    (void)sqlite3_clear_bindings(*cache); /* SQLITE_OK always */
+    *ret = *cache;
+    return 0;
+}
+
 static int attempt_exists(History *h, int64_t attempt)
 {
     sqlite3_stmt *st = NULL;
-    int r = prep(h, "SELECT 1 FROM attempts WHERE id = ?", 0, NULL, &st);
+    int r = cached(h, &h->attempt_exists, "SELECT 1 FROM attempts WHERE id = ?", &st);
     if (r < 0)
         return r;
     if ((r = bind_int64(h, st, 1, attempt)) == 0) {
@@ -802,7 +833,7 @@ static int attempt_exists(History *h, int64_t attempt)
             : rc == SQLITE_DONE ? failf(h, -ENOENT, "attempt %lld is not known", (long long)attempt)
                                 : fail(h, rc);
     }
-    (void)sqlite3_finalize(st); /* repeats the step's result, already taken */
+    (void)sqlite3_reset(st); /* ends its read; repeats the step's result, already taken */
     return r;
 }
 
@@ -812,10 +843,10 @@ static int attempt_instructions(History *h, int64_t attempt, const HistoryInstru
     if (r < 0)
         return r;
     sqlite3_stmt *st = NULL;
-    r = prep(h,
-             "INSERT OR REPLACE INTO instructions(attempt_id, idx, instr, outcome, duration_us, start_us) "
-             "VALUES (?, ?, ?, ?, ?, ?)",
-             0, NULL, &st);
+    r = cached(h, &h->insert_instruction,
+               "INSERT OR REPLACE INTO instructions(attempt_id, idx, instr, outcome, duration_us, start_us) "
+               "VALUES (?, ?, ?, ?, ?, ?)",
+               &st);
     if (r < 0)
         return r;
     for (size_t k = 0; r == 0 && k < n; k++) {
@@ -831,8 +862,13 @@ static int attempt_instructions(History *h, int64_t attempt, const HistoryInstru
             r = step_done(h, st);
         free(text);
     }
-    (void)sqlite3_finalize(st); /* repeats the last step's result, already taken */
+    (void)sqlite3_reset(st); /* kept for the next batch; repeats the last step's result, already taken */
     return r;
+}
+
+int64_t history_commits(const History *h)
+{
+    return h ? h->commits : 0;
 }
 
 int history_attempt_instructions(History *h, int64_t attempt, const HistoryInstruction *v, size_t n)

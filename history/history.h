@@ -132,8 +132,17 @@ typedef struct HistoryInstruction {
 } HistoryInstruction;
 /* Writes or rewrites (same attempt and idx) the rows, in one transaction:
  * all or none. -ENOENT for an unknown attempt, -EINVAL for a NULL instr or
- * outcome. */
+ * outcome. This is the batch: the executor writes the rows of many steps
+ * that call no process with one call (one commit), and its statements are
+ * prepared once per handle, so that a row costs an insert, not a prepare
+ * and a commit (docs/benchmarks.md, the executor's records). */
 int history_attempt_instructions(History *h, int64_t attempt, const HistoryInstruction *v, size_t n);
+/* How many write transactions h has committed since it was opened
+ * (SQLite's commit hook: every function's transaction, each autocommit
+ * write, the migrations; read transactions are not counted; a COMMIT that
+ * fails at the disk after SQLite began it counts too). For tests and
+ * benchmarks: what one call of history_attempt_instructions costs. */
+int64_t history_commits(const History *h);
 /* result must not be NULL (-EINVAL); -ENOENT for an unknown attempt. In
  * the same transaction, instructions of the attempt still "running" (their
  * outcome could not be written) become "not recorded: its outcome could

@@ -1182,6 +1182,79 @@ START_TEST(attempt_instructions_busy)
 }
 END_TEST
 
+/* The executor's batch: the rows of many steps in one call, one commit. */
+START_TEST(attempt_instructions_batch_is_one_commit)
+{
+    int64_t a = begin_attempt();
+    enum { N = 10000 };
+    HistoryInstruction *v = calloc(N, sizeof(*v));
+    ck_assert_ptr_nonnull(v);
+    json_t *instr = json_pack("{s:s, s:s}", "op", "load", "module", "m");
+    for (int k = 0; k < N; k++)
+        v[k] = (HistoryInstruction){.idx = k + 1, .instr = instr, .outcome = "ok", .start_us = k, .duration_us = 1};
+    int64_t before = history_commits(h);
+    ck_assert_int_eq(history_attempt_instructions(h, a, v, N), 0);
+    ck_assert_int_eq(history_commits(h) - before, 1);
+    ck_assert_int_eq(count("SELECT count(*) FROM instructions WHERE outcome = 'ok'"), N);
+    ck_assert_int_eq(count("SELECT sum(start_us) FROM instructions"), (long long)N * (N - 1) / 2);
+    /* A second batch rewrites some rows and adds one: one commit more. */
+    v[0].outcome = v[1].outcome = "failed: no";
+    v[2] = (HistoryInstruction){.idx = N + 1, .instr = instr, .outcome = "not run"};
+    ck_assert_int_eq(history_attempt_instructions(h, a, v, 3), 0);
+    ck_assert_int_eq(history_commits(h) - before, 2);
+    ck_assert_int_eq(count("SELECT count(*) FROM instructions"), N + 1);
+    ck_assert_int_eq(count("SELECT count(*) FROM instructions WHERE outcome = 'failed: no' AND idx <= 2"), 2);
+    /* A batch that fails half-way commits nothing, and the next goes on. */
+    sql_once("CREATE TRIGGER t BEFORE INSERT ON instructions WHEN NEW.idx = 5000 "
+             "BEGIN SELECT RAISE(FAIL, 'injected'); END;");
+    for (int k = 0; k < N; k++)
+        v[k].outcome = "rewritten";
+    ck_assert_fails(history_attempt_instructions(h, a, v, N), -EINVAL, "injected");
+    ck_assert_int_eq(history_commits(h) - before, 2);
+    ck_assert_int_eq(count("SELECT count(*) FROM instructions WHERE outcome = 'rewritten'"), 0);
+    ck_assert_int_eq(history_attempt_instructions(h, a, v, 4999), 0);
+    ck_assert_int_eq(history_commits(h) - before, 3);
+    ck_assert_int_eq(count("SELECT count(*) FROM instructions WHERE outcome = 'rewritten'"), 4999);
+    json_decref(instr);
+    free(v);
+}
+END_TEST
+
+/* What history_commits counts: writes, each autocommit one too; not
+ * reads, nor a transaction rolled back. */
+START_TEST(commits_counts_writes_only)
+{
+    ck_assert_int_eq(history_commits(NULL), 0);
+    int64_t c = history_commits(h);
+    ck_assert_int_eq(history_event(h, "boot", NULL, NULL, NULL), 0); /* one statement, autocommit */
+    ck_assert_int_eq(history_commits(h), c + 1);
+    json_t *list = NULL;
+    ck_assert_int_eq(history_list(h, 5, &list), 0); /* a read transaction */
+    json_decref(list);
+    ck_assert_int_eq(history_commits(h), c + 1);
+    ck_assert_int_eq(history_release_add(h, "1.0", "shop", "t"), 0); /* two rows, one transaction */
+    ck_assert_int_eq(history_commits(h), c + 2);
+    ck_assert_fails(history_release_add(h, "1.0", "shop", "t"), -EEXIST, "already known");
+    ck_assert_int_eq(history_commits(h), c + 2);
+}
+END_TEST
+
+/* The prepared statements kept between batches follow a change of the
+ * schema by another connection (SQLite prepares them again). */
+START_TEST(attempt_instructions_after_a_schema_change)
+{
+    int64_t a = begin_attempt();
+    ck_assert_int_eq(write_instructions(a, 2, "running"), 0);
+    sql_once("CREATE TRIGGER t BEFORE INSERT ON instructions WHEN NEW.outcome = 'ok' "
+             "BEGIN SELECT RAISE(FAIL, 'injected after'); END;");
+    ck_assert_fails(write_instructions(a, 2, "ok"), -EINVAL, "injected after");
+    sql_once("DROP TRIGGER t");
+    ck_assert_int_eq(write_instructions(a, 2, "ok"), 0);
+    ck_assert_int_eq(count("SELECT count(*) FROM instructions WHERE outcome = 'ok'"), 2);
+    ck_assert_fails(write_instructions(a + 1, 1, "ok"), -ENOENT, "is not known");
+}
+END_TEST
+
 START_TEST(attempt_end_sets_result)
 {
     int64_t a = begin_attempt();
@@ -1471,7 +1544,9 @@ static Suite *history_suite(void)
         {"history_attempt_instructions",
          {attempt_instructions_write_and_rewrite, attempt_instructions_bad_arguments,
           attempt_instructions_injected_failure_writes_nothing, attempt_instructions_disk_full_at_commit,
-          attempt_instructions_busy}},
+          attempt_instructions_busy, attempt_instructions_batch_is_one_commit,
+          attempt_instructions_after_a_schema_change}},
+        {"history_commits", {commits_counts_writes_only}},
         {"history_attempt_end", {attempt_end_sets_result, attempt_end_disk_full}},
         {"history_attempts_interrupted",
          {interrupted_attempt_is_closed_after_a_restart, interrupted_is_one_transaction}},
