@@ -208,9 +208,19 @@ struct Executor {
     size_t n_successors;
     bool switch_stopped; /* the switch-over stopped processes */
     /* Records wait in memory while a process is suspended: no disk write
-     * (a commit, a WAL checkpoint) may lengthen the pause. */
+     * (a commit, a WAL checkpoint) may lengthen the pause; and those of
+     * steps that call no process wait for the next batch (executor.h). */
     Record *records;
-    size_t n_records;
+    size_t n_records, cap_records;
+    bool step_recorded; /* the step under way was written "running" before it ran */
+    int64_t commits0;   /* history_commits() when the run began */
+    /* Every child, walked once for a step's instructions rather than once
+     * for each of their modules (a script of 20,000 modules against 1,000
+     * applications): kids() while in_step, until an instruction that may
+     * add, remove or replace children (kids_valid). */
+    Child **kids;
+    size_t n_kids;
+    bool kids_valid, in_step;
     /* The rehearsal (executor.h): where it is, and its results. */
     RehearsalState rehearsal_state;
     json_t *rehearsal;
@@ -296,11 +306,32 @@ static Request request(RequestCmd cmd, const char *module, int timeout_ms)
     return (Request){.cmd = cmd, .module = xstrdup(module), .timeout_ms = timeout_ms};
 }
 
+/* Every child, in start order: inside a step's loop (in_step) the walk
+ * made for it, else a new one; kids_end() after. */
+static Child **kids(Executor *e, size_t *ret_n)
+{
+    if (!e->in_step)
+        return all_children(e->s, ret_n);
+    if (!e->kids_valid) {
+        free(e->kids);
+        e->kids = all_children(e->s, &e->n_kids);
+        e->kids_valid = true;
+    }
+    *ret_n = e->n_kids;
+    return e->kids;
+}
+
+static void kids_end(const Executor *e, Child **v)
+{
+    if (!e->in_step)
+        free(v);
+}
+
 /* Queues a copy of req for module to every process that runs it; clears req. */
 static void add_to_runners(Executor *e, const char *module, Request *req)
 {
     size_t n;
-    Child **all = all_children(e->s, &n);
+    Child **all = kids(e, &n);
     for (size_t k = 0; k < n; k++)
         if (runs(e, all[k], module)) {
             Request copy = *req;
@@ -313,8 +344,21 @@ static void add_to_runners(Executor *e, const char *module, Request *req)
             copy.version = xstrdup(req->version);
             add_request(e, all[k], &copy);
         }
-    free(all);
+    kids_end(e, all);
     request_clear(req);
+}
+
+/* Does a process that speaks the protocol run module? (add_to_runners
+ * would ask one.) */
+static bool any_runner(Executor *e, const char *module)
+{
+    size_t n;
+    Child **all = kids(e, &n);
+    bool any = false;
+    for (size_t k = 0; k < n && !any; k++)
+        any = runs(e, all[k], module);
+    kids_end(e, all);
+    return any;
 }
 
 /* What a successful reply means for the bookkeeping of the recovery. */
@@ -620,7 +664,7 @@ static int exec_instr(Executor *e, const RelupInstr *in)
     case RELUP_RESUME: {
         bool suspend = in->op == RELUP_SUSPEND;
         size_t n;
-        Child **all = all_children(e->s, &n);
+        Child **all = kids(e, &n);
         for (size_t k = 0; k < n; k++) {
             if (!proc_speaks_protocol(all[k]->proc) || !runs_any(e, all[k], in))
                 continue;
@@ -629,7 +673,7 @@ static int exec_instr(Executor *e, const RelupInstr *in)
                 strvec_push(&req.modules, in->mods[m].module);
             add_request(e, all[k], &req);
         }
-        free(all);
+        kids_end(e, all);
         return 0;
     }
     case RELUP_LOAD: {
@@ -790,11 +834,22 @@ static int flush_records(Executor *e)
 }
 
 /* The record of instruction i (0-based) with its outcome (taken). */
+/* A new record at the end of e->records. The array grows by doubling and
+ * is kept between batches: a realloc per record of a batch of 1,024
+ * (40 KB) made glibc consolidate its free lists at each one. */
+static Record *new_record(Executor *e)
+{
+    if (e->n_records == e->cap_records) {
+        e->cap_records = e->cap_records ? 2 * e->cap_records : 16;
+        e->records = xrealloc(e->records, e->cap_records * sizeof(*e->records));
+    }
+    return &e->records[e->n_records++];
+}
+
 static void record_instruction(Executor *e, size_t i, char *outcome, long long start, long long dur)
 {
     json_t *j = relup_to_json(&(Relup){.from = "", .to = "", .up = {.v = (RelupInstr *)&e->script->v[i], .n = 1}});
-    e->records = xrealloc(e->records, (e->n_records + 1) * sizeof(*e->records));
-    e->records[e->n_records++] = (Record){
+    *new_record(e) = (Record){
         .idx = (int)i + 1,
         .instr = json_incref(json_array_get(json_object_get(j, "up"), 0)),
         .outcome = outcome,
@@ -814,6 +869,116 @@ static size_t step_end(const Executor *e, size_t i)
         if (e->script->v[k].op == RELUP_RESUME)
             return k + 1;
     return e->script->n;
+}
+
+/* Records of steps that call no process wait in memory for the next step
+ * that does (written with its "running" rows), for the script's end or a
+ * failure, or until this many wait: one commit for all of them. */
+#define RECORDS_BATCH 1024
+
+/* How long one executor_step() may run steps that call no process, one
+ * after another, before the event loop turns: what a status request
+ * waits at most for them. */
+#define STEPS_RUN_US 1000
+
+/* Is a step [i, end) to be written "running" before it runs? When it may
+ * send a request to a process, or stop or start one (exec_instr's tests,
+ * made before it: a crash during the step must leave the history saying
+ * which call was under way), and at the point of no return (a crash after
+ * it must find it passed, as the supervised processes may have changed
+ * from there). A step that does none of this changes nothing outside reld:
+ * it is recorded once, with its outcome, in the next batch. */
+static bool step_records_first(Executor *e, size_t i, size_t end)
+{
+    for (size_t k = i; k < end; k++) {
+        const RelupInstr *in = &e->script->v[k];
+        switch (in->op) {
+        case RELUP_LOAD_OBJECT_CODE:
+        case RELUP_SUSPEND:
+        case RELUP_RESUME:
+        case RELUP_CODE_CHANGE:
+        case RELUP_PURGE:
+            for (size_t m = 0; m < in->n_mods; m++)
+                if (any_runner(e, in->mods[m].module))
+                    return true;
+            break;
+        case RELUP_LOAD:
+        case RELUP_REMOVE:
+            if (any_runner(e, in->module))
+                return true;
+            break;
+        case RELUP_STOP: {
+            size_t n;
+            Child **all = kids(e, &n);
+            bool any = false;
+            for (size_t c = 0; c < n && !any; c++)
+                any = proc_pid(all[c]->proc) && runs_any(e, all[c], in);
+            kids_end(e, all);
+            if (any)
+                return true;
+            break;
+        }
+        case RELUP_START:
+            for (size_t c = 0; c < e->n_script_stopped; c++)
+                if (e->script_stopped[c] && !proc_pid(e->script_stopped[c]->proc) &&
+                    runs_any(e, e->script_stopped[c], in))
+                    return true;
+            break;
+        case RELUP_STOP_APPLICATION:
+        case RELUP_UNLOAD_APPLICATION:
+            if (supervisor_find_app(e->s, in->app))
+                return true;
+            break;
+        case RELUP_POINT_OF_NO_RETURN:
+        case RELUP_START_APPLICATION: /* starts processes, or adds an application: always */
+        case RELUP_N_OPS:
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Does instruction op only queue requests (exec_instr), leaving the
+ * supervisor's applications and children as they were? */
+static bool sends_requests_only(RelupOp op)
+{
+    switch (op) {
+    case RELUP_LOAD_OBJECT_CODE:
+    case RELUP_POINT_OF_NO_RETURN:
+    case RELUP_SUSPEND:
+    case RELUP_RESUME:
+    case RELUP_LOAD:
+    case RELUP_CODE_CHANGE:
+    case RELUP_PURGE:
+    case RELUP_REMOVE:
+        return true;
+    case RELUP_STOP:
+    case RELUP_START:
+    case RELUP_STOP_APPLICATION:
+    case RELUP_UNLOAD_APPLICATION:
+    case RELUP_START_APPLICATION:
+    case RELUP_N_OPS:
+        break;
+    }
+    return false;
+}
+
+/* Writes the step's instructions from e->i "running", before anything of
+ * it is sent. The records waiting before them go first, in their own
+ * transaction: steps that ran stay recorded when the "running" rows cannot
+ * be written. */
+static int record_running(Executor *e)
+{
+    int r = flush_records(e);
+    for (size_t k = e->i; r == 0 && k < e->step_end; k++)
+        record_instruction(e, k, xstrdup("running"), mono_us() - e->start, 0);
+    if (r == 0)
+        r = flush_records(e);
+    if (r < 0)
+        diag_error(e->diag, "cannot record instruction %zu in the history (%s): stopped before it", e->i + 1,
+                   history_last_error(e->p.history));
+    e->step_recorded = r == 0;
+    return r;
 }
 
 /* ---- the recovery and the end ----------------------------------------------------- */
@@ -1345,7 +1510,10 @@ static int finish(Executor *e, int r)
         }
         return phase_run(e, PHASE_INVERSE);
     }
-    /* The old code goes (OTP's post_purge); each purge on its own. */
+    /* The old code goes (OTP's post_purge); each purge on its own. The
+     * children walked once for all of them. */
+    e->in_step = true;
+    e->kids_valid = false;
     for (size_t k = 0; k < e->script->n; k++) {
         const RelupInstr *in = &e->script->v[k];
         if (in->op != RELUP_LOAD)
@@ -1355,6 +1523,7 @@ static int finish(Executor *e, int r)
         req.kind = KIND_ALWAYS;
         add_to_runners(e, in->module, &req);
     }
+    e->in_step = false;
     return phase_run(e, PHASE_POST_PURGE);
 }
 
@@ -1462,8 +1631,7 @@ static void rehearsal_warn_skipped(Executor *e)
 /* The rehearsal's record: the attempt's instruction 0. */
 static void record_rehearsal(Executor *e, char *outcome)
 {
-    e->records = xrealloc(e->records, (e->n_records + 1) * sizeof(*e->records));
-    e->records[e->n_records++] = (Record){
+    *new_record(e) = (Record){
         .idx = 0,
         .instr = json_pack("{s:s, s:O}", "op", "rehearse", "processes", json_object_get(e->rehearsal, "processes")),
         .outcome = outcome,
@@ -1614,60 +1782,97 @@ int executor_step(Executor *e, Diag *diag)
         }
     }
     int r = 0;
-    if (e->waiting) {
+    bool woken = e->waiting;
+    if (woken) {
         e->waiting = false;
         if (e->phase != PHASE_SCRIPT) /* woken: a finishing phase's work ended */
             return phase_ended(e);
         r = e->work_r; /* woken: the work of instruction i ended */
         calls_clear(e);
         instr_ended(e, r);
-    } else {
-        /* Written before it runs: after a crash, the history shows what
-         * reld was doing (history_attempts_interrupted marks it). */
-        e->step_end = step_end(e, e->i);
-        for (size_t k = e->i; k < e->step_end; k++)
-            record_instruction(e, k, xstrdup("running"), mono_us() - e->start, 0);
-        r = flush_records(e);
-        if (r < 0) {
-            diag_error(diag, "cannot record instruction %zu in the history (%s): stopped before it", e->i + 1,
-                       history_last_error(e->p.history));
+    }
+    /* The children as the loop left them: walked again once for this call. */
+    e->in_step = true;
+    e->kids_valid = false;
+    long long call_t0 = mono_us();
+    int first = -1; /* step_records_first() of the next step, when known */
+    for (;;) {
+        if (!woken) {
+            /* A step that may call a process is written before it runs:
+             * after a crash, the history shows what reld was doing
+             * (history_attempts_interrupted marks it). One that calls none
+             * waits for the next batch, with its outcome. */
+            e->step_end = step_end(e, e->i);
+            e->step_recorded = false;
+            if (first < 0)
+                first = step_records_first(e, e->i, e->step_end);
+            if (first && (r = record_running(e)) < 0) {
+                e->in_step = false;
+                return finish(e, r);
+            }
+        }
+        /* A suspended group goes on to its resume without other steps
+         * between: the event loop runs only while replies are awaited. */
+        while (r == 0 && e->i < e->step_end) {
+            const RelupInstr *in = &e->script->v[e->i];
+            e->t0 = mono_us();
+            work_begin(e);
+            r = injected_fault(e);
+            if (r == 0)
+                r = exec_instr(e, in);
+            /* Requests step_records_first() did not foresee: written
+             * before they are sent all the same (or, when that fails, not
+             * sent). */
+            if (r == 0 && e->n_calls > 0 && !e->step_recorded)
+                r = record_running(e);
+            if (!sends_requests_only(in->op))
+                e->kids_valid = false; /* it may have added, removed or replaced children */
+            if (r == 0) {
+                start_calls(e);
+                if (e->n_out > 0) {
+                    e->waiting = true;
+                    e->in_step = false;
+                    return EXECUTOR_WAITING;
+                }
+                r = e->work_r;
+            }
+            calls_clear(e);
+            instr_ended(e, r);
+        }
+        if (r < 0)
+            for (size_t k = e->i; k < e->step_end; k++)
+                record_instruction(e, k, xstrdup("not run"), mono_us() - e->start, 0);
+        /* Records of a suspended group waited for its resume; those of
+         * steps that call no process wait for the next batch. */
+        bool ends = r < 0 || e->i == e->script->n;
+        if (e->step_recorded || ends || e->n_records >= RECORDS_BATCH) {
+            int w = flush_records(e);
+            if (w < 0) {
+                diag_error(diag, "cannot record instruction %zu in the history (%s): stopped after it", e->i,
+                           history_last_error(e->p.history));
+                if (r == 0)
+                    r = w;
+            }
+        }
+        if (ends || r < 0) {
+            e->in_step = false;
+            log_debug("attempt %lld: %zu of %zu instructions run, %lld history commits", (long long)e->p.attempt, e->i,
+                      e->script->n, (long long)(history_commits(e->p.history) - e->commits0));
             return finish(e, r);
         }
-    }
-    /* A suspended group goes on to its resume without other steps between:
-     * the event loop runs only while replies are awaited. */
-    while (r == 0 && e->i < e->step_end) {
-        const RelupInstr *in = &e->script->v[e->i];
-        e->t0 = mono_us();
-        work_begin(e);
-        r = injected_fault(e);
-        if (r == 0)
-            r = exec_instr(e, in);
-        if (r == 0) {
-            start_calls(e);
-            if (e->n_out > 0) {
-                e->waiting = true;
-                return EXECUTOR_WAITING;
-            }
-            r = e->work_r;
+        /* Steps that call no process follow one another for up to
+         * STEPS_RUN_US without a turn of the event loop (its progress
+         * lines, a status request) between them; the loop turns before
+         * each step that does. */
+        first = e->step_recorded || mono_us() - call_t0 >= STEPS_RUN_US
+                    ? 1
+                    : step_records_first(e, e->i, step_end(e, e->i));
+        if (first) {
+            e->in_step = false;
+            return 1;
         }
-        calls_clear(e);
-        instr_ended(e, r);
+        woken = false;
     }
-    if (r < 0)
-        for (size_t k = e->i; k < e->step_end; k++)
-            record_instruction(e, k, xstrdup("not run"), mono_us() - e->start, 0);
-    /* Records of a suspended group waited for its resume. */
-    int w = flush_records(e);
-    if (w < 0) {
-        diag_error(diag, "cannot record instruction %zu in the history (%s): stopped after it", e->i,
-                   history_last_error(e->p.history));
-        if (r == 0)
-            r = w;
-    }
-    if (r < 0 || e->i == e->script->n)
-        return finish(e, r);
-    return 1;
 }
 
 bool executor_past_point_of_no_return(const Executor *e)
@@ -1688,6 +1893,7 @@ int executor_new(const ExecutorParams *params, Executor **ret)
     e->s = params->supervisor;
     e->script = params->script;
     e->start = mono_us();
+    e->commits0 = history_commits(params->history);
     size_t n;
     Child **all = all_children(e->s, &n);
     for (size_t k = 0; k < n; k++) {
@@ -1740,6 +1946,7 @@ Executor *executor_free(Executor *e)
         strvec_clear(&e->before[k].versions);
     }
     free(e->before);
+    free(e->kids);
     free(e->script_stopped);
     free(e->to_restart);
     free(e->fresh);

@@ -19,11 +19,21 @@
  * suspended, each change undone in reverse, resumed), and when that cannot
  * work, the changed applications restart on the old release.
  *
- * Records: each step's instructions are written "running" before it runs
+ * Records: a step that may call a process (send it a request, stop or
+ * start it) and the point of no return are written "running" before they
+ * run (after the records waiting before them, in their own transaction)
  * and rewritten with their outcome ("ok", "failed: why", "not run") after
- * it. A record that cannot be written stops the script before its next
- * step, as a failure with that reason: nothing runs that the history does
- * not show.
+ * them: a crash during one leaves the history saying which call was under
+ * way. A step that calls no process (a module no process runs, bookkeeping
+ * of applications without processes) changes nothing outside reld: it is
+ * recorded once, with its outcome, and its records wait in memory for the
+ * next step that calls a process, the script's end or failure, or 1,024 of
+ * them, then go in one transaction; a crash loses those since the last
+ * commit, which changed nothing a restart must know. Such steps also run
+ * one after another within one executor_step() call, for up to 1 ms, the
+ * event loop turning before each step that calls a process. A record that
+ * cannot be written stops the script before its next step, as a failure
+ * with that reason: nothing runs that the history does not show.
  *
  * Rehearsal (issue 10, docs/runtime.md "rehearse"): before the script's
  * first instruction, before anything is suspended or loaded, every running
