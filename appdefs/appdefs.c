@@ -710,6 +710,12 @@ static void parse_replacement(YamlCtx *c, yaml_node_t *m, ProcessDef *p)
             p->overlap = strcmp(s, "true") == 0;
         else
             yaml_error(c, n, "overlap must be true or false");
+    } else {
+        /* By default only a process whose listening sockets reld holds:
+         * both runs can serve those, while two copies of a server that
+         * binds its own port, or holds a lock or a pid file, could not. */
+        yaml_node_t *socks = yaml_map_get(c, m, "sockets");
+        p->overlap = socks && socks->type == YAML_SEQUENCE_NODE && seq_len(socks) > 0;
     }
     if ((n = yaml_map_get(c, m, "ready"))) {
         s = yaml_scalar(n);
@@ -752,7 +758,6 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
     *p = (ProcessDef){.pos = yaml_pos(c, m),
                       .shutdown_ms = 5000,
                       .stop_signal = SIGTERM,
-                      .overlap = true,
                       .ready_timeout_ms = READY_TIMEOUT_DEFAULT_MS};
     yaml_node_t *n;
     if (yaml_get_string(c, m, "name", true, &p->name))

@@ -187,7 +187,7 @@ typedef struct ProcessDef {
     uint64_t capabilities;     /* the bounding set: bit n for capability n (appdefs_capability_name()) */
     /* Replacing it (docs/formats.md "Replacing a process"). */
     int stop_signal;       /* sent to stop it; SIGTERM by default */
-    bool overlap;          /* true (default): the successor starts and is ready before it stops */
+    bool overlap;          /* the successor starts and is ready before it stops; by default when it has sockets */
     ReadyKind ready;       /* READY_STARTED by default */
     long ready_timeout_ms; /* how long a successor may take to be ready */
     SrcPos pos;

@@ -1178,10 +1178,17 @@ END_TEST
 
 START_TEST(replace_defaults)
 {
-    ck_assert_int_eq(parse("name: x\nvsn: \"1\"\nprocesses:\n  - {name: p, exec: bin/p}\n"), 0);
+    ck_assert_int_eq(parse("name: x\nvsn: \"1\"\nprocesses:\n  - {name: p, exec: bin/p}\n"
+                           "  - {name: s, exec: bin/s, sockets: [{name: http, listen: \"127.0.0.1:8080\"}]}\n"
+                           "  - {name: e, exec: bin/e, sockets: []}\n"),
+                     0);
     const ProcessDef *p = &app->processes[0];
     ck_assert_int_eq(p->stop_signal, SIGTERM);
-    ck_assert(p->overlap);
+    /* Overlap by default only with sockets reld holds: without, two
+     * copies of a server could fight over its port, lock or pid file. */
+    ck_assert(!p->overlap);
+    ck_assert(app->processes[1].overlap);
+    ck_assert(!app->processes[2].overlap);
     ck_assert_int_eq(p->ready, READY_STARTED);
     ck_assert_int_eq(p->ready_timeout_ms, READY_TIMEOUT_DEFAULT_MS);
 }
@@ -1201,7 +1208,7 @@ START_TEST(replace_fields)
     ck_assert_int_eq(p->stop_signal, SIGINT);
     ck_assert_int_eq(p->ready, READY_NOTIFY);
     ck_assert_int_eq(p->ready_timeout_ms, 2500);
-    ck_assert(p->overlap);
+    ck_assert(!p->overlap); /* no sockets */
     ck_assert_int_eq(q->stop_signal, SIGWINCH);
     ck_assert(!q->overlap);
     ck_assert_int_eq(q->ready, READY_HEALTH);
