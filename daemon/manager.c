@@ -104,6 +104,9 @@ struct Manager {
     Jobs *jobs;
     ReleaseDef *running; /* the definitions of the running release; the supervisor points into them */
     Upgrade *upgrade;    /* the one under way, or NULL */
+    /* The target of an upgrade abandoned by manager_shutdown(): processes
+     * may point into it until they have stopped. */
+    ReleaseDef *stopping_target;
     Op *upgrade_op;
     Op *gate_op;          /* an install waiting for its health verdict, or NULL */
     json_t *last_outcome; /* of the last install, upgrade or downgrade: {outcome, release, reason?, at} */
@@ -2064,7 +2067,11 @@ void manager_shutdown(Manager *m, void (*done)(void *userdata), void *userdata)
         upgrade_cancel(m->upgrade); /* its end (on_upgrade_finished) ends its operation, a rollback's too */
     } else if (m->upgrade) {
         /* Abandoned: the attempt shows as interrupted at the next start,
-         * which boots the permanent release. */
+         * which boots the permanent release. Its target's definitions are
+         * kept until every process has stopped: a process the script moved
+         * to the new release (a successor committed, RELUP_START,
+         * START_APPLICATION) still points into them while it stops. */
+        m->stopping_target = upgrade_take_target(m->upgrade);
         m->upgrade = upgrade_free(m->upgrade);
         Op *op = TAKE_PTR(m->upgrade_op);
         if (op) {
@@ -2103,6 +2110,7 @@ Manager *manager_free(Manager *m)
     m->procstats = procstat_free(m->procstats);
     m->sup = supervisor_free(m->sup); /* SIGKILLs what still runs */
     m->running = release_def_free(m->running);
+    m->stopping_target = release_def_free(m->stopping_target);
     m->jobs = jobs_free(m->jobs);
     history_close(m->hist);
     if (m->lock_fd >= 0)

@@ -84,7 +84,7 @@ note(f"stopping signal={{signal.Signals(stop[0]).name}} served={{served}}")
 """
 
 
-def release(work, vsn, port, extra, server_args):
+def release(work, vsn, port, extra, server_args, shutdown_ms=3000):
     """Release vsn of application web (vsn.0): one process serving on port."""
     src = os.path.join(work, f"src-{vsn}")
     app = os.path.join(src, "lib", f"web-{vsn}.0")
@@ -95,7 +95,7 @@ def release(work, vsn, port, extra, server_args):
     args = ["--tag", f"v{vsn}", "--log", os.path.join(work, "events.log")] + server_args
     with open(os.path.join(app, "app.yaml"), "w") as f:
         f.write(f'name: web\nvsn: "{vsn}.0"\nprocesses:\n  - name: web\n    exec: bin/server\n'
-                f'    args: {json.dumps(args)}\n    shutdown_ms: 3000\n'
+                f'    args: {json.dumps(args)}\n    shutdown_ms: {shutdown_ms}\n'
                 f'    sockets: [{{name: http, listen: "127.0.0.1:{port}"}}]\n{extra}')
     os.makedirs(os.path.join(src, "releases", vsn))
     with open(os.path.join(src, "releases", vsn, "release.yaml"), "w") as f:
@@ -330,6 +330,29 @@ def test_reld_stops_during_overlap(work):
           (code, v1, v2, open(os.path.join(work, "reld.log"), errors="replace").read()[-1500:]))
 
 
+def test_reld_stops_while_retiring(work):
+    """reld told to stop while the old run is still stopping after the new
+    one was committed (it ignores its stop_signal, SIGWINCH, until its
+    SIGKILL): the process's definition is the new release's, kept until
+    every process has stopped (an ASan build reported a use after free)."""
+    port = d.free_port()
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", release(work, "1", port, "    ready: notify\n    stop_signal: SIGWINCH\n", [],
+                                               shutdown_ms=1000))
+    v1 = wait_for(lambda: first(events(work), "v1", "ready"))
+    up = subprocess.Popen([A.relctl, "install", release(work, "2", port, "    ready: notify\n", [])],
+                          env=dict(os.environ, RELD_SOCKET=r.sock), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    retiring = wait_for(lambda: "told to stop (SIGWINCH)" in open(os.path.join(work, "reld.log"),
+                                                                  errors="replace").read())
+    v2 = first(events(work), "v2", "start")
+    code = r.stop()
+    up.communicate(timeout=30)
+    log = open(os.path.join(work, "reld.log"), errors="replace").read()
+    d.tap(v1 and v2 and retiring and code == 0 and "Sanitizer" not in log and
+          wait_for(lambda: not alive(v1[1]) and not alive(v2[1]), timeout=10),
+          "reld stopped while the old run retires: exit 0, both runs gone", (code, v1, v2, log[-1500:]))
+
+
 def test_ready_health(work):
     port = d.free_port()
     check = f"    health: {{exec: [/bin/sh, -c, 'test -e {work}/ready-$RELD_PID'], interval_ms: 100}}\n"
@@ -387,7 +410,7 @@ def main():
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     d.DEFAULT_CONFIG = "min_healthy_ms: 100\n"
     return d.run_tests((test_overlap_notify, test_ready_timeout, test_new_version_ends, test_reld_stops_during_overlap,
-                        test_ready_health, test_overlap_false),
+                        test_reld_stops_while_retiring, test_ready_health, test_overlap_false),
                        "reld-replace-")
 
 
