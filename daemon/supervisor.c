@@ -490,19 +490,20 @@ int supervisor_start_release(Supervisor *s, const ReleaseDef *rel, Diag *diag)
 
 const ProcessDef *supervisor_def_in(const ReleaseDef *rel, const Child *c, const AppDef **ret_app)
 {
-    /* Callers go through an application's children in order, whose
-     * definitions are mostly in the same order: the search starts where
-     * the last one matched, so that a pass over 1,000 processes of one
-     * application costs 1,000 comparisons, not 500,000. Only the main
-     * loop's thread calls this. */
-    static size_t hint;
+    /* Callers go through an application's children in order or in
+     * reverse, whose definitions are mostly in the same order: the search
+     * tries the neighbours of the last match first, so that a pass over
+     * 1,000 processes of one application costs about 1,000 name
+     * comparisons, not 500,000. Only the main loop's thread calls this. */
+    static size_t last;
     const ReleaseAppRef *ref = appdefs_release_find(rel, c->app->name);
     const char *name = proc_def(c->proc)->name;
     size_t n = ref ? ref->app->n_processes : 0;
-    for (size_t k = 0; k < n; k++) {
-        size_t i = (hint + k) % n;
+    for (size_t k = 0; n && k < n + 3; k++) {
+        /* last + 1, last, last - 1, then every one from the first */
+        size_t i = k < 3 ? (last + n + 1 - k) % n : k - 3;
         if (strcmp(ref->app->processes[i].name, name) == 0) {
-            hint = i + 1;
+            last = i;
             if (ret_app)
                 *ret_app = ref->app;
             return &ref->app->processes[i];
