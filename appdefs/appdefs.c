@@ -797,6 +797,11 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
         yaml_error(c, n, "sockets must be a list, not %s", yaml_kind(n));
         return;
     }
+    if (seq_len(n) > PROCESS_SOCKETS_MAX) {
+        yaml_error(c, n, "process '%s' has %zu sockets: at most %d", process_name(p), seq_len(n),
+                   PROCESS_SOCKETS_MAX);
+        return;
+    }
     size_t cap;
     ALLOC_EXACT(p->sockets, cap, seq_len(n));
     StrMap seen = {0}; /* socket names, borrowed from p->sockets */

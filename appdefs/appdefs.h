@@ -165,6 +165,11 @@ int appdefs_signal_from_name(const char *name);
 /* "SIGINT" for SIGINT; NULL for a signal the table does not hold. */
 const char *appdefs_signal_name(int sig);
 
+/* A process's listening sockets are its descriptors 3 .. 3+n-1, and its
+ * control channel the next one; reld places them below 64 (it moves
+ * them through descriptors 100 and up), hence the bound. */
+#define PROCESS_SOCKETS_MAX 62
+
 typedef struct ProcessDef {
     char *name;
     char *exec; /* relative to the application's directory, or absolute */

@@ -836,7 +836,7 @@ static bool many_sockets(void)
     Diag dd = {0};
     AppDef *a = NULL;
     bool ok = appdefs_parse_app("app.yaml", text, strlen(text), &a, &dd) == -EINVAL && dd.errors.n == 1 &&
-              strcmp(dd.errors.v[0], "app.yaml:50007:9: duplicate socket 's3' in process 'p'") == 0;
+              strcmp(dd.errors.v[0], "app.yaml:7:7: process 'p' has 50001 sockets: at most 62") == 0;
     if (!ok)
         print_errors(__func__, &dd);
     appdef_free(a);
@@ -1176,6 +1176,29 @@ START_TEST(health_error_runtime)
 }
 END_TEST
 
+/* 62 sockets are the most a process can be given (PROCESS_SOCKETS_MAX). */
+static int parse_sockets(size_t n)
+{
+    char *text = xstrdup("name: x\nvsn: \"1\"\nprocesses:\n  - name: p\n    exec: bin/p\n    sockets:\n");
+    for (size_t k = 0; k < n; k++) {
+        char *more = xasprintf("%s      - {name: s%zu, listen: \"127.0.0.1:%zu\"}\n", text, k, 10000 + k);
+        free(text);
+        text = more;
+    }
+    int r = parse(text);
+    free(text);
+    return r;
+}
+
+START_TEST(sockets_bound)
+{
+    ck_assert_int_eq(parse_sockets(PROCESS_SOCKETS_MAX), 0);
+    ck_assert_int_eq(app->processes[0].n_sockets, PROCESS_SOCKETS_MAX);
+    ck_assert_int_eq(parse_sockets(PROCESS_SOCKETS_MAX + 1), -EINVAL);
+    ck_assert_error("app.yaml:7:7: process 'p' has 63 sockets: at most 62");
+}
+END_TEST
+
 START_TEST(replace_defaults)
 {
     ck_assert_int_eq(parse("name: x\nvsn: \"1\"\nprocesses:\n  - {name: p, exec: bin/p}\n"
@@ -1327,6 +1350,7 @@ static Suite *appdefs_suite(void)
 
     tc = tcase_create("replace");
     tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, sockets_bound);
     tcase_add_test(tc, replace_defaults);
     tcase_add_test(tc, replace_fields);
     tcase_add_test(tc, replace_errors);
