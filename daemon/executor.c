@@ -1234,16 +1234,29 @@ static void on_successor_ready(Proc *p, int r, void *userdata)
     Executor *e = s->e;
     const ProcessDef *d = proc_def(p);
     s->waiting = false;
+    /* The old run: serving on, or it ended during the overlap (then it is
+     * restarted, on the old release). */
+    pid_t old = r == -ETIMEDOUT ? proc_previous_pid(p) : proc_pid(p);
+    char on[160];
+    if (old)
+        (void)snprintf(on, sizeof(on), "process %d serves on", (int)old);
+    else
+        (void)snprintf(on, sizeof(on), "the old process ended meanwhile and is restarted on release %s",
+                       e->p.from->vsn);
     if (r == -ETIMEDOUT)
-        diag_error(e->diag, "%s[%d]: not ready within %ld ms (%s): stopped; process %d serves on", proc_label(p),
-                   (int)proc_pid(p), d->ready_timeout_ms,
+        diag_error(e->diag, "%s[%d]: not ready within %ld ms (%s): stopped; %s", proc_label(p), (int)proc_pid(p),
+                   d->ready_timeout_ms,
                    d->ready == READY_NOTIFY ? "no READY=1 on its NOTIFY_SOCKET"
                    : s->why                 ? s->why
                                             : "its health checks did not pass",
-                   (int)proc_previous_pid(p));
+                   on);
     else if (r < 0)
-        diag_error(e->diag, "%s: its new version ended before it was ready (%s%s); process %d serves on", proc_label(p),
-                   *proc_last_output(p) ? "its last output: " : "no output", proc_last_output(p), (int)proc_pid(p));
+        diag_error(e->diag, "%s: its new version ended before it was ready (%s%s); %s", proc_label(p),
+                   *proc_last_output(p) ? "its last output: " : "no output", proc_last_output(p), on);
+    if (r < 0 && !proc_overlapping(p))
+        /* The overlap is over: the old run's end, if it ended, is told
+         * from the loop next, and it restarts on the old definition. */
+        supervisor_adopt_app(e->s, s->c->app, e->p.from);
     if (r < 0)
         work_failed(e, r);
     work_ended_one(e);

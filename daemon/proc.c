@@ -94,7 +94,8 @@ struct Proc {
     struct ProcPrev {
         bool on; /* an overlap is under way */
         pid_t pid;
-        const ProcessDef *def; /* it was started with: how it stops */
+        const ProcessDef *def;      /* it was started with: how it stops */
+        const ProcessDef *next_def; /* the new run's, in case it is not kept (the caller may switch back first) */
         sd_event_source *child_src, *kill_timer;
         bool exited; /* it ended during the overlap: how, in si */
         siginfo_t si;
@@ -102,6 +103,10 @@ struct Proc {
         ProcRetired retired;
         void *retired_data;
     } prev;
+    /* The end of the run before, when it ended during an overlap that then
+     * failed: told from the loop (restore_prev()). */
+    sd_event_source *prev_exit_src;
+    siginfo_t prev_exit_si;
     /* A new run that did not become ready, stopping (its stop_signal, then
      * SIGKILL): reaped when it exits, nobody waits for it. */
     struct ProcDiscard {
@@ -1245,8 +1250,20 @@ pid_t proc_previous_pid(const Proc *p)
     return p->prev.on ? p->prev.pid : 0;
 }
 
+static int on_prev_exit(sd_event_source *src, void *userdata)
+{
+    Proc *p = userdata;
+    p->prev_exit_src = sd_event_source_disable_unref(p->prev_exit_src);
+    if (p->pid || p->stopping) /* started again, or stopped, meanwhile: nothing left to tell */
+        return 0;
+    p->exited(p, &p->prev_exit_si, p->userdata);
+    return 0;
+}
+
 /* The overlap ends without a successor: the run before is the current
- * one again (or, when it ended meanwhile, its end is told now). */
+ * one again (or, when it ended meanwhile, its end is told next, from the
+ * loop: the caller gives the process its old release's definition back
+ * first, so that it is restarted on the old release, not the new). */
 static void restore_prev(Proc *p)
 {
     struct ProcPrev prev = p->prev;
@@ -1256,7 +1273,10 @@ static void restore_prev(Proc *p)
     p->stopping = false;
     if (prev.exited) {
         p->pid = 0;
-        p->exited(p, &prev.si, p->userdata);
+        p->prev_exit_si = prev.si;
+        p->prev_exit_src = sd_event_source_disable_unref(p->prev_exit_src);
+        if (sd_event_add_defer(p->ev, &p->prev_exit_src, on_prev_exit, p) < 0)
+            p->exited(p, &prev.si, p->userdata); /* now, then */
         return;
     }
     p->pid = prev.pid;
@@ -1274,7 +1294,8 @@ int proc_spawn_successor(Proc *p, const ProcessDef *prev_def)
 {
     if (!p->pid || p->stopping || p->prev.on)
         return -EBUSY;
-    p->prev = (struct ProcPrev){.on = true, .pid = p->pid, .def = prev_def, .child_src = p->child_src};
+    p->prev = (struct ProcPrev){
+        .on = true, .pid = p->pid, .def = prev_def, .next_def = p->src.def, .child_src = p->child_src};
     p->child_src = NULL;
     p->kill_timer = sd_event_source_disable_unref(p->kill_timer);
     /* Its control channel closes: a process that is replaced this way
@@ -1314,9 +1335,13 @@ static void discard_run(Proc *p)
     p->discard = (struct ProcDiscard){.pid = p->pid, .child_src = p->child_src};
     p->child_src = NULL;
     channel_close(p);
-    log_info("%s[%d] not kept: stopping it; %d serves on", p->label, (int)p->pid, (int)p->prev.pid);
-    (void)kill(p->pid, p->src.def->stop_signal); /* it exists until we reap it */
-    uint64_t at = (uint64_t)(mono_us() + p->src.def->shutdown_ms * 1000LL);
+    if (p->prev.pid)
+        log_info("%s[%d] not kept: stopping it; %d serves on", p->label, (int)p->pid, (int)p->prev.pid);
+    else
+        log_info("%s[%d] not kept: stopping it; the run before has ended", p->label, (int)p->pid);
+    const ProcessDef *def = p->prev.next_def ? p->prev.next_def : p->src.def;
+    (void)kill(p->pid, def->stop_signal); /* it exists until we reap it */
+    uint64_t at = (uint64_t)(mono_us() + def->shutdown_ms * 1000LL);
     if (sd_event_add_time(p->ev, &p->discard.kill_timer, CLOCK_MONOTONIC, at, 1000, on_discard_kill_timer, p) < 0)
         (void)kill(p->pid, SIGKILL);
     p->pid = 0;
@@ -1422,8 +1447,12 @@ static bool overlap_exit(Proc *p, const siginfo_t *si)
     /* The new run ended before it was committed: the run before serves on. */
     p->child_src = sd_event_source_disable_unref(p->child_src);
     channel_close(p);
-    log_info("%s[%d] %s %d before it replaced %d", p->label, (int)p->pid,
-             signaled ? "killed by signal" : "exited with status", si->si_status, (int)p->prev.pid);
+    if (p->prev.exited)
+        log_info("%s[%d] %s %d before it was ready; the run before had ended too", p->label, (int)p->pid,
+                 signaled ? "killed by signal" : "exited with status", si->si_status);
+    else
+        log_info("%s[%d] %s %d before it replaced %d", p->label, (int)p->pid,
+                 signaled ? "killed by signal" : "exited with status", si->si_status, (int)p->prev.pid);
     drain_output(p, p->pid);
     p->pid = 0;
     p->notify = notify_free(p->notify);
@@ -1444,6 +1473,7 @@ Proc *proc_free(Proc *p)
     sd_event_source_disable_unref(p->discard.kill_timer);
     sd_event_source_disable_unref(p->prev.child_src);
     sd_event_source_disable_unref(p->prev.kill_timer);
+    sd_event_source_disable_unref(p->prev_exit_src);
     sd_event_source_disable_unref(p->ready_timer);
     notify_free(p->notify);
     if (p->pid) {

@@ -124,7 +124,11 @@ int proc_stop(Proc *p);
  * The new run's exit before the commit is not told to ProcExited: the run
  * before is the current one again and a wait gets -ECHILD. The run
  * before's exit during the overlap is told to ProcExited only if it is the
- * current one again (abort). proc_pid() is the new run's from the spawn. */
+ * current one again (abort, or the new run's exit), and then from the loop,
+ * not from within the call that ended the overlap: its owner gives the
+ * process its old definition back first (proc_set_source()), so that it
+ * restarts on that one; nothing is told when it was started or stopped
+ * meanwhile. proc_pid() is the new run's from the spawn. */
 
 /* A wait ended: 0 ready, -ETIMEDOUT (its definition's ready_timeout_ms
  * passed), -ECHILD (it exited first). */

@@ -311,6 +311,47 @@ def test_new_version_ends(work):
     r.stop()
 
 
+def test_old_dies_during_overlap(work):
+    """The old run dies during the overlap and the new run then fails (not
+    ready in time; or it exits): the upgrade fails with one line saying the
+    old process is gone and restarted on release 1, and it is, on release
+    1's definition (not the new version's)."""
+    for case in ("timeout", "exits"):
+        port = d.free_port()
+        sub = os.path.join(work, case)
+        os.makedirs(sub)
+        r = d.Reld(sub)
+        rc, out, err = r.relctl("install", release(sub, "1", port, "    ready: notify\n", []))
+        v1 = wait_for(lambda: first(events(sub), "v1", "ready"))
+        tar = release(sub, "2", port, "    ready: notify\n    ready_timeout_ms: 800\n", ["--ready", "never"])
+        if case == "exits":  # a server that fails once the old one is gone
+            with tarfile.open(tar) as t:
+                t.extractall(os.path.join(sub, "bad"))
+            with open(os.path.join(sub, "bad", "lib", "web-2.0", "bin", "server"), "w") as f:
+                f.write(f"#!/bin/sh\necho \"0 $$ v2 start\" >>{sub}/events.log\n"
+                        f"while kill -0 {v1[1]} 2>/dev/null; do sleep 0.05; done\necho no database\nexit 3\n")
+            with tarfile.open(tar, "w:gz") as t:
+                t.add(os.path.join(sub, "bad", "releases"), "releases")
+                t.add(os.path.join(sub, "bad", "lib"), "lib")
+        up = subprocess.Popen([A.relctl, "install", tar], env=dict(os.environ, RELD_SOCKET=r.sock),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        beside = wait_for(lambda: "started beside" in open(os.path.join(sub, "reld.log"), errors="replace").read())
+        os.kill(v1[1], 9)
+        out, err = up.communicate(timeout=30)
+        lines = [line for line in err.splitlines() if "web/web" in line]
+        d.tap(beside and up.returncode != 0 and len(lines) == 1 and
+              "the old process ended meanwhile and is restarted on release 1" in lines[0] and
+              "serves on" not in lines[0], f"{case}: the upgrade fails with one line: the old process is gone, "
+              "restarted on release 1", err)
+        again = wait_for(lambda: [e for e in events(sub) if e[2] == "v1" and e[3] == "ready" and e[1] != v1[1]])
+        ps = wait_for(lambda: [p for p in procs(r) if again and p["pid"] == again[0][1]])
+        v2 = [e for e in events(sub) if e[2] == "v2" and e[3].startswith("start")]
+        d.tap(again and ps and ps[0]["vsn"] == "1.0" and len(v2) <= 1 and current(r) == ["1.0"],
+              f"{case}: the process restarted on release 1's definition (a v1 server), the new version not again",
+              (again, ps, v2, open(os.path.join(sub, "reld.log"), errors="replace").read()[-2000:]))
+        r.stop()
+
+
 def test_reld_stops_during_overlap(work):
     """reld told to stop while a new version is not ready yet: both
     processes go, reld exits 0 (no sanitizer report: the Successor and the
@@ -409,7 +450,8 @@ def main():
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     d.DEFAULT_CONFIG = "min_healthy_ms: 100\n"
-    return d.run_tests((test_overlap_notify, test_ready_timeout, test_new_version_ends, test_reld_stops_during_overlap,
+    return d.run_tests((test_overlap_notify, test_ready_timeout, test_new_version_ends, test_old_dies_during_overlap,
+                        test_reld_stops_during_overlap,
                         test_reld_stops_while_retiring, test_ready_health, test_overlap_false),
                        "reld-replace-")
 
