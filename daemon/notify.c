@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <stddef.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -13,14 +12,12 @@
 
 struct Notify {
     sd_event_source *src;
-    char address[64]; /* "@reld/notify/...": '@' stands for the abstract namespace's NUL */
+    char address[sizeof(((struct sockaddr_un *)0)->sun_path) + 1]; /* "@NAME": '@' stands for the abstract NUL */
     pid_t pid;
     bool ready;
     NotifyReady on_ready;
     void *userdata;
 };
-
-static unsigned next_id;
 
 /* Does the message hold the line READY=1? (Lines are "KEY=VALUE".) */
 static bool says_ready(const char *m, size_t len)
@@ -76,17 +73,28 @@ int notify_new(sd_event *ev, NotifyReady ready, void *userdata, Notify **ret)
     Notify *n = xcalloc(1, sizeof(*n));
     n->on_ready = ready;
     n->userdata = userdata;
-    snprintf(n->address, sizeof(n->address), "@reld/notify/%d/%u", (int)getpid(), next_id++);
+    /* Autobind (an address of the family alone): the kernel picks a name
+     * in the abstract namespace that nobody holds. A name of our own
+     * choosing could be predicted, and bound first by any local user to
+     * block every readiness. */
     struct sockaddr_un a = {.sun_family = AF_UNIX};
-    size_t len = strlen(n->address);
-    memcpy(a.sun_path + 1, n->address + 1, len - 1); /* sun_path[0] stays NUL: abstract */
+    socklen_t len = sizeof(a);
     if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) < 0 ||
-        bind(fd, (struct sockaddr *)&a, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0) {
+        bind(fd, (struct sockaddr *)&a, (socklen_t)offsetof(struct sockaddr_un, sun_path)) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
         r = -errno;
         close(fd);
         free(n);
         return r;
     }
+    size_t name = len > offsetof(struct sockaddr_un, sun_path) ? len - offsetof(struct sockaddr_un, sun_path) : 0;
+    if (name < 2 || a.sun_path[0] || memchr(a.sun_path + 1, 0, name - 1)) { /* not an abstract name we can pass */
+        close(fd);
+        free(n);
+        return -EADDRNOTAVAIL;
+    }
+    n->address[0] = '@';
+    memcpy(n->address + 1, a.sun_path + 1, name - 1); /* NUL-terminated by xcalloc */
     if ((r = sd_event_add_io(ev, &n->src, fd, EPOLLIN, on_message, n)) < 0) {
         close(fd);
         free(n);

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -71,9 +73,35 @@ START_TEST(address_is_abstract_and_unique)
 {
     Notify *m = NULL;
     ck_assert_int_eq(notify_new(ev, on_ready, &n_ready, &m), 0);
-    ck_assert(strncmp(notify_address(n), "@reld/notify/", 13) == 0);
+    ck_assert(notify_address(n)[0] == '@' && strlen(notify_address(n)) > 1);
     ck_assert_str_ne(notify_address(n), notify_address(m));
     notify_free(m);
+}
+END_TEST
+
+/* Names taken first by someone else (here, those of the pattern an
+ * earlier version used, @reld/notify/PID/N): a new socket still gets a
+ * name of its own, and READY=1 sent to it counts. */
+START_TEST(names_taken_first_do_not_block)
+{
+    int squat[8];
+    for (int k = 0; k < 8; k++) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        int len = snprintf(sa.sun_path + 1, sizeof(sa.sun_path) - 1, "reld/notify/%d/%d", (int)getpid(), k);
+        squat[k] = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(squat[k], 0);
+        ck_assert_int_eq(
+            bind(squat[k], (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len)), 0);
+    }
+    n = notify_free(n);
+    ck_assert_int_eq(notify_new(ev, on_ready, &n_ready, &n), 0);
+    ck_assert(strncmp(notify_address(n), "@reld/notify/", 13) != 0);
+    notify_expect(n, getpid());
+    send_msg("READY=1");
+    drain();
+    ck_assert_int_eq(n_ready, 1);
+    for (int k = 0; k < 8; k++)
+        close(squat[k]);
 }
 END_TEST
 
@@ -163,6 +191,7 @@ static Suite *notify_suite(void)
     TCase *tc = tcase_create("notify");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, address_is_abstract_and_unique);
+    tcase_add_test(tc, names_taken_first_do_not_block);
     tcase_add_test(tc, ready_from_the_expected_pid_once);
     tcase_add_test(tc, ready_only_as_a_line_of_its_own);
     tcase_add_test(tc, nobody_expected_nothing_counts);
