@@ -178,8 +178,8 @@ static void watch_progress(Manager *m, size_t k, size_t n, const char *instructi
 
 /* A change that ran its relup and was recorded: the durations of its
  * instructions, and, when it succeeded, each process's pauses (the
- * suspend..resume windows of history_pauses() whose modules it runs). */
-static void watch_relup_done(Manager *m, Upgrade *u, int r)
+ * suspend..resume windows of its attempt whose modules it runs). */
+static void watch_relup_done(Manager *m, int r)
 {
     json_t *list, *a = newest_attempt(m, &list), *row;
     size_t i, k;
@@ -194,7 +194,7 @@ static void watch_relup_done(Manager *m, Upgrade *u, int r)
     }
     json_decref(list);
     json_t *pauses = NULL, *w, *p, *mod;
-    if (r == 0 && history_pauses(m->hist, upgrade_from(u), upgrade_to(u), &pauses) == 0) {
+    if (r == 0 && ours && m->attempt_id && history_attempt_pauses(m->hist, m->attempt_id, &pauses) == 0) {
         metrics_pauses_begin(m->metrics);
         json_t *procs = supervisor_status(m->sup);
         json_array_foreach(json_object_get(pauses, "windows"), i, w)
@@ -1004,7 +1004,7 @@ static void on_upgrade_finished(void *userdata, Upgrade *u, int r, bool planned)
     supervisor_hold_health(m->sup, false);
     bool changed = planned && upgrade_changed_anything(u), recorded = upgrade_recorded(u);
     if (planned && recorded)
-        watch_relup_done(m, u, r);
+        watch_relup_done(m, r);
     json_t *reply = NULL;
     if (r == 0) {
         /* The processes run `to`: so do the definitions, recorded or not. */

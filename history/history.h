@@ -171,3 +171,10 @@ int history_list(History *h, int limit, json_t **ret);
  * not. {"attempts": 0, "windows": []} when there is none. -EINVAL for a
  * NULL argument. */
 int history_pauses(History *h, const char *from, const char *to, json_t **ret);
+
+/* The pauses of one attempt, as history_pauses() gives them ("attempts"
+ * 1, or 0 and no windows when it did not go through or had no timings):
+ * what an upgrade that just ended reports, without reading every earlier
+ * attempt from -> to (their number grows with every upgrade). -EINVAL for
+ * an id <= 0 or a NULL ret. */
+int history_attempt_pauses(History *h, int64_t attempt_id, json_t **ret);

@@ -1413,9 +1413,9 @@ END_TEST
 /* ---- history_pauses ------------------------------------------------------- */
 
 /* An attempt from -> to of kind with result, whose suspend (idx 2) starts
- * at start_us and whose resume (idx 5) ends dur_us later. */
-static void pause_attempt(const char *kind, const char *from, const char *to, const char *result, int64_t start_us,
-                          int64_t dur_us)
+ * at start_us and whose resume (idx 5) ends dur_us later: its id. */
+static int64_t pause_attempt(const char *kind, const char *from, const char *to, const char *result, int64_t start_us,
+                             int64_t dur_us)
 {
     int64_t id = 0;
     ck_assert_int_eq(history_attempt_begin(h, "t", kind, from, to, &id), 0);
@@ -1440,6 +1440,7 @@ static void pause_attempt(const char *kind, const char *from, const char *to, co
     for (size_t k = 0; k < n; k++)
         json_decref(v[k].instr);
     ck_assert_int_eq(history_attempt_end(h, id, result, NULL), 0);
+    return id;
 }
 
 START_TEST(pauses_of_earlier_upgrades)
@@ -1466,6 +1467,42 @@ START_TEST(pauses_of_earlier_upgrades)
     ck_assert_double_eq_tol(
         json_real_value(json_object_get(json_array_get(json_object_get(p, "windows"), 0), "max_ms")), 50.0, 1e-9);
     json_decref(p);
+}
+END_TEST
+
+START_TEST(pauses_of_one_attempt)
+{
+    int64_t first = pause_attempt("upgrade", "1", "2", "ok", 100, 3000);
+    int64_t failed = pause_attempt("upgrade", "1", "2", "failed", 100, 90000);
+    int64_t dry = pause_attempt("dry_run", "1", "2", "ok", 100, 70000);
+    int64_t newest = pause_attempt("upgrade", "1", "2", "ok", 200, 1500);
+    json_t *p = NULL;
+    ck_assert_int_eq(history_attempt_pauses(h, newest, &p), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(p, "attempts")), 1);
+    json_t *w0 = json_array_get(json_object_get(p, "windows"), 0);
+    ck_assert_int_eq(json_array_size(json_object_get(p, "windows")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(w0, "idx")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(w0, "n")), 1);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(w0, "last_ms")), 1.5, 1e-9);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(w0, "max_ms")), 1.5, 1e-9);
+    json_decref(p);
+    ck_assert_int_eq(history_attempt_pauses(h, first, &p), 0);
+    ck_assert_double_eq_tol(
+        json_real_value(json_object_get(json_array_get(json_object_get(p, "windows"), 0), "last_ms")), 3.0, 1e-9);
+    json_decref(p);
+    /* One that failed, a dry run, one that does not exist: none. */
+    int64_t none[] = {failed, dry, newest + 100};
+    for (size_t k = 0; k < 3; k++) {
+        ck_assert_int_eq(history_attempt_pauses(h, none[k], &p), 0);
+        ck_assert_int_eq(json_integer_value(json_object_get(p, "attempts")), 0);
+        ck_assert_int_eq(json_array_size(json_object_get(p, "windows")), 0);
+        json_decref(p);
+    }
+    p = NULL;
+    ck_assert_int_eq(history_attempt_pauses(h, 0, &p), -EINVAL);
+    ck_assert_int_eq(history_attempt_pauses(h, newest, NULL), -EINVAL);
+    ck_assert_ptr_null(p);
+    ck_assert_str_eq(history_last_error(h), "the pauses of an attempt need its id");
 }
 END_TEST
 
@@ -1553,7 +1590,8 @@ static Suite *history_suite(void)
         {"history_list", {list_shape_and_limit, list_of_a_damaged_database_fails}},
         {"history_last_error", {last_error_is_the_last_failure}},
         {"history_pauses",
-         {pauses_of_earlier_upgrades, pauses_none_and_bad_arguments, pauses_of_a_damaged_database_fail}},
+         {pauses_of_earlier_upgrades, pauses_of_one_attempt, pauses_none_and_bad_arguments,
+          pauses_of_a_damaged_database_fail}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
