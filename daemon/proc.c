@@ -153,6 +153,11 @@ bool proc_stopping(const Proc *p)
     return p->stopping;
 }
 
+pid_t proc_other_run(const Proc *p)
+{
+    return p->discard.pid ? p->discard.pid : p->prev.on && p->prev.pid ? p->prev.pid : p->prev_exit_src ? -1 : 0;
+}
+
 bool proc_speaks_protocol(const Proc *p)
 {
     return p->pid && p->modules && p->ctl_fd >= 0;
@@ -806,16 +811,28 @@ CHILD_CODE static _Noreturn void child_fail(const char *step)
  * raw system calls: glibc's wrappers, in a child that shares reld's memory
  * (proc_spawn), would take reld's threads for its own and change their
  * ids too (its set*id broadcast), as glibc's posix_spawn avoids the same way. */
+#ifdef SYS_setresuid32
+/* Where the plain calls take 16-bit ids (i386, 32-bit arm): a uid of
+ * 131072 would become 0, root. glibc's own wrappers use these there. */
+#define SYS_SETGROUPS SYS_setgroups32
+#define SYS_SETRESGID SYS_setresgid32
+#define SYS_SETRESUID SYS_setresuid32
+#else
+#define SYS_SETGROUPS SYS_setgroups
+#define SYS_SETRESGID SYS_setresgid
+#define SYS_SETRESUID SYS_setresuid
+#endif
+
 CHILD_CODE void proc_identity_apply(const ProcIdentity *id)
 {
-    if (id->change_ids && syscall(SYS_setgroups, id->n_groups, id->groups) < 0)
+    if (id->change_ids && syscall(SYS_SETGROUPS, id->n_groups, id->groups) < 0)
         child_fail("setgroups");
-    if (id->change_ids && syscall(SYS_setresgid, id->gid, id->gid, id->gid) < 0)
+    if (id->change_ids && syscall(SYS_SETRESGID, id->gid, id->gid, id->gid) < 0)
         child_fail("setresgid");
     for (int cap = 0; id->bound_caps && cap <= id->cap_last; cap++)
         if (!(id->keep_caps & (1ULL << cap)) && prctl(PR_CAPBSET_DROP, (unsigned long)cap, 0, 0, 0) < 0)
             child_fail("drop a capability from the bounding set (PR_CAPBSET_DROP)");
-    if (id->change_ids && syscall(SYS_setresuid, id->uid, id->uid, id->uid) < 0)
+    if (id->change_ids && syscall(SYS_SETRESUID, id->uid, id->uid, id->uid) < 0)
         child_fail("setresuid");
 }
 

@@ -205,6 +205,11 @@ pid_t proc_pid(const Proc *p);
 const char *proc_label(const Proc *p);
 const ProcessDef *proc_def(const Proc *p);
 bool proc_stopping(const Proc *p);
+/* The pid of a run of p other than the current one that is still there
+ * (a new run not kept, stopping; the run before, during an overlap or
+ * retiring; the run before's end not told yet: its pid, or -1), or 0: a
+ * re-exec cannot hand such a run over. */
+pid_t proc_other_run(const Proc *p);
 /* Did the process say hello on its control channel (it links the runtime)? */
 bool proc_speaks_protocol(const Proc *p);
 /* What it runs, from its hello and replies: [{name, version, ...}], borrowed; NULL before hello. */

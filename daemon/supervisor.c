@@ -619,8 +619,12 @@ json_t *supervisor_save(const Supervisor *s, json_t *fds, Diag *diag)
             json_array_append_new(restarts, json_integer(a->restart_ms[k]));
         for (size_t k = 0; k < a->n_children; k++) {
             const Child *c = a->children[k];
-            if (proc_stopping(c->proc) && proc_pid(c->proc)) {
-                diag_error(diag, "%s is being stopped", proc_label(c->proc));
+            pid_t other = proc_other_run(c->proc);
+            if ((proc_stopping(c->proc) && proc_pid(c->proc)) || other) {
+                if (other > 0)
+                    diag_error(diag, "%s: a run of it (pid %d) is still stopping", proc_label(c->proc), (int)other);
+                else
+                    diag_error(diag, "%s is being stopped", proc_label(c->proc));
                 json_decref(children);
                 json_decref(restarts);
                 json_decref(apps);

@@ -352,6 +352,28 @@ def test_old_dies_during_overlap(work):
         r.stop()
 
 
+def test_reexec_while_discarded_run_stops(work):
+    """A new version not kept that ignores its stop_signal (SIGWINCH) until
+    its SIGKILL: a re-exec of reld meanwhile is refused (the new reld would
+    know nothing of that run), and goes through once it is gone."""
+    port = d.free_port()
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", release(work, "1", port, "    ready: notify\n", []))
+    v1 = wait_for(lambda: first(events(work), "v1", "ready"))
+    rc, out, err = r.relctl("install", release(work, "2", port, "    ready: notify\n    ready_timeout_ms: 300\n"
+                                               "    stop_signal: SIGWINCH\n", ["--ready", "never"], shutdown_ms=1500))
+    v2 = first(events(work), "v2", "start")
+    rc2, out2, err2 = r.relctl("daemon-reexec")
+    d.tap(rc != 0 and v2 and alive(v2[1]) and rc2 != 0 and f"(pid {v2[1]}) is still stopping" in err2,
+          "a re-exec while the new version not kept is still stopping is refused, saying so", (rc, v2, rc2, err2))
+    gone = wait_for(lambda: not alive(v2[1]), timeout=10)
+    rc3, out3, err3 = r.relctl("daemon-reexec")
+    ps = wait_for(lambda: procs(r))
+    d.tap(gone and rc3 == 0 and ps and ps[0]["pid"] == v1[1] and ps[0]["vsn"] == "1.0",
+          "once it is gone, the re-exec goes through; the old process serves on", (gone, rc3, err3, ps))
+    r.stop()
+
+
 def test_reld_stops_during_overlap(work):
     """reld told to stop while a new version is not ready yet: both
     processes go, reld exits 0 (no sanitizer report: the Successor and the
@@ -451,7 +473,7 @@ def main():
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     d.DEFAULT_CONFIG = "min_healthy_ms: 100\n"
     return d.run_tests((test_overlap_notify, test_ready_timeout, test_new_version_ends, test_old_dies_during_overlap,
-                        test_reld_stops_during_overlap,
+                        test_reexec_while_discarded_run_stops, test_reld_stops_during_overlap,
                         test_reld_stops_while_retiring, test_ready_health, test_overlap_false),
                        "reld-replace-")
 
