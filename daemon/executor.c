@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "events.h"
 #include "log.h"
 #include "store.h"
 #include "util.h"
@@ -1228,6 +1229,15 @@ static void record_process(Executor *e, Child *c, const char *kind, json_t *deta
     json_decref(detail);
 }
 
+/* A run's end, as the supervisor records one ({pid, how, status}). */
+static void record_end(Executor *e, Child *c, const char *kind, const siginfo_t *si)
+{
+    bool signaled = si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED;
+    record_process(e, c, kind,
+                   json_pack("{s:i, s:s, s:i}", "pid", (int)si->si_pid, "how", signaled ? "signal" : "exit", "status",
+                             si->si_status));
+}
+
 static void on_successor_ready(Proc *p, int r, void *userdata)
 {
     Successor *s = userdata;
@@ -1257,6 +1267,8 @@ static void on_successor_ready(Proc *p, int r, void *userdata)
         /* The overlap is over: the old run's end, if it ended, is told
          * from the loop next, and it restarts on the old definition. */
         supervisor_adopt_app(e->s, s->c->app, e->p.from);
+    if (r == -ECHILD && proc_ready_exit(p)) /* the new run ended: its start was recorded */
+        record_end(e, s->c, "process_exit", proc_ready_exit(p));
     if (r < 0)
         work_failed(e, r);
     work_ended_one(e);
@@ -1326,10 +1338,7 @@ static void successors_begin(Executor *e)
 static void on_retired(Proc *p, const siginfo_t *si, void *userdata)
 {
     Successor *s = userdata;
-    bool signaled = si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED;
-    record_process(s->e, s->c, "process_stop",
-                   json_pack("{s:i, s:s, s:i}", "pid", (int)si->si_pid, "how", signaled ? "signal" : "exit", "status",
-                             si->si_status));
+    record_end(s->e, s->c, "process_stop", si);
     s->waiting = false;
     work_ended_one(s->e);
 }
@@ -1352,9 +1361,21 @@ static int successors_ended(Executor *e, int q)
         for (size_t k = 0; k < e->n_successors; k++) {
             Successor *s = &e->successors[k];
             health_probe_started(s->c->probe, proc_pid(s->c->proc)); /* its checks follow the new run */
-            if (proc_successor_commit(s->c->proc, on_retired, s) == 0) {
+            const siginfo_t *ended = proc_previous_exit(s->c->proc);
+            siginfo_t si = ended ? *ended : (siginfo_t){0};
+            int r = proc_successor_commit(s->c->proc, on_retired, s);
+            if (r == 0) {
                 s->waiting = s->retiring = true;
                 e->n_out++;
+            } else if (r == 1 && ended) {
+                /* The old run ended on its own during the overlap: told as
+                 * the supervisor tells any such end. */
+                bool clean = si.si_code == CLD_EXITED && si.si_status == 0;
+                record_end(e, s->c, "process_exit", &si);
+                EventFields f = {.process = proc_label(s->c->proc)};
+                events_emit(EVENT_PROCESS_EXITED, clean ? LOG_NOTICE : LOG_WARNING, &f,
+                            "%s (pid %d) ended during its replacement: %s %d", proc_label(s->c->proc), (int)si.si_pid,
+                            si.si_code == CLD_EXITED ? "exit" : "killed by signal", si.si_status);
             }
         }
         return phase_run(e, PHASE_RETIRE);

@@ -107,6 +107,8 @@ struct Proc {
      * failed: told from the loop (restore_prev()). */
     sd_event_source *prev_exit_src;
     siginfo_t prev_exit_si;
+    /* How the new run ended, while its wait is told -ECHILD. */
+    const siginfo_t *ready_exit;
     /* A new run that did not become ready, stopping (its stop_signal, then
      * SIGKILL): reaped when it exits, nobody waits for it. */
     struct ProcDiscard {
@@ -1267,6 +1269,16 @@ pid_t proc_previous_pid(const Proc *p)
     return p->prev.on ? p->prev.pid : 0;
 }
 
+const siginfo_t *proc_previous_exit(const Proc *p)
+{
+    return p->prev.on && p->prev.exited ? &p->prev.si : NULL;
+}
+
+const siginfo_t *proc_ready_exit(const Proc *p)
+{
+    return p->ready_exit;
+}
+
 static int on_prev_exit(sd_event_source *src, void *userdata)
 {
     Proc *p = userdata;
@@ -1474,7 +1486,9 @@ static bool overlap_exit(Proc *p, const siginfo_t *si)
     p->pid = 0;
     p->notify = notify_free(p->notify);
     restore_prev(p);
+    p->ready_exit = si;
     ready_end(p, -ECHILD);
+    p->ready_exit = NULL;
     return true;
 }
 

@@ -152,6 +152,11 @@ void proc_successor_abort(Proc *p);
 /* Nobody is told any more (the owner goes); what runs goes on. */
 void proc_successor_forget(Proc *p);
 bool proc_overlapping(const Proc *p);
+/* During an overlap, how the run before ended if it did (NULL while it
+ * runs); borrowed until the overlap ends. */
+const siginfo_t *proc_previous_exit(const Proc *p);
+/* Within a ProcReady told -ECHILD: how the new run ended; else NULL. */
+const siginfo_t *proc_ready_exit(const Proc *p);
 /* Its event loop (borrowed): for what watches a run beside it. */
 sd_event *proc_event(const Proc *p);
 /* The run before's pid during an overlap, else 0. */

@@ -54,6 +54,7 @@ lsock = socket.socket(fileno=3)  # LISTEN_FDS=1: the socket reld holds
 note(f"start inode={{os.fstat(3).st_ino}} listen_pid={{os.environ.get('LISTEN_PID')}}")
 time.sleep(float(args.get("--ready-delay", "0")))
 ready = args.get("--ready", "notify")
+note("ready")  # before it says so: reld may tell the old one to stop at once
 if ready == "notify":
     addr = os.environ["NOTIFY_SOCKET"]
     n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -61,7 +62,6 @@ if ready == "notify":
     n.close()
 elif ready == "file":
     open(os.path.join(os.path.dirname(log), f"ready-{{os.getpid()}}"), "w").close()
-note("ready")
 lsock.setblocking(False)
 served = 0
 while not stop:
@@ -173,6 +173,13 @@ def current(r):
     rc, out, err = r.relctl("status", "--json")
     st = json.loads(out) if rc == 0 else {}
     return [p.get("vsn") for p in st.get("processes", [])]
+
+
+def history(r):
+    """[(kind, pid)] of the process records in reld's history."""
+    rc, out, err = r.relctl("history", "--json")
+    return [(e["kind"], (e.get("detail") or {}).get("pid")) for e in json.loads(out)["events"]
+            if e["kind"].startswith("process_")] if rc == 0 else []
 
 
 def wait_for(pred, timeout=20.0):
@@ -349,7 +356,34 @@ def test_old_dies_during_overlap(work):
         d.tap(again and ps and ps[0]["vsn"] == "1.0" and len(v2) <= 1 and current(r) == ["1.0"],
               f"{case}: the process restarted on release 1's definition (a v1 server), the new version not again",
               (again, ps, v2, open(os.path.join(sub, "reld.log"), errors="replace").read()[-2000:]))
+        if case == "exits":
+            h = history(r)
+            d.tap(v2 and ("process_start", v2[0][1]) in h and ("process_exit", v2[0][1]) in h,
+                  "exits: the history has the new version's start and its end", (v2, h))
         r.stop()
+
+
+def test_old_dies_commit(work):
+    """The old run dies during the overlap, then the new run is ready: the
+    upgrade succeeds; the old run's end is in the history and told as an
+    event, as any process's end."""
+    port = d.free_port()
+    r = d.Reld(work)
+    rc, out, err = r.relctl("install", release(work, "1", port, "    ready: notify\n", []))
+    v1 = wait_for(lambda: first(events(work), "v1", "ready"))
+    up = subprocess.Popen([A.relctl, "install", release(work, "2", port, "    ready: notify\n", ["--ready-delay", "1"])],
+                          env=dict(os.environ, RELD_SOCKET=r.sock), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    wait_for(lambda: first(events(work), "v2", "start"))
+    os.kill(v1[1], 9)
+    out, err = up.communicate(timeout=30)
+    h = history(r)
+    log = open(os.path.join(work, "reld.log"), errors="replace").read()
+    d.tap(up.returncode == 0 and ("process_exit", v1[1]) in h and
+          re.search(rf"web/web \(pid {v1[1]}\) ended during its replacement: killed by signal 9.*event=process_exited",
+                    log), "the old run's end during the overlap: in the history and an event; the upgrade succeeds",
+          (up.returncode, err, h, log[-1500:]))
+    r.stop()
 
 
 def test_reexec_while_discarded_run_stops(work):
@@ -472,7 +506,7 @@ def main():
     A = ap.parse_args()
     d.A = argparse.Namespace(reld=A.reld, relctl=A.relctl, shop=None)
     d.DEFAULT_CONFIG = "min_healthy_ms: 100\n"
-    return d.run_tests((test_overlap_notify, test_ready_timeout, test_new_version_ends, test_old_dies_during_overlap,
+    return d.run_tests((test_overlap_notify, test_ready_timeout, test_new_version_ends, test_old_dies_during_overlap, test_old_dies_commit,
                         test_reexec_while_discarded_run_stops, test_reld_stops_during_overlap,
                         test_reld_stops_while_retiring, test_ready_health, test_overlap_false),
                        "reld-replace-")
