@@ -798,8 +798,7 @@ static void parse_process(YamlCtx *c, yaml_node_t *m, AppDef *a, ProcessDef *p)
         return;
     }
     if (seq_len(n) > PROCESS_SOCKETS_MAX) {
-        yaml_error(c, n, "process '%s' has %zu sockets: at most %d", process_name(p), seq_len(n),
-                   PROCESS_SOCKETS_MAX);
+        yaml_error(c, n, "process '%s' has %zu sockets: at most %d", process_name(p), seq_len(n), PROCESS_SOCKETS_MAX);
         return;
     }
     size_t cap;

@@ -1301,7 +1301,9 @@ static void successors_begin(Executor *e)
     for (size_t k = 0; k < e->n_successors; k++)
         if (k == 0 || e->successors[k].c->app != e->successors[k - 1].c->app)
             supervisor_adopt_app(e->s, e->successors[k].c->app, e->p.to);
-    for (size_t k = 0; k < e->n_successors; k++) {
+    /* One switch-over per attempt, so the list was empty: old[k] is the
+     * definition successors[k]'s old run keeps. */
+    for (size_t k = 0; k < n_old; k++) {
         Successor *s = &e->successors[k];
         Proc *p = s->c->proc;
         int r = proc_spawn_successor(p, old[k]);
