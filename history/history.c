@@ -1067,37 +1067,38 @@ static json_t *pause_windows(json_t *rows, int64_t *ret_attempts)
     return windows;
 }
 
-/* The attempts from -> to, or (attempt_id > 0) that attempt alone. */
+/* The pause rows of attempts that went through (result ok) with timings
+ * (schema 2), the rehearsal's record (idx 0) left out; the caller adds
+ * which attempts. */
+#define PAUSE_ROWS                                                                                                     \
+    "SELECT i.attempt_id AS attempt, i.idx, i.instr, i.start_us, i.duration_us FROM instructions i JOIN attempts a "   \
+    "ON a.id = i.attempt_id WHERE a.result = 'ok' AND a.kind IN ('upgrade', 'downgrade') AND i.idx > 0 AND "           \
+    "i.outcome = 'ok' AND i.start_us IS NOT NULL AND "
+
+/* The attempts from -> to, or (attempt_id > 0) that attempt alone, in a
+ * read transaction of its own. */
 static int pauses(History *h, const char *from, const char *to, int64_t attempt_id, json_t **ret)
 {
     sqlite3_stmt *st = NULL;
     json_t *r_rows = NULL;
-    /* Attempts that went through (result ok) with timings (schema 2), the
-     * rehearsal's record (idx 0) left out. */
-    int r;
-    if (attempt_id > 0) {
-        r = prep(h,
-                 "SELECT i.attempt_id AS attempt, i.idx, i.instr, i.start_us, i.duration_us FROM instructions i "
-                 "JOIN attempts a ON a.id = i.attempt_id WHERE a.result = 'ok' AND a.kind IN ('upgrade', "
-                 "'downgrade') AND a.id = ?1 AND i.idx > 0 AND i.outcome = 'ok' AND i.start_us IS NOT NULL "
-                 "ORDER BY i.idx",
-                 0, NULL, &st);
+    int r = exec(h, "BEGIN");
+    if (r == 0 && attempt_id > 0) {
+        r = prep(h, PAUSE_ROWS "a.id = ?1 ORDER BY i.idx", 0, NULL, &st);
         if (r == 0 && (r = bind_int64(h, st, 1, attempt_id)) < 0)
             (void)sqlite3_finalize(st); /* nothing ran: nothing to report */
-    } else {
-        r = prep(h,
-                 "SELECT i.attempt_id AS attempt, i.idx, i.instr, i.start_us, i.duration_us FROM instructions i "
-                 "JOIN attempts a ON a.id = i.attempt_id WHERE a.result = 'ok' AND a.kind IN ('upgrade', "
-                 "'downgrade') AND a.from_vsn = ?1 AND a.to_vsn = ?2 AND i.idx > 0 AND i.outcome = 'ok' AND "
-                 "i.start_us IS NOT NULL ORDER BY i.attempt_id, i.idx",
-                 2, (const char *const[]){from, to}, &st);
+    } else if (r == 0) {
+        r = prep(h, PAUSE_ROWS "a.from_vsn = ?1 AND a.to_vsn = ?2 ORDER BY i.attempt_id, i.idx", 2,
+                 (const char *const[]){from, to}, &st);
     }
-    if (r < 0)
+    if (r == 0) {
+        r = rows(h, st, &r_rows);
+        (void)sqlite3_finalize(st); /* NULL or its last step's result, already taken */
+    }
+    r = end(h, r);
+    if (r < 0) {
+        json_decref(r_rows);
         return r;
-    r = rows(h, st, &r_rows);
-    (void)sqlite3_finalize(st); /* NULL or its last step's result, already taken */
-    if (r < 0)
-        return r;
+    }
     int64_t n = 0;
     json_t *windows = pause_windows(r_rows, &n);
     json_decref(r_rows);
@@ -1112,30 +1113,12 @@ int history_pauses(History *h, const char *from, const char *to, json_t **ret)
 {
     if (!from || !to || !ret)
         return failf(h, -EINVAL, "the pauses of an upgrade need its two releases");
-    json_t *o = NULL;
-    int r = exec(h, "BEGIN");
-    if (r == 0)
-        r = end(h, pauses(h, from, to, 0, &o));
-    if (r < 0) {
-        json_decref(o);
-        return r;
-    }
-    *ret = o;
-    return 0;
+    return pauses(h, from, to, 0, ret);
 }
 
 int history_attempt_pauses(History *h, int64_t attempt_id, json_t **ret)
 {
     if (attempt_id <= 0 || !ret)
         return failf(h, -EINVAL, "the pauses of an attempt need its id");
-    json_t *o = NULL;
-    int r = exec(h, "BEGIN");
-    if (r == 0)
-        r = end(h, pauses(h, NULL, NULL, attempt_id, &o));
-    if (r < 0) {
-        json_decref(o);
-        return r;
-    }
-    *ret = o;
-    return 0;
+    return pauses(h, NULL, NULL, attempt_id, ret);
 }
