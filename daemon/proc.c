@@ -900,8 +900,8 @@ CHILD_CODE static int spawn_child(void *arg)
             (void)sigaction(sig, &sa, NULL); /* a valid signal that has a handler: cannot fail */
         }
     }
-    int high[64];
-    size_t n = s->n_listen < 62 ? s->n_listen : 62;
+    int high[PROCESS_SOCKETS_MAX]; /* app.yaml allows no more */
+    size_t n = s->n_listen < PROCESS_SOCKETS_MAX ? s->n_listen : PROCESS_SOCKETS_MAX;
     for (size_t i = 0; i < n; i++)
         high[i] = fcntl(s->listen_fds[i], F_DUPFD_CLOEXEC, 100);
     int hctl = fcntl(s->ctl, F_DUPFD_CLOEXEC, 100), hout = fcntl(s->out, F_DUPFD_CLOEXEC, 100),
